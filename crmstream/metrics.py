@@ -1,0 +1,48 @@
+"""Every Prometheus metric crm-stream exports, declared in this one module.
+
+Names follow ``crm_<what>_<unit>``; labels are vendors, event types, reasons, connectors and
+error kinds, never an unbounded value (no ids, keys, URLs or campaign ids).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+E2E_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+# --- worker -------------------------------------------------------------------------------
+RECORDS_IN = Counter("crm_worker_records_in_total", "Raw records consumed", ["vendor"])
+EVENTS_OUT = Counter(
+    "crm_worker_events_out_total", "Canonical events produced", ["vendor", "event_type"]
+)
+DUPLICATES = Counter("crm_worker_duplicates_total", "Records dropped as duplicates", ["vendor"])
+DEAD_LETTERS = Counter(
+    "crm_worker_dead_letters_total", "Records sent to the dead-letter topic", ["vendor", "reason"]
+)
+SKIPPED = Counter("crm_worker_skipped_total", "Records that are not events", ["vendor", "reason"])
+PROCESSING_SECONDS = Histogram(
+    "crm_worker_processing_seconds",
+    "Time from a batch's arrival at the worker to its outputs being acknowledged, per record",
+    ["vendor"],
+    buckets=LATENCY_BUCKETS,
+)
+END_TO_END_SECONDS = Histogram(
+    "crm_worker_end_to_end_seconds",
+    "Time from the connector's ingest timestamp to the canonical event being acknowledged",
+    ["vendor"],
+    buckets=E2E_BUCKETS,
+)
+STATS_UPSERTS = Counter(
+    "crm_worker_stats_upserts_total", "Campaign-stats upserts produced", ["window"]
+)
+TABLE_KEYS = Gauge("crm_worker_table_keys", "Keys held in a local table", ["table"])
+RAW_LAG = Gauge(
+    "crm_worker_raw_topic_lag_records", "Records of a raw topic not yet processed", ["vendor"]
+)
+
+
+def serve(port: int) -> None:
+    """Expose ``/metrics`` on ``port`` (0 disables)."""
+    if port:
+        start_http_server(port)

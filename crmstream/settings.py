@@ -1,0 +1,364 @@
+"""One settings object for every crm-stream process, read from ``CRM_*`` environment variables.
+
+Each field declares its own variable, type, default and description next to it (the Redpanda
+Connect config-spec idea), so ``crm-stream settings`` can print the whole reference and a bad
+value stops startup with a message that names the variable.
+
+Secrets are typed :class:`Secret` and never appear in ``repr`` or logs. A secret may also be
+given as ``<VAR>_FILE`` pointing at a file (Kubernetes Secret volumes, Docker secrets).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from crmstream.errors import ConfigError
+
+ENV_PREFIX = "CRM_"
+
+
+class Secret:
+    """A string that does not print itself."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('****')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+def parse_duration(text: str) -> float:
+    """``"7d"``, ``"90s"``, ``"250ms"`` or a bare number of seconds -> seconds."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 90s, 15m, 7d)")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
+
+
+def parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"not a boolean: {text!r} (use true or false)")
+
+
+def parse_int(text: str) -> int:
+    return int(text.strip())
+
+
+def parse_port(text: str) -> int:
+    port = int(text.strip())
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port out of range: {port}")
+    return port
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().upper()
+        if value not in allowed:
+            raise ValueError(f"{text!r} is not one of {', '.join(allowed)}")
+        return value
+
+    return parse
+
+
+def _lower_choice(*allowed: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in allowed:
+            raise ValueError(f"{text!r} is not one of {', '.join(allowed)}")
+        return value
+
+    return parse
+
+
+def _topic_prefix(text: str) -> str:
+    if text and not re.fullmatch(r"[A-Za-z0-9._-]*", text):
+        raise ValueError("may contain only letters, digits, '.', '_' and '-'")
+    return text
+
+
+def _nonempty(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must not be empty")
+    return text.strip()
+
+
+def _positive(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    def wrapped(text: str) -> Any:
+        value = parse(text)
+        if value <= 0:
+            raise ValueError(f"must be greater than 0, got {text!r}")
+        return value
+
+    return wrapped
+
+
+def _setting(
+    env: str,
+    default: Any,
+    parse: Callable[[str], Any] | None,
+    doc: str,
+    *,
+    secret: bool = False,
+) -> Any:
+    return field(
+        default=default,
+        metadata={"env": env, "parse": parse, "doc": doc, "secret": secret},
+    )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a worker, connector or CLI command needs to reach Kafka and behave."""
+
+    bootstrap_servers: str = _setting(
+        "BOOTSTRAP_SERVERS", "localhost:9092", _nonempty, "Kafka bootstrap servers, host:port,..."
+    )
+    security_protocol: str = _setting(
+        "SECURITY_PROTOCOL",
+        "PLAINTEXT",
+        _choice("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+        "Kafka security protocol, passed to confluent-kafka and aiokafka (Faust)",
+    )
+    sasl_mechanism: str = _setting(
+        "SASL_MECHANISM",
+        "PLAIN",
+        _choice("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"),
+        "SASL mechanism when the protocol is SASL_*",
+    )
+    sasl_username: str = _setting("SASL_USERNAME", "", None, "SASL username")
+    sasl_password: Secret = _setting(
+        "SASL_PASSWORD", Secret(""), None, "SASL password (or CRM_SASL_PASSWORD_FILE)", secret=True
+    )
+    ssl_ca_location: str = _setting("SSL_CA_LOCATION", "", None, "CA bundle file for TLS")
+    ssl_cert_location: str = _setting(
+        "SSL_CERT_LOCATION", "", None, "Client certificate (PEM) for mutual TLS"
+    )
+    ssl_key_location: str = _setting("SSL_KEY_LOCATION", "", None, "Client key (PEM) for mTLS")
+    ssl_key_password: Secret = _setting(
+        "SSL_KEY_PASSWORD", Secret(""), None, "Password of the client key", secret=True
+    )
+    topic_prefix: str = _setting(
+        "TOPIC_PREFIX", "crm.", _topic_prefix, "Prefix of every topic crm-stream reads or writes"
+    )
+    partitions: int = _setting(
+        "PARTITIONS",
+        6,
+        _positive(parse_int),
+        "Partitions of every topic crm-stream creates; also the Faust worker's partition count",
+    )
+    replication_factor: int = _setting(
+        "REPLICATION_FACTOR",
+        -1,
+        parse_int,
+        "Replication factor of created topics; -1 takes the broker's default.replication.factor",
+    )
+    schema_registry_url: str = _setting(
+        "SCHEMA_REGISTRY_URL",
+        "",
+        None,
+        "Confluent Schema Registry URL; empty means Avro single-object encoding without a registry",
+    )
+    schema_registry_auth: Secret = _setting(
+        "SCHEMA_REGISTRY_AUTH",
+        Secret(""),
+        None,
+        "user:password for the Schema Registry (or CRM_SCHEMA_REGISTRY_AUTH_FILE)",
+        secret=True,
+    )
+    dedupe_window_s: float = _setting(
+        "DEDUPE_WINDOW",
+        7 * 86400.0,
+        _positive(parse_duration),
+        "How long an event id is remembered (>= 7d: Airship replays up to a week, TAXONOMY §5)",
+    )
+    data_dir: str = _setting(
+        "DATA_DIR", "./var/crm-stream", _nonempty, "Local state: RocksDB tables, demo files"
+    )
+    metrics_port: int = _setting(
+        "METRICS_PORT", 9108, parse_port, "Prometheus metrics port of this process; 0 disables"
+    )
+    app_id: str = _setting(
+        "APP_ID", "crm-stream", _nonempty, "Faust application id (consumer group, state names)"
+    )
+    worker_batch_size: int = _setting(
+        "WORKER_BATCH_SIZE", 500, _positive(parse_int), "Raw records per worker batch"
+    )
+    worker_batch_within_s: float = _setting(
+        "WORKER_BATCH_WITHIN",
+        0.05,
+        _positive(parse_duration),
+        "Longest wait to fill a worker batch",
+    )
+    stats_windows: str = _setting(
+        "STATS_WINDOWS",
+        "1m,1h",
+        _nonempty,
+        "Tumbling windows of the campaign stats, on occurred_at",
+    )
+    stats_retention_s: float = _setting(
+        "STATS_RETENTION",
+        2 * 86400.0,
+        _positive(parse_duration),
+        "How long a stats window stays open for late events",
+    )
+    consumer_session_timeout_s: float = _setting(
+        "CONSUMER_SESSION_TIMEOUT",
+        45.0,
+        _positive(parse_duration),
+        "Consumer group session timeout (Tansu dev profile: 2s)",
+    )
+    consumer_heartbeat_interval_s: float = _setting(
+        "CONSUMER_HEARTBEAT_INTERVAL",
+        3.0,
+        _positive(parse_duration),
+        "Consumer group heartbeat interval (Tansu dev profile: 0.5s)",
+    )
+    consumer_rebalance_timeout_s: float = _setting(
+        "CONSUMER_REBALANCE_TIMEOUT",
+        60.0,
+        _positive(parse_duration),
+        "Consumer group rebalance timeout (Tansu dev profile: 2s)",
+    )
+    changelog_max_batch_bytes: int = _setting(
+        "CHANGELOG_MAX_BATCH_BYTES",
+        16384,
+        _positive(parse_int),
+        "Faust producer max batch bytes (Tansu dev profile: 1, so table restores are exact)",
+    )
+    exactly_once: bool = _setting(
+        "EXACTLY_ONCE",
+        False,
+        parse_bool,
+        "Faust exactly_once processing guarantee (needs Kafka transactions; not on Tansu)",
+    )
+    log_level: str = _setting(
+        "LOG_LEVEL", "INFO", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "Log level"
+    )
+    log_format: str = _setting(
+        "LOG_FORMAT", "text", _lower_choice("text", "json"), "text or json (one object a line)"
+    )
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+    def topic(self, name: str) -> str:
+        """Full name of one of crm-stream's topics, e.g. ``topic("events")``."""
+        return f"{self.topic_prefix}{name}"
+
+    def describe(self) -> list[tuple[str, str, str]]:
+        """(variable, current value, description) rows; secrets masked."""
+        rows = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            rows.append((ENV_PREFIX + f.metadata["env"], str(value), f.metadata["doc"]))
+        return rows
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read every ``CRM_*`` variable; raise :class:`ConfigError` naming the bad one."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name in overrides:
+                continue
+            var = ENV_PREFIX + f.metadata["env"]
+            raw = env.get(var)
+            if f.metadata["secret"]:
+                file_var = var + "_FILE"
+                if raw is None and env.get(file_var):
+                    try:
+                        raw = Path(env[file_var]).read_text().strip()
+                    except OSError as exc:
+                        raise ConfigError(file_var, f"cannot read secret file: {exc}") from exc
+                if raw is not None:
+                    values[f.name] = Secret(raw)
+                continue
+            if raw is None:
+                continue
+            parse = f.metadata["parse"]
+            try:
+                values[f.name] = parse(raw) if parse else raw
+            except ValueError as exc:
+                raise ConfigError(var, str(exc)) from exc
+        values.update(overrides)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Cross-field checks that a single variable cannot express."""
+        if self.security_protocol.startswith("SASL") and not self.sasl_username:
+            raise ConfigError(
+                "CRM_SASL_USERNAME", f"required when CRM_SECURITY_PROTOCOL={self.security_protocol}"
+            )
+        if bool(self.ssl_cert_location) != bool(self.ssl_key_location):
+            raise ConfigError(
+                "CRM_SSL_KEY_LOCATION",
+                "CRM_SSL_CERT_LOCATION and CRM_SSL_KEY_LOCATION must be set together",
+            )
+        for var, path in (
+            ("CRM_SSL_CA_LOCATION", self.ssl_ca_location),
+            ("CRM_SSL_CERT_LOCATION", self.ssl_cert_location),
+            ("CRM_SSL_KEY_LOCATION", self.ssl_key_location),
+        ):
+            if path and not Path(path).is_file():
+                raise ConfigError(var, f"file not found: {path}")
+        if self.replication_factor == 0 or self.replication_factor < -1:
+            raise ConfigError("CRM_REPLICATION_FACTOR", "must be -1 (broker default) or >= 1")
+        if self.dedupe_window_s < 86400:
+            raise ConfigError(
+                "CRM_DEDUPE_WINDOW",
+                "must be at least 1d; TAXONOMY §5 asks for >= 7d (Airship replays a week)",
+            )
+        try:
+            self.stats_window_seconds()
+        except ValueError as exc:
+            raise ConfigError("CRM_STATS_WINDOWS", str(exc)) from exc
+        if self.consumer_heartbeat_interval_s >= self.consumer_session_timeout_s:
+            raise ConfigError(
+                "CRM_CONSUMER_HEARTBEAT_INTERVAL", "must be below CRM_CONSUMER_SESSION_TIMEOUT"
+            )
+
+    def stats_window_seconds(self) -> list[tuple[str, int]]:
+        """``"1m,1h"`` -> ``[("1m", 60), ("1h", 3600)]``."""
+        out = []
+        for part in self.stats_windows.split(","):
+            label = part.strip()
+            seconds = parse_duration(label)
+            if seconds < 1 or seconds != int(seconds):
+                raise ValueError(f"window {label!r} must be a whole number of seconds >= 1")
+            out.append((label, int(seconds)))
+        if not out or len({s for _, s in out}) != len(out):
+            raise ValueError("windows must be distinct")
+        return out

@@ -1,0 +1,98 @@
+"""crm-stream's topics, their configs, and idempotent creation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from crmstream.errors import BrokerError
+from crmstream.kafka import client_config
+from crmstream.settings import Settings
+
+VENDORS = ("leanplum", "pinpoint", "segment", "flarelane", "airship")
+
+WEEK_MS = 7 * 86400 * 1000
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    doc: str
+    configs: dict[str, str] = field(default_factory=dict)
+
+
+def raw_topic(vendor: str) -> str:
+    return f"raw.{vendor}"
+
+
+def topic_specs(settings: Settings) -> list[TopicSpec]:
+    """Every topic, without prefix. Retention is explicit so that brokers (and Quix Streams,
+    which reads it back) never fall back to a surprising default."""
+    keep_two_weeks = {"retention.ms": str(2 * WEEK_MS), "retention.bytes": "-1"}
+    specs = [
+        TopicSpec(
+            raw_topic(v),
+            f"{v} vendor events, unchanged, keyed by vendor event id",
+            dict(keep_two_weeks),
+        )
+        for v in VENDORS
+    ]
+    specs += [
+        TopicSpec("events", "canonical events (Avro), keyed by event_id", dict(keep_two_weeks)),
+        TopicSpec(
+            "campaign-stats",
+            "per-campaign window counts (Avro upserts), keyed by campaign and window",
+            {"cleanup.policy": "compact", "retention.ms": "-1", "retention.bytes": "-1"},
+        ),
+        TopicSpec(
+            "dead-letter",
+            "records that could not be normalized (Avro)",
+            {"retention.ms": str(4 * WEEK_MS), "retention.bytes": "-1"},
+        ),
+        TopicSpec(
+            "stats-updates",
+            "internal: per-event stats increments, keyed by campaign",
+            {"retention.ms": str(WEEK_MS), "retention.bytes": "-1"},
+        ),
+        TopicSpec(
+            "connect-offsets",
+            "connector checkpoints, keyed by connector and source object",
+            {"cleanup.policy": "compact", "retention.ms": "-1", "retention.bytes": "-1"},
+        ),
+    ]
+    return specs
+
+
+def create_topics(
+    settings: Settings, extra: list[TopicSpec] | None = None, timeout: float = 30.0
+) -> dict[str, str]:
+    """Create every missing topic with the configured partitions; existing ones are left alone.
+
+    Returns ``{full_name: "created" | "exists"}``. Raises :class:`BrokerError` on anything else.
+    """
+    admin = AdminClient(client_config(settings))
+    specs = topic_specs(settings) + (extra or [])
+    new = [
+        NewTopic(
+            settings.topic(s.name),
+            num_partitions=settings.partitions,
+            replication_factor=settings.replication_factor,
+            config=s.configs,
+        )
+        for s in specs
+    ]
+    result: dict[str, str] = {}
+    futures = admin.create_topics(new, request_timeout=timeout)
+    for name, fut in futures.items():
+        try:
+            fut.result(timeout=timeout)
+            result[name] = "created"
+        except KafkaException as exc:
+            err = exc.args[0]
+            if err.name() == "TOPIC_ALREADY_EXISTS":
+                result[name] = "exists"
+            else:
+                raise BrokerError(f"cannot create topic {name}: {err.str()}") from exc
+    return result

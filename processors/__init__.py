@@ -1,0 +1,1 @@
+"""Raw vendor topics -> canonical events, dedupe, campaign stats, dead letters."""
