@@ -64,7 +64,10 @@ class RawPublisher:
         fmt: str,
         ingested_at: int | None = None,
         on_ack: Callable[[], None] | None = None,
+        on_error: Callable[[str], None] | None = None,
     ) -> None:
+        """Queue one record. With ``on_error`` the caller owns a failed delivery (an async
+        receiver answers its request with it) and it is not kept for :meth:`flush` to raise."""
         headers: list[tuple[str, str | bytes | None]] = [
             (H_VENDOR, self.vendor.encode()),
             (H_SOURCE, source.encode()),
@@ -76,7 +79,10 @@ class RawPublisher:
 
         def delivered(err: KafkaError | None, _msg: Message) -> None:
             if err is not None:
-                self._failures.append(f"{source}: {err.str()}")
+                if on_error is not None:
+                    on_error(f"{source}: {err.str()}")
+                else:
+                    self._failures.append(f"{source}: {err.str()}")
             else:
                 self.acked += 1
                 if on_ack is not None:
@@ -92,6 +98,11 @@ class RawPublisher:
                 # Local queue full: serve delivery callbacks until there is room.
                 self._producer.poll(0.1)
         self._producer.poll(0)
+
+    def poll(self, timeout: float = 0.0) -> int:
+        """Serve delivery callbacks; a receiver that never calls :meth:`flush` polls from a
+        background thread so acknowledgements reach it without blocking its event loop."""
+        return int(self._producer.poll(timeout))
 
     def flush(self, timeout: float = 60.0) -> None:
         """Wait for every outstanding acknowledgement; raise if any record was not acknowledged."""
