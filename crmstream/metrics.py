@@ -36,9 +36,44 @@ END_TO_END_SECONDS = Histogram(
 STATS_UPSERTS = Counter(
     "crm_worker_stats_upserts_total", "Campaign-stats upserts produced", ["window"]
 )
+STATS_LATE = Counter(
+    "crm_worker_stats_late_total",
+    "Events too old for an open stats window (older than CRM_STATS_RETENTION)",
+)
 TABLE_KEYS = Gauge("crm_worker_table_keys", "Keys held in a local table", ["table"])
 RAW_LAG = Gauge(
     "crm_worker_raw_topic_lag_records", "Records of a raw topic not yet processed", ["vendor"]
+)
+
+# --- source connectors (label `connector` is a registry name; `kind` a fixed error class) -----
+CONNECTOR_RECORDS = Counter(
+    "crm_connector_records_total", "Raw records published to the raw topic", ["connector"]
+)
+CONNECTOR_BYTES = Counter(
+    "crm_connector_bytes_total", "Payload bytes received from the vendor", ["connector"]
+)
+CONNECTOR_RECONNECTS = Counter(
+    "crm_connector_reconnects_total", "Reconnections after a disconnect", ["connector"]
+)
+CONNECTOR_ERRORS = Counter(
+    "crm_connector_errors_total",
+    "Errors by kind (http_4xx, http_5xx, connection, idle_timeout, kafka, invalid_json, ...)",
+    ["connector", "kind"],
+)
+CONNECTOR_CHECKPOINT_AGE = Gauge(
+    "crm_connector_checkpoint_age_seconds",
+    "Seconds since the last checkpoint write while newer acknowledged data is not checkpointed",
+    ["connector"],
+)
+CONNECTOR_KEEPALIVES = Counter(
+    "crm_connector_keepalives_total",
+    "Stream-control lines that are not events (blank keep-alive, OFFSET_UPDATE)",
+    ["connector", "kind"],
+)
+CONNECTOR_IDLE_TIMEOUTS = Counter(
+    "crm_connector_idle_timeouts_total",
+    "Connections closed because nothing arrived within the idle timeout",
+    ["connector"],
 )
 
 

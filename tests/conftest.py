@@ -56,10 +56,11 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
-def settings_factory(kafka_bootstrap: str, tmp_path: Path) -> Callable[..., Settings]:
-    """Settings for one test: its own topic prefix and data dir, the session broker."""
+def crm_env_factory(kafka_bootstrap: str, tmp_path: Path) -> Callable[..., dict[str, str]]:
+    """CRM_* variables for one test (its own topic prefix, app id and data dir, the session
+    broker), for code that runs crm-stream in a child process."""
 
-    def make(**env: str) -> Settings:
+    def make(**env: str) -> dict[str, str]:
         values = dict(TANSU_DEV)
         values.update(
             {
@@ -72,6 +73,16 @@ def settings_factory(kafka_bootstrap: str, tmp_path: Path) -> Callable[..., Sett
             }
         )
         values.update(env)
-        return Settings.from_env(values)
+        return values
+
+    return make
+
+
+@pytest.fixture
+def settings_factory(crm_env_factory: Callable[..., dict[str, str]]) -> Callable[..., Settings]:
+    """Settings for one test: its own topic prefix and data dir, the session broker."""
+
+    def make(**env: str) -> Settings:
+        return Settings.from_env(crm_env_factory(**env))
 
     return make

@@ -1,0 +1,358 @@
+"""``crm-stream demo``: the whole pipeline on one machine, on bundled sample feeds.
+
+Starts the embedded Tansu broker (unless ``--bootstrap-servers`` names another), creates the
+topics, feeds every vendor's sample events into its raw topic, runs the Faust worker as a child
+process, and shows a live per-campaign stats table until Ctrl-C. With ``--once`` it waits until
+the worker has accounted for every raw record, writes a JSON summary and exits.
+
+The demo uses the Tansu dev profile (``config/tansu-dev.env``): settings that only work around
+the embedded broker. A variable set in the environment wins over the profile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from confluent_kafka import Consumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
+
+from connectors.base import RawPublisher
+from crmstream.broker import EmbeddedBroker, free_port
+from crmstream.errors import BrokerError, CrmStreamError
+from crmstream.kafka import consumer_config
+from crmstream.samples import SampleSet, campaigns
+from crmstream.serde import AvroSerde
+from crmstream.settings import Settings
+from crmstream.topics import VENDORS, create_topics
+
+REPO = Path(__file__).resolve().parent.parent
+TANSU_PROFILE = REPO / "config" / "tansu-dev.env"
+
+SHOWN_TYPES = (
+    "SEND",
+    "DELIVERY",
+    "OPEN",
+    "CLICK",
+    "BOUNCE",
+    "UNSUBSCRIBE",
+    "CAMPAIGN_ENTER",
+    "EXPERIMENT_IMPRESSION",
+)
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            values[key.strip()] = value.strip()
+    return values
+
+
+def demo_environ(bootstrap: str, metrics_port: int) -> dict[str, str]:
+    """The demo's CRM_* variables: Tansu profile, then demo defaults, then the user's env."""
+    env = read_env_file(TANSU_PROFILE)
+    env.update(
+        {
+            "CRM_TOPIC_PREFIX": "demo.",
+            "CRM_PARTITIONS": "4",
+            "CRM_DATA_DIR": str(REPO / "var" / "demo"),
+            "CRM_APP_ID": "crm-stream-demo",
+            # Sample events may be older than the production default; keep their windows open.
+            "CRM_STATS_RETENTION": "3650d",
+        }
+    )
+    env.update({k: v for k, v in os.environ.items() if k.startswith("CRM_")})
+    env["CRM_BOOTSTRAP_SERVERS"] = bootstrap
+    env["CRM_METRICS_PORT"] = str(metrics_port)
+    return env
+
+
+def generate_samples(seed: int, total: int) -> dict[str, SampleSet]:
+    rng = random.Random(seed)
+    shared = campaigns(rng)
+    per_vendor = max(1, total // len(VENDORS))
+    return {
+        vendor: importlib.import_module(f"crmstream.samples.{vendor}").generate(
+            random.Random(rng.random()), per_vendor, shared
+        )
+        for vendor in VENDORS
+    }
+
+
+def publish_samples(settings: Settings, samples: dict[str, SampleSet]) -> dict[str, int]:
+    """Publish every sample record to its raw topic, as a connector would; return counts."""
+    published: dict[str, int] = {}
+    for vendor, sample in samples.items():
+        publisher = RawPublisher(settings, vendor, app_id=f"demo-{vendor}")
+        for index, (key, value) in enumerate(sample.records):
+            publisher.publish(key, value, source=f"sample:{vendor}#{index}", fmt="json")
+        publisher.flush()
+        published[vendor] = len(sample.records)
+    return published
+
+
+# --- the worker's own account, read from its metrics endpoint -------------------------------
+
+
+@dataclass
+class VendorAccount:
+    raw_in: int = 0
+    canonical_out: int = 0
+    duplicates: int = 0
+    dead_letters: dict[str, int] = field(default_factory=dict)
+    skipped: int = 0
+
+    @property
+    def accounted(self) -> int:
+        return self.canonical_out + self.duplicates + sum(self.dead_letters.values()) + self.skipped
+
+
+def scrape(url: str) -> dict[str, VendorAccount]:
+    with urllib.request.urlopen(url, timeout=2) as response:
+        text = response.read().decode()
+    accounts: dict[str, VendorAccount] = {v: VendorAccount() for v in VENDORS}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if not sample.name.endswith("_total"):
+                continue
+            vendor = sample.labels.get("vendor")
+            if vendor not in accounts:
+                continue
+            acc = accounts[vendor]
+            value = int(sample.value)
+            if sample.name == "crm_worker_records_in_total":
+                acc.raw_in += value
+            elif sample.name == "crm_worker_events_out_total":
+                acc.canonical_out += value
+            elif sample.name == "crm_worker_duplicates_total":
+                acc.duplicates += value
+            elif sample.name == "crm_worker_dead_letters_total":
+                reason = sample.labels["reason"]
+                acc.dead_letters[reason] = acc.dead_letters.get(reason, 0) + value
+            elif sample.name == "crm_worker_skipped_total":
+                acc.skipped += value
+    return accounts
+
+
+# --- live campaign stats -------------------------------------------------------------------
+
+
+class StatsView:
+    """The latest upsert per campaign window, read from the ``campaign-stats`` topic."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.serde = AvroSerde(settings)
+        self.topic = settings.topic("campaign-stats")
+        self.latest: dict[bytes, dict[str, Any]] = {}
+        self.consumer = Consumer(consumer_config(settings, group_id="crm-demo-stats-view"))
+        meta = self.consumer.list_topics(self.topic, timeout=10)
+        parts = meta.topics[self.topic].partitions
+        self.consumer.assign([TopicPartition(self.topic, p, 0) for p in parts])
+
+    def poll(self, budget_s: float = 0.5) -> None:
+        deadline = time.monotonic() + budget_s
+        while time.monotonic() < deadline:
+            msg = self.consumer.poll(0.05)
+            if msg is None or msg.error():
+                continue
+            _, record = self.serde.decode(msg.value() or b"", self.topic)
+            self.latest[msg.key() or b""] = record
+
+    def campaigns(self) -> set[tuple[str, str, str]]:
+        return {
+            (r["vendor"], r["app_id"] or "", r["campaign_id"] or "") for r in self.latest.values()
+        }
+
+    def totals(self, window: str) -> list[tuple[tuple[str, str, str], dict[str, int], int]]:
+        """Per campaign, event-type counts summed over its windows of one size."""
+        acc: dict[tuple[str, str, str], dict[str, int]] = {}
+        for r in self.latest.values():
+            if r["window"] != window:
+                continue
+            key = (r["vendor"], r["app_id"] or "", r["campaign_id"] or "")
+            counts = acc.setdefault(key, {})
+            for t, n in r["event_type_counts"].items():
+                counts[t] = counts.get(t, 0) + n
+        rows = [(k, c, sum(c.values())) for k, c in acc.items()]
+        rows.sort(key=lambda row: -row[2])
+        return rows
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def render(accounts: dict[str, VendorAccount], view: StatsView, window: str, limit: int) -> str:
+    lines = ["crm-stream demo: live per-campaign stats (Ctrl-C stops)", ""]
+    lines.append(f"{'vendor':<10} {'raw in':>7} {'events':>7} {'dups':>6} {'dead':>6} {'skip':>6}")
+    for vendor, acc in accounts.items():
+        lines.append(
+            f"{vendor:<10} {acc.raw_in:>7} {acc.canonical_out:>7} {acc.duplicates:>6} "
+            f"{sum(acc.dead_letters.values()):>6} {acc.skipped:>6}"
+        )
+    lines.append("")
+    header = f"{'vendor':<10} {'app':<14} {'campaign':<26} {'total':>6}"
+    header += "".join(f" {t[:8]:>8}" for t in SHOWN_TYPES)
+    lines.append(f"campaigns by events ({window} windows summed), top {limit}:")
+    lines.append(header)
+    for (vendor, app, campaign), counts, total in view.totals(window)[:limit]:
+        row = f"{vendor:<10} {app[:14]:<14} {campaign[:26]:<26} {total:>6}"
+        row += "".join(f" {counts.get(t, 0):>8}" for t in SHOWN_TYPES)
+        lines.append(row)
+    lines.append("")
+    lines.append(f"campaigns with stats: {len(view.campaigns())}")
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def broker_for(args: argparse.Namespace, workdir: Path) -> Iterator[str]:
+    if args.bootstrap_servers:
+        yield args.bootstrap_servers
+        return
+    workdir.mkdir(parents=True, exist_ok=True)
+    with EmbeddedBroker(log_path=workdir / "tansu.log") as broker:
+        yield broker.bootstrap_servers
+
+
+def start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("CRM_")}
+    full_env.update(env)
+    log = open(log_path, "ab")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen(
+        [sys.executable, "-m", "crmstream.cli", "worker"],
+        env=full_env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def stop_worker(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def run(args: argparse.Namespace) -> int:
+    workdir = REPO / "var" / "demo"
+    if workdir.exists():
+        # Tansu keeps nothing across restarts, so neither may the worker's local state.
+        import shutil
+
+        shutil.rmtree(workdir)
+    with broker_for(args, workdir) as bootstrap:
+        metrics_port = free_port()
+        env = demo_environ(bootstrap, metrics_port)
+        settings = Settings.from_env(env)
+        from processors.app import changelog_specs
+
+        create_topics(settings, extra=changelog_specs(settings))
+        print(f"broker {bootstrap}; topics under '{settings.topic_prefix}'", flush=True)
+        samples = generate_samples(args.seed, args.events)
+        worker = start_worker(env, workdir / "worker.log")
+        try:
+            print(f"worker metrics on http://127.0.0.1:{metrics_port}/metrics", flush=True)
+            published = publish_samples(settings, samples)
+            print(f"published {sum(published.values())} raw records: {published}", flush=True)
+            return follow(args, settings, samples, published, worker, metrics_port)
+        finally:
+            stop_worker(worker)
+
+
+def follow(
+    args: argparse.Namespace,
+    settings: Settings,
+    samples: dict[str, SampleSet],
+    published: dict[str, int],
+    worker: subprocess.Popen[bytes],
+    metrics_port: int,
+) -> int:
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    view = StatsView(settings)
+    deadline = time.monotonic() + 300
+    accounts: dict[str, VendorAccount] = {}
+    try:
+        while True:
+            if worker.poll() is not None:
+                raise CrmStreamError(
+                    f"the worker exited with code {worker.returncode}; see var/demo/worker.log"
+                )
+            with contextlib.suppress(OSError):
+                accounts = scrape(url)
+            view.poll()
+            done = bool(accounts) and all(
+                accounts[v].raw_in >= published[v] and accounts[v].accounted == accounts[v].raw_in
+                for v in published
+            )
+            if not args.once:
+                sys.stdout.write("\x1b[2J\x1b[H" + render(accounts, view, "1h", 20) + "\n")
+                sys.stdout.flush()
+                time.sleep(1.0)
+                continue
+            if done:
+                # Let the last stats upserts arrive.
+                view.poll(2.0)
+                summary = build_summary(accounts, samples, published, view)
+                print(render(accounts, view, "1h", 10))
+                if args.summary_json:
+                    path = Path(args.summary_json)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+                    print(f"summary written to {path}")
+                return 0 if summary["balanced"] else 1
+            if time.monotonic() > deadline:
+                raise BrokerError("the worker did not account for every raw record in 300 s")
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        view.close()
+
+
+def build_summary(
+    accounts: dict[str, VendorAccount],
+    samples: dict[str, SampleSet],
+    published: dict[str, int],
+    view: StatsView,
+) -> dict[str, Any]:
+    vendors: dict[str, Any] = {}
+    for vendor, acc in accounts.items():
+        sample = samples[vendor]
+        vendors[vendor] = {
+            "raw_in": acc.raw_in,
+            "published": published[vendor],
+            "canonical_out": acc.canonical_out,
+            "duplicates": acc.duplicates,
+            "dead_letters": dict(sorted(acc.dead_letters.items())),
+            "skipped": acc.skipped,
+            "balanced": acc.accounted == acc.raw_in == published[vendor],
+            "expected": {
+                "canonical_out": sample.expected_events,
+                "duplicates": sample.expected_duplicates,
+                "dead_letters": dict(sorted(sample.expected_rejects.items())),
+                "skipped": sample.expected_skips,
+            },
+        }
+    return {
+        "vendors": vendors,
+        "campaigns_with_stats": len(view.campaigns()),
+        "balanced": all(v["balanced"] for v in vendors.values()),
+    }

@@ -1,0 +1,174 @@
+"""Pure builders of the worker's output records: canonical events, dead letters, stats.
+
+Kept apart from the Faust agents so that what the worker writes can be tested without a broker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from connectors.base import H_APP_ID, H_INGESTED_AT, H_SOURCE
+from processors.normalize.model import CanonicalEvent, Channel, EventType
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class RawPosition:
+    """Where a raw record came from: its Kafka position and the connector's headers."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    headers: Mapping[str, bytes]
+
+    @property
+    def kafka_position(self) -> str:
+        return f"{self.topic}/{self.partition}/{self.offset}"
+
+    @property
+    def source(self) -> str | None:
+        raw = self.headers.get(H_SOURCE)
+        return raw.decode("utf-8", "replace") if raw else None
+
+    @property
+    def app_id(self) -> str | None:
+        raw = self.headers.get(H_APP_ID)
+        return raw.decode("utf-8", "replace") if raw else None
+
+    @property
+    def ingested_at(self) -> int:
+        """The connector's ingest time, else the raw record's Kafka timestamp."""
+        raw = self.headers.get(H_INGESTED_AT)
+        if raw:
+            try:
+                return int(raw)
+            except ValueError:
+                pass
+        return self.timestamp_ms
+
+
+def headers_dict(headers: Iterable[tuple[str, bytes | None]] | Mapping[str, bytes] | None) -> dict:
+    if not headers:
+        return {}
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    return {k: v for k, v in items if v is not None}
+
+
+def canonical_record(event: CanonicalEvent, pos: RawPosition, processed_at: int) -> dict[str, Any]:
+    record = event.to_record()
+    record["ingested_at"] = pos.ingested_at
+    record["processed_at"] = processed_at
+    record["source_position"] = pos.source or pos.kafka_position
+    record["raw_topic"] = pos.topic
+    record["raw_partition"] = pos.partition
+    record["raw_offset"] = pos.offset
+    record["schema_version"] = SCHEMA_VERSION
+    return record
+
+
+def dead_letter_record(
+    *,
+    raw: bytes,
+    raw_key: bytes | None,
+    vendor: str | None,
+    reason: str,
+    detail: str,
+    pos: RawPosition,
+    now_ms: int,
+) -> dict[str, Any]:
+    return {
+        "raw": raw,
+        "raw_key": raw_key,
+        "vendor": vendor,
+        "reason": reason,
+        "detail": detail,
+        "source_topic": pos.topic,
+        "source_partition": pos.partition,
+        "source_offset": pos.offset,
+        "source_position": pos.source,
+        "headers": {k: v.decode("utf-8", "replace") for k, v in pos.headers.items()},
+        "dead_lettered_at": now_ms,
+        "schema_version": SCHEMA_VERSION,
+    }
+
+
+# --- campaign stats -------------------------------------------------------------------------
+
+
+def campaign_key(event: CanonicalEvent) -> str:
+    """Stats are per (vendor, app_id, campaign_id); a missing part is an empty string."""
+    return f"{event.vendor.value}|{event.app_id or ''}|{event.campaign_id or ''}"
+
+
+def stats_increment(event: CanonicalEvent) -> bytes:
+    """What the stats agent needs of one canonical event, as the ``stats-updates`` value."""
+    return orjson.dumps(
+        {"o": event.occurred_at, "t": event.event_type.value, "c": event.channel.value}
+    )
+
+
+def window_start(occurred_at_ms: int, size_s: int) -> int:
+    size_ms = size_s * 1000
+    return occurred_at_ms - occurred_at_ms % size_ms
+
+
+def stats_upsert_key(campaign: str, window_label: str, start_ms: int) -> bytes:
+    return f"{campaign}|{window_label}|{start_ms}".encode()
+
+
+@dataclass(slots=True)
+class WindowCounts:
+    """Counts of one campaign in one window. Stored in the stats table as JSON."""
+
+    total: int = 0
+    by_type: dict[str, int] | None = None
+    by_channel: dict[str, int] | None = None
+
+    @classmethod
+    def load(cls, value: Any) -> WindowCounts:
+        if not value:
+            return cls(0, {}, {})
+        return cls(int(value["n"]), dict(value["t"]), dict(value["c"]))
+
+    def add(self, event_type: str, channel: str) -> None:
+        assert self.by_type is not None and self.by_channel is not None
+        self.total += 1
+        self.by_type[event_type] = self.by_type.get(event_type, 0) + 1
+        self.by_channel[channel] = self.by_channel.get(channel, 0) + 1
+
+    def dump(self) -> dict[str, Any]:
+        return {"n": self.total, "t": self.by_type or {}, "c": self.by_channel or {}}
+
+
+def stats_record(
+    campaign: str,
+    window_label: str,
+    start_ms: int,
+    size_s: int,
+    counts: WindowCounts,
+    now_ms: int,
+) -> dict[str, Any]:
+    vendor, app_id, campaign_id = campaign.split("|", 2)
+    return {
+        "vendor": vendor,
+        "app_id": app_id or None,
+        "campaign_id": campaign_id or None,
+        "window": window_label,
+        "window_start": start_ms,
+        "window_end": start_ms + size_s * 1000,
+        "total": counts.total,
+        "event_type_counts": dict(counts.by_type or {}),
+        "channel_counts": dict(counts.by_channel or {}),
+        "updated_at": now_ms,
+        "schema_version": SCHEMA_VERSION,
+    }
+
+
+KNOWN_EVENT_TYPES = frozenset(e.value for e in EventType)
+KNOWN_CHANNELS = frozenset(c.value for c in Channel)

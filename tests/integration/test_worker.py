@@ -1,0 +1,197 @@
+"""The worker end to end on a real broker: sample raw events of all five vendors in; exact counts
+of canonical events, duplicates, dead letters and campaign stats out; then a restart with the
+local RocksDB state removed, recovering the dedupe table from its changelog, and a replay of the
+same raw events that must not let a single duplicate through."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from crmstream.broker import free_port
+from crmstream.demo import VendorAccount, publish_samples, scrape
+from crmstream.samples import SampleSet, campaigns
+from crmstream.serde import AvroSerde
+from crmstream.settings import Settings
+from crmstream.topics import VENDORS, create_topics
+from processors.app import changelog_specs
+from tests.kafka_helpers import read_topic
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+PER_VENDOR = 160
+
+
+def _samples() -> dict[str, SampleSet]:
+    import importlib
+
+    rng = random.Random(20261125)
+    shared = campaigns(rng, count=12)
+    return {
+        v: importlib.import_module(f"crmstream.samples.{v}").generate(
+            random.Random(rng.random()), PER_VENDOR, shared
+        )
+        for v in VENDORS
+    }
+
+
+class WorkerProcess:
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.env = env
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = f"http://127.0.0.1:{env['CRM_METRICS_PORT']}/metrics"
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CRM_")}
+        env.update(self.env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "crmstream.cli", "worker"],
+            env=env,
+            stdout=self.log.open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def wait_accounts(
+        self, done: Callable[[dict[str, VendorAccount]], bool], timeout: float = 120
+    ) -> dict[str, VendorAccount]:
+        deadline = time.monotonic() + timeout
+        accounts: dict[str, VendorAccount] = {}
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                pytest.fail(
+                    f"worker exited {self.proc.returncode}:\n{self.log.read_text()[-4000:]}"
+                )
+            try:
+                accounts = scrape(self.url)
+            except OSError:
+                time.sleep(0.5)
+                continue
+            if done(accounts):
+                return accounts
+            time.sleep(0.5)
+        pytest.fail(f"worker did not finish in {timeout}s; last accounts {accounts}")
+
+
+@pytest.fixture
+def worker_env(crm_env_factory: Callable[..., dict[str, str]], tmp_path: Path) -> dict[str, str]:
+    return crm_env_factory(
+        CRM_METRICS_PORT=str(free_port()),
+        CRM_DATA_DIR=str(tmp_path / "state"),
+        CRM_STATS_RETENTION="3650d",
+    )
+
+
+@pytest.fixture
+def worker(worker_env: dict[str, str], tmp_path: Path) -> Iterator[WorkerProcess]:
+    proc = WorkerProcess(worker_env, tmp_path / "worker.log")
+    yield proc
+    proc.stop()
+
+
+def test_counts_stats_and_recovery_without_local_state(
+    worker: WorkerProcess, worker_env: dict[str, str]
+) -> None:
+    settings = Settings.from_env(worker_env)
+    create_topics(settings, extra=changelog_specs(settings))
+    samples = _samples()
+    expected_events = sum(s.expected_events for s in samples.values())
+
+    published = publish_samples(settings, samples)
+    worker.start()
+    accounts = worker.wait_accounts(
+        lambda acc: all(acc[v].raw_in == published[v] == acc[v].accounted for v in VENDORS)
+    )
+
+    for vendor, sample in samples.items():
+        acc = accounts[vendor]
+        assert acc.canonical_out == sample.expected_events, vendor
+        assert acc.duplicates == sample.expected_duplicates, vendor
+        assert acc.dead_letters == {r: n for r, n in sample.expected_rejects.items() if n}, vendor
+        assert acc.skipped == sample.expected_skips, vendor
+
+    serde = AvroSerde(settings)
+    events_topic = settings.topic("events")
+    events = read_topic(settings, events_topic, until=lambda r: len(r) >= expected_events)
+    decoded = [serde.decode(m.value() or b"", events_topic)[1] for m in events]
+    ids = [r["event_id"] for r in decoded]
+    assert len(ids) == expected_events
+    assert len(set(ids)) == len(ids), "a duplicate reached the events topic"
+    assert all(m.key() == r["event_id"].encode() for m, r in zip(events, decoded, strict=True))
+    per_vendor = Counter(r["vendor"].lower() for r in decoded)
+    assert per_vendor == {v: s.expected_events for v, s in samples.items()}
+
+    dl_topic = settings.topic("dead-letter")
+    expected_dl = sum(sum(s.expected_rejects.values()) for s in samples.values())
+    dead = read_topic(settings, dl_topic, until=lambda r: len(r) >= expected_dl)
+    dead_records = [serde.decode(m.value() or b"", dl_topic)[1] for m in dead]
+    assert len(dead_records) == expected_dl
+    by_reason = Counter((r["vendor"], r["reason"]) for r in dead_records)
+    for vendor, sample in samples.items():
+        for reason, n in sample.expected_rejects.items():
+            assert by_reason[(vendor, reason)] == n, (vendor, reason)
+    for r in dead_records:
+        assert r["source_topic"].endswith(f"raw.{r['vendor']}")
+        assert r["source_position"].startswith(f"sample:{r['vendor']}#")
+        assert r["detail"]
+
+    # Campaign stats: the latest upsert per (campaign, window); summed over the 1h windows they
+    # count every canonical event exactly once, and so do the 1m windows.
+    stats_topic = settings.topic("campaign-stats")
+
+    def stats_complete(records: list) -> bool:
+        latest = {m.key(): serde.decode(m.value(), stats_topic)[1] for m in records}
+        return sum(r["total"] for r in latest.values() if r["window"] == "1h") == expected_events
+
+    stats = read_topic(settings, stats_topic, until=stats_complete, timeout=60)
+    latest = {m.key(): serde.decode(m.value() or b"", stats_topic)[1] for m in stats}
+    for window in ("1m", "1h"):
+        totals: Counter[str] = Counter()
+        for r in latest.values():
+            if r["window"] == window:
+                totals[r["vendor"].lower()] += r["total"]
+                assert r["total"] == sum(r["event_type_counts"].values())
+                assert r["total"] == sum(r["channel_counts"].values())
+                assert (
+                    r["window_end"] - r["window_start"] == {"1m": 60_000, "1h": 3_600_000}[window]
+                )
+        assert totals == {v: s.expected_events for v, s in samples.items()}, window
+    for key, r in latest.items():
+        assert key.decode().endswith(f"|{r['window']}|{r['window_start']}")
+
+    # Restart without local state: the dedupe table must come back from its changelog.
+    worker.stop()
+    shutil.rmtree(worker_env["CRM_DATA_DIR"])
+    worker.start()
+    replayed = publish_samples(settings, samples)
+    total_in = {v: published[v] + replayed[v] for v in VENDORS}
+    accounts = worker.wait_accounts(
+        lambda acc: all(acc[v].raw_in == replayed[v] == acc[v].accounted for v in VENDORS)
+    )
+    for vendor, sample in samples.items():
+        acc = accounts[vendor]
+        assert acc.canonical_out == 0, f"{vendor}: a replayed event got through after recovery"
+        assert acc.duplicates == sample.expected_events + sample.expected_duplicates, vendor
+    events_after = read_topic(settings, events_topic, until=lambda r: len(r) >= expected_events)
+    assert len(events_after) == expected_events
+    assert total_in  # both rounds published
