@@ -9,7 +9,10 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
+from connectors import feeds, objectstore
+from connectors.feeds import FeedProfile
 from crmstream.settings import Settings
 
 
@@ -23,3 +26,19 @@ class ConnectorEntry:
 
 
 CONNECTORS: dict[str, ConnectorEntry] = {}
+
+
+def _feed(profile: FeedProfile) -> ConnectorEntry:
+    """An object-store feed (issue 3): one profile in connectors/feeds.py, one shared source."""
+    return ConnectorEntry(
+        name=profile.connector,
+        vendor=profile.vendor,
+        doc=profile.doc,
+        add_arguments=partial(objectstore.add_arguments, profile),
+        run=partial(objectstore.run, profile),
+    )
+
+
+CONNECTORS["leanplum"] = _feed(feeds.LEANPLUM)
+CONNECTORS["flarelane"] = _feed(feeds.FLARELANE)
+CONNECTORS["pinpoint-firehose"] = _feed(feeds.PINPOINT_FIREHOSE)

@@ -76,6 +76,38 @@ CONNECTOR_IDLE_TIMEOUTS = Counter(
     ["connector"],
 )
 
+# --- connectors: object store (S3 / local-folder feeds; records, bytes, errors above) ---------
+OBJECTSTORE_OBJECTS_LISTED = Counter(
+    "crm_objectstore_objects_listed_total",
+    "Feed objects seen by listing passes (re-listed objects count again)",
+    ["connector"],
+)
+OBJECTSTORE_OBJECTS_INGESTED = Counter(
+    "crm_objectstore_objects_ingested_total",
+    "Objects read to their end (outcome=done) or parked as unreadable (outcome=failed)",
+    ["connector", "outcome"],
+)
+OBJECTSTORE_SOURCE_LAG = Gauge(
+    "crm_objectstore_source_lag_seconds",
+    "Age of the oldest listed object not yet ingested (0 when caught up)",
+    ["connector"],
+)
+
+# --- connectors: Segment webhook receiver and Kinesis (records, bytes, errors above) ----------
+CONNECTOR_HTTP_REQUESTS = Counter(
+    "crm_connector_http_requests_total",
+    "Requests answered by a receiving connector, by HTTP status code (a fixed set)",
+    ["connector", "status"],
+)
+KINESIS_OPEN_SHARDS = Gauge(
+    "crm_kinesis_shards", "Shards the Kinesis connector tracks, by state", ["connector", "state"]
+)
+KINESIS_MILLIS_BEHIND = Gauge(
+    "crm_kinesis_behind_latest_seconds",
+    "Largest MillisBehindLatest of the last GetRecords per shard, in seconds",
+    ["connector"],
+)
+
 
 def serve(port: int) -> None:
     """Expose ``/metrics`` on ``port`` (0 disables)."""
