@@ -18,3 +18,8 @@ class ConfigError(CrmStreamError):
 
 class BrokerError(CrmStreamError):
     """Kafka could not be reached or refused an operation we cannot continue without."""
+
+
+class SerdeError(CrmStreamError):
+    """Bytes that are not a record crm-stream can decode, a record that does not fit its schema,
+    or a Schema Registry that refused or could not be reached."""
