@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
-from connectors import feeds, objectstore
+from connectors import feeds, objectstore, segment
 from connectors.feeds import FeedProfile
 from crmstream.settings import Settings
 
@@ -42,3 +42,10 @@ def _feed(profile: FeedProfile) -> ConnectorEntry:
 CONNECTORS["leanplum"] = _feed(feeds.LEANPLUM)
 CONNECTORS["flarelane"] = _feed(feeds.FLARELANE)
 CONNECTORS["pinpoint-firehose"] = _feed(feeds.PINPOINT_FIREHOSE)
+CONNECTORS["segment"] = ConnectorEntry(
+    name="segment",
+    vendor="segment",
+    doc="Segment webhook receiver: 200 only after Kafka acknowledged the request's events",
+    add_arguments=segment.add_arguments,
+    run=segment.run,
+)

@@ -1,0 +1,527 @@
+"""Segment webhook receiver: ``crm-stream connect segment``.
+
+Segment's Webhooks destination pushes each event (or a JSON array of them when batching is on)
+as an HTTP POST and retries on any non-2xx answer. So the receiver answers 200 only once Kafka
+has acknowledged every event of the request, and 503 when Kafka cannot take them: a lost event
+is then Segment's retry, never a silent drop. Duplicates from those retries share ``messageId``,
+the raw-topic key, and the worker's dedupe absorbs them (TAXONOMY §5, [X5]).
+
+Authenticity follows TAXONOMY §6.3 / [X6]: with a shared secret configured, ``X-Signature`` (or
+the newer ``X-Segment-Signature``) must be the lowercase hex HMAC-SHA1 of the raw body, checked
+on the raw bytes before any parsing and in constant time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import signal
+import threading
+import time
+import uuid
+from collections import Counter as Tally
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+from confluent_kafka import KafkaError, KafkaException, Producer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from connectors.base import RawPublisher, env_field, settings_from_env
+from crmstream import metrics
+from crmstream.errors import ConfigError
+from crmstream.kafka import producer_config
+from crmstream.settings import Secret, Settings, parse_duration, parse_port
+
+log = logging.getLogger(__name__)
+
+CONNECTOR = "segment"
+VENDOR = "segment"
+SIGNATURE_HEADERS = ("X-Signature", "X-Segment-Signature")  # [X6]: legacy and newer setting
+RESERVED_PATHS = ("/healthz", "/metrics")
+
+_OnAck = Callable[[], None]
+_OnError = Callable[[str], None]
+
+
+def _path(text: str) -> str:
+    value = text.strip()
+    if not value.startswith("/"):
+        raise ValueError(f"must start with '/', got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text.strip())
+    if value <= 0:
+        raise ValueError(f"must be greater than 0, got {text!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class SegmentSettings:
+    """The receiver's own settings (``CRM_SEGMENT_*``); Kafka comes from :class:`Settings`."""
+
+    host: str = env_field(
+        "SEGMENT_HOST",
+        "127.0.0.1",
+        None,
+        "Address the receiver listens on (0.0.0.0 in a container behind an ingress)",
+    )
+    port: int = env_field("SEGMENT_PORT", 8088, parse_port, "Port of the webhook receiver")
+    path: str = env_field(
+        "SEGMENT_PATH", "/segment", _path, "URL path Segment's Webhooks destination posts to"
+    )
+    max_body_bytes: int = env_field(
+        "SEGMENT_MAX_BODY_BYTES",
+        4 * 1024 * 1024,
+        _positive_int,
+        "Largest request body accepted; larger gets 413",
+    )
+    ack_timeout_s: float = env_field(
+        "SEGMENT_ACK_TIMEOUT",
+        10.0,
+        parse_duration,
+        "Longest wait for Kafka to acknowledge a request's events before answering 503",
+    )
+    shared_secret: Secret = env_field(
+        "SEGMENT_SHARED_SECRET",
+        Secret(""),
+        None,
+        "Webhook shared secret (or CRM_SEGMENT_SHARED_SECRET_FILE); empty accepts unsigned posts",
+        secret=True,
+    )
+    app_id: str = env_field(
+        "SEGMENT_APP_ID",
+        "",
+        None,
+        "app_id header of the raw records: the Segment source (TAXONOMY §6.3: connector config)",
+    )
+
+    def __post_init__(self) -> None:
+        if not self.host.strip():
+            raise ConfigError("CRM_SEGMENT_HOST", "must not be empty")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError("CRM_SEGMENT_PORT", f"port out of range: {self.port}")
+        if not self.path.startswith("/"):
+            raise ConfigError("CRM_SEGMENT_PATH", f"must start with '/', got {self.path!r}")
+        if self.path.rstrip("/") in RESERVED_PATHS or self.path == "/":
+            raise ConfigError("CRM_SEGMENT_PATH", f"{self.path!r} is reserved")
+        if self.max_body_bytes <= 0:
+            raise ConfigError("CRM_SEGMENT_MAX_BODY_BYTES", "must be greater than 0")
+        if not 0.1 <= self.ack_timeout_s <= 300:
+            raise ConfigError(
+                "CRM_SEGMENT_ACK_TIMEOUT", "must be between 100ms and 300s (Segment times out)"
+            )
+        if not isinstance(self.shared_secret, Secret):
+            raise ConfigError("CRM_SEGMENT_SHARED_SECRET", "must be a Secret, never a plain str")
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> SegmentSettings:
+        return settings_from_env(cls, environ, **overrides)
+
+
+def signature(secret: str, body: bytes) -> str:
+    """What Segment sends in ``X-Signature``: hex HMAC-SHA1 of the raw body [X6]."""
+    return hmac.new(secret.encode(), body, hashlib.sha1).hexdigest()
+
+
+class _Reject(Exception):
+    """A request answered with a 4xx/5xx; ``kind`` is the bounded metrics label."""
+
+    def __init__(self, status: int, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+        self.message = message
+
+
+def split_events(body: bytes) -> list[tuple[str | None, bytes]]:
+    """``(messageId or None, raw event bytes)`` per event of a body: one object or an array.
+
+    A single object is published byte for byte as received; array elements are re-serialized
+    one by one (the raw topic holds one event per record). Anything else is a 400: Segment only
+    sends JSON objects, so another shape is a misconfigured sender, not an event.
+    """
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise _Reject(400, "invalid_json", f"body is not JSON: {exc}") from exc
+    if isinstance(parsed, dict):
+        return [(_message_id(parsed), body)]
+    if not isinstance(parsed, list):
+        raise _Reject(400, "invalid_shape", "body must be a JSON object or an array of objects")
+    out: list[tuple[str | None, bytes]] = []
+    for index, item in enumerate(parsed):
+        if not isinstance(item, dict):
+            raise _Reject(
+                400, "invalid_shape", f"array element {index} is {type(item).__name__}, not object"
+            )
+        out.append((_message_id(item), orjson.dumps(item)))
+    return out
+
+
+def _message_id(event: dict[str, Any]) -> str | None:
+    # TAXONOMY §6.3: messageId is the vendor event id. Without one the record is still published
+    # (key None) so the worker dead-letters it as missing_event_id with its source position.
+    value = event.get("messageId")
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+class SegmentReceiver:
+    """The aiohttp application plus the Kafka producer it answers for.
+
+    confluent-kafka serves delivery callbacks from ``poll()``: a background thread polls, and
+    each callback resolves an asyncio future through ``call_soon_threadsafe``, so a request
+    awaits its acknowledgements without blocking the event loop.
+    """
+
+    def __init__(
+        self,
+        config: SegmentSettings,
+        settings: Settings,
+        *,
+        publisher: RawPublisher | None = None,
+    ) -> None:
+        self.config = config
+        self.settings = settings
+        if publisher is None:
+            # Undelivered records fail after the ack timeout instead of librdkafka's 5 minutes,
+            # so the local queue drains while Kafka is away and every request gets its 503.
+            timeout_ms = max(1000, int(config.ack_timeout_s * 1000))
+            producer = Producer(
+                producer_config(settings, **{"message.timeout.ms": timeout_ms, "linger.ms": 5})
+            )
+            publisher = RawPublisher(
+                settings, VENDOR, app_id=config.app_id or None, producer=producer
+            )
+        self.publisher = publisher
+        self._stop_polling = threading.Event()
+        self._poller: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self.bound_port: int | None = None
+
+    # --- application --------------------------------------------------------------------------
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.config.max_body_bytes)
+        app.router.add_post(self.config.path, self._handle_post)
+        app.router.add_get("/healthz", self._handle_health)
+        app.router.add_get("/metrics", self._handle_metrics)
+        app.on_startup.append(self._on_startup)
+        app.on_cleanup.append(self._on_cleanup)
+        return app
+
+    async def _on_startup(self, _app: web.Application) -> None:
+        self._stop_polling.clear()
+        self._poller = threading.Thread(target=self._poll_loop, name="segment-acks", daemon=True)
+        self._poller.start()
+
+    async def _on_cleanup(self, _app: web.Application) -> None:
+        self._stop_polling.set()
+        if self._poller is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._poller.join, 5.0)
+        with contextlib.suppress(Exception):
+            await asyncio.get_running_loop().run_in_executor(None, self.publisher.flush, 5.0)
+
+    def _poll_loop(self) -> None:
+        while not self._stop_polling.is_set():
+            self.publisher.poll(0.1)
+
+    async def _handle_health(self, _request: web.Request) -> web.Response:
+        alive = self._poller is not None and self._poller.is_alive()
+        return web.json_response(
+            {"status": "ok" if alive else "starting", "connector": CONNECTOR},
+            status=200 if alive else 503,
+        )
+
+    async def _handle_metrics(self, _request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _handle_post(self, request: web.Request) -> web.Response:
+        request_id = uuid.uuid4().hex
+        try:
+            body = await self._read_body(request)
+            self._verify(request, body)
+            events = split_events(body)
+            await self._publish(request_id, events)
+        except _Reject as rej:
+            metrics.CONNECTOR_ERRORS.labels(CONNECTOR, rej.kind).inc()
+            metrics.CONNECTOR_HTTP_REQUESTS.labels(CONNECTOR, str(rej.status)).inc()
+            log.warning(
+                "segment request %s answered %d: %s",
+                request_id,
+                rej.status,
+                rej.message,
+                extra={"connector": CONNECTOR, "reason": rej.kind},
+            )
+            headers = {"Retry-After": "5"} if rej.status == 503 else None
+            return web.json_response(
+                {"error": rej.kind, "message": rej.message, "request_id": request_id},
+                status=rej.status,
+                headers=headers,
+            )
+        metrics.CONNECTOR_RECORDS.labels(CONNECTOR).inc(len(events))
+        metrics.CONNECTOR_HTTP_REQUESTS.labels(CONNECTOR, "200").inc()
+        return web.json_response({"accepted": len(events), "request_id": request_id})
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        limit = self.config.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise _Reject(413, "body_too_large", f"body of {request.content_length} > {limit}")
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge as exc:
+            raise _Reject(413, "body_too_large", f"body over {limit} bytes") from exc
+        metrics.CONNECTOR_BYTES.labels(CONNECTOR).inc(len(body))
+        return body
+
+    def _verify(self, request: web.Request, body: bytes) -> None:
+        """[X6]: HMAC of the raw bytes, before parsing, in constant time. The secret and the
+        received signature are never logged."""
+        secret = self.config.shared_secret
+        if not secret:
+            return
+        received = [request.headers[h] for h in SIGNATURE_HEADERS if h in request.headers]
+        if not received:
+            raise _Reject(401, "signature_missing", "X-Signature header missing")
+        expected = signature(secret.get(), body).encode()
+        for value in received:
+            if hmac.compare_digest(value.strip().lower().encode("utf-8", "replace"), expected):
+                return
+        raise _Reject(401, "signature_invalid", "signature does not match the body")
+
+    async def _publish(self, request_id: str, events: list[tuple[str | None, bytes]]) -> None:
+        """Queue every event, then wait for all acknowledgements or answer 503."""
+        if not events:
+            return
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[None]] = [loop.create_future() for _ in events]
+
+        def settle(fut: asyncio.Future[None], error: str | None) -> None:
+            if fut.done():  # the request already timed out
+                return
+            if error is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(_Reject(503, "kafka", error))
+
+        def callbacks(
+            fut: asyncio.Future[None],
+        ) -> tuple[Callable[[], None], Callable[[str], None]]:
+            def acked() -> None:
+                loop.call_soon_threadsafe(settle, fut, None)
+
+            def failed(error: str) -> None:
+                loop.call_soon_threadsafe(settle, fut, error)
+
+            return acked, failed
+
+        def produce_all() -> None:
+            for index, ((key, value), fut) in enumerate(zip(events, futures, strict=True)):
+                acked, failed = callbacks(fut)
+                self.publisher.publish(
+                    key,
+                    value,
+                    source=f"segment:{request_id}#{index}",
+                    fmt="json",
+                    on_ack=acked,
+                    on_error=failed,
+                )
+
+        async def produce_and_wait() -> None:
+            try:
+                await loop.run_in_executor(None, produce_all)
+            except KafkaException as exc:
+                err = exc.args[0]
+                if isinstance(err, KafkaError) and err.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                    raise _Reject(413, "record_too_large", err.str()) from exc
+                raise _Reject(503, "kafka", str(exc)) from exc
+            results = await asyncio.gather(*futures, return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+
+        try:
+            await asyncio.wait_for(produce_and_wait(), timeout=self.config.ack_timeout_s)
+        except TimeoutError as exc:
+            raise _Reject(
+                503,
+                "kafka_timeout",
+                f"Kafka did not acknowledge {len(events)} events in {self.config.ack_timeout_s}s",
+            ) from exc
+
+    # --- running ------------------------------------------------------------------------------
+    async def start(self) -> str:
+        """Start listening; returns the URL Segment should post to."""
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.host, self.config.port)
+        await site.start()
+        addresses = self._runner.addresses
+        self.bound_port = int(addresses[0][1]) if addresses else self.config.port
+        return self.url
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.config.host}:{self.bound_port or self.config.port}{self.config.path}"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+class BackgroundReceiver:
+    """The receiver on its own event loop in a thread, for the demo and the tests.
+
+    ``with BackgroundReceiver(config, settings) as r: post_samples(r.url, ...)``.
+    """
+
+    def __init__(self, config: SegmentSettings, settings: Settings) -> None:
+        self.receiver = SegmentReceiver(config, settings)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="segment", daemon=True)
+        self.url = ""
+
+    def start(self, timeout: float = 30.0) -> BackgroundReceiver:
+        self._thread.start()
+        fut = asyncio.run_coroutine_threadsafe(self.receiver.start(), self._loop)
+        self.url = fut.result(timeout)
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(self.receiver.stop(), self._loop).result(timeout)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout)
+        self._loop.close()
+
+    def __enter__(self) -> BackgroundReceiver:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+
+def post_samples(
+    url: str,
+    records: Iterable[bytes],
+    secret: str | None = None,
+    *,
+    batch_size: int = 1,
+    retries: int = 5,
+    timeout: float = 30.0,
+) -> Tally[int]:
+    """POST sample events to a receiver as Segment would; returns ``{status: requests}``.
+
+    ``batch_size > 1`` sends JSON arrays, as Segment's batching does. A record that is not a
+    JSON object is sent alone (in a batch it would make the whole array a 400). A 503 is
+    retried with back-off, like Segment. With ``secret`` every request is signed.
+    """
+    import httpx
+
+    values = list(records)
+    tally: Tally[int] = Tally()
+    bodies: list[bytes] = []
+    batch: list[bytes] = []
+    for value in values:
+        if batch_size > 1 and _is_object(value):
+            batch.append(value)
+            if len(batch) == batch_size:
+                bodies.append(b"[" + b",".join(batch) + b"]")
+                batch = []
+        else:
+            bodies.append(value)
+    if batch:
+        bodies.append(b"[" + b",".join(batch) + b"]")
+    with httpx.Client(timeout=timeout) as client:
+        for body in bodies:
+            headers = {"Content-Type": "application/json"}
+            if secret:
+                headers["X-Signature"] = signature(secret, body)
+            for attempt in range(retries + 1):
+                status = client.post(url, content=body, headers=headers).status_code
+                if status != 503 or attempt == retries:
+                    break
+                time.sleep(min(0.5 * 2**attempt, 5.0))
+            tally[status] += 1
+    return tally
+
+
+def _is_object(value: bytes) -> bool:
+    try:
+        return isinstance(orjson.loads(value), dict)
+    except orjson.JSONDecodeError:
+        return False
+
+
+# --- command line -------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Non-secret options only: the shared secret comes from the environment or a file."""
+    parser.add_argument("--host", default=None, help="listen address (CRM_SEGMENT_HOST)")
+    parser.add_argument("--port", type=int, default=None, help="listen port (CRM_SEGMENT_PORT)")
+    parser.add_argument("--path", default=None, help="webhook path (CRM_SEGMENT_PATH)")
+    parser.add_argument(
+        "--max-body-bytes", type=int, default=None, help="body limit (CRM_SEGMENT_MAX_BODY_BYTES)"
+    )
+    parser.add_argument(
+        "--ack-timeout",
+        type=parse_duration,
+        default=None,
+        help="Kafka ack wait before 503 (CRM_SEGMENT_ACK_TIMEOUT)",
+    )
+    parser.add_argument("--app-id", default=None, help="app id header (CRM_SEGMENT_APP_ID)")
+
+
+def config_from_args(args: argparse.Namespace) -> SegmentSettings:
+    return SegmentSettings.from_env(
+        host=getattr(args, "host", None),
+        port=getattr(args, "port", None),
+        path=getattr(args, "path", None),
+        max_body_bytes=getattr(args, "max_body_bytes", None),
+        ack_timeout_s=getattr(args, "ack_timeout", None),
+        app_id=getattr(args, "app_id", None),
+    )
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    config = config_from_args(args)
+    metrics.serve(settings.metrics_port)
+    if not config.shared_secret:
+        log.warning(
+            "CRM_SEGMENT_SHARED_SECRET is not set: unsigned webhook posts are accepted",
+            extra={"connector": CONNECTOR},
+        )
+    asyncio.run(_serve_until_signal(config, settings))
+    return 0
+
+
+async def _serve_until_signal(config: SegmentSettings, settings: Settings) -> None:
+    receiver = SegmentReceiver(config, settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    url = await receiver.start()
+    log.info("segment receiver listening on %s", url, extra={"connector": CONNECTOR})
+    try:
+        await stop.wait()
+    finally:
+        await receiver.stop()
+
+
+def samples_iter(records: Iterable[tuple[bytes | None, bytes]]) -> Iterator[bytes]:
+    """The values of a :class:`~crmstream.samples.SampleSet`'s ``records``, for post_samples."""
+    for _key, value in records:
+        yield value
