@@ -104,9 +104,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-pii", action="store_true", help="copy PII into attributes")
     p.set_defaults(func=_cmd_normalize)
 
-    p = sub.add_parser("decode", help="print an output topic as JSON lines, whatever its encoding")
+    p = sub.add_parser(
+        "decode",
+        help="print an output topic as JSON lines, whatever its encoding",
+        description="Read TOPIC from the beginning (partitions assigned, nothing committed) and "
+        "print one JSON object per record: {topic, partition, offset, timestamp, key, schema, "
+        "value}. value is the Avro record (Avro single-object or Confluent wire format): enums "
+        "as names, timestamps as epoch ms, null for a tombstone. Bytes (the key, DeadLetter.raw) "
+        "are strings of code points U+0000-U+00FF, one per byte (Avro's JSON convention; "
+        "s.encode('latin-1') gives the bytes back). An undecodable record prints error and "
+        "bytes instead of value and makes the exit status 1.",
+    )
     p.add_argument("topic", help="topic name, with or without the CRM_TOPIC_PREFIX")
-    p.add_argument("--from-beginning", action="store_true", default=True)
+    p.add_argument(
+        "--from-beginning", action="store_true", default=True, help="always on (the default)"
+    )
     p.add_argument("--max", type=int, default=0, help="stop after this many records (0: no limit)")
     p.add_argument(
         "--idle-timeout",
