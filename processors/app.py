@@ -136,7 +136,9 @@ class Pipeline:
         self._contexts: dict[str | None, NormalizeContext] = {}
 
         self.app = faust.App(
-            settings.app_id,
+            # Under the topic prefix, so that Faust's own topics (table changelogs, the assignor's
+            # leader topic) are named <prefix><app id>-... like everything else.
+            settings.topic(settings.app_id),
             store="rocksdb://",
             datadir=str(settings.data_path / "faust"),
             topic_partitions=settings.partitions,
@@ -163,18 +165,16 @@ class Pipeline:
         )
         self.dedupe = app.Table(
             "dedupe",
-            default=None,
+            default=bytes,
             partitions=settings.partitions,
-            key_serializer="raw",
-            value_serializer="raw",
+            schema=faust.Schema(key_serializer="raw", value_serializer="raw"),
         ).tumbling(timedelta(seconds=self.window_s), expires=timedelta(seconds=2 * self.window_s))
         self.stats_tables = {
             label: app.Table(
                 f"stats-{label}",
-                default=None,
+                default=dict,
                 partitions=settings.partitions,
-                key_serializer="raw",
-                value_serializer="json",
+                schema=faust.Schema(key_serializer="raw", value_serializer="json"),
             )
             .tumbling(size, expires=timedelta(seconds=settings.stats_retention_s))
             .relative_to(self._stats_time)  # type: ignore[attr-defined]
@@ -388,6 +388,7 @@ def create_pipeline(settings: Settings) -> Pipeline:
 def run_worker(settings: Settings) -> int:
     """``crm-stream worker``: create missing topics, serve metrics, run until signalled."""
     create_topics(settings, extra=changelog_specs(settings))
+    (settings.data_path / "faust").mkdir(parents=True, exist_ok=True)
     metrics.serve(settings.metrics_port)
     pipeline = create_pipeline(settings)
     worker = faust.Worker(
