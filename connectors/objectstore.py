@@ -35,6 +35,7 @@ import tempfile
 import time
 import zlib
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -200,6 +201,8 @@ class ObjectStore(Protocol):
 
     def open_seekable(self, obj: ObjectInfo) -> IO[bytes]: ...
 
+    def fetch(self, obj: ObjectInfo) -> bytes: ...
+
     def url(self, obj: ObjectInfo) -> str: ...
 
 
@@ -286,6 +289,11 @@ class S3Store:
 
     def open_seekable(self, obj: ObjectInfo) -> IO[bytes]:
         return io.BufferedReader(_RangeReader(self, obj), 4 << 20)
+
+    def fetch(self, obj: ObjectInfo) -> bytes:
+        """A small object whole (prefetching)."""
+        with self.open_stream(obj) as stream:
+            return stream.read()
 
     def url(self, obj: ObjectInfo) -> str:
         return f"s3://{self.bucket}/{obj.key}"
@@ -411,6 +419,10 @@ class LocalStore:
     def open_seekable(self, obj: ObjectInfo) -> IO[bytes]:
         return self._open(obj)
 
+    def fetch(self, obj: ObjectInfo) -> bytes:
+        with self._open(obj) as handle:
+            return handle.read()
+
     def url(self, obj: ObjectInfo) -> str:
         # Not as_uri(): percent-encoding would turn dt= into dt%3D in every source header.
         return f"file://{(self.root / obj.key).resolve()}"
@@ -445,6 +457,10 @@ GZIP_MAGIC = b"\x1f\x8b"
 PARQUET_MAGIC = b"PAR1"
 PARQUET_SUFFIXES = (".parquet", ".parq")  # named Parquet but without the magic: corrupt Parquet
 BATCH_ROWS = 8192
+DEFERRED_OBJECTS = 200  # finished objects whose checkpoints are written together
+PREFETCH_THREADS = 4
+PREFETCH_DEPTH = 8
+PREFETCH_MAX_BYTES = 8 << 20  # so prefetched bodies hold at most 64 MiB
 
 
 @dataclass
@@ -464,23 +480,37 @@ class ObjectReader:
     ``bytes_read`` counts object bytes as stored (compressed).
     """
 
-    def __init__(self, store: ObjectStore, obj: ObjectInfo, skip: int = 0) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        obj: ObjectInfo,
+        skip: int = 0,
+        prefetched: Future[bytes] | None = None,
+    ) -> None:
         self.store = store
         self.obj = obj
         self.skip = skip
+        self.prefetched = prefetched
         self.fmt = "unknown"
+
+    def _open(self, seekable: bool) -> IO[bytes]:
+        if self.prefetched is not None:
+            return io.BufferedReader(io.BytesIO(self.prefetched.result()))
+        if seekable:
+            return self.store.open_seekable(self.obj)
+        return self.store.open_stream(self.obj)
 
     def __iter__(self) -> Iterator[Row]:
         if self.obj.size == 0:
             self.fmt = "empty"
             return
-        stream = self.store.open_stream(self.obj)
+        stream = self._open(seekable=False)
         try:
             head = stream.peek(4)[:4] if hasattr(stream, "peek") else b""
             if head.startswith(PARQUET_MAGIC) or self.obj.key.endswith(PARQUET_SUFFIXES):
                 stream.close()
                 self.fmt = "parquet"
-                yield from self._parquet(self.store.open_seekable(self.obj))
+                yield from self._parquet(self._open(seekable=True))
                 return
             compressed = head.startswith(GZIP_MAGIC)
             body: Any = stream
@@ -719,6 +749,8 @@ class ObjectStoreSource:
         self.key_of = key_of or vendor_key_function(profile.vendor)
         self.positions: dict[str, dict[str, Any]] | None = None
         self.newest_day: date | None = None
+        self._deferred: dict[str, dict[str, Any]] = {}
+        self._records_since_commit = 0
         self._connector = profile.connector
 
     # positions ------------------------------------------------------------------------------
@@ -788,10 +820,17 @@ class ObjectStoreSource:
 
     # ingesting ------------------------------------------------------------------------------
 
-    def _checkpoint(self, obj: ObjectInfo, rows_done: int, **state: Any) -> None:
-        """Flush first: a position is written only once every record it covers is acked."""
+    def _checkpoint(
+        self, obj: ObjectInfo, rows_done: int, *, defer: bool = False, **state: Any
+    ) -> None:
+        """Flush first: a position is written only once every record it covers is acked.
+
+        ``defer`` batches the checkpoints of finished objects: Firehose delivers many small
+        objects, and one flush and one checkpoint round trip per object would bound the feed
+        to a few dozen objects a second. Deferred positions are written by
+        :meth:`_commit_deferred`, after the flush that covers them.
+        """
         assert self.positions is not None
-        self.publisher.flush()
         value = {
             "etag": obj.etag,
             "size": obj.size,
@@ -801,8 +840,19 @@ class ObjectStoreSource:
             "updated_at": int(time.time() * 1000),
             **state,
         }
-        self.checkpoints.commit(self.position_key(obj), value)
-        self.positions[self.position_key(obj)] = value
+        self._deferred[self.position_key(obj)] = value
+        if not defer or len(self._deferred) >= DEFERRED_OBJECTS:
+            self._commit_deferred()
+
+    def _commit_deferred(self) -> None:
+        assert self.positions is not None
+        if not self._deferred:
+            return
+        self.publisher.flush()
+        self.checkpoints.commit_many(self._deferred)
+        self.positions.update(self._deferred)
+        self._deferred = {}
+        self._records_since_commit = 0
 
     def _error(self, stats: PassStats, kind: str) -> None:
         stats.errors[kind] = stats.errors.get(kind, 0) + 1
@@ -818,7 +868,9 @@ class ObjectStoreSource:
             # published without a key and the worker rejects it as missing_event_id (§5).
             return None
 
-    def ingest(self, obj: ObjectInfo, stats: PassStats) -> None:
+    def ingest(
+        self, obj: ObjectInfo, stats: PassStats, prefetched: Future[bytes] | None = None
+    ) -> None:
         """Publish one object's records from its checkpointed row on, then mark it done."""
         assert self.positions is not None
         previous = self.positions.get(self.position_key(obj))
@@ -826,9 +878,8 @@ class ObjectStoreSource:
         if previous is not None and previous.get("etag") == obj.etag:
             skip = int(previous.get("rows_done", 0))
         url = self.store.url(obj)
-        reader = ObjectReader(self.store, obj, skip)
+        reader = ObjectReader(self.store, obj, skip, prefetched)
         rows_done = skip
-        since_checkpoint = 0
         records = metrics.CONNECTOR_RECORDS.labels(self._connector)
         try:
             for row in reader:
@@ -838,10 +889,9 @@ class ObjectStoreSource:
                 records.inc()
                 stats.records += 1
                 rows_done = row.index + 1
-                since_checkpoint += 1
-                if since_checkpoint >= self.config.checkpoint_every:
+                self._records_since_commit += 1
+                if self._records_since_commit >= self.config.checkpoint_every:
                     self._checkpoint(obj, rows_done, format=reader.fmt)
-                    since_checkpoint = 0
         except ObjectReadError as exc:
             # Publish what was readable, then park the object: retried only if its ETag changes.
             self._checkpoint(obj, rows_done, format=reader.fmt, failed=f"{exc.kind}: {exc}")
@@ -858,7 +908,7 @@ class ObjectStoreSource:
             )
             return
         except ObjectChangedError as exc:
-            self.publisher.flush()
+            self._commit_deferred()
             self._error(stats, "changed")
             log.warning("object %s changed while being read (%s); re-listing", url, exc)
             return
@@ -866,7 +916,7 @@ class ObjectStoreSource:
             if rows_done > skip:  # keep the progress: the retry resumes here
                 self._checkpoint(obj, rows_done, format=reader.fmt)
             raise
-        self._checkpoint(obj, rows_done, format=reader.fmt, done=True)
+        self._checkpoint(obj, rows_done, format=reader.fmt, done=True, defer=True)
         stats.ingested += 1
         stats.bytes += obj.size
         metrics.OBJECTSTORE_OBJECTS_INGESTED.labels(self._connector, "done").inc()
@@ -885,13 +935,35 @@ class ObjectStoreSource:
         stats = PassStats()
         pending = self.list_pending(stats)
         self._set_lag(pending)
-        for i, obj in enumerate(pending):
-            try:
-                self.ingest(obj, stats)
-            except TransientSourceError:
-                self._error(stats, "transient")
-                raise
-            self._set_lag(pending[i + 1 :])
+        # Small objects are fetched a few ahead: one GET costs tens of milliseconds, and a backlog
+        # of Firehose objects would otherwise be read at the speed of request latency.
+        pool = ThreadPoolExecutor(PREFETCH_THREADS, thread_name_prefix="prefetch")
+        ahead: dict[int, Future[bytes]] = {}
+
+        def prefetch(j: int) -> None:
+            if j < len(pending) and 0 < pending[j].size <= PREFETCH_MAX_BYTES:
+                ahead[j] = pool.submit(self.store.fetch, pending[j])
+
+        try:
+            for j in range(PREFETCH_DEPTH):
+                prefetch(j)
+            for i, obj in enumerate(pending):
+                prefetch(i + PREFETCH_DEPTH)
+                try:
+                    self.ingest(obj, stats, ahead.pop(i, None))
+                except TransientSourceError:
+                    self._error(stats, "transient")
+                    raise
+                self._set_lag(pending[i + 1 :])
+        except BaseException:
+            for future in ahead.values():
+                future.cancel()
+            with contextlib.suppress(Exception):  # best effort: keep what finished before
+                self._commit_deferred()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        self._commit_deferred()
         return stats
 
     def run(self, *, max_transient_failures: int = 5) -> PassStats:
