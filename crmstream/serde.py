@@ -17,6 +17,10 @@ Timestamps are epoch-millisecond integers on both sides: the ``timestamp-millis`
 stays in the schemas (and the registry) for other readers, but is removed from the schemas
 fastavro uses here, so encode rejects a ``datetime`` and decode returns the integer. Parsing
 Canonical Form ignores logical types, so fingerprints are unaffected.
+
+fastavro does not range-check Avro ``int`` on write: a value beyond 32 bits would be written
+(and read back by fastavro) but rejected by Java readers. The only ``int`` fields are partitions
+and ``schema_version``, which always fit.
 """
 
 from __future__ import annotations
