@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
-from connectors import feeds, objectstore, segment
+from connectors import feeds, objectstore, pinpoint_kinesis, segment
 from connectors.feeds import FeedProfile
 from crmstream.settings import Settings
 
@@ -48,4 +48,11 @@ CONNECTORS["segment"] = ConnectorEntry(
     doc="Segment webhook receiver: 200 only after Kafka acknowledged the request's events",
     add_arguments=segment.add_arguments,
     run=segment.run,
+)
+CONNECTORS["pinpoint-kinesis"] = ConnectorEntry(
+    name="pinpoint-kinesis",
+    vendor="pinpoint",
+    doc="Pinpoint events on Kinesis: parent shards before children, checkpoint after Kafka acks",
+    add_arguments=pinpoint_kinesis.add_arguments,
+    run=pinpoint_kinesis.run,
 )
