@@ -73,6 +73,12 @@ def _cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_airship_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from connectors.airship_replay import run
+
+    return run(args)
+
+
 def _cmd_connect(args: argparse.Namespace, settings: Settings) -> int:
     from connectors.registry import CONNECTORS
 
@@ -146,6 +152,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("broker", help="run the embedded Tansu broker in the foreground")
     p.add_argument("--port", type=int, default=9092)
     p.set_defaults(func=_cmd_broker)
+
+    p = sub.add_parser(
+        "airship-replay",
+        help="serve an NDJSON file as Airship's RTDS API on loopback (tests, demo)",
+    )
+    p.add_argument("file", help="NDJSON file of Airship events, one a line")
+    p.add_argument("--host", default="127.0.0.1", help="listen address (loopback)")
+    p.add_argument("--port", type=int, default=0, help="listen port (0: pick a free one)")
+    p.add_argument("--app-key", default=None, help="required X-UA-Appkey (default: any)")
+    p.add_argument("--interval", type=float, default=0.0, help="seconds between two events")
+    p.add_argument("--keepalive", type=float, default=1.0, help="keep-alive period when idle")
+    p.add_argument("--keepalive-every", type=int, default=0, help="keep-alive every N events")
+    p.add_argument("--redirect", default="first", help="307+cookie: first, every or never")
+    p.add_argument("--stall-after", type=int, default=0, help="go silent once after N events")
+    p.add_argument("--stall", type=float, default=0.0, help="seconds of silence")
+    p.add_argument("--disconnect-after", type=int, default=0, help="drop once after N events")
+    p.add_argument("--fail", default="", help="statuses for the first requests, e.g. 402,500")
+    p.add_argument("--no-gzip", action="store_true", help="never gzip the stream")
+    p.set_defaults(func=_cmd_airship_replay)
 
     from connectors.registry import CONNECTORS
 
