@@ -47,7 +47,7 @@ import orjson
 from connectors.base import CheckpointStore, RawPublisher
 from connectors.feeds import FeedProfile
 from crmstream import metrics
-from crmstream.errors import ConfigError, CrmStreamError
+from crmstream.errors import BrokerError, ConfigError, CrmStreamError
 from crmstream.settings import Settings
 
 if TYPE_CHECKING:
@@ -751,6 +751,7 @@ class ObjectStoreSource:
         self.newest_day: date | None = None
         self._deferred: dict[str, dict[str, Any]] = {}
         self._records_since_commit = 0
+        self._dead_letters: tuple[Any, Any] | None = None
         self._connector = profile.connector
 
     # positions ------------------------------------------------------------------------------
@@ -854,6 +855,55 @@ class ObjectStoreSource:
         self._deferred = {}
         self._records_since_commit = 0
 
+    def _dead_letter(
+        self, obj: ObjectInfo, position: str, fmt: str, exc: ObjectReadError, published: int
+    ) -> None:
+        """One ``DeadLetter`` for an object that cannot be read to its end.
+
+        There is no raw record to point at, so ``raw`` is empty (the object can be far too big
+        to copy), ``raw_key`` is the object URL, the source partition and offset are -1, and
+        ``source_position`` is the row where reading stopped.
+        """
+        from confluent_kafka import Producer
+
+        from crmstream.kafka import producer_config
+        from crmstream.serde import AvroSerde
+
+        if self._dead_letters is None:
+            self._dead_letters = (
+                AvroSerde(self.settings),
+                Producer(producer_config(self.settings, **{"linger.ms": 0})),
+            )
+        serde, producer = self._dead_letters
+        topic = self.settings.topic("dead-letter")
+        record = {
+            "raw": b"",
+            "raw_key": self.store.url(obj).encode(),
+            "vendor": self.profile.vendor,
+            "reason": f"unreadable_object:{exc.kind}",
+            "detail": f"{exc} ({published} records before it were published)",
+            "source_topic": self.publisher.topic,
+            "source_partition": -1,
+            "source_offset": -1,
+            "source_position": position,
+            "headers": {
+                "connector": self.profile.connector,
+                "format": fmt,
+                "etag": obj.etag,
+                "size": str(obj.size),
+            },
+            "dead_lettered_at": int(time.time() * 1000),
+        }
+        failures: list[str] = []
+        producer.produce(
+            topic,
+            key=self.store.url(obj).encode(),
+            value=serde.encode("DeadLetter", record, topic),
+            on_delivery=lambda err, _msg: failures.append(err.str()) if err else None,
+        )
+        if producer.flush(30) or failures:
+            raise BrokerError(f"dead letter to {topic} not acknowledged: {failures[:1]}")
+
     def _error(self, stats: PassStats, kind: str) -> None:
         stats.errors[kind] = stats.errors.get(kind, 0) + 1
         metrics.CONNECTOR_ERRORS.labels(self._connector, kind).inc()
@@ -893,7 +943,10 @@ class ObjectStoreSource:
                 if self._records_since_commit >= self.config.checkpoint_every:
                     self._checkpoint(obj, rows_done, format=reader.fmt)
         except ObjectReadError as exc:
-            # Publish what was readable, then park the object: retried only if its ETag changes.
+            # Publish what was readable, dead-letter the object, then park it: it is retried
+            # only if its ETag changes. Dead letter before checkpoint: at least once.
+            self._commit_deferred()
+            self._dead_letter(obj, f"{url}#{rows_done}", reader.fmt, exc, rows_done - skip)
             self._checkpoint(obj, rows_done, format=reader.fmt, failed=f"{exc.kind}: {exc}")
             self._error(stats, exc.kind)
             stats.failed += 1

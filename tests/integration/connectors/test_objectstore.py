@@ -32,6 +32,7 @@ from connectors.feeds import FLARELANE, LEANPLUM, PINPOINT_FIREHOSE, FeedProfile
 from connectors.objectstore import ObjectStoreSettings, ObjectStoreSource, SourceError
 from connectors.samplefeeds import leanplum_parquet_row, leanplum_parquet_schema
 from crmstream.errors import BrokerError
+from crmstream.serde import AvroSerde
 from crmstream.settings import Settings
 from crmstream.topics import create_topics
 from tests.kafka_helpers import read_topic
@@ -298,6 +299,19 @@ def test_empty_truncated_and_corrupt_objects_never_crash_loop(
     assert len(got) == readable + 2
     expected = {f"g{i}".encode() for i in range(readable)} | {b"ok", b"pq"}
     assert {m.key() for m in got} == expected
+
+    serde = AvroSerde(kafka)
+    dead = read_topic(
+        kafka, kafka.topic("dead-letter"), until=lambda r: len(r) >= 2, timeout=30, idle=1.0
+    )
+    letters = {m.key(): serde.decode(m.value())[1] for m in dead}
+    assert len(dead) == 2  # one per parked object, none for the retry that succeeded
+    cut = letters[f"s3://{name}/dt=2024-03-05/cut.json.gz".encode()]
+    assert cut["reason"] == "unreadable_object:truncated_gzip"
+    assert cut["vendor"] == "leanplum" and cut["source_topic"] == kafka.topic("raw.leanplum")
+    assert cut["source_position"] == f"s3://{name}/dt=2024-03-05/cut.json.gz#{readable}"
+    bad = letters[f"s3://{name}/dt=2024-03-05/bad.parquet".encode()]
+    assert bad["reason"] == "unreadable_object:corrupt_parquet" and bad["raw"] == b""
 
 
 def test_missing_bucket_is_a_clear_error_not_a_retry(kafka: Settings, moto_endpoint: str) -> None:
