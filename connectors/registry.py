@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
-from connectors import feeds, objectstore, pinpoint_kinesis, segment
+from connectors import airship, feeds, objectstore, pinpoint_kinesis, segment
 from connectors.feeds import FeedProfile
 from crmstream.settings import Settings
 
@@ -55,4 +55,11 @@ CONNECTORS["pinpoint-kinesis"] = ConnectorEntry(
     doc="Pinpoint events on Kinesis: parent shards before children, checkpoint after Kafka acks",
     add_arguments=pinpoint_kinesis.add_arguments,
     run=pinpoint_kinesis.run,
+)
+CONNECTORS["airship"] = ConnectorEntry(
+    name="airship",
+    vendor="airship",
+    doc="Airship Real-Time Data Streaming: resumable NDJSON stream, checkpoint after Kafka acks",
+    add_arguments=airship.add_arguments,
+    run=airship.run,
 )
