@@ -94,6 +94,7 @@ def all_enabled_values(existing_secret: str | None = None) -> dict[str, Any]:
     connectors["leanplum"].update(source="s3://crm-feeds/leanplum/", appId="lp-app")
     connectors["flarelane"]["source"] = "s3://crm-feeds/flarelane/"
     connectors["pinpoint-firehose"]["source"] = "s3://crm-feeds/pinpoint/"
+    connectors["pinpoint-kinesis"]["stream"] = "pinpoint-events"
     connectors["airship"].update(appKey="ua-app-key", url="EU")
     connectors["segment"]["appId"] = "segment-source"
     connectors["segment"]["ingress"] = {

@@ -212,11 +212,18 @@ def test_connector_args_are_real_cli_commands(all_enabled: list[Manifest]) -> No
     assert parsed >= 3
 
 
-def test_feed_connectors_need_a_source() -> None:
+def test_pulling_connectors_need_their_source() -> None:
     message = _render_error(
         {"connectors": {"flarelane": {"enabled": True}}, "aws": {"credentialsFromSecret": False}}
     )
     assert "connectors.flarelane.source is required" in message
+    message = _render_error(
+        {
+            "connectors": {"pinpoint-kinesis": {"enabled": True}},
+            "aws": {"credentialsFromSecret": False},
+        }
+    )
+    assert "connectors.pinpoint-kinesis.stream is required" in message
 
 
 def test_pulling_connectors_run_one_replica_with_recreate(all_enabled: list[Manifest]) -> None:
@@ -441,6 +448,7 @@ def test_network_policy_opens_only_metrics_and_http(all_enabled: list[Manifest])
         ({"podSecurityContext": {"runAsNonRoot": False}}, "runAsNonRoot"),
         ({"worker": {"dedupeWindow": "a week"}}, "/worker/dedupeWindow"),
         ({"connectors": {"leanplum": {"source": "http://bucket"}}}, "/connectors/leanplum/source"),
+        ({"connectors": {"pinpoint-kinesis": {"start": "EARLIEST"}}}, "/start"),
         ({"unknownTopLevel": 1}, "'unknownTopLevel' not allowed"),
     ],
 )
