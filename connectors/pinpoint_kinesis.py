@@ -701,3 +701,53 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         extra={"connector": CONNECTOR},
     )
     return 0
+
+
+def demo_feed(settings: Settings, values: list[bytes], shards: int = 2) -> RunStats:
+    """Put ``values`` on a throwaway moto Kinesis on loopback and run the connector once.
+
+    For ``make demo`` only: it needs the ``moto[server]`` dev dependency. The stream name is
+    fresh each run, so checkpoints of an earlier demo on the same broker never apply.
+    """
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError as exc:
+        raise CrmStreamError(
+            "the Kinesis demo needs moto[server] (pip install -e '.[dev]')"
+        ) from exc
+    import boto3
+
+    from crmstream.broker import free_port
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        client = boto3.client(
+            "kinesis",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="demo",
+            aws_secret_access_key="demo",
+        )
+        stream = f"pinpoint-demo-{now_ms()}"
+        client.create_stream(StreamName=stream, ShardCount=shards)
+        for start in range(0, len(values), 500):
+            chunk = values[start : start + 500]
+            client.put_records(
+                StreamName=stream,
+                Records=[
+                    {"Data": value, "PartitionKey": str(start + i)} for i, value in enumerate(chunk)
+                ],
+            )
+        config = KinesisSettings(
+            stream=stream,
+            region="us-east-1",
+            endpoint_url=endpoint,
+            poll_interval_s=0.05,
+            app_id="demo-pinpoint",
+        )
+        return KinesisSource(config, settings, client=client).run(once=True)
+    finally:
+        server.stop()

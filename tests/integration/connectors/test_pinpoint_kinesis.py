@@ -426,3 +426,26 @@ def test_cli_unknown_stream_is_a_clear_error(
     )
     assert no_stream.returncode == 2
     assert "CRM_PINPOINT_KINESIS_STREAM" in no_stream.stderr
+
+
+def test_demo_feed_runs_the_samples_through_moto(settings_factory: Callable[..., Settings]) -> None:
+    import random
+
+    from connectors.pinpoint_kinesis import demo_feed
+    from crmstream.samples import campaigns
+    from crmstream.samples.pinpoint import generate
+
+    settings = settings_factory()
+    create_topics(settings)
+    sample = generate(random.Random(5), 80, campaigns(random.Random(5)))
+    values = [value for _key, value in sample.records]
+
+    stats = demo_feed(settings, values)
+
+    assert stats.records == len(values)
+    records = _raw(settings, len(values))
+    assert sorted(r.value() for r in records) == sorted(values)
+    # The connector's key is the generator's key: the synthetic id, None when invalid.
+    assert sorted((r.key() or b"") for r in records) == sorted(
+        (k or b"") for k, _v in sample.records
+    )

@@ -380,3 +380,31 @@ def test_post_samples_signs_batches_and_reports_statuses(
     assert tally == {200: 3, 400: 1}
     records = _raw(settings, 7)
     assert sorted(r.key() for r in records) == sorted(f"s-{i}".encode() for i in range(7))
+
+
+def test_demo_feed_posts_the_bundled_samples(settings_factory: Callable[..., Settings]) -> None:
+    import random
+
+    from connectors.segment import demo_feed
+    from crmstream.samples import campaigns
+    from crmstream.samples.segment import generate
+
+    settings = settings_factory()
+    create_topics(settings)
+    sample = generate(random.Random(3), 60, campaigns(random.Random(3)))
+    values = [value for _key, value in sample.records]
+    objects = [v for v in values if _is_json_object(v)]
+
+    tally = demo_feed(settings, values)
+
+    assert tally[200] == len(objects)
+    assert tally[400] == len(values) - len(objects) == sample.expected_rejects["invalid_json"]
+    records = _raw(settings, len(objects))
+    assert sorted(r.value() for r in records) == sorted(objects)
+
+
+def _is_json_object(value: bytes) -> bool:
+    try:
+        return isinstance(orjson.loads(value), dict)
+    except orjson.JSONDecodeError:
+        return False
