@@ -124,8 +124,12 @@ MESSAGE_FIELDS = (
 
 
 def _leanplum_day(doc: dict[str, Any] | None) -> str | None:
-    when = (doc or {}).get("properties", {})
-    when = when.get("time") if isinstance(when, dict) else None
+    doc = doc or {}
+    props = doc.get("properties")
+    when = props.get("time") if isinstance(props, dict) else None
+    millis = doc.get("time")
+    if when is None and isinstance(millis, int) and not isinstance(millis, bool) and millis > 0:
+        when = datetime.fromtimestamp(millis / 1000, UTC).strftime("%Y-%m-%d")  # a Parquet row
     match = _DAY.match(when) if isinstance(when, str) else None
     return f"dt={match.group(1)}-{match.group(2)}-{match.group(3)}/" if match else None
 
@@ -142,6 +146,8 @@ def leanplum_parquet_row(doc: dict[str, Any] | None) -> dict[str, Any] | None:
     """A JSON-feed record as the row of the Parquet feed's Avro ``Event`` record (seed 000,
     "Parquet format"), or ``None`` when the record cannot be one without losing a field or
     changing its meaning (malformed, sentinel time, unknown properties)."""
+    if doc is not None and _is_parquet_shaped(doc):
+        return doc
     if doc is None or set(doc) != {"event_id", "name", "properties"}:
         return None
     event_id, name, props = doc["event_id"], doc["name"], doc["properties"]
@@ -200,6 +206,23 @@ def leanplum_parquet_row(doc: dict[str, Any] | None) -> dict[str, Any] | None:
         message = {k: props.get(k) for k in MESSAGE_FIELDS}
         row["Message"] = {"name": props.get("name"), "id": props["message_id"], **message}
     return row
+
+
+def _is_parquet_shaped(doc: dict[str, Any]) -> bool:
+    """A sample record that already is a Parquet row (the generators emit some): it fits
+    the Avro ``Event`` record exactly, or it is not one."""
+    import pyarrow as pa
+
+    if "properties" in doc or "schema_version" not in doc:
+        return False
+    schema = leanplum_parquet_schema()
+    if not set(doc) <= set(schema.names):
+        return False
+    try:
+        pa.Table.from_pylist([doc], schema=schema)
+    except (pa.ArrowException, TypeError, ValueError):
+        return False
+    return True
 
 
 def leanplum_parquet_schema() -> Any:
@@ -275,7 +298,11 @@ def _write_leanplum(records: list[Record], root: Path, rng: random.Random) -> li
     for n, (partition, values) in enumerate(
         sorted(_group(records, _leanplum_day, "dt=2024-01-01/").items())
     ):
-        lines, array, gz, pq_part = _split(values, 4, rng)
+        # Rows the generator already made in the Parquet shape are only ever Parquet rows.
+        row_shaped = [_is_parquet_shaped(_doc(v) or {}) for v in values]
+        json_shaped = [v for v, is_row in zip(values, row_shaped, strict=True) if not is_row]
+        lines, array, gz, pq_part = _split(json_shaped, 4, rng)
+        pq_part += [v for v, is_row in zip(values, row_shaped, strict=True) if is_row]
         rows: list[dict[str, Any]] = []
         for value in pq_part:
             row = leanplum_parquet_row(_doc(value))
@@ -376,10 +403,8 @@ def _flarelane_row(doc: dict[str, Any] | None) -> dict[str, Any] | None:
     return {column: doc.get(column) for column in FLARELANE_COLUMNS if column in doc}
 
 
-def _flarelane_schema(rows: list[dict[str, Any]]) -> Any:
+def _flarelane_schema() -> Any:
     import pyarrow as pa
-
-    present = {k for row in rows for k in row}
 
     def arrow_type(column: str) -> Any:
         if column in FLARELANE_BOOL:
@@ -388,7 +413,7 @@ def _flarelane_schema(rows: list[dict[str, Any]]) -> Any:
             return pa.int32()
         return pa.string()
 
-    return pa.schema([(c, arrow_type(c)) for c in FLARELANE_COLUMNS if c in present])
+    return pa.schema([(c, arrow_type(c)) for c in FLARELANE_COLUMNS])
 
 
 def _write_flarelane(records: list[Record], root: Path, rng: random.Random) -> list[Path]:
@@ -411,13 +436,9 @@ def _write_flarelane(records: list[Record], root: Path, rng: random.Random) -> l
         if gz:
             files.append(_write_lines(folder / f"{stem}-1.json.gz", gz, compress=True))
         if rows:
-            # Rows keep only the columns they had: a missing key must not come back as null.
-            by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-            for row in rows:
-                by_columns.setdefault(tuple(row), []).append(row)
-            for m, group in enumerate(by_columns.values()):
-                path = folder / f"{stem}-2-{m}.parquet"
-                files.append(write_parquet(path, group, _flarelane_schema(group)))
+            # Every column of seed 003's schema, as the export writes it: a column a record
+            # did not have is null, which the normalizer reads the same as absent.
+            files.append(write_parquet(folder / f"{stem}-2.parquet", rows, _flarelane_schema()))
     return files
 
 
