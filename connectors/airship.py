@@ -673,6 +673,7 @@ class AirshipConnector:
         self._commit_lock = asyncio.Lock()
         self._last_event = time.monotonic()
         self._attempt = 0
+        self._kafka_failure: str | None = None
         self._source_prefix = f"airship:{config.app_key}#"
 
     # -- checkpointing --
@@ -719,7 +720,10 @@ class AirshipConnector:
         unacknowledged records are forgotten and will be re-read from the checkpoint."""
         try:
             await asyncio.to_thread(self.publisher.flush, 30.0)
+            if self._kafka_failure is not None:
+                raise BrokerError(self._kafka_failure)
         except BrokerError as exc:
+            self._kafka_failure = None
             self.stats.error("kafka")
             dropped = self.tracker.reset()
             log.error(
@@ -788,10 +792,16 @@ class AirshipConnector:
             source=self._source_prefix + (offset or "?"),
             fmt="json",
             on_ack=lambda: self.tracker.ack(slot),
+            on_error=self._delivery_failed,
         )
         self.stats.records += 1
         metrics.CONNECTOR_RECORDS.labels(CONNECTOR).inc()
         self._last_event = time.monotonic()
+
+    def _delivery_failed(self, problem: str) -> None:
+        """A record Kafka gave up on: its slot never acks, so the checkpoint stops short of it.
+        The stream is then reconnected from the checkpoint (see :meth:`_read_stream`)."""
+        self._kafka_failure = problem
 
     def _idle_stop_due(self) -> bool:
         limit = self.config.stop_after_idle_s
@@ -809,6 +819,8 @@ class AirshipConnector:
                 return "stopped"
             if self._idle_stop_due():
                 return "idle_stop"
+            if self._kafka_failure is not None:
+                raise _Retry("kafka", f"Kafka refused a record: {self._kafka_failure}")
             try:
                 chunk = await asyncio.wait_for(response.content.readany(), timeout=tick)
             except TimeoutError:
@@ -931,6 +943,10 @@ class AirshipConnector:
                 except _Retry as retry:
                     self.stats.error(retry.kind)
                     reason = retry
+                except AirshipError as fatal:
+                    self.stats.error("http_auth" if fatal.status in (401, 403) else "http_4xx")
+                    log.error("%s", fatal, extra={"connector": CONNECTOR})
+                    raise
                 # Reconnect from the checkpoint: settle everything read so far first.
                 await self._settle()
                 if self._idle_stop_due() or stop.is_set():
@@ -993,7 +1009,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options override CRM_AIRSHIP_* variables. Secrets are not options: CRM_AIRSHIP_TOKEN(_FILE)
     and CRM_AIRSHIP_MASTER_SECRET(_FILE) only, so they never show in a process list."""
     for option, dest, help_text in _OPTIONS:
-        parser.add_argument(option, dest=f"airship_{dest}", default=None, help=help_text)
+        metavar = "DURATION" if dest.endswith("_s") else option[2:].upper().replace("-", "_")
+        parser.add_argument(
+            option, dest=f"airship_{dest}", default=None, metavar=metavar, help=help_text
+        )
     parser.add_argument(
         "--no-offset-updates",
         dest="airship_enable_offset_updates",

@@ -81,6 +81,7 @@ class RecordedRequest:
     cookies: dict[str, str]
     at: float
     status: int = 0
+    gzip: bool = False  # the response stream was gzip-encoded
 
 
 @dataclass
@@ -297,13 +298,18 @@ class ReplayServer:
         if task is not None:
             self._tasks.add(task)
         try:
-            return await self._stream(request, body, lines, start)
+            return await self._stream(request, rec, body, lines, start)
         finally:
             if task is not None:
                 self._tasks.discard(task)
 
     async def _stream(
-        self, request: web.Request, body: dict[str, Any], lines: list[_Line], pos: int
+        self,
+        request: web.Request,
+        rec: RecordedRequest,
+        body: dict[str, Any],
+        lines: list[_Line],
+        pos: int,
     ) -> web.StreamResponse:
         opts = self.options
         response = web.StreamResponse(status=200)
@@ -313,6 +319,7 @@ class ReplayServer:
         compressor = zlib.compressobj(wbits=31) if compress else None
         if compress:
             response.headers["Content-Encoding"] = "gzip"
+            rec.gzip = True
         await response.prepare(request)
 
         async def write(data: bytes) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 import pytest
 from confluent_kafka import Consumer, TopicPartition
+from prometheus_client import REGISTRY
 
 from connectors.airship import AirshipConnector, AirshipError, AirshipSettings, RunStats
 from connectors.airship_replay import ReplayOptions, ReplayThread
@@ -183,7 +184,7 @@ def test_start_earliest_keepalives_offset_updates_redirect_and_gzip(
     assert h["Authorization"] == f"Bearer {TOKEN}"
     assert h["X-UA-Appkey"] == APP_KEY
     assert h["Accept"] == "application/vnd.urbanairship+x-ndjson; version=3;"
-    assert "gzip" in h["Accept-Encoding"]
+    assert "gzip" in h["Accept-Encoding"] and replay_post.gzip, "gzip stream decoded"
     assert stats.redirects == 1
 
 
@@ -244,9 +245,19 @@ def test_partitions_split_the_stream_and_offset_update_advances_the_checkpoint(
     assert stats[0].offset_updates >= 1
 
 
+def _metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, {"connector": "airship", **labels}) or 0.0
+
+
 def test_stall_triggers_idle_reconnect_from_checkpoint(settings: Settings, tmp_path: Path) -> None:
     path = tmp_path / "events.ndjson"
     events = write_events(path, range(12))
+    before = {
+        "idle": _metric("crm_connector_idle_timeouts_total"),
+        "reconnects": _metric("crm_connector_reconnects_total"),
+        "errors": _metric("crm_connector_errors_total", kind="idle_timeout"),
+        "records": _metric("crm_connector_records_total"),
+    }
     with replay(path, stall_after=5, stall_s=4.0) as server:
         stats = run_connector(
             config(server.url, idle_timeout_s=1.0, stop_after_idle_s=2.5), settings
@@ -256,6 +267,10 @@ def test_stall_triggers_idle_reconnect_from_checkpoint(settings: Settings, tmp_p
     assert stats.errors.get("idle_timeout") == 1
     # Reconnected from what was checkpointed: the 5th event's offset.
     assert bodies[1]["resume_offset"] == offset_of(4)
+    assert _metric("crm_connector_idle_timeouts_total") == before["idle"] + 1
+    assert _metric("crm_connector_errors_total", kind="idle_timeout") == before["errors"] + 1
+    assert _metric("crm_connector_reconnects_total") >= before["reconnects"] + 1
+    assert _metric("crm_connector_records_total") >= before["records"] + 12
     records = consume_raw(settings, 12)
     assert sorted(set(ids(records))) == sorted(e["id"] for e in events)
 
@@ -451,3 +466,53 @@ def test_kill_mid_stream_and_restart_loses_nothing(settings: Settings, tmp_path:
     records = consume_raw(settings, len(events), timeout=30)
     assert sorted(set(ids(records))) == sorted(e["id"] for e in events), "no event missing"
     assert checkpoints(settings)[f"{APP_KEY}/events/all"]["resume_offset"] == offset_of(399)
+
+
+def test_sample_feed_through_the_replay_command(settings: Settings, tmp_path: Path) -> None:
+    """The bundled sample feed (duplicates, OFFSET_UPDATE lines, malformed lines) served by
+    ``crm-stream airship-replay``, as the demo does: every line but OFFSET_UPDATE lands."""
+    import random
+
+    from crmstream.samples import airship as airship_samples
+    from crmstream.samples import campaigns
+
+    rng = random.Random(11)
+    sample = airship_samples.generate(rng, 300, campaigns(rng))
+    path = tmp_path / "airship.ndjson"
+    path.write_bytes(b"".join(value + b"\n" for _key, value in sample.records))
+
+    def is_offset_update(value: bytes) -> bool:
+        try:
+            record = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return False
+        return isinstance(record, dict) and record.get("type") == "OFFSET_UPDATE"
+
+    expected = sorted(value for _k, value in sample.records if not is_offset_update(value))
+    assert len(expected) == len(sample.records) - sample.expected_skips
+
+    env = {**os.environ, "CRM_AIRSHIP_TOKEN": TOKEN, "CRM_AIRSHIP_APP_KEY": APP_KEY}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "crmstream.cli", "airship-replay", str(path), "--keepalive", "0.3"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        banner = server.stdout.readline()
+        assert "serving" in banner, banner + (server.stderr.read() if server.stderr else "")
+        url = banner.strip().rsplit(" ", 1)[-1]
+        assert url.startswith("http://127.0.0.1:")
+        stats = run_connector(config(url), settings)
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(10)
+    records = consume_raw(settings, len(expected))
+    assert sorted(m.value() for m in records) == expected
+    assert stats.records == len(expected)
+    keyed = {m.value(): m.key() for m in records}
+    for key, value in sample.records:
+        if key is not None and not is_offset_update(value):
+            assert keyed[value] == key, "keyed by the event id, as the sample says"
