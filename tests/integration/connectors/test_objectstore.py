@@ -505,3 +505,30 @@ def test_broker_down_is_not_checkpointed(bucket: tuple[Any, str], moto_endpoint:
     with pytest.raises(BrokerError):
         src.poll()
     assert store.commits == []
+
+
+@pytest.mark.parametrize(
+    ("vendor", "connector"),
+    [("leanplum", "leanplum"), ("flarelane", "flarelane"), ("pinpoint", "pinpoint-firehose")],
+)
+def test_sample_feed_folder_through_the_connector(
+    kafka: Settings, tmp_path: Path, vendor: str, connector: str
+) -> None:
+    """What the demo does: lay the samples out as the vendor's bucket, run the connector once."""
+    import importlib
+    import random
+    from collections import Counter
+
+    from connectors.objectstore import run_feed
+    from connectors.samplefeeds import write_sample_feed
+    from crmstream.samples import campaigns
+
+    rng = random.Random(5)
+    sample = importlib.import_module(f"crmstream.samples.{vendor}").generate(
+        rng, 400, campaigns(rng)
+    )
+    write_sample_feed(connector, sample, tmp_path / "feed", random.Random(5))
+    stats = run_feed(connector, kafka, f"file://{tmp_path / 'feed'}", app_id="app-1")
+    assert stats.records == len(sample.records) and stats.failed == 0
+    got = raw(kafka, vendor, len(sample.records))
+    assert Counter(m.key() for m in got) == Counter(k for k, _ in sample.records)
