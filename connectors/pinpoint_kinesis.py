@@ -36,6 +36,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from confluent_kafka import KafkaException
 
 from connectors.base import CheckpointStore, RawPublisher, env_field, now_ms, settings_from_env
 from crmstream import metrics
@@ -624,12 +625,22 @@ def make_client(config: KinesisSettings) -> Any:
         ) from exc
 
 
-def check_stream(source: KinesisSource) -> None:
-    """Fail fast with a clear message on what a retry cannot fix."""
+def check_stream(source: KinesisSource, attempts: int = 5) -> None:
+    """Fail fast with a clear message on what a retry cannot fix; retry the network a little."""
     from botocore import exceptions as bx
 
     try:
-        source.client.list_shards(StreamName=source.config.stream, MaxResults=1)
+        for attempt in range(attempts):
+            try:
+                source.client.list_shards(StreamName=source.config.stream, MaxResults=1)
+                return
+            except (bx.ConnectionError, bx.HTTPClientError) as exc:
+                if attempt == attempts - 1:
+                    raise CrmStreamError(
+                        f"cannot reach Kinesis ({source.config.endpoint_url or 'AWS'}): {exc}"
+                    ) from exc
+                metrics.CONNECTOR_RECONNECTS.labels(CONNECTOR).inc()
+                time.sleep(min(0.5 * 2**attempt, 5.0))
     except (bx.NoCredentialsError, bx.PartialCredentialsError) as exc:
         raise ConfigError(
             "AWS_ACCESS_KEY_ID",
@@ -691,7 +702,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     check_stream(source)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: source.stop())
-    stats = source.run(once=bool(getattr(args, "once", False)))
+    try:
+        stats = source.run(once=bool(getattr(args, "once", False)))
+    except KafkaException as exc:
+        raise BrokerError(f"Kafka is not reachable at {settings.bootstrap_servers}: {exc}") from exc
     log.info(
         "stopped: %d records, %d checkpoints, %d shards drained, errors %s",
         stats.records,
