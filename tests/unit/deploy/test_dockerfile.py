@@ -137,6 +137,9 @@ def test_every_copied_file_exists_and_reaches_the_build_context(stages: list[Sta
                 )
                 checked += 1
     assert checked >= 4, "expected the project files to be copied"
+    # Local state must stay out of the build context.
+    for private in (".venv", "var", ".git", "tests", "crmstream/__pycache__"):
+        assert _ignored(private, patterns), f"{private} would be sent to the Docker daemon"
 
 
 def test_schemas_are_copied_where_crm_schema_dir_points(stages: list[Stage]) -> None:
@@ -195,3 +198,5 @@ def test_parser_sees_continuations_and_stages() -> None:
     assert COMPILERS.search(parsed[0].instructions[0][1])
     assert _ignored("tests/unit", ["tests"]) and not _ignored("crmstream", ["tests"])
     assert _ignored("a/__pycache__/x.pyc", ["**/__pycache__"])
+    assert not _ignored("schemas/avro", ["*", "!schemas"])
+    assert _ignored(".venv", ["*", "!schemas"])
