@@ -136,8 +136,9 @@ def render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     return manifests
 
 
-def lint() -> dict[str, Any]:
-    return helm_python.lint(CHART, strict=True)
+def lint(values: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``helm lint --strict``: warnings count as errors."""
+    return helm_python.lint(CHART, values or {}, strict=True)
 
 
 @dataclass(frozen=True)

@@ -82,8 +82,9 @@ def _render_error(values: dict[str, Any]) -> str:
 # --- lint and schema validation ----------------------------------------------------------------
 
 
-def test_lint_strict_has_no_errors_or_warnings() -> None:
-    report = rc.lint()
+@pytest.mark.parametrize("scenario", ["default", "all-enabled"])
+def test_lint_strict_has_no_errors_or_warnings(scenario: str) -> None:
+    report = rc.lint(rc.SCENARIOS[scenario])
     assert report["total_charts_linted"] == 1
     assert report["errors"] == []
     worse_than_info = [m for m in report["messages"] if m["severity"] >= 2]
