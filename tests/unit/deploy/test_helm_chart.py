@@ -425,6 +425,11 @@ def test_network_policy_opens_only_metrics_and_http(all_enabled: list[Manifest])
         assert selector.items() <= template["metadata"]["labels"].items(), name
 
 
+def test_egress_lockdown_without_rules_fails() -> None:
+    message = _render_error({"networkPolicy": {"enabled": True, "egress": {"enabled": True}}})
+    assert "networkPolicy.egress.to" in message
+
+
 # --- values.schema.json ------------------------------------------------------------------------
 
 
