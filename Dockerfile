@@ -35,9 +35,9 @@ RUN groupadd --system --gid 10001 crm \
        --shell /usr/sbin/nologin crm \
     && mkdir -p /var/lib/crm-stream \
     && chown crm:crm /var/lib/crm-stream
-COPY --from=builder /wheels /tmp/wheels
-RUN pip install --no-index --find-links=/tmp/wheels crm-stream \
-    && rm -rf /tmp/wheels
+# Bind-mount the wheels instead of COPYing them: they never become a layer of the image.
+RUN --mount=type=bind,from=builder,source=/wheels,target=/tmp/wheels \
+    pip install --no-index --find-links=/tmp/wheels crm-stream
 # The Avro schemas live outside the Python packages; the code finds them through CRM_SCHEMA_DIR.
 COPY schemas/avro /opt/crm-stream/schemas/avro
 USER 10001:10001

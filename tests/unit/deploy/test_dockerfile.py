@@ -185,6 +185,9 @@ def test_final_stage_is_non_root_without_compilers(stages: list[Stage]) -> None:
     assert not COMPILERS.search(runs), f"compiler in the final stage: {COMPILERS.search(runs)}"
     builder_runs = " ".join(rest for keyword, rest in stages[0].instructions if keyword == "RUN")
     assert "build-essential" in builder_runs, "wheels are built in the first stage"
+    assert "pip wheel" in builder_runs
+    # The final stage installs only the builder's wheels: nothing is fetched or compiled there.
+    assert "--no-index" in runs and f"from={stages[0].name}" in runs, runs
 
 
 def test_parser_sees_continuations_and_stages() -> None:
