@@ -1,0 +1,1 @@
+"""crm-stream benchmarks: ``python -m bench.run`` (``make bench``)."""

@@ -1,0 +1,904 @@
+"""``make bench``: throughput, latency and memory of crm-stream against the passthrough limit and
+a Quix Streams peer, on one embedded broker, in one run.
+
+What it does, in order (``--help`` lists the knobs):
+
+1. Starts the embedded Tansu broker (or uses ``--bootstrap-servers``) and generates ``--events``
+   raw records of the five vendors (:mod:`bench.generate`: 5% duplicates, 0.5% malformed,
+   ``--campaigns`` campaigns).
+2. For each pipeline, one after another: its own topic prefix, the same records preloaded into its
+   raw topics (identical input, and the latency phases of one pipeline cannot leak into the next
+   one's backlog), then the pipeline is started as a child process and measured:
+
+   * **throughput**: raw records / time from the first record the pipeline accounted for to the
+     last (polled from its progress: the worker's Prometheus counters, the others' progress file);
+   * **CPU seconds per million records** over the same window (``psutil``, user + system);
+   * **peak RSS** (``VmHWM`` of the child at the end of the throughput phase);
+   * **RocksDB disk per million dedupe keys**: ``du`` of the child's state directory / distinct
+     canonical events;
+   * **end-to-end latency** p50/p99 in two open-loop phases, fresh records fed at 100% and at 50%
+     of the pipeline's own measured maximum rate: output record timestamp minus the raw record's
+     ``ingested_at`` header. Tansu does not set LogAppendTime, so the output timestamp is the
+     record's CreateTime, set by the pipeline's producer when it sends (aiokafka in crm-stream,
+     librdkafka in the others): it leaves out the broker append, which the three pipelines share.
+
+3. Checks that crm-stream and the peer agree (same number of canonical events as generated, no
+   duplicate ``event_id``, the same id set) by consuming their event topics, never by watermark.
+4. Writes ``results.json`` and ``results.png`` under ``--out`` and prints a table with the ratios
+   crm-stream / passthrough and crm-stream / Quix Streams. ``--profile crm-stream`` records the
+   worker with py-spy during its throughput phase and prints the top of the profile.
+
+The Quix Streams peer runs in ``.venv-quix`` (created on first use: quixstreams 3.28 pins
+confluent-kafka below crm-stream's version).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psutil
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+
+from bench import generate, progress
+from connectors.base import H_FORMAT, H_INGESTED_AT, H_SOURCE, H_VENDOR
+from crmstream.broker import EmbeddedBroker, free_port
+from crmstream.demo import TANSU_PROFILE, read_env_file, scrape
+from crmstream.kafka import consumer_config, producer_config
+from crmstream.serde import AvroSerde
+from crmstream.settings import Settings
+from crmstream.topics import VENDORS, TopicSpec, create_topics, raw_topic
+
+REPO = Path(__file__).resolve().parent.parent
+QUIX_VENV = REPO / ".venv-quix"
+QUIX_REQUIREMENT = "quixstreams==3.28.*"
+PIPELINES = ("passthrough", "crm-stream", "quix")
+LABELS = {"passthrough": "passthrough", "crm-stream": "crm-stream", "quix": "Quix Streams"}
+
+
+class BenchError(Exception):
+    """The benchmark could not measure something; the message says what."""
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+# --- broker I/O -----------------------------------------------------------------------------
+
+
+def _producer(bootstrap: str) -> Producer:
+    # The connectors' producer settings (RawPublisher): the raw records look like theirs.
+    return Producer(
+        producer_config(Settings.from_env({}, bootstrap_servers=bootstrap), **{"linger.ms": 5})
+    )
+
+
+def _headers(vendor: str, index: int, ingested_at: int) -> list[tuple[str, bytes]]:
+    return [
+        (H_VENDOR, vendor.encode()),
+        (H_SOURCE, f"bench:{vendor}#{index}".encode()),
+        (H_FORMAT, b"json"),
+        (H_INGESTED_AT, str(ingested_at).encode()),
+    ]
+
+
+def _produce(producer: Producer, topic: str, key: bytes | None, value: bytes, headers: Any) -> None:
+    while True:
+        try:
+            producer.produce(topic, value, key, headers=headers)
+            return
+        except BufferError:
+            producer.poll(0.05)
+
+
+def _interleaved(data: generate.Dataset) -> Iterator[tuple[str, int, bytes | None, bytes]]:
+    """Records of all vendors round-robin, as connectors running side by side would publish."""
+    lists = [(v, data.records[v]) for v in VENDORS if v in data.records]
+    longest = max(len(r) for _, r in lists)
+    for i in range(longest):
+        for vendor, records in lists:
+            if i < len(records):
+                key, value = records[i]
+                yield vendor, i, key, value
+
+
+def preload(bootstrap: str, prefix: str, data: generate.Dataset) -> float:
+    """Publish every record to ``<prefix>raw.<vendor>``; returns the seconds it took."""
+    producer = _producer(bootstrap)
+    started = time.perf_counter()
+    for n, (vendor, i, key, value) in enumerate(_interleaved(data)):
+        _produce(producer, f"{prefix}{raw_topic(vendor)}", key, value, _headers(vendor, i, 0))
+        if n % 1000 == 0:
+            producer.poll(0)
+    if producer.flush(120):
+        raise BenchError(f"preload to {prefix}raw.*: records not acknowledged in 120 s")
+    return time.perf_counter() - started
+
+
+def feed(bootstrap: str, prefix: str, data: generate.Dataset, rate: float) -> dict[str, float]:
+    """Publish ``data`` open-loop at ``rate`` records/s, stamping ``ingested_at`` at send time."""
+    producer = _producer(bootstrap)
+    started = time.monotonic()
+    n = 0
+    for n, (vendor, i, key, value) in enumerate(_interleaved(data), start=1):
+        if n % 20 == 0:
+            ahead = started + n / rate - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+            producer.poll(0)
+        _produce(
+            producer, f"{prefix}{raw_topic(vendor)}", key, value, _headers(vendor, i, now_ms())
+        )
+    elapsed = time.monotonic() - started
+    if producer.flush(60):
+        raise BenchError("latency feed: records not acknowledged in 60 s")
+    return {"records": n, "seconds": round(elapsed, 3), "achieved_rate": round(n / elapsed, 1)}
+
+
+class OutputReader:
+    """Reads one output topic from the start with manually assigned partitions, incrementally.
+
+    Counts by consuming: Tansu's high watermark can under-report, so a phase reads until it has
+    the records it expects, then ``idle`` seconds more (to see unexpected extra ones), or until
+    ``timeout``.
+    """
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        settings = Settings.from_env({}, bootstrap_servers=bootstrap)
+        self.topic = topic
+        self.consumer = Consumer(
+            consumer_config(settings, group_id=f"bench-reader-{uuid.uuid4().hex[:8]}")
+        )
+        meta = self.consumer.list_topics(topic, timeout=10)
+        if topic not in meta.topics or meta.topics[topic].error is not None:
+            raise BenchError(f"output topic {topic} does not exist")
+        parts = sorted(meta.topics[topic].partitions)
+        self.consumer.assign([TopicPartition(topic, p, 0) for p in parts])
+
+    def read(
+        self, expect: int, handle: Callable[[Message], None], timeout: float, idle: float = 2.0
+    ) -> int:
+        got = 0
+        deadline = time.monotonic() + timeout
+        last = time.monotonic()
+        while time.monotonic() < deadline:
+            batch = self.consumer.consume(5000, 0.2)
+            fresh = 0
+            for msg in batch:
+                error = msg.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        continue
+                    raise BenchError(f"reading {self.topic}: {error.str()}")
+                handle(msg)
+                fresh += 1
+            if fresh:
+                got += fresh
+                last = time.monotonic()
+            elif got >= expect and time.monotonic() - last >= idle:
+                break
+        return got
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+# --- the pipelines under test ---------------------------------------------------------------
+
+
+@dataclass
+class Pipeline:
+    """One pipeline as a child process: how to start it, read its progress, find its output."""
+
+    name: str
+    prefix: str
+    bootstrap: str
+    workdir: Path
+    partitions: int
+    proc: subprocess.Popen[bytes] | None = None
+    output_topic: str = ""
+    state_dir: Path | None = None
+    env_overrides: dict[str, str] = field(default_factory=dict)
+    _metrics_url: str = ""
+    _progress_file: Path | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"{self.name}.log"
+
+    def settings_env(self) -> dict[str, str]:
+        env = read_env_file(TANSU_PROFILE)
+        env.update(
+            {
+                "CRM_BOOTSTRAP_SERVERS": self.bootstrap,
+                "CRM_TOPIC_PREFIX": self.prefix,
+                "CRM_PARTITIONS": str(self.partitions),
+                "CRM_DATA_DIR": str(self.workdir / f"{self.name}-state"),
+                "CRM_APP_ID": f"bench-{self.prefix.rstrip('.')}",
+                "CRM_LOG_LEVEL": "WARNING",
+            }
+        )
+        env.update(self.env_overrides)
+        return env
+
+    def create_topics(self) -> None:
+        settings = Settings.from_env(self.settings_env())
+        extra: list[TopicSpec] = []
+        if self.name == "crm-stream":
+            from processors.app import changelog_specs
+
+            extra = changelog_specs(settings)
+        elif self.name == "passthrough":
+            extra = [
+                TopicSpec(
+                    "passthrough",
+                    "bench: raw bytes copied",
+                    {"retention.ms": str(14 * 86400_000), "retention.bytes": "-1"},
+                )
+            ]
+        create_topics(settings, extra=extra)
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CRM_")}
+        log = self.log_path.open("ab")
+        if self.name == "crm-stream":
+            port = free_port()
+            env.update(self.settings_env())
+            env["CRM_METRICS_PORT"] = str(port)
+            self._metrics_url = f"http://127.0.0.1:{port}/metrics"
+            self.state_dir = Path(env["CRM_DATA_DIR"])
+            self.output_topic = f"{self.prefix}events"
+            cmd = [sys.executable, "-m", "crmstream.cli", "worker"]
+        elif self.name == "passthrough":
+            self._progress_file = self.workdir / "passthrough.progress.json"
+            self.output_topic = f"{self.prefix}passthrough"
+            cmd = [
+                sys.executable,
+                "-m",
+                "bench.passthrough",
+                "--bootstrap-servers",
+                self.bootstrap,
+                "--input",
+                ",".join(f"{self.prefix}{raw_topic(v)}" for v in VENDORS),
+                "--output",
+                self.output_topic,
+                "--progress",
+                str(self._progress_file),
+            ]
+        else:
+            self._progress_file = self.workdir / "quix.progress.json"
+            self.state_dir = self.workdir / "quix-state"
+            self.output_topic = f"{self.prefix}events"
+            env["PYTHONPATH"] = str(REPO)
+            cmd = [
+                str(ensure_quix_venv()),
+                "-m",
+                "bench.quix_peer",
+                "--bootstrap-servers",
+                self.bootstrap,
+                "--prefix",
+                self.prefix,
+                "--group",
+                f"bench-quix-{self.prefix.rstrip('.')}",
+                "--state-dir",
+                str(self.state_dir),
+                "--partitions",
+                str(self.partitions),
+                "--progress",
+                str(self._progress_file),
+            ]
+        self.proc = subprocess.Popen(
+            cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        log.close()
+
+    def progress(self) -> int:
+        """Raw records the pipeline has accounted for (output acknowledged or dropped)."""
+        self.check_alive()
+        if self._progress_file is not None:
+            return progress.read(self._progress_file)
+        try:
+            accounts = scrape(self._metrics_url)
+        except OSError:
+            return 0
+        return sum(a.accounted for a in accounts.values())
+
+    def check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            tail = self.log_path.read_text(errors="replace")[-3000:]
+            raise BenchError(f"{self.name} exited with {self.proc.returncode}:\n{tail}")
+
+    def process(self) -> psutil.Process:
+        assert self.proc is not None
+        return psutil.Process(self.proc.pid)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def ensure_quix_venv() -> Path:
+    """``.venv-quix/bin/python`` with quixstreams 3.28 (and what crm-stream's normalizers,
+    record builders and Avro serde import); created on first use."""
+    python = QUIX_VENV / "bin" / "python"
+    probe = [str(python), "-c", "import quixstreams, orjson, fastavro, httpx"]
+    if python.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
+        return python
+    print(f"creating {QUIX_VENV} with {QUIX_REQUIREMENT} ...", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(QUIX_VENV)], check=True)
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", QUIX_REQUIREMENT, "orjson", "httpx"],
+        check=True,
+    )
+    return python
+
+
+def _cpu_seconds(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    total = times.user + times.system
+    for child in proc.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            t = child.cpu_times()
+            total += t.user + t.system
+    return total
+
+
+def _peak_rss_mb(proc: psutil.Process) -> float:
+    """``VmHWM``: the child's peak resident set since it started."""
+    for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return proc.memory_info().rss / 2**20
+
+
+def _du_bytes(path: Path | None) -> int:
+    if path is None or not path.exists():
+        return 0
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _percentile(values: list[int], q: float) -> float:
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))
+    return float(ordered[index])
+
+
+class Profiler:
+    """py-spy attached to a child for its throughput phase (``--profile``)."""
+
+    def __init__(self, pid: int, out: Path) -> None:
+        self.out = out
+        exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        self.proc = subprocess.Popen(
+            [
+                exe,
+                "record",
+                "--pid",
+                str(pid),
+                "--rate",
+                "100",
+                "--format",
+                "raw",
+                "--nonblocking",
+                "-o",
+                str(out),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def profile_top(collapsed: Path, limit: int = 20) -> dict[str, list[dict[str, Any]]]:
+    """Functions by self and by inclusive share of samples, from py-spy's collapsed stacks."""
+    inclusive: Counter[str] = Counter()
+    own: Counter[str] = Counter()
+    total = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [f.strip() for f in stack.split(";")]
+        for frame in set(frames):
+            inclusive[frame] += n
+        own[frames[-1]] += n
+
+    def rows(counter: Counter[str]) -> list[dict[str, Any]]:
+        return [
+            {
+                "function": frame,
+                "self_pct": round(100 * own[frame] / total, 1),
+                "inclusive_pct": round(100 * inclusive[frame] / total, 1),
+            }
+            for frame, _n in counter.most_common(limit)
+        ]
+
+    if not total:
+        return {"self": [], "inclusive": [], "samples": []}
+    return {"self": rows(own), "inclusive": rows(inclusive), "samples": [{"total": total}]}
+
+
+# --- one pipeline, measured -----------------------------------------------------------------
+
+
+def _event_handler(
+    name: str, serde: AvroSerde | None, topic: str
+) -> Callable[[Message], int | None]:
+    """``msg -> ingested_at`` for a pipeline's output records."""
+    if name == "passthrough":
+
+        def from_header(msg: Message) -> int | None:
+            headers = msg.headers() or []
+            items = headers.items() if isinstance(headers, dict) else headers
+            for key, value in items:
+                if key == H_INGESTED_AT and isinstance(value, bytes | str) and value:
+                    return int(value)
+            return None
+
+        return from_header
+    assert serde is not None
+
+    def from_avro(msg: Message) -> int | None:
+        return int(serde.decode(msg.value() or b"", topic)[1]["ingested_at"])
+
+    return from_avro
+
+
+def measure(
+    pipe: Pipeline, data: generate.Dataset, args: argparse.Namespace, out: Path
+) -> dict[str, Any]:
+    total = data.total
+    result: dict[str, Any] = {"pipeline": pipe.name, "prefix": pipe.prefix}
+    pipe.create_topics()
+    result["preload_s"] = round(preload(pipe.bootstrap, pipe.prefix, data), 2)
+    result["preload_rate"] = round(total / result["preload_s"], 1)
+    print(f"[{pipe.name}] preloaded {total} records in {result['preload_s']} s", flush=True)
+
+    pipe.start()
+    proc = pipe.process()
+    profiler: Profiler | None = None
+    if pipe.name in args.profile:
+        profiler = Profiler(proc.pid, out / f"profile-{pipe.name}.txt")
+    started = time.monotonic()
+    first = 0
+    while (first := pipe.progress()) == 0:
+        if time.monotonic() - started > args.startup_timeout:
+            raise BenchError(f"{pipe.name} processed nothing in {args.startup_timeout} s")
+        time.sleep(0.02)
+    t0, cpu0 = time.monotonic(), _cpu_seconds(proc)
+    result["startup_s"] = round(t0 - started, 2)
+    done = first
+    poll = 0.2 if pipe.name == "crm-stream" else 0.05
+    deadline = t0 + args.phase_timeout
+    while done < total:
+        if time.monotonic() > deadline:
+            raise BenchError(f"{pipe.name} accounted for {done}/{total} in {args.phase_timeout} s")
+        time.sleep(poll)
+        done = pipe.progress()
+    t1, cpu1 = time.monotonic(), _cpu_seconds(proc)
+    if profiler is not None:
+        profiler.stop()
+        result["profile"] = str(profiler.out)
+    elapsed = t1 - t0
+    measured = total - first
+    result.update(
+        throughput_window_s=round(elapsed, 3),
+        events_per_s=round(measured / elapsed, 1),
+        cpu_s_per_million=round((cpu1 - cpu0) / (measured / 1e6), 2),
+        cpu_utilisation=round((cpu1 - cpu0) / elapsed, 2),
+        peak_rss_mb=round(_peak_rss_mb(proc), 1),
+    )
+    print(
+        f"[{pipe.name}] {measured} records in {elapsed:.2f} s: {result['events_per_s']:.0f}/s, "
+        f"{result['cpu_s_per_million']} CPU s per million, peak RSS {result['peak_rss_mb']} MB",
+        flush=True,
+    )
+
+    # Outputs of the throughput phase: count, distinct keys, output-timestamp span.
+    reader = OutputReader(pipe.bootstrap, pipe.output_topic)
+    expect = total if pipe.name == "passthrough" else data.expected_events
+    keys: set[bytes] = set()
+    stamps: list[int] = []
+
+    def collect(msg: Message) -> None:
+        keys.add(msg.key() or b"")
+        stamps.append(msg.timestamp()[1])
+
+    count = reader.read(expect, collect, timeout=args.phase_timeout)
+    result["outputs"] = {
+        "records": count,
+        "expected": expect,
+        "distinct_keys": len(keys),
+        "duplicate_keys": count - len(keys) if pipe.name != "passthrough" else None,
+        "output_span_s": round((max(stamps) - min(stamps)) / 1000, 3) if stamps else None,
+    }
+    if pipe.name != "passthrough":
+        disk = _du_bytes(pipe.state_dir)
+        result["state_disk_mb"] = round(disk / 2**20, 2)
+        result["rocksdb_mb_per_million_keys"] = round(
+            disk / 2**20 / (max(1, data.expected_events) / 1e6), 1
+        )
+    else:
+        result["rocksdb_mb_per_million_keys"] = None
+
+    # Latency: open loop at 100% and 50% of this pipeline's own maximum.
+    serde = (
+        AvroSerde(Settings.from_env({}, bootstrap_servers=pipe.bootstrap))
+        if pipe.name != "passthrough"
+        else None
+    )
+    ingested = _event_handler(pipe.name, serde, pipe.output_topic)
+    result["latency"] = {}
+    accounted = pipe.progress()
+    for label, share in (("full", 1.0), ("half", 0.5)):
+        rate = max(50.0, result["events_per_s"] * share)
+        n = int(min(args.latency_max_events, max(200, rate * args.latency_seconds)))
+        salt = {"full": 1, "half": 2}[label]
+        phase = generate.generate(
+            n, seed=args.seed + salt, campaigns=args.campaigns, base_ms=now_ms(), id_salt=salt
+        )
+        phase_start = now_ms()
+        fed = feed(pipe.bootstrap, pipe.prefix, phase, rate)
+        target = accounted + phase.total
+        deadline = time.monotonic() + args.phase_timeout
+        while (accounted := pipe.progress()) < target:
+            if time.monotonic() > deadline:
+                raise BenchError(f"{pipe.name}: latency phase {label} did not finish")
+            time.sleep(0.1)
+        latencies: list[int] = []
+
+        def on_output(msg: Message, _start: int = phase_start, _out: list[int] = latencies) -> None:
+            ingested_at = ingested(msg)
+            if ingested_at is not None and ingested_at >= _start:
+                _out.append(msg.timestamp()[1] - ingested_at)
+
+        phase_expect = phase.total if pipe.name == "passthrough" else phase.expected_events
+        reader.read(phase_expect, on_output, timeout=60)
+        result["latency"][label] = {
+            "target_rate": round(rate, 1),
+            **fed,
+            "measured": len(latencies),
+            "expected": phase_expect,
+            "p50_ms": _percentile(latencies, 0.50),
+            "p99_ms": _percentile(latencies, 0.99),
+            "max_ms": float(max(latencies)) if latencies else math.nan,
+        }
+        print(
+            f"[{pipe.name}] latency at {label} rate ({rate:.0f}/s): "
+            f"p50 {result['latency'][label]['p50_ms']:.0f} ms, "
+            f"p99 {result['latency'][label]['p99_ms']:.0f} ms",
+            flush=True,
+        )
+    reader.close()
+    pipe.stop()
+    result["_keys"] = keys  # for the agreement check; not written out
+    return result
+
+
+# --- report -----------------------------------------------------------------------------------
+
+
+def agreement(results: dict[str, dict[str, Any]], data: generate.Dataset) -> dict[str, Any]:
+    """crm-stream and the peer must emit the same canonical events, each exactly once."""
+    out: dict[str, Any] = {"expected_canonical_events": data.expected_events}
+    ok = True
+    for name in ("crm-stream", "quix"):
+        if name not in results:
+            continue
+        o = results[name]["outputs"]
+        out[name] = {"events": o["records"], "duplicate_ids": o["duplicate_keys"]}
+        ok = ok and o["records"] == data.expected_events and o["duplicate_keys"] == 0
+    if "crm-stream" in results and "quix" in results:
+        same = results["crm-stream"]["_keys"] == results["quix"]["_keys"]
+        out["same_event_ids"] = same
+        ok = ok and same
+    if "passthrough" in results:
+        o = results["passthrough"]["outputs"]
+        out["passthrough"] = {"records": o["records"], "expected": data.total}
+        ok = ok and o["records"] == data.total
+    out["passed"] = ok
+    return out
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or not b or math.isnan(a) or math.isnan(b):
+        return None
+    return round(a / b, 3)
+
+
+def ratios(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    crm = results.get("crm-stream")
+    out: dict[str, Any] = {}
+    if crm is None:
+        return out
+    for other, label in (("passthrough", "passthrough"), ("quix", "quix")):
+        peer = results.get(other)
+        if peer is None:
+            continue
+        out[f"crm_over_{label}"] = {
+            "events_per_s": _ratio(crm["events_per_s"], peer["events_per_s"]),
+            "cpu_s_per_million": _ratio(crm["cpu_s_per_million"], peer["cpu_s_per_million"]),
+            "peak_rss_mb": _ratio(crm["peak_rss_mb"], peer["peak_rss_mb"]),
+            "p99_ms_half_rate": _ratio(
+                crm["latency"]["half"]["p99_ms"], peer["latency"]["half"]["p99_ms"]
+            ),
+        }
+    return out
+
+
+def _fmt(value: Any, digits: int = 0) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float | int):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def table(report: dict[str, Any]) -> str:
+    results = report["pipelines"]
+    names = [n for n in PIPELINES if n in results]
+    rows: list[tuple[str, Callable[[dict[str, Any]], Any], int]] = [
+        ("events/s", lambda r: r["events_per_s"], 0),
+        ("CPU s / million events", lambda r: r["cpu_s_per_million"], 1),
+        ("peak RSS MB", lambda r: r["peak_rss_mb"], 0),
+        ("p50 ms, full rate", lambda r: r["latency"]["full"]["p50_ms"], 0),
+        ("p99 ms, full rate", lambda r: r["latency"]["full"]["p99_ms"], 0),
+        ("p50 ms, half rate", lambda r: r["latency"]["half"]["p50_ms"], 0),
+        ("p99 ms, half rate", lambda r: r["latency"]["half"]["p99_ms"], 0),
+        ("RocksDB MB / M keys", lambda r: r["rocksdb_mb_per_million_keys"], 1),
+        ("output records", lambda r: r["outputs"]["records"], 0),
+    ]
+    crm = results.get("crm-stream")
+    ratio_cols = [n for n in ("passthrough", "quix") if crm is not None and n in results]
+    header = f"{'':<24}" + "".join(f"{LABELS[n]:>14}" for n in names)
+    header += "".join(
+        f"{'crm/' + ('pass' if n == 'passthrough' else 'quix'):>11}" for n in ratio_cols
+    )
+    lines = [header, "-" * len(header)]
+    for label, get, digits in rows:
+        line = f"{label:<24}" + "".join(f"{_fmt(get(results[n]), digits):>14}" for n in names)
+        for n in ratio_cols:
+            assert crm is not None
+            ratio = _ratio(_num(get(crm)), _num(get(results[n])))
+            line += f"{_fmt(ratio, 2):>11}"
+        lines.append(line)
+    agree = report["agreement"]
+    lines.append("")
+    lines.append(
+        f"agreement: {'PASSED' if agree['passed'] else 'FAILED'} "
+        f"({orjson.dumps({k: v for k, v in agree.items() if k != 'passed'}).decode()})"
+    )
+    return "\n".join(lines)
+
+
+def _num(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
+
+
+def chart(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = report["pipelines"]
+    names = [n for n in PIPELINES if n in results]
+    labels = [LABELS[n] for n in names]
+    colors = {"passthrough": "#9e9e9e", "crm-stream": "#1f77b4", "quix": "#ff7f0e"}
+    panels = [
+        ("events / s (higher is better)", [results[n]["events_per_s"] for n in names]),
+        ("CPU s per million events", [results[n]["cpu_s_per_million"] for n in names]),
+        ("peak RSS (MB)", [results[n]["peak_rss_mb"] for n in names]),
+    ]
+    fig, axes = plt.subplots(1, 4, figsize=(17, 4.2))
+    for ax, (title, values) in zip(axes, panels, strict=False):
+        ax.bar(labels, values, color=[colors[n] for n in names])
+        ax.set_title(title, fontsize=10)
+        for i, v in enumerate(values):
+            ax.annotate(f"{v:,.0f}", (i, v), ha="center", va="bottom", fontsize=8)
+    ax = axes[3]
+    width = 0.2
+    for j, (phase, stat) in enumerate(
+        (("full", "p50_ms"), ("full", "p99_ms"), ("half", "p50_ms"), ("half", "p99_ms"))
+    ):
+        vals = [results[n]["latency"][phase][stat] for n in names]
+        ax.bar(
+            [i + (j - 1.5) * width for i in range(len(names))],
+            vals,
+            width,
+            label=f"{stat[:3]} {phase}",
+        )
+    ax.set_xticks(range(len(names)), labels)
+    ax.set_yscale("log")
+    ax.set_title("end-to-end latency (ms, log)", fontsize=10)
+    ax.legend(fontsize=7)
+    run = report["run"]
+    fig.suptitle(
+        f"crm-stream benchmark: {run['events']:,} raw events, {run['cpus']} CPUs, embedded Tansu",
+        fontsize=11,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --- main -------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
+    p.add_argument("--events", type=int, default=1_000_000, help="raw records (default 1M)")
+    p.add_argument(
+        "--pipelines",
+        default=",".join(PIPELINES),
+        help=f"comma-separated, in run order (default {','.join(PIPELINES)})",
+    )
+    p.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    p.add_argument("--bootstrap-servers", default="", help="use this broker, not an embedded one")
+    p.add_argument("--campaigns", type=int, default=generate.DEFAULT_CAMPAIGNS)
+    p.add_argument("--partitions", type=int, default=4)
+    p.add_argument("--seed", type=int, default=20261125)
+    p.add_argument("--latency-seconds", type=float, default=10.0, help="length of each phase")
+    p.add_argument("--latency-max-events", type=int, default=200_000)
+    p.add_argument("--phase-timeout", type=float, default=1800.0)
+    p.add_argument("--startup-timeout", type=float, default=180.0)
+    p.add_argument(
+        "--worker-env",
+        action="append",
+        default=[],
+        metavar="CRM_VAR=VALUE",
+        help="a crm-stream worker setting (repeatable), e.g. CRM_WORKER_BATCH_SIZE=2000",
+    )
+    p.add_argument(
+        "--profile",
+        default="",
+        help="comma-separated pipelines to record with py-spy during their throughput phase",
+    )
+    args = p.parse_args(argv)
+    args.pipelines = [n.strip() for n in args.pipelines.split(",") if n.strip()]
+    unknown = set(args.pipelines) - set(PIPELINES)
+    if unknown or not args.pipelines:
+        p.error(f"--pipelines: unknown {sorted(unknown)}; choose from {', '.join(PIPELINES)}")
+    args.profile = [n.strip() for n in args.profile.split(",") if n.strip()]
+    if args.events < 100:
+        p.error("--events must be at least 100")
+    for item in args.worker_env:
+        if not item.startswith("CRM_") or "=" not in item:
+            p.error(f"--worker-env wants CRM_VAR=VALUE, got {item!r}")
+    return args
+
+
+@contextlib.contextmanager
+def _broker(args: argparse.Namespace, out: Path) -> Iterator[str]:
+    if args.bootstrap_servers:
+        yield args.bootstrap_servers
+        return
+    with EmbeddedBroker(log_path=out / "tansu.log") as broker:
+        yield broker.bootstrap_servers
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    workdir = out / "work"
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir()
+    if "quix" in args.pipelines:
+        ensure_quix_venv()
+
+    started = time.perf_counter()
+    data = generate.generate(
+        args.events, seed=args.seed, campaigns=args.campaigns, base_ms=now_ms()
+    )
+    gen_s = time.perf_counter() - started
+    print(
+        f"generated {data.total} raw records in {gen_s:.1f} s: {data.duplicates} duplicates, "
+        f"{data.malformed} malformed, {data.expected_events} distinct canonical events",
+        flush=True,
+    )
+    run_id = uuid.uuid4().hex[:6]
+    overrides = dict(item.split("=", 1) for item in args.worker_env)
+    results: dict[str, dict[str, Any]] = {}
+    with _broker(args, out) as bootstrap:
+        for name in args.pipelines:
+            pipe = Pipeline(
+                name=name,
+                prefix=f"bench{run_id}-{name.replace('-', '')}.",
+                bootstrap=bootstrap,
+                workdir=workdir,
+                partitions=args.partitions,
+                env_overrides=overrides if name == "crm-stream" else {},
+            )
+            try:
+                results[name] = measure(pipe, data, args, out)
+            finally:
+                pipe.stop()
+
+    report: dict[str, Any] = {
+        "run": {
+            "command": " ".join([Path(sys.executable).name, "-m", "bench.run", *sys.argv[1:]]),
+            "events": data.total,
+            "per_vendor": data.per_vendor(),
+            "duplicates": data.duplicates,
+            "malformed": data.malformed,
+            "expected_canonical_events": data.expected_events,
+            "campaigns": args.campaigns,
+            "partitions": args.partitions,
+            "generation_s": round(gen_s, 2),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "broker": args.bootstrap_servers or "embedded Tansu",
+            "worker_env": overrides,
+            "latency_timestamp": "output CreateTime (producer send time) - ingested_at header",
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "wall_s": round(time.perf_counter() - started, 1),
+        },
+        "agreement": agreement(results, data),
+        "pipelines": {n: {k: v for k, v in r.items() if k != "_keys"} for n, r in results.items()},
+    }
+    report["ratios"] = ratios(results)
+    crm = results.get("crm-stream")
+    if crm is not None and "profile" in crm:
+        report["profile_top"] = profile_top(Path(crm["profile"]))
+    (out / "results.json").write_bytes(
+        orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
+    )
+    chart(report, out / "results.png")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        report = run(args)
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+    print()
+    print(table(report))
+    if report.get("profile_top"):
+        print("\ntop of the crm-stream worker profile (py-spy, % of samples, by self time):")
+        for row in report["profile_top"]["self"][:15]:
+            share = f"self {row['self_pct']:5.1f}%  incl {row['inclusive_pct']:5.1f}%"
+            print(f"  {share}  {row['function']}")
+    print(f"\nresults: {args.out / 'results.json'}, chart: {args.out / 'results.png'}")
+    return 0 if report["agreement"]["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
