@@ -16,10 +16,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import helm_python
 import pytest
-
-helm_python = pytest.importorskip("helm_python", reason="pip install -e '.[dev]'")
-kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install -e '.[dev]'")
 
 REPO = Path(__file__).resolve().parents[3]
 
