@@ -516,3 +516,52 @@ def test_sample_feed_through_the_replay_command(settings: Settings, tmp_path: Pa
     for key, value in sample.records:
         if key is not None and not is_offset_update(value):
             assert keyed[value] == key, "keyed by the event id, as the sample says"
+
+
+def test_replay_server_answers_like_airship(tmp_path: Path) -> None:
+    """The replay server itself: the checks that make the connector tests meaningful."""
+    import aiohttp
+
+    path = tmp_path / "events.ndjson"
+    write_events(path, range(3))
+    bearer = {"Authorization": f"Bearer {TOKEN}", "X-UA-Appkey": APP_KEY}
+
+    async def post(
+        url: str, body: Any, headers: dict[str, str], path: str = "/api/events"
+    ) -> tuple[int, str]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                url + path, data=orjson.dumps(body), headers=headers, allow_redirects=False
+            ) as resp,
+        ):
+            text = "" if resp.status == 200 else await resp.text()
+            return resp.status, text
+
+    async def get(url: str) -> int:
+        # What a generic client would send after rewriting the 307'd POST as a GET.
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(url + "/api/events", headers=bearer) as got,
+        ):
+            return got.status
+
+    with replay(path, redirect="never") as server:
+        url = server.url
+        checks = {
+            "both": asyncio.run(post(url, {"start": "EARLIEST", "resume_offset": "x"}, bearer)),
+            "neither": asyncio.run(post(url, {"filters": [{"types": ["SEND"]}]}, bearer)),
+            "unknown": asyncio.run(post(url, {"start": "LATEST", "limit": 5}, bearer)),
+            "empty": asyncio.run(post(url, {"start": "LATEST", "filters": []}, bearer)),
+            "offset": asyncio.run(post(url, {"resume_offset": "nowhere"}, bearer)),
+            "no_token": asyncio.run(post(url, {"start": "LATEST"}, {"X-UA-Appkey": APP_KEY})),
+            "bearer_on_compliance": asyncio.run(
+                post(url, {"start": "LATEST"}, bearer, "/api/events/general")
+            ),
+        }
+        get_status = asyncio.run(get(url))
+    for name in ("both", "neither", "unknown", "empty", "offset"):
+        assert checks[name][0] == 400, (name, checks[name])
+    assert "empty array" in checks["empty"][1] and "limit" in checks["unknown"][1]
+    assert checks["no_token"][0] == 401 and checks["bearer_on_compliance"][0] == 401
+    assert get_status == 405, "the stream is POST only: a GET cannot open it"
