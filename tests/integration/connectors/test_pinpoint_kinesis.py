@@ -29,9 +29,10 @@ from confluent_kafka import Consumer, TopicPartition
 from moto.kinesis import models as moto_kinesis
 from moto.server import ThreadedMotoServer
 
-from connectors.base import CheckpointStore
+from connectors.base import CheckpointStore, RawPublisher
 from connectors.pinpoint_kinesis import CONNECTOR, KinesisSettings, KinesisSource
 from crmstream.broker import free_port
+from crmstream.errors import BrokerError
 from crmstream.kafka import consumer_config
 from crmstream.settings import Settings
 from crmstream.topics import create_topics
@@ -449,3 +450,38 @@ def test_demo_feed_runs_the_samples_through_moto(settings_factory: Callable[...,
     assert sorted((r.key() or b"") for r in records) == sorted(
         (k or b"") for k, _v in sample.records
     )
+
+
+class _FlushFailsOnce(RawPublisher):
+    """A real publisher whose first flush reports the acknowledgement as failed."""
+
+    failed = False
+
+    def flush(self, timeout: float = 60.0) -> None:
+        super().flush(timeout)
+        if not self.failed:
+            self.failed = True
+            raise BrokerError("injected: acknowledgement lost")
+
+
+def test_unacknowledged_round_is_not_checkpointed_and_is_read_again(
+    kinesis: Any, moto_url: str, settings_factory: Callable[..., Settings]
+) -> None:
+    settings = settings_factory()
+    create_topics(settings)
+    stream = _stream(kinesis, 1)
+    _put(kinesis, stream, range(25))
+    publisher = _FlushFailsOnce(settings, "pinpoint")
+    config = _config(moto_url, stream, batch_limit=10)
+    stats = KinesisSource(config, settings, publisher=publisher).run(once=True)
+
+    assert stats.errors == {"kafka": 1}
+    numbers = _markers(_raw(settings, 35))
+    # The first round (10 records) was published but not checkpointed, so it is read again.
+    assert sorted(numbers) == sorted([*range(10), *range(25)])
+    saved = CheckpointStore(settings, CONNECTOR).load()
+    last = max(
+        int(dict(r.headers() or [])["source"].decode().rsplit("#", 1)[1])
+        for r in _raw(settings, 35)
+    )
+    assert int(saved[f"{stream}/shardId-000000000000"]["sequence_number"]) == last
