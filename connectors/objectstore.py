@@ -37,7 +37,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote, urlparse
@@ -748,7 +748,7 @@ class ObjectStoreSource:
         self.checkpoints = checkpoints or CheckpointStore(settings, profile.connector)
         self.key_of = key_of or vendor_key_function(profile.vendor)
         self.positions: dict[str, dict[str, Any]] | None = None
-        self.newest_day: date | None = None
+        self.newest_days: dict[str, date] = {}  # per root: the late-file window's anchor
         self._deferred: dict[str, dict[str, Any]] = {}
         self._records_since_commit = 0
         self._dead_letters: tuple[Any, Any] | None = None
@@ -787,29 +787,31 @@ class ObjectStoreSource:
 
         The first pass lists everything; later passes start ``late_days`` partitions before the
         newest partition seen, so late files in recent partitions are found without re-listing
-        the whole history on every poll.
+        the whole history on every poll. The newest day is kept per root (FlareLane projects
+        lag independently) and never runs ahead of tomorrow, so one object in a bogus future
+        partition cannot hide the real ones.
         """
         if self.positions is None:
             self.positions = self.checkpoints.load()
-        start_day = (
-            None if self.newest_day is None else self.newest_day - timedelta(self.config.late_days)
-        )
         pending: list[tuple[date, str, ObjectInfo]] = []
-        newest = self.newest_day
+        ceiling = datetime.now(UTC).date() + timedelta(days=1)
         for root in self._roots():
-            start_after = (
-                root + self.profile.day_dir(start_day).rstrip("/") if start_day is not None else ""
-            )
+            newest = self.newest_days.get(root)
+            start_after = ""
+            if newest is not None:
+                start_day = newest - timedelta(days=self.config.late_days)
+                start_after = root + self.profile.day_dir(start_day).rstrip("/")
             for obj in self.store.list_objects(root, start_after):
                 day = self.profile.day_of(obj.key[len(self.prefix) :])
                 if day is None or obj.key.endswith("/"):
                     continue
                 stats.listed += 1
-                if newest is None or day > newest:
+                if day <= ceiling and (newest is None or day > newest):
                     newest = day
                 if self._is_pending(obj):
                     pending.append((day, obj.key, obj))
-        self.newest_day = newest
+            if newest is not None:
+                self.newest_days[root] = newest
         metrics.OBJECTSTORE_OBJECTS_LISTED.labels(self._connector).inc(stats.listed)
         pending.sort(key=lambda item: (item[0], item[1]))
         return [obj for _day, _key, obj in pending]
