@@ -167,14 +167,14 @@ class Pipeline:
             "dedupe",
             default=bytes,
             partitions=settings.partitions,
-            schema=faust.Schema(key_serializer="raw", value_serializer="raw"),
+            schema=faust.Schema(key_serializer="json", value_serializer="raw"),
         ).tumbling(timedelta(seconds=self.window_s), expires=timedelta(seconds=2 * self.window_s))
         self.stats_tables = {
             label: app.Table(
                 f"stats-{label}",
                 default=dict,
                 partitions=settings.partitions,
-                schema=faust.Schema(key_serializer="raw", value_serializer="json"),
+                schema=faust.Schema(key_serializer="json", value_serializer="json"),
             )
             .tumbling(size, expires=timedelta(seconds=settings.stats_retention_s))
             .relative_to(self._stats_time)  # type: ignore[attr-defined]
@@ -352,7 +352,9 @@ class Pipeline:
             self._occurred_s.set(occurred / 1000)
             for label, size in self.windows:
                 table = self.stats_tables[label]
-                counts = WindowCounts.load(table[campaign].current())
+                # value(), not current(): current() is always relative to the Kafka timestamp,
+                # value() to the table's relative_to (occurred_at here).
+                counts = WindowCounts.load(table[campaign].value())
                 counts.add(increment["t"], increment["c"])
                 table[campaign] = counts.dump()
                 start = window_start(occurred, size)
