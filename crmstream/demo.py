@@ -224,7 +224,6 @@ def broker_for(args: argparse.Namespace, workdir: Path) -> Iterator[str]:
     if args.bootstrap_servers:
         yield args.bootstrap_servers
         return
-    workdir.mkdir(parents=True, exist_ok=True)
     with EmbeddedBroker(log_path=workdir / "tansu.log") as broker:
         yield broker.bootstrap_servers
 
@@ -259,6 +258,7 @@ def run(args: argparse.Namespace) -> int:
         import shutil
 
         shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
     with broker_for(args, workdir) as bootstrap:
         metrics_port = free_port()
         env = demo_environ(bootstrap, metrics_port)

@@ -1,0 +1,62 @@
+"""`crm-stream demo --once` the way a user runs it, against the session broker."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_demo_once_balances_and_matches_the_samples(
+    crm_env_factory: Callable[..., dict[str, str]], kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    summary_path = tmp_path / "summary.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRM_")}
+    env.update(crm_env_factory(CRM_DATA_DIR=str(tmp_path / "state")))
+    del env["CRM_METRICS_PORT"]  # the demo picks a free port for its worker
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "crmstream.cli",
+            "demo",
+            "--once",
+            "--events",
+            "750",
+            "--summary-json",
+            str(summary_path),
+            "--bootstrap-servers",
+            kafka_bootstrap,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads(summary_path.read_text())
+    assert summary["balanced"] is True
+    assert set(summary["vendors"]) == {"leanplum", "pinpoint", "segment", "flarelane", "airship"}
+    for vendor, row in summary["vendors"].items():
+        accounted = (
+            row["canonical_out"]
+            + row["duplicates"]
+            + sum(row["dead_letters"].values())
+            + row["skipped"]
+        )
+        assert accounted == row["raw_in"] == row["published"] > 0, vendor
+        expected = row["expected"]
+        assert row["canonical_out"] == expected["canonical_out"], vendor
+        assert row["duplicates"] == expected["duplicates"] > 0, vendor
+        assert row["dead_letters"] == {k: v for k, v in expected["dead_letters"].items() if v}
+        assert row["skipped"] == expected["skipped"], vendor
+    assert summary["campaigns_with_stats"] >= 30
+    assert "campaigns with stats" in result.stdout
