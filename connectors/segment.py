@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 from collections import Counter as Tally
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -198,9 +198,11 @@ class SegmentReceiver:
         if publisher is None:
             # Undelivered records fail after the ack timeout instead of librdkafka's 5 minutes,
             # so the local queue drains while Kafka is away and every request gets its 503.
+            # linger 0: a request waits for its acks, and concurrent requests still batch
+            # behind in-flight ones (measured: 94 -> 239 sequential single-event posts/s).
             timeout_ms = max(1000, int(config.ack_timeout_s * 1000))
             producer = Producer(
-                producer_config(settings, **{"message.timeout.ms": timeout_ms, "linger.ms": 5})
+                producer_config(settings, **{"message.timeout.ms": timeout_ms, "linger.ms": 0})
             )
             publisher = RawPublisher(
                 settings, VENDOR, app_id=config.app_id or None, producer=producer
@@ -519,12 +521,6 @@ async def _serve_until_signal(config: SegmentSettings, settings: Settings) -> No
         await stop.wait()
     finally:
         await receiver.stop()
-
-
-def samples_iter(records: Iterable[tuple[bytes | None, bytes]]) -> Iterator[bytes]:
-    """The values of a :class:`~crmstream.samples.SampleSet`'s ``records``, for post_samples."""
-    for _key, value in records:
-        yield value
 
 
 def demo_feed(settings: Settings, values: list[bytes], secret: str = "demo-secret") -> Tally[int]:
