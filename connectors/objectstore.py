@@ -1,8 +1,7 @@
 """Object-store source: vendor event files in S3 (or a local folder) -> the vendor's raw topic.
 
 One source serves every file feed; what differs per vendor is its
-:class:`~connectors.feeds.FeedProfile`.
-The guarantees (issue 3):
+:class:`~connectors.feeds.FeedProfile`. The guarantees (issue 3):
 
 * Nothing is lost. Every record of an object is published and acknowledged before the object's
   checkpoint (ETag, size, rows done) is written to ``connect-offsets``; a restarted connector
@@ -477,7 +476,7 @@ class ObjectReader:
 
     ``fmt`` is known once iteration has started (the format is sniffed from the first bytes,
     since Firehose objects have no extension and Leanplum's JSON framing is undocumented [A-6]).
-    ``bytes_read`` counts object bytes as stored (compressed).
+    ``prefetched`` is the whole object, already fetched (small objects; see ``poll``).
     """
 
     def __init__(
