@@ -673,6 +673,7 @@ class AirshipConnector:
         self._commit_lock = asyncio.Lock()
         self._last_event = time.monotonic()
         self._attempt = 0
+        self._streamed = False  # a 200 stream has been opened in this run
         self._kafka_failure: str | None = None
         self._source_prefix = f"airship:{config.app_key}#"
         # Bound once: labels() per record is measurable at thousands of events a second.
@@ -807,8 +808,13 @@ class AirshipConnector:
         self._kafka_failure = problem
 
     def _idle_stop_due(self) -> bool:
+        """``stop_after_idle``: no event for that long on an open stream. Time spent before
+        the first stream opened (404s, back-off) does not count: a bounded run must not stop
+        before it has read anything."""
         limit = self.config.stop_after_idle_s
-        return bool(limit) and time.monotonic() - self._last_event >= limit
+        if not limit or not self._streamed:
+            return False
+        return time.monotonic() - self._last_event >= limit
 
     async def _read_stream(self, response: aiohttp.ClientResponse, stop: asyncio.Event) -> str:
         """Read lines until the stream ends; returns "stopped" / "idle_stop" or raises _Retry."""
@@ -817,6 +823,9 @@ class AirshipConnector:
         last_byte = time.monotonic()
         buffer = b""
         got_data = False
+        if not self._streamed:
+            self._streamed = True
+            self._last_event = last_byte
         while True:
             if stop.is_set():
                 return "stopped"

@@ -334,15 +334,16 @@ def test_402_and_5xx_back_off_and_retry(settings: Settings, tmp_path: Path) -> N
 def test_404_retries_slowly(settings: Settings, tmp_path: Path) -> None:
     path = tmp_path / "events.ndjson"
     write_events(path, range(3))
-    with replay(path, fail=(404, 404), redirect="never") as server:
+    # Three 404s take longer than stop_after_idle: waiting for a stream is not being idle.
+    with replay(path, fail=(404, 404, 404), redirect="never") as server:
         stats = run_connector(
             config(server.url, not_found_retry_s=0.8, backoff_min_s=0.01, backoff_max_s=0.02),
             settings,
         )
         times = [r.at for r in server.requests]
-    assert stats.errors == {"http_404": 2} and stats.records == 3
+    assert stats.errors == {"http_404": 3} and stats.records == 3
     gaps = [b - a for a, b in itertools.pairwise(times)]
-    assert all(g >= 0.6 for g in gaps[:2]), gaps  # 0.75..1.0 x not_found_retry, not backoff
+    assert all(g >= 0.6 for g in gaps[:3]), gaps  # 0.75..1.0 x not_found_retry, not backoff
 
 
 def test_compliance_stream_uses_basic_auth(settings: Settings, tmp_path: Path) -> None:
@@ -565,3 +566,28 @@ def test_replay_server_answers_like_airship(tmp_path: Path) -> None:
     assert "empty array" in checks["empty"][1] and "limit" in checks["unknown"][1]
     assert checks["no_token"][0] == 401 and checks["bearer_on_compliance"][0] == 401
     assert get_status == 405, "the stream is POST only: a GET cannot open it"
+
+
+def test_start_latest_skips_the_backlog(settings: Settings, tmp_path: Path) -> None:
+    import threading
+
+    path = tmp_path / "events.ndjson"
+    write_events(path, range(5))
+    with replay(path) as server:
+
+        def append_once_streaming() -> None:
+            # New events only after the LATEST stream is open, as in real life.
+            deadline = time.monotonic() + 20
+            while not any(r.status == 200 for r in server.requests):
+                if time.monotonic() > deadline:
+                    return
+                time.sleep(0.05)
+            time.sleep(0.3)
+            write_events(path, range(5, 8), append=True)
+
+        later = threading.Thread(target=append_once_streaming, daemon=True)
+        later.start()
+        stats = run_connector(config(server.url, start="LATEST"), settings)
+        later.join(5)
+    assert stats.records == 3 and stats.checkpoint == offset_of(7)
+    assert sorted(ids(consume_raw(settings, 3))) == ["evt-00005", "evt-00006", "evt-00007"]
