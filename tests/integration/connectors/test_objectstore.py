@@ -445,7 +445,7 @@ def test_cli_killed_with_sigkill_and_restarted(kafka: Settings, tmp_path: Path) 
     """The real thing: ``crm-stream connect leanplum`` in a child process, SIGKILLed mid-file."""
     feed = tmp_path / "feed" / "dt=2024-03-05"
     feed.mkdir(parents=True)
-    n = 60_000
+    n = 100_000
     (feed / "big.json").write_bytes(lines([lp(f"s{i:06d}") for i in range(n)]))
     env = {
         **os.environ,
