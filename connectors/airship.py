@@ -1020,6 +1020,10 @@ _OPTIONS: list[tuple[str, str, str]] = [
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options override CRM_AIRSHIP_* variables. Secrets are not options: CRM_AIRSHIP_TOKEN(_FILE)
     and CRM_AIRSHIP_MASTER_SECRET(_FILE) only, so they never show in a process list."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = "environment (options above override them):\n" + "\n".join(
+        f"  {var:<32} {doc}" for var, doc in AirshipSettings.describe()
+    )
     for option, dest, help_text in _OPTIONS:
         metavar = "DURATION" if dest.endswith("_s") else option[2:].upper().replace("-", "_")
         parser.add_argument(

@@ -591,3 +591,38 @@ def test_start_latest_skips_the_backlog(settings: Settings, tmp_path: Path) -> N
         later.join(5)
     assert stats.records == 3 and stats.checkpoint == offset_of(7)
     assert sorted(ids(consume_raw(settings, 3))) == ["evt-00005", "evt-00006", "evt-00007"]
+
+
+def test_sigterm_flushes_and_checkpoints_what_was_published(
+    settings: Settings, tmp_path: Path
+) -> None:
+    path = tmp_path / "events.ndjson"
+    write_events(path, range(400))
+    env = {
+        **os.environ,
+        **_settings_env(settings),
+        "CRM_AIRSHIP_APP_KEY": APP_KEY,
+        "CRM_AIRSHIP_TOKEN": TOKEN,
+        "CRM_AIRSHIP_CHECKPOINT_INTERVAL": "30s",  # only the shutdown writes one
+    }
+    with replay(path, interval_s=0.02) as server:
+        cmd = [sys.executable, "-m", "crmstream.cli", "connect", "airship"]
+        cmd += ["--url", server.url, "--start", "EARLIEST"]
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 30
+            while server.server.sent < 100 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 0, err
+    saved = checkpoints(settings)[f"{APP_KEY}/events/all"]["resume_offset"]
+    published = sorted(ids(consume_raw(settings, 100)))
+    assert 100 <= len(published) < 400, "stopped mid-stream"
+    # Everything read was published and acknowledged, and the checkpoint is its last offset.
+    assert published == [f"evt-{i:05d}" for i in range(len(published))]
+    assert saved == offset_of(len(published) - 1)
+    assert f"checkpoint {saved}" in out.decode()
