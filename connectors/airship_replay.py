@@ -33,7 +33,6 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -426,12 +425,6 @@ class ReplayThread:
         self.stop()
 
 
-@contextlib.contextmanager
-def replaying(options: ReplayOptions) -> Iterator[ReplayThread]:
-    with ReplayThread(options) as thread:
-        yield thread
-
-
 def _secret(var: str) -> str | None:
     """A credential from ``var`` or the file named by ``var_FILE``: never from the command line."""
     if os.environ.get(var):
@@ -451,7 +444,12 @@ def options_from_args(args: argparse.Namespace) -> ReplayOptions:
     path = Path(args.file)
     if not path.is_file():
         raise ConfigError("FILE", f"no such NDJSON file: {path}")
-    fail = tuple(int(s) for s in args.fail.split(",") if s.strip()) if args.fail else ()
+    try:
+        fail = tuple(int(s) for s in args.fail.split(",") if s.strip()) if args.fail else ()
+    except ValueError:
+        raise ConfigError("--fail", f"not a list of HTTP status codes: {args.fail!r}") from None
+    if any(not 400 <= status <= 599 for status in fail):
+        raise ConfigError("--fail", "status codes must be 4xx or 5xx")
     if args.redirect not in {"first", "every", "never"}:
         raise ConfigError("--redirect", "must be first, every or never")
     return ReplayOptions(
@@ -488,4 +486,4 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["ReplayOptions", "ReplayServer", "ReplayThread", "replaying", "run"]
+__all__ = ["ReplayOptions", "ReplayServer", "ReplayThread", "run"]
