@@ -89,6 +89,16 @@ def _die(exc: BaseException, what: str) -> None:
     os._exit(EXIT_BUG)
 
 
+def _estimated_keys(wrapper: Any) -> int:
+    """RocksDB's own estimate of the keys in a table's local partitions (cheap, approximate)."""
+    store = wrapper.table.data
+    total = 0
+    for db in getattr(store, "_dbs", {}).values():
+        estimate = db.property_int_value("rocksdb.estimate-num-keys")
+        total += int(estimate or 0)
+    return total
+
+
 def changelog_specs(settings: Settings) -> list[TopicSpec]:
     """The Faust changelog topics, created up front with the configured partitions and
     replication (Faust would create them with its own defaults otherwise)."""
@@ -182,6 +192,7 @@ class Pipeline:
         }
         app.agent(self.raw, name="normalize")(self._normalize_agent)
         app.agent(self.stats_updates, name="stats")(self._stats_agent)
+        app.timer(interval=10.0, name="observe")(self._observe)
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -196,6 +207,24 @@ class Pipeline:
 
     async def _producer(self) -> Any:
         return await self.app.maybe_start_producer()
+
+    async def _observe(self) -> None:
+        """Gauges that are read, not counted: raw-topic lag and the tables' key counts."""
+        consumer = self.app.consumer
+        lag = dict.fromkeys(VENDORS, 0)
+        read_offsets = getattr(consumer, "_read_offset", {})
+        for tp in consumer.assignment():
+            vendor = self.vendor_of_topic.get(tp.topic)
+            highwater = consumer.highwater(tp) if vendor else None
+            if vendor is None or highwater is None:
+                continue
+            read = read_offsets.get(tp)
+            lag[vendor] += max(0, highwater - (read + 1 if read is not None else 0))
+        for vendor, records in lag.items():
+            metrics.RAW_LAG.labels(vendor).set(records)
+        tables = {"dedupe": self.dedupe, **{f"stats-{k}": t for k, t in self.stats_tables.items()}}
+        for name, wrapper in tables.items():
+            metrics.TABLE_KEYS.labels(name).set(_estimated_keys(wrapper))
 
     # -- raw records ---------------------------------------------------------------------
 

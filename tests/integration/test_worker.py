@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -70,6 +71,27 @@ class WorkerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+    def wait_gauges(
+        self, done: Callable[[dict[tuple[str, str], float]], bool], timeout: float = 40
+    ) -> dict[tuple[str, str], float]:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        deadline = time.monotonic() + timeout
+        gauges: dict[tuple[str, str], float] = {}
+        while time.monotonic() < deadline:
+            with urllib.request.urlopen(self.url, timeout=2) as response:
+                text = response.read().decode()
+            gauges = {
+                (s.name, s.labels.get("table") or s.labels.get("vendor", "")): s.value
+                for family in text_string_to_metric_families(text)
+                if family.type == "gauge"
+                for s in family.samples
+            }
+            if done(gauges):
+                return gauges
+            time.sleep(1)
+        pytest.fail(f"gauges not as expected in {timeout}s: {gauges}")
 
     def wait_accounts(
         self, done: Callable[[dict[str, VendorAccount]], bool], timeout: float = 120
@@ -179,19 +201,35 @@ def test_counts_stats_and_recovery_without_local_state(
     for key, r in latest.items():
         assert key.decode().endswith(f"|{r['window']}|{r['window_start']}")
 
+    # The read gauges: RocksDB holds the dedupe marks, and nothing of the raw topics is left.
+    gauges = worker.wait_gauges(
+        lambda g: (
+            g.get(("crm_worker_table_keys", "dedupe"), 0) > 0
+            and all(("crm_worker_raw_topic_lag_records", v) in g for v in VENDORS)
+        )
+    )
+    assert all(gauges[("crm_worker_raw_topic_lag_records", v)] == 0 for v in VENDORS)
+
     # Restart without local state: the dedupe table must come back from its changelog.
     worker.stop()
     shutil.rmtree(worker_env["CRM_DATA_DIR"])
     worker.start()
     replayed = publish_samples(settings, samples)
-    total_in = {v: published[v] + replayed[v] for v in VENDORS}
+    # A restart may re-read raw records whose offsets were not committed yet (at-least-once),
+    # so the second worker reads at least the replayed records; every one must be a duplicate
+    # (or a dead letter / skip again), none a new canonical event.
     accounts = worker.wait_accounts(
-        lambda acc: all(acc[v].raw_in == replayed[v] == acc[v].accounted for v in VENDORS)
+        lambda acc: all(
+            acc[v].raw_in >= replayed[v] and acc[v].accounted == acc[v].raw_in for v in VENDORS
+        )
+    )
+    time.sleep(3)
+    accounts = worker.wait_accounts(
+        lambda acc: all(acc[v].accounted == acc[v].raw_in for v in VENDORS)
     )
     for vendor, sample in samples.items():
         acc = accounts[vendor]
         assert acc.canonical_out == 0, f"{vendor}: a replayed event got through after recovery"
-        assert acc.duplicates == sample.expected_events + sample.expected_duplicates, vendor
+        assert acc.duplicates >= sample.expected_events + sample.expected_duplicates, vendor
     events_after = read_topic(settings, events_topic, until=lambda r: len(r) >= expected_events)
     assert len(events_after) == expected_events
-    assert total_in  # both rounds published
