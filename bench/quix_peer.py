@@ -52,6 +52,10 @@ from processors.records import (
 RETENTION = {"retention.ms": str(14 * 86400 * 1000), "retention.bytes": "-1"}
 
 
+def send_time(_value: Any, _key: Any, _timestamp: int, _headers: Any) -> int:
+    return time.time_ns() // 1_000_000
+
+
 class KeyedBytes(Serializer):
     """Values travel as ``(key, avro bytes)`` so that ``to_topic(key=...)`` can take the key."""
 
@@ -66,8 +70,12 @@ def build(args: argparse.Namespace, counter: list[int]) -> Application:
     ctx = NormalizeContext()
     prefix = args.prefix
 
-    def on_processed(_topic: str, _partition: int, _offset: int) -> None:
-        counter[0] += 1
+    raw_prefix = f"{prefix}raw."
+
+    def on_processed(topic: str, _partition: int, _offset: int) -> None:
+        # Raw records only: group_by's repartition topic is processed by the same consumer.
+        if topic.startswith(raw_prefix):
+            counter[0] += 1
 
     app = Application(
         broker_address=args.bootstrap_servers,
@@ -147,7 +155,9 @@ def build(args: argparse.Namespace, counter: list[int]) -> Application:
                 "CanonicalEvent", record, events_topic.name
             )
 
-        events.apply(encoded).to_topic(events_topic, key=lambda kv: kv[0])
+        # Quix gives an output record the input record's timestamp; crm-stream's producer stamps
+        # the send time. Stamp it here too, so both latencies end at "handed to the producer".
+        events.apply(encoded).set_timestamp(send_time).to_topic(events_topic, key=lambda kv: kv[0])
 
         def increment(item: tuple[Any, RawPosition, bytes, bytes | None]) -> dict[str, Any]:
             event: CanonicalEvent = item[0]
@@ -180,7 +190,7 @@ def build(args: argparse.Namespace, counter: list[int]) -> Application:
                 )
             return out
 
-        by_campaign.apply(counted, stateful=True, expand=True).to_topic(
+        by_campaign.apply(counted, stateful=True, expand=True).set_timestamp(send_time).to_topic(
             stats_topic, key=lambda kv: kv[0]
         )
     return app
