@@ -1,7 +1,8 @@
 """``crm-stream demo``: the whole pipeline on one machine, on bundled sample feeds.
 
 Starts the embedded Tansu broker (unless ``--bootstrap-servers`` names another), creates the
-topics, feeds every vendor's sample events into its raw topic, runs the Faust worker as a child
+topics, runs every vendor's connector on its bundled sample feed (files laid out like the
+vendor's bucket, webhook requests, the Airship replay server), runs the Faust worker as a child
 process, and shows a live per-campaign stats table until Ctrl-C. With ``--once`` it waits until
 the worker has accounted for every raw record, writes a JSON summary and exits.
 
@@ -95,8 +96,17 @@ def generate_samples(seed: int, total: int) -> dict[str, SampleSet]:
     }
 
 
+@dataclass
+class FeedResult:
+    """What a connector did with one vendor's sample feed."""
+
+    published: int
+    refused: dict[str, int] = field(default_factory=dict)  # refused at the source, by reason
+    how: str = ""
+
+
 def publish_samples(settings: Settings, samples: dict[str, SampleSet]) -> dict[str, int]:
-    """Publish every sample record to its raw topic, as a connector would; return counts."""
+    """Publish every sample record straight to its raw topic, as a connector would (tests)."""
     published: dict[str, int] = {}
     for vendor, sample in samples.items():
         publisher = RawPublisher(settings, vendor, app_id=f"demo-{vendor}")
@@ -105,6 +115,45 @@ def publish_samples(settings: Settings, samples: dict[str, SampleSet]) -> dict[s
         publisher.flush()
         published[vendor] = len(sample.records)
     return published
+
+
+def _file_feed(
+    settings: Settings, connector: str, vendor: str, sample: SampleSet, root: Path, seed: int
+) -> FeedResult:
+    """Lay the samples out the way the vendor lays out its bucket; run the file connector."""
+    from connectors.objectstore import run_feed
+    from connectors.samplefeeds import write_sample_feed
+
+    folder = root / connector
+    files = write_sample_feed(connector, sample, folder, random.Random(seed))
+    stats = run_feed(connector, settings, folder.resolve().as_uri(), app_id=f"demo-{vendor}")
+    return FeedResult(stats.records, how=f"{len(files)} files via `connect {connector}`")
+
+
+def _segment_feed(settings: Settings, sample: SampleSet) -> FeedResult:
+    """POST the samples, signed, to the Segment receiver, one request each."""
+    from connectors.segment import demo_feed
+
+    statuses = demo_feed(settings, [value for _key, value in sample.records])
+    refused = {f"http_{code}": n for code, n in statuses.items() if code != 200}
+    return FeedResult(statuses.get(200, 0), refused, "signed webhook requests")
+
+
+def run_feeds(
+    settings: Settings, samples: dict[str, SampleSet], root: Path
+) -> dict[str, FeedResult]:
+    """Every vendor's samples through its connector, the way production data arrives."""
+    results = {
+        "leanplum": _file_feed(settings, "leanplum", "leanplum", samples["leanplum"], root, 1),
+        "flarelane": _file_feed(settings, "flarelane", "flarelane", samples["flarelane"], root, 2),
+        "pinpoint": _file_feed(
+            settings, "pinpoint-firehose", "pinpoint", samples["pinpoint"], root, 3
+        ),
+        "segment": _segment_feed(settings, samples["segment"]),
+    }
+    published = publish_samples(settings, {"airship": samples["airship"]})
+    results["airship"] = FeedResult(published["airship"], how="published directly")
+    return results
 
 
 # --- the worker's own account, read from its metrics endpoint -------------------------------
@@ -271,9 +320,12 @@ def run(args: argparse.Namespace) -> int:
         worker = start_worker(env, workdir / "worker.log")
         try:
             print(f"worker metrics on http://127.0.0.1:{metrics_port}/metrics", flush=True)
-            published = publish_samples(settings, samples)
-            print(f"published {sum(published.values())} raw records: {published}", flush=True)
-            return follow(args, settings, samples, published, worker, metrics_port)
+            feeds = run_feeds(settings, samples, workdir / "feeds")
+            for vendor, feed in feeds.items():
+                refused = f", refused at the source {feed.refused}" if feed.refused else ""
+                print(f"{vendor:<10} {feed.published:>6} raw records ({feed.how}){refused}")
+            sys.stdout.flush()
+            return follow(args, settings, samples, feeds, worker, metrics_port)
         finally:
             stop_worker(worker)
 
@@ -282,10 +334,11 @@ def follow(
     args: argparse.Namespace,
     settings: Settings,
     samples: dict[str, SampleSet],
-    published: dict[str, int],
+    feeds: dict[str, FeedResult],
     worker: subprocess.Popen[bytes],
     metrics_port: int,
 ) -> int:
+    published = {vendor: feed.published for vendor, feed in feeds.items()}
     url = f"http://127.0.0.1:{metrics_port}/metrics"
     view = StatsView(settings)
     deadline = time.monotonic() + 300
@@ -311,7 +364,7 @@ def follow(
             if done:
                 # Let the last stats upserts arrive.
                 view.poll(2.0)
-                summary = build_summary(accounts, samples, published, view)
+                summary = build_summary(accounts, samples, feeds, view)
                 print(render(accounts, view, "1h", 10))
                 if args.summary_json:
                     path = Path(args.summary_json)
@@ -330,21 +383,24 @@ def follow(
 def build_summary(
     accounts: dict[str, VendorAccount],
     samples: dict[str, SampleSet],
-    published: dict[str, int],
+    feeds: dict[str, FeedResult],
     view: StatsView,
 ) -> dict[str, Any]:
     vendors: dict[str, Any] = {}
     for vendor, acc in accounts.items():
         sample = samples[vendor]
+        feed = feeds[vendor]
         vendors[vendor] = {
             "raw_in": acc.raw_in,
-            "published": published[vendor],
+            "published": feed.published,
+            "refused_by_connector": dict(feed.refused),
             "canonical_out": acc.canonical_out,
             "duplicates": acc.duplicates,
             "dead_letters": dict(sorted(acc.dead_letters.items())),
             "skipped": acc.skipped,
-            "balanced": acc.accounted == acc.raw_in == published[vendor],
+            "balanced": acc.accounted == acc.raw_in == feed.published,
             "expected": {
+                "records": len(sample.records),
                 "canonical_out": sample.expected_events,
                 "duplicates": sample.expected_duplicates,
                 "dead_letters": dict(sorted(sample.expected_rejects.items())),
