@@ -834,7 +834,8 @@ class AirshipConnector:
             if self._kafka_failure is not None:
                 raise _Retry("kafka", f"Kafka refused a record: {self._kafka_failure}")
             try:
-                chunk = await asyncio.wait_for(response.content.readany(), timeout=tick)
+                async with asyncio.timeout(tick):  # no task per read, unlike wait_for
+                    chunk = await response.content.readany()
             except TimeoutError:
                 if time.monotonic() - last_byte >= idle:
                     # Seed 004: "If you receive no data or new line characters for ninety
