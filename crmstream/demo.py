@@ -103,6 +103,7 @@ class FeedResult:
     published: int
     refused: dict[str, int] = field(default_factory=dict)  # refused at the source, by reason
     how: str = ""
+    control_lines: int = 0  # stream-control lines a connector does not publish (OFFSET_UPDATE)
 
 
 def publish_samples(settings: Settings, samples: dict[str, SampleSet]) -> dict[str, int]:
@@ -151,9 +152,38 @@ def run_feeds(
         ),
         "segment": _segment_feed(settings, samples["segment"]),
     }
-    published = publish_samples(settings, {"airship": samples["airship"]})
-    results["airship"] = FeedResult(published["airship"], how="published directly")
+    results["airship"] = _airship_feed(settings, samples["airship"], root)
     return results
+
+
+def _airship_feed(settings: Settings, sample: SampleSet, root: Path) -> FeedResult:
+    """Serve the samples with the RTDS replay server and stream them with the connector."""
+    import asyncio
+
+    from connectors.airship import AirshipConnector, AirshipSettings
+    from connectors.airship_replay import ReplayOptions, ReplayThread
+    from crmstream.settings import Secret
+
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "airship-rtds.ndjson"
+    path.write_bytes(b"\n".join(value for _key, value in sample.records) + b"\n")
+    server = ReplayThread(ReplayOptions(path=path, keepalive_s=0.5)).start()
+    try:
+        config = AirshipSettings(
+            app_key="demo-airship",
+            token=Secret("demo-token"),
+            url=server.url,
+            start="EARLIEST",
+            stop_after_idle_s=2.0,
+        )
+        stats = asyncio.run(AirshipConnector(config, settings).run())
+    finally:
+        server.stop()
+    return FeedResult(
+        stats.records,
+        how="RTDS stream from `airship-replay`, 307 + cookie, keep-alives",
+        control_lines=stats.offset_updates,
+    )
 
 
 # --- the worker's own account, read from its metrics endpoint -------------------------------
@@ -394,6 +424,7 @@ def build_summary(
             "raw_in": acc.raw_in,
             "published": feed.published,
             "refused_by_connector": dict(feed.refused),
+            "control_lines_not_published": feed.control_lines,
             "canonical_out": acc.canonical_out,
             "duplicates": acc.duplicates,
             "dead_letters": dict(sorted(acc.dead_letters.items())),

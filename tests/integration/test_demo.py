@@ -57,7 +57,11 @@ def test_demo_once_balances_and_matches_the_samples(
         # What a connector refuses at the source (a webhook body that is not JSON gets 400 and
         # never reaches Kafka) is one of the sample's malformed records too.
         refused = sum(row["refused_by_connector"].values())
-        assert row["published"] + refused == expected["records"], vendor
+        # Stream-control lines (Airship OFFSET_UPDATE) are skipped by the connector already,
+        # so they never reach the worker.
+        assert row["skipped"] <= expected["skipped"], vendor
+        not_published = expected["skipped"] - row["skipped"]
+        assert row["published"] + refused + not_published == expected["records"], vendor
         assert row["canonical_out"] == expected["canonical_out"], vendor
         assert row["duplicates"] == expected["duplicates"] > 0, vendor
         assert sum(row["dead_letters"].values()) + refused == sum(
@@ -65,6 +69,5 @@ def test_demo_once_balances_and_matches_the_samples(
         ), vendor
         for reason, n in row["dead_letters"].items():
             assert n <= expected["dead_letters"][reason], (vendor, reason)
-        assert row["skipped"] == expected["skipped"], vendor
     assert summary["campaigns_with_stats"] >= 30
     assert "campaigns with stats" in result.stdout
