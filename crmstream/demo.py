@@ -131,6 +131,20 @@ def _file_feed(
     return FeedResult(stats.records, how=f"{len(files)} files via `connect {connector}`")
 
 
+def _pinpoint_feeds(settings: Settings, sample: SampleSet, root: Path) -> FeedResult:
+    """Pinpoint's two delivery paths: half the samples as Firehose files, half on Kinesis."""
+    from connectors.pinpoint_kinesis import demo_feed
+
+    half = len(sample.records) // 2
+    files = SampleSet(sample.vendor, sample.records[:half])
+    firehose = _file_feed(settings, "pinpoint-firehose", "pinpoint", files, root, 3)
+    kinesis = demo_feed(settings, [value for _key, value in sample.records[half:]])
+    return FeedResult(
+        firehose.published + kinesis.records,
+        how=f"{firehose.how}, {kinesis.records} on Kinesis via `connect pinpoint-kinesis`",
+    )
+
+
 def _segment_feed(settings: Settings, sample: SampleSet) -> FeedResult:
     """POST the samples, signed, to the Segment receiver, one request each."""
     from connectors.segment import demo_feed
@@ -147,9 +161,7 @@ def run_feeds(
     results = {
         "leanplum": _file_feed(settings, "leanplum", "leanplum", samples["leanplum"], root, 1),
         "flarelane": _file_feed(settings, "flarelane", "flarelane", samples["flarelane"], root, 2),
-        "pinpoint": _file_feed(
-            settings, "pinpoint-firehose", "pinpoint", samples["pinpoint"], root, 3
-        ),
+        "pinpoint": _pinpoint_feeds(settings, samples["pinpoint"], root),
         "segment": _segment_feed(settings, samples["segment"]),
     }
     results["airship"] = _airship_feed(settings, samples["airship"], root)
