@@ -33,7 +33,6 @@ from datetime import timedelta
 from typing import Any
 
 import faust
-import orjson
 from faust.streams import _current_event
 from faust.types import EventT
 
@@ -51,8 +50,10 @@ from processors.records import (
     canonical_record,
     dead_letter_record,
     headers_dict,
+    parse_stats_updates,
     stats_increment,
     stats_record,
+    stats_updates_value,
     stats_upsert_key,
     window_start,
 )
@@ -139,6 +140,7 @@ class Pipeline:
         self.vendor_of_topic = {settings.topic(raw_topic(v)): v for v in VENDORS}
         self.window_s = settings.dedupe_window_s
         self.windows = settings.stats_window_seconds()
+        self.window_size = dict(self.windows)
         self.stats_retention_ms = int(settings.stats_retention_s * 1000)
         # The occurred_at (seconds) of the stats increment being applied; the stats tables'
         # windows are relative to it.
@@ -245,6 +247,7 @@ class Pipeline:
         pending: list[Any] = []
         marks: list[tuple[EventT, str, str, str, int]] = []
         seen_in_batch: set[str] = set()
+        stats: dict[bytes, list[tuple[int, str, str]]] = {}
         counts_in: dict[str, int] = {}
         dedupe = self.dedupe
 
@@ -319,18 +322,21 @@ class Pipeline:
                     None,
                 )
             )
+            stats.setdefault(campaign_key(outcome).encode(), []).append(stats_increment(outcome))
+            marks.append((event, event_id, vendor, outcome.event_type.value, pos.ingested_at))
+
+        # One stats-updates record per campaign and batch, not per event.
+        for key, increments in stats.items():
             pending.append(
                 await producer.send(
                     self.stats_updates_topic,
-                    campaign_key(outcome).encode(),
-                    stats_increment(outcome),
+                    key,
+                    stats_updates_value(increments),
                     None,
                     None,
                     None,
                 )
             )
-            marks.append((event, event_id, vendor, outcome.event_type.value, pos.ingested_at))
-
         # Everything this batch produced must be acknowledged before any dedupe mark is written.
         if pending:
             await asyncio.gather(*pending)
@@ -364,43 +370,50 @@ class Pipeline:
                 _die(exc, "processing a stats batch")
 
     async def process_stats_batch(self, batch: Sequence[EventT]) -> None:
+        """Add a batch of increments to the windows, then write each touched window once.
+
+        A window's counts are read from the table on first touch, updated in memory for the
+        rest of the batch, and written back (one changelog record) and upserted once.
+        """
         producer = await self._producer()
         now_ms = time.time_ns() // 1_000_000
         oldest_ms = now_ms - self.stats_retention_ms
-        touched: dict[bytes, tuple[str, str, int, int, WindowCounts]] = {}
+        touched: dict[tuple[str, str, int], tuple[EventT, WindowCounts]] = {}
         for event in batch:
             message = event.message
             campaign = (message.key or b"").decode()
-            increment = orjson.loads(message.value or b"{}")
-            occurred = int(increment["o"])
-            if occurred < oldest_ms:
-                # Its window has been closed (and expired from the table) already.
-                metrics.STATS_LATE.inc()
-                continue
             _set_current(event)
-            self._occurred_s.set(occurred / 1000)
-            for label, size in self.windows:
-                table = self.stats_tables[label]
-                # value(), not current(): current() is always relative to the Kafka timestamp,
-                # value() to the table's relative_to (occurred_at here).
-                counts = WindowCounts.load(table[campaign].value())
-                counts.add(increment["t"], increment["c"])
-                table[campaign] = counts.dump()
-                start = window_start(occurred, size)
-                touched[stats_upsert_key(campaign, label, start)] = (
-                    campaign,
-                    label,
-                    start,
-                    size,
-                    counts,
-                )
+            for occurred, event_type, channel in parse_stats_updates(message.value or b"[]"):
+                if occurred < oldest_ms:
+                    # Its window has been closed (and expired from the table) already.
+                    metrics.STATS_LATE.inc()
+                    continue
+                for label, size in self.windows:
+                    start = window_start(occurred, size)
+                    entry = touched.get((label, campaign, start))
+                    if entry is None:
+                        self._occurred_s.set(start / 1000)
+                        # value(), not current(): current() is always relative to the Kafka
+                        # timestamp, value() to the table's relative_to (occurred_at here).
+                        value = self.stats_tables[label][campaign].value()
+                        entry = touched[(label, campaign, start)] = (
+                            event,
+                            WindowCounts.load(value),
+                        )
+                    entry[1].add(event_type, channel)
         pending = []
-        for key, (campaign, label, start, size, counts) in touched.items():
+        for (label, campaign, start), (event, counts) in touched.items():
+            # The campaign's records all come from one partition: any of its events is the
+            # right context for the changelog; the window is the one starting at `start`.
+            _set_current(event)
+            self._occurred_s.set(start / 1000)
+            self.stats_tables[label][campaign] = counts.dump()
+            size = self.window_size[label]
             record = stats_record(campaign, label, start, size, counts, now_ms)
             pending.append(
                 await producer.send(
                     self.stats_topic,
-                    key,
+                    stats_upsert_key(campaign, label, start),
                     self.serde.encode("CampaignStats", record, self.stats_topic),
                     None,
                     None,

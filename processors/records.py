@@ -106,11 +106,18 @@ def campaign_key(event: CanonicalEvent) -> str:
     return f"{event.vendor.value}|{event.app_id or ''}|{event.campaign_id or ''}"
 
 
-def stats_increment(event: CanonicalEvent) -> bytes:
-    """What the stats agent needs of one canonical event, as the ``stats-updates`` value."""
-    return orjson.dumps(
-        {"o": event.occurred_at, "t": event.event_type.value, "c": event.channel.value}
-    )
+def stats_increment(event: CanonicalEvent) -> tuple[int, str, str]:
+    """What the stats agent needs of one canonical event: (occurred_at, event type, channel)."""
+    return (event.occurred_at, event.event_type.value, event.channel.value)
+
+
+def stats_updates_value(increments: list[tuple[int, str, str]]) -> bytes:
+    """One ``stats-updates`` record: every increment of one campaign from one worker batch."""
+    return orjson.dumps(increments)
+
+
+def parse_stats_updates(value: bytes) -> list[tuple[int, str, str]]:
+    return [(int(o), str(t), str(c)) for o, t, c in orjson.loads(value)]
 
 
 def window_start(occurred_at_ms: int, size_s: int) -> int:
