@@ -16,12 +16,21 @@ from processors.normalize.model import (
     Channel,
     EventType,
     NormalizeContext,
-    Rejected,
     Skipped,
     Vendor,
 )
+from tests.unit.crmstream.samples_harness import (
+    Accounting,
+    N,
+    account,
+    assert_adds_up,
+    assert_counts_match,
+    assert_deterministic,
+    assert_types_present,
+    assert_valid_event,
+    occurred_span_ms,
+)
 
-N = 2000
 CTX = NormalizeContext(app_id="sample-app-key")
 
 
@@ -30,43 +39,22 @@ def sample() -> SampleSet:
     return generate(random.Random(11), N, campaigns(random.Random(3)))
 
 
-def test_outcome_counts_match_the_expected_counts_exactly(sample: SampleSet) -> None:
-    seen: set[str] = set()
-    events = duplicates = skips = 0
-    rejects: Counter[str] = Counter()
-    for _key, value in sample.records:
-        outcome = airship.normalize(value, CTX)
-        if isinstance(outcome, CanonicalEvent):
-            if outcome.event_id in seen:
-                duplicates += 1
-            else:
-                seen.add(outcome.event_id)
-                events += 1
-        elif isinstance(outcome, Rejected):
-            rejects[outcome.reason.value] += 1
-        else:
-            assert isinstance(outcome, Skipped)
-            assert outcome.reason == "OFFSET_UPDATE"
-            skips += 1
-    assert events == sample.expected_events
-    assert duplicates == sample.expected_duplicates
-    assert dict(rejects) == {k: v for k, v in sample.expected_rejects.items() if v}
-    assert skips == sample.expected_skips
+@pytest.fixture(scope="module")
+def accounting(sample: SampleSet) -> Accounting:
+    return account(sample, airship.normalize, CTX)
+
+
+def test_outcome_counts_match_the_expected_counts_exactly(
+    sample: SampleSet, accounting: Accounting
+) -> None:
+    assert_counts_match(sample, accounting, "airship")
+    assert all(skipped.reason == "OFFSET_UPDATE" for skipped in accounting.skipped)
 
 
 def test_size_and_shares(sample: SampleSet) -> None:
-    assert sample.vendor == "airship"
-    assert len(sample.records) == N
     assert sample.expected_duplicates == N * 5 // 100
     assert sum(sample.expected_rejects.values()) == N // 100
     assert sample.expected_skips == 30
-    assert all(count > 0 for count in sample.expected_rejects.values())
-    assert set(sample.expected_rejects) == {
-        "invalid_json",
-        "missing_event_id",
-        "missing_event_type",
-        "invalid_timestamp",
-    }
 
 
 def test_every_event_is_valid_and_keyed_by_its_id(sample: SampleSet) -> None:
@@ -78,39 +66,31 @@ def test_every_event_is_valid_and_keyed_by_its_id(sample: SampleSet) -> None:
             continue
         if not isinstance(outcome, CanonicalEvent):
             continue
-        assert outcome.vendor is Vendor.AIRSHIP
-        assert EventType(outcome.event_type.value) is outcome.event_type
-        assert Channel(outcome.channel.value) is outcome.channel
+        assert_valid_event(outcome, Vendor.AIRSHIP)
         assert key == outcome.vendor_event_id.encode()
         assert outcome.app_id == "sample-app-key"
         assert outcome.campaign_id is None or outcome.campaign_id in shared
-        assert all(isinstance(v, str) for v in outcome.attributes.values())
         unattributed = outcome.vendor_event_type.startswith(("SUBSCRIPTION:", "COMPLIANCE:"))
         if outcome.event_type is not EventType.OTHER and not unattributed:
             assert outcome.campaign_id in shared, outcome  # every campaign event is attributed
 
 
-def test_a_realistic_mix(sample: SampleSet) -> None:
-    types: Counter[EventType] = Counter()
-    channels: Counter[Channel] = Counter()
-    for _key, value in sample.records:
-        outcome = airship.normalize(value, CTX)
-        if isinstance(outcome, CanonicalEvent):
-            types[outcome.event_type] += 1
-            channels[outcome.channel] += 1
-    for wanted in (
-        EventType.SEND,
-        EventType.DELIVERY,
-        EventType.OPEN,
-        EventType.CLICK,
-        EventType.BOUNCE,
-        EventType.IMPRESSION,
-        EventType.DISMISS,
-        EventType.CONTROL,
-        EventType.SEND_ABORTED,
-        EventType.OTHER,
-    ):
-        assert types[wanted] > 0, wanted
+def test_a_realistic_mix(accounting: Accounting) -> None:
+    assert_types_present(
+        accounting.events,
+        (
+            EventType.SEND,
+            EventType.DELIVERY,
+            EventType.OPEN,
+            EventType.CLICK,
+            EventType.BOUNCE,
+            EventType.IMPRESSION,
+            EventType.DISMISS,
+            EventType.CONTROL,
+            EventType.SEND_ABORTED,
+            EventType.OTHER,
+        ),
+    )
     assert {
         Channel.EMAIL,
         Channel.SMS,
@@ -119,7 +99,7 @@ def test_a_realistic_mix(sample: SampleSet) -> None:
         Channel.INBOX,
         Channel.NONE,
         Channel.UNKNOWN,
-    } <= set(channels)
+    } <= {e.channel for e in accounting.events}
 
 
 def test_duplicates_differ_only_in_offset_and_processed(sample: SampleSet) -> None:
@@ -170,31 +150,15 @@ def test_timestamps_use_one_to_three_fraction_digits(sample: SampleSet) -> None:
     assert widths[3] > widths[2] > 0
 
 
-def test_occurred_times_span_about_two_hours(sample: SampleSet) -> None:
-    times = [
-        o.occurred_at
-        for o in (airship.normalize(v, CTX) for _k, v in sample.records)
-        if isinstance(o, CanonicalEvent)
-    ]
-    assert 60 * 60_000 < max(times) - min(times) <= 3 * 3600_000
+def test_occurred_times_span_about_two_hours(accounting: Accounting) -> None:
+    assert 60 * 60_000 < occurred_span_ms(accounting.events) <= 3 * 3600_000
 
 
 def test_deterministic_for_a_seed() -> None:
     shared = campaigns(random.Random(3))
-    a = generate(random.Random(5), 300, shared)
-    b = generate(random.Random(5), 300, shared)
-    c = generate(random.Random(6), 300, shared)
-    assert a.records == b.records
-    assert a.records != c.records
+    assert_deterministic(lambda seed: generate(random.Random(seed), 300, shared), 5)
 
 
 @pytest.mark.parametrize("n", [0, 1, 10, 99])
 def test_small_sets_still_add_up(n: int) -> None:
-    sample = generate(random.Random(n), n, campaigns(random.Random(3)))
-    accounted = (
-        sample.expected_events
-        + sample.expected_duplicates
-        + sum(sample.expected_rejects.values())
-        + sample.expected_skips
-    )
-    assert accounted == len(sample.records)
+    assert_adds_up(generate(random.Random(n), n, campaigns(random.Random(3))))

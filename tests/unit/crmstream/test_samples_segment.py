@@ -12,93 +12,59 @@ import pytest
 from crmstream.samples import SampleSet, campaigns
 from crmstream.samples import segment as samples
 from processors.normalize import segment
-from processors.normalize.model import (
-    CanonicalEvent,
-    Channel,
-    EventType,
-    NormalizeContext,
-    Rejected,
-    Skipped,
-    Vendor,
+from processors.normalize.model import Channel, EventType, NormalizeContext, Vendor
+from tests.unit.crmstream.samples_harness import (
+    N,
+    account,
+    assert_campaigns_from,
+    assert_counts_match,
+    assert_deterministic,
+    assert_keys_are_vendor_event_ids,
+    assert_types_present,
+    assert_valid_event,
+    occurred_span_ms,
+    seeded,
 )
 
-N = 2000
+CTX = NormalizeContext(app_id="segment-src")
 
 
 def generate(seed: int, n: int = N) -> SampleSet:
-    rng = random.Random(seed)
-    return samples.generate(random.Random(rng.random()), n, campaigns(rng))
-
-
-def account(sample: SampleSet) -> tuple[list[CanonicalEvent], int, Counter[str], int]:
-    """Normalize every record and dedupe by event_id, first seen wins (TAXONOMY §5)."""
-    ctx = NormalizeContext(app_id="segment-src")
-    seen: set[str] = set()
-    events: list[CanonicalEvent] = []
-    duplicates, skips = 0, 0
-    rejects: Counter[str] = Counter()
-    for _key, value in sample.records:
-        outcome = segment.normalize(value, ctx)
-        if isinstance(outcome, Rejected):
-            rejects[outcome.reason.value] += 1
-        elif isinstance(outcome, Skipped):
-            skips += 1
-        elif outcome.event_id in seen:
-            duplicates += 1
-        else:
-            seen.add(outcome.event_id)
-            events.append(outcome)
-    return events, duplicates, rejects, skips
+    return seeded(samples.generate, seed, n)
 
 
 @pytest.mark.parametrize("seed", [7, 20261125])
 def test_expected_counts_match_the_normalizer(seed: int) -> None:
     sample = generate(seed)
-    events, duplicates, rejects, skips = account(sample)
-    assert sample.vendor == "segment"
-    assert len(sample.records) == N
-    assert len(events) == sample.expected_events
-    assert duplicates == sample.expected_duplicates
-    assert dict(rejects) == sample.expected_rejects
-    assert skips == sample.expected_skips == 0
-    # about 5 % duplicates, about 1 % malformed, every reject reason present
-    assert 0.04 * N <= duplicates <= 0.06 * N
-    assert set(rejects) == {
-        "invalid_json",
-        "missing_event_id",
-        "missing_event_type",
-        "invalid_timestamp",
-    }
-    assert sum(rejects.values()) <= 0.015 * N
+    result = account(sample, segment.normalize, CTX)
+    assert_counts_match(sample, result, "segment")
+    assert sample.expected_skips == 0
+    # about 5 % duplicates, about 1 % malformed
+    assert 0.04 * N <= result.duplicates <= 0.06 * N
+    assert sum(result.rejects.values()) <= 0.015 * N
 
 
 def test_events_are_valid_and_varied() -> None:
-    sample = generate(3)
-    events, *_ = account(sample)
+    events = account(generate(3), segment.normalize, CTX).events
     for event in events:
-        assert event.vendor is Vendor.SEGMENT
-        assert isinstance(event.event_type, EventType)
-        assert isinstance(event.channel, Channel)
-        assert event.event_id == f"SEGMENT:{event.vendor_event_id}"
-        assert all(isinstance(v, str) for v in event.attributes.values())
-    types = Counter(e.event_type for e in events)
-    for expected in (
-        EventType.DELIVERY,
-        EventType.OPEN,
-        EventType.CLICK,
-        EventType.BOUNCE,
-        EventType.UNSUBSCRIBE,
-        EventType.EXPERIMENT_IMPRESSION,
-        EventType.OTHER,
-    ):
-        assert types[expected] > 0, expected
+        assert_valid_event(event, Vendor.SEGMENT)
+    types = assert_types_present(
+        events,
+        (
+            EventType.DELIVERY,
+            EventType.OPEN,
+            EventType.CLICK,
+            EventType.BOUNCE,
+            EventType.UNSUBSCRIBE,
+            EventType.EXPERIMENT_IMPRESSION,
+            EventType.OTHER,
+        ),
+    )
     assert types[EventType.DELIVERY] > types[EventType.OPEN] > types[EventType.CLICK]
     assert Counter(e.channel for e in events)[Channel.PUSH] > 0
-    occurred = [e.occurred_at for e in events]
-    assert max(occurred) - min(occurred) <= 2 * 3600 * 1000
-    campaign_ids = {e.campaign_id for e in events if e.campaign_id}
+    assert occurred_span_ms(events) <= 2 * 3600 * 1000
     expected_ids = {str(samples.campaign_id(c)) for c in campaigns(random.Random(0))}
-    assert campaign_ids <= expected_ids and len(campaign_ids) > 20
+    assert_campaigns_from(events, expected_ids)
 
 
 def test_duplicates_are_retries_with_new_sent_and_received_at() -> None:
@@ -127,16 +93,8 @@ def test_duplicates_are_retries_with_new_sent_and_received_at() -> None:
 
 
 def test_keys_are_vendor_event_ids() -> None:
-    for key, value in generate(11).records:
-        try:
-            record = orjson.loads(value)
-        except orjson.JSONDecodeError:
-            assert key is None
-            continue
-        event_id = segment.vendor_event_id(record)
-        assert key == (event_id.encode() if event_id is not None else None)
+    assert_keys_are_vendor_event_ids(generate(11), segment.vendor_event_id)
 
 
 def test_deterministic_per_seed() -> None:
-    assert generate(42).records == generate(42).records
-    assert generate(42).records != generate(43).records
+    assert_deterministic(generate, 42)
