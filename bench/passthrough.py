@@ -34,6 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input", required=True, help="comma-separated raw topics")
     parser.add_argument("--output", required=True)
     parser.add_argument("--progress", required=True, type=Path)
+    parser.add_argument(
+        "--fetch-wait-ms",
+        type=int,
+        default=500,
+        help="fetch.wait.max.ms (librdkafka's default 500): how long the broker may hold a fetch",
+    )
     args = parser.parse_args(argv)
 
     settings = Settings.from_env({}, bootstrap_servers=args.bootstrap_servers)
@@ -41,7 +47,11 @@ def main(argv: list[str] | None = None) -> int:
         consumer_config(
             settings,
             group_id=f"bench-passthrough-{uuid.uuid4().hex[:8]}",
-            **{"fetch.max.bytes": 8 << 20, "queued.min.messages": 50_000},
+            **{
+                "fetch.max.bytes": 8 << 20,
+                "queued.min.messages": 50_000,
+                "fetch.wait.max.ms": args.fetch_wait_ms,
+            },
         )
     )
     producer = Producer(producer_config(settings))
