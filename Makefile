@@ -45,8 +45,8 @@ format: $(STAMP) ## Apply ruff's formatting and safe fixes
 typecheck: $(STAMP) ## mypy
 	$(BIN)/mypy
 
-bench: $(STAMP) ## Throughput/latency/memory benchmark (see bench/README)
-	$(BIN)/python -m bench.run
+bench: $(STAMP) ## Throughput/latency/memory benchmark (see bench/README.md; BENCH_ARGS="--events 200000")
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean: ## Remove local state and the virtualenv
 	rm -rf var $(VENV)
