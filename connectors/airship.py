@@ -31,7 +31,7 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,19 @@ import orjson
 from connectors.base import CheckpointStore, RawPublisher
 from crmstream import metrics
 from crmstream.errors import BrokerError, ConfigError, CrmStreamError
-from crmstream.settings import Secret, Settings, parse_bool, parse_duration
+from crmstream.settings import (
+    Secret,
+    Settings,
+    choice,
+    lower_choice,
+    parse_bool,
+    parse_duration,
+    parse_field,
+    parse_int,
+    positive,
+    read_secret,
+    setting,
+)
 
 log = logging.getLogger(__name__)
 
@@ -94,28 +106,9 @@ def parse_base_url(text: str) -> str:
     return value.rstrip("/")
 
 
-def _choice(*allowed: str) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        value = text.strip().upper()
-        if value not in allowed:
-            raise ValueError(f"{text!r} is not one of {', '.join(allowed)}")
-        return value
-
-    return parse
-
-
-def _stream(text: str) -> str:
-    value = text.strip().lower()
-    if value not in STREAM_PATHS:
-        raise ValueError(f"{text!r} is not one of {', '.join(STREAM_PATHS)}")
-    return value
-
-
-def _positive_duration(text: str) -> float:
-    value = parse_duration(text)
-    if value <= 0:
-        raise ValueError(f"must be greater than 0, got {text!r}")
-    return value
+_stream = lower_choice(*STREAM_PATHS)
+_positive_duration = positive(parse_duration)
+_positive_int = positive(parse_int)
 
 
 def _duration_or_zero(text: str) -> float:
@@ -127,13 +120,6 @@ def _json(text: str) -> Any:
         return orjson.loads(text)
     except orjson.JSONDecodeError as exc:
         raise ValueError(f"not JSON: {exc}") from None
-
-
-def _positive_int(text: str) -> int:
-    value = int(text.strip())
-    if value <= 0:
-        raise ValueError(f"must be greater than 0, got {text!r}")
-    return value
 
 
 def _text(text: str) -> str:
@@ -313,82 +299,69 @@ def validate_subset(subset: Any) -> dict[str, Any]:
     return dict(subset)
 
 
-def _setting(
-    env: str,
-    default: Any,
-    parse: Callable[[str], Any] | None,
-    doc: str,
-    *,
-    kind: str = "plain",
-) -> Any:
-    """``kind``: plain (``CRM_AIRSHIP_<env>``), secret (or ``..._FILE``, never an option),
-    json (the JSON text, or ``..._FILE`` holding it)."""
-    return field(default=default, metadata={"env": env, "parse": parse, "doc": doc, "kind": kind})
-
-
 @dataclass(frozen=True)
 class AirshipSettings:
     """One Airship stream connection, validated on construction (see :meth:`validate`)."""
 
-    app_key: str = _setting("APP_KEY", "", _text, "Airship app key, sent as X-UA-Appkey")
-    token: Secret = _setting(
-        "TOKEN", Secret(""), None, "RTDS bearer token (or CRM_AIRSHIP_TOKEN_FILE)", kind="secret"
+    app_key: str = setting("APP_KEY", "", _text, "Airship app key, sent as X-UA-Appkey")
+    token: Secret = setting(
+        "TOKEN", Secret(""), None, "RTDS bearer token (or CRM_AIRSHIP_TOKEN_FILE)", secret=True
     )
-    master_secret: Secret = _setting(
+    master_secret: Secret = setting(
         "MASTER_SECRET",
         Secret(""),
         None,
         "Master secret for the compliance stream's Basic auth (or CRM_AIRSHIP_MASTER_SECRET_FILE)",
-        kind="secret",
+        secret=True,
     )
-    url: str = _setting("URL", BASE_URLS["US"], parse_base_url, "US, EU or a base URL")
-    stream: str = _setting(
+    url: str = setting("URL", BASE_URLS["US"], parse_base_url, "US, EU or a base URL")
+    stream: str = setting(
         "STREAM", "events", _stream, "events (/api/events) or compliance (/api/events/general)"
     )
-    start: str | None = _setting(
+    start: str | None = setting(
         "START",
         None,
-        _choice("EARLIEST", "LATEST"),
+        choice("EARLIEST", "LATEST"),
         "EARLIEST or LATEST when there is no checkpoint (default LATEST)",
     )
-    resume_offset: str | None = _setting(
+    resume_offset: str | None = setting(
         "RESUME_OFFSET", None, _text, "Offset to resume after when there is no checkpoint"
     )
-    filters: list[dict[str, Any]] | None = _setting(
+    filters: list[dict[str, Any]] | None = setting(
         "FILTERS",
         None,
         _json,
         "JSON array of filter objects (or ..._FILE)",
-        kind="json",
+        json=True,
     )
-    subset: dict[str, Any] | None = _setting(
-        "SUBSET", None, _json, "JSON subset object, SAMPLE or PARTITION (or ..._FILE)", kind="json"
+    subset: dict[str, Any] | None = setting(
+        "SUBSET", None, _json, "JSON subset object, SAMPLE or PARTITION (or ..._FILE)", json=True
     )
-    enable_offset_updates: bool = _setting(
+    enable_offset_updates: bool = setting(
         "OFFSET_UPDATES", True, parse_bool, "Ask for OFFSET_UPDATE events instead of blank lines"
     )
-    idle_timeout_s: float = _setting(
+    idle_timeout_s: float = setting(
         "IDLE_TIMEOUT", 90.0, _positive_duration, "Reconnect when no byte arrives for this long"
     )
-    connect_timeout_s: float = _setting(
+    connect_timeout_s: float = setting(
         "CONNECT_TIMEOUT", 30.0, _positive_duration, "TCP/TLS connect timeout"
     )
-    backoff_min_s: float = _setting(
+    backoff_min_s: float = setting(
         "BACKOFF_MIN", 1.0, _positive_duration, "First reconnect delay (doubles, with jitter)"
     )
-    backoff_max_s: float = _setting(
+    backoff_max_s: float = setting(
         "BACKOFF_MAX", 60.0, _positive_duration, "Longest reconnect delay"
     )
-    not_found_retry_s: float = _setting(
+    not_found_retry_s: float = setting(
         "NOT_FOUND_RETRY", 60.0, _positive_duration, "Delay after a 404 (no data for the app yet)"
     )
-    max_redirects: int = _setting(
+    max_redirects: int = setting(
         "MAX_REDIRECTS", 5, _positive_int, "307 re-POSTs allowed per connection attempt"
     )
-    checkpoint_interval_s: float = _setting(
+    checkpoint_interval_s: float = setting(
         "CHECKPOINT_INTERVAL", 1.0, _positive_duration, "How often the checkpoint is written"
     )
-    stop_after_idle_s: float = _setting(
+    stop_after_idle_s: float = setting(
         "STOP_AFTER_IDLE",
         0.0,
         _duration_or_zero,
@@ -498,17 +471,15 @@ class AirshipSettings:
         values: dict[str, Any] = {}
         for f in fields(cls):
             var = ENV_PREFIX + f.metadata["env"]
-            kind = f.metadata["kind"]
+            is_json = f.metadata.get("json", False)
             raw: str | None = None
             source = var
-            if kind == "secret":
-                raw = env.get(var)
-                if raw is None and env.get(var + "_FILE"):
-                    raw = _read_file(var + "_FILE", env[var + "_FILE"]).strip()
-                if raw is not None:
-                    values[f.name] = Secret(raw.strip())
+            if f.metadata["secret"]:
+                secret = read_secret(env, var)
+                if secret is not None:
+                    values[f.name] = Secret(secret.get().strip())
                 continue
-            if kind == "json" and f.name + "_file" in opts:
+            if is_json and f.name + "_file" in opts:
                 source = f"--{f.name}-file"
                 raw = _read_file(source, opts[f.name + "_file"] or "")
             elif f.name in opts:
@@ -516,15 +487,12 @@ class AirshipSettings:
                 raw = opts[f.name]
             elif var in env:
                 raw = env[var]
-            elif kind == "json" and env.get(var + "_FILE"):
+            elif is_json and env.get(var + "_FILE"):
                 source = var + "_FILE"
                 raw = _read_file(source, env[source])
             if raw is None:
                 continue
-            try:
-                values[f.name] = f.metadata["parse"](raw) if f.metadata["parse"] else raw
-            except ValueError as exc:
-                raise ConfigError(source, str(exc)) from None
+            values[f.name] = parse_field(f, source, raw)
         return cls(**values)
 
     @classmethod

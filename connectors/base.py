@@ -8,19 +8,17 @@ called by a connector once :meth:`RawPublisher.flush` has returned without error
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import field, fields
-from pathlib import Path
+from dataclasses import fields
 from typing import Any, TypeVar
 
 import orjson
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
-from crmstream.errors import BrokerError, ConfigError
+from crmstream.errors import BrokerError
 from crmstream.kafka import consumer_config, producer_config
-from crmstream.settings import ENV_PREFIX, Secret, Settings
+from crmstream.settings import Settings, describe_fields, values_from_env
 from crmstream.topics import raw_topic
 
 # Header names on every raw record. The worker reads them; downstream tools may too.
@@ -213,59 +211,25 @@ class CheckpointStore:
             raise BrokerError(f"checkpoint to {self.topic} failed: {failures[0]}")
 
 
-def env_field(
-    env: str, default: Any, parse: Callable[[str], Any] | None, doc: str, *, secret: bool = False
-) -> Any:
-    """A connector setting that declares its ``CRM_*`` variable next to it, like :class:`Settings`.
-
-    With ``secret=True`` the value is a :class:`~crmstream.settings.Secret` read from the
-    variable or from the file named by ``<VAR>_FILE``; secrets never come from the command line.
-    """
-    return field(
-        default=default, metadata={"env": env, "parse": parse, "doc": doc, "secret": secret}
-    )
-
-
 def settings_from_env(
     cls: type[_S], environ: Mapping[str, str] | None = None, **overrides: Any
 ) -> _S:
-    """Build a connector's frozen settings class from ``CRM_*`` variables.
+    """Build a connector's frozen settings class (fields declared with
+    :func:`crmstream.settings.setting`) from ``CRM_*`` variables.
 
     ``overrides`` are command-line values; ``None`` means "not given", so the variable or the
     default applies. Parse errors raise :class:`ConfigError` naming the variable; the class's own
     ``__post_init__`` checks the combination.
     """
-    env = os.environ if environ is None else environ
-    values: dict[str, Any] = {}
-    for f in fields(cls):  # type: ignore[arg-type]
-        if overrides.get(f.name) is not None:
-            values[f.name] = overrides[f.name]
-            continue
-        var = ENV_PREFIX + f.metadata["env"]
-        raw = env.get(var)
-        if f.metadata.get("secret"):
-            file_var = var + "_FILE"
-            if raw is None and env.get(file_var):
-                try:
-                    raw = Path(env[file_var]).read_text().strip()
-                except OSError as exc:
-                    raise ConfigError(file_var, f"cannot read secret file: {exc}") from exc
-            if raw is not None:
-                values[f.name] = Secret(raw)
-            continue
-        if raw is None:
-            continue
-        parse = f.metadata["parse"]
-        try:
-            values[f.name] = parse(raw) if parse else raw
-        except ValueError as exc:
-            raise ConfigError(var, str(exc)) from exc
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    given = {
+        name: value for name, value in overrides.items() if name in names and value is not None
+    }
+    values = values_from_env(cls, environ, skip=given)
+    values.update(given)
     return cls(**values)
 
 
 def describe_settings(cls: type[Any], instance: Any) -> list[tuple[str, str, str]]:
     """(variable, current value, description) rows of a connector's settings; secrets masked."""
-    return [
-        (ENV_PREFIX + f.metadata["env"], str(getattr(instance, f.name)), f.metadata["doc"])
-        for f in fields(cls)
-    ]
+    return describe_fields(instance)

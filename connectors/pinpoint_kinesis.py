@@ -38,10 +38,10 @@ from typing import Any
 import orjson
 from confluent_kafka import KafkaException
 
-from connectors.base import CheckpointStore, RawPublisher, env_field, now_ms, settings_from_env
+from connectors.base import CheckpointStore, RawPublisher, now_ms, settings_from_env
 from crmstream import metrics
 from crmstream.errors import BrokerError, ConfigError, CrmStreamError
-from crmstream.settings import Settings, parse_duration
+from crmstream.settings import Settings, choice, parse_duration, parse_int, positive, setting
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,8 @@ CONNECTOR = "pinpoint-kinesis"
 VENDOR = "pinpoint"
 START_POSITIONS = ("TRIM_HORIZON", "LATEST", "AT_TIMESTAMP")
 MAX_GET_RECORDS_LIMIT = 10000  # Kinesis GetRecords API limit
+
+_start = choice(*START_POSITIONS)
 
 
 def parse_timestamp(text: str) -> int:
@@ -65,76 +67,62 @@ def parse_timestamp(text: str) -> int:
     return int(parsed.timestamp() * 1000)
 
 
-def _start(text: str) -> str:
-    value = text.strip().upper()
-    if value not in START_POSITIONS:
-        raise ValueError(f"{text!r} is not one of {', '.join(START_POSITIONS)}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text.strip())
-    if value <= 0:
-        raise ValueError(f"must be greater than 0, got {text!r}")
-    return value
-
-
 @dataclass(frozen=True)
 class KinesisSettings:
     """The connector's own settings (``CRM_PINPOINT_KINESIS_*``); Kafka comes from Settings."""
 
-    stream: str = env_field(
+    stream: str = setting(
         "PINPOINT_KINESIS_STREAM", "", None, "Kinesis stream Pinpoint writes to (or --stream)"
     )
-    region: str = env_field(
+    region: str = setting(
         "PINPOINT_KINESIS_REGION",
         "",
         None,
         "AWS region; empty uses boto3's chain (AWS_REGION, AWS_DEFAULT_REGION, config file)",
     )
-    endpoint_url: str = env_field(
+    endpoint_url: str = setting(
         "PINPOINT_KINESIS_ENDPOINT_URL",
         "",
         None,
         "Kinesis endpoint override (VPC endpoint, moto, LocalStack); empty for AWS",
     )
-    start: str = env_field(
+    start: str = setting(
         "PINPOINT_KINESIS_START",
         "TRIM_HORIZON",
         _start,
         "Where a first start reads from: TRIM_HORIZON, LATEST or AT_TIMESTAMP",
     )
-    start_timestamp_ms: int | None = env_field(
+    start_timestamp_ms: int | None = setting(
         "PINPOINT_KINESIS_START_TIMESTAMP",
         None,
         parse_timestamp,
         "With AT_TIMESTAMP: ISO-8601 time with zone, or epoch ms",
     )
-    discovery_interval_s: float = env_field(
+    discovery_interval_s: float = setting(
         "PINPOINT_KINESIS_DISCOVERY_INTERVAL",
         30.0,
         parse_duration,
         "How often ListShards looks for new shards (reshards)",
     )
-    poll_interval_s: float = env_field(
+    poll_interval_s: float = setting(
         "PINPOINT_KINESIS_POLL_INTERVAL",
         1.0,
         parse_duration,
         "Wait between GetRecords rounds that returned nothing (Kinesis allows 5 calls/s/shard)",
     )
-    batch_limit: int = env_field(
+    batch_limit: int = setting(
         "PINPOINT_KINESIS_BATCH_LIMIT",
         1000,
-        _positive_int,
+        positive(parse_int),
         "GetRecords Limit: records per call and per checkpoint (at most 10000)",
     )
-    max_backoff_s: float = env_field(
+    max_backoff_s: float = setting(
         "PINPOINT_KINESIS_MAX_BACKOFF",
         30.0,
         parse_duration,
         "Longest wait between retries after throttling or a connection error",
     )
-    app_id: str = env_field(
+    app_id: str = setting(
         "PINPOINT_KINESIS_APP_ID",
         "",
         None,

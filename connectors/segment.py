@@ -33,11 +33,19 @@ from aiohttp import web
 from confluent_kafka import KafkaError, KafkaException, Producer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from connectors.base import RawPublisher, env_field, settings_from_env
+from connectors.base import RawPublisher, settings_from_env
 from crmstream import metrics
 from crmstream.errors import ConfigError
 from crmstream.kafka import producer_config
-from crmstream.settings import Secret, Settings, parse_duration, parse_port
+from crmstream.settings import (
+    Secret,
+    Settings,
+    parse_duration,
+    parse_int,
+    parse_port,
+    positive,
+    setting,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,47 +65,40 @@ def _path(text: str) -> str:
     return value
 
 
-def _positive_int(text: str) -> int:
-    value = int(text.strip())
-    if value <= 0:
-        raise ValueError(f"must be greater than 0, got {text!r}")
-    return value
-
-
 @dataclass(frozen=True)
 class SegmentSettings:
     """The receiver's own settings (``CRM_SEGMENT_*``); Kafka comes from :class:`Settings`."""
 
-    host: str = env_field(
+    host: str = setting(
         "SEGMENT_HOST",
         "127.0.0.1",
         None,
         "Address the receiver listens on (0.0.0.0 in a container behind an ingress)",
     )
-    port: int = env_field("SEGMENT_PORT", 8088, parse_port, "Port of the webhook receiver")
-    path: str = env_field(
+    port: int = setting("SEGMENT_PORT", 8088, parse_port, "Port of the webhook receiver")
+    path: str = setting(
         "SEGMENT_PATH", "/segment", _path, "URL path Segment's Webhooks destination posts to"
     )
-    max_body_bytes: int = env_field(
+    max_body_bytes: int = setting(
         "SEGMENT_MAX_BODY_BYTES",
         4 * 1024 * 1024,
-        _positive_int,
+        positive(parse_int),
         "Largest request body accepted; larger gets 413",
     )
-    ack_timeout_s: float = env_field(
+    ack_timeout_s: float = setting(
         "SEGMENT_ACK_TIMEOUT",
         10.0,
         parse_duration,
         "Longest wait for Kafka to acknowledge a request's events before answering 503",
     )
-    shared_secret: Secret = env_field(
+    shared_secret: Secret = setting(
         "SEGMENT_SHARED_SECRET",
         Secret(""),
         None,
         "Webhook shared secret (or CRM_SEGMENT_SHARED_SECRET_FILE); empty accepts unsigned posts",
         secret=True,
     )
-    app_id: str = env_field(
+    app_id: str = setting(
         "SEGMENT_APP_ID",
         "",
         None,

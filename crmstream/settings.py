@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Container, Mapping
+from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -80,24 +80,25 @@ def parse_port(text: str) -> int:
     return port
 
 
-def _choice(*allowed: str) -> Callable[[str], str]:
+def _one_of(allowed: tuple[str, ...], fold: Callable[[str], str]) -> Callable[[str], str]:
     def parse(text: str) -> str:
-        value = text.strip().upper()
+        value = fold(text.strip())
         if value not in allowed:
             raise ValueError(f"{text!r} is not one of {', '.join(allowed)}")
         return value
 
+    parse.__name__ = "choice"  # argparse: "invalid choice value: ..."
     return parse
 
 
-def _lower_choice(*allowed: str) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        value = text.strip().lower()
-        if value not in allowed:
-            raise ValueError(f"{text!r} is not one of {', '.join(allowed)}")
-        return value
+def choice(*allowed: str) -> Callable[[str], str]:
+    """A parser that accepts one of ``allowed`` (upper case), in any case."""
+    return _one_of(allowed, str.upper)
 
-    return parse
+
+def lower_choice(*allowed: str) -> Callable[[str], str]:
+    """A parser that accepts one of ``allowed`` (lower case), in any case."""
+    return _one_of(allowed, str.lower)
 
 
 def _topic_prefix(text: str) -> str:
@@ -106,13 +107,15 @@ def _topic_prefix(text: str) -> str:
     return text
 
 
-def _nonempty(text: str) -> str:
+def nonempty(text: str) -> str:
     if not text.strip():
         raise ValueError("must not be empty")
     return text.strip()
 
 
-def _positive(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+def positive(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``parse``, and the value must be greater than 0: ``positive(parse_int)``."""
+
     def wrapped(text: str) -> Any:
         value = parse(text)
         if value <= 0:
@@ -122,150 +125,212 @@ def _positive(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     return wrapped
 
 
-def _setting(
+def setting(
     env: str,
     default: Any,
     parse: Callable[[str], Any] | None,
     doc: str,
     *,
     secret: bool = False,
+    **extra: Any,
 ) -> Any:
+    """A dataclass field that declares its variable (``CRM_<env>``), parser and description.
+
+    With ``secret=True`` the value is a :class:`Secret` read from the variable or from the file
+    named by ``<VAR>_FILE``. ``extra`` goes into the field's metadata for a reader of its own
+    (e.g. the Airship connector's JSON settings).
+    """
     return field(
         default=default,
-        metadata={"env": env, "parse": parse, "doc": doc, "secret": secret},
+        metadata={"env": env, "parse": parse, "doc": doc, "secret": secret, **extra},
     )
+
+
+def read_secret(environ: Mapping[str, str], var: str) -> Secret | None:
+    """``var``, else the stripped content of the file ``<var>_FILE`` names; None if neither."""
+    raw = environ.get(var)
+    file_var = var + "_FILE"
+    if raw is None and environ.get(file_var):
+        try:
+            raw = Path(environ[file_var]).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(file_var, f"cannot read secret file: {exc}") from exc
+    return None if raw is None else Secret(raw)
+
+
+def parse_field(f: Field[Any], var: str, raw: str) -> Any:
+    """Parse ``raw`` with the field's parser; a bad value raises ConfigError naming ``var``."""
+    parse = f.metadata["parse"]
+    try:
+        return parse(raw) if parse else raw
+    except ValueError as exc:
+        raise ConfigError(var, str(exc)) from exc
+
+
+def values_from_env(
+    cls: type[Any],
+    environ: Mapping[str, str] | None = None,
+    skip: Container[str] = (),
+    prefix: str = ENV_PREFIX,
+) -> dict[str, Any]:
+    """The parsed value of every :func:`setting` field of ``cls`` whose variable is set.
+
+    Fields named in ``skip`` (given some other way) are not read. A bad value raises
+    :class:`ConfigError` naming the variable.
+    """
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.name in skip:
+            continue
+        var = prefix + f.metadata["env"]
+        if f.metadata["secret"]:
+            secret = read_secret(env, var)
+            if secret is not None:
+                values[f.name] = secret
+        elif (raw := env.get(var)) is not None:
+            values[f.name] = parse_field(f, var, raw)
+    return values
+
+
+def describe_fields(instance: Any, prefix: str = ENV_PREFIX) -> list[tuple[str, str, str]]:
+    """(variable, current value, description) rows of a settings object; secrets masked."""
+    return [
+        (prefix + f.metadata["env"], str(getattr(instance, f.name)), f.metadata["doc"])
+        for f in fields(instance)
+    ]
 
 
 @dataclass(frozen=True)
 class Settings:
     """Everything a worker, connector or CLI command needs to reach Kafka and behave."""
 
-    bootstrap_servers: str = _setting(
-        "BOOTSTRAP_SERVERS", "localhost:9092", _nonempty, "Kafka bootstrap servers, host:port,..."
+    bootstrap_servers: str = setting(
+        "BOOTSTRAP_SERVERS", "localhost:9092", nonempty, "Kafka bootstrap servers, host:port,..."
     )
-    security_protocol: str = _setting(
+    security_protocol: str = setting(
         "SECURITY_PROTOCOL",
         "PLAINTEXT",
-        _choice("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+        choice("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
         "Kafka security protocol, passed to confluent-kafka and aiokafka (Faust)",
     )
-    sasl_mechanism: str = _setting(
+    sasl_mechanism: str = setting(
         "SASL_MECHANISM",
         "PLAIN",
-        _choice("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"),
+        choice("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"),
         "SASL mechanism when the protocol is SASL_*",
     )
-    sasl_username: str = _setting("SASL_USERNAME", "", None, "SASL username")
-    sasl_password: Secret = _setting(
+    sasl_username: str = setting("SASL_USERNAME", "", None, "SASL username")
+    sasl_password: Secret = setting(
         "SASL_PASSWORD", Secret(""), None, "SASL password (or CRM_SASL_PASSWORD_FILE)", secret=True
     )
-    ssl_ca_location: str = _setting("SSL_CA_LOCATION", "", None, "CA bundle file for TLS")
-    ssl_cert_location: str = _setting(
+    ssl_ca_location: str = setting("SSL_CA_LOCATION", "", None, "CA bundle file for TLS")
+    ssl_cert_location: str = setting(
         "SSL_CERT_LOCATION", "", None, "Client certificate (PEM) for mutual TLS"
     )
-    ssl_key_location: str = _setting("SSL_KEY_LOCATION", "", None, "Client key (PEM) for mTLS")
-    ssl_key_password: Secret = _setting(
+    ssl_key_location: str = setting("SSL_KEY_LOCATION", "", None, "Client key (PEM) for mTLS")
+    ssl_key_password: Secret = setting(
         "SSL_KEY_PASSWORD", Secret(""), None, "Password of the client key", secret=True
     )
-    topic_prefix: str = _setting(
+    topic_prefix: str = setting(
         "TOPIC_PREFIX", "crm.", _topic_prefix, "Prefix of every topic crm-stream reads or writes"
     )
-    partitions: int = _setting(
+    partitions: int = setting(
         "PARTITIONS",
         6,
-        _positive(parse_int),
+        positive(parse_int),
         "Partitions of every topic crm-stream creates; also the Faust worker's partition count",
     )
-    replication_factor: int = _setting(
+    replication_factor: int = setting(
         "REPLICATION_FACTOR",
         -1,
         parse_int,
         "Replication factor of created topics; -1 takes the broker's default.replication.factor",
     )
-    schema_registry_url: str = _setting(
+    schema_registry_url: str = setting(
         "SCHEMA_REGISTRY_URL",
         "",
         None,
         "Confluent Schema Registry URL; empty means Avro single-object encoding without a registry",
     )
-    schema_registry_auth: Secret = _setting(
+    schema_registry_auth: Secret = setting(
         "SCHEMA_REGISTRY_AUTH",
         Secret(""),
         None,
         "user:password for the Schema Registry (or CRM_SCHEMA_REGISTRY_AUTH_FILE)",
         secret=True,
     )
-    dedupe_window_s: float = _setting(
+    dedupe_window_s: float = setting(
         "DEDUPE_WINDOW",
         7 * 86400.0,
-        _positive(parse_duration),
+        positive(parse_duration),
         "How long an event id is remembered (>= 7d: Airship replays up to a week, TAXONOMY §5)",
     )
-    data_dir: str = _setting(
-        "DATA_DIR", "./var/crm-stream", _nonempty, "Local state: RocksDB tables, demo files"
+    data_dir: str = setting(
+        "DATA_DIR", "./var/crm-stream", nonempty, "Local state: RocksDB tables, demo files"
     )
-    metrics_port: int = _setting(
+    metrics_port: int = setting(
         "METRICS_PORT", 9108, parse_port, "Prometheus metrics port of this process; 0 disables"
     )
-    app_id: str = _setting(
-        "APP_ID", "crm-stream", _nonempty, "Faust application id (consumer group, state names)"
+    app_id: str = setting(
+        "APP_ID", "crm-stream", nonempty, "Faust application id (consumer group, state names)"
     )
-    worker_batch_size: int = _setting(
-        "WORKER_BATCH_SIZE", 500, _positive(parse_int), "Raw records per worker batch"
+    worker_batch_size: int = setting(
+        "WORKER_BATCH_SIZE", 500, positive(parse_int), "Raw records per worker batch"
     )
-    worker_batch_within_s: float = _setting(
+    worker_batch_within_s: float = setting(
         "WORKER_BATCH_WITHIN",
         0.05,
-        _positive(parse_duration),
+        positive(parse_duration),
         "Longest wait to fill a worker batch",
     )
-    stats_windows: str = _setting(
+    stats_windows: str = setting(
         "STATS_WINDOWS",
         "1m,1h",
-        _nonempty,
+        nonempty,
         "Tumbling windows of the campaign stats, on occurred_at",
     )
-    stats_retention_s: float = _setting(
+    stats_retention_s: float = setting(
         "STATS_RETENTION",
         2 * 86400.0,
-        _positive(parse_duration),
+        positive(parse_duration),
         "How long a stats window stays open for late events",
     )
-    consumer_session_timeout_s: float = _setting(
+    consumer_session_timeout_s: float = setting(
         "CONSUMER_SESSION_TIMEOUT",
         45.0,
-        _positive(parse_duration),
+        positive(parse_duration),
         "Consumer group session timeout (Tansu dev profile: 2s)",
     )
-    consumer_heartbeat_interval_s: float = _setting(
+    consumer_heartbeat_interval_s: float = setting(
         "CONSUMER_HEARTBEAT_INTERVAL",
         3.0,
-        _positive(parse_duration),
+        positive(parse_duration),
         "Consumer group heartbeat interval (Tansu dev profile: 0.5s)",
     )
-    consumer_rebalance_timeout_s: float = _setting(
+    consumer_rebalance_timeout_s: float = setting(
         "CONSUMER_REBALANCE_TIMEOUT",
         60.0,
-        _positive(parse_duration),
+        positive(parse_duration),
         "Consumer group rebalance timeout (Tansu dev profile: 2s)",
     )
-    changelog_max_batch_bytes: int = _setting(
+    changelog_max_batch_bytes: int = setting(
         "CHANGELOG_MAX_BATCH_BYTES",
         16384,
-        _positive(parse_int),
+        positive(parse_int),
         "Faust producer max batch bytes (Tansu dev profile: 1, so table restores are exact)",
     )
-    exactly_once: bool = _setting(
+    exactly_once: bool = setting(
         "EXACTLY_ONCE",
         False,
         parse_bool,
         "Faust exactly_once processing guarantee (needs Kafka transactions; not on Tansu)",
     )
-    log_level: str = _setting(
-        "LOG_LEVEL", "INFO", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "Log level"
+    log_level: str = setting(
+        "LOG_LEVEL", "INFO", choice("DEBUG", "INFO", "WARNING", "ERROR"), "Log level"
     )
-    log_format: str = _setting(
-        "LOG_FORMAT", "text", _lower_choice("text", "json"), "text or json (one object a line)"
+    log_format: str = setting(
+        "LOG_FORMAT", "text", lower_choice("text", "json"), "text or json (one object a line)"
     )
 
     @property
@@ -278,39 +343,12 @@ class Settings:
 
     def describe(self) -> list[tuple[str, str, str]]:
         """(variable, current value, description) rows; secrets masked."""
-        rows = []
-        for f in fields(self):
-            value = getattr(self, f.name)
-            rows.append((ENV_PREFIX + f.metadata["env"], str(value), f.metadata["doc"]))
-        return rows
+        return describe_fields(self)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Read every ``CRM_*`` variable; raise :class:`ConfigError` naming the bad one."""
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            if f.name in overrides:
-                continue
-            var = ENV_PREFIX + f.metadata["env"]
-            raw = env.get(var)
-            if f.metadata["secret"]:
-                file_var = var + "_FILE"
-                if raw is None and env.get(file_var):
-                    try:
-                        raw = Path(env[file_var]).read_text().strip()
-                    except OSError as exc:
-                        raise ConfigError(file_var, f"cannot read secret file: {exc}") from exc
-                if raw is not None:
-                    values[f.name] = Secret(raw)
-                continue
-            if raw is None:
-                continue
-            parse = f.metadata["parse"]
-            try:
-                values[f.name] = parse(raw) if parse else raw
-            except ValueError as exc:
-                raise ConfigError(var, str(exc)) from exc
+        values = values_from_env(cls, environ, skip=overrides)
         values.update(overrides)
         settings = cls(**values)
         settings.validate()
