@@ -90,6 +90,13 @@ def assert_counts_match(sample: SampleSet, accounting: Accounting, vendor: str, 
     assert all(count > 0 for count in sample.expected_rejects.values())
 
 
+def assert_realistic_shares(sample: SampleSet, accounting: Accounting, n: int = N) -> None:
+    """No skips, about 5 % duplicates and about 1 % malformed records."""
+    assert sample.expected_skips == 0
+    assert 0.04 * n <= accounting.duplicates <= 0.06 * n
+    assert sum(accounting.rejects.values()) <= 0.015 * n
+
+
 def assert_valid_event(event: CanonicalEvent, vendor: Vendor) -> None:
     """Enums are enum members, the id is ``<VENDOR>:<vendor event id>``, attributes strings."""
     assert event.vendor is vendor
