@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from crmstream.samples import SampleSet
+from processors.normalize.leanplum import MESSAGE_ROW_FIELDS
 
 Record = tuple[bytes | None, bytes]
 
@@ -111,16 +112,7 @@ MESSAGE_PROPS = {
     "link_url",
     "link_id",
 }
-MESSAGE_FIELDS = (
-    "campaign_name",
-    "campaign_id",
-    "channel",
-    "message_occurrence_id",
-    "email_id",
-    "link_url",
-    "link_id",
-    "event_type",
-)
+MESSAGE_FIELDS = MESSAGE_ROW_FIELDS  # the Message record fields the normalizer reads back
 
 
 def _leanplum_day(doc: dict[str, Any] | None) -> str | None:

@@ -169,7 +169,7 @@ def _is_row(record: Mapping[str, Any]) -> bool:
 
 
 # Message record fields that keep their name in the JSON feed's properties [S0].
-_MESSAGE_ROW_FIELDS = (
+MESSAGE_ROW_FIELDS = (
     "campaign_name",
     "campaign_id",
     "channel",
@@ -203,7 +203,7 @@ def _row_properties(row: Mapping[str, Any], family: Family) -> dict[str, Any]:
         )
     else:
         message = _record(row.get("Message"))
-        props.update({key: message.get(key) for key in _MESSAGE_ROW_FIELDS})
+        props.update({key: message.get(key) for key in MESSAGE_ROW_FIELDS})
         props.update(name=message.get("name"), message_id=message.get("id"))
         # A message row may carry its campaign only in the Campaign record.
         if props["campaign_id"] is None:
