@@ -21,7 +21,6 @@ partition.
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import logging
 import os
@@ -43,6 +42,7 @@ from crmstream.settings import Settings
 from crmstream.topics import VENDORS, TopicSpec, create_topics, raw_topic
 from processors.normalize import NORMALIZERS
 from processors.normalize.model import CanonicalEvent, NormalizeContext, Rejected, Skipped
+from processors.outputs import ConfluentOutputs, FaustOutputs, Outputs
 from processors.records import (
     RawPosition,
     WindowCounts,
@@ -146,6 +146,7 @@ class Pipeline:
         # windows are relative to it.
         self._occurred_s: contextvars.ContextVar[float] = contextvars.ContextVar("occurred_s")
         self._contexts: dict[str | None, NormalizeContext] = {}
+        self._outputs_started = False
 
         self.app = faust.App(
             # Under the topic prefix, so that Faust's own topics (table changelogs, the assignor's
@@ -163,6 +164,9 @@ class Pipeline:
             **faust_broker_kwargs(settings),
         )
         app = self.app
+        self.outputs: Outputs = (
+            FaustOutputs(app) if settings.exactly_once else ConfluentOutputs(settings)
+        )
         self.raw = app.topic(
             *self.vendor_of_topic,
             key_serializer="raw",
@@ -207,8 +211,10 @@ class Pipeline:
             ctx = self._contexts[app_id] = NormalizeContext(app_id=app_id)
         return ctx
 
-    async def _producer(self) -> Any:
-        return await self.app.maybe_start_producer()
+    async def _start_outputs(self) -> None:
+        if not self._outputs_started:
+            await self.outputs.start()
+            self._outputs_started = True
 
     async def _observe(self) -> None:
         """Gauges that are read, not counted: raw-topic lag and the tables' key counts."""
@@ -241,14 +247,15 @@ class Pipeline:
 
     async def process_raw_batch(self, batch: Sequence[EventT]) -> None:
         started = time.perf_counter()
-        producer = await self._producer()
+        await self._start_outputs()
         encode = self.serde.encode
         now_ms = time.time_ns() // 1_000_000
-        pending: list[Any] = []
         marks: list[tuple[EventT, str, str, str, int]] = []
         seen_in_batch: set[str] = set()
         stats: dict[bytes, list[tuple[int, str, str]]] = {}
         counts_in: dict[str, int] = {}
+        duplicates: dict[str, int] = {}
+        out: dict[tuple[str, str], int] = {}
         dedupe = self.dedupe
 
         for event in batch:
@@ -283,15 +290,10 @@ class Pipeline:
                     pos=pos,
                     now_ms=now_ms,
                 )
-                pending.append(
-                    await producer.send(
-                        self.dead_letter_topic,
-                        message.key,
-                        encode("DeadLetter", record, self.dead_letter_topic),
-                        None,
-                        None,
-                        None,
-                    )
+                self.outputs.send(
+                    self.dead_letter_topic,
+                    message.key,
+                    encode("DeadLetter", record, self.dead_letter_topic),
                 )
                 metrics.DEAD_LETTERS.labels(vendor, outcome.reason.value).inc()
                 log.info(
@@ -306,46 +308,34 @@ class Pipeline:
             event_id = outcome.event_id
             _set_current(event)
             if event_id in seen_in_batch or self._seen(dedupe, event_id):
-                metrics.DUPLICATES.labels(vendor).inc()
+                duplicates[vendor] = duplicates.get(vendor, 0) + 1
                 continue
             seen_in_batch.add(event_id)
             key = event_id.encode()
-            pending.append(
-                await producer.send(
-                    self.events_topic,
-                    key,
-                    encode(
-                        "CanonicalEvent", canonical_record(outcome, pos, now_ms), self.events_topic
-                    ),
-                    None,
-                    None,
-                    None,
-                )
+            self.outputs.send(
+                self.events_topic,
+                key,
+                encode("CanonicalEvent", canonical_record(outcome, pos, now_ms), self.events_topic),
             )
             stats.setdefault(campaign_key(outcome).encode(), []).append(stats_increment(outcome))
             marks.append((event, event_id, vendor, outcome.event_type.value, pos.ingested_at))
 
         # One stats-updates record per campaign and batch, not per event.
         for key, increments in stats.items():
-            pending.append(
-                await producer.send(
-                    self.stats_updates_topic,
-                    key,
-                    stats_updates_value(increments),
-                    None,
-                    None,
-                    None,
-                )
-            )
+            self.outputs.send(self.stats_updates_topic, key, stats_updates_value(increments))
         # Everything this batch produced must be acknowledged before any dedupe mark is written.
-        if pending:
-            await asyncio.gather(*pending)
+        await self.outputs.acked()
         acked_ms = time.time_ns() // 1_000_000
         for event, event_id, vendor, event_type, ingested_at in marks:
             _set_current(event)
             dedupe[event_id] = b"1"
-            metrics.EVENTS_OUT.labels(vendor, event_type).inc()
+            out[(vendor, event_type)] = out.get((vendor, event_type), 0) + 1
             metrics.END_TO_END_SECONDS.labels(vendor).observe(max(0, acked_ms - ingested_at) / 1000)
+        # Counters once per batch and label set, not per record.
+        for (vendor, event_type), n in out.items():
+            metrics.EVENTS_OUT.labels(vendor, event_type).inc(n)
+        for vendor, n in duplicates.items():
+            metrics.DUPLICATES.labels(vendor).inc(n)
         elapsed = time.perf_counter() - started
         for vendor, n in counts_in.items():
             metrics.RECORDS_IN.labels(vendor).inc(n)
@@ -375,7 +365,7 @@ class Pipeline:
         A window's counts are read from the table on first touch, updated in memory for the
         rest of the batch, and written back (one changelog record) and upserted once.
         """
-        producer = await self._producer()
+        await self._start_outputs()
         now_ms = time.time_ns() // 1_000_000
         oldest_ms = now_ms - self.stats_retention_ms
         touched: dict[tuple[str, str, int], tuple[EventT, WindowCounts]] = {}
@@ -401,7 +391,6 @@ class Pipeline:
                             WindowCounts.load(value),
                         )
                     entry[1].add(event_type, channel)
-        pending = []
         for (label, campaign, start), (event, counts) in touched.items():
             # The campaign's records all come from one partition: any of its events is the
             # right context for the changelog; the window is the one starting at `start`.
@@ -410,19 +399,13 @@ class Pipeline:
             self.stats_tables[label][campaign] = counts.dump()
             size = self.window_size[label]
             record = stats_record(campaign, label, start, size, counts, now_ms)
-            pending.append(
-                await producer.send(
-                    self.stats_topic,
-                    stats_upsert_key(campaign, label, start),
-                    self.serde.encode("CampaignStats", record, self.stats_topic),
-                    None,
-                    None,
-                    None,
-                )
+            self.outputs.send(
+                self.stats_topic,
+                stats_upsert_key(campaign, label, start),
+                self.serde.encode("CampaignStats", record, self.stats_topic),
             )
             metrics.STATS_UPSERTS.labels(label).inc()
-        if pending:
-            await asyncio.gather(*pending)
+        await self.outputs.acked()
 
 
 def create_pipeline(settings: Settings) -> Pipeline:
