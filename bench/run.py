@@ -361,7 +361,17 @@ def ensure_quix_venv() -> Path:
     print(f"creating {QUIX_VENV} with {QUIX_REQUIREMENT} ...", flush=True)
     subprocess.run([sys.executable, "-m", "venv", str(QUIX_VENV)], check=True)
     subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", QUIX_REQUIREMENT, "orjson", "httpx"],
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            QUIX_REQUIREMENT,
+            "orjson",
+            "httpx",
+            "fastavro",
+        ],
         check=True,
     )
     return python
