@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import logging
 import os
 import random
 import signal
@@ -158,6 +159,12 @@ def run_feeds(
     settings: Settings, samples: dict[str, SampleSet], root: Path
 ) -> dict[str, FeedResult]:
     """Every vendor's samples through its connector, the way production data arrives."""
+    # One INFO line per file or request would scroll the demo's own output away; warnings and
+    # errors still show. CRM_LOG_LEVEL=DEBUG or INFO below WARNING is left as the user set it.
+    if logging.getLogger().level == logging.INFO:
+        logging.getLogger().setLevel(logging.WARNING)
+        # werkzeug (moto's Kinesis server) sets its own logger to INFO.
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
     results = {
         "leanplum": _file_feed(settings, "leanplum", "leanplum", samples["leanplum"], root, 1),
         "flarelane": _file_feed(settings, "flarelane", "flarelane", samples["flarelane"], root, 2),
