@@ -286,13 +286,13 @@ class Settings:
     )
     stats_batch_size: int = setting(
         "STATS_BATCH_SIZE",
-        5000,
+        500,
         positive(parse_int),
         "stats-updates records per stats batch; a window is written and upserted once per batch",
     )
     stats_batch_within_s: float = setting(
         "STATS_BATCH_WITHIN",
-        1.0,
+        0.05,
         positive(parse_duration),
         "Longest wait to fill a stats batch (how stale campaign-stats may be under load)",
     )

@@ -94,7 +94,7 @@ class WorkerProcess:
         pytest.fail(f"gauges not as expected in {timeout}s: {gauges}")
 
     def wait_accounts(
-        self, done: Callable[[dict[str, VendorAccount]], bool], timeout: float = 120
+        self, done: Callable[[dict[str, VendorAccount]], bool], timeout: float = 180
     ) -> dict[str, VendorAccount]:
         deadline = time.monotonic() + timeout
         accounts: dict[str, VendorAccount] = {}
