@@ -330,7 +330,7 @@ class Settings:
         "CHANGELOG_MAX_BATCH_BYTES",
         16384,
         positive(parse_int),
-        "Faust producer max batch bytes (Tansu dev profile: 1, so table restores are exact)",
+        "Max batch bytes of table changelog records (Tansu dev profile: 1, so restores are exact)",
     )
     exactly_once: bool = setting(
         "EXACTLY_ONCE",

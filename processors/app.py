@@ -4,15 +4,19 @@ Two agents:
 
 ``normalize_agent`` consumes every raw topic in batches. Each record is normalized (pure
 functions in :mod:`processors.normalize`); a rejected record goes to ``dead-letter``; a canonical
-event is checked against the dedupe table (a tumbling window of ``CRM_DEDUPE_WINDOW``, looked up
-in the current and the previous window, so an id is remembered for at least one full window and
-at most two), sent to ``events`` keyed by ``event_id``, and its stats increment goes to
-``stats-updates`` keyed by campaign. Only after Kafka acknowledged the batch's outputs are the
-dedupe marks written: a crash may repeat an event, never lose one.
+event is checked against the dedupe table (a tumbling window of ``CRM_DEDUPE_WINDOW`` on the raw
+record's Kafka timestamp, looked up in the current and the previous window, so an id is
+remembered for at least one full window and at most two), sent to ``events`` keyed by
+``event_id``, and its stats increment goes to ``stats-updates`` keyed by campaign. Only after
+Kafka acknowledged the batch's outputs are the dedupe marks written: a crash may repeat an event,
+never lose one.
 
 ``stats_agent`` consumes ``stats-updates`` (so each campaign is counted by exactly one worker),
 adds each increment to a tumbling window per configured size on ``occurred_at``, and emits the
 window's new totals to the compacted ``campaign-stats`` topic as an upsert.
+
+The tables are Faust tables in RocksDB (changelog, restore, standbys and assignment are Faust's),
+read and written a batch at a time through :mod:`processors.state`.
 
 Dedupe relies on raw records being keyed by the vendor event id (what every connector does), so
 that all copies of an event land on the same raw partition and therefore the same table
@@ -21,18 +25,15 @@ partition.
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import os
 import sys
 import time
-import weakref
 from collections.abc import Sequence
-from datetime import timedelta
 from typing import Any
 
 import faust
-from faust.streams import _current_event
+import orjson
 from faust.types import EventT
 
 from crmstream import metrics
@@ -57,6 +58,7 @@ from processors.records import (
     stats_upsert_key,
     window_start,
 )
+from processors.state import WindowedTable, window_key
 
 log = logging.getLogger("crmstream.worker")
 
@@ -65,16 +67,6 @@ EXIT_BUG = 70  # EX_SOFTWARE: an unexpected error stopped the worker
 
 class WorkerBug(Exception):
     """An error that is not about a bad record: the worker must stop, not skip."""
-
-
-def _set_current(event: EventT) -> None:
-    """Make ``event`` Faust's current event.
-
-    Faust writes a table change to the changelog partition of the *current* event and takes a
-    window's time from it. In a batch, the current event is the batch's last one, so before each
-    table operation the record it belongs to is made current again.
-    """
-    _current_event.set(weakref.ref(event))
 
 
 def _die(exc: BaseException, what: str) -> None:
@@ -90,9 +82,9 @@ def _die(exc: BaseException, what: str) -> None:
     os._exit(EXIT_BUG)
 
 
-def _estimated_keys(wrapper: Any) -> int:
+def _estimated_keys(table: WindowedTable) -> int:
     """RocksDB's own estimate of the keys in a table's local partitions (cheap, approximate)."""
-    store = wrapper.table.data
+    store = table.table.data
     total = 0
     for db in getattr(store, "_dbs", {}).values():
         estimate = db.property_int_value("rocksdb.estimate-num-keys")
@@ -142,9 +134,6 @@ class Pipeline:
         self.windows = settings.stats_window_seconds()
         self.window_size = dict(self.windows)
         self.stats_retention_ms = int(settings.stats_retention_s * 1000)
-        # The occurred_at (seconds) of the stats increment being applied; the stats tables'
-        # windows are relative to it.
-        self._occurred_s: contextvars.ContextVar[float] = contextvars.ContextVar("occurred_s")
         self._contexts: dict[str | None, NormalizeContext] = {}
         self._outputs_started = False
 
@@ -179,31 +168,44 @@ class Pipeline:
             value_serializer="raw",
             partitions=settings.partitions,
         )
-        self.dedupe = app.Table(
-            "dedupe",
-            default=bytes,
-            partitions=settings.partitions,
-            schema=faust.Schema(key_serializer="json", value_serializer="raw"),
-        ).tumbling(timedelta(seconds=self.window_s), expires=timedelta(seconds=2 * self.window_s))
+        self.dedupe = WindowedTable(
+            self._table("dedupe"),
+            size_ms=int(self.window_s * 1000),
+            # The current window and the previous one are read; older ones are deleted.
+            keep_ms=int(2 * self.window_s * 1000),
+        )
         self.stats_tables = {
-            label: app.Table(
-                f"stats-{label}",
-                default=dict,
-                partitions=settings.partitions,
-                schema=faust.Schema(key_serializer="json", value_serializer="json"),
+            label: WindowedTable(
+                self._table(f"stats-{label}"),
+                size_ms=size * 1000,
+                keep_ms=self.stats_retention_ms,
             )
-            .tumbling(size, expires=timedelta(seconds=settings.stats_retention_s))
-            .relative_to(self._stats_time)  # type: ignore[attr-defined]
             for label, size in self.windows
         }
         app.agent(self.raw, name="normalize")(self._normalize_agent)
         app.agent(self.stats_updates, name="stats")(self._stats_agent)
         app.timer(interval=10.0, name="observe")(self._observe)
+        app.timer(interval=60.0, name="expire")(self._expire)
 
     # -- helpers -------------------------------------------------------------------------
 
-    def _stats_time(self, event: EventT | None) -> float:
-        return self._occurred_s.get()
+    def _table(self, name: str) -> Any:
+        """A Faust table of raw bytes, partitioned like the stream that writes it."""
+        return self.app.Table(
+            name,
+            partitions=self.settings.partitions,
+            key_type=bytes,
+            value_type=bytes,
+            schema=faust.Schema(key_serializer="raw", value_serializer="raw"),
+        )
+
+    def _all_tables(self) -> dict[str, WindowedTable]:
+        return {"dedupe": self.dedupe, **{f"stats-{k}": t for k, t in self.stats_tables.items()}}
+
+    async def _expire(self) -> None:
+        now_ms = time.time_ns() // 1_000_000
+        for table in self._all_tables().values():
+            table.expire(now_ms)
 
     def _context(self, app_id: str | None) -> NormalizeContext:
         ctx = self._contexts.get(app_id)
@@ -230,9 +232,8 @@ class Pipeline:
             lag[vendor] += max(0, highwater - (read + 1 if read is not None else 0))
         for vendor, records in lag.items():
             metrics.RAW_LAG.labels(vendor).set(records)
-        tables = {"dedupe": self.dedupe, **{f"stats-{k}": t for k, t in self.stats_tables.items()}}
-        for name, wrapper in tables.items():
-            metrics.TABLE_KEYS.labels(name).set(_estimated_keys(wrapper))
+        for name, table in self._all_tables().items():
+            metrics.TABLE_KEYS.labels(name).set(_estimated_keys(table))
 
     # -- raw records ---------------------------------------------------------------------
 
@@ -249,14 +250,14 @@ class Pipeline:
         started = time.perf_counter()
         await self._start_outputs()
         encode = self.serde.encode
+        outputs = self.outputs
         now_ms = time.time_ns() // 1_000_000
-        marks: list[tuple[EventT, str, str, str, int]] = []
-        seen_in_batch: set[str] = set()
-        stats: dict[bytes, list[tuple[int, str, str]]] = {}
         counts_in: dict[str, int] = {}
         duplicates: dict[str, int] = {}
-        out: dict[tuple[str, str], int] = {}
-        dedupe = self.dedupe
+        # Canonical events of the batch, then their dedupe keys per partition (one multi-get).
+        candidates: list[tuple[CanonicalEvent, RawPosition, str, int, bytes, bytes, bytes]] = []
+        lookups: dict[int, list[bytes]] = {}
+        size_ms = self.dedupe.size_ms
 
         for event in batch:
             message = event.message
@@ -290,7 +291,7 @@ class Pipeline:
                     pos=pos,
                     now_ms=now_ms,
                 )
-                self.outputs.send(
+                outputs.send(
                     self.dead_letter_topic,
                     message.key,
                     encode("DeadLetter", record, self.dead_letter_topic),
@@ -305,33 +306,71 @@ class Pipeline:
                 continue
 
             assert isinstance(outcome, CanonicalEvent)
-            event_id = outcome.event_id
-            _set_current(event)
-            if event_id in seen_in_batch or self._seen(dedupe, event_id):
+            # The dedupe window is on the raw record's Kafka timestamp (the time it reached
+            # crm-stream), not on occurred_at: a vendor replaying a week-old event must still
+            # meet its mark.
+            start = pos.timestamp_ms - pos.timestamp_ms % size_ms
+            id_bytes = outcome.event_id.encode()
+            current = window_key(start, id_bytes)
+            previous = window_key(start - size_ms, id_bytes)
+            keys = lookups.setdefault(message.partition, [])
+            keys.append(current)
+            keys.append(previous)
+            candidates.append(
+                (outcome, pos, vendor, message.partition, id_bytes, current, previous)
+            )
+
+        found: set[bytes] = set()
+        for partition, keys in lookups.items():
+            for key, value in zip(keys, self.dedupe.get_many(partition, keys), strict=True):
+                if value is not None:
+                    found.add(key)
+
+        marks: dict[int, list[tuple[bytes, bytes]]] = {}
+        stats: dict[bytes, list[tuple[int, str, str]]] = {}
+        out: dict[tuple[str, str], int] = {}
+        latencies: list[tuple[str, int]] = []
+        seen_in_batch: set[bytes] = set()
+        for outcome, pos, vendor, partition, id_bytes, current, previous in candidates:
+            if id_bytes in seen_in_batch or current in found or previous in found:
                 duplicates[vendor] = duplicates.get(vendor, 0) + 1
                 continue
-            seen_in_batch.add(event_id)
-            key = event_id.encode()
-            self.outputs.send(
+            seen_in_batch.add(id_bytes)
+            outputs.send(
                 self.events_topic,
-                key,
+                id_bytes,
                 encode("CanonicalEvent", canonical_record(outcome, pos, now_ms), self.events_topic),
             )
             stats.setdefault(campaign_key(outcome).encode(), []).append(stats_increment(outcome))
-            marks.append((event, event_id, vendor, outcome.event_type.value, pos.ingested_at))
+            marks.setdefault(partition, []).append((current, b"1"))
+            kind = (vendor, outcome.event_type.value)
+            out[kind] = out.get(kind, 0) + 1
+            latencies.append((vendor, pos.ingested_at))
 
         # One stats-updates record per campaign and batch, not per event.
         for key, increments in stats.items():
-            self.outputs.send(self.stats_updates_topic, key, stats_updates_value(increments))
+            outputs.send(self.stats_updates_topic, key, stats_updates_value(increments))
         # Everything this batch produced must be acknowledged before any dedupe mark is written.
-        await self.outputs.acked()
+        # (That acknowledgement also covers the previous batch's changelog records.)
+        self.dedupe.set_persisted_offsets(await outputs.acked())
         acked_ms = time.time_ns() // 1_000_000
-        for event, event_id, vendor, event_type, ingested_at in marks:
-            _set_current(event)
-            dedupe[event_id] = b"1"
-            out[(vendor, event_type)] = out.get((vendor, event_type), 0) + 1
+        for partition, items in marks.items():
+            # Local RocksDB now; the changelog records go with the next batch's outputs.
+            self.dedupe.put_many(partition, items, outputs)
+        self._count_batch(counts_in, out, duplicates, latencies, acked_ms, started)
+
+    def _count_batch(
+        self,
+        counts_in: dict[str, int],
+        out: dict[tuple[str, str], int],
+        duplicates: dict[str, int],
+        latencies: list[tuple[str, int]],
+        acked_ms: int,
+        started: float,
+    ) -> None:
+        """Counters once per batch and label set, not per record."""
+        for vendor, ingested_at in latencies:
             metrics.END_TO_END_SECONDS.labels(vendor).observe(max(0, acked_ms - ingested_at) / 1000)
-        # Counters once per batch and label set, not per record.
         for (vendor, event_type), n in out.items():
             metrics.EVENTS_OUT.labels(vendor, event_type).inc(n)
         for vendor, n in duplicates.items():
@@ -342,11 +381,6 @@ class Pipeline:
             hist = metrics.PROCESSING_SECONDS.labels(vendor)
             for _ in range(n):
                 hist.observe(elapsed)
-
-    def _seen(self, dedupe: Any, event_id: str) -> bool:
-        """In the current window or the previous one (so an id is kept >= one window)."""
-        window_set = dedupe[event_id]
-        return bool(window_set.current() or window_set.delta(self.window_s))
 
     # -- stats ---------------------------------------------------------------------------
 
@@ -365,50 +399,56 @@ class Pipeline:
     async def process_stats_batch(self, batch: Sequence[EventT]) -> None:
         """Add a batch of increments to the windows, then write each touched window once.
 
-        A window's counts are read from the table on first touch, updated in memory for the
-        rest of the batch, and written back (one changelog record) and upserted once.
+        The touched windows' counts are read with one multi-get per table and partition, updated
+        in memory, written back in one RocksDB write batch (one changelog record each) and
+        upserted to ``campaign-stats``.
         """
         await self._start_outputs()
         now_ms = time.time_ns() // 1_000_000
         oldest_ms = now_ms - self.stats_retention_ms
-        touched: dict[tuple[str, str, int], tuple[EventT, WindowCounts]] = {}
+        # (label, partition) -> {(campaign, window start): counts}
+        touched: dict[tuple[str, int], dict[tuple[str, int], WindowCounts]] = {}
         for event in batch:
             message = event.message
             campaign = (message.key or b"").decode()
-            _set_current(event)
+            partition = message.partition
             for occurred, event_type, channel in parse_stats_updates(message.value or b"[]"):
                 if occurred < oldest_ms:
                     # Its window has been closed (and expired from the table) already.
                     metrics.STATS_LATE.inc()
                     continue
                 for label, size in self.windows:
+                    windows = touched.setdefault((label, partition), {})
                     start = window_start(occurred, size)
-                    entry = touched.get((label, campaign, start))
-                    if entry is None:
-                        self._occurred_s.set(start / 1000)
-                        # value(), not current(): current() is always relative to the Kafka
-                        # timestamp, value() to the table's relative_to (occurred_at here).
-                        value = self.stats_tables[label][campaign].value()
-                        entry = touched[(label, campaign, start)] = (
-                            event,
-                            WindowCounts.load(value),
-                        )
-                    entry[1].add(event_type, channel)
-        for (label, campaign, start), (event, counts) in touched.items():
-            # The campaign's records all come from one partition: any of its events is the
-            # right context for the changelog; the window is the one starting at `start`.
-            _set_current(event)
-            self._occurred_s.set(start / 1000)
-            self.stats_tables[label][campaign] = counts.dump()
+                    counts = windows.get((campaign, start))
+                    if counts is None:
+                        counts = windows[(campaign, start)] = WindowCounts(0, {}, {})
+                    counts.add(event_type, channel)
+
+        outputs = self.outputs
+        for (label, partition), windows in touched.items():
+            table = self.stats_tables[label]
             size = self.window_size[label]
-            record = stats_record(campaign, label, start, size, counts, now_ms)
-            self.outputs.send(
-                self.stats_topic,
-                stats_upsert_key(campaign, label, start),
-                self.serde.encode("CampaignStats", record, self.stats_topic),
-            )
-            metrics.STATS_UPSERTS.labels(label).inc()
-        await self.outputs.acked()
+            keys = [window_key(start, campaign.encode()) for campaign, start in windows]
+            items: list[tuple[bytes, bytes]] = []
+            stored = table.get_many(partition, keys)
+            for key, value, ((campaign, start), delta) in zip(
+                keys, stored, windows.items(), strict=True
+            ):
+                counts = WindowCounts.load(orjson.loads(value) if value else None)
+                counts.merge(delta)
+                items.append((key, orjson.dumps(counts.dump())))
+                record = stats_record(campaign, label, start, size, counts, now_ms)
+                outputs.send(
+                    self.stats_topic,
+                    stats_upsert_key(campaign, label, start),
+                    self.serde.encode("CampaignStats", record, self.stats_topic),
+                )
+            table.put_many(partition, items, outputs)
+            metrics.STATS_UPSERTS.labels(label).inc(len(items))
+        offsets = await outputs.acked()
+        for table in self.stats_tables.values():
+            table.set_persisted_offsets(offsets)
 
 
 def create_pipeline(settings: Settings) -> Pipeline:

@@ -1,7 +1,8 @@
 """How the worker writes its output records, and waits for Kafka to acknowledge a batch of them.
 
 Two implementations of one small interface (``send`` a record, then ``await acked()`` once per
-batch):
+batch). Each asyncio task (each agent) has its own batch, so one agent's ``acked()`` never waits
+for, or reports, another agent's records:
 
 * :class:`ConfluentOutputs` (the default): a confluent-kafka producer owned by the pipeline.
   ``produce()`` is a C call; delivery reports come back on a poll thread and complete one asyncio
@@ -25,15 +26,22 @@ from crmstream.errors import BrokerError
 from crmstream.kafka import producer_config
 from crmstream.settings import Settings
 
+Offsets = dict[tuple[str, int], int]
+
 
 class Outputs(Protocol):
     async def start(self) -> None: ...
 
     def send(self, topic: str, key: bytes | None, value: bytes) -> None: ...
 
-    async def acked(self) -> None:
-        """Wait until every record sent since the last call is acknowledged; raise if one
-        was not."""
+    def send_changelog(self, topic: str, partition: int, key: bytes, value: bytes) -> None:
+        """Send a table changelog record to an explicit partition; its offset is reported by
+        the ``acked()`` that covers it."""
+        ...
+
+    async def acked(self) -> Offsets:
+        """Wait until every record this task sent since its last call is acknowledged; raise if
+        one was not. Returns the newest offset per changelog partition among them."""
         ...
 
     def close(self) -> None: ...
@@ -43,7 +51,7 @@ class _Batch:
     """Acknowledgements of one batch. Counted under a lock: delivery reports arrive on the
     poll thread while the event loop is still producing."""
 
-    __slots__ = ("done", "error", "expected", "future", "lock", "loop", "sent")
+    __slots__ = ("done", "error", "expected", "future", "lock", "loop", "offsets", "sent")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -52,6 +60,7 @@ class _Batch:
         self.done = 0
         self.expected: int | None = None
         self.error: str | None = None
+        self.offsets: Offsets = {}
         self.future: asyncio.Future[None] = loop.create_future()
 
     def delivered(self, err: KafkaError | None, msg: Message) -> None:
@@ -62,6 +71,15 @@ class _Batch:
             finished = self.expected is not None and self.done >= self.expected
         if finished:
             self.loop.call_soon_threadsafe(self._resolve)
+
+    def delivered_changelog(self, err: KafkaError | None, msg: Message) -> None:
+        if err is None:
+            tp = (msg.topic() or "", msg.partition() or 0)
+            offset = msg.offset() or 0
+            with self.lock:
+                if offset > self.offsets.get(tp, -1):
+                    self.offsets[tp] = offset
+        self.delivered(err, msg)
 
     def close(self) -> None:
         with self.lock:
@@ -84,9 +102,18 @@ class ConfluentOutputs:
         # A short linger: a batch is awaited as a whole, so records of one batch should travel
         # together, but the batch's latency is bounded by it.
         self._producer = Producer(producer_config(settings, **{"linger.ms": 5}))
+        # Table changelog records get their own producer, batched by CRM_CHANGELOG_MAX_BATCH_BYTES
+        # like Faust's (on Tansu, 1: one record per batch keeps restores exact, because its
+        # ListOffsets LATEST is the newest batch's base offset + 1).
+        self._changelog_producer = Producer(
+            producer_config(
+                settings, **{"linger.ms": 5, "batch.size": settings.changelog_max_batch_bytes}
+            )
+        )
+        self._producers = (self._producer, self._changelog_producer)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="outputs-poll", daemon=True)
-        self._batch: _Batch | None = None
+        self._batches: dict[asyncio.Task[Any] | None, _Batch] = {}
 
     async def start(self) -> None:
         if not self._thread.is_alive():
@@ -94,33 +121,59 @@ class ConfluentOutputs:
 
     def _poll(self) -> None:
         while not self._stop.is_set():
-            self._producer.poll(0.05)
+            self._producer.poll(0.025)
+            self._changelog_producer.poll(0.025)
+
+    def _current(self) -> _Batch:
+        task = asyncio.current_task()
+        batch = self._batches.get(task)
+        if batch is None:
+            batch = self._batches[task] = _Batch(asyncio.get_running_loop())
+        return batch
 
     def send(self, topic: str, key: bytes | None, value: bytes) -> None:
-        batch = self._batch
-        if batch is None:
-            batch = self._batch = _Batch(asyncio.get_running_loop())
+        batch = self._current()
         batch.sent += 1
+        self._produce(self._producer, batch.delivered, topic, value, key)
+
+    def send_changelog(self, topic: str, partition: int, key: bytes, value: bytes) -> None:
+        batch = self._current()
+        batch.sent += 1
+        self._produce(
+            self._changelog_producer, batch.delivered_changelog, topic, value, key, partition
+        )
+
+    @staticmethod
+    def _produce(
+        producer: Producer,
+        callback: Any,
+        topic: str,
+        value: bytes,
+        key: bytes | None,
+        partition: int = -1,
+    ) -> None:
         while True:
             try:
-                self._producer.produce(topic, value, key, on_delivery=batch.delivered)
+                producer.produce(topic, value, key, partition, on_delivery=callback)
                 return
             except BufferError:
                 # librdkafka's local queue is full: the poll thread is draining it.
-                self._producer.poll(0.01)
+                producer.poll(0.01)
 
-    async def acked(self) -> None:
-        batch, self._batch = self._batch, None
+    async def acked(self) -> Offsets:
+        batch = self._batches.pop(asyncio.current_task(), None)
         if batch is None:
-            return
+            return {}
         batch.close()
         await batch.future
+        return batch.offsets
 
     def close(self) -> None:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(5)
-        self._producer.flush(30)
+        for producer in self._producers:
+            producer.flush(30)
 
 
 class FaustOutputs:
@@ -129,21 +182,32 @@ class FaustOutputs:
     def __init__(self, app: Any) -> None:
         self._app = app
         self._producer: Any = None
-        self._pending: list[Any] = []
+        self._pending: dict[asyncio.Task[Any] | None, list[Any]] = {}
 
     async def start(self) -> None:
         self._producer = await self._app.maybe_start_producer()
 
     def send(self, topic: str, key: bytes | None, value: bytes) -> None:
-        self._pending.append(
-            asyncio.ensure_future(self._producer.send(topic, key, value, None, None, None))
+        self._send(topic, key, value, None)
+
+    def send_changelog(self, topic: str, partition: int, key: bytes, value: bytes) -> None:
+        self._send(topic, key, value, partition)
+
+    def _send(self, topic: str, key: bytes | None, value: bytes, partition: int | None) -> None:
+        pending = self._pending.setdefault(asyncio.current_task(), [])
+        pending.append(
+            asyncio.ensure_future(self._producer.send(topic, key, value, partition, None, None))
         )
 
-    async def acked(self) -> None:
-        pending, self._pending = self._pending, []
+    async def acked(self) -> Offsets:
+        pending = self._pending.pop(asyncio.current_task(), [])
+        offsets: Offsets = {}
         if pending:
             # Each send resolves to the delivery future; wait for those too.
-            await asyncio.gather(*(await asyncio.gather(*pending)))
+            for meta in await asyncio.gather(*(await asyncio.gather(*pending))):
+                tp = (meta.topic, meta.partition)
+                offsets[tp] = max(offsets.get(tp, -1), meta.offset)
+        return offsets
 
     def close(self) -> None:
         return None

@@ -149,6 +149,14 @@ class WindowCounts:
         self.by_type[event_type] = self.by_type.get(event_type, 0) + 1
         self.by_channel[channel] = self.by_channel.get(channel, 0) + 1
 
+    def merge(self, other: WindowCounts) -> None:
+        assert self.by_type is not None and self.by_channel is not None
+        self.total += other.total
+        for event_type, n in (other.by_type or {}).items():
+            self.by_type[event_type] = self.by_type.get(event_type, 0) + n
+        for channel, n in (other.by_channel or {}).items():
+            self.by_channel[channel] = self.by_channel.get(channel, 0) + n
+
     def dump(self) -> dict[str, Any]:
         return {"n": self.total, "t": self.by_type or {}, "c": self.by_channel or {}}
 

@@ -1,0 +1,59 @@
+"""The worker's output producer on a real broker: each agent (asyncio task) waits for, and gets
+the changelog offsets of, its own records only."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+
+from crmstream.settings import Settings
+from crmstream.topics import TopicSpec, create_topics
+from processors.outputs import ConfluentOutputs
+from tests.kafka_helpers import read_topic
+
+pytestmark = pytest.mark.integration
+
+
+def test_each_task_acks_its_own_batch(settings_factory: Callable[..., Settings]) -> None:
+    settings = settings_factory(CRM_PARTITIONS="2")
+    create_topics(
+        settings,
+        extra=[TopicSpec("out", "test output"), TopicSpec("log-a", "a"), TopicSpec("log-b", "b")],
+    )
+    out, log_a, log_b = (settings.topic(t) for t in ("out", "log-a", "log-b"))
+    outputs = ConfluentOutputs(settings)
+
+    async def agent(changelog: str, n: int) -> list[dict[tuple[str, int], int]]:
+        reports = []
+        for round_ in range(3):
+            for i in range(n):
+                outputs.send(out, f"{changelog}-{round_}-{i}".encode(), b"v")
+                outputs.send_changelog(changelog, i % 2, f"k{i}".encode(), b"1")
+                if i % 7 == 0:
+                    await asyncio.sleep(0)  # let the other agent interleave its sends
+            reports.append(await outputs.acked())
+        # Nothing sent since: an empty acknowledgement.
+        reports.append(await outputs.acked())
+        return reports
+
+    async def main() -> tuple[list, list]:
+        await outputs.start()
+        a, b = await asyncio.gather(agent(log_a, 40), agent(log_b, 25))
+        return a, b
+
+    try:
+        reports_a, reports_b = asyncio.run(main())
+    finally:
+        outputs.close()
+
+    # Each round's offsets cover only the task's own changelog, both partitions, growing.
+    for reports, topic, n in ((reports_a, log_a, 40), (reports_b, log_b, 25)):
+        assert [set(r) for r in reports[:3]] == [{(topic, 0), (topic, 1)}] * 3
+        assert reports[3] == {}
+        for p in (0, 1):
+            offsets = [r[(topic, p)] for r in reports[:3]]
+            assert offsets == sorted(offsets) and len(set(offsets)) == 3
+    records = read_topic(settings, out, until=lambda r: len(r) >= 3 * (40 + 25))
+    assert len(records) == 3 * (40 + 25)

@@ -1,0 +1,100 @@
+"""WindowedTable on a real RocksDB (rocksdict), with the Faust table reduced to what it uses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import rocksdict
+
+from processors.state import WindowedTable, window_key
+
+OFFSET_KEY = b"__faust\x00offset__"
+
+
+class Store:
+    """The part of Faust's RocksDB store that WindowedTable touches, on real databases."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._dbs: dict[int, rocksdict.Rdict] = {}
+        self.persisted: dict[Any, int] = {}
+
+    def _db_for_partition(self, partition: int) -> rocksdict.Rdict:
+        if partition not in self._dbs:
+            self._dbs[partition] = rocksdict.Rdict(
+                str(self.root / f"p{partition}"), options=rocksdict.Options(raw_mode=True)
+            )
+        return self._dbs[partition]
+
+    def set_persisted_offset(self, tp: Any, offset: int) -> None:
+        self.persisted[tp] = offset
+        self._db_for_partition(tp.partition).put(OFFSET_KEY, str(offset).encode())
+
+
+class ChangelogTopic:
+    def get_topic_name(self) -> str:
+        return "app-dedupe-changelog"
+
+
+class Table:
+    def __init__(self, root: Path) -> None:
+        self.data = Store(root)
+        self.changelog_topic = ChangelogTopic()
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, int, bytes, bytes]] = []
+
+    def send_changelog(self, topic: str, partition: int, key: bytes, value: bytes) -> None:
+        self.sent.append((topic, partition, key, value))
+
+
+@pytest.fixture
+def table(tmp_path: Path) -> WindowedTable:
+    return WindowedTable(Table(tmp_path), size_ms=1000, keep_ms=3000)
+
+
+def test_window_key_sorts_by_window_start() -> None:
+    assert window_key(999, b"z") < window_key(1000, b"a") < window_key(10_000, b"a")
+    assert window_key(1_764_000_000_000, b"id-1") == b"1764000000000:id-1"
+
+
+def test_put_many_writes_rocksdb_and_the_changelog(table: WindowedTable) -> None:
+    sink = Sink()
+    items = [(window_key(2000, b"a"), b"1"), (window_key(2000, b"b"), b"1")]
+    assert table.put_many(1, items, sink) == 2
+    assert sink.sent == [("app-dedupe-changelog", 1, k, v) for k, v in items]
+    keys = [window_key(2000, b"a"), window_key(2000, b"c"), window_key(2000, b"b")]
+    assert table.get_many(1, keys) == [b"1", None, b"1"]
+    # Partitions are separate databases.
+    assert table.get_many(0, keys) == [None, None, None]
+    assert table.get_many(1, []) == []
+
+
+def test_window_start(table: WindowedTable) -> None:
+    assert table.window_start(0) == 0
+    assert table.window_start(1999) == 1000
+    assert table.window_start(2000) == 2000
+
+
+def test_expire_deletes_old_windows_only(table: WindowedTable) -> None:
+    sink = Sink()
+    for start in (1000, 2000, 3000, 4000, 5000):
+        table.put_many(0, [(window_key(start, b"x"), b"1")], sink)
+    table.set_persisted_offsets({("app-dedupe-changelog", 0): 41, ("other-topic", 0): 7})
+    # now 6500, keep 3000 ms: windows starting before 3000 go.
+    assert table.expire(6500) == 1
+    left = table.get_many(0, [window_key(s, b"x") for s in (1000, 2000, 3000, 4000, 5000)])
+    assert left == [None, None, b"1", b"1", b"1"]
+    # Faust's persisted offset survives, and only the table's own changelog offsets are set.
+    db = table.table.data._db_for_partition(0)
+    assert db[OFFSET_KEY] == b"41"
+    assert list(table.table.data.persisted.values()) == [41]
+
+
+def test_window_size_must_be_positive(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        WindowedTable(Table(tmp_path), size_ms=0, keep_ms=1)
