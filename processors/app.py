@@ -41,6 +41,7 @@ from crmstream.kafka import faust_broker_kwargs
 from crmstream.serde import AvroSerde
 from crmstream.settings import Settings
 from crmstream.topics import VENDORS, TopicSpec, create_topics, raw_topic
+from processors import faust_patches
 from processors.normalize import NORMALIZERS
 from processors.normalize.model import CanonicalEvent, NormalizeContext, Rejected, Skipped
 from processors.outputs import ConfluentOutputs, FaustOutputs, Outputs
@@ -123,6 +124,7 @@ class Pipeline:
     """The worker's state and its two batch handlers, bound to one Faust app."""
 
     def __init__(self, settings: Settings) -> None:
+        faust_patches.apply()
         self.settings = settings
         self.serde = AvroSerde(settings)
         self.events_topic = settings.topic("events")

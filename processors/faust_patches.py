@@ -1,0 +1,88 @@
+"""A fix for a race in Faust's recovery (faust-streaming 0.15.3): seek, then resume.
+
+After a rebalance, Faust restores the tables and then, in ``Recovery._resume_streams`` and
+``Recovery.on_recovery_completed``, does two things in this order:
+
+1. ``consumer.resume_partitions(stream partitions)``;
+2. ``await consumer.perform_seek()``: one OffsetFetch per partition, one after another.
+
+While 2 runs, the fetcher already hands the stream's prefetched records to the agents. Those
+records start at the committed offsets, so the agents process them. When the seek finishes it
+moves every partition back to its committed offset, and resets Faust's read and committed offset
+bookkeeping. The same records are then fetched and processed a second time.
+
+With the worker's debug log on Tansu, a restart showed every replayed raw record counted twice:
+320 read for 160 published per vendor. The same window also left Faust's read offsets and gaps
+inconsistent with what had been acked. That is the likeliest cause of the partial-read stalls seen
+after a restart.
+
+The fix keeps Faust's code and changes only the order. While either method runs, a stream
+partition's resume is held back until ``perform_seek`` has finished (changelog partitions are not
+held). No stream record is handed
+out before its partition has been positioned.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from faust.tables.recovery import Recovery
+from faust.transport.consumer import Consumer
+
+_APPLIED = "_crmstream_seek_before_resume"
+
+
+def _hold_resumes(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    @functools.wraps(method)
+    async def wrapper(self: Recovery, *args: Any, **kwargs: Any) -> Any:
+        consumer: Any = self.app.consumer
+        consumer._crm_held_resumes = set()
+        try:
+            return await method(self, *args, **kwargs)
+        finally:
+            held = consumer._crm_held_resumes
+            consumer._crm_held_resumes = None
+            if held:
+                # No seek ran (or it failed): resume as Faust would have.
+                Consumer.resume_partitions(consumer, held)
+
+    return wrapper
+
+
+def apply() -> None:
+    """Install the fix once per process."""
+    if getattr(Consumer, _APPLIED, False):
+        return
+    resume_partitions = Consumer.resume_partitions
+    perform_seek = Consumer.perform_seek
+
+    def held_resume_partitions(self: Any, tps: Iterable[Any]) -> None:
+        held = getattr(self, "_crm_held_resumes", None)
+        if held is None:
+            resume_partitions(self, tps)
+            return
+        # Only stream partitions wait for the seek; table changelogs resume as usual.
+        tps = list(tps)
+        held.update(tp for tp in tps if not self._is_changelog_tp(tp))
+        changelogs = [tp for tp in tps if self._is_changelog_tp(tp)]
+        if changelogs:
+            resume_partitions(self, changelogs)
+
+    async def seek_then_resume(self: Any) -> None:
+        await perform_seek(self)
+        held = getattr(self, "_crm_held_resumes", None)
+        if held:
+            self._crm_held_resumes = set()
+            resume_partitions(self, held)
+
+    patches: dict[tuple[type, str], Any] = {
+        (Consumer, "resume_partitions"): held_resume_partitions,
+        (Consumer, "perform_seek"): seek_then_resume,
+        (Recovery, "_resume_streams"): _hold_resumes(Recovery._resume_streams),
+        (Recovery, "on_recovery_completed"): _hold_resumes(Recovery.on_recovery_completed),
+    }
+    for (cls, name), replacement in patches.items():
+        setattr(cls, name, replacement)
+    setattr(Consumer, _APPLIED, True)
