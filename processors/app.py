@@ -7,9 +7,9 @@ functions in :mod:`processors.normalize`); a rejected record goes to ``dead-lett
 event is checked against the dedupe table (a tumbling window of ``CRM_DEDUPE_WINDOW`` on the raw
 record's Kafka timestamp, looked up in the current and the previous window, so an id is
 remembered for at least one full window and at most two), sent to ``events`` keyed by
-``event_id``, and its stats increment goes to ``stats-updates`` keyed by campaign. Only after
-Kafka acknowledged the batch's outputs are the dedupe marks written: a crash may repeat an event,
-never lose one.
+``event_id``, and its stats increment goes to ``stats-updates``, to its campaign's partition
+(one record per partition and batch). Only after Kafka acknowledged the batch's outputs are the
+dedupe marks written: a crash may repeat an event, never lose one.
 
 ``stats_agent`` consumes ``stats-updates`` (so each campaign is counted by exactly one worker),
 adds each increment to a tumbling window per configured size on ``occurred_at``, and emits the
@@ -54,6 +54,7 @@ from processors.records import (
     headers_dict,
     parse_stats_updates,
     stats_increment,
+    stats_partition,
     stats_record,
     stats_updates_value,
     stats_upsert_key,
@@ -138,6 +139,7 @@ class Pipeline:
         self.stats_retention_ms = int(settings.stats_retention_s * 1000)
         self._contexts: dict[str | None, NormalizeContext] = {}
         self._outputs_started = False
+        self._stats_partitions = settings.partitions
 
         self.app = faust.App(
             # Under the topic prefix, so that Faust's own topics (table changelogs, the assignor's
@@ -156,7 +158,7 @@ class Pipeline:
         )
         app = self.app
         self.outputs: Outputs = (
-            FaustOutputs(app) if settings.exactly_once else ConfluentOutputs(settings)
+            FaustOutputs(app, settings) if settings.exactly_once else ConfluentOutputs(settings)
         )
         self.raw = app.topic(
             *self.vendor_of_topic,
@@ -218,6 +220,7 @@ class Pipeline:
     async def _start_outputs(self) -> None:
         if not self._outputs_started:
             await self.outputs.start()
+            self._stats_partitions = self.outputs.partitions(self.stats_updates_topic)
             self._outputs_started = True
 
     async def _observe(self) -> None:
@@ -329,7 +332,9 @@ class Pipeline:
                     found.add(key)
 
         marks: dict[int, list[tuple[bytes, bytes]]] = {}
-        stats: dict[bytes, list[tuple[int, str, str]]] = {}
+        # stats-updates partition -> campaign key -> increments
+        stats: dict[int, dict[str, list[tuple[int, str, str]]]] = {}
+        n_stats = self._stats_partitions
         out: dict[tuple[str, str], int] = {}
         latencies: list[tuple[str, int]] = []
         seen_in_batch: set[bytes] = set()
@@ -343,15 +348,23 @@ class Pipeline:
                 id_bytes,
                 encode("CanonicalEvent", canonical_record(outcome, pos, now_ms), self.events_topic),
             )
-            stats.setdefault(campaign_key(outcome).encode(), []).append(stats_increment(outcome))
+            campaign = campaign_key(outcome)
+            by_campaign = stats.setdefault(stats_partition(campaign.encode(), n_stats), {})
+            by_campaign.setdefault(campaign, []).append(stats_increment(outcome))
             marks.setdefault(partition, []).append((current, b"1"))
             kind = (vendor, outcome.event_type.value)
             out[kind] = out.get(kind, 0) + 1
             latencies.append((vendor, pos.ingested_at))
 
-        # One stats-updates record per campaign and batch, not per event.
-        for key, increments in stats.items():
-            outputs.send(self.stats_updates_topic, key, stats_updates_value(increments))
+        # One stats-updates record per partition and batch, not per event or campaign: the
+        # stats agent's cost is mostly per record.
+        for partition, by_campaign in stats.items():
+            outputs.send(
+                self.stats_updates_topic,
+                b"%d" % partition,
+                stats_updates_value(by_campaign),
+                partition=partition,
+            )
         # Everything this batch produced must be acknowledged before any dedupe mark is written.
         # (That acknowledgement also covers the previous batch's changelog records.)
         self.dedupe.set_persisted_offsets(await outputs.acked())
@@ -410,22 +423,27 @@ class Pipeline:
         oldest_ms = now_ms - self.stats_retention_ms
         # (label, partition) -> {(campaign, window start): counts}
         touched: dict[tuple[str, int], dict[tuple[str, int], WindowCounts]] = {}
+        late = 0
         for event in batch:
             message = event.message
-            campaign = (message.key or b"").decode()
             partition = message.partition
-            for occurred, event_type, channel in parse_stats_updates(message.value or b"[]"):
-                if occurred < oldest_ms:
-                    # Its window has been closed (and expired from the table) already.
-                    metrics.STATS_LATE.inc()
-                    continue
-                for label, size in self.windows:
-                    windows = touched.setdefault((label, partition), {})
-                    start = window_start(occurred, size)
-                    counts = windows.get((campaign, start))
-                    if counts is None:
-                        counts = windows[(campaign, start)] = WindowCounts(0, {}, {})
-                    counts.add(event_type, channel)
+            tables = [
+                (touched.setdefault((label, partition), {}), size) for label, size in self.windows
+            ]
+            for campaign, increments in parse_stats_updates(message.key, message.value or b"[]"):
+                for occurred, event_type, channel in increments:
+                    if occurred < oldest_ms:
+                        # Its window has been closed (and expired from the table) already.
+                        late += 1
+                        continue
+                    for windows, size in tables:
+                        start = window_start(occurred, size)
+                        counts = windows.get((campaign, start))
+                        if counts is None:
+                            counts = windows[(campaign, start)] = WindowCounts(0, {}, {})
+                        counts.add(event_type, channel)
+        if late:
+            metrics.STATS_LATE.inc(late)
 
         outputs = self.outputs
         for (label, partition), windows in touched.items():

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from confluent_kafka import KafkaError, Message, Producer
 
 from crmstream.errors import BrokerError
-from crmstream.kafka import producer_config
+from crmstream.kafka import client_config, producer_config
 from crmstream.settings import Settings
 
 Offsets = dict[tuple[str, int], int]
@@ -32,7 +32,13 @@ Offsets = dict[tuple[str, int], int]
 class Outputs(Protocol):
     async def start(self) -> None: ...
 
-    def send(self, topic: str, key: bytes | None, value: bytes) -> None: ...
+    def send(
+        self, topic: str, key: bytes | None, value: bytes, partition: int | None = None
+    ) -> None: ...
+
+    def partitions(self, topic: str) -> int:
+        """How many partitions ``topic`` has (from the cluster's metadata)."""
+        ...
 
     def send_changelog(self, topic: str, partition: int, key: bytes, value: bytes) -> None:
         """Send a table changelog record to an explicit partition; its offset is reported by
@@ -45,6 +51,13 @@ class Outputs(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def _partitions(metadata: Any, topic: str) -> int:
+    meta = metadata.topics.get(topic)
+    if meta is None or meta.error is not None or not meta.partitions:
+        raise BrokerError(f"topic {topic} is missing: {getattr(meta, 'error', None)}")
+    return len(meta.partitions)
 
 
 class _Batch:
@@ -131,10 +144,22 @@ class ConfluentOutputs:
             batch = self._batches[task] = _Batch(asyncio.get_running_loop())
         return batch
 
-    def send(self, topic: str, key: bytes | None, value: bytes) -> None:
+    def send(
+        self, topic: str, key: bytes | None, value: bytes, partition: int | None = None
+    ) -> None:
         batch = self._current()
         batch.sent += 1
-        self._produce(self._producer, batch.delivered, topic, value, key)
+        self._produce(
+            self._producer,
+            batch.delivered,
+            topic,
+            value,
+            key,
+            -1 if partition is None else partition,
+        )
+
+    def partitions(self, topic: str) -> int:
+        return _partitions(self._producer.list_topics(topic, timeout=30), topic)
 
     def send_changelog(self, topic: str, partition: int, key: bytes, value: bytes) -> None:
         batch = self._current()
@@ -179,16 +204,23 @@ class ConfluentOutputs:
 class FaustOutputs:
     """Faust's producer (aiokafka; the transaction manager under exactly_once)."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, settings: Settings) -> None:
         self._app = app
+        self._settings = settings
         self._producer: Any = None
         self._pending: dict[asyncio.Task[Any] | None, list[Any]] = {}
 
     async def start(self) -> None:
         self._producer = await self._app.maybe_start_producer()
 
-    def send(self, topic: str, key: bytes | None, value: bytes) -> None:
-        self._send(topic, key, value, None)
+    def send(
+        self, topic: str, key: bytes | None, value: bytes, partition: int | None = None
+    ) -> None:
+        self._send(topic, key, value, partition)
+
+    def partitions(self, topic: str) -> int:
+        with Producer(client_config(self._settings)) as producer:
+            return _partitions(producer.list_topics(topic, timeout=30), topic)
 
     def send_changelog(self, topic: str, partition: int, key: bytes, value: bytes) -> None:
         self._send(topic, key, value, partition)

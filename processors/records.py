@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from aiokafka.partitioner import murmur2
 
 from connectors.base import H_APP_ID, H_INGESTED_AT, H_SOURCE
 from processors.normalize.model import CanonicalEvent, Channel, EventType
@@ -111,13 +112,28 @@ def stats_increment(event: CanonicalEvent) -> tuple[int, str, str]:
     return (event.occurred_at, event.event_type.value, event.channel.value)
 
 
-def stats_updates_value(increments: list[tuple[int, str, str]]) -> bytes:
-    """One ``stats-updates`` record: every increment of one campaign from one worker batch."""
-    return orjson.dumps(increments)
+def stats_updates_value(by_campaign: Mapping[str, list[tuple[int, str, str]]]) -> bytes:
+    """One ``stats-updates`` record: the increments of every campaign bound for one partition
+    from one worker batch, ``{campaign key: [[occurred_at ms, event_type, channel], ...]}``."""
+    return orjson.dumps(by_campaign)
 
 
-def parse_stats_updates(value: bytes) -> list[tuple[int, str, str]]:
-    return [(int(o), str(t), str(c)) for o, t, c in orjson.loads(value)]
+def parse_stats_updates(key: bytes | None, value: bytes) -> list[tuple[str, list[Any]]]:
+    """``[(campaign key, [[occurred_at ms, event_type, channel], ...]), ...]``.
+
+    Also reads the earlier format (one campaign per record, keyed by it, a list of increments),
+    so that records written before an upgrade are still counted.
+    """
+    data = orjson.loads(value)
+    if isinstance(data, list):
+        return [((key or b"").decode(), data)]
+    return list(data.items())
+
+
+def stats_partition(campaign_key: bytes, partitions: int) -> int:
+    """The ``stats-updates`` (and stats table) partition of a campaign: the Java client's
+    murmur2 partitioner, so every worker sends a campaign's increments to the same partition."""
+    return (murmur2(campaign_key) & 0x7FFFFFFF) % partitions
 
 
 def window_start(occurred_at_ms: int, size_s: int) -> int:
