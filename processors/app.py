@@ -140,6 +140,7 @@ class Pipeline:
         self._contexts: dict[str | None, NormalizeContext] = {}
         self._outputs_started = False
         self._stats_partitions = settings.partitions
+        self._stats_partition_of: dict[str, int] = {}
 
         self.app = faust.App(
             # Under the topic prefix, so that Faust's own topics (table changelogs, the assignor's
@@ -221,6 +222,7 @@ class Pipeline:
         if not self._outputs_started:
             await self.outputs.start()
             self._stats_partitions = self.outputs.partitions(self.stats_updates_topic)
+            self._stats_partition_of.clear()
             self._outputs_started = True
 
     async def _observe(self) -> None:
@@ -349,7 +351,13 @@ class Pipeline:
                 encode("CanonicalEvent", canonical_record(outcome, pos, now_ms), self.events_topic),
             )
             campaign = campaign_key(outcome)
-            by_campaign = stats.setdefault(stats_partition(campaign.encode(), n_stats), {})
+            target = self._stats_partition_of.get(campaign)
+            if target is None:
+                # murmur2 is pure Python: computed once per campaign.
+                target = self._stats_partition_of[campaign] = stats_partition(
+                    campaign.encode(), n_stats
+                )
+            by_campaign = stats.setdefault(target, {})
             by_campaign.setdefault(campaign, []).append(stats_increment(outcome))
             marks.setdefault(partition, []).append((current, b"1"))
             kind = (vendor, outcome.event_type.value)
@@ -384,8 +392,9 @@ class Pipeline:
         started: float,
     ) -> None:
         """Counters once per batch and label set, not per record."""
+        end_to_end = {v: metrics.END_TO_END_SECONDS.labels(v).observe for v in counts_in}
         for vendor, ingested_at in latencies:
-            metrics.END_TO_END_SECONDS.labels(vendor).observe(max(0, acked_ms - ingested_at) / 1000)
+            end_to_end[vendor](max(0, acked_ms - ingested_at) / 1000)
         for (vendor, event_type), n in out.items():
             metrics.EVENTS_OUT.labels(vendor, event_type).inc(n)
         for vendor, n in duplicates.items():
