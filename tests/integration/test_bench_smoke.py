@@ -73,3 +73,31 @@ def test_bench_smoke(kafka_bootstrap: str, tmp_path: Path) -> None:
         crm["events_per_s"] / pipelines["passthrough"]["events_per_s"], rel=1e-2
     )
     assert (out / "results.png").stat().st_size > 10_000
+
+
+@pytest.mark.timeout(120)
+def test_faust_floor_smoke(kafka_bootstrap: str) -> None:
+    """``python -m bench.faust_floor`` reads every generated record and reports a rate (in a
+    child process: a Faust worker owns its process's event loop and signal handlers)."""
+    import re
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.faust_floor",
+            "--events",
+            "3000",
+            "--bootstrap-servers",
+            kafka_bootstrap,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    match = re.search(r"3000 raw records, ([\d,]+) records/s", proc.stdout)
+    assert match, proc.stdout[-2000:]
+    assert int(match.group(1).replace(",", "")) > 0
