@@ -30,7 +30,8 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import faust
 import orjson
@@ -92,6 +93,27 @@ def _estimated_keys(table: WindowedTable) -> int:
         estimate = db.property_int_value("rocksdb.estimate-num-keys")
         total += int(estimate or 0)
     return total
+
+
+class _Candidate(NamedTuple):
+    """A canonical event of the batch, waiting for its dedupe lookup."""
+
+    event: CanonicalEvent
+    pos: RawPosition
+    vendor: str
+    id_bytes: bytes
+    current: bytes  # its dedupe key in the current window
+    previous: bytes  # and in the previous one
+
+
+@dataclass
+class _Tally:
+    """What one raw batch counted, added to the metrics once per batch."""
+
+    records_in: dict[str, int] = field(default_factory=dict)
+    duplicates: dict[str, int] = field(default_factory=dict)
+    out: dict[tuple[str, str], int] = field(default_factory=dict)
+    ingested: list[tuple[str, int]] = field(default_factory=list)  # (vendor, ingested_at)
 
 
 def changelog_specs(settings: Settings) -> list[TopicSpec]:
@@ -254,22 +276,33 @@ class Pipeline:
                 _die(exc, "processing a raw batch")
 
     async def process_raw_batch(self, batch: Sequence[EventT]) -> None:
+        """Normalize, dedupe and emit one batch; write its dedupe marks once Kafka acked it."""
         started = time.perf_counter()
         await self._start_outputs()
-        encode = self.serde.encode
-        outputs = self.outputs
         now_ms = time.time_ns() // 1_000_000
-        counts_in: dict[str, int] = {}
-        duplicates: dict[str, int] = {}
-        # Canonical events of the batch, then their dedupe keys per partition (one multi-get).
-        candidates: list[tuple[CanonicalEvent, RawPosition, str, int, bytes, bytes, bytes]] = []
-        lookups: dict[int, list[bytes]] = {}
-        size_ms = self.dedupe.size_ms
+        tally = _Tally()
+        candidates = self._normalize(batch, now_ms, tally)
+        found = self._marked(candidates)
+        marks = self._emit(candidates, found, now_ms, tally)
+        # Everything this batch produced must be acknowledged before any dedupe mark is written.
+        # (That acknowledgement also covers the previous batch's changelog records.)
+        self.dedupe.set_persisted_offsets(await self.outputs.acked())
+        acked_ms = time.time_ns() // 1_000_000
+        for partition, items in marks.items():
+            # Local RocksDB now; the changelog records go with the next batch's outputs.
+            self.dedupe.put_many(partition, items, self.outputs)
+        self._count_batch(tally, acked_ms, started)
 
+    def _normalize(self, batch: Sequence[EventT], now_ms: int, tally: _Tally) -> list[_Candidate]:
+        """Every record of the batch through its vendor's normalizer. Rejected records go to the
+        dead-letter topic here; canonical events come back with their dedupe keys."""
+        encode = self.serde.encode
+        size_ms = self.dedupe.size_ms
+        candidates: list[_Candidate] = []
         for event in batch:
             message = event.message
             vendor = self.vendor_of_topic[message.topic]
-            counts_in[vendor] = counts_in.get(vendor, 0) + 1
+            tally.records_in[vendor] = tally.records_in.get(vendor, 0) + 1
             raw = message.value or b""
             pos = RawPosition(
                 message.topic,
@@ -298,7 +331,7 @@ class Pipeline:
                     pos=pos,
                     now_ms=now_ms,
                 )
-                outputs.send(
+                self.outputs.send(
                     self.dead_letter_topic,
                     message.key,
                     encode("DeadLetter", record, self.dead_letter_topic),
@@ -318,89 +351,93 @@ class Pipeline:
             # meet its mark.
             start = pos.timestamp_ms - pos.timestamp_ms % size_ms
             id_bytes = outcome.event_id.encode()
-            current = window_key(start, id_bytes)
-            previous = window_key(start - size_ms, id_bytes)
-            keys = lookups.setdefault(message.partition, [])
-            keys.append(current)
-            keys.append(previous)
             candidates.append(
-                (outcome, pos, vendor, message.partition, id_bytes, current, previous)
+                _Candidate(
+                    outcome,
+                    pos,
+                    vendor,
+                    id_bytes,
+                    window_key(start, id_bytes),
+                    window_key(start - size_ms, id_bytes),
+                )
             )
+        return candidates
 
+    def _marked(self, candidates: list[_Candidate]) -> set[bytes]:
+        """The dedupe keys (current or previous window) already in the table: one RocksDB
+        multi-get per partition."""
+        lookups: dict[int, list[bytes]] = {}
+        for c in candidates:
+            keys = lookups.setdefault(c.pos.partition, [])
+            keys.append(c.current)
+            keys.append(c.previous)
         found: set[bytes] = set()
         for partition, keys in lookups.items():
             for key, value in zip(keys, self.dedupe.get_many(partition, keys), strict=True):
                 if value is not None:
                     found.add(key)
+        return found
 
+    def _emit(
+        self, candidates: list[_Candidate], found: set[bytes], now_ms: int, tally: _Tally
+    ) -> dict[int, list[tuple[bytes, bytes]]]:
+        """Send each first-seen event and its stats increment; return the marks to write per
+        table partition once Kafka has acknowledged them."""
+        encode = self.serde.encode
         marks: dict[int, list[tuple[bytes, bytes]]] = {}
         # stats-updates partition -> campaign key -> increments
         stats: dict[int, dict[str, list[tuple[int, str, str]]]] = {}
-        n_stats = self._stats_partitions
-        out: dict[tuple[str, str], int] = {}
-        latencies: list[tuple[str, int]] = []
         seen_in_batch: set[bytes] = set()
-        for outcome, pos, vendor, partition, id_bytes, current, previous in candidates:
-            if id_bytes in seen_in_batch or current in found or previous in found:
-                duplicates[vendor] = duplicates.get(vendor, 0) + 1
+        for c in candidates:
+            if c.id_bytes in seen_in_batch or c.current in found or c.previous in found:
+                tally.duplicates[c.vendor] = tally.duplicates.get(c.vendor, 0) + 1
                 continue
-            seen_in_batch.add(id_bytes)
-            outputs.send(
+            seen_in_batch.add(c.id_bytes)
+            record = canonical_record(c.event, c.pos, now_ms)
+            self.outputs.send(
                 self.events_topic,
-                id_bytes,
-                encode("CanonicalEvent", canonical_record(outcome, pos, now_ms), self.events_topic),
+                c.id_bytes,
+                encode("CanonicalEvent", record, self.events_topic),
             )
-            campaign = campaign_key(outcome)
-            target = self._stats_partition_of.get(campaign)
-            if target is None:
-                # murmur2 is pure Python: computed once per campaign.
-                target = self._stats_partition_of[campaign] = stats_partition(
-                    campaign.encode(), n_stats
-                )
-            by_campaign = stats.setdefault(target, {})
-            by_campaign.setdefault(campaign, []).append(stats_increment(outcome))
-            marks.setdefault(partition, []).append((current, b"1"))
-            kind = (vendor, outcome.event_type.value)
-            out[kind] = out.get(kind, 0) + 1
-            latencies.append((vendor, pos.ingested_at))
+            campaign = campaign_key(c.event)
+            by_campaign = stats.setdefault(self._stats_partition(campaign), {})
+            by_campaign.setdefault(campaign, []).append(stats_increment(c.event))
+            marks.setdefault(c.pos.partition, []).append((c.current, b"1"))
+            kind = (c.vendor, c.event.event_type.value)
+            tally.out[kind] = tally.out.get(kind, 0) + 1
+            tally.ingested.append((c.vendor, c.pos.ingested_at))
 
         # One stats-updates record per partition and batch, not per event or campaign: the
         # stats agent's cost is mostly per record.
         for partition, by_campaign in stats.items():
-            outputs.send(
+            self.outputs.send(
                 self.stats_updates_topic,
                 b"%d" % partition,
                 stats_updates_value(by_campaign),
                 partition=partition,
             )
-        # Everything this batch produced must be acknowledged before any dedupe mark is written.
-        # (That acknowledgement also covers the previous batch's changelog records.)
-        self.dedupe.set_persisted_offsets(await outputs.acked())
-        acked_ms = time.time_ns() // 1_000_000
-        for partition, items in marks.items():
-            # Local RocksDB now; the changelog records go with the next batch's outputs.
-            self.dedupe.put_many(partition, items, outputs)
-        self._count_batch(counts_in, out, duplicates, latencies, acked_ms, started)
+        return marks
 
-    def _count_batch(
-        self,
-        counts_in: dict[str, int],
-        out: dict[tuple[str, str], int],
-        duplicates: dict[str, int],
-        latencies: list[tuple[str, int]],
-        acked_ms: int,
-        started: float,
-    ) -> None:
+    def _stats_partition(self, campaign: str) -> int:
+        target = self._stats_partition_of.get(campaign)
+        if target is None:
+            # murmur2 is pure Python: computed once per campaign.
+            target = self._stats_partition_of[campaign] = stats_partition(
+                campaign.encode(), self._stats_partitions
+            )
+        return target
+
+    def _count_batch(self, tally: _Tally, acked_ms: int, started: float) -> None:
         """Counters once per batch and label set, not per record."""
-        end_to_end = {v: metrics.END_TO_END_SECONDS.labels(v).observe for v in counts_in}
-        for vendor, ingested_at in latencies:
+        end_to_end = {v: metrics.END_TO_END_SECONDS.labels(v).observe for v in tally.records_in}
+        for vendor, ingested_at in tally.ingested:
             end_to_end[vendor](max(0, acked_ms - ingested_at) / 1000)
-        for (vendor, event_type), n in out.items():
+        for (vendor, event_type), n in tally.out.items():
             metrics.EVENTS_OUT.labels(vendor, event_type).inc(n)
-        for vendor, n in duplicates.items():
+        for vendor, n in tally.duplicates.items():
             metrics.DUPLICATES.labels(vendor).inc(n)
         elapsed = time.perf_counter() - started
-        for vendor, n in counts_in.items():
+        for vendor, n in tally.records_in.items():
             metrics.RECORDS_IN.labels(vendor).inc(n)
             hist = metrics.PROCESSING_SECONDS.labels(vendor)
             for _ in range(n):

@@ -98,21 +98,3 @@ def test_expire_deletes_old_windows_only(table: WindowedTable) -> None:
 def test_window_size_must_be_positive(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         WindowedTable(Table(tmp_path), size_ms=0, keep_ms=1)
-
-
-def test_stats_updates_round_trip_and_earlier_format() -> None:
-    from processors.records import parse_stats_updates, stats_partition, stats_updates_value
-
-    value = stats_updates_value({"LEANPLUM|app|c1": [(1000, "SEND", "EMAIL")], "X|a|c": []})
-    assert parse_stats_updates(b"3", value) == [
-        ("LEANPLUM|app|c1", [[1000, "SEND", "EMAIL"]]),
-        ("X|a|c", []),
-    ]
-    # Before: one record per campaign, keyed by it, the value a list of increments.
-    assert parse_stats_updates(b"LEANPLUM|app|c1", b'[[5,"OPEN","PUSH"]]') == [
-        ("LEANPLUM|app|c1", [[5, "OPEN", "PUSH"]])
-    ]
-    # The Java client's murmur2 partitioner: stable, and within range.
-    parts = {stats_partition(f"c{i}".encode(), 6) for i in range(200)}
-    assert parts == set(range(6))
-    assert stats_partition(b"LEANPLUM|app|c1", 6) == stats_partition(b"LEANPLUM|app|c1", 6)
