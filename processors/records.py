@@ -102,9 +102,23 @@ def dead_letter_record(
 # --- campaign stats -------------------------------------------------------------------------
 
 
+def _escape(part: str) -> str:
+    return part.replace("%", "%25").replace("|", "%7C")
+
+
+def _unescape(part: str) -> str:
+    return part.replace("%7C", "|").replace("%25", "%")
+
+
 def campaign_key(event: CanonicalEvent) -> str:
-    """Stats are per (vendor, app_id, campaign_id); a missing part is an empty string."""
-    return f"{event.vendor.value}|{event.app_id or ''}|{event.campaign_id or ''}"
+    """Stats are per (vendor, app_id, campaign_id); a missing part is an empty string.
+
+    ``|`` separates the parts (and the window and start in the upsert key), so a ``|`` inside an
+    id is written ``%7C`` (and ``%`` as ``%25``): two campaigns never share a key.
+    """
+    return "|".join(
+        (event.vendor.value, _escape(event.app_id or ""), _escape(event.campaign_id or ""))
+    )
 
 
 def stats_increment(event: CanonicalEvent) -> tuple[int, str, str]:
@@ -185,7 +199,7 @@ def stats_record(
     counts: WindowCounts,
     now_ms: int,
 ) -> dict[str, Any]:
-    vendor, app_id, campaign_id = campaign.split("|", 2)
+    vendor, app_id, campaign_id = (_unescape(part) for part in campaign.split("|"))
     return {
         "vendor": vendor,
         "app_id": app_id or None,
