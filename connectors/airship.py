@@ -33,6 +33,7 @@ import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -609,6 +610,20 @@ class _Retry(Exception):
         self.kind = kind
 
 
+def _epoch_s(value: Any) -> float | None:
+    """An event's ISO-8601 ``processed`` time in epoch seconds; None if absent or unreadable
+    (the worker validates timestamps, the connector only reports lag)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        return None
+    return parsed.timestamp()
+
+
 def _offset_of(record: dict[str, Any]) -> str | None:
     value = record.get("offset")
     if isinstance(value, str) and value:
@@ -647,6 +662,7 @@ class AirshipConnector:
         # Bound once: labels() per record is measurable at thousands of events a second.
         self._m_records = metrics.CONNECTOR_RECORDS.labels(CONNECTOR)
         self._m_bytes = metrics.CONNECTOR_BYTES.labels(CONNECTOR)
+        self._m_behind = metrics.AIRSHIP_BEHIND.labels(CONNECTOR)
 
     # -- checkpointing --
 
@@ -755,6 +771,11 @@ class AirshipConnector:
         event_id = record.get("id")
         key = event_id if isinstance(event_id, str) and event_id else None
         self._publish(key, payload, offset)
+        processed = _epoch_s(record.get("processed"))
+        if processed is not None:
+            # How far behind Airship the connector reads (a replay from EARLIEST starts days
+            # behind and should fall to seconds).
+            self._m_behind.set(max(0.0, time.time() - processed))
 
     def _publish(self, key: str | None, payload: bytes, offset: str | None) -> None:
         slot = self.tracker.add(offset)

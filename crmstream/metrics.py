@@ -108,6 +108,12 @@ KINESIS_MILLIS_BEHIND = Gauge(
     ["connector"],
 )
 
+AIRSHIP_BEHIND = Gauge(
+    "crm_airship_behind_seconds",
+    "Age of the newest event read from the Airship stream, from its processed time",
+    ["connector"],
+)
+
 
 def serve(port: int) -> None:
     """Expose ``/metrics`` on ``port`` (0 disables)."""

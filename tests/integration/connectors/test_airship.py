@@ -172,6 +172,9 @@ def test_start_earliest_keepalives_offset_updates_redirect_and_gzip(
     assert stats.invalid_lines == 1 and stats.records == 26
     assert stats.checkpoint == offset_of(24)
     assert checkpoints(settings)[f"{APP_KEY}/events/all"]["resume_offset"] == offset_of(24)
+    # The events were processed by Airship on 2024-05-01: the connector reads that far behind.
+    behind = _metric("crm_airship_behind_seconds")
+    assert behind == pytest.approx(time.time() - 1714557601.5, abs=60)
 
     # The 307 dance: the same body POSTed again to the same URL, with the cookie it set.
     redirect, replay_post = requests[0], requests[1]
