@@ -338,6 +338,12 @@ class Settings:
         parse_bool,
         "Faust exactly_once processing guarantee (needs Kafka transactions; not on Tansu)",
     )
+    event_loop: str = setting(
+        "EVENT_LOOP",
+        "uvloop",
+        lower_choice("uvloop", "asyncio"),
+        "The worker's event loop: uvloop (libuv; Faust runs ~25% faster on it) or asyncio",
+    )
     log_level: str = setting(
         "LOG_LEVEL", "INFO", choice("DEBUG", "INFO", "WARNING", "ERROR"), "Log level"
     )

@@ -154,6 +154,8 @@ def test_counts_stats_and_recovery_without_local_state(
     accounts = worker.wait_accounts(
         lambda acc: all(acc[v].raw_in == published[v] == acc[v].accounted for v in VENDORS)
     )
+    # The default CRM_EVENT_LOOP: these counts were reached on uvloop.
+    assert "worker starting on the uvloop event loop" in worker.log.read_text()
 
     for vendor, sample in samples.items():
         acc = accounts[vendor]
