@@ -284,6 +284,12 @@ class Settings:
         positive(parse_duration),
         "Longest wait to fill a worker batch",
     )
+    worker_max_inflight: int = setting(
+        "WORKER_MAX_INFLIGHT",
+        2,
+        positive(parse_int),
+        "Raw batches whose outputs may await Kafka's acknowledgement while the next is processed",
+    )
     stats_batch_size: int = setting(
         "STATS_BATCH_SIZE",
         500,

@@ -26,11 +26,12 @@ partition.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -118,6 +119,19 @@ class _Tally:
     ingested: list[tuple[str, int]] = field(default_factory=list)  # (vendor, ingested_at)
 
 
+@dataclass
+class _InFlight:
+    """A raw batch whose outputs are produced but not yet acknowledged by Kafka."""
+
+    acked: Awaitable[dict[tuple[str, int], int]]
+    events: Sequence[EventT]
+    marks: dict[int, list[tuple[bytes, bytes]]]
+    keys: list[bytes]  # the marks' keys, held in Pipeline._pending_keys meanwhile
+    tally: _Tally
+    started: float
+    done: asyncio.Future[None]  # set once its marks are written and its events acked
+
+
 def changelog_specs(settings: Settings) -> list[TopicSpec]:
     """The Faust changelog topics, created up front with the configured partitions and
     replication (Faust would create them with its own defaults otherwise)."""
@@ -165,6 +179,11 @@ class Pipeline:
         self._outputs_started = False
         self._stats_partitions = settings.partitions
         self._stats_partition_of: dict[str, int] = {}
+        # Raw batches produced but not yet acknowledged (CRM_WORKER_MAX_INFLIGHT): the next
+        # batch is normalized and produced meanwhile instead of waiting for a broker round trip.
+        self._slots = asyncio.Semaphore(settings.worker_max_inflight)
+        self._last_in_flight: _InFlight | None = None
+        self._pending_keys: set[bytes] = set()
 
         self.app = faust.App(
             # Under the topic prefix, so that Faust's own topics (table changelogs, the assignor's
@@ -269,16 +288,32 @@ class Pipeline:
     # -- raw records ---------------------------------------------------------------------
 
     async def _normalize_agent(self, stream: Any) -> None:
-        async for batch in stream.take_events(
-            self.settings.worker_batch_size, within=self.settings.worker_batch_within_s
-        ):
-            try:
-                await self.process_raw_batch(batch)
-            except Exception as exc:
-                _die(exc, "processing a raw batch")
+        try:
+            async for batch in stream.take_events(
+                self.settings.worker_batch_size, within=self.settings.worker_batch_within_s
+            ):
+                try:
+                    await self.process_raw_batch(batch)
+                except Exception as exc:
+                    _die(exc, "processing a raw batch")
+        finally:
+            # Stopping (or rebalancing): let the batches in flight finish, so that their marks
+            # are written and their offsets can be committed.
+            last = self._last_in_flight
+            if last is not None and not last.done.done():
+                with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(asyncio.shield(last.done), timeout=30)
 
     async def process_raw_batch(self, batch: Sequence[EventT]) -> None:
-        """Normalize, dedupe and emit one batch; write its dedupe marks once Kafka acked it."""
+        """Normalize, dedupe and produce one batch, and hand it to :meth:`_finish`, which writes
+        its dedupe marks and releases its raw records once Kafka acknowledged its outputs.
+
+        Returns before that acknowledgement (up to ``CRM_WORKER_MAX_INFLIGHT`` batches wait for
+        theirs at once). Meanwhile each raw record holds a reference, so Faust does not count it
+        as processed (nor commit its offset) when ``take_events`` moves on to the next batch; and
+        the batch's dedupe keys are held in memory, so the next batch sees them as marked.
+        """
+        await self._slots.acquire()
         started = time.perf_counter()
         await self._start_outputs()
         now_ms = time.time_ns() // 1_000_000
@@ -286,14 +321,48 @@ class Pipeline:
         candidates = self._normalize(batch, now_ms, tally)
         found = self._marked(candidates)
         marks = self._emit(candidates, found, now_ms, tally)
-        # Everything this batch produced must be acknowledged before any dedupe mark is written.
-        # (That acknowledgement also covers the previous batch's changelog records.)
-        self.dedupe.set_persisted_offsets(await self.outputs.acked())
-        acked_ms = time.time_ns() // 1_000_000
-        for partition, items in marks.items():
-            # Local RocksDB now; the changelog records go with the next batch's outputs.
-            self.dedupe.put_many(partition, items, self.outputs)
-        self._count_batch(tally, acked_ms, started)
+        for event in batch:
+            event.message.incref()
+        keys = [key for items in marks.values() for key, _ in items]
+        self._pending_keys.update(keys)
+        in_flight = _InFlight(
+            self.outputs.seal(),
+            batch,
+            marks,
+            keys,
+            tally,
+            started,
+            asyncio.get_running_loop().create_future(),
+        )
+        previous, self._last_in_flight = self._last_in_flight, in_flight
+        task = asyncio.ensure_future(self._finish(in_flight, previous))
+        task.add_done_callback(_die_if_failed)
+
+    async def _finish(self, batch: _InFlight, previous: _InFlight | None) -> None:
+        """After ``previous``, and once Kafka acknowledged the batch's outputs: write its dedupe
+        marks, release its raw records (Faust may now commit them) and count it."""
+        try:
+            if previous is not None:
+                await previous.done
+            offsets = await batch.acked
+            acked_ms = time.time_ns() // 1_000_000
+            self.dedupe.set_persisted_offsets(offsets)
+            for partition, items in batch.marks.items():
+                self.dedupe.put_many(partition, items, self.outputs)
+            self._pending_keys.difference_update(batch.keys)
+            on_message_out = self.app.sensors.on_message_out
+            for event in batch.events:
+                if event.ack():
+                    message = event.message
+                    on_message_out(message.tp, message.offset, message)
+            self._count_batch(batch.tally, acked_ms, batch.started)
+        finally:
+            self._slots.release()
+            if not batch.done.done():
+                batch.done.set_result(None)
+        # The marks' changelog records (this task's own batch of outputs): once acknowledged,
+        # a restart with this local state restores only what came after them.
+        self.dedupe.set_persisted_offsets(await self.outputs.seal())
 
     def _normalize(self, batch: Sequence[EventT], now_ms: int, tally: _Tally) -> list[_Candidate]:
         """Every record of the batch through its vendor's normalizer. Rejected records go to the
@@ -374,9 +443,10 @@ class Pipeline:
             keys.append(c.current)
             keys.append(c.previous)
         found: set[bytes] = set()
+        pending = self._pending_keys
         for partition, keys in lookups.items():
             for key, value in zip(keys, self.dedupe.get_many(partition, keys), strict=True):
-                if value is not None:
+                if value is not None or key in pending:
                     found.add(key)
         return found
 
@@ -517,6 +587,11 @@ class Pipeline:
         offsets = await outputs.acked()
         for table in self.stats_tables.values():
             table.set_persisted_offsets(offsets)
+
+
+def _die_if_failed(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        _die(task.exception() or RuntimeError(), "finishing a raw batch")
 
 
 def create_pipeline(settings: Settings) -> Pipeline:

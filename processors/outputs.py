@@ -1,8 +1,9 @@
 """How the worker writes its output records, and waits for Kafka to acknowledge a batch of them.
 
 Two implementations of one small interface (``send`` a record, then ``await acked()`` once per
-batch). Each asyncio task (each agent) has its own batch, so one agent's ``acked()`` never waits
-for, or reports, another agent's records:
+batch, or ``seal()`` the batch and await it later while the next one is being produced). Each
+asyncio task (each agent) has its own batch, so one agent's ``acked()`` never waits for, or
+reports, another agent's records:
 
 * :class:`ConfluentOutputs` (the default): a confluent-kafka producer owned by the pipeline.
   ``produce()`` is a C call; delivery reports come back on a poll thread and complete one asyncio
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Awaitable
 from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, Message, Producer
@@ -45,12 +47,22 @@ class Outputs(Protocol):
         the ``acked()`` that covers it."""
         ...
 
+    def seal(self) -> Awaitable[Offsets]:
+        """End this task's batch: what it sends next starts a new one. The awaitable completes
+        when every record of the sealed batch is acknowledged (raises if one was not), with the
+        newest offset per changelog partition among them."""
+        ...
+
     async def acked(self) -> Offsets:
-        """Wait until every record this task sent since its last call is acknowledged; raise if
-        one was not. Returns the newest offset per changelog partition among them."""
+        """``await seal()``: wait until every record this task sent since its last batch ended
+        is acknowledged."""
         ...
 
     def close(self) -> None: ...
+
+
+async def _no_offsets() -> Offsets:
+    return {}
 
 
 def _partitions(metadata: Any, topic: str) -> int:
@@ -100,6 +112,10 @@ class _Batch:
             finished = self.done >= self.expected
         if finished:
             self._resolve()
+
+    async def wait(self) -> Offsets:
+        await self.future
+        return self.offsets
 
     def _resolve(self) -> None:
         if self.future.done():
@@ -185,13 +201,15 @@ class ConfluentOutputs:
                 # librdkafka's local queue is full: the poll thread is draining it.
                 producer.poll(0.01)
 
-    async def acked(self) -> Offsets:
+    def seal(self) -> Awaitable[Offsets]:
         batch = self._batches.pop(asyncio.current_task(), None)
         if batch is None:
-            return {}
+            return _no_offsets()
         batch.close()
-        await batch.future
-        return batch.offsets
+        return batch.wait()
+
+    async def acked(self) -> Offsets:
+        return await self.seal()
 
     def close(self) -> None:
         self._stop.set()
@@ -231,8 +249,14 @@ class FaustOutputs:
             asyncio.ensure_future(self._producer.send(topic, key, value, partition, None, None))
         )
 
+    def seal(self) -> Awaitable[Offsets]:
+        return self._wait(self._pending.pop(asyncio.current_task(), []))
+
     async def acked(self) -> Offsets:
-        pending = self._pending.pop(asyncio.current_task(), [])
+        return await self.seal()
+
+    @staticmethod
+    async def _wait(pending: list[Any]) -> Offsets:
         offsets: Offsets = {}
         if pending:
             # Each send resolves to the delivery future; wait for those too.

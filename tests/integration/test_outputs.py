@@ -57,3 +57,32 @@ def test_each_task_acks_its_own_batch(settings_factory: Callable[..., Settings])
             assert offsets == sorted(offsets) and len(set(offsets)) == 3
     records = read_topic(settings, out, until=lambda r: len(r) >= 3 * (40 + 25))
     assert len(records) == 3 * (40 + 25)
+
+
+def test_a_sealed_batch_is_awaited_while_the_next_is_sent(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    settings = settings_factory(CRM_PARTITIONS="1")
+    create_topics(settings, extra=[TopicSpec("out", "test output"), TopicSpec("log", "log")])
+    out, log = settings.topic("out"), settings.topic("log")
+    outputs = ConfluentOutputs(settings)
+
+    async def main() -> list[dict[tuple[str, int], int]]:
+        await outputs.start()
+        sealed = []
+        for round_ in range(3):
+            for i in range(20):
+                outputs.send(out, f"{round_}-{i}".encode(), b"v")
+            outputs.send_changelog(log, 0, f"k{round_}".encode(), b"1")
+            sealed.append(outputs.seal())
+        return [await s for s in sealed]
+
+    try:
+        reports = asyncio.run(main())
+    finally:
+        outputs.close()
+
+    # Each sealed batch reports its own changelog record: three batches, three offsets.
+    offsets = [r[(log, 0)] for r in reports]
+    assert len(set(offsets)) == 3 and offsets == sorted(offsets)
+    assert len(read_topic(settings, out, until=lambda r: len(r) >= 60)) == 60

@@ -245,3 +245,30 @@ def test_counts_stats_and_recovery_without_local_state(
         assert acc.duplicates >= sample.expected_events + sample.expected_duplicates, vendor
     events_after = read_topic(settings, events_topic, until=lambda r: len(r) >= expected_events)
     assert len(events_after) == expected_events
+
+
+def test_a_copy_arriving_while_the_first_awaits_its_ack_is_a_duplicate(
+    worker: WorkerProcess, worker_env: dict[str, str]
+) -> None:
+    """Batches of one record, several in flight: the second copy of each event is read while
+    the first copy's batch still waits for Kafka's acknowledgement (its dedupe mark is not in
+    RocksDB yet), and must still be dropped."""
+    worker.env.update(CRM_WORKER_BATCH_SIZE="1", CRM_WORKER_MAX_INFLIGHT="4")
+    settings = Settings.from_env(worker.env)
+    create_topics(settings, extra=changelog_specs(settings))
+    sample = _samples()["pinpoint"]
+    doubled = SampleSet(sample.vendor, [record for record in sample.records for _ in range(2)])
+    published = publish_samples(settings, {"pinpoint": doubled})
+    worker.start()
+    accounts = worker.wait_accounts(
+        lambda acc: acc["pinpoint"].raw_in == published["pinpoint"] == acc["pinpoint"].accounted
+    )
+
+    acc = accounts["pinpoint"]
+    assert acc.canonical_out == sample.expected_events
+    assert acc.duplicates == 2 * sample.expected_duplicates + sample.expected_events
+    events_topic = settings.topic("events")
+    events = read_topic(settings, events_topic, until=lambda r: len(r) >= sample.expected_events)
+    ids = [m.key() for m in events]
+    assert len(ids) == sample.expected_events
+    assert len(set(ids)) == len(ids), "a copy read while the first was in flight got through"
