@@ -1,6 +1,6 @@
 """The Faust floor: how fast a Faust agent reads the benchmark's raw topics when it does nothing.
 
-The same Faust settings as the worker (broker options from :func:`crmstream.kafka.
+The same Faust settings and event loop as the worker (broker options from :func:`crmstream.kafka.
 faust_broker_kwargs`, ``take_events`` batches of ``CRM_WORKER_BATCH_SIZE`` within
 ``CRM_WORKER_BATCH_WITHIN``), the same generated raw records, and an agent that only counts
 them. Whatever it reaches bounds any Faust worker on this machine and broker, crm-stream
@@ -34,6 +34,7 @@ from crmstream.demo import TANSU_PROFILE, read_env_file
 from crmstream.kafka import faust_broker_kwargs
 from crmstream.settings import Settings
 from crmstream.topics import VENDORS, create_topics, raw_topic
+from processors.app import use_event_loop
 
 
 def measure(bootstrap: str, events: int, partitions: int, workdir: Path) -> dict[str, Any]:
@@ -48,6 +49,7 @@ def measure(bootstrap: str, events: int, partitions: int, workdir: Path) -> dict
         }
     )
     settings = Settings.from_env(env)
+    use_event_loop(settings.event_loop)  # the worker's loop (CRM_EVENT_LOOP, default uvloop)
     create_topics(settings)
     data = generate.generate(events)
     total = data.total
