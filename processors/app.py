@@ -164,6 +164,7 @@ class Pipeline:
 
     def __init__(self, settings: Settings) -> None:
         faust_patches.apply()
+        faust_patches.set_fetch_max_wait(settings.consumer_fetch_max_wait_s)
         self.settings = settings
         self.serde = AvroSerde(settings)
         self.events_topic = settings.topic("events")

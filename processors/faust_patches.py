@@ -86,3 +86,37 @@ def apply() -> None:
     for (cls, name), replacement in patches.items():
         setattr(cls, name, replacement)
     setattr(Consumer, _APPLIED, True)
+
+
+# Faust 0.15.3 builds its worker consumer with ``fetch_max_wait_ms=1500`` and no setting for it.
+FAUST_FETCH_MAX_WAIT_S = 1.5
+
+
+def set_fetch_max_wait(seconds: float) -> None:
+    """Make the worker consumer's fetch wait ``seconds`` (``CRM_CONSUMER_FETCH_MAX_WAIT``) at
+    most on the broker for new records, instead of Faust's fixed 1.5 s.
+
+    A real Kafka answers a fetch as soon as a record arrives, so this is only a ceiling there.
+    Tansu measured like a broker that holds the fetch for the whole wait (one produce -> consume
+    hop: p50 221 ms with a 500 ms wait, 79 ms with 50 ms), so the dev profile shortens it.
+    """
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    create = getattr(
+        AIOKafkaConsumerThread,
+        "_crm_original_create",
+        AIOKafkaConsumerThread._create_worker_consumer,
+    )
+    if seconds == FAUST_FETCH_MAX_WAIT_S:
+        AIOKafkaConsumerThread._create_worker_consumer = create  # type: ignore[method-assign]
+        return
+    wait_ms = max(1, int(seconds * 1000))
+
+    @functools.wraps(create)
+    def create_worker_consumer(self: Any, transport: Any) -> Any:
+        consumer = create(self, transport)
+        consumer._fetch_max_wait_ms = wait_ms  # read when the consumer starts its fetcher
+        return consumer
+
+    AIOKafkaConsumerThread._crm_original_create = create  # type: ignore[attr-defined]
+    AIOKafkaConsumerThread._create_worker_consumer = create_worker_consumer  # type: ignore[method-assign]
