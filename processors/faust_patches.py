@@ -19,7 +19,8 @@ after a restart.
 The fix keeps Faust's code and changes only the order. While either method runs, a stream
 partition's resume is held back until ``perform_seek`` has finished (changelog partitions are not
 held). No stream record is handed
-out before its partition has been positioned.
+out before its partition has been positioned. A stream partition with no committed offset is
+positioned at its start (see :func:`_rewind_uncommitted`).
 """
 
 from __future__ import annotations
@@ -51,6 +52,25 @@ def _hold_resumes(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaita
     return wrapper
 
 
+async def _rewind_uncommitted(consumer: Any) -> None:
+    """Seek stream partitions that have no committed offset back to the start.
+
+    Faust's seek moves a partition only to its committed offset. A partition with none keeps the
+    fetch position it had, and records prefetched during recovery may already be past it: Faust
+    skipped them because flow control was off. A worker killed before its first commit and then
+    restarted read its raw partitions up to the end that way and processed nothing; seen on
+    Tansu under CPU load. With ``consumer_auto_offset_reset=earliest`` (Faust's default), a
+    partition with no committed offset starts at the beginning, so seeking there is what a
+    fresh start does anyway. Records that were already processed are read again (at-least-once)
+    and dropped as duplicates.
+    """
+    if consumer.app.conf.consumer_auto_offset_reset != "earliest":
+        return
+    for tp in consumer.assignment():
+        if not consumer._is_changelog_tp(tp) and consumer._read_offset.get(tp) is None:
+            await consumer.seek(tp, 0)
+
+
 def apply() -> None:
     """Install the fix once per process."""
     if getattr(Consumer, _APPLIED, False):
@@ -72,6 +92,7 @@ def apply() -> None:
 
     async def seek_then_resume(self: Any) -> None:
         await perform_seek(self)
+        await _rewind_uncommitted(self)
         held = getattr(self, "_crm_held_resumes", None)
         if held:
             self._crm_held_resumes = set()

@@ -274,15 +274,6 @@ def test_a_copy_arriving_while_the_first_awaits_its_ack_is_a_duplicate(
     assert len(set(ids)) == len(ids), "a copy read while the first was in flight got through"
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "known bug, not fixed yet: a worker SIGKILLed about a second after it started (before "
-        "its first offset commit) and restarted on the same local state sometimes reads no raw "
-        "record at all (recovery logs 'Worker ready', then nothing). Seen under CPU load on "
-        "Tansu, also on the code before batches in flight (3e4b6cb); passes when run alone."
-    ),
-)
 def test_a_worker_killed_mid_stream_loses_nothing(
     worker: WorkerProcess, worker_env: dict[str, str], tmp_path: Path
 ) -> None:
