@@ -31,7 +31,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -290,13 +290,13 @@ class Pipeline:
 
     async def _normalize_agent(self, stream: Any) -> None:
         try:
-            async for batch in stream.take_events(
-                self.settings.worker_batch_size, within=self.settings.worker_batch_within_s
-            ):
-                try:
-                    await self.process_raw_batch(batch)
-                except Exception as exc:
-                    _die(exc, "processing a raw batch")
+            await _each_batch(
+                stream,
+                self.settings.worker_batch_size,
+                self.settings.worker_batch_within_s,
+                self.process_raw_batch,
+                "processing a raw batch",
+            )
         finally:
             # Stopping (or rebalancing): let the batches in flight finish, so that their marks
             # are written and their offsets can be committed.
@@ -522,13 +522,13 @@ class Pipeline:
         # Every window touched in a batch costs one table write, one changelog record and one
         # upsert, so larger batches cost less per increment (CRM_STATS_BATCH_SIZE). Batches of
         # 5000 within 1 s stalled the restart test on Tansu; the default stays at 500.
-        async for batch in stream.take_events(
-            self.settings.stats_batch_size, within=self.settings.stats_batch_within_s
-        ):
-            try:
-                await self.process_stats_batch(batch)
-            except Exception as exc:
-                _die(exc, "processing a stats batch")
+        await _each_batch(
+            stream,
+            self.settings.stats_batch_size,
+            self.settings.stats_batch_within_s,
+            self.process_stats_batch,
+            "processing a stats batch",
+        )
 
     async def process_stats_batch(self, batch: Sequence[EventT]) -> None:
         """Add a batch of increments to the windows, then write each touched window once.
@@ -585,9 +585,25 @@ class Pipeline:
                 )
             table.put_many(partition, items, outputs)
             metrics.STATS_UPSERTS.labels(label).inc(len(items))
-        offsets = await outputs.acked()
+        offsets = await outputs.seal()
         for table in self.stats_tables.values():
             table.set_persisted_offsets(offsets)
+
+
+async def _each_batch(
+    stream: Any,
+    size: int,
+    within: float,
+    process: Callable[[Sequence[EventT]], Awaitable[None]],
+    what: str,
+) -> None:
+    """``process`` every batch of up to ``size`` events (waiting ``within`` at most to fill one);
+    an error stops the worker before Faust can ack the batch (see :func:`_die`)."""
+    async for batch in stream.take_events(size, within=within):
+        try:
+            await process(batch)
+        except Exception as exc:
+            _die(exc, what)
 
 
 def _die_if_failed(task: asyncio.Future[None]) -> None:

@@ -56,13 +56,13 @@ async def _rewind_uncommitted(consumer: Any) -> None:
     """Seek stream partitions that have no committed offset back to the start.
 
     Faust's seek moves a partition only to its committed offset. A partition with none keeps the
-    fetch position it had, and records prefetched during recovery may already be past it: Faust
-    skipped them because flow control was off. A worker killed before its first commit and then
-    restarted read its raw partitions up to the end that way and processed nothing; seen on
-    Tansu under CPU load. With ``consumer_auto_offset_reset=earliest`` (Faust's default), a
-    partition with no committed offset starts at the beginning, so seeking there is what a
-    fresh start does anyway. Records that were already processed are read again (at-least-once)
-    and dropped as duplicates.
+    fetch position it had, and records prefetched during recovery may already be past it without
+    ever reaching an agent (most likely skipped while flow control was off). A worker killed
+    before its first commit and then restarted read its raw partitions up to the end that way
+    and processed nothing; seen on Tansu under CPU load. With
+    ``consumer_auto_offset_reset=earliest`` (Faust's default), a partition with no committed
+    offset starts at the beginning, so seeking there is what a fresh start does anyway. Records
+    that were already processed are read again (at-least-once) and dropped as duplicates.
     """
     if consumer.app.conf.consumer_auto_offset_reset != "earliest":
         return

@@ -1,9 +1,9 @@
 """How the worker writes its output records, and waits for Kafka to acknowledge a batch of them.
 
-Two implementations of one small interface (``send`` a record, then ``await acked()`` once per
-batch, or ``seal()`` the batch and await it later while the next one is being produced). Each
-asyncio task (each agent) has its own batch, so one agent's ``acked()`` never waits for, or
-reports, another agent's records:
+Two implementations of one small interface: ``send`` records, then ``seal()`` the batch and
+await what it returns, at once or later while the next batch is being produced. Each asyncio task
+(each agent) has its own batch, so one agent's ``seal()`` never waits for, or reports, another
+agent's records:
 
 * :class:`ConfluentOutputs` (the default): a confluent-kafka producer owned by the pipeline.
   ``produce()`` is a C call; delivery reports come back on a poll thread and complete one asyncio
@@ -44,18 +44,13 @@ class Outputs(Protocol):
 
     def send_changelog(self, topic: str, partition: int, key: bytes, value: bytes) -> None:
         """Send a table changelog record to an explicit partition; its offset is reported by
-        the ``acked()`` that covers it."""
+        the ``seal()`` that covers it."""
         ...
 
     def seal(self) -> Awaitable[Offsets]:
         """End this task's batch: what it sends next starts a new one. The awaitable completes
         when every record of the sealed batch is acknowledged (raises if one was not), with the
         newest offset per changelog partition among them."""
-        ...
-
-    async def acked(self) -> Offsets:
-        """``await seal()``: wait until every record this task sent since its last batch ended
-        is acknowledged."""
         ...
 
     def close(self) -> None: ...
@@ -208,9 +203,6 @@ class ConfluentOutputs:
         batch.close()
         return batch.wait()
 
-    async def acked(self) -> Offsets:
-        return await self.seal()
-
     def close(self) -> None:
         self._stop.set()
         if self._thread.is_alive():
@@ -251,9 +243,6 @@ class FaustOutputs:
 
     def seal(self) -> Awaitable[Offsets]:
         return self._wait(self._pending.pop(asyncio.current_task(), []))
-
-    async def acked(self) -> Offsets:
-        return await self.seal()
 
     @staticmethod
     async def _wait(pending: list[Any]) -> Offsets:

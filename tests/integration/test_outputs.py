@@ -33,9 +33,9 @@ def test_each_task_acks_its_own_batch(settings_factory: Callable[..., Settings])
                 outputs.send_changelog(changelog, i % 2, f"k{i}".encode(), b"1")
                 if i % 7 == 0:
                     await asyncio.sleep(0)  # let the other agent interleave its sends
-            reports.append(await outputs.acked())
+            reports.append(await outputs.seal())
         # Nothing sent since: an empty acknowledgement.
-        reports.append(await outputs.acked())
+        reports.append(await outputs.seal())
         return reports
 
     async def main() -> tuple[list, list]:
