@@ -36,6 +36,14 @@ END_TO_END_SECONDS = Histogram(
 STATS_UPSERTS = Counter(
     "crm_worker_stats_upserts_total", "Campaign-stats upserts produced", ["window"]
 )
+STATS_REPLAYED = Counter(
+    "crm_worker_stats_replayed_total",
+    "Stats increments a window had counted already (sent again after a restart): not recounted",
+)
+STATS_INVALID = Counter(
+    "crm_worker_stats_invalid_total",
+    "stats-updates records that could not be read, dead-lettered with reason invalid_stats_update",
+)
 STATS_LATE = Counter(
     "crm_worker_stats_late_total",
     "Events too old for an open stats window (older than CRM_STATS_RETENTION)",
@@ -43,6 +51,38 @@ STATS_LATE = Counter(
 TABLE_KEYS = Gauge("crm_worker_table_keys", "Keys held in a local table", ["table"])
 RAW_LAG = Gauge(
     "crm_worker_raw_topic_lag_records", "Records of a raw topic not yet processed", ["vendor"]
+)
+# Positions (processors/positions.py): `stream` is raw or stats, never a topic name.
+STALE_RECORDS = Counter(
+    "crm_worker_stale_records_total",
+    "Records handed over again below the position or after a seek, dropped unprocessed",
+    ["stream"],
+)
+REWINDS = Counter(
+    "crm_worker_rewinds_total",
+    "Partitions sought back because records were not handed over (a hole or a stall)",
+    ["stream", "cause"],
+)
+GAPS_ACCEPTED = Counter(
+    "crm_worker_offset_gaps_total",
+    "Offset gaps with no record in them (transaction markers, retention), passed over",
+    ["stream"],
+)
+RECORDS_LOST_TO_RETENTION = Counter(
+    "crm_worker_records_lost_to_retention_total",
+    "Offsets below a partition's start when it was read: deleted before being processed",
+    ["stream"],
+)
+OUTPUTS_READ_BACK = Counter(
+    "crm_worker_outputs_read_back_total",
+    "Outputs found already written after a restart, for raw records processed again: not "
+    "written twice",
+    ["vendor", "kind"],
+)
+TOO_LARGE = Counter(
+    "crm_worker_too_large_total",
+    "Outputs over CRM_MAX_MESSAGE_BYTES, dead-lettered with reason too_large",
+    ["vendor"],
 )
 
 # --- source connectors (label `connector` is a registry name; `kind` a fixed error class) -----

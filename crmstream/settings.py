@@ -345,11 +345,12 @@ class Settings:
         positive(parse_int),
         "Max batch bytes of table changelog records (Tansu dev profile: 1, so restores are exact)",
     )
-    exactly_once: bool = setting(
-        "EXACTLY_ONCE",
-        False,
-        parse_bool,
-        "Faust exactly_once processing guarantee (needs Kafka transactions; not on Tansu)",
+    max_message_bytes: int = setting(
+        "MAX_MESSAGE_BYTES",
+        1_000_000,
+        positive(parse_int),
+        "Largest output record (key, value and headers) the worker writes; a larger canonical "
+        "event becomes a too_large dead letter. At most the topics' max.message.bytes",
     )
     event_loop: str = setting(
         "EVENT_LOOP",

@@ -8,12 +8,29 @@ event is checked against the dedupe table (a tumbling window of ``CRM_DEDUPE_WIN
 record's Kafka timestamp, looked up in the current and the previous window, so an id is
 remembered for at least one full window and at most two), sent to ``events`` keyed by
 ``event_id``, and its stats increment goes to ``stats-updates``, to its campaign's partition
-(one record per partition and batch). Only after Kafka acknowledged the batch's outputs are the
-dedupe marks written: a crash may repeat an event, never lose one.
+(one record per partition and batch). Only after Kafka acknowledged the batch's outputs are its
+dedupe marks written, with the raw partitions' new positions, in one RocksDB write batch.
 
 ``stats_agent`` consumes ``stats-updates`` (so each campaign is counted by exactly one worker),
 adds each increment to a tumbling window per configured size on ``occurred_at``, and emits the
 window's new totals to the compacted ``campaign-stats`` topic as an upsert.
+
+What a crash (kill -9 at any moment, with or without the local state) cannot do:
+
+* **lose a record**: every stream partition's position is kept by what the agents processed
+  (:mod:`processors.positions`): a record Faust drops is noticed and read again, and only a
+  processed, acknowledged position is committed (:mod:`processors.faust_patches`). A raw
+  partition's position is saved with its dedupe marks, atomically;
+* **write an event or a dead letter twice**: every output carries its raw record's position
+  (header ``raw_position``). A restarted worker reads back what an earlier run wrote for records
+  beyond the saved position (:meth:`Probe.read_back`) and does not write those outputs again.
+  Processing from the saved position, with the dedupe state saved with it, decides exactly as
+  the earlier run did;
+* **count an event twice**: each stats increment carries its raw position, and each window
+  remembers the highest raw offset it counted per raw partition, in the same value as its
+  counts (:class:`processors.records.WindowCounts`). The agent writes a window locally only
+  after its changelog record and upsert are acknowledged, and upserts every window it touched,
+  so the latest upsert of a window is its exact count.
 
 The tables are Faust tables in RocksDB (changelog, restore, standbys and assignment are Faust's),
 read and written a batch at a time through :mod:`processors.state`.
@@ -48,8 +65,11 @@ from crmstream.topics import VENDORS, TopicSpec, create_topics, raw_topic
 from processors import faust_patches
 from processors.normalize import NORMALIZERS
 from processors.normalize.model import CanonicalEvent, NormalizeContext, Rejected, Skipped
-from processors.outputs import ConfluentOutputs, FaustOutputs, Outputs
+from processors.outputs import ConfluentOutputs, Headers, Offsets, Outputs
+from processors.positions import TP, PositionTracker, TopicPartition, Verdict
+from processors.probe import RAW_POSITION_HEADER, Probe, raw_position
 from processors.records import (
+    Increment,
     RawPosition,
     WindowCounts,
     campaign_key,
@@ -57,6 +77,7 @@ from processors.records import (
     dead_letter_record,
     headers_dict,
     parse_stats_updates,
+    raw_source,
     stats_increment,
     stats_partition,
     stats_record,
@@ -70,6 +91,12 @@ log = logging.getLogger("crmstream.worker")
 
 EXIT_BUG = 70  # EX_SOFTWARE: an unexpected error stopped the worker
 
+# A raw partition's saved position lives in its dedupe table partition, next to the marks
+# (``__`` sorts after the window keys' digits, so window expiry never deletes it).
+POSITION_KEY_PREFIX = b"__crm/position/"
+# What a Kafka record costs besides its key, value and headers (record and batch framing).
+RECORD_OVERHEAD_BYTES = 512
+
 
 class WorkerBug(Exception):
     """An error that is not about a bad record: the worker must stop, not skip."""
@@ -80,7 +107,7 @@ def _die(exc: BaseException, what: str) -> None:
 
     Faust acks the events of a batch when the batch's generator is closed, even by an error, and
     then commits them on shutdown. Exiting at once keeps them uncommitted, so the batch is
-    processed again after a restart (at-least-once) instead of being skipped.
+    processed again after a restart instead of being skipped.
     """
     log.critical("worker stopped: %s: %r", what, exc, exc_info=exc)
     logging.shutdown()
@@ -98,6 +125,39 @@ def _estimated_keys(table: WindowedTable) -> int:
     return total
 
 
+@dataclass(frozen=True, slots=True)
+class SavedPosition:
+    """A raw partition's saved position: every record below ``next`` is processed, its outputs
+    acknowledged and its dedupe marks written. ``floors``: per output partition, an offset after
+    which every output of a record at or above ``next`` lands (the newest output offsets
+    acknowledged when it was saved), where a read-back after a crash starts."""
+
+    next: int
+    floors: dict[TopicPartition, int]
+
+    def encode(self, floors_json: bytes | None = None) -> bytes:
+        if floors_json is None:
+            floors_json = _floors_json(self.floors)
+        return b'{"next":%d,"floors":%s}' % (self.next, floors_json)
+
+    @classmethod
+    def decode(cls, value: bytes) -> SavedPosition:
+        data = orjson.loads(value)
+        floors = {}
+        for name, offset in data["floors"].items():
+            topic, partition = name.rsplit("/", 1)
+            floors[TopicPartition(topic, int(partition))] = int(offset)
+        return cls(int(data["next"]), floors)
+
+
+def _floors_json(floors: dict[TopicPartition, int]) -> bytes:
+    return orjson.dumps({f"{tp.topic}/{tp.partition}": offset for tp, offset in floors.items()})
+
+
+def position_key(raw_topic_name: str) -> bytes:
+    return POSITION_KEY_PREFIX + raw_topic_name.encode()
+
+
 class _Candidate(NamedTuple):
     """A canonical event of the batch, waiting for its dedupe lookup."""
 
@@ -107,6 +167,8 @@ class _Candidate(NamedTuple):
     id_bytes: bytes
     current: bytes  # its dedupe key in the current window
     previous: bytes  # and in the previous one
+    raw: bytes  # the raw record (a too_large dead letter keeps it)
+    raw_key: bytes | None
 
 
 @dataclass
@@ -123,13 +185,15 @@ class _Tally:
 class _InFlight:
     """A raw batch whose outputs are produced but not yet acknowledged by Kafka."""
 
-    acked: Awaitable[dict[tuple[str, int], int]]
+    acked: Awaitable[Offsets]
     events: Sequence[EventT]
     marks: dict[int, list[tuple[bytes, bytes]]]
     keys: list[bytes]  # the marks' keys, held in Pipeline._pending_keys meanwhile
+    ends: dict[TP, int]  # each raw partition's position after this batch
     tally: _Tally
     started: float
-    done: asyncio.Future[None]  # set once its marks are written and its events acked
+    written: asyncio.Future[None]  # its marks and positions are written locally
+    done: asyncio.Future[None]  # ... and their changelog records acknowledged
 
 
 def changelog_specs(settings: Settings) -> list[TopicSpec]:
@@ -176,6 +240,7 @@ class Pipeline:
         self.windows = settings.stats_window_seconds()
         self.window_size = dict(self.windows)
         self.stats_retention_ms = int(settings.stats_retention_s * 1000)
+        self.max_record_bytes = settings.max_message_bytes - RECORD_OVERHEAD_BYTES
         self._contexts: dict[str | None, NormalizeContext] = {}
         self._outputs_started = False
         self._stats_partitions = settings.partitions
@@ -185,6 +250,13 @@ class Pipeline:
         self._slots = asyncio.Semaphore(settings.worker_max_inflight)
         self._last_in_flight: _InFlight | None = None
         self._pending_keys: set[bytes] = set()
+        self._busy = {"raw": 0, "stats": 0}  # batches in hand or in flight, per agent
+        self.positions = PositionTracker()
+        self.probe = Probe(settings)
+        # Per output partition: the newest offset acknowledged (or, before the first, the end at
+        # start-up). Saved with each raw position as its read-back floors.
+        self.floors: dict[TopicPartition, int] = {}
+        self._floors_json: bytes | None = None
 
         self.app = faust.App(
             # Under the topic prefix, so that Faust's own topics (table changelogs, the assignor's
@@ -194,7 +266,6 @@ class Pipeline:
             datadir=str(settings.data_path / "faust"),
             topic_partitions=settings.partitions,
             topic_replication_factor=max(1, settings.replication_factor),
-            processing_guarantee="exactly_once" if settings.exactly_once else "at_least_once",
             web_enabled=False,
             key_serializer="raw",
             value_serializer="raw",
@@ -202,9 +273,8 @@ class Pipeline:
             **faust_broker_kwargs(settings),
         )
         app = self.app
-        self.outputs: Outputs = (
-            FaustOutputs(app, settings) if settings.exactly_once else ConfluentOutputs(settings)
-        )
+        app.crm_positions = self  # type: ignore[attr-defined]  # see faust_patches.Positioned
+        self.outputs: Outputs = ConfluentOutputs(settings)
         self.raw = app.topic(
             *self.vendor_of_topic,
             key_serializer="raw",
@@ -234,6 +304,7 @@ class Pipeline:
         app.agent(self.raw, name="normalize")(self._normalize_agent)
         app.agent(self.stats_updates, name="stats")(self._stats_agent)
         app.timer(interval=10.0, name="observe")(self._observe)
+        app.timer(interval=5.0, name="positions")(self._watch_positions)
         app.timer(interval=60.0, name="expire")(self._expire)
 
     # -- helpers -------------------------------------------------------------------------
@@ -262,6 +333,9 @@ class Pipeline:
             ctx = self._contexts[app_id] = NormalizeContext(app_id=app_id)
         return ctx
 
+    def _stream(self, topic: str) -> str:
+        return "stats" if topic == self.stats_updates_topic else "raw"
+
     async def _start_outputs(self) -> None:
         if not self._outputs_started:
             await self.outputs.start()
@@ -273,18 +347,224 @@ class Pipeline:
         """Gauges that are read, not counted: raw-topic lag and the tables' key counts."""
         consumer = self.app.consumer
         lag = dict.fromkeys(VENDORS, 0)
-        read_offsets = getattr(consumer, "_read_offset", {})
-        for tp in consumer.assignment():
+        for tp in self.positions.tracked():
             vendor = self.vendor_of_topic.get(tp.topic)
-            highwater = consumer.highwater(tp) if vendor else None
-            if vendor is None or highwater is None:
+            expected = self.positions.expected(tp)
+            if vendor is None or expected is None:
                 continue
-            read = read_offsets.get(tp)
-            lag[vendor] += max(0, highwater - (read + 1 if read is not None else 0))
+            highwater = _highwater(consumer, tp)
+            if highwater is not None:
+                lag[vendor] += max(0, highwater - expected)
         for vendor, records in lag.items():
             metrics.RAW_LAG.labels(vendor).set(records)
         for name, table in self._all_tables().items():
             metrics.TABLE_KEYS.labels(name).set(_estimated_keys(table))
+
+    # -- positions -----------------------------------------------------------------------
+
+    def committable(self, tp: Any) -> int | None:
+        """faust_patches.Positioned: the offset the consumer group may commit for ``tp``."""
+        return self.positions.committable(tp)
+
+    async def on_positioned(self, consumer: Any, *, after_rebalance: bool) -> None:
+        """faust_patches.Positioned: place every stream partition before it is resumed.
+
+        Outside a rebalance (Faust seeks to the committed offsets when a fetch returns while its
+        flow is stopped) a partition goes back to its own position. After a rebalance each
+        partition starts afresh: a raw partition at the position saved with its dedupe marks
+        (knowing which outputs beyond it an earlier run wrote), a stats partition at its
+        committed offset; a partition with neither at its first offset.
+        """
+        assigned = {tp for tp in consumer.assignment() if not consumer._is_changelog_tp(tp)}
+        if not after_rebalance:
+            for tp in sorted(assigned):
+                expected = self.positions.expected(tp)
+                if expected is not None:
+                    await self._seek(tp, expected)
+            return
+        for tp in self.positions.tracked():
+            if tp not in assigned:
+                self.positions.forget(tp)
+        await self._start_outputs()
+        committed = {tp: faust_patches.committed_offset(consumer, tp) for tp in assigned}
+        raw = sorted(tp for tp in assigned if tp.topic in self.vendor_of_topic)
+        stats = sorted(tp for tp in assigned if tp.topic == self.stats_updates_topic)
+        saved = {tp: self._saved_position(tp) for tp in raw}
+        if not self.floors:
+            output_tps = [
+                TopicPartition(topic, p)
+                for topic in (self.events_topic, self.dead_letter_topic)
+                for p in range(self.outputs.partitions(topic))
+            ]
+            ends = await asyncio.to_thread(self.probe.ends, output_tps)
+            self._raise_floors({tp: end - 1 for tp, end in ends.items()})
+        unplaced = [tp for tp in raw + stats if saved.get(tp) is None and committed[tp] is None]
+        starts = await asyncio.to_thread(self.probe.starts, unplaced) if unplaced else {}
+
+        # A raw partition without a saved position gets one before any of its records is
+        # processed: a crash before its first batch is saved must still find the floors.
+        fresh = {
+            tp: SavedPosition(_first(committed[tp], starts.get(tp)), dict(self.floors))
+            for tp in raw
+            if saved[tp] is None
+        }
+        if fresh:
+            for partition, items in _by_partition(
+                (tp.partition, position_key(tp.topic), position.encode())
+                for tp, position in fresh.items()
+            ).items():
+                self.dedupe.put_many(partition, items, self.outputs)
+            self.dedupe.set_persisted_offsets(await self.outputs.seal())
+
+        resumed = {tp: p for tp, p in saved.items() if p is not None}
+        landed: dict[TopicPartition, set[int]] = {}
+        if resumed:
+            floors: dict[TopicPartition, int] = {}
+            for position in resumed.values():
+                for otp, floor in position.floors.items():
+                    floors[otp] = min(floor, floors.get(otp, floor))
+            landed = await asyncio.to_thread(
+                self.probe.read_back, floors, {tp: p.next for tp, p in resumed.items()}
+            )
+        for tp in raw:
+            start = (saved[tp] or fresh[tp]).next
+            self.positions.start(tp, start, committed=committed[tp], landed=landed.get(tp, ()))
+            await self._seek(tp, start)
+        for tp in stats:
+            start = _first(committed[tp], starts.get(tp))
+            self.positions.start(tp, start, committed=committed[tp])
+            await self._seek(tp, start)
+        written_back = sum(len(v) for v in landed.values())
+        log.info(
+            "positioned %d raw and %d stats partitions (%d new); %d raw records already had "
+            "their outputs written",
+            len(raw),
+            len(stats),
+            len(fresh),
+            written_back,
+        )
+
+    def _saved_position(self, tp: TopicPartition) -> SavedPosition | None:
+        value = self.dedupe.get_many(tp.partition, [position_key(tp.topic)])[0]
+        return None if value is None else SavedPosition.decode(value)
+
+    def _raise_floors(self, offsets: dict[Any, int]) -> None:
+        outputs = (self.events_topic, self.dead_letter_topic)
+        changed = False
+        for (topic, partition), offset in offsets.items():
+            if topic in outputs:
+                tp = TopicPartition(topic, partition)
+                if offset > self.floors.get(tp, -2):
+                    self.floors[tp] = offset
+                    changed = True
+        if changed or self._floors_json is None:
+            self._floors_json = _floors_json(self.floors)
+
+    async def _seek(self, tp: Any, offset: int) -> None:
+        """Move ``tp``'s fetch position; leftovers of the old position are dropped after it."""
+        self.positions.rewind(tp, offset)
+        try:
+            await self.app.consumer.seek(tp, offset)
+        except Exception as exc:  # not assigned any more: the next rebalance places it
+            log.warning("seeking %s/%d to %d failed: %r", tp.topic, tp.partition, offset, exc)
+
+    async def _admit(self, batch: Sequence[EventT], stream: str) -> list[EventT]:
+        """The events of ``batch`` at their partition's position, in order; the others are
+        leftovers of an earlier fetch, or show that records were skipped (then read again)."""
+        admitted: list[EventT] = []
+        admit = self.positions.admit
+        stale = 0
+        for event in batch:
+            message = event.message
+            tp = message.tp
+            verdict = admit(tp, message.offset)
+            if verdict is Verdict.GAP:
+                verdict = await self._resolve_gap(tp, message.offset, stream)
+            if verdict is Verdict.PROCESS:
+                admitted.append(event)
+            else:
+                stale += 1
+        if stale:
+            metrics.STALE_RECORDS.labels(stream).inc(stale)
+        return admitted
+
+    async def _resolve_gap(self, tp: Any, offset: int, stream: str) -> Verdict:
+        """The consumer handed over ``offset`` beyond the position: ask the broker whether
+        records lie in between. If so they were dropped on the way: read them again. If not
+        (transaction markers, retention), go on from ``offset``."""
+        expected = self.positions.expected(tp)
+        assert expected is not None
+        first = await asyncio.to_thread(self.probe.first_offset, tp, expected)
+        if first is None or first < offset:
+            log.warning(
+                "%s/%d: handed offset %d while at %d; records from %s were skipped: reading "
+                "them again",
+                tp.topic,
+                tp.partition,
+                offset,
+                expected,
+                first,
+            )
+            metrics.REWINDS.labels(stream, "skipped").inc()
+            await self._seek(tp, expected if first is None else first)
+            return Verdict.STALE
+        await self._pass_over(tp, expected, offset, stream)
+        self.positions.accept_gap(tp, offset)
+        return self.positions.admit(tp, offset)
+
+    async def _pass_over(self, tp: Any, expected: int, first: int, stream: str) -> None:
+        """Offsets ``expected`` .. ``first - 1`` hold no record: say why."""
+        start = (await asyncio.to_thread(self.probe.starts, [tp]))[tp]
+        lost = max(0, min(start, first) - expected)
+        if lost:
+            metrics.RECORDS_LOST_TO_RETENTION.labels(stream).inc(lost)
+            log.error(
+                "%s/%d: offsets %d-%d were deleted (retention) before they were processed",
+                tp.topic,
+                tp.partition,
+                expected,
+                expected + lost - 1,
+            )
+        if first - expected > lost:
+            metrics.GAPS_ACCEPTED.labels(stream).inc()
+            log.info(
+                "%s/%d: no records at offsets %d-%d (transaction markers); going on",
+                tp.topic,
+                tp.partition,
+                expected + lost,
+                first - 1,
+            )
+
+    async def _watch_positions(self) -> None:
+        """A partition with records beyond its position that processes none of them for a
+        whole interval has lost them on the way (where no later record shows the hole): seek
+        it back to its position."""
+        if self.app.rebalancing:
+            return
+        consumer = self.app.consumer
+        for tp in self.positions.tracked():
+            stream = self._stream(tp.topic)
+            if self._busy[stream]:
+                continue
+            if not self.positions.stalled(tp, _highwater(consumer, tp)):
+                continue
+            expected = self.positions.expected(tp)
+            assert expected is not None
+            first = await asyncio.to_thread(self.probe.first_offset, tp, expected)
+            if first is None:
+                continue  # nothing to read after all
+            if first > expected:
+                await self._pass_over(tp, expected, first, stream)
+            log.warning(
+                "%s/%d: nothing processed beyond offset %d although records are there: "
+                "reading from %d again",
+                tp.topic,
+                tp.partition,
+                expected,
+                first,
+            )
+            metrics.REWINDS.labels(stream, "stalled").inc()
+            await self._seek(tp, first)
 
     # -- raw records ---------------------------------------------------------------------
 
@@ -298,8 +578,8 @@ class Pipeline:
                 "processing a raw batch",
             )
         finally:
-            # Stopping (or rebalancing): let the batches in flight finish, so that their marks
-            # are written and their offsets can be committed.
+            # Stopping: let the batches in flight finish, so that their marks and positions are
+            # saved and can be committed.
             last = self._last_in_flight
             if last is not None and not last.done.done():
                 with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
@@ -307,33 +587,47 @@ class Pipeline:
 
     async def process_raw_batch(self, batch: Sequence[EventT]) -> None:
         """Normalize, dedupe and produce one batch, and hand it to :meth:`_finish`, which writes
-        its dedupe marks and releases its raw records once Kafka acknowledged its outputs.
+        its dedupe marks and positions once Kafka acknowledged its outputs.
 
         Returns before that acknowledgement (up to ``CRM_WORKER_MAX_INFLIGHT`` batches wait for
-        theirs at once). Meanwhile each raw record holds a reference, so Faust does not count it
-        as processed (nor commit its offset) when ``take_events`` moves on to the next batch; and
-        the batch's dedupe keys are held in memory, so the next batch sees them as marked.
+        theirs at once). Meanwhile each raw record holds a reference, so Faust waits for it
+        before a rebalance; and the batch's dedupe keys are held in memory, so the next batch
+        sees them as marked.
         """
-        await self._slots.acquire()
+        self._busy["raw"] += 1
+        try:
+            admitted = await self._admit(batch, "raw")
+            if not admitted:
+                return
+            await self._slots.acquire()
+        finally:
+            self._busy["raw"] -= 1
+        self._busy["raw"] += 1
         started = time.perf_counter()
         await self._start_outputs()
         now_ms = time.time_ns() // 1_000_000
         tally = _Tally()
-        candidates = self._normalize(batch, now_ms, tally)
+        candidates = self._normalize(admitted, now_ms, tally)
         found = self._marked(candidates)
         marks = self._emit(candidates, found, now_ms, tally)
-        for event in batch:
-            event.message.incref()
+        ends: dict[TP, int] = {}
+        for event in admitted:
+            message = event.message
+            message.incref()
+            ends[message.tp] = message.offset + 1
         keys = [key for items in marks.values() for key, _ in items]
         self._pending_keys.update(keys)
+        loop = asyncio.get_running_loop()
         in_flight = _InFlight(
             self.outputs.seal(),
-            batch,
+            admitted,
             marks,
             keys,
+            ends,
             tally,
             started,
-            asyncio.get_running_loop().create_future(),
+            loop.create_future(),
+            loop.create_future(),
         )
         previous, self._last_in_flight = self._last_in_flight, in_flight
         task = asyncio.ensure_future(self._finish(in_flight, previous))
@@ -341,15 +635,22 @@ class Pipeline:
 
     async def _finish(self, batch: _InFlight, previous: _InFlight | None) -> None:
         """After ``previous``, and once Kafka acknowledged the batch's outputs: write its dedupe
-        marks, release its raw records (Faust may now commit them) and count it."""
+        marks and its raw partitions' positions (one RocksDB write batch per partition, and
+        their changelog records), release its raw records and count it. Once the changelog
+        records are acknowledged too, the positions may be committed."""
         try:
             if previous is not None:
-                await previous.done
+                await previous.written
             offsets = await batch.acked
             acked_ms = time.time_ns() // 1_000_000
-            self.dedupe.set_persisted_offsets(offsets)
-            for partition, items in batch.marks.items():
-                self.dedupe.put_many(partition, items, self.outputs)
+            self._raise_floors(offsets)
+            items = batch.marks
+            for tp, end in batch.ends.items():
+                items.setdefault(tp.partition, []).append(
+                    (position_key(tp.topic), SavedPosition(end, {}).encode(self._floors_json))
+                )
+            for partition, partition_items in items.items():
+                self.dedupe.put_many(partition, partition_items, self.outputs)
             self._pending_keys.difference_update(batch.keys)
             on_message_out = self.app.sensors.on_message_out
             for event in batch.events:
@@ -359,16 +660,21 @@ class Pipeline:
             self._count_batch(batch.tally, acked_ms, batch.started)
         finally:
             self._slots.release()
+            self._busy["raw"] -= 1
+            if not batch.written.done():
+                batch.written.set_result(None)
+        # The marks' and positions' changelog records (this task's own batch of outputs).
+        try:
+            self.dedupe.set_persisted_offsets(await self.outputs.seal())
+            for tp, end in batch.ends.items():
+                self.positions.durable(tp, end)
+        finally:
             if not batch.done.done():
                 batch.done.set_result(None)
-        # The marks' changelog records (this task's own batch of outputs): once acknowledged,
-        # a restart with this local state restores only what came after them.
-        self.dedupe.set_persisted_offsets(await self.outputs.seal())
 
     def _normalize(self, batch: Sequence[EventT], now_ms: int, tally: _Tally) -> list[_Candidate]:
         """Every record of the batch through its vendor's normalizer. Rejected records go to the
         dead-letter topic here; canonical events come back with their dedupe keys."""
-        encode = self.serde.encode
         size_ms = self.dedupe.size_ms
         candidates: list[_Candidate] = []
         for event in batch:
@@ -394,26 +700,8 @@ class Pipeline:
                 metrics.SKIPPED.labels(vendor, outcome.reason).inc()
                 continue
             if isinstance(outcome, Rejected):
-                record = dead_letter_record(
-                    raw=raw,
-                    raw_key=message.key,
-                    vendor=vendor,
-                    reason=outcome.reason.value,
-                    detail=outcome.detail,
-                    pos=pos,
-                    now_ms=now_ms,
-                )
-                self.outputs.send(
-                    self.dead_letter_topic,
-                    message.key,
-                    encode("DeadLetter", record, self.dead_letter_topic),
-                )
-                metrics.DEAD_LETTERS.labels(vendor, outcome.reason.value).inc()
-                log.info(
-                    "dead letter %s: %s",
-                    outcome.reason.value,
-                    outcome.detail,
-                    extra={"vendor": vendor, "source": pos.source or pos.kafka_position},
+                self._dead_letter(
+                    raw, message.key, vendor, outcome.reason.value, outcome.detail, pos, now_ms
                 )
                 continue
 
@@ -431,9 +719,63 @@ class Pipeline:
                     id_bytes,
                     window_key(start, id_bytes),
                     window_key(start - size_ms, id_bytes),
+                    raw,
+                    message.key,
                 )
             )
         return candidates
+
+    def _dead_letter(
+        self,
+        raw: bytes,
+        raw_key: bytes | None,
+        vendor: str | None,
+        reason: str,
+        detail: str,
+        pos: RawPosition,
+        now_ms: int,
+    ) -> None:
+        """Send one dead letter (unless an earlier run did: see ``PositionTracker.landed``),
+        cut to the size limit if it must be: the raw value's first bytes, and its size."""
+        metrics.DEAD_LETTERS.labels(vendor or "", reason).inc()
+        log.info(
+            "dead letter %s: %s",
+            reason,
+            detail,
+            extra={"vendor": vendor, "source": pos.source or pos.kafka_position},
+        )
+        if self.positions.take_landed(TopicPartition(pos.topic, pos.partition), pos.offset):
+            metrics.OUTPUTS_READ_BACK.labels(vendor or "", "dead_letter").inc()
+            return
+        topic = self.dead_letter_topic
+        headers = self._headers(pos)
+
+        def record(raw_value: bytes, raw_size: int | None = None) -> bytes:
+            fields = dead_letter_record(
+                raw=raw_value,
+                raw_size=raw_size,
+                raw_key=raw_key,
+                vendor=vendor,
+                reason=reason,
+                detail=detail,
+                pos=pos,
+                now_ms=now_ms,
+            )
+            return self.serde.encode("DeadLetter", fields, topic)
+
+        value = record(raw)
+        key = raw_key
+        if _record_size(key, value, headers) > self.max_record_bytes:
+            if key is not None and len(key) > self.max_record_bytes // 4:
+                key = None  # the raw key stays in the value (raw_key), the record goes unkeyed
+            room = self.max_record_bytes - _record_size(key, value, headers) + len(raw)
+            cut = raw[: max(0, room - 64)]  # the size field's bytes, and slack for varints
+            value = record(cut, len(raw))
+        self.outputs.send(topic, key, value, headers=headers)
+
+    @staticmethod
+    def _headers(pos: RawPosition) -> Headers:
+        return [(RAW_POSITION_HEADER, raw_position(pos.topic, pos.partition, pos.offset))]
 
     def _marked(self, candidates: list[_Candidate]) -> set[bytes]:
         """The dedupe keys (current or previous window) already in the table: one RocksDB
@@ -458,27 +800,48 @@ class Pipeline:
         table partition once Kafka has acknowledged them."""
         encode = self.serde.encode
         marks: dict[int, list[tuple[bytes, bytes]]] = {}
-        # stats-updates partition -> campaign key -> increments
-        stats: dict[int, dict[str, list[tuple[int, str, str]]]] = {}
+        # stats-updates partition -> campaign key -> raw source -> increments
+        stats: dict[int, dict[str, dict[str, list[Increment]]]] = {}
         seen_in_batch: set[bytes] = set()
+        take_landed = self.positions.take_landed
         for c in candidates:
             if c.id_bytes in seen_in_batch or c.current in found or c.previous in found:
                 tally.duplicates[c.vendor] = tally.duplicates.get(c.vendor, 0) + 1
                 continue
-            seen_in_batch.add(c.id_bytes)
-            record = canonical_record(c.event, c.pos, now_ms)
-            self.outputs.send(
-                self.events_topic,
-                c.id_bytes,
-                encode("CanonicalEvent", record, self.events_topic),
+            pos = c.pos
+            value = encode(
+                "CanonicalEvent", canonical_record(c.event, pos, now_ms), self.events_topic
             )
+            headers = self._headers(pos)
+            if _record_size(c.id_bytes, value, headers) > self.max_record_bytes:
+                metrics.TOO_LARGE.labels(c.vendor).inc()
+                self._dead_letter(
+                    c.raw,
+                    c.raw_key,
+                    c.vendor,
+                    "too_large",
+                    f"the canonical event is {len(value) + len(c.id_bytes)} bytes with its key; "
+                    f"the limit is CRM_MAX_MESSAGE_BYTES={self.settings.max_message_bytes}",
+                    pos,
+                    now_ms,
+                )
+                continue
+            seen_in_batch.add(c.id_bytes)
+            if take_landed(TopicPartition(pos.topic, pos.partition), pos.offset):
+                metrics.OUTPUTS_READ_BACK.labels(c.vendor, "event").inc()
+            else:
+                self.outputs.send(self.events_topic, c.id_bytes, value, headers=headers)
             campaign = campaign_key(c.event)
-            by_campaign = stats.setdefault(self._stats_partition(campaign), {})
-            by_campaign.setdefault(campaign, []).append(stats_increment(c.event))
-            marks.setdefault(c.pos.partition, []).append((c.current, b"1"))
+            by_source = stats.setdefault(self._stats_partition(campaign), {}).setdefault(
+                campaign, {}
+            )
+            by_source.setdefault(raw_source(pos.topic, pos.partition), []).append(
+                stats_increment(c.event, pos.offset)
+            )
+            marks.setdefault(pos.partition, []).append((c.current, b"1"))
             kind = (c.vendor, c.event.event_type.value)
             tally.out[kind] = tally.out.get(kind, 0) + 1
-            tally.ingested.append((c.vendor, c.pos.ingested_at))
+            tally.ingested.append((c.vendor, pos.ingested_at))
 
         # One stats-updates record per partition and batch, not per event or campaign: the
         # stats agent's cost is mostly per record.
@@ -533,49 +896,73 @@ class Pipeline:
     async def process_stats_batch(self, batch: Sequence[EventT]) -> None:
         """Add a batch of increments to the windows, then write each touched window once.
 
-        The touched windows' counts are read with one multi-get per table and partition, updated
-        in memory, written back in one RocksDB write batch (one changelog record each) and
-        upserted to ``campaign-stats``.
+        The touched windows are read with one multi-get per table and partition, and each
+        increment is counted unless the window counted its raw record already. Every touched
+        window's new value goes to its changelog and as an upsert to ``campaign-stats``; only
+        once Kafka acknowledged those is it written to RocksDB (one write batch per table and
+        partition) and the batch's position made committable. A crash before that replays the
+        batch, which then counts nothing twice and upserts the windows again.
         """
+        self._busy["stats"] += 1
+        try:
+            await self._process_stats_batch(batch)
+        finally:
+            self._busy["stats"] -= 1
+
+    async def _process_stats_batch(self, batch: Sequence[EventT]) -> None:
+        admitted = await self._admit(batch, "stats")
+        if not admitted:
+            return
         await self._start_outputs()
         now_ms = time.time_ns() // 1_000_000
         oldest_ms = now_ms - self.stats_retention_ms
-        # (label, partition) -> {(campaign, window start): counts}
-        touched: dict[tuple[str, int], dict[tuple[str, int], WindowCounts]] = {}
+        # (label, partition) -> {(campaign, window start): [(source, raw offset, type, channel)]}
+        touched: dict[tuple[str, int], dict[tuple[str, int], list[tuple[Any, ...]]]] = {}
+        ends: dict[Any, int] = {}
         late = 0
-        for event in batch:
+        for event in admitted:
             message = event.message
-            partition = message.partition
+            ends[message.tp] = message.offset + 1
+            try:
+                updates = parse_stats_updates(message.key, message.value or b"")
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                self._invalid_stats_update(message, exc, now_ms)
+                continue
             tables = [
-                (touched.setdefault((label, partition), {}), size) for label, size in self.windows
+                (touched.setdefault((label, message.partition), {}), size)
+                for label, size in self.windows
             ]
-            for campaign, increments in parse_stats_updates(message.key, message.value or b"[]"):
-                for occurred, event_type, channel in increments:
+            for campaign, source, increments in updates:
+                for raw_offset, occurred, event_type, channel in increments:
                     if occurred < oldest_ms:
                         # Its window has been closed (and expired from the table) already.
                         late += 1
                         continue
                     for windows, size in tables:
-                        start = window_start(occurred, size)
-                        counts = windows.get((campaign, start))
-                        if counts is None:
-                            counts = windows[(campaign, start)] = WindowCounts(0, {}, {})
-                        counts.add(event_type, channel)
+                        windows.setdefault((campaign, window_start(occurred, size)), []).append(
+                            (source, raw_offset, event_type, channel)
+                        )
         if late:
             metrics.STATS_LATE.inc(late)
 
         outputs = self.outputs
+        writes: list[tuple[WindowedTable, int, list[tuple[bytes, bytes]]]] = []
+        replayed = 0
         for (label, partition), windows in touched.items():
+            if not windows:
+                continue
             table = self.stats_tables[label]
             size = self.window_size[label]
             keys = [window_key(start, campaign.encode()) for campaign, start in windows]
             items: list[tuple[bytes, bytes]] = []
             stored = table.get_many(partition, keys)
-            for key, value, ((campaign, start), delta) in zip(
+            for key, value, ((campaign, start), counted) in zip(
                 keys, stored, windows.items(), strict=True
             ):
                 counts = WindowCounts.load(orjson.loads(value) if value else None)
-                counts.merge(delta)
+                for source, raw_offset, event_type, channel in counted:
+                    if not counts.apply(source, raw_offset, event_type, channel):
+                        replayed += 1
                 items.append((key, orjson.dumps(counts.dump())))
                 record = stats_record(campaign, label, start, size, counts, now_ms)
                 outputs.send(
@@ -583,11 +970,66 @@ class Pipeline:
                     stats_upsert_key(campaign, label, start),
                     self.serde.encode("CampaignStats", record, self.stats_topic),
                 )
-            table.put_many(partition, items, outputs)
+            table.send_changelog(partition, items, outputs)
+            writes.append((table, partition, items))
             metrics.STATS_UPSERTS.labels(label).inc(len(items))
+        if replayed:
+            metrics.STATS_REPLAYED.inc(replayed)
         offsets = await outputs.seal()
+        for table, partition, items in writes:
+            table.write(partition, items)
         for table in self.stats_tables.values():
             table.set_persisted_offsets(offsets)
+        for tp, end in ends.items():
+            self.positions.durable(tp, end)
+
+    def _invalid_stats_update(self, message: Any, exc: BaseException, now_ms: int) -> None:
+        """A stats-updates record nobody here could have written: kept as a dead letter."""
+        metrics.STATS_INVALID.inc()
+        pos = RawPosition(
+            message.topic,
+            message.partition,
+            message.offset,
+            int(message.timestamp * 1000),
+            headers_dict(message.headers),
+        )
+        self._dead_letter(
+            message.value or b"",
+            message.key,
+            None,
+            "invalid_stats_update",
+            f"not a stats-updates record: {exc!r}"[:1000],
+            pos,
+            now_ms,
+        )
+
+
+def _record_size(key: bytes | None, value: bytes, headers: Headers) -> int:
+    return len(value) + (len(key) if key else 0) + sum(len(k) + len(v or b"") for k, v in headers)
+
+
+def _first(*offsets: int | None) -> int:
+    for offset in offsets:
+        if offset is not None:
+            return offset
+    return 0
+
+
+def _by_partition(
+    items: Any,
+) -> dict[int, list[tuple[bytes, bytes]]]:
+    out: dict[int, list[tuple[bytes, bytes]]] = {}
+    for partition, key, value in items:
+        out.setdefault(partition, []).append((key, value))
+    return out
+
+
+def _highwater(consumer: Any, tp: Any) -> int | None:
+    try:
+        highwater = consumer.highwater(tp)
+    except Exception:  # not assigned (any more)
+        return None
+    return None if highwater is None else int(highwater)
 
 
 async def _each_batch(

@@ -1,33 +1,33 @@
-"""A fix for a race in Faust's recovery (faust-streaming 0.15.3): seek, then resume.
+"""Where crm-stream changes Faust 0.15.3's consumer: the seek after a rebalance, and what is
+committed.
 
-After a rebalance, Faust restores the tables and then, in ``Recovery._resume_streams`` and
-``Recovery.on_recovery_completed``, does two things in this order:
+1. **Seek, then resume.** After a rebalance, Faust restores the tables and then, in
+   ``Recovery._resume_streams`` and ``Recovery.on_recovery_completed``, resumes the stream
+   partitions *before* ``await consumer.perform_seek()``. While the seek runs, the fetcher hands
+   prefetched records to the agents; the seek then moves the partitions back and the same
+   records come again (seen on Tansu: 320 raw records read for 160 published). A stream
+   partition's resume is held here until the seek is done (changelog partitions are not held).
+   The same race was fixed upstream for other paths in faust-streaming #216/#217.
 
-1. ``consumer.resume_partitions(stream partitions)``;
-2. ``await consumer.perform_seek()``: one OffsetFetch per partition, one after another.
+2. **Positions.** After every seek, the pipeline (:class:`Positioned`) places each stream
+   partition itself: raw partitions at the position saved with their dedupe marks, stats
+   partitions at their committed offset; and learns what an earlier run already wrote
+   (:mod:`processors.probe`).
 
-While 2 runs, the fetcher already hands the stream's prefetched records to the agents. Those
-records start at the committed offsets, so the agents process them. When the seek finishes it
-moves every partition back to its committed offset, and resets Faust's read and committed offset
-bookkeeping. The same records are then fetched and processed a second time.
-
-With the worker's debug log on Tansu, a restart showed every replayed raw record counted twice:
-320 read for 160 published per vendor. The same window also left Faust's read offsets and gaps
-inconsistent with what had been acked. That is the likeliest cause of the partial-read stalls seen
-after a restart.
-
-The fix keeps Faust's code and changes only the order. While either method runs, a stream
-partition's resume is held back until ``perform_seek`` has finished (changelog partitions are not
-held). No stream record is handed
-out before its partition has been positioned. A stream partition with no committed offset is
-positioned at its start (see :func:`_rewind_uncommitted`).
+3. **Commits.** Faust computes the offset to commit from the offsets its agents acknowledged,
+   and counts any hole between two offsets it handed over as a gap to fill (it assumes compacted
+   topics or transaction markers). Records that Faust fetched and then dropped (flow control
+   stopping mid-fetch, a paused partition, a delivery cut short) leave exactly such a hole, and
+   were committed past: lost for good (issue 11: contiguous blocks of a raw partition, with the
+   group's offset beyond them). Here the offset committed for a stream partition is the
+   pipeline's durable position (:mod:`processors.positions`), and nothing else.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import Consumer
@@ -52,31 +52,36 @@ def _hold_resumes(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaita
     return wrapper
 
 
-async def _rewind_uncommitted(consumer: Any) -> None:
-    """Seek stream partitions that have no committed offset back to the start.
+class Positioned(Protocol):
+    """What the patched consumer asks of the pipeline (``app.crm_positions``)."""
 
-    Faust's seek moves a partition only to its committed offset. A partition with none keeps the
-    fetch position it had, and records prefetched during recovery may already be past it without
-    ever reaching an agent (most likely skipped while flow control was off). A worker killed
-    before its first commit and then restarted read its raw partitions up to the end that way
-    and processed nothing; seen on Tansu under CPU load. With
-    ``consumer_auto_offset_reset=earliest`` (Faust's default), a partition with no committed
-    offset starts at the beginning, so seeking there is what a fresh start does anyway. Records
-    that were already processed are read again (at-least-once) and dropped as duplicates.
-    """
-    if consumer.app.conf.consumer_auto_offset_reset != "earliest":
-        return
-    for tp in consumer.assignment():
-        if not consumer._is_changelog_tp(tp) and consumer._read_offset.get(tp) is None:
-            await consumer.seek(tp, 0)
+    async def on_positioned(self, consumer: Any, *, after_rebalance: bool) -> None:
+        """The consumer was sought to its committed offsets: place the stream partitions."""
+        ...
+
+    def committable(self, tp: Any) -> int | None:
+        """The offset to commit for ``tp``, or None to leave it."""
+        ...
+
+
+def committed_offset(consumer: Any, tp: Any) -> int | None:
+    """The group's committed offset of ``tp`` as the last seek found it (None when there is
+    none, or it is 0: nothing processed)."""
+    offset = consumer._committed_offset.get(tp)
+    return int(offset) if offset else None
+
+
+def _positioned(consumer: Any) -> Positioned | None:
+    return getattr(consumer.app, "crm_positions", None)
 
 
 def apply() -> None:
-    """Install the fix once per process."""
+    """Install the patches once per process."""
     if getattr(Consumer, _APPLIED, False):
         return
     resume_partitions = Consumer.resume_partitions
     perform_seek = Consumer.perform_seek
+    new_offset = Consumer._new_offset
 
     def held_resume_partitions(self: Any, tps: Iterable[Any]) -> None:
         held = getattr(self, "_crm_held_resumes", None)
@@ -91,16 +96,33 @@ def apply() -> None:
             resume_partitions(self, changelogs)
 
     async def seek_then_resume(self: Any) -> None:
+        in_recovery = getattr(self, "_crm_held_resumes", None) is not None
         await perform_seek(self)
-        await _rewind_uncommitted(self)
+        positioned = _positioned(self)
+        if positioned is not None:
+            await positioned.on_positioned(self, after_rebalance=in_recovery)
         held = getattr(self, "_crm_held_resumes", None)
         if held:
             self._crm_held_resumes = set()
             resume_partitions(self, held)
 
+    def position_offset(self: Any, tp: Any) -> int | None:
+        positioned = _positioned(self)
+        if positioned is None or self._is_changelog_tp(tp):
+            return new_offset(self, tp)
+        offset = positioned.committable(tp)
+        # Faust's own bookkeeping of acknowledged offsets is not used; keep it from growing.
+        acked = self._acked[tp]
+        if acked:
+            self._acked_index[tp].difference_update(acked)
+            acked.clear()
+        self._gap.pop(tp, None)
+        return offset
+
     patches: dict[tuple[type, str], Any] = {
         (Consumer, "resume_partitions"): held_resume_partitions,
         (Consumer, "perform_seek"): seek_then_resume,
+        (Consumer, "_new_offset"): position_offset,
         (Recovery, "_resume_streams"): _hold_resumes(Recovery._resume_streams),
         (Recovery, "on_recovery_completed"): _hold_resumes(Recovery.on_recovery_completed),
     }

@@ -1,18 +1,18 @@
 """How the worker writes its output records, and waits for Kafka to acknowledge a batch of them.
 
-Two implementations of one small interface: ``send`` records, then ``seal()`` the batch and
-await what it returns, at once or later while the next batch is being produced. Each asyncio task
-(each agent) has its own batch, so one agent's ``seal()`` never waits for, or reports, another
-agent's records:
+One small interface: ``send`` records, then ``seal()`` the batch and await what it returns, at
+once or later while the next batch is being produced. Each asyncio task (each agent, each batch
+finisher) has its own batch, so one task's ``seal()`` never waits for, or reports, another task's
+records. The awaited result is the newest acknowledged offset of every partition the batch
+wrote: table changelog offsets for Faust's restore bookkeeping, output offsets for the floors a
+read-back starts from (:mod:`processors.probe`).
 
-* :class:`ConfluentOutputs` (the default): a confluent-kafka producer owned by the pipeline.
-  ``produce()`` is a C call; delivery reports come back on a poll thread and complete one asyncio
-  future per batch. The benchmark's profile showed Faust's aiokafka send path (a future, a
-  pure-Python record batch and murmur2 per record) as the worker's largest cost.
-* :class:`FaustOutputs`: Faust's own producer, used with ``CRM_EXACTLY_ONCE=true`` so that the
-  outputs join Faust's per-partition transactions.
-
-Either way the partitioner is murmur2 (Java-compatible), keys are ``bytes``.
+:class:`ConfluentOutputs` is a confluent-kafka producer owned by the pipeline. ``produce()`` is a
+C call; delivery reports come back on a poll thread and complete one asyncio future per batch.
+The benchmark's profile showed Faust's aiokafka send path (a future, a pure-Python record batch
+and murmur2 per record) as the worker's largest cost. The partitioner is murmur2
+(Java-compatible), keys are ``bytes``; the producer is idempotent, so what a crash leaves of a
+partition's records is a prefix of what was sent, in order.
 """
 
 from __future__ import annotations
@@ -25,17 +25,23 @@ from typing import Any, Protocol
 from confluent_kafka import KafkaError, Message, Producer
 
 from crmstream.errors import BrokerError
-from crmstream.kafka import client_config, producer_config
+from crmstream.kafka import producer_config
 from crmstream.settings import Settings
 
 Offsets = dict[tuple[str, int], int]
+Headers = list[tuple[str, str | bytes | None]]
 
 
 class Outputs(Protocol):
     async def start(self) -> None: ...
 
     def send(
-        self, topic: str, key: bytes | None, value: bytes, partition: int | None = None
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        partition: int | None = None,
+        headers: Headers | None = None,
     ) -> None: ...
 
     def partitions(self, topic: str) -> int:
@@ -50,7 +56,7 @@ class Outputs(Protocol):
     def seal(self) -> Awaitable[Offsets]:
         """End this task's batch: what it sends next starts a new one. The awaitable completes
         when every record of the sealed batch is acknowledged (raises if one was not), with the
-        newest offset per changelog partition among them."""
+        newest offset of every partition among them."""
         ...
 
     def close(self) -> None: ...
@@ -84,22 +90,18 @@ class _Batch:
         self.future: asyncio.Future[None] = loop.create_future()
 
     def delivered(self, err: KafkaError | None, msg: Message) -> None:
+        tp = (msg.topic() or "", msg.partition() or 0)
+        offset = msg.offset() or 0
         with self.lock:
             self.done += 1
-            if err is not None and self.error is None:
-                self.error = f"{msg.topic()}: {err.str()}"
+            if err is not None:
+                if self.error is None:
+                    self.error = f"{msg.topic()}: {err.str()}"
+            elif offset > self.offsets.get(tp, -1):
+                self.offsets[tp] = offset
             finished = self.expected is not None and self.done >= self.expected
         if finished:
             self.loop.call_soon_threadsafe(self._resolve)
-
-    def delivered_changelog(self, err: KafkaError | None, msg: Message) -> None:
-        if err is None:
-            tp = (msg.topic() or "", msg.partition() or 0)
-            offset = msg.offset() or 0
-            with self.lock:
-                if offset > self.offsets.get(tp, -1):
-                    self.offsets[tp] = offset
-        self.delivered(err, msg)
 
     def close(self) -> None:
         with self.lock:
@@ -125,7 +127,11 @@ class ConfluentOutputs:
     def __init__(self, settings: Settings) -> None:
         # A short linger: a batch is awaited as a whole, so records of one batch should travel
         # together, but the batch's latency is bounded by it.
-        self._producer = Producer(producer_config(settings, **{"linger.ms": 5}))
+        self._producer = Producer(
+            producer_config(
+                settings, **{"linger.ms": 5, "message.max.bytes": settings.max_message_bytes}
+            )
+        )
         # Table changelog records get their own producer, batched by CRM_CHANGELOG_MAX_BATCH_BYTES
         # like Faust's (on Tansu, 1: one record per batch keeps restores exact, because its
         # ListOffsets LATEST is the newest batch's base offset + 1).
@@ -156,7 +162,12 @@ class ConfluentOutputs:
         return batch
 
     def send(
-        self, topic: str, key: bytes | None, value: bytes, partition: int | None = None
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        partition: int | None = None,
+        headers: Headers | None = None,
     ) -> None:
         batch = self._current()
         batch.sent += 1
@@ -167,6 +178,7 @@ class ConfluentOutputs:
             value,
             key,
             -1 if partition is None else partition,
+            headers,
         )
 
     def partitions(self, topic: str) -> int:
@@ -175,9 +187,7 @@ class ConfluentOutputs:
     def send_changelog(self, topic: str, partition: int, key: bytes, value: bytes) -> None:
         batch = self._current()
         batch.sent += 1
-        self._produce(
-            self._changelog_producer, batch.delivered_changelog, topic, value, key, partition
-        )
+        self._produce(self._changelog_producer, batch.delivered, topic, value, key, partition)
 
     @staticmethod
     def _produce(
@@ -187,10 +197,13 @@ class ConfluentOutputs:
         value: bytes,
         key: bytes | None,
         partition: int = -1,
+        headers: Headers | None = None,
     ) -> None:
         while True:
             try:
-                producer.produce(topic, value, key, partition, on_delivery=callback)
+                producer.produce(
+                    topic, value, key, partition, on_delivery=callback, headers=headers
+                )
                 return
             except BufferError:
                 # librdkafka's local queue is full: the poll thread is draining it.
@@ -209,50 +222,3 @@ class ConfluentOutputs:
             self._thread.join(5)
         for producer in self._producers:
             producer.flush(30)
-
-
-class FaustOutputs:
-    """Faust's producer (aiokafka; the transaction manager under exactly_once)."""
-
-    def __init__(self, app: Any, settings: Settings) -> None:
-        self._app = app
-        self._settings = settings
-        self._producer: Any = None
-        self._pending: dict[asyncio.Task[Any] | None, list[Any]] = {}
-
-    async def start(self) -> None:
-        self._producer = await self._app.maybe_start_producer()
-
-    def send(
-        self, topic: str, key: bytes | None, value: bytes, partition: int | None = None
-    ) -> None:
-        self._send(topic, key, value, partition)
-
-    def partitions(self, topic: str) -> int:
-        with Producer(client_config(self._settings)) as producer:
-            return _partitions(producer.list_topics(topic, timeout=30), topic)
-
-    def send_changelog(self, topic: str, partition: int, key: bytes, value: bytes) -> None:
-        self._send(topic, key, value, partition)
-
-    def _send(self, topic: str, key: bytes | None, value: bytes, partition: int | None) -> None:
-        pending = self._pending.setdefault(asyncio.current_task(), [])
-        pending.append(
-            asyncio.ensure_future(self._producer.send(topic, key, value, partition, None, None))
-        )
-
-    def seal(self) -> Awaitable[Offsets]:
-        return self._wait(self._pending.pop(asyncio.current_task(), []))
-
-    @staticmethod
-    async def _wait(pending: list[Any]) -> Offsets:
-        offsets: Offsets = {}
-        if pending:
-            # Each send resolves to the delivery future; wait for those too.
-            for meta in await asyncio.gather(*(await asyncio.gather(*pending))):
-                tp = (meta.topic, meta.partition)
-                offsets[tp] = max(offsets.get(tp, -1), meta.offset)
-        return offsets
-
-    def close(self) -> None:
-        return None

@@ -68,16 +68,28 @@ class WindowedTable:
         return values
 
     def put_many(
-        self, partition: int, items: Iterable[tuple[bytes, bytes]], sink: ChangelogSink
+        self, partition: int, items: Sequence[tuple[bytes, bytes]], sink: ChangelogSink
     ) -> int:
         """Write ``items`` to the partition in one RocksDB write batch, and send each to the
         changelog. Returns how many were written."""
-        batch = rocksdict.WriteBatch(raw_mode=True)
+        self.send_changelog(partition, items, sink)
+        return self.write(partition, items)
+
+    def send_changelog(
+        self, partition: int, items: Iterable[tuple[bytes, bytes]], sink: ChangelogSink
+    ) -> None:
+        """Send ``items`` to the partition's changelog only (see :meth:`write`)."""
         topic = self.changelog_topic
+        for key, value in items:
+            sink.send_changelog(topic, partition, key, value)
+
+    def write(self, partition: int, items: Iterable[tuple[bytes, bytes]]) -> int:
+        """Write ``items`` to the local partition in one RocksDB write batch (atomic: all of
+        them or none survive a crash). Returns how many were written."""
+        batch = rocksdict.WriteBatch(raw_mode=True)
         n = 0
         for key, value in items:
             batch.put(key, value)
-            sink.send_changelog(topic, partition, key, value)
             n += 1
         if n:
             self._db(partition).write(batch)

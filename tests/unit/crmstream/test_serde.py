@@ -180,6 +180,7 @@ def campaign_stats() -> dict[str, Any]:
 def dead_letter() -> dict[str, Any]:
     return {
         "raw": b'{"id": "x", "occurred": "2024-13-45"}\xff\x00 not utf-8',
+        "raw_size": None,
         "raw_key": None,
         "vendor": "airship",
         "reason": "invalid_timestamp",

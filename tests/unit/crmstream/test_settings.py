@@ -37,7 +37,7 @@ def test_defaults_are_production_defaults() -> None:
         ({"CRM_REPLICATION_FACTOR": "0"}, "CRM_REPLICATION_FACTOR"),
         ({"CRM_STATS_WINDOWS": "1m,60s"}, "CRM_STATS_WINDOWS"),
         ({"CRM_LOG_FORMAT": "xml"}, "CRM_LOG_FORMAT"),
-        ({"CRM_EXACTLY_ONCE": "maybe"}, "CRM_EXACTLY_ONCE"),
+        ({"CRM_MAX_MESSAGE_BYTES": "0"}, "CRM_MAX_MESSAGE_BYTES"),
         ({"CRM_SASL_PASSWORD_FILE": "/nonexistent/pw"}, "CRM_SASL_PASSWORD_FILE"),
     ],
 )

@@ -1,0 +1,158 @@
+"""Where each stream partition stands: the next offset to process, and what may be committed.
+
+The worker does not trust its consumer to hand over every record exactly once and in order. Faust
+0.15.3 can drop records it has already fetched (when flow control stops mid-fetch, when a
+partition is paused, when a delivery to the stream is cut short), and then count the hole they
+leave as a gap to commit past: the records are never processed and never read again. That is how
+events were lost after kill -9 restarts (issue 11). So the position of every partition is kept
+here, by what the agents actually processed:
+
+* ``expected`` is the next offset the agent must process. A record below it is a leftover of an
+  earlier fetch and is dropped (``STALE``); a record above it means records in between were not
+  handed over (``GAP``). A gap is checked against the broker (:mod:`processors.probe`): either
+  the offsets in between hold no record (transaction markers, retention), and the gap is
+  accepted, or they do, and the partition is sought back to ``expected`` (``rewind``).
+* After a seek, records of the partition that are not ``expected`` are leftovers of the earlier
+  position (Faust's and aiokafka's buffers) and are dropped until ``expected`` arrives.
+* ``committable`` is the position whose outputs, dedupe marks and table changelog records Kafka
+  has acknowledged. It is what the consumer group commits (``faust_patches``), never an offset the
+  agent has not processed.
+
+Pure bookkeeping: no Kafka, no Faust, no clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import NamedTuple, Protocol
+
+
+class TopicPartition(NamedTuple):
+    topic: str
+    partition: int
+
+
+class TP(Protocol):
+    """Faust's, aiokafka's and this module's partition tuples: all of them compare and hash as
+    ``(topic, partition)``, so the tracker takes any of them."""
+
+    @property
+    def topic(self) -> str: ...
+
+    @property
+    def partition(self) -> int: ...
+
+    def __hash__(self) -> int: ...
+
+
+class Verdict(Enum):
+    PROCESS = "process"  # the expected record: process it
+    STALE = "stale"  # below the position, or a leftover after a seek: drop it
+    GAP = "gap"  # above the position: check the offsets in between before going on
+
+
+@dataclass(slots=True)
+class _Track:
+    expected: int
+    sought: bool = True  # sought to ``expected``: records other than it are leftovers
+    committable: int | None = None
+    processed: int = 0  # records processed so far (the stall check compares it)
+    checked: int = -1  # ``processed`` at the previous stall check
+    landed: set[int] = field(default_factory=set)
+
+
+class PositionTracker:
+    """The read and commit position of every stream partition assigned to this worker."""
+
+    def __init__(self) -> None:
+        self._tracks: dict[TP, _Track] = {}
+
+    def start(
+        self,
+        tp: TP,
+        expected: int,
+        *,
+        committed: int | None = None,
+        landed: Iterable[int] = (),
+    ) -> None:
+        """Begin tracking ``tp`` at ``expected`` (the consumer has just been sought there).
+
+        ``landed`` are offsets at or above ``expected`` whose outputs an earlier run already
+        wrote (read back from the output topics after a crash): they are processed again, for
+        their dedupe marks and stats, but their outputs are not written twice.
+        """
+        self._tracks[tp] = _Track(
+            expected=expected,
+            committable=committed,
+            landed={o for o in landed if o >= expected},
+        )
+
+    def forget(self, tp: TP) -> None:
+        self._tracks.pop(tp, None)
+
+    def tracked(self) -> list[TP]:
+        return list(self._tracks)
+
+    def expected(self, tp: TP) -> int | None:
+        track = self._tracks.get(tp)
+        return None if track is None else track.expected
+
+    def admit(self, tp: TP, offset: int) -> Verdict:
+        """What to do with the record at ``offset``; a processed record moves the position."""
+        track = self._tracks.get(tp)
+        if track is None:
+            # Not (or no longer) assigned here: a leftover of a revoked partition.
+            return Verdict.STALE
+        if offset == track.expected:
+            track.expected = offset + 1
+            track.sought = False
+            track.processed += 1
+            return Verdict.PROCESS
+        if offset < track.expected or track.sought:
+            return Verdict.STALE
+        return Verdict.GAP
+
+    def accept_gap(self, tp: TP, offset: int) -> None:
+        """The broker holds no record between the position and ``offset``: continue there."""
+        track = self._tracks[tp]
+        track.expected = offset
+        track.sought = False
+
+    def rewind(self, tp: TP, offset: int) -> None:
+        """The consumer was sought back to ``offset``: drop leftovers until it arrives."""
+        track = self._tracks[tp]
+        track.expected = offset
+        track.sought = True
+
+    def take_landed(self, tp: TP, offset: int) -> bool:
+        """Whether the outputs of the record at ``offset`` were already written (once)."""
+        track = self._tracks.get(tp)
+        if track is None or not track.landed:
+            return False
+        if offset in track.landed:
+            track.landed.discard(offset)
+            return True
+        return False
+
+    def durable(self, tp: TP, position: int) -> None:
+        """Everything below ``position`` is processed and acknowledged: it may be committed."""
+        track = self._tracks.get(tp)
+        if track is not None and (track.committable is None or position > track.committable):
+            track.committable = position
+
+    def committable(self, tp: TP) -> int | None:
+        track = self._tracks.get(tp)
+        return None if track is None else track.committable
+
+    def stalled(self, tp: TP, highwater: int | None) -> bool:
+        """True when ``tp`` has records beyond its position (``highwater``, from the latest
+        fetch) and processed none of them since the previous call: records were dropped
+        where no later record can reveal the hole (the end of the partition)."""
+        track = self._tracks.get(tp)
+        if track is None:
+            return False
+        idle = track.processed == track.checked
+        track.checked = track.processed
+        return idle and highwater is not None and highwater > track.expected

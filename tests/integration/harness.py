@@ -1,0 +1,322 @@
+"""Exactness checks of the worker's outputs on a real broker, for the crash, restart and
+scale-out tests.
+
+:class:`Feed` publishes sample raw records the way the connectors do (key = vendor event id,
+the connectors' headers) and records where each landed. What a correct pipeline must produce is
+computed here from the vendors' pure normalizers and the published order (all copies of an event
+share a key, so a partition; the first copy published wins), not by the worker:
+
+* the set of canonical event ids, each exactly once on ``events``;
+* one dead letter for each malformed record, at its raw position;
+* the total of every (campaign, window) in the latest ``campaign-stats`` upsert.
+
+:class:`WorkerProcess` runs ``crm-stream worker`` as a child process, as a user would.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from confluent_kafka import KafkaError, Message, Producer
+
+from connectors.base import H_APP_ID, H_FORMAT, H_INGESTED_AT, H_SOURCE, H_VENDOR
+from crmstream.demo import VendorAccount, scrape
+from crmstream.kafka import producer_config
+from crmstream.samples import SampleSet, campaigns
+from crmstream.serde import AvroSerde
+from crmstream.settings import Settings
+from crmstream.topics import VENDORS, raw_topic
+from processors.normalize import NORMALIZERS
+from processors.normalize.model import CanonicalEvent, NormalizeContext, Rejected
+from processors.records import campaign_key, stats_upsert_key, window_start
+from tests.kafka_helpers import read_topic
+
+WINDOWS = (("1m", 60), ("1h", 3600))
+
+
+def samples(seed: int, per_vendor: int, campaign_count: int = 12) -> dict[str, SampleSet]:
+    rng = random.Random(seed)
+    shared = campaigns(rng, count=campaign_count)
+    return {
+        v: importlib.import_module(f"crmstream.samples.{v}").generate(
+            random.Random(rng.random()), per_vendor, shared
+        )
+        for v in VENDORS
+    }
+
+
+Position = tuple[str, int, int]  # raw topic, partition, offset
+
+
+@dataclass
+class Expected:
+    """What a correct pipeline makes of everything published so far."""
+
+    event_ids: set[str] = field(default_factory=set)
+    dead_letters: set[Position] = field(default_factory=set)
+    stats: Counter[bytes] = field(default_factory=Counter)  # upsert key -> total
+    positions: dict[str, Position] = field(default_factory=dict)  # event id -> its first copy
+    stats_keys: dict[str, list[bytes]] = field(default_factory=dict)  # event id -> its windows
+
+    def dead_lettered(self, event_id: str) -> None:
+        """The worker must dead-letter this event's first copy instead (too_large)."""
+        self.event_ids.discard(event_id)
+        self.dead_letters.add(self.positions[event_id])
+        for key in self.stats_keys[event_id]:
+            self.stats[key] -= 1
+            if not self.stats[key]:
+                del self.stats[key]
+
+    def add(self, vendor: str, key: bytes | None, value: bytes, app_id: str, at: Position) -> None:
+        outcome = NORMALIZERS[vendor](value, NormalizeContext(app_id=app_id))
+        if isinstance(outcome, Rejected):
+            self.dead_letters.add(at)
+        elif isinstance(outcome, CanonicalEvent) and outcome.event_id not in self.event_ids:
+            self.event_ids.add(outcome.event_id)
+            self.positions[outcome.event_id] = at
+            campaign = campaign_key(outcome)
+            keys = self.stats_keys[outcome.event_id] = []
+            for label, size in WINDOWS:
+                start = window_start(outcome.occurred_at, size)
+                keys.append(stats_upsert_key(campaign, label, start))
+                self.stats[keys[-1]] += 1
+
+
+class Feed:
+    """Publishes raw records as a connector does and keeps what a correct pipeline must make of
+    them (in publish order, per raw topic)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.expected = Expected()
+        self.published = Counter[str]()
+        self._producer = Producer(producer_config(settings))
+        self._lock = threading.Lock()
+
+    def publish(self, vendor: str, records: Iterable[tuple[bytes | None, bytes]]) -> int:
+        """Publish and wait for every acknowledgement; returns how many."""
+        topic = self.settings.topic(raw_topic(vendor))
+        app_id = f"demo-{vendor}"
+        landed: list[tuple[int, bytes | None, bytes, Position]] = []
+        errors: list[str] = []
+
+        def delivered(index: int, key: bytes | None, value: bytes) -> Callable[..., None]:
+            def on_delivery(err: KafkaError | None, msg: Message) -> None:
+                if err is not None:
+                    errors.append(err.str())
+                else:
+                    at = (msg.topic() or "", msg.partition() or 0, msg.offset() or 0)
+                    landed.append((index, key, value, at))
+
+            return on_delivery
+
+        count = 0
+        for index, (key, value) in enumerate(records):
+            headers = [
+                (H_VENDOR, vendor.encode()),
+                (H_SOURCE, f"sample:{vendor}#{self.published[vendor] + index}".encode()),
+                (H_FORMAT, b"json"),
+                (H_INGESTED_AT, str(time.time_ns() // 1_000_000).encode()),
+                (H_APP_ID, app_id.encode()),
+            ]
+            while True:
+                try:
+                    self._producer.produce(
+                        topic,
+                        value=value,
+                        key=key,
+                        headers=headers,
+                        on_delivery=delivered(index, key, value),
+                    )
+                    break
+                except BufferError:
+                    self._producer.poll(0.1)
+            count += 1
+        if self._producer.flush(60):
+            raise AssertionError("raw records not acknowledged")
+        assert not errors, errors[:3]
+        with self._lock:
+            # In each partition, offset order is publish order (idempotent producer).
+            for _index, key, value, at in sorted(landed, key=lambda r: r[3]):
+                self.expected.add(vendor, key, value, app_id, at)
+            self.published[vendor] += count
+        return count
+
+    def publish_all(self, sets: dict[str, SampleSet], part: slice = slice(None)) -> int:
+        return sum(self.publish(v, s.records[part]) for v, s in sets.items())
+
+
+@dataclass
+class Outputs:
+    """What the worker wrote, read back from the output topics."""
+
+    event_ids: list[str]
+    dead_letters: list[Position]
+    stats: dict[bytes, int]  # upsert key -> total of the latest upsert
+
+
+def read_outputs(settings: Settings, expected: Expected, timeout: float = 120) -> Outputs:
+    """Read every output topic until it holds what ``expected`` asks for (then a little longer,
+    so that extra records show), or until ``timeout``."""
+    serde = AvroSerde(settings)
+    want_ids = len(expected.event_ids)
+    events = read_topic(
+        settings,
+        settings.topic("events"),
+        until=lambda r: len({m.key() for m in r}) >= want_ids,
+        timeout=timeout,
+    )
+    dl_topic = settings.topic("dead-letter")
+    dead = read_topic(
+        settings, dl_topic, until=lambda r: len(r) >= len(expected.dead_letters), timeout=30
+    )
+    stats_topic = settings.topic("campaign-stats")
+
+    def latest(records: list[Message]) -> dict[bytes, int]:
+        return {
+            m.key() or b"": serde.decode(m.value() or b"", stats_topic)[1]["total"] for m in records
+        }
+
+    stats = read_topic(
+        settings,
+        stats_topic,
+        until=lambda r: latest(r) == dict(expected.stats),
+        timeout=60,
+    )
+    positions = []
+    for m in dead:
+        record = serde.decode(m.value() or b"", dl_topic)[1]
+        positions.append(
+            (record["source_topic"], record["source_partition"], record["source_offset"])
+        )
+    return Outputs(
+        event_ids=[(m.key() or b"").decode() for m in events],
+        dead_letters=positions,
+        stats=latest(stats),
+    )
+
+
+def exactness_failures(out: Outputs, expected: Expected) -> list[str]:
+    """Every way ``out`` differs from ``expected``, as readable lines (empty when exact)."""
+    problems: list[str] = []
+    ids = Counter(out.event_ids)
+    missing = expected.event_ids - set(ids)
+    extra = set(ids) - expected.event_ids
+    repeated = {i: n for i, n in ids.items() if n > 1}
+    if missing:
+        problems.append(f"{len(missing)} events lost, e.g. {sorted(missing)[:5]}")
+    if extra:
+        problems.append(f"{len(extra)} unexpected events, e.g. {sorted(extra)[:5]}")
+    if repeated:
+        problems.append(
+            f"{sum(repeated.values()) - len(repeated)} duplicate records on events, "
+            f"e.g. {sorted(repeated.items())[:5]}"
+        )
+    dead = Counter(out.dead_letters)
+    if set(dead) != expected.dead_letters or any(n > 1 for n in dead.values()):
+        problems.append(
+            f"dead letters: {len(out.dead_letters)} for {len(expected.dead_letters)} malformed "
+            f"records; missing {sorted(expected.dead_letters - set(dead))[:5]}, repeated "
+            f"{sorted(p for p, n in dead.items() if n > 1)[:5]}"
+        )
+    wrong = {k: (out.stats.get(k), n) for k, n in expected.stats.items() if out.stats.get(k) != n}
+    unexpected = set(out.stats) - set(expected.stats)
+    if wrong or unexpected:
+        over = sum(max(0, (got or 0) - n) for got, n in wrong.values())
+        under = sum(max(0, n - (got or 0)) for got, n in wrong.values())
+        problems.append(
+            f"campaign-stats: {len(wrong)} of {len(expected.stats)} windows wrong (+{over} "
+            f"-{under}), {len(unexpected)} unexpected, e.g. {sorted(wrong.items())[:3]}"
+        )
+    return problems
+
+
+class WorkerProcess:
+    """``crm-stream worker`` in a child process, its output in a log file."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.env = env
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = f"http://127.0.0.1:{env['CRM_METRICS_PORT']}/metrics"
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CRM_")}
+        env.update(self.env)
+        with self.log.open("ab") as log:
+            log.write(f"\n===== start {time.strftime('%H:%M:%S')} =====\n".encode())
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "crmstream.cli", "worker"],
+            env=env,
+            stdout=self.log.open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self, timeout: float = 30) -> int | None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return None if self.proc is None else self.proc.returncode
+
+    def tail(self, chars: int = 6000) -> str:
+        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
+
+    def accounts(self) -> dict[str, VendorAccount]:
+        try:
+            return scrape(self.url)
+        except OSError:
+            return {}
+
+    def metric(self, name: str) -> float:
+        """The sum of a metric's samples (all labels); 0 when it is not there yet."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        try:
+            with urllib.request.urlopen(self.url, timeout=2) as response:
+                text = response.read().decode()
+        except OSError:
+            return 0.0
+        return sum(
+            s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == name
+        )
+
+    def dump_stacks(self) -> None:
+        """Ask the worker to log every thread's and task's stack (mode's SIGUSR1 handler)."""
+        if self.alive():
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGUSR1)
+            time.sleep(2)
+
+
+def require_alive(worker: WorkerProcess, context: str) -> None:
+    if not worker.alive():
+        assert worker.proc is not None
+        pytest.fail(f"{context}: worker exited {worker.proc.returncode}\n{worker.tail()}")

@@ -1,0 +1,137 @@
+"""Poison records through the running worker (issue 11): each gets one dead letter with its
+reason, and the worker goes on, exact for everything around them."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import pytest
+
+from crmstream.broker import free_port
+from crmstream.serde import AvroSerde
+from crmstream.settings import Settings
+from crmstream.topics import create_topics
+from processors.app import changelog_specs
+from tests.integration.harness import (
+    Feed,
+    WorkerProcess,
+    exactness_failures,
+    read_outputs,
+    samples,
+)
+from tests.kafka_helpers import read_topic
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _pinpoint(**changes: object) -> bytes:
+    record = {
+        "event_type": "_email.send",
+        "event_timestamp": 1769821887313,
+        "arrival_timestamp": 1769821887435,
+        "application": {"app_id": "app-2"},
+        "client": {"client_id": "7ce42c82-1807-4e8c-b5bf-992dc9e9c616"},
+        "attributes": {
+            "campaign_activity_id": "7ed4d57b1e2feb89414c343c1027c4d1",
+            "campaign_id": "5dfc6a04171154599a807f684fb68c81",
+        },
+        "facets": {"email_channel": {"mail_event": {"mail": {"message_id": "m-1"}}}},
+    }
+    attributes = changes.pop("attributes", None)
+    record.update(changes)
+    if isinstance(attributes, dict):
+        record["attributes"] = {**record["attributes"], **attributes}  # type: ignore[dict-item]
+    return orjson.dumps(record)
+
+
+def test_a_record_whose_event_is_too_large_is_a_dead_letter_and_the_worker_goes_on(
+    crm_env_factory: Callable[..., dict[str, str]], tmp_path: Path
+) -> None:
+    """The issue's case: a 400 kB Pinpoint record whose campaign_activity_id is 400,000
+    characters becomes a 1.2 MB canonical event with a 400 kB key (it is part of the synthesized
+    id): over the producer's limit. It is dead-lettered as too_large, the raw bytes kept whole
+    (they fit), and the records around it are processed exactly."""
+    env = crm_env_factory(
+        CRM_METRICS_PORT=str(free_port()),
+        CRM_DATA_DIR=str(tmp_path / "state"),
+        CRM_STATS_RETENTION="3650d",
+    )
+    settings = Settings.from_env(env)
+    create_topics(settings, extra=changelog_specs(settings))
+    feed = Feed(settings)
+    sets = samples(11, 60)
+    feed.publish_all(sets, slice(0, 30))
+    # Not an email or SMS event: the synthesized id holds campaign_activity_id (A-10).
+    huge = _pinpoint(
+        event_type="_campaign.send",
+        attributes={"campaign_activity_id": "a" * 400_000, "delivery_type": "PUSH"},
+    )
+    feed.publish("pinpoint", [(b"huge-1", huge)])
+    feed.publish_all(sets, slice(30, None))
+
+    worker = WorkerProcess(env, tmp_path / "worker.log")
+    worker.start()
+    try:
+        serde = AvroSerde(settings)
+        dl_topic = settings.topic("dead-letter")
+        expected = feed.expected
+        # The harness's expectation counts the huge record as an event; it must not be one.
+        dead = read_topic(
+            settings,
+            dl_topic,
+            until=lambda r: len(r) >= len(expected.dead_letters) + 1,
+            timeout=120,
+        )
+        records = [serde.decode(m.value() or b"", dl_topic)[1] for m in dead]
+        too_large = [r for r in records if r["reason"] == "too_large"]
+        assert len(too_large) == 1, [r["reason"] for r in records]
+        assert too_large[0]["raw"] == huge and too_large[0]["raw_size"] is None
+        assert "CRM_MAX_MESSAGE_BYTES=1000000" in too_large[0]["detail"]
+        assert worker.alive(), worker.tail()
+        assert worker.metric("crm_worker_too_large_total") == 1
+
+        huge_id = next(i for i in expected.event_ids if len(i) > 100_000)
+        expected.dead_lettered(huge_id)
+        out = read_outputs(settings, expected)
+        assert not exactness_failures(out, expected)
+    finally:
+        assert worker.stop() == 0, worker.tail()
+
+
+def test_a_dead_letter_over_the_limit_keeps_the_first_bytes_of_the_raw_record(
+    crm_env_factory: Callable[..., dict[str, str]], tmp_path: Path
+) -> None:
+    """A malformed record almost as large as the limit: its dead letter (raw bytes, headers,
+    detail) would not fit, so the raw value is cut, and raw_size says how large it was."""
+    env = crm_env_factory(
+        CRM_METRICS_PORT=str(free_port()),
+        CRM_DATA_DIR=str(tmp_path / "state"),
+        CRM_MAX_MESSAGE_BYTES="100000",
+    )
+    settings = Settings.from_env(env)
+    create_topics(settings, extra=changelog_specs(settings))
+    rng = random.Random(5)
+    raw = b'{"not json' + bytes(rng.randrange(32, 127) for _ in range(99_990))
+    feed = Feed(settings)
+    feed.publish("airship", [(b"k-big", raw)])
+    worker = WorkerProcess(env, tmp_path / "worker.log")
+    worker.start()
+    try:
+        serde = AvroSerde(settings)
+        dl_topic = settings.topic("dead-letter")
+        dead = read_topic(settings, dl_topic, until=lambda r: len(r) >= 1, timeout=90)
+        assert len(dead) == 1
+        record = serde.decode(dead[0].value() or b"", dl_topic)[1]
+        assert record["reason"] == "invalid_json"
+        assert record["raw_size"] == len(raw)
+        assert 0 < len(record["raw"]) < len(raw)
+        assert raw.startswith(record["raw"])
+        assert len(dead[0].value() or b"") + len(dead[0].key() or b"") < 100_000
+        time.sleep(1)
+        assert worker.alive(), worker.tail()
+    finally:
+        assert worker.stop() == 0, worker.tail()

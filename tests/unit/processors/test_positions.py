@@ -1,0 +1,86 @@
+"""The position bookkeeping that decides which records the agents process (issue 11)."""
+
+from __future__ import annotations
+
+from processors.positions import PositionTracker, TopicPartition, Verdict
+
+TP = TopicPartition("crm.raw.airship", 3)
+
+
+def test_records_are_processed_once_each_and_in_order() -> None:
+    tracker = PositionTracker()
+    tracker.start(TP, 10)
+    verdicts = [tracker.admit(TP, o) for o in (10, 11, 11, 9, 12)]
+    assert verdicts == [
+        Verdict.PROCESS,
+        Verdict.PROCESS,
+        Verdict.STALE,  # handed over twice
+        Verdict.STALE,  # below the position
+        Verdict.PROCESS,
+    ]
+    assert tracker.expected(TP) == 13
+
+
+def test_a_hole_is_a_gap_until_the_broker_says_what_is_in_it() -> None:
+    tracker = PositionTracker()
+    tracker.start(TP, 0)
+    assert tracker.admit(TP, 0) is Verdict.PROCESS
+    assert tracker.admit(TP, 5) is Verdict.GAP
+    # The broker holds records at 1-4 (Faust dropped them): the consumer is sought back to 1,
+    # and the leftovers of the old fetch (above 1) are dropped until 1 comes again.
+    tracker.rewind(TP, 1)
+    assert [tracker.admit(TP, o) for o in (6, 7, 1, 2)] == [
+        Verdict.STALE,
+        Verdict.STALE,
+        Verdict.PROCESS,
+        Verdict.PROCESS,
+    ]
+    # A real gap (a transaction marker at 3): passed over once the broker confirms it.
+    assert tracker.admit(TP, 4) is Verdict.GAP
+    tracker.accept_gap(TP, 4)
+    assert tracker.admit(TP, 4) is Verdict.PROCESS
+    assert tracker.expected(TP) == 5
+
+
+def test_after_a_seek_only_the_expected_record_resumes_processing() -> None:
+    tracker = PositionTracker()
+    tracker.start(TP, 100)  # just sought there: records of the earlier fetch may still come
+    assert tracker.admit(TP, 140) is Verdict.STALE
+    assert tracker.admit(TP, 100) is Verdict.PROCESS
+    assert tracker.admit(TP, 102) is Verdict.GAP  # now a hole means something
+
+
+def test_only_durable_positions_are_committable_and_never_go_back() -> None:
+    tracker = PositionTracker()
+    tracker.start(TP, 0, committed=None)
+    for offset in range(10):
+        tracker.admit(TP, offset)
+    assert tracker.committable(TP) is None  # processed, not yet acknowledged
+    tracker.durable(TP, 6)
+    tracker.durable(TP, 4)  # an older batch's acknowledgement arriving late
+    assert tracker.committable(TP) == 6
+    assert tracker.committable(TopicPartition("other", 0)) is None
+    tracker.forget(TP)
+    assert tracker.committable(TP) is None
+    assert tracker.admit(TP, 10) is Verdict.STALE  # not assigned here any more
+
+
+def test_outputs_read_back_are_reported_once() -> None:
+    tracker = PositionTracker()
+    tracker.start(TP, 50, landed=[48, 50, 53])  # 48 is below the position: ignored
+    assert not tracker.take_landed(TP, 48)
+    assert tracker.take_landed(TP, 50)
+    assert not tracker.take_landed(TP, 50)
+    assert not tracker.take_landed(TP, 51)
+    assert tracker.take_landed(TP, 53)
+
+
+def test_a_partition_that_stops_moving_below_its_high_watermark_is_stalled() -> None:
+    tracker = PositionTracker()
+    tracker.start(TP, 0)
+    assert not tracker.stalled(TP, 10)  # first look: no earlier reading to compare with
+    assert tracker.stalled(TP, 10)  # nothing processed since, records are there
+    tracker.admit(TP, 0)
+    assert not tracker.stalled(TP, 10)  # it moved
+    assert not tracker.stalled(TP, 1)  # nothing beyond the position
+    assert not tracker.stalled(TP, None)  # no fetch yet
