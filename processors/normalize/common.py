@@ -35,6 +35,14 @@ MAX_INT_DIGITS = 640
 only below ``sys.get_int_max_str_digits()`` (``PYTHONINTMAXSTRDIGITS``), and 640 is the lowest
 that limit can be set to, so a record's outcome never depends on the interpreter's setting."""
 
+MIN_EPOCH_MS = 0
+"""1970-01-01T00:00:00.000Z: an earlier ``occurred_at`` is ``invalid_timestamp``."""
+
+MAX_EPOCH_MS = 253_402_300_799_999
+"""9999-12-31T23:59:59.999Z: a later ``occurred_at`` is ``invalid_timestamp``. It keeps every
+time the worker derives from an event (a window end is ``occurred_at`` plus at most an hour)
+far inside an Avro ``long``, and below 2**53, where a double still holds every integer."""
+
 DETAIL_VALUE_CHARS = 80
 """How much of a bad value a reject detail quotes: a detail names the problem and must stay
 small even when the value is 400,000 characters long (the dead letter already keeps the raw
@@ -262,9 +270,12 @@ def as_bool(value: Any) -> bool | None:
     return None
 
 
+# ASCII digits only: ``\d`` would also match other scripts' digits (fullwidth, Arabic-Indic ...),
+# which int() reads.
 _ISO = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d+))?)?"
-    r"\s*(Z|z|[+-]\d{2}(?::?\d{2})?)?$"
+    r"\s*(Z|z|[+-]\d{2}(?::?\d{2})?)?$",
+    re.ASCII,
 )
 
 
@@ -272,7 +283,8 @@ def iso_to_ms(value: Any, what: str, *, assume_utc: bool = False) -> int:
     """ISO-8601 / RFC 3339 string -> epoch ms UTC, sub-ms digits truncated (§1).
 
     Any number of fractional digits is accepted (Airship sends 1-3, ``...21.12Z``). A string
-    without a zone designator is rejected unless ``assume_utc`` (Leanplum only, [A-8]).
+    without a zone designator is rejected unless ``assume_utc`` (Leanplum only, [A-8]). The
+    moment must lie within :data:`MIN_EPOCH_MS` .. :data:`MAX_EPOCH_MS`.
     """
     if not isinstance(value, str):
         raise RecordError(
@@ -281,39 +293,63 @@ def iso_to_ms(value: Any, what: str, *, assume_utc: bool = False) -> int:
         )
     match = _ISO.match(value.strip())
     if not match:
-        raise RecordError(RejectReason.INVALID_TIMESTAMP, f"{what} {value!r} is not ISO-8601")
+        raise RecordError(RejectReason.INVALID_TIMESTAMP, f"{what} {shown(value)} is not ISO-8601")
     year, month, day, hour, minute, second, frac, zone = match.groups()
     if zone is None and not assume_utc:
         raise RecordError(
-            RejectReason.INVALID_TIMESTAMP, f"{what} {value!r} has no zone designator"
+            RejectReason.INVALID_TIMESTAMP, f"{what} {shown(value)} has no zone designator"
         )
     try:
         moment = datetime(
             int(year), int(month), int(day), int(hour), int(minute), int(second or 0), tzinfo=UTC
         )
     except ValueError as exc:
-        raise RecordError(RejectReason.INVALID_TIMESTAMP, f"{what} {value!r}: {exc}") from None
+        raise RecordError(RejectReason.INVALID_TIMESTAMP, f"{what} {shown(value)}: {exc}") from None
     millis = int((frac or "0")[:3].ljust(3, "0"))
     offset_minutes = 0
     if zone and zone not in {"Z", "z"}:
-        sign = -1 if zone[0] == "-" else 1
         digits = zone[1:].replace(":", "")
-        offset_minutes = sign * (int(digits[:2]) * 60 + int(digits[2:4] or 0))
+        hours, minutes = int(digits[:2]), int(digits[2:4] or 0)
+        if hours > 23 or minutes > 59:  # RFC 3339 time-numoffset: 00-23 ":" 00-59
+            raise RecordError(
+                RejectReason.INVALID_TIMESTAMP, f"{what} {shown(value)} has no valid zone offset"
+            )
+        offset_minutes = (-1 if zone[0] == "-" else 1) * (hours * 60 + minutes)
     seconds = int(moment.timestamp()) - offset_minutes * 60
-    return seconds * 1000 + millis
+    return _in_range(seconds * 1000 + millis, what, value)
 
 
 def epoch_ms(value: Any, what: str) -> int:
-    """An integer epoch-ms value (Pinpoint). Booleans, floats with fractions and strings are
-    rejected as ``invalid_timestamp``."""
+    """An integer epoch-ms value (Pinpoint) within :data:`MIN_EPOCH_MS` .. :data:`MAX_EPOCH_MS`.
+
+    Booleans, strings and floats with a fraction are ``invalid_timestamp``. An integral float
+    (``1562109497426.0``) is accepted: within the range a double holds every integer exactly.
+    """
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise RecordError(
             RejectReason.INVALID_TIMESTAMP,
             f"{what} is {'missing' if value is None else type(value).__name__}, expected epoch ms",
         )
-    if isinstance(value, float) and not value.is_integer():
-        raise RecordError(RejectReason.INVALID_TIMESTAMP, f"{what} {value!r} is not an integer")
+    if isinstance(value, float) and not value.is_integer():  # also inf and nan
+        raise RecordError(
+            RejectReason.INVALID_TIMESTAMP, f"{what} {shown(value)} is not an integer"
+        )
+    if not MIN_EPOCH_MS <= value <= MAX_EPOCH_MS:  # compared before int(): no float overflow
+        raise _out_of_range(what, value)
     return int(value)
+
+
+def _in_range(millis: int, what: str, value: Any) -> int:
+    if not MIN_EPOCH_MS <= millis <= MAX_EPOCH_MS:
+        raise _out_of_range(what, value)
+    return millis
+
+
+def _out_of_range(what: str, value: Any) -> RecordError:
+    return RecordError(
+        RejectReason.INVALID_TIMESTAMP,
+        f"{what} {shown(value)} is outside 1970-01-01T00:00:00.000Z .. 9999-12-31T23:59:59.999Z",
+    )
 
 
 def shown(value: Any) -> str:

@@ -1,4 +1,4 @@
-"""The shared parsing helpers at their limits (issue 11): depth, integer size."""
+"""The shared parsing helpers at their limits (issue 11): depth, integer size, time range."""
 
 from __future__ import annotations
 
@@ -11,8 +11,11 @@ import pytest
 from processors.normalize.common import (
     DETAIL_VALUE_CHARS,
     MAX_DEPTH,
+    MAX_EPOCH_MS,
     MAX_INT_DIGITS,
     RecordError,
+    epoch_ms,
+    iso_to_ms,
     parse_json,
     parse_object,
     shown,
@@ -130,7 +133,81 @@ def test_integral_floats_keep_their_integer_text() -> None:
     assert text(parse_json(b"[1e20]")) == "100000000000000000000"
 
 
+# --- times ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        2**64,
+        2**63,
+        9223372036854774807,  # its 1h window end overflowed an Avro long
+        MAX_EPOCH_MS + 1,
+        -1,
+        1e19,
+        float("inf"),
+        float("nan"),
+        1562109497426.5,
+    ],
+)
+def test_epoch_ms_outside_the_range_or_not_integral_is_invalid(value: Any) -> None:
+    exc = error(epoch_ms, value, "event_timestamp")
+    assert exc.reason is RejectReason.INVALID_TIMESTAMP
+
+
+def test_epoch_ms_range_is_inclusive() -> None:
+    assert epoch_ms(0, "t") == 0
+    assert epoch_ms(MAX_EPOCH_MS, "t") == MAX_EPOCH_MS
+    assert epoch_ms(float(MAX_EPOCH_MS), "t") == MAX_EPOCH_MS
+    assert "outside 1970-01-01T00:00:00.000Z .. 9999-12-31T23:59:59.999Z" in (
+        error(epoch_ms, 2**64, "event_timestamp").detail
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("1970-01-01T00:00:00.000Z", 0),
+        ("9999-12-31T23:59:59.999Z", MAX_EPOCH_MS),
+        ("9999-12-31T23:59:59.9999999Z", MAX_EPOCH_MS),
+        ("2026-11-29T10:00:00+23:59", 1795860060000),  # 2026-11-28T10:01:00Z
+    ],
+)
+def test_iso_range_edges(value: str, expected: int) -> None:
+    assert iso_to_ms(value, "t") == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "1969-12-31T23:59:59.999Z",
+        "0001-01-01T00:00:00Z",
+        "0000-01-01T00:00:00Z",
+        "9999-12-31T23:59:59.999-00:01",  # 10000-01-01 in UTC
+        "2026-11-29T10:00:00+24:00",
+        "2026-11-29T10:00:00+99:99",
+        "2026-11-29T10:00:00-0060",
+        "\uff12\uff10\uff12\uff16-11-29T10:00:00Z",  # fullwidth digits
+        "\u0662\u0660\u0662\u0666-11-29T10:00:00Z",  # Arabic-Indic digits
+    ],
+)
+def test_iso_outside_the_range_or_not_ascii_is_invalid(value: str) -> None:
+    assert error(iso_to_ms, value, "t").reason is RejectReason.INVALID_TIMESTAMP
+
+
+def test_leanplum_time_before_1970_is_invalid() -> None:
+    exc = error(iso_to_ms, "1969-12-31 23:59:59.999", "properties.time", assume_utc=True)
+    assert exc.reason is RejectReason.INVALID_TIMESTAMP
+
+
 # --- details stay short -----------------------------------------------------------------------
+
+
+def test_a_detail_quotes_a_huge_value_only_in_part() -> None:
+    huge = "2026-" + "9" * 400_000
+    detail = error(iso_to_ms, huge, "time").detail
+    assert len(detail) < 200
+    assert "400005 characters" in detail
 
 
 @pytest.mark.parametrize(
