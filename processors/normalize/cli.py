@@ -1,4 +1,9 @@
-"""``crm-stream normalize VENDOR [FILE]``: one JSON line out for every line in, in order."""
+"""``crm-stream normalize VENDOR [FILE]``: one JSON line out for every line in, in order.
+
+Any bytes work: a line that is not UTF-8 or not JSON is a reject line like any other bad
+record, and a last line without its newline is still a line. The command exits 0 whatever
+the records hold.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from typing import IO
 
 import orjson
 
-from processors.normalize import NORMALIZERS
+from processors.normalize import normalize
 from processors.normalize.model import CanonicalEvent, NormalizeContext, Rejected, Skipped
 
 
@@ -20,10 +25,11 @@ def outcome_json(outcome: CanonicalEvent | Rejected | Skipped) -> bytes:
 
 
 def normalize_lines(vendor: str, lines: IO[bytes], out: IO[bytes], ctx: NormalizeContext) -> int:
-    normalize = NORMALIZERS[vendor]
+    """Every line of ``lines`` through the safe entry point, one output line each; returns
+    the count. A line ends at ``\\n`` (a ``\\r`` before it is dropped too), nowhere else."""
     count = 0
     for line in lines:
-        out.write(outcome_json(normalize(line.rstrip(b"\r\n"), ctx)) + b"\n")
+        out.write(outcome_json(normalize(vendor, line.rstrip(b"\r\n"), ctx)) + b"\n")
         count += 1
     out.flush()
     return count

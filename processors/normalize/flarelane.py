@@ -6,10 +6,12 @@ absent; both read the same.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from processors.normalize.common import (
+    MAX_INT_DIGITS,
     RecordError,
     as_bool,
     attributes,
@@ -120,6 +122,11 @@ def channel_of(record: Mapping[str, Any], vendor_type: str) -> Channel:
     return CHANNELS.get(source.strip().lower(), Channel.UNKNOWN)
 
 
+# An int column written as a string: ASCII digits only (str.isdigit() also accepts "²", which
+# int() refuses) and no more of them than the parser reads in an integer literal.
+_INT_TEXT = re.compile(rf"-?[0-9]{{1,{MAX_INT_DIGITS}}}")
+
+
 def _minutes(value: Any) -> int | None:
     """``iam_dont_show_minutes`` (an int column; tolerate ``"60"`` and ``60.0``)."""
     if isinstance(value, bool):
@@ -128,7 +135,7 @@ def _minutes(value: Any) -> int | None:
         return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    if isinstance(value, str) and _INT_TEXT.fullmatch(value.strip()):
         return int(value)
     return None
 

@@ -31,6 +31,7 @@ from processors.normalize.common import (
     reject,
     required_id,
     required_type,
+    shown,
     text,
 )
 from processors.normalize.model import (
@@ -230,7 +231,8 @@ def _occurred_at(record: Mapping[str, Any], props: Mapping[str, Any], row: bool)
         millis = iso_to_ms(value, what, assume_utc=True)  # no zone: UTC
     if millis == 0:
         raise RecordError(
-            RejectReason.INVALID_TIMESTAMP, f"{what} {value!r} is the unset default {TIME_SENTINEL}"
+            RejectReason.INVALID_TIMESTAMP,
+            f"{what} {shown(value)} is the unset default {TIME_SENTINEL}",
         )
     return millis
 

@@ -67,12 +67,23 @@ class Channel(StrEnum):
 
 
 class RejectReason(StrEnum):
-    """TAXONOMY §5, checked in this order."""
+    """Why a raw record went to the dead-letter topic (README "Dead-letter reasons").
+
+    The first four are TAXONOMY §5's, checked in this order; only they describe the vendor
+    record. The others are the pipeline's: the record may be fine and the fault ours or a
+    limit's, so a replay after a fix can turn them into events.
+    """
 
     INVALID_JSON = "invalid_json"
     MISSING_EVENT_ID = "missing_event_id"
     MISSING_EVENT_TYPE = "missing_event_type"
     INVALID_TIMESTAMP = "invalid_timestamp"
+    # The normalizer raised (a bug): processors.normalize.normalize() dead-letters the record
+    # instead of stopping the worker on it, again after every restart (issue 11).
+    NORMALIZER_ERROR = "normalizer_error"
+    # An output encoded larger than the producer accepts; emitted by the worker, never by a
+    # normalizer.
+    TOO_LARGE = "too_large"
 
 
 @dataclass(frozen=True, slots=True)

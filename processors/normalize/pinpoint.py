@@ -11,13 +11,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import orjson
-
 from processors.normalize.common import (
     RecordError,
     attributes,
     epoch_ms,
     obj,
+    parse_json,
     parse_object,
     reject,
     required_id,
@@ -208,9 +207,10 @@ def _endpoint(record: Mapping[str, Any]) -> tuple[Mapping[str, Any], str | None]
     if not isinstance(raw, str):
         return {}, f"endpoint is {type(raw).__name__}, expected a JSON string"
     try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return {}, "endpoint is not valid JSON"
+        # The record's own limits apply to this document too (depth, exact integers).
+        value = parse_json(raw, "endpoint")
+    except RecordError as exc:
+        return {}, exc.detail
     if not isinstance(value, dict):
         return {}, "endpoint JSON is not an object"
     return value, None

@@ -267,6 +267,21 @@ def test_iam_fields() -> None:
     )
 
 
+@pytest.mark.parametrize("minutes", ["\u00b2", "1\u00b2", "--5", "-", "9" * 5000, "\u0662"])
+def test_iam_dont_show_minutes_that_is_no_integer_is_kept_as_text(minutes: str) -> None:
+    """str.isdigit() accepted these and int() then raised (issue 11): a plain close now."""
+    closed = run(row("iam.closed", iam_dont_show_minutes=minutes))
+    assert closed.attributes["iam_close"] == "close"
+    assert closed.attributes["iam_dont_show_minutes"] == minutes
+
+
+def test_iam_dont_show_minutes_accepts_negative_and_padded_integers() -> None:
+    assert run(row("iam.closed", iam_dont_show_minutes=" 30 ")).attributes["iam_close"] == (
+        "hidden 30 min"
+    )
+    assert run(row("iam.closed", iam_dont_show_minutes="-5")).attributes["iam_close"] == "close"
+
+
 def test_campaign_id_missing_is_tolerated() -> None:
     """[A-28]: documented as required, but a null is kept as null, not rejected."""
     event = run(row("push.sent", campaign_id=None, campaign_name=None))
