@@ -63,8 +63,14 @@ from crmstream.serde import AvroSerde
 from crmstream.settings import Settings
 from crmstream.topics import VENDORS, TopicSpec, create_topics, raw_topic
 from processors import faust_patches
-from processors.normalize import NORMALIZERS
-from processors.normalize.model import CanonicalEvent, NormalizeContext, Rejected, Skipped
+from processors.normalize import normalize
+from processors.normalize.model import (
+    CanonicalEvent,
+    NormalizeContext,
+    Rejected,
+    RejectReason,
+    Skipped,
+)
 from processors.outputs import ConfluentOutputs, Headers, Offsets, Outputs
 from processors.positions import TP, PositionTracker, TopicPartition, Verdict
 from processors.probe import RAW_POSITION_HEADER, Probe, raw_position
@@ -96,10 +102,6 @@ EXIT_BUG = 70  # EX_SOFTWARE: an unexpected error stopped the worker
 POSITION_KEY_PREFIX = b"__crm/position/"
 # What a Kafka record costs besides its key, value and headers (record and batch framing).
 RECORD_OVERHEAD_BYTES = 512
-
-
-class WorkerBug(Exception):
-    """An error that is not about a bad record: the worker must stop, not skip."""
 
 
 def _die(exc: BaseException, what: str) -> None:
@@ -689,12 +691,8 @@ class Pipeline:
                 int(message.timestamp * 1000),
                 headers_dict(message.headers),
             )
-            try:
-                outcome = NORMALIZERS[vendor](raw, self._context(pos.app_id))
-            except Exception as exc:
-                raise WorkerBug(
-                    f"{vendor} normalizer raised on {pos.kafka_position}: {exc!r}"
-                ) from exc
+            # Never raises for a record: a normalizer bug is a normalizer_error dead letter.
+            outcome = normalize(vendor, raw, self._context(pos.app_id))
 
             if isinstance(outcome, Skipped):
                 metrics.SKIPPED.labels(vendor, outcome.reason).inc()
@@ -819,7 +817,7 @@ class Pipeline:
                     c.raw,
                     c.raw_key,
                     c.vendor,
-                    "too_large",
+                    RejectReason.TOO_LARGE.value,
                     f"the canonical event is {len(value) + len(c.id_bytes)} bytes with its key; "
                     f"the limit is CRM_MAX_MESSAGE_BYTES={self.settings.max_message_bytes}",
                     pos,
@@ -997,7 +995,7 @@ class Pipeline:
             message.value or b"",
             message.key,
             None,
-            "invalid_stats_update",
+            RejectReason.INVALID_STATS_UPDATE.value,
             f"not a stats-updates record: {exc!r}"[:1000],
             pos,
             now_ms,

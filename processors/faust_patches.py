@@ -14,7 +14,18 @@ committed.
    partitions at their committed offset; and learns what an earlier run already wrote
    (:mod:`processors.probe`).
 
-3. **Commits.** Faust computes the offset to commit from the offsets its agents acknowledged,
+3. **An empty set of active partitions fetches nothing.** Faust hands its *live* set of active
+   partitions to the consumer thread, and aiokafka's ``Fetcher.fetched_records(partitions)``
+   reads an empty set as "every partition" (``if partitions and tp not in partitions``). When
+   Faust paused every partition (the end of recovery, the seek above) while a fetch was waiting,
+   aiokafka handed over the records of all partitions, moving their fetch positions past them,
+   and Faust dropped them as paused. This is what lost blocks of raw records after kill -9
+   restarts (issue 11; reproduced and traced with the worker's debug log: the partitions sought
+   before the drain each lost one block). Here the thread takes a snapshot of the set, and an
+   empty one fetches nothing. :mod:`processors.positions` still notices any other way a record
+   goes missing.
+
+4. **Commits.** Faust computes the offset to commit from the offsets its agents acknowledged,
    and counts any hole between two offsets it handed over as a gap to fill (it assumes compacted
    topics or transaction markers). Records that Faust fetched and then dropped (flow control
    stopping mid-fetch, a paused partition, a delivery cut short) leave exactly such a hole, and
@@ -119,7 +130,21 @@ def apply() -> None:
         self._gap.pop(tp, None)
         return offset
 
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    fetch_records = AIOKafkaConsumerThread._fetch_records
+
+    async def fetch_active_only(
+        self: Any, consumer: Any, active_partitions: Any, *args: Any, **kwargs: Any
+    ) -> Any:
+        if active_partitions is not None:
+            active_partitions = frozenset(active_partitions)
+            if not active_partitions:
+                return {}
+        return await fetch_records(self, consumer, active_partitions, *args, **kwargs)
+
     patches: dict[tuple[type, str], Any] = {
+        (AIOKafkaConsumerThread, "_fetch_records"): fetch_active_only,
         (Consumer, "resume_partitions"): held_resume_partitions,
         (Consumer, "perform_seek"): seek_then_resume,
         (Consumer, "_new_offset"): position_offset,

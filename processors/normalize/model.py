@@ -84,6 +84,9 @@ class RejectReason(StrEnum):
     # An output encoded larger than the producer accepts; emitted by the worker, never by a
     # normalizer.
     TOO_LARGE = "too_large"
+    # Not a vendor record at all: a stats-updates record the stats agent could not read
+    # (written by something other than a crm-stream worker, or corrupted).
+    INVALID_STATS_UPDATE = "invalid_stats_update"
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,7 +39,7 @@ from crmstream.samples import SampleSet, campaigns
 from crmstream.serde import AvroSerde
 from crmstream.settings import Settings
 from crmstream.topics import VENDORS, raw_topic
-from processors.normalize import NORMALIZERS
+from processors.normalize import normalize
 from processors.normalize.model import CanonicalEvent, NormalizeContext, Rejected
 from processors.records import campaign_key, stats_upsert_key, window_start
 from tests.kafka_helpers import read_topic
@@ -81,7 +81,7 @@ class Expected:
                 del self.stats[key]
 
     def add(self, vendor: str, key: bytes | None, value: bytes, app_id: str, at: Position) -> None:
-        outcome = NORMALIZERS[vendor](value, NormalizeContext(app_id=app_id))
+        outcome = normalize(vendor, value, NormalizeContext(app_id=app_id))
         if isinstance(outcome, Rejected):
             self.dead_letters.add(at)
         elif isinstance(outcome, CanonicalEvent) and outcome.event_id not in self.event_ids:
@@ -164,6 +164,7 @@ class Outputs:
     """What the worker wrote, read back from the output topics."""
 
     event_ids: list[str]
+    event_sources: dict[str, list[str]]  # event id -> the raw_position header of each copy
     dead_letters: list[Position]
     stats: dict[bytes, int]  # upsert key -> total of the latest upsert
 
@@ -202,8 +203,13 @@ def read_outputs(settings: Settings, expected: Expected, timeout: float = 120) -
         positions.append(
             (record["source_topic"], record["source_partition"], record["source_offset"])
         )
+    sources: dict[str, list[str]] = {}
+    for m in events:
+        header = dict(m.headers() or []).get("raw_position") or b""
+        sources.setdefault((m.key() or b"").decode(), []).append(bytes(header).decode())
     return Outputs(
         event_ids=[(m.key() or b"").decode() for m in events],
+        event_sources=sources,
         dead_letters=positions,
         stats=latest(stats),
     )
@@ -223,7 +229,7 @@ def exactness_failures(out: Outputs, expected: Expected) -> list[str]:
     if repeated:
         problems.append(
             f"{sum(repeated.values()) - len(repeated)} duplicate records on events, "
-            f"e.g. {sorted(repeated.items())[:5]}"
+            f"e.g. {[(i, out.event_sources.get(i)) for i in sorted(repeated)[:5]]}"
         )
     dead = Counter(out.dead_letters)
     if set(dead) != expected.dead_letters or any(n > 1 for n in dead.values()):

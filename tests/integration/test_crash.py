@@ -10,7 +10,8 @@ with batches in flight, sometimes with its local state deleted. In the end:
 * the latest ``campaign-stats`` upsert of every (campaign, window) is the exact count.
 
 The seed is printed with any failure; ``CRM_CRASH_SEED=<seed>`` replays it, and
-``CRM_CRASH_SEEDS=<n>`` / ``CRM_CRASH_ROUNDS=<n>`` run a longer soak locally.
+``CRM_CRASH_SEEDS``, ``CRM_CRASH_ROUNDS``, ``CRM_CRASH_PER_VENDOR`` and
+``CRM_CRASH_DELAY_MIN`` / ``_MAX`` (seconds) run a longer or larger soak locally.
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ BASE_SEED = int(os.environ.get("CRM_CRASH_SEED", "0")) or 20261202
 SEEDS = [BASE_SEED + i for i in range(int(os.environ.get("CRM_CRASH_SEEDS", "2")))]
 ROUNDS = int(os.environ.get("CRM_CRASH_ROUNDS", "4"))
 PER_VENDOR = int(os.environ.get("CRM_CRASH_PER_VENDOR", "600"))
+DELAY = (
+    float(os.environ.get("CRM_CRASH_DELAY_MIN", "0.3")),
+    float(os.environ.get("CRM_CRASH_DELAY_MAX", "7.0")),
+)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -69,8 +74,9 @@ def test_kill_9_at_random_moments_loses_nothing_and_counts_everything_once(
     feed.publish_all(sets, slice(0, third))
 
     def publish_rest() -> None:
-        for start in range(third, PER_VENDOR, 50):
-            feed.publish_all(sets, slice(start, start + 50))
+        step = max(50, PER_VENDOR // 40)
+        for start in range(third, PER_VENDOR, step):
+            feed.publish_all(sets, slice(start, start + step))
             time.sleep(0.3)
 
     worker = WorkerProcess(env, tmp_path / "worker.log")
@@ -81,7 +87,7 @@ def test_kill_9_at_random_moments_loses_nothing_and_counts_everything_once(
         publisher.start()
         for round_ in range(ROUNDS):
             # From the middle of start-up (group join, table recovery) to well into processing.
-            delay = rng.uniform(0.3, 7.0)
+            delay = rng.uniform(*DELAY)
             deadline = time.monotonic() + delay
             while time.monotonic() < deadline:
                 if not worker.alive():

@@ -135,3 +135,135 @@ def test_a_dead_letter_over_the_limit_keeps_the_first_bytes_of_the_raw_record(
         assert worker.alive(), worker.tail()
     finally:
         assert worker.stop() == 0, worker.tail()
+
+
+def _key(vendor: str, raw: bytes) -> bytes | None:
+    """The raw-topic key a connector gives the record: its vendor event id, if it has one."""
+    import importlib
+
+    try:
+        record = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(record, dict):
+        return None
+    event_id = importlib.import_module(f"processors.normalize.{vendor}").vendor_event_id(record)
+    return event_id.encode() if event_id else None
+
+
+def _is_object(raw: bytes) -> bool:
+    try:
+        return isinstance(orjson.loads(raw), dict)
+    except orjson.JSONDecodeError:
+        return False
+
+
+def _deep(depth: int) -> object:
+    value: object = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def _poison(vendor: str, sample: bytes) -> list[tuple[bytes, str]]:
+    """The issue's poison kinds for ``vendor``, built from one of its valid records, each with
+    the reason it must get."""
+    record = orjson.loads(sample)
+    # 300 nested arrays in a field nobody reads (orjson cannot write that deep: spliced in).
+    deep = orjson.dumps({**record, "crm_poison": 0}).decode()
+    deep = deep.replace('"crm_poison":0', '"crm_poison":' + "[" * 300 + "]" * 300)
+    out = [(deep.encode(), "invalid_json")]
+    if vendor == "pinpoint":
+        for big in (18446744073709551616, 9223372036854775808, 9223372036854774807):
+            # orjson cannot write integers beyond 64 bits: splice the literal in.
+            text = orjson.dumps({**record, "event_timestamp": 0}).decode()
+            out.append(
+                (
+                    text.replace('"event_timestamp":0', f'"event_timestamp":{big}').encode(),
+                    "invalid_timestamp",
+                )
+            )
+    return out
+
+
+def _fuzzed(rng: random.Random, sample: bytes) -> bytes:
+    """One seeded mutation of a valid record: bytes cut, flipped or invalid UTF-8 added, a field
+    replaced by a value of another type, NaN or a huge number."""
+    kind = rng.randrange(6)
+    if kind == 0:
+        return sample[: rng.randrange(len(sample))]
+    if kind == 1:
+        data = bytearray(sample)
+        for _ in range(rng.randrange(1, 5)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        return bytes(data)
+    if kind == 2:
+        return sample + b"\xff\xfe" + bytes([rng.randrange(128, 256)])
+    record = orjson.loads(sample)
+    field = rng.choice(sorted(record))
+    replacement = [None, "", 1.5, -1, [], {}, "x" * 100_000, True, _deep(80)][rng.randrange(9)]
+    if kind == 3:
+        record[field] = replacement
+        return orjson.dumps(record)
+    text = orjson.dumps({**record, field: 0}).decode()
+    literal = ["NaN", "Infinity", "1e400", "-" + "9" * 700][
+        kind - 4 if kind < 5 else rng.randrange(4)
+    ]
+    return text.replace(f'"{field}":0', f'"{field}":{literal}').encode()
+
+
+def test_poison_and_fuzzed_records_each_get_one_outcome_and_the_worker_goes_on(
+    crm_env_factory: Callable[..., dict[str, str]], tmp_path: Path
+) -> None:
+    """Deep nesting (every vendor), Pinpoint's three huge timestamps and 500 seeded mutations of
+    valid records, mixed into valid traffic: every record balances (event, duplicate, dead
+    letter or skip), the poison ones get the reason the issue names, nothing is a
+    normalizer_error, and every output is exact."""
+    env = crm_env_factory(
+        CRM_METRICS_PORT=str(free_port()),
+        CRM_DATA_DIR=str(tmp_path / "state"),
+        CRM_STATS_RETENTION="3650d",
+    )
+    settings = Settings.from_env(env)
+    create_topics(settings, extra=changelog_specs(settings))
+    feed = Feed(settings)
+    rng = random.Random(20261202)
+    sets = samples(23, 80)
+    feed.publish_all(sets, slice(0, 40))
+    poison: dict[str, list[tuple[bytes, str]]] = {}
+    fuzzed = 0
+    for vendor, sample_set in sets.items():
+        valid = [v for _k, v in sample_set.records if _is_object(v)]
+        poison[vendor] = _poison(vendor, valid[0])
+        feed.publish(
+            vendor, [(f"poison-{i}".encode(), v) for i, (v, _) in enumerate(poison[vendor])]
+        )
+        mutated = [_fuzzed(rng, rng.choice(valid)) for _ in range(100)]
+        batch = [(_key(vendor, raw), raw) for raw in mutated]
+        fuzzed += feed.publish(vendor, batch)
+    feed.publish_all(sets, slice(40, None))
+
+    worker = WorkerProcess(env, tmp_path / "worker.log")
+    worker.start()
+    try:
+        out = read_outputs(settings, feed.expected)
+        assert not exactness_failures(out, feed.expected)
+        accounts = worker.accounts()
+        for vendor, account in accounts.items():
+            assert account.raw_in == feed.published[vendor] == account.accounted, vendor
+        assert not any(a.dead_letters.get("normalizer_error") for a in accounts.values())
+        serde = AvroSerde(settings)
+        dl_topic = settings.topic("dead-letter")
+        reasons = {
+            (r["vendor"], r["raw"]): r["reason"]
+            for r in (
+                serde.decode(m.value() or b"", dl_topic)[1]
+                for m in read_topic(settings, dl_topic, timeout=10)
+            )
+        }
+        for vendor, kinds in poison.items():
+            for raw, reason in kinds:
+                assert reasons[(vendor, raw)] == reason, (vendor, raw[:80])
+        assert fuzzed == 500 and worker.alive(), worker.tail()
+    finally:
+        assert worker.stop() == 0, worker.tail()
