@@ -101,6 +101,7 @@ def test_reject_reasons() -> None:
         "invalid_timestamp",
         "normalizer_error",
         "too_large",
+        "invalid_stats_update",
     ]
 
 
