@@ -28,6 +28,7 @@ demo-once: $(STAMP) ## The demo, run to completion, with a JSON summary in var/d
 test: $(STAMP) ## Lint, typecheck and run every test (starts its own broker)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 	$(BIN)/mypy
 	$(BIN)/pytest
 
@@ -37,6 +38,7 @@ test-fast: $(STAMP) ## Unit tests only
 lint: $(STAMP) ## ruff lint and format check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 format: $(STAMP) ## Apply ruff's formatting and safe fixes
 	$(BIN)/ruff format .

@@ -1,7 +1,7 @@
 """Cheap, deterministic raw vendor events for the benchmark.
 
 The benchmark needs a million records in seconds and an exact expected outcome, so it does not
-use the per-vendor sample generators of :mod:`crmstream.samples` (built for variety, ~1%
+use the per-vendor sample generators of :mod:`crmdemo.samples` (built for variety, ~1%
 malformed): it builds records from one small template family per vendor here, shaped after the
 vendor documents in ``../shared/seeds/`` and the TAXONOMY §6 field tables, with exactly the mix the
 benchmark issue asks for: 5% exact duplicates (same key, same bytes, like a connector replay),

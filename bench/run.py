@@ -56,13 +56,21 @@ import psutil
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from bench import generate, progress
-from connectors.base import H_FORMAT, H_INGESTED_AT, H_SOURCE, H_VENDOR
+from crmdemo.demo import TANSU_PROFILE, read_env_file, scrape
 from crmstream.broker import EmbeddedBroker, free_port
-from crmstream.demo import TANSU_PROFILE, read_env_file, scrape
 from crmstream.kafka import consumer_config, producer_config
 from crmstream.serde import AvroSerde
 from crmstream.settings import Settings
-from crmstream.topics import VENDORS, TopicSpec, create_topics, raw_topic
+from crmstream.topics import (
+    H_FORMAT,
+    H_INGESTED_AT,
+    H_SOURCE,
+    H_VENDOR,
+    VENDORS,
+    TopicSpec,
+    create_topics,
+    raw_topic,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 QUIX_VENV = REPO / ".venv-quix"
@@ -273,7 +281,7 @@ class Pipeline:
             self._metrics_url = f"http://127.0.0.1:{port}/metrics"
             self.state_dir = Path(env["CRM_DATA_DIR"])
             self.output_topic = f"{self.prefix}events"
-            cmd = [sys.executable, "-m", "crmstream.cli", "worker"]
+            cmd = [sys.executable, "-m", "crmcli", "worker"]
         elif self.name == "passthrough":
             self._progress_file = self.workdir / "passthrough.progress.json"
             self.output_topic = f"{self.prefix}passthrough"

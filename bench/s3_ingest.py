@@ -68,7 +68,7 @@ def write_objects(root: Path, json_records: int, parquet_rows: int, row_group: i
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from connectors.samplefeeds import leanplum_parquet_row, leanplum_parquet_schema
+    from crmdemo.samplefeeds import leanplum_parquet_row, leanplum_parquet_schema
 
     rng = random.Random(1)
     json_dir = root / "json" / "dt=2024-03-05"

@@ -19,16 +19,15 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartit
 from crmstream.errors import BrokerError
 from crmstream.kafka import consumer_config, producer_config
 from crmstream.settings import Settings, describe_fields, values_from_env
-from crmstream.topics import raw_topic
-
-# Header names on every raw record. The worker reads them; downstream tools may too.
-H_VENDOR = "vendor"
-H_SOURCE = "source"
-H_FORMAT = "format"
-H_INGESTED_AT = "ingested_at"
-H_APP_ID = "app_id"
+from crmstream.topics import H_APP_ID, H_FORMAT, H_INGESTED_AT, H_SOURCE, H_VENDOR, raw_topic
 
 _S = TypeVar("_S")
+
+
+KeyFunction = Callable[[Mapping[str, Any]], str | None]
+"""A vendor's event id of one parsed record (``processors.normalize.EVENT_IDS``): the raw-topic
+key. The CLI hands each connector its vendor's function, so connectors need not import the
+normalizers and the id has one definition (TAXONOMY §1, §6.x)."""
 
 
 def now_ms() -> int:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gzip
-import importlib
 import io
 import logging
 import os
@@ -43,7 +42,7 @@ from urllib.parse import unquote, urlparse
 
 import orjson
 
-from connectors.base import CheckpointStore, RawPublisher
+from connectors.base import CheckpointStore, KeyFunction, RawPublisher
 from connectors.feeds import FeedProfile
 from crmstream import metrics
 from crmstream.errors import BrokerError, ConfigError, CrmStreamError
@@ -685,19 +684,6 @@ def _row_converter(schema: pyarrow.Schema) -> Callable[[dict[str, Any]], dict[st
 
 # --- the source -----------------------------------------------------------------------------
 
-KeyFunction = Callable[[dict[str, Any]], str | None]
-
-
-def vendor_key_function(vendor: str) -> KeyFunction:
-    """``processors.normalize.<vendor>.vendor_event_id``: one definition of the event id for the
-    connector's key and the worker's dedupe (TAXONOMY §1, §6.x)."""
-    module = importlib.import_module(f"processors.normalize.{vendor}")
-    fn = getattr(module, "vendor_event_id", None)
-    if fn is None:
-        raise CrmStreamError(f"processors.normalize.{vendor} has no vendor_event_id function")
-    key_function: KeyFunction = fn
-    return key_function
-
 
 @dataclass
 class PassStats:
@@ -733,7 +719,7 @@ class ObjectStoreSource:
         prefix: str | None = None,
         publisher: RawPublisher | None = None,
         checkpoints: CheckpointStore | None = None,
-        key_of: KeyFunction | None = None,
+        key_of: KeyFunction,
     ) -> None:
         self.profile = profile
         self.config = config
@@ -745,7 +731,7 @@ class ObjectStoreSource:
         self.prefix = prefix or ""
         self.publisher = publisher or RawPublisher(settings, profile.vendor, app_id=config.app_id)
         self.checkpoints = checkpoints or CheckpointStore(settings, profile.connector)
-        self.key_of = key_of or vendor_key_function(profile.vendor)
+        self.key_of = key_of
         self.positions: dict[str, dict[str, Any]] | None = None
         self.newest_days: dict[str, date] = {}  # per root: the late-file window's anchor
         self._deferred: dict[str, dict[str, Any]] = {}
@@ -1106,10 +1092,12 @@ def settings_from_args(args: argparse.Namespace) -> ObjectStoreSettings:
     )
 
 
-def run(profile: FeedProfile, args: argparse.Namespace, settings: Settings) -> int:
+def run(
+    profile: FeedProfile, args: argparse.Namespace, settings: Settings, key_of: KeyFunction
+) -> int:
     config = settings_from_args(args)
     metrics.serve(settings.metrics_port)
-    total = ObjectStoreSource(profile, config, settings).run()
+    total = ObjectStoreSource(profile, config, settings, key_of=key_of).run()
     print(
         orjson.dumps(
             {
@@ -1127,10 +1115,16 @@ def run(profile: FeedProfile, args: argparse.Namespace, settings: Settings) -> i
 
 
 def run_feed(
-    connector: str, settings: Settings, source: str, *, app_id: str | None = None, **options: Any
+    connector: str,
+    settings: Settings,
+    source: str,
+    *,
+    key_of: KeyFunction,
+    app_id: str | None = None,
+    **options: Any,
 ) -> PassStats:
     """Run one feed connector in-process to completion (``--once``); what the demo calls."""
     from connectors.feeds import FEEDS
 
     config = ObjectStoreSettings(source=source, app_id=app_id, once=True, **options)
-    return ObjectStoreSource(FEEDS[connector], config, settings).run()
+    return ObjectStoreSource(FEEDS[connector], config, settings, key_of=key_of).run()

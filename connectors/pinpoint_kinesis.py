@@ -38,7 +38,13 @@ from typing import Any
 import orjson
 from confluent_kafka import KafkaException
 
-from connectors.base import CheckpointStore, RawPublisher, now_ms, settings_from_env
+from connectors.base import (
+    CheckpointStore,
+    KeyFunction,
+    RawPublisher,
+    now_ms,
+    settings_from_env,
+)
 from crmstream import metrics
 from crmstream.errors import BrokerError, ConfigError, CrmStreamError
 from crmstream.settings import Settings, choice, parse_duration, parse_int, positive, setting
@@ -169,18 +175,16 @@ class KinesisSettings:
         return settings_from_env(cls, environ, **overrides)
 
 
-def record_key(data: bytes) -> str | None:
-    """The raw-topic key of one Kinesis record: the [A-10] synthetic id, or None."""
+def record_key(data: bytes, key_of: KeyFunction) -> str | None:
+    """The raw-topic key of one Kinesis record: its event id (the [A-10] synthetic id for
+    Pinpoint, by ``key_of``), or None when it is not a JSON object."""
     try:
         record = orjson.loads(data)
     except orjson.JSONDecodeError:
         return None
     if not isinstance(record, dict):
         return None
-    # Imported here: the normalizers are not needed to start the other connectors.
-    from processors.normalize.pinpoint import vendor_event_id
-
-    return vendor_event_id(record)
+    return key_of(record)
 
 
 @dataclass
@@ -241,7 +245,9 @@ class KinesisSource:
         publisher: RawPublisher | None = None,
         checkpoints: CheckpointStore | None = None,
         sleep: Callable[[float], None] | None = None,
+        key_of: KeyFunction,
     ) -> None:
+        self.key_of = key_of
         self.config = config
         self.settings = settings
         self.client = client if client is not None else make_client(config)
@@ -510,7 +516,7 @@ class KinesisSource:
             seq = str(record["SequenceNumber"])
             metrics.CONNECTOR_BYTES.labels(CONNECTOR).inc(len(data))
             self.publisher.publish(
-                record_key(data),
+                record_key(data, self.key_of),
                 data,
                 source=f"kinesis:{self.config.stream}/{state.shard_id}#{seq}",
                 fmt="json",
@@ -683,10 +689,10 @@ def config_from_args(args: argparse.Namespace) -> KinesisSettings:
     )
 
 
-def run(args: argparse.Namespace, settings: Settings) -> int:
+def run(args: argparse.Namespace, settings: Settings, key_of: KeyFunction) -> int:
     config = config_from_args(args)
     metrics.serve(settings.metrics_port)
-    source = KinesisSource(config, settings)
+    source = KinesisSource(config, settings, key_of=key_of)
     check_stream(source)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: source.stop())
@@ -703,53 +709,3 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         extra={"connector": CONNECTOR},
     )
     return 0
-
-
-def demo_feed(settings: Settings, values: list[bytes], shards: int = 2) -> RunStats:
-    """Put ``values`` on a throwaway moto Kinesis on loopback and run the connector once.
-
-    For ``make demo`` only: it needs the ``moto[server]`` dev dependency. The stream name is
-    fresh each run, so checkpoints of an earlier demo on the same broker never apply.
-    """
-    try:
-        from moto.server import ThreadedMotoServer
-    except ImportError as exc:
-        raise CrmStreamError(
-            "the Kinesis demo needs moto[server] (pip install -e '.[dev]')"
-        ) from exc
-    import boto3
-
-    from crmstream.broker import free_port
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        endpoint = f"http://127.0.0.1:{port}"
-        client = boto3.client(
-            "kinesis",
-            endpoint_url=endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="demo",
-            aws_secret_access_key="demo",
-        )
-        stream = f"pinpoint-demo-{now_ms()}"
-        client.create_stream(StreamName=stream, ShardCount=shards)
-        for start in range(0, len(values), 500):
-            chunk = values[start : start + 500]
-            client.put_records(
-                StreamName=stream,
-                Records=[
-                    {"Data": value, "PartitionKey": str(start + i)} for i, value in enumerate(chunk)
-                ],
-            )
-        config = KinesisSettings(
-            stream=stream,
-            region="us-east-1",
-            endpoint_url=endpoint,
-            poll_interval_s=0.05,
-            app_id="demo-pinpoint",
-        )
-        return KinesisSource(config, settings, client=client).run(once=True)
-    finally:
-        server.stop()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from connectors import airship, feeds, objectstore, pinpoint_kinesis, segment
+from connectors.base import KeyFunction
 from connectors.feeds import FeedProfile
 from crmstream.settings import Settings
 
@@ -22,7 +23,8 @@ class ConnectorEntry:
     vendor: str
     doc: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace, Settings], int]
+    # The vendor's event-id function is the caller's (the CLI's) to give: see KeyFunction.
+    run: Callable[[argparse.Namespace, Settings, KeyFunction], int]
 
 
 CONNECTORS: dict[str, ConnectorEntry] = {}
@@ -47,7 +49,7 @@ CONNECTORS["segment"] = ConnectorEntry(
     vendor="segment",
     doc="Segment webhook receiver: 200 only after Kafka acknowledged the request's events",
     add_arguments=segment.add_arguments,
-    run=segment.run,
+    run=lambda args, settings, _key_of: segment.run(args, settings),
 )
 CONNECTORS["pinpoint-kinesis"] = ConnectorEntry(
     name="pinpoint-kinesis",
@@ -61,5 +63,5 @@ CONNECTORS["airship"] = ConnectorEntry(
     vendor="airship",
     doc="Airship Real-Time Data Streaming: resumable NDJSON stream, checkpoint after Kafka acks",
     add_arguments=airship.add_arguments,
-    run=airship.run,
+    run=lambda args, settings, _key_of: airship.run(args, settings),
 )

@@ -21,10 +21,8 @@ import hmac
 import logging
 import signal
 import threading
-import time
 import uuid
-from collections import Counter as Tally
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -387,7 +385,8 @@ class SegmentReceiver:
 class BackgroundReceiver:
     """The receiver on its own event loop in a thread, for the demo and the tests.
 
-    ``with BackgroundReceiver(config, settings) as r: post_samples(r.url, ...)``.
+    ``with BackgroundReceiver(config, settings) as r: ...`` posts to ``r.url``
+    (``crmdemo.feeds.post_samples`` sends signed sample requests).
     """
 
     def __init__(self, config: SegmentSettings, settings: Settings) -> None:
@@ -414,58 +413,6 @@ class BackgroundReceiver:
 
     def __exit__(self, *_exc: object) -> None:
         self.stop()
-
-
-def post_samples(
-    url: str,
-    records: Iterable[bytes],
-    secret: str | None = None,
-    *,
-    batch_size: int = 1,
-    retries: int = 5,
-    timeout: float = 30.0,
-) -> Tally[int]:
-    """POST sample events to a receiver as Segment would; returns ``{status: requests}``.
-
-    ``batch_size > 1`` sends JSON arrays, as Segment's batching does. A record that is not a
-    JSON object is sent alone (in a batch it would make the whole array a 400). A 503 is
-    retried with back-off, like Segment. With ``secret`` every request is signed.
-    """
-    import httpx
-
-    values = list(records)
-    tally: Tally[int] = Tally()
-    bodies: list[bytes] = []
-    batch: list[bytes] = []
-    for value in values:
-        if batch_size > 1 and _is_object(value):
-            batch.append(value)
-            if len(batch) == batch_size:
-                bodies.append(b"[" + b",".join(batch) + b"]")
-                batch = []
-        else:
-            bodies.append(value)
-    if batch:
-        bodies.append(b"[" + b",".join(batch) + b"]")
-    with httpx.Client(timeout=timeout) as client:
-        for body in bodies:
-            headers = {"Content-Type": "application/json"}
-            if secret:
-                headers["X-Signature"] = signature(secret, body)
-            for attempt in range(retries + 1):
-                status = client.post(url, content=body, headers=headers).status_code
-                if status != 503 or attempt == retries:
-                    break
-                time.sleep(min(0.5 * 2**attempt, 5.0))
-            tally[status] += 1
-    return tally
-
-
-def _is_object(value: bytes) -> bool:
-    try:
-        return isinstance(orjson.loads(value), dict)
-    except orjson.JSONDecodeError:
-        return False
 
 
 # --- command line -------------------------------------------------------------------------------
@@ -522,12 +469,3 @@ async def _serve_until_signal(config: SegmentSettings, settings: Settings) -> No
         await stop.wait()
     finally:
         await receiver.stop()
-
-
-def demo_feed(settings: Settings, values: list[bytes], secret: str = "demo-secret") -> Tally[int]:
-    """Run a receiver on a free loopback port, post ``values`` signed, one per request; returns
-    ``{status: requests}``. For ``make demo``: every 200 is one event in the raw topic; a sample
-    that is not a JSON object gets 400 and never reaches Kafka, as with a real sender."""
-    config = SegmentSettings(port=0, shared_secret=Secret(secret), app_id="demo-segment")
-    with BackgroundReceiver(config, settings) as receiver:
-        return post_samples(receiver.url, values, secret)

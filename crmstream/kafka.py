@@ -1,7 +1,8 @@
 """Kafka client configuration for both client libraries, from one :class:`Settings`.
 
 confluent-kafka (connectors, admin, CLI) takes librdkafka's dotted keys; Faust runs on aiokafka
-and takes ``broker_credentials`` / ``ssl_context``. The friendly settings map onto both here
+and takes ``broker_credentials`` / ``ssl_context`` (built in ``processors.faust_compat`` from
+:func:`ssl_context`, so the core never imports Faust). The friendly settings map onto both
 (the Quix Streams ``ConnectionConfig`` idea), so TLS and SASL are configured once.
 """
 
@@ -82,27 +83,3 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
             password=settings.ssl_key_password.get() or None,
         )
     return context
-
-
-def faust_broker_kwargs(settings: Settings) -> dict[str, Any]:
-    """Faust (aiokafka) broker settings equivalent to :func:`client_config`."""
-    import faust
-
-    kwargs: dict[str, Any] = {
-        "broker": ",".join(f"kafka://{hp.strip()}" for hp in settings.bootstrap_servers.split(",")),
-        "broker_session_timeout": settings.consumer_session_timeout_s,
-        "broker_heartbeat_interval": settings.consumer_heartbeat_interval_s,
-        "broker_rebalance_timeout": settings.consumer_rebalance_timeout_s,
-        "producer_max_batch_size": settings.changelog_max_batch_bytes,
-    }
-    context = ssl_context(settings)
-    if settings.security_protocol.startswith("SASL"):
-        kwargs["broker_credentials"] = faust.SASLCredentials(
-            username=settings.sasl_username,
-            password=settings.sasl_password.get(),
-            mechanism=settings.sasl_mechanism,
-            ssl_context=context,
-        )
-    elif context is not None:
-        kwargs["broker_credentials"] = faust.SSLCredentials(context)
-    return kwargs

@@ -10,10 +10,19 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from crmstream.errors import BrokerError
 from crmstream.kafka import client_config
 from crmstream.settings import Settings
+from crmstream.vendors import VENDOR_NAMES
 
-VENDORS = ("leanplum", "pinpoint", "segment", "flarelane", "airship")
+VENDORS = VENDOR_NAMES  # crmstream.vendors is the registry
 
 WEEK_MS = 7 * 86400 * 1000
+
+# The raw topics' contract: each record is one vendor event, unchanged, keyed by the vendor's
+# event id, with these headers. Connectors write them, the worker reads them.
+H_VENDOR = "vendor"
+H_SOURCE = "source"  # where the vendor side holds the record, e.g. s3://bucket/key#row
+H_FORMAT = "format"
+H_INGESTED_AT = "ingested_at"  # epoch ms when the connector read it
+H_APP_ID = "app_id"
 
 
 @dataclass(frozen=True)

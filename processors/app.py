@@ -19,7 +19,7 @@ What a crash (kill -9 at any moment, with or without the local state) cannot do:
 
 * **lose a record**: every stream partition's position is kept by what the agents processed
   (:mod:`processors.positions`): a record Faust drops is noticed and read again, and only a
-  processed, acknowledged position is committed (:mod:`processors.faust_patches`). A raw
+  processed, acknowledged position is committed (:mod:`processors.faust_compat`). A raw
   partition's position is saved with its dedupe marks, atomically;
 * **write an event or a dead letter twice**: every output carries its raw record's position
   (header ``raw_position``). A restarted worker reads back what an earlier run wrote for records
@@ -58,11 +58,11 @@ from faust.types import EventT
 
 from crmstream import metrics
 from crmstream.errors import ConfigError
-from crmstream.kafka import faust_broker_kwargs
 from crmstream.serde import AvroSerde
 from crmstream.settings import Settings
 from crmstream.topics import VENDORS, TopicSpec, create_topics, raw_topic
-from processors import faust_patches
+from processors import faust_compat
+from processors.faust_compat import faust_broker_kwargs
 from processors.normalize import normalize
 from processors.normalize.model import (
     CanonicalEvent,
@@ -229,8 +229,8 @@ class Pipeline:
     """The worker's state and its two batch handlers, bound to one Faust app."""
 
     def __init__(self, settings: Settings) -> None:
-        faust_patches.apply()
-        faust_patches.set_fetch_max_wait(settings.consumer_fetch_max_wait_s)
+        faust_compat.apply()
+        faust_compat.set_fetch_max_wait(settings.consumer_fetch_max_wait_s)
         self.settings = settings
         self.serde = AvroSerde(settings)
         self.events_topic = settings.topic("events")
@@ -275,7 +275,7 @@ class Pipeline:
             **faust_broker_kwargs(settings),
         )
         app = self.app
-        app.crm_positions = self  # type: ignore[attr-defined]  # see faust_patches.Positioned
+        app.crm_positions = self  # type: ignore[attr-defined]  # see faust_compat.Positioned
         self.outputs: Outputs = ConfluentOutputs(settings)
         self.raw = app.topic(
             *self.vendor_of_topic,
@@ -365,11 +365,11 @@ class Pipeline:
     # -- positions -----------------------------------------------------------------------
 
     def committable(self, tp: Any) -> int | None:
-        """faust_patches.Positioned: the offset the consumer group may commit for ``tp``."""
+        """faust_compat.Positioned: the offset the consumer group may commit for ``tp``."""
         return self.positions.committable(tp)
 
     async def on_positioned(self, consumer: Any, *, after_rebalance: bool) -> None:
-        """faust_patches.Positioned: place every stream partition before it is resumed.
+        """faust_compat.Positioned: place every stream partition before it is resumed.
 
         Outside a rebalance (Faust seeks to the committed offsets when a fetch returns while its
         flow is stopped) a partition goes back to its own position. After a rebalance each
@@ -388,7 +388,7 @@ class Pipeline:
             if tp not in assigned:
                 self.positions.forget(tp)
         await self._start_outputs()
-        committed = {tp: faust_patches.committed_offset(consumer, tp) for tp in assigned}
+        committed = {tp: faust_compat.committed_offset(consumer, tp) for tp in assigned}
         raw = sorted(tp for tp in assigned if tp.topic in self.vendor_of_topic)
         stats = sorted(tp for tp in assigned if tp.topic == self.stats_updates_topic)
         saved = {tp: self._saved_position(tp) for tp in raw}

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from connectors.base import H_APP_ID, H_INGESTED_AT, H_SOURCE
+from crmstream.topics import H_APP_ID, H_INGESTED_AT, H_SOURCE
 from processors.normalize.model import CanonicalEvent, Channel, EventType
 
 SCHEMA_VERSION = 1  # CanonicalEvent and CampaignStats

@@ -8,6 +8,8 @@ the type checker can follow a vendor from the CLI to its module. Callers go thro
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from processors.normalize import airship, flarelane, leanplum, pinpoint, segment
 from processors.normalize.model import (
@@ -29,6 +31,17 @@ NORMALIZERS: dict[str, Normalizer] = {
     "segment": segment.normalize,
     "flarelane": flarelane.normalize,
     "airship": airship.normalize,
+}
+
+# Each vendor's event id of a parsed record: the raw-topic key connectors publish under, so all
+# copies of an event share a partition and meet in the dedupe table. The CLI hands each connector
+# its vendor's function (connectors do not import the normalizers).
+EVENT_IDS: dict[str, Callable[[Mapping[str, Any]], str | None]] = {
+    "leanplum": leanplum.vendor_event_id,
+    "pinpoint": pinpoint.vendor_event_id,
+    "segment": segment.vendor_event_id,
+    "flarelane": flarelane.vendor_event_id,
+    "airship": airship.vendor_event_id,
 }
 
 VENDOR_OF: dict[str, Vendor] = {name: Vendor(name.upper()) for name in NORMALIZERS}
@@ -80,6 +93,7 @@ def _error_detail(exc: Exception) -> str:
 
 
 __all__ = [
+    "EVENT_IDS",
     "NORMALIZERS",
     "VENDOR_OF",
     "CanonicalEvent",

@@ -15,7 +15,6 @@ share a key, so a partition; the first copy published wins), not by the worker:
 
 from __future__ import annotations
 
-import importlib
 import os
 import random
 import signal
@@ -32,13 +31,21 @@ from pathlib import Path
 import pytest
 from confluent_kafka import KafkaError, Message, Producer
 
-from connectors.base import H_APP_ID, H_FORMAT, H_INGESTED_AT, H_SOURCE, H_VENDOR
-from crmstream.demo import VendorAccount, scrape
+from crmdemo.demo import VendorAccount, scrape
+from crmdemo.generators import GENERATORS
+from crmdemo.samples import SampleSet, campaigns
 from crmstream.kafka import producer_config
-from crmstream.samples import SampleSet, campaigns
 from crmstream.serde import AvroSerde
 from crmstream.settings import Settings
-from crmstream.topics import VENDORS, raw_topic
+from crmstream.topics import (
+    H_APP_ID,
+    H_FORMAT,
+    H_INGESTED_AT,
+    H_SOURCE,
+    H_VENDOR,
+    VENDORS,
+    raw_topic,
+)
 from processors.normalize import normalize
 from processors.normalize.model import CanonicalEvent, NormalizeContext, Rejected
 from processors.records import campaign_key, stats_upsert_key, window_start
@@ -50,12 +57,7 @@ WINDOWS = (("1m", 60), ("1h", 3600))
 def samples(seed: int, per_vendor: int, campaign_count: int = 12) -> dict[str, SampleSet]:
     rng = random.Random(seed)
     shared = campaigns(rng, count=campaign_count)
-    return {
-        v: importlib.import_module(f"crmstream.samples.{v}").generate(
-            random.Random(rng.random()), per_vendor, shared
-        )
-        for v in VENDORS
-    }
+    return {v: GENERATORS[v](random.Random(rng.random()), per_vendor, shared) for v in VENDORS}
 
 
 Position = tuple[str, int, int]  # raw topic, partition, offset
@@ -265,7 +267,7 @@ class WorkerProcess:
         with self.log.open("ab") as log:
             log.write(f"\n===== start {time.strftime('%H:%M:%S')} =====\n".encode())
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "crmstream.cli", "worker"],
+            [sys.executable, "-m", "crmcli", "worker"],
             env=env,
             stdout=self.log.open("ab"),
             stderr=subprocess.STDOUT,

@@ -49,7 +49,7 @@ def produce(
 
 def decode(settings: Settings, *args: str) -> tuple[int, list[dict[str, Any]], str]:
     done = subprocess.run(
-        [sys.executable, "-m", "crmstream.cli", "decode", *args],
+        [sys.executable, "-m", "crmcli", "decode", *args],
         env=cli_env(settings),
         capture_output=True,
         timeout=90,

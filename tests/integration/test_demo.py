@@ -25,7 +25,7 @@ def test_demo_once_balances_and_matches_the_samples(
         [
             sys.executable,
             "-m",
-            "crmstream.cli",
+            "crmcli",
             "demo",
             "--once",
             "--events",

@@ -16,6 +16,7 @@ from crmstream.serde import AvroSerde
 from crmstream.settings import Settings
 from crmstream.topics import create_topics
 from processors.app import changelog_specs
+from processors.normalize import EVENT_IDS
 from tests.integration.harness import (
     Feed,
     WorkerProcess,
@@ -139,7 +140,6 @@ def test_a_dead_letter_over_the_limit_keeps_the_first_bytes_of_the_raw_record(
 
 def _key(vendor: str, raw: bytes) -> bytes | None:
     """The raw-topic key a connector gives the record: its vendor event id, if it has one."""
-    import importlib
 
     try:
         record = orjson.loads(raw)
@@ -147,7 +147,7 @@ def _key(vendor: str, raw: bytes) -> bytes | None:
         return None
     if not isinstance(record, dict):
         return None
-    event_id = importlib.import_module(f"processors.normalize.{vendor}").vendor_event_id(record)
+    event_id = EVENT_IDS[vendor](record)
     return event_id.encode() if event_id else None
 
 

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from crmdemo.demo import VendorAccount, publish_samples, scrape
+from crmdemo.generators import GENERATORS
+from crmdemo.samples import SampleSet, campaigns
 from crmstream.broker import free_port
-from crmstream.demo import VendorAccount, publish_samples, scrape
-from crmstream.samples import SampleSet, campaigns
 from crmstream.serde import AvroSerde
 from crmstream.settings import Settings
 from crmstream.topics import VENDORS, create_topics
@@ -34,16 +35,10 @@ PER_VENDOR = 160
 
 
 def _samples() -> dict[str, SampleSet]:
-    import importlib
 
     rng = random.Random(20261125)
     shared = campaigns(rng, count=12)
-    return {
-        v: importlib.import_module(f"crmstream.samples.{v}").generate(
-            random.Random(rng.random()), PER_VENDOR, shared
-        )
-        for v in VENDORS
-    }
+    return {v: GENERATORS[v](random.Random(rng.random()), PER_VENDOR, shared) for v in VENDORS}
 
 
 class WorkerProcess:
@@ -57,7 +52,7 @@ class WorkerProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CRM_")}
         env.update(self.env)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "crmstream.cli", "worker"],
+            [sys.executable, "-m", "crmcli", "worker"],
             env=env,
             stdout=self.log.open("ab"),
             stderr=subprocess.STDOUT,
@@ -230,7 +225,7 @@ def test_counts_stats_and_recovery_without_local_state(
     replayed = publish_samples(settings, samples)
     # Every replayed record is read once: the offsets were committed before the stop, and the
     # restarted worker positions its partitions before it hands out a record (see
-    # processors/faust_patches.py). Every record read must be a duplicate (or a dead letter
+    # processors/faust_compat.py). Every record read must be a duplicate (or a dead letter
     # again), none a new canonical event.
     accounts = worker.wait_accounts(
         lambda acc: all(

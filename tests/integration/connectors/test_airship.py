@@ -1,7 +1,7 @@
 """The Airship RTDS connector against the real replay server on loopback and a real broker.
 
 Every test runs ``AirshipConnector`` (or the ``crm-stream`` process) against
-``connectors.airship_replay`` and reads ``raw.airship`` back with manually assigned partitions.
+``crmdemo.airship_replay`` and reads ``raw.airship`` back with manually assigned partitions.
 Timeouts and back-offs are shortened through the connector's own settings.
 """
 
@@ -26,8 +26,8 @@ from confluent_kafka import Consumer, TopicPartition
 from prometheus_client import REGISTRY
 
 from connectors.airship import AirshipConnector, AirshipError, AirshipSettings, RunStats
-from connectors.airship_replay import ReplayOptions, ReplayThread
 from connectors.base import CheckpointStore
+from crmdemo.airship_replay import ReplayOptions, ReplayThread
 from crmstream.errors import ConfigError
 from crmstream.kafka import consumer_config
 from crmstream.settings import Secret, Settings
@@ -403,7 +403,7 @@ def test_bad_configuration_is_rejected_before_connecting(
         }
         environ.update({k: v for k, v in _settings_env(settings).items()})
         proc = subprocess.run(
-            [sys.executable, "-m", "crmstream.cli", "connect", "airship"],
+            [sys.executable, "-m", "crmcli", "connect", "airship"],
             env=environ,
             capture_output=True,
             text=True,
@@ -441,7 +441,7 @@ def test_kill_mid_stream_and_restart_loses_nothing(settings: Settings, tmp_path:
         "CRM_AIRSHIP_BACKOFF_MAX": "0.2",
         "CRM_AIRSHIP_IDLE_TIMEOUT": "2s",
     }
-    cmd = [sys.executable, "-m", "crmstream.cli", "connect", "airship", "--start", "EARLIEST"]
+    cmd = [sys.executable, "-m", "crmcli", "connect", "airship", "--start", "EARLIEST"]
     with replay(path, interval_s=0.02) as server:
         cmd += ["--url", server.url]
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -477,8 +477,8 @@ def test_sample_feed_through_the_replay_command(settings: Settings, tmp_path: Pa
     ``crm-stream airship-replay``, as the demo does: every line but OFFSET_UPDATE lands."""
     import random
 
-    from crmstream.samples import airship as airship_samples
-    from crmstream.samples import campaigns
+    from crmdemo.samples import airship as airship_samples
+    from crmdemo.samples import campaigns
 
     rng = random.Random(11)
     sample = airship_samples.generate(rng, 300, campaigns(rng))
@@ -497,7 +497,7 @@ def test_sample_feed_through_the_replay_command(settings: Settings, tmp_path: Pa
 
     env = {**os.environ, "CRM_AIRSHIP_TOKEN": TOKEN, "CRM_AIRSHIP_APP_KEY": APP_KEY}
     server = subprocess.Popen(
-        [sys.executable, "-m", "crmstream.cli", "airship-replay", str(path), "--keepalive", "0.3"],
+        [sys.executable, "-m", "crmcli", "airship-replay", str(path), "--keepalive", "0.3"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -609,7 +609,7 @@ def test_sigterm_flushes_and_checkpoints_what_was_published(
         "CRM_AIRSHIP_CHECKPOINT_INTERVAL": "30s",  # only the shutdown writes one
     }
     with replay(path, interval_s=0.02) as server:
-        cmd = [sys.executable, "-m", "crmstream.cli", "connect", "airship"]
+        cmd = [sys.executable, "-m", "crmcli", "connect", "airship"]
         cmd += ["--url", server.url, "--start", "EARLIEST"]
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:

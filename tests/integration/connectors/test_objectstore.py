@@ -30,12 +30,16 @@ from confluent_kafka import Message
 from connectors.base import RawPublisher
 from connectors.feeds import FLARELANE, LEANPLUM, PINPOINT_FIREHOSE, FeedProfile
 from connectors.objectstore import ObjectStoreSettings, ObjectStoreSource, SourceError
-from connectors.samplefeeds import leanplum_parquet_row, leanplum_parquet_schema
+from crmdemo.generators import GENERATORS
+from crmdemo.samplefeeds import leanplum_parquet_row, leanplum_parquet_schema
 from crmstream.errors import BrokerError
 from crmstream.serde import AvroSerde
 from crmstream.settings import Settings
 from crmstream.topics import create_topics
+from processors.normalize import EVENT_IDS
 from tests.kafka_helpers import read_topic
+
+LEANPLUM_ID = EVENT_IDS["leanplum"]
 
 pytestmark = pytest.mark.integration
 
@@ -86,7 +90,7 @@ def source(
 ) -> ObjectStoreSource:
     options.setdefault("max_attempts", 3)
     config = ObjectStoreSettings(source=src, endpoint_url=endpoint, once=True, **options)
-    return ObjectStoreSource(profile, config, settings)
+    return ObjectStoreSource(profile, config, settings, key_of=EVENT_IDS[profile.vendor])
 
 
 def raw(settings: Settings, vendor: str, expected: int, timeout: float = 60.0) -> list[Message]:
@@ -428,10 +432,10 @@ def test_connector_killed_mid_file_resumes_without_loss(
     )
     crashing = _CrashingPublisher(kafka, limit=1800)
     with pytest.raises(KeyboardInterrupt):
-        ObjectStoreSource(LEANPLUM, config, kafka, publisher=crashing).run()
+        ObjectStoreSource(LEANPLUM, config, kafka, publisher=crashing, key_of=LEANPLUM_ID).run()
     crashing._producer.flush(10)  # what a real kill may or may not have sent: either is fine
 
-    stats = ObjectStoreSource(LEANPLUM, config, kafka).run()
+    stats = ObjectStoreSource(LEANPLUM, config, kafka, key_of=LEANPLUM_ID).run()
     assert stats.ingested == 2
     assert stats.records <= 5000 - 1500  # resumed at the checkpoint of row 1500, not at 0
 
@@ -455,7 +459,7 @@ def test_cli_killed_with_sigkill_and_restarted(kafka: Settings, tmp_path: Path) 
         "CRM_LOG_LEVEL": "WARNING",
     }
     cmd = [
-        sys.executable, "-m", "crmstream.cli", "connect", "leanplum",
+        sys.executable, "-m", "crmcli", "connect", "leanplum",
         "--source", f"file://{tmp_path / 'feed'}", "--once", "--checkpoint-every", "2000",
     ]  # fmt: skip
     child = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -500,6 +504,7 @@ def test_broker_down_is_not_checkpointed(bucket: tuple[Any, str], moto_endpoint:
         settings,
         publisher=publisher,
         checkpoints=store,  # type: ignore[arg-type]
+        key_of=LEANPLUM_ID,
     )
     publisher.flush = lambda timeout=60.0: RawPublisher.flush(publisher, 2.0)  # type: ignore[method-assign]
     with pytest.raises(BrokerError):
@@ -515,18 +520,15 @@ def test_sample_feed_folder_through_the_connector(
     kafka: Settings, tmp_path: Path, vendor: str, connector: str
 ) -> None:
     """What the demo does: lay the samples out as the vendor's bucket, run the connector once."""
-    import importlib
     import random
     from collections import Counter
 
     from connectors.objectstore import run_feed
-    from connectors.samplefeeds import write_sample_feed
-    from crmstream.samples import campaigns
+    from crmdemo.samplefeeds import write_sample_feed
+    from crmdemo.samples import campaigns
 
     rng = random.Random(5)
-    sample = importlib.import_module(f"crmstream.samples.{vendor}").generate(
-        rng, 400, campaigns(rng)
-    )
+    sample = GENERATORS[vendor](rng, 400, campaigns(rng))
     write_sample_feed(connector, sample, tmp_path / "feed", random.Random(5))
     stats = run_feed(connector, kafka, f"file://{tmp_path / 'feed'}", app_id="app-1")
     assert stats.records == len(sample.records) and stats.failed == 0

@@ -17,6 +17,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from functools import partial
 from hashlib import md5
 from pathlib import Path
 from typing import Any
@@ -29,15 +30,20 @@ from confluent_kafka import Consumer, TopicPartition
 from moto.kinesis import models as moto_kinesis
 from moto.server import ThreadedMotoServer
 
+from connectors import pinpoint_kinesis
 from connectors.base import CheckpointStore, RawPublisher
-from connectors.pinpoint_kinesis import CONNECTOR, KinesisSettings, KinesisSource
+from connectors.pinpoint_kinesis import CONNECTOR, KinesisSettings
 from crmstream.broker import free_port
 from crmstream.errors import BrokerError
 from crmstream.kafka import consumer_config
 from crmstream.settings import Settings
 from crmstream.topics import create_topics
+from processors.normalize import EVENT_IDS
 from processors.normalize.pinpoint import vendor_event_id
 from tests.kafka_helpers import read_topic
+
+# The source with the key function the CLI gives it.
+KinesisSource = partial(pinpoint_kinesis.KinesisSource, key_of=EVENT_IDS["pinpoint"])
 
 pytestmark = pytest.mark.integration
 
@@ -382,7 +388,7 @@ def test_killed_mid_stream_and_restarted_loses_nothing(
     stream = _stream(kinesis, 2)
     _put(kinesis, stream, range(400))
     env = _cli_env(settings, moto_url, stream)
-    cmd = [sys.executable, "-m", "crmstream.cli", "connect", "pinpoint-kinesis", "--stream", stream]
+    cmd = [sys.executable, "-m", "crmcli", "connect", "pinpoint-kinesis", "--stream", stream]
     log = (tmp_path / "kinesis.log").open("ab")
 
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -411,7 +417,7 @@ def test_cli_unknown_stream_is_a_clear_error(
     settings = settings_factory()
     create_topics(settings)
     env = _cli_env(settings, moto_url, "missing")
-    cmd = [sys.executable, "-m", "crmstream.cli", "connect", "pinpoint-kinesis"]
+    cmd = [sys.executable, "-m", "crmcli", "connect", "pinpoint-kinesis"]
     done = subprocess.run(
         [*cmd, "--stream", "no-such-stream", "--once"],
         env=env,
@@ -432,16 +438,17 @@ def test_cli_unknown_stream_is_a_clear_error(
 def test_demo_feed_runs_the_samples_through_moto(settings_factory: Callable[..., Settings]) -> None:
     import random
 
-    from connectors.pinpoint_kinesis import demo_feed
-    from crmstream.samples import campaigns
-    from crmstream.samples.pinpoint import generate
+    from crmdemo.feeds import kinesis_feed
+    from crmdemo.samples import campaigns
+    from crmdemo.samples.pinpoint import generate
+    from processors.normalize import EVENT_IDS
 
     settings = settings_factory()
     create_topics(settings)
     sample = generate(random.Random(5), 80, campaigns(random.Random(5)))
     values = [value for _key, value in sample.records]
 
-    stats = demo_feed(settings, values)
+    stats = kinesis_feed(settings, values, EVENT_IDS["pinpoint"])
 
     assert stats.records == len(values)
     records = _raw(settings, len(values))

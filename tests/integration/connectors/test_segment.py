@@ -23,7 +23,8 @@ import httpx
 import orjson
 import pytest
 
-from connectors.segment import BackgroundReceiver, SegmentSettings, post_samples, signature
+from connectors.segment import BackgroundReceiver, SegmentSettings, signature
+from crmdemo.feeds import post_samples
 from crmstream.broker import EmbeddedBroker, free_port, wait_for_port
 from crmstream.settings import Secret, Settings
 from crmstream.topics import create_topics
@@ -295,7 +296,7 @@ class _ReceiverProcess:
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [
-                *(sys.executable, "-m", "crmstream.cli", "connect", "segment"),
+                *(sys.executable, "-m", "crmcli", "connect", "segment"),
                 *("--host", "127.0.0.1", "--port", str(self.port), "--ack-timeout", "5s"),
             ],
             env=self.env,
@@ -385,9 +386,9 @@ def test_post_samples_signs_batches_and_reports_statuses(
 def test_demo_feed_posts_the_bundled_samples(settings_factory: Callable[..., Settings]) -> None:
     import random
 
-    from connectors.segment import demo_feed
-    from crmstream.samples import campaigns
-    from crmstream.samples.segment import generate
+    from crmdemo.feeds import segment_feed
+    from crmdemo.samples import campaigns
+    from crmdemo.samples.segment import generate
 
     settings = settings_factory()
     create_topics(settings)
@@ -395,7 +396,7 @@ def test_demo_feed_posts_the_bundled_samples(settings_factory: Callable[..., Set
     values = [value for _key, value in sample.records]
     objects = [v for v in values if _is_json_object(v)]
 
-    tally = demo_feed(settings, values)
+    tally = segment_feed(settings, values)
 
     assert tally[200] == len(objects)
     assert tally[400] == len(values) - len(objects) == sample.expected_rejects["invalid_json"]

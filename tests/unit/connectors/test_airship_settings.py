@@ -82,7 +82,7 @@ def test_token_is_required_and_missing_token_file_is_named(tmp_path: Path) -> No
 
 def test_secrets_are_not_command_line_options() -> None:
     from connectors.airship import options_from_args
-    from crmstream.cli import build_parser
+    from crmcli import build_parser
 
     parser = build_parser()
     args = parser.parse_args(["connect", "airship", "--url", "EU", "--start", "earliest"])

@@ -7,6 +7,7 @@ import pytest
 
 from connectors.pinpoint_kinesis import KinesisSettings, parse_timestamp, record_key
 from crmstream.errors import ConfigError
+from processors.normalize import EVENT_IDS
 
 
 def test_env_and_command_line() -> None:
@@ -76,8 +77,8 @@ def test_record_key_is_the_synthetic_a10_id_or_none() -> None:
         "client": {"client_id": "ep-1"},
         "attributes": {"campaign_activity_id": "act"},
     }
-    assert record_key(orjson.dumps(event)) == "_campaign.send|ep-1|act|1|2"
+    assert record_key(orjson.dumps(event), EVENT_IDS["pinpoint"]) == "_campaign.send|ep-1|act|1|2"
     del event["client"]
-    assert record_key(orjson.dumps(event)) is None
-    assert record_key(b"{not json") is None
-    assert record_key(b"[1, 2]") is None
+    assert record_key(orjson.dumps(event), EVENT_IDS["pinpoint"]) is None
+    assert record_key(b"{not json", EVENT_IDS["pinpoint"]) is None
+    assert record_key(b"[1, 2]", EVENT_IDS["pinpoint"]) is None

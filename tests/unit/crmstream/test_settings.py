@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from crmstream.errors import ConfigError
-from crmstream.kafka import client_config, faust_broker_kwargs, producer_config
+from crmstream.kafka import client_config, producer_config
 from crmstream.settings import Secret, Settings, parse_duration
+from processors.faust_compat import faust_broker_kwargs
 
 
 def test_defaults_are_production_defaults() -> None:
@@ -93,7 +94,7 @@ def test_secret_hides_itself() -> None:
 
 def test_cli_stops_on_bad_setting_with_its_name() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "crmstream.cli", "topics", "list"],
+        [sys.executable, "-m", "crmcli", "topics", "list"],
         env={"CRM_PARTITIONS": "-3", "PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,

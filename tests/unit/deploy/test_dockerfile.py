@@ -16,7 +16,7 @@ from pathlib import Path
 import dockerfile
 import pytest
 
-from crmstream.cli import build_parser
+from crmcli import build_parser
 
 REPO = Path(__file__).resolve().parents[3]
 DOCKERFILE = REPO / "Dockerfile"

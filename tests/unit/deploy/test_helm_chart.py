@@ -196,7 +196,7 @@ def test_only_enabled_connectors_are_deployed() -> None:
 def test_connector_args_are_real_cli_commands(all_enabled: list[Manifest]) -> None:
     """Every connector the CLI registers is in the chart, and the chart's args parse."""
     from connectors.registry import CONNECTORS as REGISTERED
-    from crmstream.cli import build_parser
+    from crmcli import build_parser
 
     assert set(REGISTERED) <= set(CONNECTORS), "a registered connector is missing from the chart"
     parser = build_parser()

@@ -23,11 +23,11 @@ import fastavro
 import pytest
 from fastavro.validation import ValidationError, validate
 
-from connectors.base import H_FORMAT, H_INGESTED_AT, H_SOURCE, H_VENDOR
+from crmdemo.samples import Generator, SampleSet, campaigns
 from crmstream.errors import SerdeError
-from crmstream.samples import Generator, SampleSet, campaigns
 from crmstream.serde import AvroSerde
 from crmstream.settings import Settings
+from crmstream.topics import H_FORMAT, H_INGESTED_AT, H_SOURCE, H_VENDOR
 from processors.normalize import NORMALIZERS, VENDOR_OF
 from processors.normalize.model import (
     CanonicalEvent,
@@ -46,7 +46,7 @@ MAX_REPORTED = 5  # problems listed per vendor when the contract is broken
 
 
 def sample_set(vendor: str) -> SampleSet:
-    module_name = f"crmstream.samples.{vendor}"
+    module_name = f"crmdemo.samples.{vendor}"
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:

@@ -902,7 +902,7 @@ def test_cli_writes_one_line_per_input_line_in_order(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "crmstream.cli",
+            "crmcli",
             "normalize",
             "airship",
             str(path),

@@ -265,7 +265,7 @@ def test_the_command_exits_0_on_poison(tmp_path: Path) -> None:
     path = tmp_path / "poison.ndjson"
     path.write_bytes(b"\n".join(lines))
     result = subprocess.run(
-        [sys.executable, "-m", "crmstream.cli", "normalize", "leanplum", str(path)],
+        [sys.executable, "-m", "crmcli", "normalize", "leanplum", str(path)],
         capture_output=True,
         cwd=REPO,
         timeout=60,

@@ -387,7 +387,7 @@ def test_cli_one_line_per_input_line(tmp_path: Path) -> None:
     path = tmp_path / "flarelane.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
     result = subprocess.run(
-        [sys.executable, "-m", "crmstream.cli", "normalize", "flarelane", str(path)],
+        [sys.executable, "-m", "crmcli", "normalize", "flarelane", str(path)],
         capture_output=True,
         check=True,
         timeout=60,

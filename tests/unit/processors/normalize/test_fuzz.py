@@ -38,7 +38,7 @@ import pytest
 from hypothesis import HealthCheck, currently_in_test_context, event, given, settings
 from hypothesis import strategies as st
 
-from crmstream.samples import campaigns
+from crmdemo.samples import campaigns
 from crmstream.serde import AvroSerde
 from crmstream.settings import Settings
 from processors.normalize import NORMALIZERS, normalize
@@ -139,7 +139,7 @@ def check(vendor: str, raw: bytes, ctx: NormalizeContext) -> Outcome:
 @functools.cache
 def seeds(vendor: str) -> tuple[dict[str, Any], ...]:
     """Distinct valid records (event or skip) of the vendor's sample generator, as JSON."""
-    module = __import__(f"crmstream.samples.{vendor}", fromlist=["generate"])
+    module = __import__(f"crmdemo.samples.{vendor}", fromlist=["generate"])
     sample = module.generate(random.Random(7), SAMPLE_SIZE, campaigns(random.Random(7)))
     found: dict[bytes, dict[str, Any]] = {}
     for _, value in sample.records:

@@ -558,7 +558,7 @@ def test_cli_one_line_per_input_line(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "crmstream.cli",
+            "crmcli",
             "normalize",
             "leanplum",
             str(path),

@@ -690,7 +690,7 @@ def test_cli_writes_one_line_per_input_line_in_order(tmp_path: Path) -> None:
     path = tmp_path / "pinpoint.ndjson"
     path.write_bytes(b"\n".join(lines) + b"\n")
     result = subprocess.run(
-        [sys.executable, "-m", "crmstream.cli", "normalize", "pinpoint", str(path)],
+        [sys.executable, "-m", "crmcli", "normalize", "pinpoint", str(path)],
         capture_output=True,
         check=True,
         cwd=REPO,

@@ -331,7 +331,7 @@ def test_cli_one_line_per_input_line(tmp_path: Path) -> None:
     path = tmp_path / "segment.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
     result = subprocess.run(
-        [sys.executable, "-m", "crmstream.cli", "normalize", "segment", str(path)],
+        [sys.executable, "-m", "crmcli", "normalize", "segment", str(path)],
         capture_output=True,
         check=True,
         timeout=60,

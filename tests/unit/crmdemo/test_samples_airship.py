@@ -8,8 +8,8 @@ from collections import Counter
 import orjson
 import pytest
 
-from crmstream.samples import SampleSet, campaigns
-from crmstream.samples.airship import generate, group_id
+from crmdemo.samples import SampleSet, campaigns
+from crmdemo.samples.airship import generate, group_id
 from processors.normalize import airship
 from processors.normalize.model import (
     CanonicalEvent,
@@ -19,7 +19,7 @@ from processors.normalize.model import (
     Skipped,
     Vendor,
 )
-from tests.unit.crmstream.samples_harness import (
+from tests.unit.crmdemo.samples_harness import (
     Accounting,
     N,
     account,

@@ -13,16 +13,17 @@ import orjson
 import pytest
 
 from connectors.feeds import FEEDS
-from connectors.objectstore import LocalStore, ObjectReader, vendor_key_function
-from connectors.samplefeeds import leanplum_parquet_row, write_sample_feed
-from crmstream.samples import SampleSet, campaigns
+from connectors.objectstore import LocalStore, ObjectReader
+from crmdemo.samplefeeds import leanplum_parquet_row, write_sample_feed
+from crmdemo.samples import SampleSet, campaigns
+from processors.normalize import EVENT_IDS
 
 FEED_OF = {"leanplum": "leanplum", "flarelane": "flarelane", "pinpoint": "pinpoint-firehose"}
 
 
 def _sample(vendor: str, n: int = 600) -> SampleSet:
     rng = random.Random(11)
-    module = importlib.import_module(f"crmstream.samples.{vendor}")
+    module = importlib.import_module(f"crmdemo.samples.{vendor}")
     sample: SampleSet = module.generate(rng, n, campaigns(rng))
     return sample
 
@@ -42,7 +43,7 @@ def test_every_sample_record_survives_the_layout(vendor: str, tmp_path: Path) ->
     assert files and all(f.is_file() for f in files)
 
     store = LocalStore(tmp_path)
-    key_of = vendor_key_function(profile.vendor)
+    key_of = EVENT_IDS[profile.vendor]
     keys: Counter[Any] = Counter()
     raw_lines: Counter[bytes] = Counter()
     formats: Counter[str] = Counter()

@@ -2,7 +2,7 @@
 
 The demo (and the connector tests) then run the object-store connectors on ``file://`` folders,
 so sample data takes the same path as production data: listing, format sniffing, gzip, Parquet,
-checkpoints. Every record of the :class:`~crmstream.samples.SampleSet` lands in exactly one file,
+checkpoints. Every record of the :class:`~crmdemo.samples.SampleSet` lands in exactly one file,
 malformed ones included (they stay lines of a JSON-lines file, never a Parquet row), so the
 set's expected counts still hold after the connector has read the folder.
 """
@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from crmstream.samples import SampleSet
+from crmdemo.samples import SampleSet
 from processors.normalize.leanplum import MESSAGE_ROW_FIELDS
 
 Record = tuple[bytes | None, bytes]

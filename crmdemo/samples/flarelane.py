@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from crmstream.samples import Campaign, SampleSet
+from crmdemo.samples import Campaign, SampleSet
 
 VENDOR = "flarelane"
 EPOCH_BASE_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z; base time within 30 days after it

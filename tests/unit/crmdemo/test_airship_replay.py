@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from connectors.airship_replay import _Line, _passes, _start_index, options_from_args
-from crmstream.cli import build_parser
+from crmcli import build_parser
+from crmdemo.airship_replay import _Line, _passes, _start_index, options_from_args
 from crmstream.errors import ConfigError
 
 

@@ -9,11 +9,11 @@ from typing import Any
 import orjson
 import pytest
 
-from crmstream.samples import SampleSet, campaigns
-from crmstream.samples import flarelane as samples
+from crmdemo.samples import SampleSet, campaigns
+from crmdemo.samples import flarelane as samples
 from processors.normalize import flarelane
 from processors.normalize.model import Channel, EventType, NormalizeContext, Vendor
-from tests.unit.crmstream.samples_harness import (
+from tests.unit.crmdemo.samples_harness import (
     N,
     account,
     assert_campaigns_from,

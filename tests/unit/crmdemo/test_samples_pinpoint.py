@@ -7,8 +7,8 @@ import random
 import orjson
 import pytest
 
-from crmstream.samples import SampleSet, campaigns
-from crmstream.samples.pinpoint import campaign_id, generate
+from crmdemo.samples import SampleSet, campaigns
+from crmdemo.samples.pinpoint import campaign_id, generate
 from processors.normalize import pinpoint
 from processors.normalize.model import (
     CanonicalEvent,
@@ -17,7 +17,7 @@ from processors.normalize.model import (
     NormalizeContext,
     Vendor,
 )
-from tests.unit.crmstream.samples_harness import (
+from tests.unit.crmdemo.samples_harness import (
     Accounting,
     N,
     account,

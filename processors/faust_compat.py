@@ -40,8 +40,12 @@ import functools
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
+import faust
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import Consumer
+
+from crmstream.kafka import ssl_context
+from crmstream.settings import Settings
 
 _APPLIED = "_crmstream_seek_before_resume"
 
@@ -188,3 +192,25 @@ def set_fetch_max_wait(seconds: float) -> None:
 
     AIOKafkaConsumerThread._crm_original_create = create  # type: ignore[attr-defined]
     AIOKafkaConsumerThread._create_worker_consumer = create_worker_consumer  # type: ignore[method-assign]
+
+
+def faust_broker_kwargs(settings: Settings) -> dict[str, Any]:
+    """Faust (aiokafka) broker settings equivalent to :func:`client_config`."""
+    kwargs: dict[str, Any] = {
+        "broker": ",".join(f"kafka://{hp.strip()}" for hp in settings.bootstrap_servers.split(",")),
+        "broker_session_timeout": settings.consumer_session_timeout_s,
+        "broker_heartbeat_interval": settings.consumer_heartbeat_interval_s,
+        "broker_rebalance_timeout": settings.consumer_rebalance_timeout_s,
+        "producer_max_batch_size": settings.changelog_max_batch_bytes,
+    }
+    context = ssl_context(settings)
+    if settings.security_protocol.startswith("SASL"):
+        kwargs["broker_credentials"] = faust.SASLCredentials(
+            username=settings.sasl_username,
+            password=settings.sasl_password.get(),
+            mechanism=settings.sasl_mechanism,
+            ssl_context=context,
+        )
+    elif context is not None:
+        kwargs["broker_credentials"] = faust.SSLCredentials(context)
+    return kwargs

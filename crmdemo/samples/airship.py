@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from crmstream.samples import Campaign, SampleSet
+from crmdemo.samples import Campaign, SampleSet
 from processors.normalize.airship import vendor_event_id
 
 VENDOR = "airship"

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from crmstream.samples import Campaign, SampleSet, campaigns
+from crmdemo.samples import Campaign, SampleSet, campaigns
 from processors.normalize.model import (
     CanonicalEvent,
     Channel,

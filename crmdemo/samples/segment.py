@@ -15,8 +15,8 @@ from typing import Any
 
 import orjson
 
-from crmstream.samples import Campaign, SampleSet
-from crmstream.samples.leanplum import AB_TEST_ID_BASE, AB_TESTS, campaign_id
+from crmdemo.samples import Campaign, SampleSet
+from crmdemo.samples.leanplum import AB_TEST_ID_BASE, AB_TESTS, campaign_id
 
 VENDOR = "segment"
 EPOCH_BASE_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z; base time within 30 days after it

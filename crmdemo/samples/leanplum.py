@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from crmstream.samples import Campaign, SampleSet
+from crmdemo.samples import Campaign, SampleSet
 
 VENDOR = "leanplum"
 # 2026-01-01T00:00:00Z; each set's base time lies within 30 days after it (from the rng).

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from crmstream.samples import Campaign, SampleSet
+from crmdemo.samples import Campaign, SampleSet
 from processors.normalize.pinpoint import vendor_event_id
 
 VENDOR = "pinpoint"

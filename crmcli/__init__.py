@@ -14,8 +14,7 @@ from collections.abc import Sequence
 
 from crmstream.errors import ConfigError, CrmStreamError
 from crmstream.settings import Settings
-
-VENDOR_NAMES = ("leanplum", "pinpoint", "segment", "flarelane", "airship")
+from crmstream.vendors import VENDOR_NAMES
 
 
 def _cmd_settings(args: argparse.Namespace, settings: Settings) -> int:
@@ -55,7 +54,7 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from crmstream.demo import run
+    from crmdemo.demo import run
 
     return run(args)
 
@@ -76,15 +75,17 @@ def _cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_airship_replay(args: argparse.Namespace, settings: Settings) -> int:
-    from connectors.airship_replay import run
+    from crmdemo.airship_replay import run
 
     return run(args)
 
 
 def _cmd_connect(args: argparse.Namespace, settings: Settings) -> int:
     from connectors.registry import CONNECTORS
+    from processors.normalize import EVENT_IDS
 
-    return CONNECTORS[args.connector].run(args, settings)
+    entry = CONNECTORS[args.connector]
+    return entry.run(args, settings, EVENT_IDS[entry.vendor])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -202,7 +203,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

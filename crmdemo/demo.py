@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import logging
 import os
 import random
@@ -33,13 +32,15 @@ from confluent_kafka import Consumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from connectors.base import RawPublisher
+from crmdemo.generators import GENERATORS
+from crmdemo.samples import SampleSet, campaigns
 from crmstream.broker import EmbeddedBroker, free_port
 from crmstream.errors import BrokerError, CrmStreamError
 from crmstream.kafka import consumer_config
-from crmstream.samples import SampleSet, campaigns
 from crmstream.serde import AvroSerde
 from crmstream.settings import Settings
 from crmstream.topics import VENDORS, create_topics
+from processors.normalize import EVENT_IDS
 
 REPO = Path(__file__).resolve().parent.parent
 TANSU_PROFILE = REPO / "config" / "tansu-dev.env"
@@ -90,9 +91,7 @@ def generate_samples(seed: int, total: int) -> dict[str, SampleSet]:
     shared = campaigns(rng)
     per_vendor = max(1, total // len(VENDORS))
     return {
-        vendor: importlib.import_module(f"crmstream.samples.{vendor}").generate(
-            random.Random(rng.random()), per_vendor, shared
-        )
+        vendor: GENERATORS[vendor](random.Random(rng.random()), per_vendor, shared)
         for vendor in VENDORS
     }
 
@@ -124,22 +123,29 @@ def _file_feed(
 ) -> FeedResult:
     """Lay the samples out the way the vendor lays out its bucket; run the file connector."""
     from connectors.objectstore import run_feed
-    from connectors.samplefeeds import write_sample_feed
+    from crmdemo.samplefeeds import write_sample_feed
 
     folder = root / connector
     files = write_sample_feed(connector, sample, folder, random.Random(seed))
-    stats = run_feed(connector, settings, folder.resolve().as_uri(), app_id=f"demo-{vendor}")
+    stats = run_feed(
+        connector,
+        settings,
+        folder.resolve().as_uri(),
+        key_of=EVENT_IDS[vendor],
+        app_id=f"demo-{vendor}",
+    )
     return FeedResult(stats.records, how=f"{len(files)} files via `connect {connector}`")
 
 
 def _pinpoint_feeds(settings: Settings, sample: SampleSet, root: Path) -> FeedResult:
     """Pinpoint's two delivery paths: half the samples as Firehose files, half on Kinesis."""
-    from connectors.pinpoint_kinesis import demo_feed
+    from crmdemo.feeds import kinesis_feed
 
     half = len(sample.records) // 2
     files = SampleSet(sample.vendor, sample.records[:half])
     firehose = _file_feed(settings, "pinpoint-firehose", "pinpoint", files, root, 3)
-    kinesis = demo_feed(settings, [value for _key, value in sample.records[half:]])
+    values = [value for _key, value in sample.records[half:]]
+    kinesis = kinesis_feed(settings, values, EVENT_IDS["pinpoint"])
     return FeedResult(
         firehose.published + kinesis.records,
         how=f"{firehose.how}, {kinesis.records} on Kinesis via `connect pinpoint-kinesis`",
@@ -148,9 +154,9 @@ def _pinpoint_feeds(settings: Settings, sample: SampleSet, root: Path) -> FeedRe
 
 def _segment_feed(settings: Settings, sample: SampleSet) -> FeedResult:
     """POST the samples, signed, to the Segment receiver, one request each."""
-    from connectors.segment import demo_feed
+    from crmdemo.feeds import segment_feed
 
-    statuses = demo_feed(settings, [value for _key, value in sample.records])
+    statuses = segment_feed(settings, [value for _key, value in sample.records])
     refused = {f"http_{code}": n for code, n in statuses.items() if code != 200}
     return FeedResult(statuses.get(200, 0), refused, "signed webhook requests")
 
@@ -180,7 +186,7 @@ def _airship_feed(settings: Settings, sample: SampleSet, root: Path) -> FeedResu
     import asyncio
 
     from connectors.airship import AirshipConnector, AirshipSettings
-    from connectors.airship_replay import ReplayOptions, ReplayThread
+    from crmdemo.airship_replay import ReplayOptions, ReplayThread
     from crmstream.settings import Secret
 
     root.mkdir(parents=True, exist_ok=True)
@@ -331,7 +337,7 @@ def start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]
     full_env.update(env)
     log = open(log_path, "ab")  # noqa: SIM115 - closed with the process
     return subprocess.Popen(
-        [sys.executable, "-m", "crmstream.cli", "worker"],
+        [sys.executable, "-m", "crmcli", "worker"],
         env=full_env,
         stdout=log,
         stderr=subprocess.STDOUT,

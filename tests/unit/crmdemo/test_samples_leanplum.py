@@ -9,11 +9,11 @@ from typing import Any
 import orjson
 import pytest
 
-from crmstream.samples import SampleSet, campaigns
-from crmstream.samples import leanplum as samples
+from crmdemo.samples import SampleSet, campaigns
+from crmdemo.samples import leanplum as samples
 from processors.normalize import leanplum
 from processors.normalize.model import EventType, NormalizeContext, Vendor
-from tests.unit.crmstream.samples_harness import (
+from tests.unit.crmdemo.samples_harness import (
     N,
     account,
     assert_campaigns_from,
