@@ -6,15 +6,17 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo demo-once test test-fast lint format typecheck bench clean
+# constraints.txt pins every package of the dev install to the versions CI tested
+# (`make lock` rewrites it from .venv after a dependency change).
+.PHONY: lock help install demo demo-once test test-fast lint format typecheck bench clean
 
 help: ## Show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install crm-stream with its dev tools
@@ -49,6 +51,9 @@ typecheck: $(STAMP) ## mypy
 
 bench: $(STAMP) ## Throughput/latency/memory benchmark (see bench/README.md; BENCH_ARGS="--events 200000")
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+lock: $(STAMP) ## Rewrite constraints.txt from the installed .venv
+	$(BIN)/pip freeze --exclude-editable | grep -v '^crm-stream' > constraints.txt
 
 clean: ## Remove local state and the virtualenv
 	rm -rf var $(VENV)

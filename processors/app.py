@@ -119,9 +119,8 @@ def _die(exc: BaseException, what: str) -> None:
 
 def _estimated_keys(table: WindowedTable) -> int:
     """RocksDB's own estimate of the keys in a table's local partitions (cheap, approximate)."""
-    store = table.table.data
     total = 0
-    for db in getattr(store, "_dbs", {}).values():
+    for db in faust_compat.rocksdb_partitions(table.table).values():
         estimate = db.property_int_value("rocksdb.estimate-num-keys")
         total += int(estimate or 0)
     return total
@@ -377,7 +376,9 @@ class Pipeline:
         (knowing which outputs beyond it an earlier run wrote), a stats partition at its
         committed offset; a partition with neither at its first offset.
         """
-        assigned = {tp for tp in consumer.assignment() if not consumer._is_changelog_tp(tp)}
+        assigned = {
+            tp for tp in consumer.assignment() if not faust_compat.is_changelog_tp(consumer, tp)
+        }
         if not after_rebalance:
             for tp in sorted(assigned):
                 expected = self.positions.expected(tp)

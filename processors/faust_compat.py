@@ -1,13 +1,14 @@
-"""Where crm-stream changes Faust 0.15.3's consumer: the seek after a rebalance, and what is
-committed.
+"""Everything crm-stream does to Faust 0.15.3's internals, in one module: the patches below, the
+private state it reads (``is_changelog_tp``, ``rocksdb_partition(s)``, ``committed_offset``) and
+the check that the installed versions are the ones this was written for (``check_versions``).
 
 1. **Seek, then resume.** After a rebalance, Faust restores the tables and then, in
    ``Recovery._resume_streams`` and ``Recovery.on_recovery_completed``, resumes the stream
    partitions *before* ``await consumer.perform_seek()``. While the seek runs, the fetcher hands
    prefetched records to the agents; the seek then moves the partitions back and the same
-   records come again (seen on Tansu: 320 raw records read for 160 published). A stream
+   records come again (seen on Tansu: 320 raw records read for 160 published; the family of
+   faust-streaming #216 and #221, fixed upstream for other paths in #216/#217). A stream
    partition's resume is held here until the seek is done (changelog partitions are not held).
-   The same race was fixed upstream for other paths in faust-streaming #216/#217.
 
 2. **Positions.** After every seek, the pipeline (:class:`Positioned`) places each stream
    partition itself: raw partitions at the position saved with their dedupe marks, stats
@@ -19,17 +20,19 @@ committed.
    reads an empty set as "every partition" (``if partitions and tp not in partitions``). When
    Faust paused every partition (the end of recovery, the seek above) while a fetch was waiting,
    aiokafka handed over the records of all partitions, moving their fetch positions past them,
-   and Faust dropped them as paused. This is what lost blocks of raw records after kill -9
-   restarts (issue 11; reproduced and traced with the worker's debug log: the partitions sought
-   before the drain each lost one block). Here the thread takes a snapshot of the set, and an
-   empty one fetches nothing. :mod:`processors.positions` still notices any other way a record
-   goes missing.
+   and Faust dropped them as paused. robinhood/faust#69 fixed exactly this in 2018 (a snapshot
+   and a lock); the thread-based consumer of faust-streaming brought it back. It is what lost
+   blocks of raw records after kill -9 restarts (issue 11; reproduced and traced with the
+   worker's debug log: the partitions sought before the drain each lost one block). Here the
+   thread takes a snapshot of the set, and an empty one fetches nothing.
+   :mod:`processors.positions` still notices any other way a record goes missing.
 
 4. **Commits.** Faust computes the offset to commit from the offsets its agents acknowledged,
    and counts any hole between two offsets it handed over as a gap to fill (it assumes compacted
    topics or transaction markers). Records that Faust fetched and then dropped (flow control
    stopping mid-fetch, a paused partition, a delivery cut short) leave exactly such a hole, and
-   were committed past: lost for good (issue 11: contiguous blocks of a raw partition, with the
+   were committed past: lost for good (faust-streaming #312, and #606, open: gaps are filled
+   past offsets never acknowledged) (issue 11: contiguous blocks of a raw partition, with the
    group's offset beyond them). Here the offset committed for a stream partition is the
    pipeline's durable position (:mod:`processors.positions`), and nothing else.
 """
@@ -44,6 +47,7 @@ import faust
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import Consumer
 
+from crmstream.errors import CrmStreamError
 from crmstream.kafka import ssl_context
 from crmstream.settings import Settings
 
@@ -79,6 +83,49 @@ class Positioned(Protocol):
         ...
 
 
+# --- versions --------------------------------------------------------------------------------
+
+# What this module was written and tested against (pyproject.toml pins the same).
+VERSIONS = {"faust-streaming": "0.15.3", "mode-streaming": "0.7.1", "aiokafka": "0.14.0"}
+
+
+def check_versions() -> None:
+    """Refuse to run on library versions these patches were not written for: a patch applied
+    to other code could fail silently, the worst way for a pipeline to fail."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    wrong = []
+    for package, expected in VERSIONS.items():
+        try:
+            found = version(package)
+        except PackageNotFoundError:
+            found = "not installed"
+        if found != expected:
+            wrong.append(f"{package} {found} (needs {expected})")
+    if wrong:
+        raise CrmStreamError(
+            "the worker patches Faust's consumer (processors/faust_compat.py) and runs only on "
+            "the versions it was written for: " + ", ".join(wrong)
+        )
+
+
+# --- private state, read here only ------------------------------------------------------------
+
+
+def is_changelog_tp(consumer: Any, tp: Any) -> bool:
+    return bool(consumer._is_changelog_tp(tp))
+
+
+def rocksdb_partition(table: Any, partition: int) -> Any:
+    """The ``rocksdict.Rdict`` of one partition of a Faust RocksDB table (opened if needed)."""
+    return table.data._db_for_partition(partition)
+
+
+def rocksdb_partitions(table: Any) -> dict[int, Any]:
+    """The open ``rocksdict.Rdict`` handles of a Faust RocksDB table, by partition."""
+    return dict(getattr(table.data, "_dbs", {}))
+
+
 def committed_offset(consumer: Any, tp: Any) -> int | None:
     """The group's committed offset of ``tp`` as the last seek found it (None when there is
     none, or it is 0: nothing processed)."""
@@ -91,9 +138,11 @@ def _positioned(consumer: Any) -> Positioned | None:
 
 
 def apply() -> None:
-    """Install the patches once per process."""
+    """Install the patches once per process, after checking the versions they were written
+    for."""
     if getattr(Consumer, _APPLIED, False):
         return
+    check_versions()
     resume_partitions = Consumer.resume_partitions
     perform_seek = Consumer.perform_seek
     new_offset = Consumer._new_offset

@@ -28,6 +28,8 @@ from typing import Any, Protocol, cast
 import rocksdict
 from faust.types import TP
 
+from processors import faust_compat
+
 OFFSET_KEY_PREFIX = b"__faust"  # Faust keeps the persisted changelog offset under this key
 
 
@@ -58,7 +60,7 @@ class WindowedTable:
         return timestamp_ms - timestamp_ms % self.size_ms
 
     def _db(self, partition: int) -> rocksdict.Rdict:
-        return self.table.data._db_for_partition(partition)
+        return faust_compat.rocksdb_partition(self.table, partition)
 
     def get_many(self, partition: int, keys: Sequence[bytes]) -> list[bytes | None]:
         """The values of ``keys`` (``window_key`` bytes) in one partition; ``None`` if absent."""
@@ -108,7 +110,7 @@ class WindowedTable:
         here. Returns the number of partitions touched."""
         oldest = self.window_start(now_ms - self.keep_ms)
         upper = window_key(oldest, b"")
-        dbs = getattr(self.table.data, "_dbs", {})
+        dbs = faust_compat.rocksdb_partitions(self.table)
         for db in dbs.values():
             # Keys below b"0" and Faust's offset key (b"__faust...") sort outside the range.
             db.delete_range(b"0", upper)

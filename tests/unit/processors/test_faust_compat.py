@@ -1,0 +1,91 @@
+"""processors/faust_compat.py against the real Faust objects it patches and reads (no broker):
+if an upgrade renames or reshapes what it touches, these fail before a worker does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import faust
+import pytest
+from faust.tables.recovery import Recovery
+from faust.transport.consumer import Consumer
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+from faust.types import TP
+
+from crmstream.errors import CrmStreamError
+from processors import faust_compat
+
+
+class _Positions:
+    def __init__(self, offset: int | None) -> None:
+        self.offset = offset
+
+    async def on_positioned(self, consumer: Any, *, after_rebalance: bool) -> None:
+        return None
+
+    def committable(self, tp: Any) -> int | None:
+        return self.offset
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> faust.App:
+    faust_compat.apply()
+    return faust.App(
+        "compat-test",
+        broker="kafka://127.0.0.1:1",
+        datadir=str(tmp_path),
+        store="rocksdb://",
+        web_enabled=False,
+    )
+
+
+def test_the_patches_replace_the_methods_they_were_written_for() -> None:
+    faust_compat.apply()
+    assert Consumer._new_offset.__name__ == "position_offset"
+    assert Consumer.perform_seek.__name__ == "seek_then_resume"
+    assert Consumer.resume_partitions.__name__ == "held_resume_partitions"
+    assert AIOKafkaConsumerThread._fetch_records.__name__ == "fetch_active_only"
+    assert Recovery._resume_streams.__wrapped__.__qualname__ == "Recovery._resume_streams"
+    assert Recovery.on_recovery_completed.__wrapped__.__qualname__.startswith("Recovery.")
+
+
+def test_commits_come_from_the_positions_and_faust_bookkeeping_is_cleared(
+    app: faust.App,
+) -> None:
+    consumer = app.consumer
+    tp = TP("crm.raw.airship", 3)
+    consumer._acked[tp] = [10, 11, 14]
+    consumer._acked_index[tp] = {10, 11, 14}
+    app.crm_positions = _Positions(12)  # type: ignore[attr-defined]
+    assert consumer._new_offset(tp) == 12  # not 12 by Faust's count (10, 11), nor 15 past a gap
+    assert consumer._acked[tp] == [] and consumer._acked_index[tp] == set()
+    app.crm_positions = _Positions(None)  # type: ignore[attr-defined]
+    assert consumer._new_offset(tp) is None
+
+
+def test_committed_offsets_are_read_from_faust_state(app: faust.App) -> None:
+    consumer = app.consumer
+    tp = TP("crm.raw.airship", 3)
+    assert faust_compat.committed_offset(consumer, tp) is None
+    consumer._committed_offset[tp] = 0
+    assert faust_compat.committed_offset(consumer, tp) is None  # 0: nothing processed
+    consumer._committed_offset[tp] = 7
+    assert faust_compat.committed_offset(consumer, tp) == 7
+
+
+def test_rocksdb_partitions_are_reached_through_the_table(app: faust.App) -> None:
+    table = app.Table("t", partitions=2, key_type=bytes, value_type=bytes)
+    db = faust_compat.rocksdb_partition(table, 1)
+    db[b"k"] = b"v"
+    assert faust_compat.rocksdb_partition(table, 1)[b"k"] == b"v"
+    assert set(faust_compat.rocksdb_partitions(table)) == {1}
+
+
+def test_other_library_versions_stop_the_worker_with_a_clear_message(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    faust_compat.check_versions()  # the pinned ones: fine
+    monkeypatch.setitem(faust_compat.VERSIONS, "faust-streaming", "0.99.0")
+    with pytest.raises(CrmStreamError, match=r"faust-streaming 0\.15\.3 \(needs 0\.99\.0\)"):
+        faust_compat.check_versions()
