@@ -100,6 +100,11 @@ EXIT_BUG = 70  # EX_SOFTWARE: an unexpected error stopped the worker
 # A raw partition's saved position lives in its dedupe table partition, next to the marks
 # (``__`` sorts after the window keys' digits, so window expiry never deletes it).
 POSITION_KEY_PREFIX = b"__crm/position/"
+# The same, once its changelog records are acknowledged: local only. A restarted worker resumes
+# from it, not from the local position, which can be ahead of the changelog (the killed run's
+# last changelog records may never have landed): processing the records in between again
+# re-sends their marks and positions, so the changelog has no hole for a later restore.
+DURABLE_KEY_PREFIX = b"__crm/durable/"
 # What a Kafka record costs besides its key, value and headers (record and batch framing).
 RECORD_OVERHEAD_BYTES = 512
 
@@ -159,6 +164,10 @@ def position_key(raw_topic_name: str) -> bytes:
     return POSITION_KEY_PREFIX + raw_topic_name.encode()
 
 
+def durable_key(raw_topic_name: str) -> bytes:
+    return DURABLE_KEY_PREFIX + raw_topic_name.encode()
+
+
 class _Candidate(NamedTuple):
     """A canonical event of the batch, waiting for its dedupe lookup."""
 
@@ -191,6 +200,7 @@ class _InFlight:
     marks: dict[int, list[tuple[bytes, bytes]]]
     keys: list[bytes]  # the marks' keys, held in Pipeline._pending_keys meanwhile
     ends: dict[TP, int]  # each raw partition's position after this batch
+    saved: dict[TP, bytes]  # ... as saved (SavedPosition.encode), once its marks are written
     tally: _Tally
     started: float
     written: asyncio.Future[None]  # its marks and positions are written locally
@@ -418,6 +428,11 @@ class Pipeline:
             ).items():
                 self.dedupe.put_many(partition, items, self.outputs)
             self.dedupe.set_persisted_offsets(await self.outputs.seal())
+            for partition, items in _by_partition(
+                (tp.partition, durable_key(tp.topic), position.encode())
+                for tp, position in fresh.items()
+            ).items():
+                self.dedupe.write(partition, items)
 
         resumed = {tp: p for tp, p in saved.items() if p is not None}
         landed: dict[TopicPartition, set[int]] = {}
@@ -431,7 +446,10 @@ class Pipeline:
             )
         for tp in raw:
             start = (saved[tp] or fresh[tp]).next
-            self.positions.start(tp, start, committed=committed[tp], landed=landed.get(tp, ()))
+            origin = (saved[tp] or fresh[tp]).floors
+            self.positions.start(
+                tp, start, committed=committed[tp], landed=landed.get(tp, ()), floors=origin
+            )
             await self._seek(tp, start)
         for tp in stats:
             start = _first(committed[tp], starts.get(tp))
@@ -446,10 +464,33 @@ class Pipeline:
             len(fresh),
             written_back,
         )
+        for tp in raw:
+            position = saved[tp] or fresh[tp]
+            log.info(
+                "%s/%d at %d (%s, committed %s); %d read back; floors %s",
+                tp.topic,
+                tp.partition,
+                position.next,
+                "new" if tp in fresh else "saved",
+                committed[tp],
+                len(landed.get(tp, ())),
+                _floors_json(position.floors).decode(),
+            )
 
     def _saved_position(self, tp: TopicPartition) -> SavedPosition | None:
-        value = self.dedupe.get_many(tp.partition, [position_key(tp.topic)])[0]
+        """The durable position when the local state has one, else the saved one (restored
+        from the changelog, hence durable too)."""
+        durable, saved = self.dedupe.get_many(
+            tp.partition, [durable_key(tp.topic), position_key(tp.topic)]
+        )
+        value = durable or saved
         return None if value is None else SavedPosition.decode(value)
+
+    def _position_value(self, tp: TP, end: int) -> bytes:
+        floors = self.positions.floors_for(tp, end, self.floors)
+        if floors is None:
+            return SavedPosition(end, {}).encode(self._floors_json)
+        return SavedPosition(end, floors).encode()
 
     def _raise_floors(self, offsets: dict[Any, int]) -> None:
         outputs = (self.events_topic, self.dead_letter_topic)
@@ -627,6 +668,7 @@ class Pipeline:
             marks,
             keys,
             ends,
+            {},
             tally,
             started,
             loop.create_future(),
@@ -649,9 +691,9 @@ class Pipeline:
             self._raise_floors(offsets)
             items = batch.marks
             for tp, end in batch.ends.items():
-                items.setdefault(tp.partition, []).append(
-                    (position_key(tp.topic), SavedPosition(end, {}).encode(self._floors_json))
-                )
+                saved = self._position_value(tp, end)
+                batch.saved[tp] = saved
+                items.setdefault(tp.partition, []).append((position_key(tp.topic), saved))
             for partition, partition_items in items.items():
                 self.dedupe.put_many(partition, partition_items, self.outputs)
             self._pending_keys.difference_update(batch.keys)
@@ -669,6 +711,11 @@ class Pipeline:
         # The marks' and positions' changelog records (this task's own batch of outputs).
         try:
             self.dedupe.set_persisted_offsets(await self.outputs.seal())
+            durable = _by_partition(
+                (tp.partition, durable_key(tp.topic), saved) for tp, saved in batch.saved.items()
+            )
+            for partition, partition_items in durable.items():
+                self.dedupe.write(partition, partition_items)
             for tp, end in batch.ends.items():
                 self.positions.durable(tp, end)
         finally:
@@ -776,24 +823,31 @@ class Pipeline:
     def _headers(pos: RawPosition) -> Headers:
         return [(RAW_POSITION_HEADER, raw_position(pos.topic, pos.partition, pos.offset))]
 
-    def _marked(self, candidates: list[_Candidate]) -> set[bytes]:
-        """The dedupe keys (current or previous window) already in the table: one RocksDB
+    def _marked(self, candidates: list[_Candidate]) -> dict[bytes, bytes | None]:
+        """The dedupe keys (current or previous window) already in the table, with the raw
+        offset that wrote each (None for a key of a batch still in flight): one RocksDB
         multi-get per partition."""
         lookups: dict[int, list[bytes]] = {}
         for c in candidates:
             keys = lookups.setdefault(c.pos.partition, [])
             keys.append(c.current)
             keys.append(c.previous)
-        found: set[bytes] = set()
+        found: dict[bytes, bytes | None] = {}
         pending = self._pending_keys
         for partition, keys in lookups.items():
             for key, value in zip(keys, self.dedupe.get_many(partition, keys), strict=True):
-                if value is not None or key in pending:
-                    found.add(key)
+                if key in pending:
+                    found[key] = None
+                elif value is not None:
+                    found[key] = value
         return found
 
     def _emit(
-        self, candidates: list[_Candidate], found: set[bytes], now_ms: int, tally: _Tally
+        self,
+        candidates: list[_Candidate],
+        found: dict[bytes, bytes | None],
+        now_ms: int,
+        tally: _Tally,
     ) -> dict[int, list[tuple[bytes, bytes]]]:
         """Send each first-seen event and its stats increment; return the marks to write per
         table partition once Kafka has acknowledged them."""
@@ -804,10 +858,17 @@ class Pipeline:
         seen_in_batch: set[bytes] = set()
         take_landed = self.positions.take_landed
         for c in candidates:
-            if c.id_bytes in seen_in_batch or c.current in found or c.previous in found:
+            pos = c.pos
+            offset = b"@%d" % pos.offset  # "@": never equal to the "1" marks of earlier versions
+            # A mark this very record wrote (its raw offset is the mark's value): it is being
+            # processed again after a restart, and its output was acknowledged before the mark
+            # was written. Not a duplicate: its mark is re-sent, its output is not.
+            own = found.get(c.current) == offset
+            if not own and (
+                c.id_bytes in seen_in_batch or c.current in found or c.previous in found
+            ):
                 tally.duplicates[c.vendor] = tally.duplicates.get(c.vendor, 0) + 1
                 continue
-            pos = c.pos
             value = encode(
                 "CanonicalEvent", canonical_record(c.event, pos, now_ms), self.events_topic
             )
@@ -826,7 +887,8 @@ class Pipeline:
                 )
                 continue
             seen_in_batch.add(c.id_bytes)
-            if take_landed(TopicPartition(pos.topic, pos.partition), pos.offset):
+            landed = take_landed(TopicPartition(pos.topic, pos.partition), pos.offset)
+            if landed or own:
                 metrics.OUTPUTS_READ_BACK.labels(c.vendor, "event").inc()
             else:
                 self.outputs.send(self.events_topic, c.id_bytes, value, headers=headers)
@@ -837,7 +899,7 @@ class Pipeline:
             by_source.setdefault(raw_source(pos.topic, pos.partition), []).append(
                 stats_increment(c.event, pos.offset)
             )
-            marks.setdefault(pos.partition, []).append((c.current, b"1"))
+            marks.setdefault(pos.partition, []).append((c.current, offset))
             kind = (c.vendor, c.event.event_type.value)
             tally.out[kind] = tally.out.get(kind, 0) + 1
             tally.ingested.append((c.vendor, pos.ingested_at))

@@ -61,6 +61,11 @@ class _Track:
     processed: int = 0  # records processed so far (the stall check compares it)
     checked: int = -1  # ``processed`` at the previous stall check
     landed: set[int] = field(default_factory=set)
+    # The floors the read-back started from, while read-back offsets remain ahead: until the
+    # position passes them, outputs of an earlier run still lie after these floors, not after
+    # this run's (see :meth:`PositionTracker.floors_for`).
+    landed_floors: dict[TopicPartition, int] | None = None
+    landed_until: int = -1
 
 
 class PositionTracker:
@@ -76,17 +81,22 @@ class PositionTracker:
         *,
         committed: int | None = None,
         landed: Iterable[int] = (),
+        floors: dict[TopicPartition, int] | None = None,
     ) -> None:
         """Begin tracking ``tp`` at ``expected`` (the consumer has just been sought there).
 
         ``landed`` are offsets at or above ``expected`` whose outputs an earlier run already
         wrote (read back from the output topics after a crash): they are processed again, for
-        their dedupe marks and stats, but their outputs are not written twice.
+        their dedupe marks and stats, but their outputs are not written twice. ``floors`` are the
+        output offsets the read-back started from.
         """
+        pending = {o for o in landed if o >= expected}
         self._tracks[tp] = _Track(
             expected=expected,
             committable=committed,
-            landed={o for o in landed if o >= expected},
+            landed=pending,
+            landed_floors=dict(floors) if floors is not None and pending else None,
+            landed_until=max(pending, default=-1),
         )
 
     def forget(self, tp: TP) -> None:
@@ -135,6 +145,22 @@ class PositionTracker:
             track.landed.discard(offset)
             return True
         return False
+
+    def floors_for(
+        self, tp: TP, position: int, current: dict[TopicPartition, int]
+    ) -> dict[TopicPartition, int] | None:
+        """The floors to save with ``position``, or None when this run's ``current`` floors do.
+
+        A saved position promises that every output of a record at or above it lands after its
+        floors. This run's floors hold for what this run writes; but outputs an earlier run
+        wrote for records this run has not reached yet (read back at the start) lie before
+        them. Until the position passes the last of those, the read-back's floors are kept.
+        """
+        track = self._tracks.get(tp)
+        if track is None or track.landed_floors is None or position > track.landed_until:
+            return None
+        origin = track.landed_floors
+        return {otp: min(offset, origin.get(otp, offset)) for otp, offset in current.items()}
 
     def durable(self, tp: TP, position: int) -> None:
         """Everything below ``position`` is processed and acknowledged: it may be committed."""

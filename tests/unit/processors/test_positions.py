@@ -84,3 +84,20 @@ def test_a_partition_that_stops_moving_below_its_high_watermark_is_stalled() -> 
     assert not tracker.stalled(TP, 10)  # it moved
     assert not tracker.stalled(TP, 1)  # nothing beyond the position
     assert not tracker.stalled(TP, None)  # no fetch yet
+
+
+def test_saved_floors_stay_below_an_earlier_runs_outputs_until_the_position_passes_them() -> None:
+    """Read-back found outputs of an earlier run for offsets 55 and 60, after floors 100/200.
+    This run's floors (1000/2000) are past them: a position saved before 61 must keep the
+    read-back's floors, or a second read-back (after a rebalance) would not find them."""
+    out0, out1 = TopicPartition("events", 0), TopicPartition("events", 1)
+    origin = {out0: 100, out1: 200}
+    current = {out0: 1000, out1: 150}
+    tracker = PositionTracker()
+    tracker.start(TP, 50, landed=[55, 60], floors=origin)
+    assert tracker.floors_for(TP, 56, current) == {out0: 100, out1: 150}
+    assert tracker.floors_for(TP, 60, current) == {out0: 100, out1: 150}
+    assert tracker.floors_for(TP, 61, current) is None  # passed: this run's floors hold
+    plain = PositionTracker()
+    plain.start(TP, 50, floors=origin)  # nothing read back: this run's floors hold at once
+    assert plain.floors_for(TP, 51, current) is None
