@@ -126,6 +126,7 @@ def child(args: argparse.Namespace) -> int:
     from connectors.feeds import LEANPLUM
     from connectors.objectstore import ObjectStoreSettings, ObjectStoreSource
     from crmstream.settings import Settings
+    from processors.normalize import EVENT_IDS
     from crmstream.topics import create_topics
 
     settings = Settings.from_env(
@@ -138,7 +139,7 @@ def child(args: argparse.Namespace) -> int:
     )
     create_topics(settings)
     config = ObjectStoreSettings(source=args.source, endpoint_url=args.endpoint_url, once=True)
-    source = ObjectStoreSource(LEANPLUM, config, settings)
+    source = ObjectStoreSource(LEANPLUM, config, settings, key_of=EVENT_IDS["leanplum"])
     source.positions = source.checkpoints.load()  # startup, not ingest: timed apart
     baseline = _proc_status("VmRSS")
     started = time.perf_counter()

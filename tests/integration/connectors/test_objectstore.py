@@ -530,7 +530,9 @@ def test_sample_feed_folder_through_the_connector(
     rng = random.Random(5)
     sample = GENERATORS[vendor](rng, 400, campaigns(rng))
     write_sample_feed(connector, sample, tmp_path / "feed", random.Random(5))
-    stats = run_feed(connector, kafka, f"file://{tmp_path / 'feed'}", app_id="app-1")
+    stats = run_feed(
+        connector, kafka, f"file://{tmp_path / 'feed'}", key_of=EVENT_IDS[vendor], app_id="app-1"
+    )
     assert stats.records == len(sample.records) and stats.failed == 0
     got = raw(kafka, vendor, len(sample.records))
     assert Counter(m.key() for m in got) == Counter(k for k, _ in sample.records)
