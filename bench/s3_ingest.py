@@ -126,8 +126,8 @@ def child(args: argparse.Namespace) -> int:
     from connectors.feeds import LEANPLUM
     from connectors.objectstore import ObjectStoreSettings, ObjectStoreSource
     from crmstream.settings import Settings
-    from processors.normalize import EVENT_IDS
     from crmstream.topics import create_topics
+    from processors.normalize import EVENT_IDS
 
     settings = Settings.from_env(
         {
