@@ -50,7 +50,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import faust
 import orjson
@@ -72,26 +72,30 @@ from processors.normalize.model import (
     Skipped,
 )
 from processors.outputs import ConfluentOutputs, Headers, Offsets, Outputs
+from processors.plan import (
+    Candidate,
+    apply_increments,
+    candidate,
+    group_increments,
+    plan_raw_batch,
+)
 from processors.positions import TP, PositionTracker, TopicPartition, Verdict
 from processors.probe import RAW_POSITION_HEADER, Probe, raw_position
 from processors.records import (
     Increment,
     RawPosition,
     WindowCounts,
-    campaign_key,
     canonical_record,
     dead_letter_record,
     headers_dict,
     parse_stats_updates,
-    raw_source,
-    stats_increment,
     stats_partition,
     stats_record,
     stats_updates_value,
     stats_upsert_key,
-    window_start,
+    window_key,
 )
-from processors.state import WindowedTable, window_key
+from processors.state import WindowedTable
 
 log = logging.getLogger("crmstream.worker")
 
@@ -166,19 +170,6 @@ def position_key(raw_topic_name: str) -> bytes:
 
 def durable_key(raw_topic_name: str) -> bytes:
     return DURABLE_KEY_PREFIX + raw_topic_name.encode()
-
-
-class _Candidate(NamedTuple):
-    """A canonical event of the batch, waiting for its dedupe lookup."""
-
-    event: CanonicalEvent
-    pos: RawPosition
-    vendor: str
-    id_bytes: bytes
-    current: bytes  # its dedupe key in the current window
-    previous: bytes  # and in the previous one
-    raw: bytes  # the raw record (a too_large dead letter keeps it)
-    raw_key: bytes | None
 
 
 @dataclass
@@ -390,10 +381,8 @@ class Pipeline:
             tp for tp in consumer.assignment() if not faust_compat.is_changelog_tp(consumer, tp)
         }
         if not after_rebalance:
-            for tp in sorted(assigned):
-                expected = self.positions.expected(tp)
-                if expected is not None:
-                    await self._seek(tp, expected)
+            back = {tp: self.positions.expected(tp) for tp in sorted(assigned)}
+            await self._seek({tp: o for tp, o in back.items() if o is not None})
             return
         for tp in self.positions.tracked():
             if tp not in assigned:
@@ -444,17 +433,19 @@ class Pipeline:
             landed = await asyncio.to_thread(
                 self.probe.read_back, floors, {tp: p.next for tp, p in resumed.items()}
             )
+        placed: dict[Any, int] = {}
         for tp in raw:
             start = (saved[tp] or fresh[tp]).next
             origin = (saved[tp] or fresh[tp]).floors
             self.positions.start(
                 tp, start, committed=committed[tp], landed=landed.get(tp, ()), floors=origin
             )
-            await self._seek(tp, start)
+            placed[tp] = start
         for tp in stats:
             start = _first(committed[tp], starts.get(tp))
             self.positions.start(tp, start, committed=committed[tp])
-            await self._seek(tp, start)
+            placed[tp] = start
+        await self._seek(placed)
         written_back = sum(len(v) for v in landed.values())
         log.info(
             "positioned %d raw and %d stats partitions (%d new); %d raw records already had "
@@ -504,13 +495,21 @@ class Pipeline:
         if changed or self._floors_json is None:
             self._floors_json = _floors_json(self.floors)
 
-    async def _seek(self, tp: Any, offset: int) -> None:
-        """Move ``tp``'s fetch position; leftovers of the old position are dropped after it."""
-        self.positions.rewind(tp, offset)
+    async def _seek(self, offsets: dict[Any, int]) -> None:
+        """Move fetch positions; leftovers of the old positions are dropped after it.
+
+        Through Faust's ``seek_wait``, which seeks on the consumer's own thread: ``seek`` does it
+        from the event loop's thread while the consumer thread reads the fetcher's records,
+        and aiokafka then failed with a ``KeyError`` on a partition it was serving.
+        """
+        if not offsets:
+            return
+        for tp, offset in offsets.items():
+            self.positions.rewind(tp, offset)
         try:
-            await self.app.consumer.seek(tp, offset)
+            await self.app.consumer.seek_wait(offsets)
         except Exception as exc:  # not assigned any more: the next rebalance places it
-            log.warning("seeking %s/%d to %d failed: %r", tp.topic, tp.partition, offset, exc)
+            log.warning("seeking %s failed: %r", _names(offsets), exc)
 
     async def _admit(self, batch: Sequence[EventT], stream: str) -> list[EventT]:
         """The events of ``batch`` at their partition's position, in order; the others are
@@ -550,7 +549,7 @@ class Pipeline:
                 first,
             )
             metrics.REWINDS.labels(stream, "skipped").inc()
-            await self._seek(tp, expected if first is None else first)
+            await self._seek({tp: expected if first is None else first})
             return Verdict.STALE
         await self._pass_over(tp, expected, offset, stream)
         self.positions.accept_gap(tp, offset)
@@ -608,7 +607,7 @@ class Pipeline:
                 first,
             )
             metrics.REWINDS.labels(stream, "stalled").inc()
-            await self._seek(tp, first)
+            await self._seek({tp: first})
 
     # -- raw records ---------------------------------------------------------------------
 
@@ -722,11 +721,11 @@ class Pipeline:
             if not batch.done.done():
                 batch.done.set_result(None)
 
-    def _normalize(self, batch: Sequence[EventT], now_ms: int, tally: _Tally) -> list[_Candidate]:
+    def _normalize(self, batch: Sequence[EventT], now_ms: int, tally: _Tally) -> list[Candidate]:
         """Every record of the batch through its vendor's normalizer. Rejected records go to the
         dead-letter topic here; canonical events come back with their dedupe keys."""
         size_ms = self.dedupe.size_ms
-        candidates: list[_Candidate] = []
+        candidates: list[Candidate] = []
         for event in batch:
             message = event.message
             vendor = self.vendor_of_topic[message.topic]
@@ -752,23 +751,7 @@ class Pipeline:
                 continue
 
             assert isinstance(outcome, CanonicalEvent)
-            # The dedupe window is on the raw record's Kafka timestamp (the time it reached
-            # crm-stream), not on occurred_at: a vendor replaying a week-old event must still
-            # meet its mark.
-            start = pos.timestamp_ms - pos.timestamp_ms % size_ms
-            id_bytes = outcome.event_id.encode()
-            candidates.append(
-                _Candidate(
-                    outcome,
-                    pos,
-                    vendor,
-                    id_bytes,
-                    window_key(start, id_bytes),
-                    window_key(start - size_ms, id_bytes),
-                    raw,
-                    message.key,
-                )
-            )
+            candidates.append(candidate(outcome, pos, vendor, raw, message.key, size_ms))
         return candidates
 
     def _dead_letter(
@@ -823,7 +806,7 @@ class Pipeline:
     def _headers(pos: RawPosition) -> Headers:
         return [(RAW_POSITION_HEADER, raw_position(pos.topic, pos.partition, pos.offset))]
 
-    def _marked(self, candidates: list[_Candidate]) -> dict[bytes, bytes | None]:
+    def _marked(self, candidates: list[Candidate]) -> dict[bytes, bytes | None]:
         """The dedupe keys (current or previous window) already in the table, with the raw
         offset that wrote each (None for a key of a batch still in flight): one RocksDB
         multi-get per partition."""
@@ -844,76 +827,66 @@ class Pipeline:
 
     def _emit(
         self,
-        candidates: list[_Candidate],
-        found: dict[bytes, bytes | None],
+        candidates: list[Candidate],
+        marked: dict[bytes, bytes | None],
         now_ms: int,
         tally: _Tally,
     ) -> dict[int, list[tuple[bytes, bytes]]]:
-        """Send each first-seen event and its stats increment; return the marks to write per
-        table partition once Kafka has acknowledged them."""
+        """Plan the batch (:func:`processors.plan.plan_raw_batch`), send its events, too_large
+        dead letters and stats increments; return the marks to write per table partition once
+        Kafka has acknowledged them."""
         encode = self.serde.encode
-        marks: dict[int, list[tuple[bytes, bytes]]] = {}
-        # stats-updates partition -> campaign key -> raw source -> increments
-        stats: dict[int, dict[str, dict[str, list[Increment]]]] = {}
-        seen_in_batch: set[bytes] = set()
-        take_landed = self.positions.take_landed
-        for c in candidates:
-            pos = c.pos
-            offset = b"@%d" % pos.offset  # "@": never equal to the "1" marks of earlier versions
-            # A mark this very record wrote (its raw offset is the mark's value): it is being
-            # processed again after a restart, and its output was acknowledged before the mark
-            # was written. Not a duplicate: its mark is re-sent, its output is not.
-            own = found.get(c.current) == offset
-            if not own and (
-                c.id_bytes in seen_in_batch or c.current in found or c.previous in found
-            ):
-                tally.duplicates[c.vendor] = tally.duplicates.get(c.vendor, 0) + 1
-                continue
-            value = encode(
-                "CanonicalEvent", canonical_record(c.event, pos, now_ms), self.events_topic
-            )
-            headers = self._headers(pos)
-            if _record_size(c.id_bytes, value, headers) > self.max_record_bytes:
-                metrics.TOO_LARGE.labels(c.vendor).inc()
-                self._dead_letter(
-                    c.raw,
-                    c.raw_key,
-                    c.vendor,
-                    RejectReason.TOO_LARGE.value,
-                    f"the canonical event is {len(value) + len(c.id_bytes)} bytes with its key; "
-                    f"the limit is CRM_MAX_MESSAGE_BYTES={self.settings.max_message_bytes}",
-                    pos,
-                    now_ms,
-                )
-                continue
-            seen_in_batch.add(c.id_bytes)
-            landed = take_landed(TopicPartition(pos.topic, pos.partition), pos.offset)
-            if landed or own:
-                metrics.OUTPUTS_READ_BACK.labels(c.vendor, "event").inc()
-            else:
-                self.outputs.send(self.events_topic, c.id_bytes, value, headers=headers)
-            campaign = campaign_key(c.event)
-            by_source = stats.setdefault(self._stats_partition(campaign), {}).setdefault(
-                campaign, {}
-            )
-            by_source.setdefault(raw_source(pos.topic, pos.partition), []).append(
-                stats_increment(c.event, pos.offset)
-            )
-            marks.setdefault(pos.partition, []).append((c.current, offset))
-            kind = (c.vendor, c.event.event_type.value)
-            tally.out[kind] = tally.out.get(kind, 0) + 1
-            tally.ingested.append((c.vendor, pos.ingested_at))
 
+        def encoded(c: Candidate) -> bytes:
+            record = canonical_record(c.event, c.pos, now_ms)
+            return encode("CanonicalEvent", record, self.events_topic)
+
+        def written(c: Candidate) -> bool:
+            return self.positions.take_landed(
+                TopicPartition(c.pos.topic, c.pos.partition), c.pos.offset
+            )
+
+        plan = plan_raw_batch(
+            candidates,
+            marked,
+            encode=encoded,
+            size=lambda c, value: _record_size(c.id_bytes, value, self._headers(c.pos)),
+            max_record_bytes=self.max_record_bytes,
+            written=written,
+            stats_partition=self._stats_partition,
+        )
+        for c, value in plan.emit:
+            self.outputs.send(self.events_topic, c.id_bytes, value, headers=self._headers(c.pos))
+        for c in plan.read_back:
+            metrics.OUTPUTS_READ_BACK.labels(c.vendor, "event").inc()
+        for c, size in plan.too_large:
+            metrics.TOO_LARGE.labels(c.vendor).inc()
+            self._dead_letter(
+                c.raw,
+                c.raw_key,
+                c.vendor,
+                RejectReason.TOO_LARGE.value,
+                f"the canonical event is {size} bytes with its key and headers; the limit is "
+                f"CRM_MAX_MESSAGE_BYTES={self.settings.max_message_bytes}",
+                c.pos,
+                now_ms,
+            )
         # One stats-updates record per partition and batch, not per event or campaign: the
         # stats agent's cost is mostly per record.
-        for partition, by_campaign in stats.items():
+        for partition, by_campaign in plan.increments.items():
             self.outputs.send(
                 self.stats_updates_topic,
                 b"%d" % partition,
                 stats_updates_value(by_campaign),
                 partition=partition,
             )
-        return marks
+        for vendor, n in plan.duplicates.items():
+            tally.duplicates[vendor] = tally.duplicates.get(vendor, 0) + n
+        for c in plan.counted:
+            kind = (c.vendor, c.event.event_type.value)
+            tally.out[kind] = tally.out.get(kind, 0) + 1
+            tally.ingested.append((c.vendor, c.pos.ingested_at))
+        return plan.marks
 
     def _stats_partition(self, campaign: str) -> int:
         target = self._stats_partition_of.get(campaign)
@@ -977,32 +950,19 @@ class Pipeline:
         await self._start_outputs()
         now_ms = time.time_ns() // 1_000_000
         oldest_ms = now_ms - self.stats_retention_ms
-        # (label, partition) -> {(campaign, window start): [(source, raw offset, type, channel)]}
-        touched: dict[tuple[str, int], dict[tuple[str, int], list[tuple[Any, ...]]]] = {}
         ends: dict[Any, int] = {}
-        late = 0
+        parsed: list[tuple[int, list[tuple[str, str | None, list[Increment]]]]] = []
         for event in admitted:
             message = event.message
             ends[message.tp] = message.offset + 1
             try:
-                updates = parse_stats_updates(message.key, message.value or b"")
+                parsed.append(
+                    (message.partition, parse_stats_updates(message.key, message.value or b""))
+                )
             except (ValueError, TypeError, KeyError, AttributeError) as exc:
                 self._invalid_stats_update(message, exc, now_ms)
-                continue
-            tables = [
-                (touched.setdefault((label, message.partition), {}), size)
-                for label, size in self.windows
-            ]
-            for campaign, source, increments in updates:
-                for raw_offset, occurred, event_type, channel in increments:
-                    if occurred < oldest_ms:
-                        # Its window has been closed (and expired from the table) already.
-                        late += 1
-                        continue
-                    for windows, size in tables:
-                        windows.setdefault((campaign, window_start(occurred, size)), []).append(
-                            (source, raw_offset, event_type, channel)
-                        )
+        # Increments older than the retention count in windows that are closed (and expired).
+        touched, late = group_increments(parsed, self.windows, oldest_ms)
         if late:
             metrics.STATS_LATE.inc(late)
 
@@ -1021,9 +981,7 @@ class Pipeline:
                 keys, stored, windows.items(), strict=True
             ):
                 counts = WindowCounts.load(orjson.loads(value) if value else None)
-                for source, raw_offset, event_type, channel in counted:
-                    if not counts.apply(source, raw_offset, event_type, channel):
-                        replayed += 1
+                replayed += apply_increments(counts, counted)
                 items.append((key, orjson.dumps(counts.dump())))
                 record = stats_record(campaign, label, start, size, counts, now_ms)
                 outputs.send(
@@ -1083,6 +1041,10 @@ def _by_partition(
     for partition, key, value in items:
         out.setdefault(partition, []).append((key, value))
     return out
+
+
+def _names(offsets: dict[Any, int]) -> str:
+    return ", ".join(f"{tp.topic}/{tp.partition}@{o}" for tp, o in offsets.items())
 
 
 def _highwater(consumer: Any, tp: Any) -> int | None:

@@ -60,6 +60,7 @@ class _Track:
     committable: int | None = None
     processed: int = 0  # records processed so far (the stall check compares it)
     checked: int = -1  # ``processed`` at the previous stall check
+    idle_checks: int = 0  # stall checks in a row that found records there and none processed
     landed: set[int] = field(default_factory=set)
     # The floors the read-back started from, while read-back offsets remain ahead: until the
     # position passes them, outputs of an earlier run still lie after these floors, not after
@@ -172,13 +173,21 @@ class PositionTracker:
         track = self._tracks.get(tp)
         return None if track is None else track.committable
 
-    def stalled(self, tp: TP, highwater: int | None) -> bool:
-        """True when ``tp`` has records beyond its position (``highwater``, from the latest
-        fetch) and processed none of them since the previous call: records were dropped
-        where no later record can reveal the hole (the end of the partition)."""
+    def stalled(self, tp: TP, highwater: int | None, checks: int = 3) -> bool:
+        """True when ``tp`` has had records beyond its position (``highwater``, from the latest
+        fetch) and processed none of them at ``checks`` calls in a row: records were dropped
+        where no later record can reveal the hole (the end of the partition). One idle interval
+        is not enough: a partition can wait its turn behind another stream's backlog."""
         track = self._tracks.get(tp)
         if track is None:
             return False
         idle = track.processed == track.checked
         track.checked = track.processed
-        return idle and highwater is not None and highwater > track.expected
+        if idle and highwater is not None and highwater > track.expected:
+            track.idle_checks += 1
+        else:
+            track.idle_checks = 0
+        if track.idle_checks >= checks:
+            track.idle_checks = 0
+            return True
+        return False

@@ -211,6 +211,11 @@ def window_start(occurred_at_ms: int, size_s: int) -> int:
     return occurred_at_ms - occurred_at_ms % size_ms
 
 
+def window_key(start_ms: int, key: bytes) -> bytes:
+    """A table key: ``<window start, 13-digit epoch ms>:<key>``, so windows sort together."""
+    return b"%013d:%s" % (start_ms, key)
+
+
 def stats_upsert_key(campaign: str, window_label: str, start_ms: int) -> bytes:
     return f"{campaign}|{window_label}|{start_ms}".encode()
 

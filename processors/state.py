@@ -29,16 +29,13 @@ import rocksdict
 from faust.types import TP
 
 from processors import faust_compat
+from processors.records import window_key
 
 OFFSET_KEY_PREFIX = b"__faust"  # Faust keeps the persisted changelog offset under this key
 
 
 class ChangelogSink(Protocol):
     def send_changelog(self, topic: str, partition: int, key: bytes, value: bytes) -> None: ...
-
-
-def window_key(start_ms: int, key: bytes) -> bytes:
-    return b"%013d:%s" % (start_ms, key)
 
 
 class WindowedTable:
