@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo demo-once test test-fast lint format typecheck bench clean
+.PHONY: help install demo demo-once test test-fast lint format typecheck bench vendor-web clean
 
 help: ## Show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -47,6 +47,23 @@ typecheck: $(STAMP) ## mypy
 
 bench: $(STAMP) ## Throughput/latency/memory benchmark (see bench/README.md; BENCH_ARGS="--events 200000")
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# The web view's chart library, vendored (no CDN: the page works offline). To upgrade, change
+# both lines (`npm view uplot@VERSION dist.integrity`), run `make vendor-web`, commit the files.
+UPLOT_VERSION := 1.6.32
+UPLOT_INTEGRITY := sha512-KIMVnG68zvu5XXUbC4LQEPnhwOxBuLyW1AHtpm6IKTXImkbLgkMy+jabjLgSLMasNuGGzQm/ep3tOkyTxpiQIw==
+WEB_VENDOR := processors/api/static/vendor
+
+vendor-web: ## Re-fetch the pinned chart library (uPlot) from the npm registry into the package
+	@set -euo pipefail; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	(cd "$$tmp" && npm pack --silent uplot@$(UPLOT_VERSION) >/dev/null); \
+	got="sha512-$$(openssl dgst -sha512 -binary "$$tmp/uplot-$(UPLOT_VERSION).tgz" | base64 -w0)"; \
+	if [ "$$got" != "$(UPLOT_INTEGRITY)" ]; then echo "uplot $(UPLOT_VERSION): integrity $$got, expected $(UPLOT_INTEGRITY)" >&2; exit 1; fi; \
+	tar -xzf "$$tmp/uplot-$(UPLOT_VERSION).tgz" -C "$$tmp"; \
+	mkdir -p $(WEB_VENDOR); \
+	cp "$$tmp/package/dist/uPlot.iife.min.js" "$$tmp/package/dist/uPlot.min.css" $(WEB_VENDOR)/; \
+	cp "$$tmp/package/LICENSE" $(WEB_VENDOR)/uPlot.LICENSE; \
+	echo "uplot $(UPLOT_VERSION) -> $(WEB_VENDOR)"
 
 clean: ## Remove local state and the virtualenv
 	rm -rf var $(VENV)
