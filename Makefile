@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo demo-once test test-fast lint format typecheck bench vendor-web clean
+.PHONY: help install demo demo-once test test-fast lint format typecheck bench web-preview vendor-web clean
 
 help: ## Show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ typecheck: $(STAMP) ## mypy
 
 bench: $(STAMP) ## Throughput/latency/memory benchmark (see bench/README.md; BENCH_ARGS="--events 200000")
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+web-preview: $(STAMP) ## The web view on fake, growing data at http://127.0.0.1:8088/ (no Kafka)
+	$(BIN)/python -m tests.unit.processors.api.fake_source --port 8088
 
 # The web view's chart library, vendored (no CDN: the page works offline). To upgrade, change
 # both lines (`npm view uplot@VERSION dist.integrity`), run `make vendor-web`, commit the files.
