@@ -34,11 +34,13 @@
     { key: "campaign_id", label: "Campaign ID", type: "id", get: (c) => c.campaign_id },
     { key: "campaign_name", label: "Name", type: "text", get: (c) => c.campaign_name },
     { key: "sends", label: "Sends", type: "int", get: (c) => count(c.totals, "SEND") },
-    { key: "deliveries", label: "Deliveries", type: "int", get: (c) => count(c.totals, "DELIVERY") },
+    { key: "deliveries", label: "Deliv\u00ADeries", type: "int", get: (c) => count(c.totals, "DELIVERY") },
     { key: "unique_opens", label: "Unique opens", type: "int", get: (c) => unique(c.totals, "OPEN") },
     { key: "unique_clicks", label: "Unique clicks", type: "int", get: (c) => unique(c.totals, "CLICK") },
     ...RATES.map(([key, label]) => ({
-      key, label: label.replace(" rate", ""), type: "rate", get: (c) => c.rates[key],
+      // A soft hyphen lets the long header wrap.
+      key, label: label.replace(" rate", "").replace("Unsubscribe", "Unsub\u00ADscribe"),
+      type: "rate", get: (c) => c.rates[key],
     })),
     { key: "total", label: "Events", type: "int", get: (c) => c.totals.total },
     { key: "last_window_end", label: "Last activity", type: "time", get: (c) => c.last_window_end },
@@ -66,7 +68,7 @@
     if (v === null || v === undefined) return "—";
     if (type === "int") return intFmt.format(v);
     if (type === "rate") return `${(v * 100).toFixed(1)}%`;
-    if (type === "time") return fmtTime(v);
+    if (type === "time") return fmtTime(v).replace(" ", "\n"); // date above time (CSS: pre)
     return String(v);
   }
   // A number element: the formatted text, and the API's value in data-value ("" for null).
@@ -133,13 +135,16 @@
 
   // --- the list -----------------------------------------------------------------------------
 
+  // "Last 24 hours" ends where the server's clock says the current window ends (the list's
+  // `to`), not at this browser's clock.
   function listQuery() {
     const span = Number($("range").value);
+    const end = list.data ? list.data.to : Date.now();
     return {
       q: $("q").value.trim(),
       vendor: $("vendor").value,
       window: $("window").value,
-      from: span ? Date.now() - span : "",
+      from: span ? end - span : "",
       limit: 1000,
     };
   }
@@ -316,6 +321,8 @@
     const section = $("campaign-view");
     section.dataset.campaignId = c.id;
     section.dataset.window = c.window;
+    section.dataset.from = String(c.from);
+    section.dataset.to = String(c.to);
     section.dataset.updatedAt = c.updated_at === null ? "" : String(c.updated_at);
     const name = $("c-name");
     name.textContent = c.campaign_name === null ? "(no name)" : c.campaign_name;
