@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo demo-once test test-fast lint format typecheck bench web-preview vendor-web clean
+.PHONY: help install demo demo-once test test-fast test-browser lint format typecheck bench web-preview vendor-web clean
 
 help: ## Show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -33,6 +33,9 @@ test: $(STAMP) ## Lint, typecheck and run every test (starts its own broker)
 
 test-fast: $(STAMP) ## Unit tests only
 	$(BIN)/pytest -m "not integration"
+
+test-browser: $(STAMP) ## The web view in headless Chromium (apt-get install chromium first)
+	$(BIN)/pytest -m browser
 
 lint: $(STAMP) ## ruff lint and format check
 	$(BIN)/ruff check .
