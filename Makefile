@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 .DEFAULT_GOAL := help
 # constraints.txt pins every package of the dev install to the versions CI tested
 # (`make lock` rewrites it from .venv after a dependency change).
-.PHONY: lock help install demo demo-once test test-fast lint format typecheck bench clean
+.PHONY: lock help install demo demo-once test test-fast test-browser lint format typecheck bench web-preview vendor-web clean
 
 help: ## Show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ test: $(STAMP) ## Lint, typecheck and run every test (starts its own broker)
 test-fast: $(STAMP) ## Unit tests only
 	$(BIN)/pytest -m "not integration"
 
+test-browser: $(STAMP) ## The web view in headless Chromium (apt-get install chromium first)
+	$(BIN)/pytest -m browser
+
 lint: $(STAMP) ## ruff lint and format check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -54,6 +57,26 @@ bench: $(STAMP) ## Throughput/latency/memory benchmark (see bench/README.md; BEN
 
 lock: $(STAMP) ## Rewrite constraints.txt from the installed .venv
 	$(BIN)/pip freeze --exclude-editable | grep -v '^crm-stream' > constraints.txt
+
+web-preview: $(STAMP) ## The web view on fake, growing data at http://127.0.0.1:8088/ (no Kafka)
+	$(BIN)/python -m tests.unit.processors.api.fake_source --port 8088
+
+# The web view's chart library, vendored (no CDN: the page works offline). To upgrade, change
+# both lines (`npm view uplot@VERSION dist.integrity`), run `make vendor-web`, commit the files.
+UPLOT_VERSION := 1.6.32
+UPLOT_INTEGRITY := sha512-KIMVnG68zvu5XXUbC4LQEPnhwOxBuLyW1AHtpm6IKTXImkbLgkMy+jabjLgSLMasNuGGzQm/ep3tOkyTxpiQIw==
+WEB_VENDOR := processors/api/static/vendor
+
+vendor-web: ## Re-fetch the pinned chart library (uPlot) from the npm registry into the package
+	@set -euo pipefail; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	(cd "$$tmp" && npm pack --silent uplot@$(UPLOT_VERSION) >/dev/null); \
+	got="sha512-$$(openssl dgst -sha512 -binary "$$tmp/uplot-$(UPLOT_VERSION).tgz" | base64 -w0)"; \
+	if [ "$$got" != "$(UPLOT_INTEGRITY)" ]; then echo "uplot $(UPLOT_VERSION): integrity $$got, expected $(UPLOT_INTEGRITY)" >&2; exit 1; fi; \
+	tar -xzf "$$tmp/uplot-$(UPLOT_VERSION).tgz" -C "$$tmp"; \
+	mkdir -p $(WEB_VENDOR); \
+	cp "$$tmp/package/dist/uPlot.iife.min.js" "$$tmp/package/dist/uPlot.min.css" $(WEB_VENDOR)/; \
+	cp "$$tmp/package/LICENSE" $(WEB_VENDOR)/uPlot.LICENSE; \
+	echo "uplot $(UPLOT_VERSION) -> $(WEB_VENDOR)"
 
 clean: ## Remove local state and the virtualenv
 	rm -rf var $(VENV)

@@ -1,0 +1,340 @@
+"""The query API's pure half: parameters in, a typed query (or a 400 naming the parameter) out;
+campaign ids; the rate formulas. No aiohttp, no clock (the caller passes ``now_ms``), no I/O, so
+that the worker, the server and the tests agree on one definition of each.
+
+The contract these implement is ``openapi.yaml`` beside this module.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from processors.normalize.model import Vendor
+
+WINDOWS: dict[str, int] = {"1m": 60_000, "1h": 3_600_000}
+"""The window sizes the worker keeps (``CRM_STATS_WINDOWS`` default), in ms."""
+DEFAULT_WINDOW = "1h"
+MAX_WINDOWS = 10_000
+"""A range may span at most this many windows: 10,000 minutes is about a week of 1m windows,
+10,000 hours about 14 months of 1h windows. More is refused rather than answered slowly."""
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+MAX_TEXT = 1000
+"""Longest ``q`` or ``app_id`` accepted: a longer one matches nothing any vendor sends."""
+TIME_END_MS = 253_402_300_800_000
+"""10000-01-01T00:00:00Z: just past the latest ``occurred_at`` a normalizer lets through
+(``processors.records.MAX_TIMESTAMP_MS``); ``from`` and ``to`` lie in ``0 .. TIME_END_MS``."""
+VENDORS: tuple[str, ...] = tuple(v.value for v in Vendor)
+
+LIST_PARAMETERS = frozenset({"vendor", "app_id", "from", "to", "window", "q", "limit"})
+CAMPAIGN_PARAMETERS = frozenset({"window", "from", "to"})
+
+_DIGITS = re.compile(r"[0-9]{1,16}")
+_ID = re.compile(r"[A-Za-z0-9_-]+")
+
+
+class QueryError(ValueError):
+    """A request the API refuses: HTTP 400 with ``{"error": message, "parameter": name}``."""
+
+    def __init__(self, parameter: str, message: str) -> None:
+        super().__init__(message)
+        self.parameter = parameter
+        self.message = message
+
+    def body(self) -> dict[str, str]:
+        return {"error": self.message, "parameter": self.parameter}
+
+
+# --- campaign ids -----------------------------------------------------------------------------
+
+
+def _escape(part: str) -> str:
+    return part.replace("%", "%25").replace("|", "%7C")
+
+
+def _unescape(part: str) -> str:
+    return part.replace("%7C", "|").replace("%25", "%")
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignKey:
+    """A campaign as the worker's stats know it: ``(vendor, app_id, campaign_id)``, a missing
+    part being an empty string (``processors.records.campaign_key``)."""
+
+    vendor: str
+    app_id: str
+    campaign_id: str
+
+    @property
+    def key(self) -> str:
+        """``VENDOR|app_id|campaign_id`` with ``%`` and ``|`` escaped, as in
+        ``processors.records.campaign_key``: the worker's stats table key."""
+        return "|".join((self.vendor, _escape(self.app_id), _escape(self.campaign_id)))
+
+    @property
+    def id(self) -> str:
+        return encode_id(self.key)
+
+    @classmethod
+    def from_key(cls, key: str) -> CampaignKey:
+        """Raises ``ValueError`` for a string that is not a campaign key."""
+        parts = key.split("|")
+        if len(parts) != 3:
+            raise ValueError("a campaign key has three parts")
+        vendor, app_id, campaign_id = parts
+        if vendor not in VENDORS:
+            raise ValueError(f"unknown vendor {vendor[:40]!r}")
+        out = cls(vendor, _unescape(app_id), _unescape(campaign_id))
+        if out.key != key:
+            # '%' not followed by 25/7C: no campaign_key() writes that, so it names none.
+            raise ValueError("not an escaped campaign key")
+        return out
+
+    def fields(self) -> dict[str, str | None]:
+        """The campaign's identifying fields in a response: missing parts are null."""
+        return {
+            "id": self.id,
+            "vendor": self.vendor,
+            "app_id": self.app_id or None,
+            "campaign_id": self.campaign_id or None,
+        }
+
+
+def encode_id(key: str) -> str:
+    """The API's opaque campaign id: URL-safe base64 of the UTF-8 key, without padding, so that
+    any campaign id (slashes, spaces, ``|``, non-ASCII) is one safe path segment."""
+    return base64.urlsafe_b64encode(key.encode()).rstrip(b"=").decode("ascii")
+
+
+def decode_id(campaign_id: str) -> CampaignKey:
+    """The campaign an API id names; a string that no :func:`encode_id` produced is a
+    ``QueryError`` on ``id`` (a 400, while a well-formed id of an unknown campaign is a 404)."""
+    if len(campaign_id) > 4 * MAX_TEXT or not _ID.fullmatch(campaign_id):
+        raise QueryError("id", "not a campaign id (URL-safe base64 without padding)")
+    try:
+        raw = base64.urlsafe_b64decode(campaign_id + "=" * (-len(campaign_id) % 4))
+        text = raw.decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        raise QueryError("id", "not a campaign id: not base64 of UTF-8 text") from None
+    try:
+        key = CampaignKey.from_key(text)
+    except ValueError as exc:
+        raise QueryError("id", f"not a campaign id: {exc}") from None
+    if key.id != campaign_id:
+        raise QueryError("id", "not a campaign id: not in canonical form")
+    return key
+
+
+# --- queries ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TimeRange:
+    """``[from_ms, to_ms)`` widened to whole windows: the windows whose start lies in it."""
+
+    window: str
+    from_ms: int
+    to_ms: int
+
+    @property
+    def window_ms(self) -> int:
+        return WINDOWS[self.window]
+
+    @property
+    def windows(self) -> int:
+        return (self.to_ms - self.from_ms) // self.window_ms
+
+    def starts(self) -> range:
+        """Every window start of the range (at most ``MAX_WINDOWS``)."""
+        return range(self.from_ms, self.to_ms, self.window_ms)
+
+    def __contains__(self, window_start: object) -> bool:
+        return isinstance(window_start, int) and self.from_ms <= window_start < self.to_ms
+
+
+@dataclass(frozen=True, slots=True)
+class ListQuery:
+    """``GET /api/campaigns``: campaigns with events in ``range``, matching every filter given."""
+
+    range: TimeRange
+    vendor: str | None = None
+    app_id: str | None = None
+    q: str | None = None
+    limit: int = DEFAULT_LIMIT
+
+    def matches(self, key: CampaignKey, campaign_name: str | None) -> bool:
+        """The vendor, app and text filters (not the range) on one campaign. ``q`` is a
+        case-insensitive substring of the campaign id, name or app id."""
+        if self.vendor is not None and key.vendor != self.vendor:
+            return False
+        if self.app_id is not None and key.app_id != self.app_id:
+            return False
+        if self.q is not None:
+            needle = self.q.casefold()
+            return any(
+                needle in text.casefold()
+                for text in (key.campaign_id, campaign_name or "", key.app_id)
+            )
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignQuery:
+    """``GET /api/campaigns/{id}``: one campaign's windows in ``range``."""
+
+    key: CampaignKey
+    range: TimeRange
+
+
+Params = Iterable[tuple[str, str]]
+"""Query parameters as (name, value) pairs, repeats included (``request.query.items()``)."""
+
+
+def parse_list_query(params: Params, now_ms: int) -> ListQuery:
+    values = _single_values(params, LIST_PARAMETERS)
+    vendor = values.get("vendor")
+    if vendor is not None and vendor not in VENDORS:
+        raise QueryError("vendor", f"vendor must be one of {', '.join(VENDORS)}")
+    return ListQuery(
+        range=_range(values, now_ms),
+        vendor=vendor,
+        app_id=_text(values, "app_id"),
+        q=_text(values, "q"),
+        limit=_limit(values),
+    )
+
+
+def parse_campaign_query(campaign_id: str, params: Params, now_ms: int) -> CampaignQuery:
+    key = decode_id(campaign_id)
+    values = _single_values(params, CAMPAIGN_PARAMETERS)
+    return CampaignQuery(key=key, range=_range(values, now_ms))
+
+
+def _single_values(params: Params, allowed: frozenset[str]) -> dict[str, str]:
+    """Each parameter at most once; an empty value is an absent parameter (what an empty form
+    field sends); an unknown one is refused, so that a misspelt filter is not silently ignored."""
+    values: dict[str, str] = {}
+    for name, value in params:
+        if name not in allowed:
+            raise QueryError(name, f"unknown parameter; expected {', '.join(sorted(allowed))}")
+        if name in values:
+            raise QueryError(name, "given more than once")
+        values[name] = value
+    return {k: v for k, v in values.items() if v != ""}
+
+
+def _range(values: Mapping[str, str], now_ms: int) -> TimeRange:
+    """Defaults: ``to`` is the end of the window holding ``now_ms``; ``from`` is ``MAX_WINDOWS``
+    windows before ``to``. Given bounds are widened to whole windows."""
+    window = values.get("window", DEFAULT_WINDOW)
+    if window not in WINDOWS:
+        raise QueryError("window", f"window must be one of {', '.join(WINDOWS)}")
+    size = WINDOWS[window]
+    to_given = _time(values, "to")
+    from_given = _time(values, "from")
+    to_ms = _ceil(to_given if to_given is not None else min(now_ms + 1, TIME_END_MS), size)
+    if from_given is None:
+        from_ms = max(0, to_ms - MAX_WINDOWS * size)
+        if from_ms >= to_ms:
+            raise QueryError("to", "to must be later than 0")
+    else:
+        from_ms = from_given - from_given % size
+        if from_given >= (to_given if to_given is not None else to_ms):
+            raise QueryError("from", "from must be earlier than to (default: now)")
+    windows = (to_ms - from_ms) // size
+    if windows > MAX_WINDOWS:
+        raise QueryError(
+            "from",
+            f"the range spans {windows} windows of {window}; at most {MAX_WINDOWS} "
+            "(choose a shorter range or a larger window)",
+        )
+    return TimeRange(window, from_ms, to_ms)
+
+
+def _ceil(ms: int, size: int) -> int:
+    return -(-ms // size) * size
+
+
+def _time(values: Mapping[str, str], name: str) -> int | None:
+    raw = values.get(name)
+    if raw is None:
+        return None
+    if not _DIGITS.fullmatch(raw) or int(raw) > TIME_END_MS:
+        raise QueryError(name, f"{name} must be epoch milliseconds, an integer in 0..{TIME_END_MS}")
+    return int(raw)
+
+
+def _text(values: Mapping[str, str], name: str) -> str | None:
+    raw = values.get(name)
+    if raw is not None and len(raw) > MAX_TEXT:
+        raise QueryError(name, f"{name} is longer than {MAX_TEXT} characters")
+    return raw
+
+
+def _limit(values: Mapping[str, str]) -> int:
+    raw = values.get("limit")
+    if raw is None:
+        return DEFAULT_LIMIT
+    if not _DIGITS.fullmatch(raw) or not 1 <= int(raw) <= MAX_LIMIT:
+        raise QueryError("limit", f"limit must be an integer in 1..{MAX_LIMIT}")
+    return int(raw)
+
+
+# --- rates ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Term:
+    """One side of a rate: the count of an event type, or its unique recipients."""
+
+    kind: str  # "count" | "unique"
+    event_type: str
+
+    def __str__(self) -> str:
+        return self.event_type if self.kind == "count" else f"unique {self.event_type} recipients"
+
+    def value(self, figures: Mapping[str, Any]) -> int:
+        if self.kind == "count":
+            return int(figures["event_type_counts"].get(self.event_type, 0))
+        return int(figures["uniques"]["by_event_type"].get(self.event_type, 0))
+
+
+def _count(event_type: str) -> Term:
+    return Term("count", event_type)
+
+
+def _unique(event_type: str) -> Term:
+    return Term("unique", event_type)
+
+
+RATES: dict[str, tuple[Term, Term]] = {
+    "delivery_rate": (_count("DELIVERY"), _count("SEND")),
+    "unique_open_rate": (_unique("OPEN"), _unique("DELIVERY")),
+    "unique_click_rate": (_unique("CLICK"), _unique("DELIVERY")),
+    "click_to_open_rate": (_unique("CLICK"), _unique("OPEN")),
+    "bounce_rate": (_count("BOUNCE"), _count("SEND")),
+    "unsubscribe_rate": (_count("UNSUBSCRIBE"), _count("DELIVERY")),
+}
+"""Each rate as (numerator, denominator). Counts are events; uniques are distinct recipients
+(HyperLogLog estimates). ``openapi.yaml`` quotes :func:`formula` of each."""
+
+
+def formula(name: str) -> str:
+    numerator, denominator = RATES[name]
+    return f"{numerator} / {denominator}"
+
+
+def rates(figures: Mapping[str, Any]) -> dict[str, float | None]:
+    """Every rate of one set of figures (``total``, ``event_type_counts``, ``uniques``): a
+    float, or None where the denominator is 0. Not clamped to 1: vendors that report deliveries
+    without sends, or late opens of earlier sends, can push a rate over 1 in a short range."""
+    out: dict[str, float | None] = {}
+    for name, (numerator, denominator) in RATES.items():
+        below = denominator.value(figures)
+        out[name] = numerator.value(figures) / below if below else None
+    return out
