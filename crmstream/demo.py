@@ -6,6 +6,10 @@ vendor's bucket, webhook requests, the Airship replay server), runs the Faust wo
 process, and shows a live per-campaign stats table until Ctrl-C. With ``--once`` it waits until
 the worker has accounted for every raw record, writes a JSON summary and exits.
 
+Both processes serve Prometheus metrics, as they do when deployed: the worker its own, the demo
+process those of the connectors it runs (``--worker-metrics-port``, ``--metrics-port``; a free
+port each by default).
+
 The demo uses the Tansu dev profile (``config/tansu-dev.env``): settings that only work around
 the embedded broker. A variable set in the environment wins over the profile.
 """
@@ -33,6 +37,7 @@ from confluent_kafka import Consumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from connectors.base import RawPublisher
+from crmstream import metrics
 from crmstream.broker import EmbeddedBroker, free_port
 from crmstream.errors import BrokerError, CrmStreamError
 from crmstream.kafka import consumer_config
@@ -358,7 +363,8 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
     with broker_for(args, workdir) as bootstrap:
-        metrics_port = free_port()
+        metrics_port = args.worker_metrics_port or free_port()
+        connector_metrics_port = args.metrics_port or free_port()
         env = demo_environ(bootstrap, metrics_port)
         settings = Settings.from_env(env)
         from processors.app import changelog_specs
@@ -369,6 +375,12 @@ def run(args: argparse.Namespace) -> int:
         worker = start_worker(env, workdir / "worker.log")
         try:
             print(f"worker metrics on http://127.0.0.1:{metrics_port}/metrics", flush=True)
+            # The connectors run in this process: their metrics are served from here.
+            metrics.serve(connector_metrics_port)
+            print(
+                f"connector metrics on http://127.0.0.1:{connector_metrics_port}/metrics",
+                flush=True,
+            )
             feeds = run_feeds(settings, samples, workdir / "feeds")
             for vendor, feed in feeds.items():
                 refused = f", refused at the source {feed.refused}" if feed.refused else ""
