@@ -181,7 +181,12 @@ def run_feeds(
 
 
 def _airship_feed(settings: Settings, sample: SampleSet, root: Path) -> FeedResult:
-    """Serve the samples with the RTDS replay server and stream them with the connector."""
+    """Serve the samples with the RTDS replay server and stream them with the connector.
+
+    The server misbehaves as RTDS does now and then: it drops the connection once mid-stream and
+    goes silent once (the connector's idle timeout, shortened here, reconnects). The connector
+    resumes from its checkpoint each time, so nothing is lost or published twice; its metrics
+    count both reconnects and the idle timeout."""
     import asyncio
 
     from connectors.airship import AirshipConnector, AirshipSettings
@@ -191,21 +196,30 @@ def _airship_feed(settings: Settings, sample: SampleSet, root: Path) -> FeedResu
     root.mkdir(parents=True, exist_ok=True)
     path = root / "airship-rtds.ndjson"
     path.write_bytes(b"\n".join(value for _key, value in sample.records) + b"\n")
-    server = ReplayThread(ReplayOptions(path=path, keepalive_s=0.5)).start()
+    third = max(1, len(sample.records) // 3)
+    options = ReplayOptions(
+        path=path, keepalive_s=0.5, stall_after=third, stall_s=1.5, disconnect_after=2 * third
+    )
+    server = ReplayThread(options).start()
     try:
         config = AirshipSettings(
             app_key="demo-airship",
             token=Secret("demo-token"),
             url=server.url,
             start="EARLIEST",
-            stop_after_idle_s=2.0,
+            idle_timeout_s=1.0,
+            backoff_min_s=0.1,
+            stop_after_idle_s=3.0,
         )
         stats = asyncio.run(AirshipConnector(config, settings).run())
     finally:
         server.stop()
     return FeedResult(
         stats.records,
-        how="RTDS stream from `airship-replay`, 307 + cookie, keep-alives",
+        how=(
+            f"RTDS stream from `airship-replay`, 307 + cookie, keep-alives, "
+            f"{stats.reconnects} reconnects ({stats.idle_timeouts} after an idle timeout)"
+        ),
         control_lines=stats.offset_updates,
     )
 
