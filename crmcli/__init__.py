@@ -150,6 +150,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="use this broker instead of starting the embedded one",
     )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="serve the connectors' metrics (they run in the demo process) here (0: a free port)",
+    )
+    p.add_argument(
+        "--worker-metrics-port",
+        type=int,
+        default=0,
+        help="the worker's metrics port (0: a free port)",
+    )
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("broker", help="run the embedded Tansu broker in the foreground")

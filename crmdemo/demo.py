@@ -6,6 +6,10 @@ vendor's bucket, webhook requests, the Airship replay server), runs the Faust wo
 process, and shows a live per-campaign stats table until Ctrl-C. With ``--once`` it waits until
 the worker has accounted for every raw record, writes a JSON summary and exits.
 
+Both processes serve Prometheus metrics, as they do when deployed: the worker its own, the demo
+process those of the connectors it runs (``--worker-metrics-port``, ``--metrics-port``; a free
+port each by default).
+
 The demo uses the Tansu dev profile (``config/tansu-dev.env``): settings that only work around
 the embedded broker. A variable set in the environment wins over the profile.
 """
@@ -34,6 +38,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from connectors.base import RawPublisher
 from crmdemo.generators import GENERATORS
 from crmdemo.samples import SampleSet, campaigns
+from crmstream import metrics
 from crmstream.broker import EmbeddedBroker, free_port
 from crmstream.errors import BrokerError, CrmStreamError
 from crmstream.kafka import consumer_config
@@ -182,7 +187,12 @@ def run_feeds(
 
 
 def _airship_feed(settings: Settings, sample: SampleSet, root: Path) -> FeedResult:
-    """Serve the samples with the RTDS replay server and stream them with the connector."""
+    """Serve the samples with the RTDS replay server and stream them with the connector.
+
+    The server misbehaves as RTDS does now and then: it drops the connection once mid-stream and
+    goes silent once (the connector's idle timeout, shortened here, reconnects). The connector
+    resumes from its checkpoint each time, so nothing is lost or published twice; its metrics
+    count both reconnects and the idle timeout."""
     import asyncio
 
     from connectors.airship import AirshipConnector, AirshipSettings
@@ -192,21 +202,30 @@ def _airship_feed(settings: Settings, sample: SampleSet, root: Path) -> FeedResu
     root.mkdir(parents=True, exist_ok=True)
     path = root / "airship-rtds.ndjson"
     path.write_bytes(b"\n".join(value for _key, value in sample.records) + b"\n")
-    server = ReplayThread(ReplayOptions(path=path, keepalive_s=0.5)).start()
+    third = max(1, len(sample.records) // 3)
+    options = ReplayOptions(
+        path=path, keepalive_s=0.5, stall_after=third, stall_s=1.5, disconnect_after=2 * third
+    )
+    server = ReplayThread(options).start()
     try:
         config = AirshipSettings(
             app_key="demo-airship",
             token=Secret("demo-token"),
             url=server.url,
             start="EARLIEST",
-            stop_after_idle_s=2.0,
+            idle_timeout_s=1.0,
+            backoff_min_s=0.1,
+            stop_after_idle_s=3.0,
         )
         stats = asyncio.run(AirshipConnector(config, settings).run())
     finally:
         server.stop()
     return FeedResult(
         stats.records,
-        how="RTDS stream from `airship-replay`, 307 + cookie, keep-alives",
+        how=(
+            f"RTDS stream from `airship-replay`, 307 + cookie, keep-alives, "
+            f"{stats.reconnects} reconnects ({stats.idle_timeouts} after an idle timeout)"
+        ),
         control_lines=stats.offset_updates,
     )
 
@@ -364,7 +383,8 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
     with broker_for(args, workdir) as bootstrap:
-        metrics_port = free_port()
+        metrics_port = args.worker_metrics_port or free_port()
+        connector_metrics_port = args.metrics_port or free_port()
         env = demo_environ(bootstrap, metrics_port)
         settings = Settings.from_env(env)
         from processors.app import changelog_specs
@@ -375,6 +395,12 @@ def run(args: argparse.Namespace) -> int:
         worker = start_worker(env, workdir / "worker.log")
         try:
             print(f"worker metrics on http://127.0.0.1:{metrics_port}/metrics", flush=True)
+            # The connectors run in this process: their metrics are served from here.
+            metrics.serve(connector_metrics_port)
+            print(
+                f"connector metrics on http://127.0.0.1:{connector_metrics_port}/metrics",
+                flush=True,
+            )
             feeds = run_feeds(settings, samples, workdir / "feeds")
             for vendor, feed in feeds.items():
                 refused = f", refused at the source {feed.refused}" if feed.refused else ""

@@ -29,8 +29,12 @@ NAMESPACE = "crm-stream"
 # The chart's kubeVersion floor and the newest schemas the validator ships.
 KUBE_VERSIONS = ("1.25.0", kubernetes_validate.latest_version())
 # Custom resources have no schema in kubernetes-validate; the tests check them structurally
-# instead (test_helm_chart.py::test_service_monitor_targets_the_metrics_service).
-CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+# instead (test_helm_chart.py::test_service_monitor_targets_the_metrics_service) and, for the
+# PrometheusRule, with promtool (test_prometheus_rules.py).
+CRD_KINDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
+}
 
 CONNECTORS = (
     "leanplum",
@@ -67,7 +71,10 @@ def all_enabled_values(existing_secret: str | None = None) -> dict[str, Any]:
         "aws": {"region": "eu-west-1"},
         "worker": {"replicas": 3},
         "connectors": {name: {"enabled": True} for name in CONNECTORS},
-        "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
+        "metrics": {
+            "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+            "prometheusRule": {"enabled": True, "labels": {"release": "prometheus"}},
+        },
         "networkPolicy": {
             "enabled": True,
             "metricsFrom": [

@@ -169,6 +169,13 @@ def test_required_panels_exist(dashboard: dict[str, Any]) -> None:
     assert "by (connector)" in exprs("Source lag per connector")
     assert "histogram_quantile(0.99" in exprs("p99 processing latency")
     assert "crm_worker_end_to_end_seconds_bucket" in exprs("p99 end-to-end latency")
+    # Recovery and data loss: the worker's exactness machinery at work.
+    assert "by (stream, cause) (crm_worker_rewinds_total" in exprs("Rewinds by cause")
+    assert "crm_worker_records_lost_to_retention_total" in exprs("Records lost to retention")
+    assert "by (vendor) (crm_worker_too_large_total" in exprs("Too large for Kafka")
+    replays = exprs("Replays after a restart")
+    assert "crm_worker_outputs_read_back_total" in replays
+    assert "crm_worker_stats_replayed_total" in replays
     # Every panel has a unique id and sits on the 24-column grid.
     ids = [p["id"] for p in panels(dashboard)]
     assert len(ids) == len(set(ids))

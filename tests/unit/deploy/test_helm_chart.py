@@ -1,8 +1,10 @@
 """The Helm chart, rendered by a real Helm engine (Helm v4 in-process via helm-python-sdk) and
 validated offline against the Kubernetes schemas shipped in the kubernetes-validate wheel.
 
-ServiceMonitor is a Prometheus Operator CRD with no schema in kubernetes-validate: its schema
-validation is skipped explicitly (render_check.CRD_KINDS) and it is checked structurally here.
+ServiceMonitor and PrometheusRule are Prometheus Operator CRDs with no schema in
+kubernetes-validate: their schema validation is skipped explicitly (render_check.CRD_KINDS); the
+ServiceMonitor is checked structurally here, the PrometheusRule by promtool in
+test_prometheus_rules.py.
 """
 
 from __future__ import annotations
@@ -97,7 +99,7 @@ def test_every_manifest_validates_against_the_kubernetes_schemas(scenario: str) 
     assert invalid == []
     # Only the CRDs are skipped, and each manifest was checked against every Kubernetes version.
     skipped = {(r.kind, r.name) for r in results if r.result == "crd-skipped"}
-    assert {kind for kind, _ in skipped} <= {"ServiceMonitor"}
+    assert {kind for kind, _ in skipped} <= {"ServiceMonitor", "PrometheusRule"}
     assert len(results) == len(manifests) * len(rc.KUBE_VERSIONS)
 
 
@@ -454,6 +456,20 @@ def test_egress_lockdown_without_rules_fails() -> None:
         ({"connectors": {"leanplum": {"source": "http://bucket"}}}, "/connectors/leanplum/source"),
         ({"connectors": {"pinpoint-kinesis": {"start": "EARLIEST"}}}, "/start"),
         ({"unknownTopLevel": 1}, "'unknownTopLevel' not allowed"),
+        ({"metrics": {"prometheusRule": {"enable": True}}}, "'enable' not allowed"),
+        (
+            {"metrics": {"prometheusRule": {"thresholds": {"deadLetterRatio": 5}}}},
+            "/metrics/prometheusRule/thresholds/deadLetterRatio",
+        ),
+        (
+            {"metrics": {"prometheusRule": {"thresholds": {"workerLagRecords": "10k"}}}},
+            "/metrics/prometheusRule/thresholds/workerLagRecords",
+        ),
+        (
+            {"metrics": {"prometheusRule": {"alertLabels": {"severity": "page"}}}},
+            "/metrics/prometheusRule/alertLabels/severity",
+        ),
+        ({"metrics": {"prometheusRule": {"selector": "{job}"}}}, "/metrics/prometheusRule/selector"),
     ],
 )
 def test_schema_rejects_bad_values_with_a_message(values: dict[str, Any], expected: str) -> None:
