@@ -1,5 +1,5 @@
 """``make bench``: throughput, latency and memory of crm-stream against the passthrough limit and
-a Quix Streams peer, on one embedded broker, in one run.
+two peers (Quix Streams and Bytewax), on one embedded broker, in one run.
 
 What it does, in order (``--help`` lists the knobs):
 
@@ -19,7 +19,7 @@ What it does, in order (``--help`` lists the knobs):
    * **CPU seconds per million records** over the same window (``psutil``, user + system);
    * **peak RSS** (``VmHWM`` of each child at the end of the throughput phase, added up);
    * **state disk per million dedupe keys**: ``du`` of the children's state directories /
-     distinct canonical events;
+     distinct canonical events (RocksDB for crm-stream and Quix, SQLite for Bytewax);
    * **end-to-end latency** p50/p99 in two open-loop phases, fresh records fed at 100% and at 50%
      of the pipeline's own measured maximum rate: output record timestamp minus the raw record's
      ``ingested_at`` header. Tansu does not set LogAppendTime, so the output timestamp is the
@@ -34,8 +34,9 @@ What it does, in order (``--help`` lists the knobs):
    workers / 1 worker. ``--profile crm-stream`` records each worker with py-spy during its
    throughput phase and prints the top of the profile (a run's workers together).
 
-The Quix Streams peer runs in ``.venv-quix`` (created on first use: quixstreams 3.28 pins
-confluent-kafka below crm-stream's version).
+The peers run in their own virtualenvs, created on first use and then reused: ``.venv-quix``
+(quixstreams 3.28 pins confluent-kafka below crm-stream's version) and ``.venv-bytewax``
+(``bytewax[kafka]`` at :data:`BYTEWAX_VERSION`).
 """
 
 from __future__ import annotations
@@ -73,11 +74,18 @@ from crmstream.topics import VENDORS, TopicSpec, create_topics, raw_topic
 REPO = Path(__file__).resolve().parent.parent
 QUIX_VENV = REPO / ".venv-quix"
 QUIX_REQUIREMENT = "quixstreams==3.28.*"
+BYTEWAX_VENV = REPO / ".venv-bytewax"
+BYTEWAX_VERSION = "0.21.1"
 # What crm-stream's pure modules (normalizers, record builders, Avro serde) need in a peer's venv.
 PEER_EXTRAS = ("orjson", "httpx", "fastavro")
-PIPELINES = ("passthrough", "crm-stream", "quix")
-PEERS = ("quix",)
-LABELS = {"passthrough": "passthrough", "crm-stream": "crm-stream", "quix": "Quix Streams"}
+PIPELINES = ("passthrough", "crm-stream", "quix", "bytewax")
+PEERS = ("quix", "bytewax")
+LABELS = {
+    "passthrough": "passthrough",
+    "crm-stream": "crm-stream",
+    "quix": "Quix Streams",
+    "bytewax": "Bytewax",
+}
 
 
 # On top of the Tansu dev profile (config/tansu-dev.env). The profile's 1-byte producer batches
@@ -336,16 +344,19 @@ class Pipeline:
                 str(self._progress_file),
                 *self.extra_args,
             ]
-            cmd = [
-                str(ensure_quix_venv()),
-                "-m",
-                "bench.quix_peer",
-                "--group",
-                f"bench-quix-{self.prefix.rstrip('.')}",
-                "--partitions",
-                str(self.partitions),
-                *common,
-            ]
+            if self.name == "quix":
+                cmd = [
+                    str(ensure_quix_venv()),
+                    "-m",
+                    "bench.quix_peer",
+                    "--group",
+                    f"bench-quix-{self.prefix.rstrip('.')}",
+                    "--partitions",
+                    str(self.partitions),
+                    *common,
+                ]
+            else:
+                cmd = [str(ensure_bytewax_venv()), "-m", "bench.bytewax_peer", *common]
         self._spawn(cmd, env, 0)
 
     def _spawn(self, cmd: list[str], env: dict[str, str], index: int) -> None:
@@ -438,6 +449,18 @@ def ensure_quix_venv() -> Path:
         QUIX_VENV,
         [QUIX_REQUIREMENT, *PEER_EXTRAS],
         "import quixstreams, orjson, fastavro, httpx",
+    )
+
+
+def ensure_bytewax_venv() -> Path:
+    """``.venv-bytewax/bin/python`` with Bytewax (pinned, with its Kafka extra: confluent-kafka)
+    and what crm-stream's pure modules import; created on first use, then reused."""
+    return _ensure_venv(
+        BYTEWAX_VENV,
+        [f"bytewax[kafka]=={BYTEWAX_VERSION}", *PEER_EXTRAS],
+        "import bytewax.connectors.kafka, orjson, fastavro, httpx\n"
+        "from importlib.metadata import version\n"
+        f"assert version('bytewax') == {BYTEWAX_VERSION!r}",
     )
 
 
@@ -852,7 +875,7 @@ def ratio_columns(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, st
     if base is None:
         return []
     cols: list[tuple[str, str, str, str]] = []
-    short = {"passthrough": "pass", "quix": "quix"}
+    short = {"passthrough": "pass", "quix": "quix", "bytewax": "bwax"}
     for other in ("passthrough", *PEERS):
         if other in results:
             cols.append((f"crm_over_{other}", f"crm/{short[other]}", base, other))
@@ -925,6 +948,7 @@ COLORS = {
     "passthrough": "#9e9e9e",
     "crm-stream": "#1f77b4",
     "quix": "#ff7f0e",
+    "bytewax": "#2ca02c",
 }
 
 
@@ -1061,6 +1085,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     workdir.mkdir()
     if "quix" in args.pipelines:
         ensure_quix_venv()
+    if "bytewax" in args.pipelines:
+        ensure_bytewax_venv()
 
     started = time.perf_counter()
     data = generate.generate(
@@ -1109,6 +1135,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "campaigns": args.campaigns,
             "partitions": args.partitions,
             "crm_stream_workers": args.workers if "crm-stream" in args.pipelines else [],
+            "bytewax_version": BYTEWAX_VERSION if "bytewax" in args.pipelines else None,
             "generation_s": round(gen_s, 2),
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
