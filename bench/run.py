@@ -246,6 +246,8 @@ class Pipeline:
     _metrics_urls: list[str] = field(default_factory=list)
     _last_progress: list[int] = field(default_factory=list)
     _progress_file: Path | None = None
+    # py-spy on the children (``--profile``): stopped with them if a phase fails.
+    profilers: list[Profiler] = field(default_factory=list)
 
     @property
     def key(self) -> str:
@@ -400,6 +402,9 @@ class Pipeline:
         return [psutil.Process(p.pid) for p in self.procs]
 
     def stop(self) -> None:
+        for profiler in self.profilers:
+            profiler.stop()
+        self.profilers = []
         for proc in self.procs:
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -635,11 +640,10 @@ def measure(
 
     pipe.start()
     procs = pipe.processes()
-    profilers: list[Profiler] = []
     if pipe.name in args.profile:
         for index, proc in enumerate(procs):
             suffix = "" if len(procs) == 1 else f"-w{index}"
-            profilers.append(Profiler(proc.pid, out / f"profile-{pipe.key}{suffix}.txt"))
+            pipe.profilers.append(Profiler(proc.pid, out / f"profile-{pipe.key}{suffix}.txt"))
     started, started_wall = time.monotonic(), time.time()
     first = 0
     while (first := pipe.progress()) == 0:
@@ -685,10 +689,11 @@ def measure(
         # every canonical event. Its end is the last upsert's timestamp, not when we noticed.
         stats_end_ms, campaign_totals = wait_for_stats(pipe, serde, data.expected_events, args)
     t2, cpu2 = time.monotonic(), _cpu_seconds(procs)
-    for profiler in profilers:
-        profiler.stop()
-    if profilers:
-        result["profile"] = [str(profiler.out) for profiler in profilers]
+    if pipe.profilers:
+        result["profile"] = [str(profiler.out) for profiler in pipe.profilers]
+        for profiler in pipe.profilers:
+            profiler.stop()
+        pipe.profilers = []
     end_wall = stats_end_ms / 1000 if stats_end_ms is not None else t1_wall
     elapsed = max(end_wall, t1_wall) - t0_wall
     result.update(
