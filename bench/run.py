@@ -1,35 +1,42 @@
 """``make bench``: throughput, latency and memory of crm-stream against the passthrough limit and
-a Quix Streams peer, on one embedded broker, in one run.
+two peers (Quix Streams and Bytewax), on one embedded broker, in one run.
 
 What it does, in order (``--help`` lists the knobs):
 
 1. Starts the embedded Tansu broker (or uses ``--bootstrap-servers``) and generates ``--events``
    raw records of the five vendors (:mod:`bench.generate`: 5% duplicates, 0.5% malformed,
    ``--campaigns`` campaigns).
-2. For each pipeline, one after another: its own topic prefix, the same records preloaded into its
-   raw topics (identical input, and the latency phases of one pipeline cannot leak into the next
-   one's backlog), then the pipeline is started as a child process and measured:
+2. For each pipeline, one after another (crm-stream once per ``--workers`` count, e.g. ``1,2``):
+   its own topic prefix, the same records preloaded into its raw topics (identical input, and the
+   latency phases of one run cannot leak into the next one's backlog), then the pipeline is
+   started as child processes (crm-stream: N ``crm-stream worker`` processes with one
+   ``CRM_APP_ID``, so one consumer group, each with its own data dir and metrics port; the others:
+   one process) and measured, all its processes together:
 
    * **throughput**: raw records / time from the first record the pipeline accounted for to the
-     last (polled from its progress: the worker's Prometheus counters, the others' progress file);
+     last (polled from its progress: the workers' Prometheus counters, added up; the others'
+     progress file), the stats stage included: it ends with the upsert that completes the counts;
    * **CPU seconds per million records** over the same window (``psutil``, user + system);
-   * **peak RSS** (``VmHWM`` of the child at the end of the throughput phase);
-   * **RocksDB disk per million dedupe keys**: ``du`` of the child's state directory / distinct
-     canonical events;
+   * **peak RSS** (``VmHWM`` of each child at the end of the throughput phase, added up);
+   * **state disk per million dedupe keys**: ``du`` of the children's state directories /
+     distinct canonical events (RocksDB for crm-stream and Quix, SQLite for Bytewax);
    * **end-to-end latency** p50/p99 in two open-loop phases, fresh records fed at 100% and at 50%
      of the pipeline's own measured maximum rate: output record timestamp minus the raw record's
      ``ingested_at`` header. Tansu does not set LogAppendTime, so the output timestamp is the
-     record's CreateTime, set by the pipeline's producer when it sends (aiokafka in crm-stream,
-     librdkafka in the others): it leaves out the broker append, which the three pipelines share.
+     record's CreateTime, set by the pipeline's producer when it sends (librdkafka in all of
+     them): it leaves out the broker append, which the pipelines share.
 
-3. Checks that crm-stream and the peer agree (same number of canonical events as generated, no
-   duplicate ``event_id``, the same id set) by consuming their event topics, never by watermark.
+3. Checks that every crm-stream run and every peer agree (as many canonical events as generated,
+   no duplicate ``event_id``, the same id set and the same per-campaign 1h counts as the crm-stream
+   run with the fewest workers) by consuming their output topics, never by watermark.
 4. Writes ``results.json`` and ``results.png`` under ``--out`` and prints a table with the ratios
-   crm-stream / passthrough and crm-stream / Quix Streams. ``--profile crm-stream`` records the
-   worker with py-spy during its throughput phase and prints the top of the profile.
+   crm-stream / passthrough, crm-stream / each peer (the run with the fewest workers) and N
+   workers / 1 worker. ``--profile crm-stream`` records each worker with py-spy during its
+   throughput phase and prints the top of the profile (a run's workers together).
 
-The Quix Streams peer runs in ``.venv-quix`` (created on first use: quixstreams 3.28 pins
-confluent-kafka below crm-stream's version).
+The peers run in their own virtualenvs, created on first use and then reused: ``.venv-quix``
+(quixstreams 3.28 pins confluent-kafka below crm-stream's version) and ``.venv-bytewax``
+(``bytewax[kafka]`` at :data:`BYTEWAX_VERSION`).
 """
 
 from __future__ import annotations
@@ -75,8 +82,18 @@ from crmstream.topics import (
 REPO = Path(__file__).resolve().parent.parent
 QUIX_VENV = REPO / ".venv-quix"
 QUIX_REQUIREMENT = "quixstreams==3.28.*"
-PIPELINES = ("passthrough", "crm-stream", "quix")
-LABELS = {"passthrough": "passthrough", "crm-stream": "crm-stream", "quix": "Quix Streams"}
+BYTEWAX_VENV = REPO / ".venv-bytewax"
+BYTEWAX_VERSION = "0.21.1"
+# What crm-stream's pure modules (normalizers, record builders, Avro serde) need in a peer's venv.
+PEER_EXTRAS = ("orjson", "httpx", "fastavro")
+PIPELINES = ("passthrough", "crm-stream", "quix", "bytewax")
+PEERS = ("quix", "bytewax")
+LABELS = {
+    "passthrough": "passthrough",
+    "crm-stream": "crm-stream",
+    "quix": "Quix Streams",
+    "bytewax": "Bytewax",
+}
 
 
 # On top of the Tansu dev profile (config/tansu-dev.env). The profile's 1-byte producer batches
@@ -220,33 +237,48 @@ class OutputReader:
 
 @dataclass
 class Pipeline:
-    """One pipeline as a child process: how to start it, read its progress, find its output."""
+    """One pipeline run: how to start its child processes (``workers`` of them for crm-stream,
+    one consumer group), read their progress and find their output."""
 
     name: str
     prefix: str
     bootstrap: str
     workdir: Path
     partitions: int
-    proc: subprocess.Popen[bytes] | None = None
+    workers: int = 1
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     output_topic: str = ""
     state_dir: Path | None = None
     env_overrides: dict[str, str] = field(default_factory=dict)
     extra_args: list[str] = field(default_factory=list)
-    _metrics_url: str = ""
+    _metrics_urls: list[str] = field(default_factory=list)
+    _last_progress: list[int] = field(default_factory=list)
     _progress_file: Path | None = None
+    # py-spy on the children (``--profile``): stopped with them if a phase fails.
+    profilers: list[Profiler] = field(default_factory=list)
 
     @property
-    def log_path(self) -> Path:
-        return self.workdir / f"{self.name}.log"
+    def key(self) -> str:
+        """The run's name in the results: ``crm-stream``, ``crm-stream-2w``, ``quix``, ..."""
+        return run_key(self.name, self.workers)
 
-    def settings_env(self) -> dict[str, str]:
+    def log_path(self, index: int = 0) -> Path:
+        if self.workers == 1:
+            return self.workdir / f"{self.key}.log"
+        return self.workdir / f"{self.key}-w{index}.log"
+
+    def settings_env(self, index: int = 0) -> dict[str, str]:
         env = read_env_file(TANSU_PROFILE)
+        data_dir = self.workdir / f"{self.key}-state"
+        if self.workers > 1:
+            data_dir = data_dir / f"w{index}"
         env.update(
             {
                 "CRM_BOOTSTRAP_SERVERS": self.bootstrap,
                 "CRM_TOPIC_PREFIX": self.prefix,
                 "CRM_PARTITIONS": str(self.partitions),
-                "CRM_DATA_DIR": str(self.workdir / f"{self.name}-state"),
+                "CRM_DATA_DIR": str(data_dir),
+                # One consumer group: every worker of a run has the same app id.
                 "CRM_APP_ID": f"bench-{self.prefix.rstrip('.')}",
                 "CRM_LOG_LEVEL": "WARNING",
             }
@@ -272,18 +304,25 @@ class Pipeline:
         create_topics(settings, extra=extra)
 
     def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CRM_")}
-        log = self.log_path.open("ab")
+        base = {k: v for k, v in os.environ.items() if not k.startswith("CRM_")}
         if self.name == "crm-stream":
-            port = free_port()
-            env.update(self.settings_env())
-            env["CRM_METRICS_PORT"] = str(port)
-            self._metrics_url = f"http://127.0.0.1:{port}/metrics"
-            self.state_dir = Path(env["CRM_DATA_DIR"])
+            # N ``crm-stream worker`` processes, same CRM_APP_ID, own data dir and metrics port.
+            self.state_dir = self.workdir / f"{self.key}-state"
             self.output_topic = f"{self.prefix}events"
-            cmd = [sys.executable, "-m", "crmcli", "worker"]
-        elif self.name == "passthrough":
-            self._progress_file = self.workdir / "passthrough.progress.json"
+            for index in range(self.workers):
+                port = free_port()
+                env = dict(base)
+                env.update(self.settings_env(index))
+                env["CRM_METRICS_PORT"] = str(port)
+                self._metrics_urls.append(f"http://127.0.0.1:{port}/metrics")
+                self._spawn([sys.executable, "-m", "crmcli", "worker"], env, index)
+            self._last_progress = [0] * self.workers
+            return
+        if self.workers != 1:
+            raise BenchError(f"{self.name}: --workers applies to crm-stream only")
+        env = dict(base)
+        self._progress_file = self.workdir / f"{self.key}.progress.json"
+        if self.name == "passthrough":
             self.output_topic = f"{self.prefix}passthrough"
             cmd = [
                 sys.executable,
@@ -300,98 +339,154 @@ class Pipeline:
                 *self.extra_args,
             ]
         else:
-            self._progress_file = self.workdir / "quix.progress.json"
-            self.state_dir = self.workdir / "quix-state"
+            # The peers run in their own virtualenv, on the repository's pure modules.
+            self.state_dir = self.workdir / f"{self.key}-state"
             self.output_topic = f"{self.prefix}events"
             env["PYTHONPATH"] = str(REPO)
-            cmd = [
-                str(ensure_quix_venv()),
-                "-m",
-                "bench.quix_peer",
+            common = [
                 "--bootstrap-servers",
                 self.bootstrap,
                 "--prefix",
                 self.prefix,
-                "--group",
-                f"bench-quix-{self.prefix.rstrip('.')}",
                 "--state-dir",
                 str(self.state_dir),
-                "--partitions",
-                str(self.partitions),
                 "--progress",
                 str(self._progress_file),
+                *self.extra_args,
             ]
-        self.proc = subprocess.Popen(
-            cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        log.close()
+            if self.name == "quix":
+                cmd = [
+                    str(ensure_quix_venv()),
+                    "-m",
+                    "bench.quix_peer",
+                    "--group",
+                    f"bench-quix-{self.prefix.rstrip('.')}",
+                    "--partitions",
+                    str(self.partitions),
+                    *common,
+                ]
+            else:
+                cmd = [str(ensure_bytewax_venv()), "-m", "bench.bytewax_peer", *common]
+        self._spawn(cmd, env, 0)
 
-    def progress(self) -> int:
-        """Raw records the pipeline has accounted for (output acknowledged or dropped)."""
+    def _spawn(self, cmd: list[str], env: dict[str, str], index: int) -> None:
+        with self.log_path(index).open("ab") as log:
+            self.procs.append(
+                subprocess.Popen(
+                    cmd,
+                    env=env,
+                    cwd=REPO,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
+
+    def worker_progress(self) -> list[int]:
+        """Raw records each child has accounted for (output acknowledged or dropped)."""
         self.check_alive()
         if self._progress_file is not None:
-            return progress.read(self._progress_file)
-        try:
-            accounts = scrape(self._metrics_url)
-        except OSError:
-            return 0
-        return sum(a.accounted for a in accounts.values())
+            return [progress.read(self._progress_file)]
+        for index, url in enumerate(self._metrics_urls):
+            try:
+                accounts = scrape(url)
+            except OSError:
+                continue  # not up yet, or a slow scrape: keep its last count
+            self._last_progress[index] = sum(a.accounted for a in accounts.values())
+        return list(self._last_progress)
+
+    def progress(self) -> int:
+        """Raw records the pipeline has accounted for, all its processes together."""
+        return sum(self.worker_progress())
 
     def check_alive(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            tail = self.log_path.read_text(errors="replace")[-3000:]
-            raise BenchError(f"{self.name} exited with {self.proc.returncode}:\n{tail}")
+        for index, proc in enumerate(self.procs):
+            if proc.poll() is not None:
+                tail = self.log_path(index).read_text(errors="replace")[-3000:]
+                which = self.name if self.workers == 1 else f"{self.key} worker {index}"
+                raise BenchError(f"{which} exited with {proc.returncode}:\n{tail}")
 
-    def process(self) -> psutil.Process:
-        assert self.proc is not None
-        return psutil.Process(self.proc.pid)
+    def processes(self) -> list[psutil.Process]:
+        return [psutil.Process(p.pid) for p in self.procs]
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        for profiler in self.profilers:
+            profiler.stop()
+        self.profilers = []
+        for proc in self.procs:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def run_key(name: str, workers: int) -> str:
+    return name if workers == 1 else f"{name}-{workers}w"
+
+
+def run_label(key: str) -> str:
+    """``crm-stream-2w`` -> ``crm-stream x2``."""
+    if key in LABELS:
+        return LABELS[key]
+    base, _, n = key.rpartition("-")
+    return f"{LABELS.get(base, base)} x{n.rstrip('w')}"
+
+
+def _ensure_venv(venv: Path, requirements: list[str], probe: str) -> Path:
+    """``<venv>/bin/python`` with ``requirements``, created on first use (and again when
+    ``probe`` fails in it, e.g. after a version pin changed)."""
+    python = venv / "bin" / "python"
+    if (
+        python.exists()
+        and subprocess.run([str(python), "-c", probe], capture_output=True).returncode == 0
+    ):
+        return python
+    print(f"creating {venv} with {' '.join(requirements)} ...", flush=True)
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", *requirements], check=True)
+    print(f"created {venv} in {time.perf_counter() - started:.0f} s", flush=True)
+    return python
 
 
 def ensure_quix_venv() -> Path:
     """``.venv-quix/bin/python`` with quixstreams 3.28 (and what crm-stream's normalizers,
     record builders and Avro serde import); created on first use."""
-    python = QUIX_VENV / "bin" / "python"
-    probe = [str(python), "-c", "import quixstreams, orjson, fastavro, httpx"]
-    if python.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
-        return python
-    print(f"creating {QUIX_VENV} with {QUIX_REQUIREMENT} ...", flush=True)
-    subprocess.run([sys.executable, "-m", "venv", str(QUIX_VENV)], check=True)
-    subprocess.run(
-        [
-            str(python),
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            QUIX_REQUIREMENT,
-            "orjson",
-            "httpx",
-            "fastavro",
-        ],
-        check=True,
+    return _ensure_venv(
+        QUIX_VENV,
+        [QUIX_REQUIREMENT, *PEER_EXTRAS],
+        "import quixstreams, orjson, fastavro, httpx",
     )
-    return python
 
 
-def _cpu_seconds(proc: psutil.Process) -> float:
-    times = proc.cpu_times()
-    total = times.user + times.system
-    for child in proc.children(recursive=True):
-        with contextlib.suppress(psutil.Error):
-            t = child.cpu_times()
-            total += t.user + t.system
+def ensure_bytewax_venv() -> Path:
+    """``.venv-bytewax/bin/python`` with Bytewax (pinned, with its Kafka extra: confluent-kafka)
+    and what crm-stream's pure modules import; created on first use, then reused."""
+    return _ensure_venv(
+        BYTEWAX_VENV,
+        [f"bytewax[kafka]=={BYTEWAX_VERSION}", *PEER_EXTRAS],
+        "import bytewax.connectors.kafka, orjson, fastavro, httpx\n"
+        "from importlib.metadata import version\n"
+        f"assert version('bytewax') == {BYTEWAX_VERSION!r}",
+    )
+
+
+def _cpu_seconds(procs: list[psutil.Process]) -> float:
+    """User + system CPU of the processes and their children."""
+    total = 0.0
+    for proc in procs:
+        times = proc.cpu_times()
+        total += times.user + times.system
+        for child in proc.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                t = child.cpu_times()
+                total += t.user + t.system
     return total
 
 
@@ -449,12 +544,14 @@ class Profiler:
             self.proc.kill()
 
 
-def profile_top(collapsed: Path, limit: int = 20) -> dict[str, list[dict[str, Any]]]:
-    """Functions by self and by inclusive share of samples, from py-spy's collapsed stacks."""
+def profile_top(collapsed: list[Path], limit: int = 20) -> dict[str, list[dict[str, Any]]]:
+    """Functions by self and by inclusive share of samples, from py-spy's collapsed stacks (of
+    all the run's worker processes together)."""
     inclusive: Counter[str] = Counter()
     own: Counter[str] = Counter()
     total = 0
-    for line in collapsed.read_text().splitlines():
+    lines = [line for path in collapsed for line in path.read_text().splitlines()]
+    for line in lines:
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
@@ -530,7 +627,7 @@ def wait_for_stats(
             if sum(r["total"] for _, r in latest.values()) >= expected:
                 break
             if time.monotonic() > deadline:
-                raise BenchError(f"{pipe.name}: campaign stats incomplete after the timeout")
+                raise BenchError(f"{pipe.key}: campaign stats incomplete after the timeout")
     finally:
         reader.close()
     totals: Counter[str] = Counter()
@@ -543,35 +640,42 @@ def measure(
     pipe: Pipeline, data: generate.Dataset, args: argparse.Namespace, out: Path
 ) -> dict[str, Any]:
     total = data.total
-    result: dict[str, Any] = {"pipeline": pipe.name, "prefix": pipe.prefix}
+    result: dict[str, Any] = {"pipeline": pipe.name, "workers": pipe.workers, "prefix": pipe.prefix}
     pipe.create_topics()
     result["preload_s"] = round(preload(pipe.bootstrap, pipe.prefix, data), 2)
     result["preload_rate"] = round(total / result["preload_s"], 1)
-    print(f"[{pipe.name}] preloaded {total} records in {result['preload_s']} s", flush=True)
+    print(f"[{pipe.key}] preloaded {total} records in {result['preload_s']} s", flush=True)
 
     pipe.start()
-    proc = pipe.process()
-    profiler: Profiler | None = None
+    procs = pipe.processes()
     if pipe.name in args.profile:
-        profiler = Profiler(proc.pid, out / f"profile-{pipe.name}.txt")
+        for index, proc in enumerate(procs):
+            suffix = "" if len(procs) == 1 else f"-w{index}"
+            pipe.profilers.append(Profiler(proc.pid, out / f"profile-{pipe.key}{suffix}.txt"))
     started, started_wall = time.monotonic(), time.time()
     first = 0
     while (first := pipe.progress()) == 0:
         if time.monotonic() - started > args.startup_timeout:
-            raise BenchError(f"{pipe.name} processed nothing in {args.startup_timeout} s")
+            raise BenchError(f"{pipe.key} processed nothing in {args.startup_timeout} s")
         time.sleep(0.02)
-    t0, t0_wall, cpu0 = time.monotonic(), time.time(), _cpu_seconds(proc)
+    t0, t0_wall, cpu0 = time.monotonic(), time.time(), _cpu_seconds(procs)
     result["startup_s"] = round(t0 - started, 2)
     done = first
+    # Several workers: when did the last of them account for its first record (the group has
+    # formed and every worker has partitions)? Until then one worker may hold them all.
+    all_active: float | None = t0 if len(procs) == 1 else None
     # Each scrape of the worker's /metrics costs it CPU (prometheus_client renders every series):
     # at 0.2 s it was 4% of the worker's profile, so poll it less often.
     poll = 1.0 if pipe.name == "crm-stream" else 0.05
     deadline = t0 + args.phase_timeout
     while done < total:
         if time.monotonic() > deadline:
-            raise BenchError(f"{pipe.name} accounted for {done}/{total} in {args.phase_timeout} s")
+            raise BenchError(f"{pipe.key} accounted for {done}/{total} in {args.phase_timeout} s")
         time.sleep(poll)
-        done = pipe.progress()
+        per_worker = pipe.worker_progress()
+        done = sum(per_worker)
+        if all_active is None and all(per_worker):
+            all_active = time.monotonic()
     t1, t1_wall = time.monotonic(), time.time()
     measured = total - first
     window = "first to last record accounted for"
@@ -592,10 +696,12 @@ def measure(
         # Quix: group_by's repartition topic), so the phase ends when the campaign stats count
         # every canonical event. Its end is the last upsert's timestamp, not when we noticed.
         stats_end_ms, campaign_totals = wait_for_stats(pipe, serde, data.expected_events, args)
-    t2, cpu2 = time.monotonic(), _cpu_seconds(proc)
-    if profiler is not None:
-        profiler.stop()
-        result["profile"] = str(profiler.out)
+    t2, cpu2 = time.monotonic(), _cpu_seconds(procs)
+    if pipe.profilers:
+        result["profile"] = [str(profiler.out) for profiler in pipe.profilers]
+        for profiler in pipe.profilers:
+            profiler.stop()
+        pipe.profilers = []
     end_wall = stats_end_ms / 1000 if stats_end_ms is not None else t1_wall
     elapsed = max(end_wall, t1_wall) - t0_wall
     result.update(
@@ -607,10 +713,20 @@ def measure(
         events_stage_per_s=round(measured / (t1 - t0), 1),
         cpu_s_per_million=round((cpu2 - cpu0) / (measured / 1e6), 2),
         cpu_utilisation=round((cpu2 - cpu0) / (t2 - t0), 2),
-        peak_rss_mb=round(_peak_rss_mb(proc), 1),
+        # All the run's processes together (a worker's peak each, added up).
+        peak_rss_mb=round(sum(_peak_rss_mb(proc) for proc in procs), 1),
     )
+    if len(procs) > 1:
+        # Per worker: its share of the records (a rebalance can make a worker re-process
+        # records another one had processed but not committed, so these may add up to more than
+        # the input) and its own peak RSS.
+        result["accounted_per_worker"] = pipe.worker_progress()
+        result["peak_rss_mb_per_worker"] = [round(_peak_rss_mb(proc), 1) for proc in procs]
+        result["all_workers_active_after_s"] = (
+            round(all_active - t0, 1) if all_active is not None else None
+        )
     print(
-        f"[{pipe.name}] {measured} records in {elapsed:.2f} s: {result['events_per_s']:.0f}/s "
+        f"[{pipe.key}] {measured} records in {elapsed:.2f} s: {result['events_per_s']:.0f}/s "
         f"(events stage alone {result['events_stage_per_s']:.0f}/s), "
         f"{result['cpu_s_per_million']} CPU s per million, peak RSS {result['peak_rss_mb']} MB",
         flush=True,
@@ -662,7 +778,7 @@ def measure(
         deadline = time.monotonic() + args.phase_timeout
         while (accounted := pipe.progress()) < target:
             if time.monotonic() > deadline:
-                raise BenchError(f"{pipe.name}: latency phase {label} did not finish")
+                raise BenchError(f"{pipe.key}: latency phase {label} did not finish")
             time.sleep(poll)
         latencies: list[int] = []
 
@@ -672,7 +788,9 @@ def measure(
                 _out.append(msg.timestamp()[1] - ingested_at)
 
         phase_expect = phase.total if pipe.name == "passthrough" else phase.expected_events
-        reader.read(phase_expect, on_output, timeout=60)
+        # No idle wait for extra records here: the agreement is checked on the throughput
+        # phase's outputs, and a late extra record of this phase is older than the next one's.
+        reader.read(phase_expect, on_output, timeout=60, idle=0.2)
         result["latency"][label] = {
             "target_rate": round(rate, 1),
             **fed,
@@ -683,7 +801,7 @@ def measure(
             "max_ms": float(max(latencies)) if latencies else math.nan,
         }
         print(
-            f"[{pipe.name}] latency at {label} rate ({rate:.0f}/s): "
+            f"[{pipe.key}] latency at {label} rate ({rate:.0f}/s): "
             f"p50 {result['latency'][label]['p50_ms']:.0f} ms, "
             f"p99 {result['latency'][label]['p99_ms']:.0f} ms",
             flush=True,
@@ -698,24 +816,45 @@ def measure(
 # --- report -----------------------------------------------------------------------------------
 
 
+def crm_runs(results: dict[str, dict[str, Any]]) -> list[str]:
+    """The crm-stream runs, fewest workers first."""
+    return sorted(
+        (k for k, r in results.items() if r["pipeline"] == "crm-stream"),
+        key=lambda k: results[k]["workers"],
+    )
+
+
+def base_crm_run(results: dict[str, dict[str, Any]]) -> str | None:
+    """The crm-stream run the peers are compared with: the one with the fewest workers."""
+    runs = crm_runs(results)
+    return runs[0] if runs else None
+
+
 def agreement(results: dict[str, dict[str, Any]], data: generate.Dataset) -> dict[str, Any]:
-    """crm-stream and the peer must emit the same canonical events, each exactly once."""
+    """Every crm-stream run and every peer must emit the same canonical events, each exactly
+    once, and the same per-campaign 1h counts."""
     out: dict[str, Any] = {"expected_canonical_events": data.expected_events}
     ok = True
-    for name in ("crm-stream", "quix"):
-        if name not in results:
-            continue
-        o = results[name]["outputs"]
-        out[name] = {"events": o["records"], "duplicate_ids": o["duplicate_keys"]}
+    canonical = [k for k, r in results.items() if r["pipeline"] != "passthrough"]
+    for key in canonical:
+        o = results[key]["outputs"]
+        out[key] = {"events": o["records"], "duplicate_ids": o["duplicate_keys"]}
         ok = ok and o["records"] == data.expected_events and o["duplicate_keys"] == 0
-    if "crm-stream" in results and "quix" in results:
-        same = results["crm-stream"]["_keys"] == results["quix"]["_keys"]
-        out["same_event_ids"] = same
-        same_stats = (
-            results["crm-stream"]["_campaign_totals"] == results["quix"]["_campaign_totals"]
-        )
-        out["same_campaign_counts"] = same_stats
-        ok = ok and same and same_stats
+    if len(canonical) > 1:
+        reference = base_crm_run(results) or canonical[0]
+        others = [k for k in canonical if k != reference]
+        ids = {k: results[k]["_keys"] == results[reference]["_keys"] for k in others}
+        counts = {
+            k: results[k]["_campaign_totals"] == results[reference]["_campaign_totals"]
+            for k in others
+        }
+        out["compared_with"] = reference
+        out["same_event_ids"] = all(ids.values())
+        out["same_campaign_counts"] = all(counts.values())
+        differ = sorted(k for k in others if not (ids[k] and counts[k]))
+        if differ:
+            out["differ"] = differ
+        ok = ok and out["same_event_ids"] and out["same_campaign_counts"]
     if "passthrough" in results:
         o = results["passthrough"]["outputs"]
         out["passthrough"] = {"records": o["records"], "expected": data.total}
@@ -730,24 +869,41 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3)
 
 
+def _ratio_row(crm: dict[str, Any], peer: dict[str, Any]) -> dict[str, float | None]:
+    return {
+        "events_per_s": _ratio(crm["events_per_s"], peer["events_per_s"]),
+        "cpu_s_per_million": _ratio(crm["cpu_s_per_million"], peer["cpu_s_per_million"]),
+        "peak_rss_mb": _ratio(crm["peak_rss_mb"], peer["peak_rss_mb"]),
+        "p99_ms_half_rate": _ratio(
+            crm["latency"]["half"]["p99_ms"], peer["latency"]["half"]["p99_ms"]
+        ),
+    }
+
+
+def ratio_columns(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str]]:
+    """``(json key, header, numerator run, denominator run)`` for each ratio the run allows:
+    the 1-worker (fewest workers) crm-stream run over each other pipeline, and each crm-stream
+    run with more workers over it (the scaling)."""
+    base = base_crm_run(results)
+    if base is None:
+        return []
+    cols: list[tuple[str, str, str, str]] = []
+    short = {"passthrough": "pass", "quix": "quix", "bytewax": "bwax"}
+    for other in ("passthrough", *PEERS):
+        if other in results:
+            cols.append((f"crm_over_{other}", f"crm/{short[other]}", base, other))
+    n0 = results[base]["workers"]
+    for key in crm_runs(results)[1:]:
+        n = results[key]["workers"]
+        cols.append((f"crm_{n}w_over_{n0}w", f"{n}w/{n0}w", key, base))
+    return cols
+
+
 def ratios(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    crm = results.get("crm-stream")
-    out: dict[str, Any] = {}
-    if crm is None:
-        return out
-    for other, label in (("passthrough", "passthrough"), ("quix", "quix")):
-        peer = results.get(other)
-        if peer is None:
-            continue
-        out[f"crm_over_{label}"] = {
-            "events_per_s": _ratio(crm["events_per_s"], peer["events_per_s"]),
-            "cpu_s_per_million": _ratio(crm["cpu_s_per_million"], peer["cpu_s_per_million"]),
-            "peak_rss_mb": _ratio(crm["peak_rss_mb"], peer["peak_rss_mb"]),
-            "p99_ms_half_rate": _ratio(
-                crm["latency"]["half"]["p99_ms"], peer["latency"]["half"]["p99_ms"]
-            ),
-        }
-    return out
+    return {
+        json_key: _ratio_row(results[a], results[b])
+        for json_key, _header, a, b in ratio_columns(results)
+    }
 
 
 def _fmt(value: Any, digits: int = 0) -> str:
@@ -758,9 +914,15 @@ def _fmt(value: Any, digits: int = 0) -> str:
     return str(value)
 
 
+def run_order(results: dict[str, dict[str, Any]]) -> list[str]:
+    """Columns: passthrough, the crm-stream runs by workers, then the peers."""
+    order = [k for k in ("passthrough",) if k in results] + crm_runs(results)
+    return order + [k for k in PEERS if k in results]
+
+
 def table(report: dict[str, Any]) -> str:
     results = report["pipelines"]
-    names = [n for n in PIPELINES if n in results]
+    names = run_order(results)
     rows: list[tuple[str, Callable[[dict[str, Any]], Any], int]] = [
         ("events/s", lambda r: r["events_per_s"], 0),
         ("CPU s / million events", lambda r: r["cpu_s_per_million"], 1),
@@ -769,22 +931,18 @@ def table(report: dict[str, Any]) -> str:
         ("p99 ms, full rate", lambda r: r["latency"]["full"]["p99_ms"], 0),
         ("p50 ms, half rate", lambda r: r["latency"]["half"]["p50_ms"], 0),
         ("p99 ms, half rate", lambda r: r["latency"]["half"]["p99_ms"], 0),
-        ("RocksDB MB / M keys", lambda r: r["rocksdb_mb_per_million_keys"], 1),
+        ("state MB / M keys", lambda r: r["rocksdb_mb_per_million_keys"], 1),
         ("output records", lambda r: r["outputs"]["records"], 0),
     ]
-    crm = results.get("crm-stream")
-    ratio_cols = [n for n in ("passthrough", "quix") if crm is not None and n in results]
-    header = f"{'':<24}" + "".join(f"{LABELS[n]:>14}" for n in names)
-    header += "".join(
-        f"{'crm/' + ('pass' if n == 'passthrough' else 'quix'):>11}" for n in ratio_cols
-    )
+    cols = ratio_columns(results)
+    header = f"{'':<24}" + "".join(f"{run_label(n):>15}" for n in names)
+    header += "".join(f"{h:>10}" for _, h, _, _ in cols)
     lines = [header, "-" * len(header)]
     for label, get, digits in rows:
-        line = f"{label:<24}" + "".join(f"{_fmt(get(results[n]), digits):>14}" for n in names)
-        for n in ratio_cols:
-            assert crm is not None
-            ratio = _ratio(_num(get(crm)), _num(get(results[n])))
-            line += f"{_fmt(ratio, 2):>11}"
+        line = f"{label:<24}" + "".join(f"{_fmt(get(results[n]), digits):>15}" for n in names)
+        for _, _, a, b in cols:
+            ratio = _ratio(_num(get(results[a])), _num(get(results[b])))
+            line += f"{_fmt(ratio, 2):>10}"
         lines.append(line)
     agree = report["agreement"]
     lines.append("")
@@ -799,6 +957,20 @@ def _num(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) else None
 
 
+COLORS = {
+    "passthrough": "#9e9e9e",
+    "crm-stream": "#1f77b4",
+    "quix": "#ff7f0e",
+    "bytewax": "#2ca02c",
+}
+
+
+def _color(result: dict[str, Any]) -> str:
+    if result["pipeline"] == "crm-stream" and result["workers"] > 1:
+        return "#0b3d66"  # crm-stream with more workers: a darker blue
+    return COLORS[result["pipeline"]]
+
+
 def chart(report: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -806,22 +978,22 @@ def chart(report: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     results = report["pipelines"]
-    names = [n for n in PIPELINES if n in results]
-    labels = [LABELS[n] for n in names]
-    colors = {"passthrough": "#9e9e9e", "crm-stream": "#1f77b4", "quix": "#ff7f0e"}
+    names = run_order(results)
+    labels = [run_label(n) for n in names]
     panels = [
         ("events / s (higher is better)", [results[n]["events_per_s"] for n in names]),
         ("CPU s per million events", [results[n]["cpu_s_per_million"] for n in names]),
         ("peak RSS (MB)", [results[n]["peak_rss_mb"] for n in names]),
     ]
-    fig, axes = plt.subplots(1, 4, figsize=(17, 4.2))
+    fig, axes = plt.subplots(1, 4, figsize=(4.3 * 4 + 1.2 * max(0, len(names) - 3), 4.4))
     for ax, (title, values) in zip(axes, panels, strict=False):
-        ax.bar(labels, values, color=[colors[n] for n in names])
+        ax.bar(labels, values, color=[_color(results[n]) for n in names])
         ax.set_title(title, fontsize=10)
         if max(values) > 20 * max(min(values), 1e-9):
             ax.set_yscale("log")
         for i, v in enumerate(values):
             ax.annotate(f"{v:,.0f}", (i, v), ha="center", va="bottom", fontsize=8)
+        ax.tick_params(axis="x", labelsize=8, labelrotation=20)
     ax = axes[3]
     width = 0.2
     for j, (phase, stat) in enumerate(
@@ -835,12 +1007,13 @@ def chart(report: dict[str, Any], path: Path) -> None:
             label=f"{stat[:3]} {phase}",
         )
     ax.set_xticks(range(len(names)), labels)
+    ax.tick_params(axis="x", labelsize=8, labelrotation=20)
     ax.set_yscale("log")
     ax.set_title("end-to-end latency (ms, log)", fontsize=10)
     ax.legend(fontsize=7)
     run = report["run"]
     fig.suptitle(
-        f"crm-stream benchmark: {run['events']:,} raw events, {run['cpus']} CPUs, embedded Tansu",
+        f"crm-stream benchmark: {run['events']:,} raw events, {run['cpus']} CPUs, {run['broker']}",
         fontsize=11,
     )
     fig.tight_layout()
@@ -863,6 +1036,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--bootstrap-servers", default="", help="use this broker, not an embedded one")
     p.add_argument("--campaigns", type=int, default=generate.DEFAULT_CAMPAIGNS)
     p.add_argument("--partitions", type=int, default=4)
+    p.add_argument(
+        "--workers",
+        default="1",
+        help="crm-stream worker processes in one consumer group; a list (e.g. 1,2) runs "
+        "crm-stream once per count, in sequence, each on fresh topics (default 1)",
+    )
     p.add_argument("--seed", type=int, default=20261125)
     p.add_argument("--latency-seconds", type=float, default=10.0, help="length of each phase")
     p.add_argument("--latency-max-events", type=int, default=200_000)
@@ -886,6 +1065,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown or not args.pipelines:
         p.error(f"--pipelines: unknown {sorted(unknown)}; choose from {', '.join(PIPELINES)}")
     args.profile = [n.strip() for n in args.profile.split(",") if n.strip()]
+    try:
+        workers = [int(n) for n in args.workers.split(",") if n.strip()]
+    except ValueError:
+        p.error(f"--workers wants counts like 1 or 1,2, got {args.workers!r}")
+    if not workers or min(workers) < 1:
+        p.error(f"--workers wants counts of at least 1, got {args.workers!r}")
+    args.workers = list(dict.fromkeys(workers))
     if args.events < 100:
         p.error("--events must be at least 100")
     for item in args.worker_env:
@@ -912,6 +1098,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     workdir.mkdir()
     if "quix" in args.pipelines:
         ensure_quix_venv()
+    if "bytewax" in args.pipelines:
+        ensure_bytewax_venv()
 
     started = time.perf_counter()
     data = generate.generate(
@@ -927,18 +1115,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     overrides = dict(WORKER_DEFAULTS)
     overrides.update(item.split("=", 1) for item in args.worker_env)
     results: dict[str, dict[str, Any]] = {}
+    runs = [
+        (name, n)
+        for name in args.pipelines
+        for n in (args.workers if name == "crm-stream" else [1])
+    ]
     with _broker(args, out) as bootstrap:
-        for name in args.pipelines:
+        for name, workers in runs:
+            key = run_key(name, workers)
             pipe = Pipeline(
                 name=name,
-                prefix=f"bench{run_id}-{name.replace('-', '')}.",
+                prefix=f"bench{run_id}-{key.replace('-', '')}.",
                 bootstrap=bootstrap,
                 workdir=workdir,
                 partitions=args.partitions,
+                workers=workers,
                 env_overrides=overrides if name == "crm-stream" else {},
             )
             try:
-                results[name] = measure(pipe, data, args, out)
+                results[key] = measure(pipe, data, args, out)
             finally:
                 pipe.stop()
 
@@ -952,6 +1147,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "expected_canonical_events": data.expected_events,
             "campaigns": args.campaigns,
             "partitions": args.partitions,
+            "crm_stream_workers": args.workers if "crm-stream" in args.pipelines else [],
+            "bytewax_version": BYTEWAX_VERSION if "bytewax" in args.pipelines else None,
             "generation_s": round(gen_s, 2),
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
@@ -967,9 +1164,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
     }
     report["ratios"] = ratios(results)
-    crm = results.get("crm-stream")
-    if crm is not None and "profile" in crm:
-        report["profile_top"] = profile_top(Path(crm["profile"]))
+    profiled = {k: r["profile"] for k, r in results.items() if "profile" in r}
+    if profiled:
+        report["profile_top"] = {
+            k: profile_top([Path(path) for path in paths]) for k, paths in profiled.items()
+        }
     (out / "results.json").write_bytes(
         orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
     )
@@ -986,9 +1185,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print()
     print(table(report))
-    if report.get("profile_top"):
-        print("\ntop of the crm-stream worker profile (py-spy, % of samples, by self time):")
-        for row in report["profile_top"]["self"][:15]:
+    for key, top in report.get("profile_top", {}).items():
+        workers = report["pipelines"][key]["workers"]
+        whose = f"{workers} processes together" if workers > 1 else "one process"
+        print(
+            f"\ntop of the {run_label(key)} profile (py-spy, {whose}, % of samples, by self time):"
+        )
+        for row in top["self"][:15]:
             share = f"self {row['self_pct']:5.1f}%  incl {row['inclusive_pct']:5.1f}%"
             print(f"  {share}  {row['function']}")
     print(f"\nresults: {args.out / 'results.json'}, chart: {args.out / 'results.png'}")

@@ -1,7 +1,12 @@
-"""``make bench`` end to end on a tiny input: the passthrough limit and the crm-stream worker on
-the session broker (the Quix peer is left out with ``--pipelines``: building its virtualenv
-takes longer than this test may). Checks the result file's shape and that the benchmark's own
-agreement check passed, so a broken harness fails CI instead of producing wrong figures."""
+"""``make bench`` end to end on a tiny input: the passthrough limit, the crm-stream worker alone
+and as two worker processes in one consumer group (``--workers 1,2``), and the Bytewax peer, on
+the session broker. Checks the result file's shape and that the benchmark's own agreement check
+passed (every run the same canonical event ids and campaign counts), so a broken harness fails CI
+instead of producing wrong figures.
+
+The Bytewax peer runs in ``.venv-bytewax``, which the first run creates (about 10 s) and later
+runs reuse. The Quix peer is left out with ``--pipelines``: building its virtualenv (quixstreams
+and its dependencies) takes longer than this test may."""
 
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 EVENTS = 2000
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(240)
 def test_bench_smoke(kafka_bootstrap: str, tmp_path: Path) -> None:
     out = tmp_path / "bench"
     code = bench_run.main(
@@ -25,7 +30,9 @@ def test_bench_smoke(kafka_bootstrap: str, tmp_path: Path) -> None:
             "--events",
             str(EVENTS),
             "--pipelines",
-            "passthrough,crm-stream",
+            "passthrough,crm-stream,bytewax",
+            "--workers",
+            "1,2",
             "--bootstrap-servers",
             kafka_bootstrap,
             "--latency-seconds",
@@ -45,16 +52,23 @@ def test_bench_smoke(kafka_bootstrap: str, tmp_path: Path) -> None:
     assert 1 <= run["malformed"] <= 0.01 * EVENTS
     assert run["expected_canonical_events"] == EVENTS - run["duplicates"] - run["malformed"]
 
+    assert run["crm_stream_workers"] == [1, 2]
+    assert run["bytewax_version"] == bench_run.BYTEWAX_VERSION
+
     agreement = report["agreement"]
     assert agreement["passed"] is True
-    assert agreement["crm-stream"] == {
-        "events": run["expected_canonical_events"],
-        "duplicate_ids": 0,
-    }
+    for name in ("crm-stream", "crm-stream-2w", "bytewax"):
+        assert agreement[name] == {
+            "events": run["expected_canonical_events"],
+            "duplicate_ids": 0,
+        }, name
+    assert agreement["compared_with"] == "crm-stream"
+    assert agreement["same_event_ids"] is True
+    assert agreement["same_campaign_counts"] is True
     assert agreement["passthrough"] == {"records": EVENTS, "expected": EVENTS}
 
     pipelines = report["pipelines"]
-    assert set(pipelines) == {"passthrough", "crm-stream"}
+    assert set(pipelines) == {"passthrough", "crm-stream", "crm-stream-2w", "bytewax"}
     for name, result in pipelines.items():
         assert result["events_per_s"] > 0, name
         assert result["cpu_s_per_million"] > 0, name
@@ -63,15 +77,32 @@ def test_bench_smoke(kafka_bootstrap: str, tmp_path: Path) -> None:
             latency = result["latency"][phase]
             assert latency["measured"] == latency["expected"] > 0, (name, phase)
             assert 0 <= latency["p50_ms"] <= latency["p99_ms"] <= latency["max_ms"], (name, phase)
-    crm = pipelines["crm-stream"]
-    assert crm["rocksdb_mb_per_million_keys"] > 0
-    assert crm["outputs"]["stats_total_1h"] == run["expected_canonical_events"]
+    for name in ("crm-stream", "crm-stream-2w", "bytewax"):
+        assert pipelines[name]["rocksdb_mb_per_million_keys"] > 0, name
+        assert pipelines[name]["outputs"]["stats_total_1h"] == run["expected_canonical_events"]
     assert pipelines["passthrough"]["rocksdb_mb_per_million_keys"] is None
+    crm = pipelines["crm-stream"]
+    assert crm["workers"] == 1
+    two = pipelines["crm-stream-2w"]
+    assert two["workers"] == 2
+    # Two processes were measured (both in the group; at this size one may have done it all).
+    assert len(two["accounted_per_worker"]) == len(two["peak_rss_mb_per_worker"]) == 2
+    assert sum(two["accounted_per_worker"]) >= EVENTS
+    assert two["peak_rss_mb"] == pytest.approx(
+        sum(two["peak_rss_mb_per_worker"]), abs=0.1 * len(two["peak_rss_mb_per_worker"]) + 0.1
+    )  # each rounded to 0.1
 
-    ratios = report["ratios"]["crm_over_passthrough"]
-    assert ratios["events_per_s"] == pytest.approx(
+    ratios = report["ratios"]
+    assert set(ratios) == {"crm_over_passthrough", "crm_over_bytewax", "crm_2w_over_1w"}
+    assert ratios["crm_over_passthrough"]["events_per_s"] == pytest.approx(
         crm["events_per_s"] / pipelines["passthrough"]["events_per_s"], rel=1e-2
     )
+    assert ratios["crm_2w_over_1w"]["events_per_s"] == pytest.approx(
+        two["events_per_s"] / crm["events_per_s"], rel=1e-2
+    )
+    table = bench_run.table(report)
+    for label in ("crm-stream x2", "Bytewax", "crm/bwax", "2w/1w", "agreement: PASSED"):
+        assert label in table
     assert (out / "results.png").stat().st_size > 10_000
 
 
