@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 .DEFAULT_GOAL := help
 # constraints.txt pins every package of the dev install to the versions CI tested
 # (`make lock` rewrites it from .venv after a dependency change).
-.PHONY: lock help install demo demo-once test test-fast test-browser lint format typecheck bench web-preview vendor-web clean
+.PHONY: lock help install demo demo-once test test-fast test-bench test-browser lint format typecheck bench web-preview vendor-web clean
 
 help: ## Show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -27,15 +27,23 @@ demo: $(STAMP) ## Embedded broker, every connector on the sample feeds, Faust wo
 demo-once: $(STAMP) ## The demo, run to completion, with a JSON summary in var/demo-summary.json
 	$(BIN)/crm-stream demo --once --summary-json var/demo-summary.json
 
-test: $(STAMP) ## Lint, typecheck and run every test (starts its own broker)
+# make test runs pytest on TEST_WORKERS pytest-xdist workers; each worker starts its own embedded
+# broker (tests/conftest.py). The integration tests mostly wait (on the broker, on child worker
+# processes), so more workers than cores pay off. TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 4
+
+test: $(STAMP) ## Lint, typecheck and run every test in parallel (starts its own brokers)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 	$(BIN)/mypy
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS)
 
 test-fast: $(STAMP) ## Unit tests only
 	$(BIN)/pytest -m "not integration"
+
+test-bench: $(STAMP) ## The benchmark harness end to end on a tiny input (make test runs it too)
+	$(BIN)/pytest -m bench
 
 test-browser: $(STAMP) ## The web view in headless Chromium (apt-get install chromium first)
 	$(BIN)/pytest -m browser

@@ -30,8 +30,8 @@ import faust
 
 from bench import generate
 from bench.run import preload
-from crmdemo.demo import TANSU_PROFILE, read_env_file
 from crmstream.broker import EmbeddedBroker
+from crmstream.resources import tansu_dev_profile
 from crmstream.settings import Settings
 from crmstream.topics import VENDORS, create_topics, raw_topic
 from processors.app import use_event_loop
@@ -40,7 +40,7 @@ from processors.faust_compat import faust_broker_kwargs
 
 def measure(bootstrap: str, events: int, partitions: int, workdir: Path) -> dict[str, Any]:
     prefix = f"floor{uuid.uuid4().hex[:6]}."
-    env = read_env_file(TANSU_PROFILE)
+    env = tansu_dev_profile()
     env.update(
         {
             "CRM_BOOTSTRAP_SERVERS": bootstrap,

@@ -63,9 +63,10 @@ import psutil
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from bench import generate, progress
-from crmdemo.demo import TANSU_PROFILE, read_env_file, scrape
+from crmdemo.demo import scrape
 from crmstream.broker import EmbeddedBroker, free_port
 from crmstream.kafka import consumer_config, producer_config
+from crmstream.resources import tansu_dev_profile
 from crmstream.serde import AvroSerde
 from crmstream.settings import Settings
 from crmstream.topics import (
@@ -268,7 +269,7 @@ class Pipeline:
         return self.workdir / f"{self.key}-w{index}.log"
 
     def settings_env(self, index: int = 0) -> dict[str, str]:
-        env = read_env_file(TANSU_PROFILE)
+        env = tansu_dev_profile()
         data_dir = self.workdir / f"{self.key}-state"
         if self.workers > 1:
             data_dir = data_dir / f"w{index}"

@@ -175,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="worker processes in one consumer group (at most CRM_PARTITIONS, 4 in the demo)",
     )
+    p.add_argument(
+        "--workdir",
+        default="var/demo",
+        help="the demo's logs, sample feeds and worker state; emptied first (default: %(default)s)",
+    )
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("broker", help="run the embedded Tansu broker in the foreground")

@@ -42,13 +42,11 @@ from crmstream import metrics
 from crmstream.broker import EmbeddedBroker, free_port
 from crmstream.errors import BrokerError, CrmStreamError
 from crmstream.kafka import consumer_config
+from crmstream.resources import tansu_dev_profile
 from crmstream.serde import AvroSerde
 from crmstream.settings import Settings
 from crmstream.topics import VENDORS, create_topics
 from processors.normalize import EVENT_IDS
-
-REPO = Path(__file__).resolve().parent.parent
-TANSU_PROFILE = REPO / "config" / "tansu-dev.env"
 
 SHOWN_TYPES = (
     "SEND",
@@ -62,24 +60,14 @@ SHOWN_TYPES = (
 )
 
 
-def read_env_file(path: Path) -> dict[str, str]:
-    values: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#") and "=" in line:
-            key, value = line.split("=", 1)
-            values[key.strip()] = value.strip()
-    return values
-
-
-def demo_environ(bootstrap: str, metrics_port: int) -> dict[str, str]:
+def demo_environ(bootstrap: str, metrics_port: int, workdir: Path) -> dict[str, str]:
     """The demo's CRM_* variables: Tansu profile, then demo defaults, then the user's env."""
-    env = read_env_file(TANSU_PROFILE)
+    env = tansu_dev_profile()
     env.update(
         {
             "CRM_TOPIC_PREFIX": "demo.",
             "CRM_PARTITIONS": "4",
-            "CRM_DATA_DIR": str(REPO / "var" / "demo"),
+            "CRM_DATA_DIR": str(workdir),
             "CRM_APP_ID": "crm-stream-demo",
             # Sample events may be older than the production default; keep their windows open.
             "CRM_STATS_RETENTION": "3650d",
@@ -419,7 +407,9 @@ def stop_worker(proc: subprocess.Popen[bytes]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    workdir = REPO / "var" / "demo"
+    # Relative to the current directory (`make demo`: the checkout's var/demo), never to the
+    # install: an installed package's directory may be read-only.
+    workdir = Path(args.workdir).resolve()
     if workdir.exists():
         # Tansu keeps nothing across restarts, so neither may the worker's local state.
         import shutil
@@ -429,7 +419,7 @@ def run(args: argparse.Namespace) -> int:
     with broker_for(args, workdir) as bootstrap:
         metrics_port = args.worker_metrics_port or free_port()
         connector_metrics_port = args.metrics_port or free_port()
-        env = demo_environ(bootstrap, metrics_port)
+        env = demo_environ(bootstrap, metrics_port, workdir)
         ports = [metrics_port] + [free_port() for _ in range(args.workers - 1)]
         settings = Settings.from_env(env)
         from processors.app import changelog_specs
@@ -484,7 +474,8 @@ def follow(
             for worker in workers:
                 if worker.poll() is not None:
                     raise CrmStreamError(
-                        f"a worker exited with code {worker.returncode}; see var/demo/worker*.log"
+                        f"a worker exited with code {worker.returncode}; "
+                        f"see {args.workdir}/worker*.log"
                     )
             with contextlib.suppress(OSError):
                 accounts = scrape_all(f"http://127.0.0.1:{port}/metrics" for port in ports)

@@ -41,6 +41,7 @@ from fastavro.read import SchemaResolutionError
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from crmstream.errors import ConfigError, SerdeError
+from crmstream.resources import SCHEMAS, shipped_path
 from crmstream.settings import Settings
 
 SINGLE_OBJECT_MARKER = b"\xc3\x01"
@@ -65,13 +66,13 @@ _DECODE_ERRORS = (
 
 
 def default_schema_dir() -> Path:
-    """``schemas/avro`` of the repository (the parent of the ``crmstream`` package)."""
-    return Path(__file__).resolve().parent.parent / "schemas" / "avro"
+    """``schemas/avro``: the copy inside an installed wheel, else the repository's."""
+    return shipped_path(SCHEMAS)
 
 
 def schema_dir() -> Path:
-    """``$CRM_SCHEMA_DIR`` if set (an installed image ships the schemas elsewhere), else the
-    repository's ``schemas/avro``."""
+    """``$CRM_SCHEMA_DIR`` if set (the Docker image keeps the schemas in /opt), else
+    :func:`default_schema_dir`."""
     return Path(os.environ.get("CRM_SCHEMA_DIR") or default_schema_dir())
 
 

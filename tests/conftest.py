@@ -5,24 +5,19 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
 import pytest
 
+from crmstream.resources import tansu_dev_profile
 from crmstream.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 SEEDS = REPO.parent / "shared" / "seeds"
 
-# Tansu workarounds (config/tansu-dev.env); harmless on a real Kafka too.
-TANSU_DEV = {
-    "CRM_CONSUMER_SESSION_TIMEOUT": "2s",
-    "CRM_CONSUMER_HEARTBEAT_INTERVAL": "0.5s",
-    "CRM_CONSUMER_REBALANCE_TIMEOUT": "2s",
-    "CRM_CHANGELOG_MAX_BATCH_BYTES": "1",
-    "CRM_REPLICATION_FACTOR": "1",
-}
+# Tansu workarounds, from the one dev profile (config/tansu-dev.env); harmless on a real Kafka.
+TANSU_DEV = tansu_dev_profile()
 
 
 def _docker_answers() -> bool:
@@ -86,3 +81,38 @@ def settings_factory(crm_env_factory: Callable[..., dict[str, str]]) -> Callable
         return Settings.from_env(crm_env_factory(**env))
 
     return make
+
+
+# --- order and placement under pytest-xdist (make test: -n N --dist loadgroup) ------------------
+# Each xdist worker is its own session, so it starts its own broker (kafka_bootstrap) and tests
+# on different workers never share one. Under loadgroup a worker is handed a test, or a whole
+# xdist_group, when it has few left, in collection order; so the longest run first and no worker
+# starts a minutes-long test while the others are finishing. The demo's end-to-end runs go first
+# of all: each then starts on a broker that no other test has used yet.
+def _cost_rank(item: pytest.Item) -> int:
+    if item.get_closest_marker("demo"):
+        return 0
+    if item.get_closest_marker("slow"):
+        return 1
+    if item.get_closest_marker("integration"):
+        return 2
+    return 3
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    items.sort(key=_cost_rank)  # stable: within a rank, the collection order
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Captured output as valid UTF-8: an xdist worker sends each report to the controller as
+    UTF-8 and dies on a lone surrogate, which tests of malformed input do log
+    (test_normalize.py::test_the_detail_is_short_and_valid_utf8)."""
+    report = yield
+    report.sections = [
+        (title, text.encode("utf-8", "backslashreplace").decode("utf-8"))
+        for title, text in report.sections
+    ]
+    return report

@@ -17,7 +17,7 @@ import pytest
 
 from bench import run as bench_run
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.bench]
 
 EVENTS = 2000
 

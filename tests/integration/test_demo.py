@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.demo]
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -40,6 +40,8 @@ def test_demo_once_balances_and_matches_the_samples(
             kafka_bootstrap,
             "--workers",
             str(workers),
+            "--workdir",
+            str(tmp_path / "demo"),
         ],
         env=env,
         capture_output=True,

@@ -47,9 +47,8 @@ from tests.prometheus_helpers import (
 from tests.unit.deploy.test_dashboard import DASHBOARD, panels
 from tests.unit.deploy.test_helm_chart import rc
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.demo]
 
-REPO = Path(__file__).resolve().parents[2]
 FAULTS = Path(__file__).parent / "faults"
 # What the chart's ServiceMonitor makes of release "crm" in namespace "crm-stream".
 NAMESPACE = rc.NAMESPACE
@@ -220,10 +219,12 @@ def test_every_dashboard_panel_query_returns_data_from_a_real_prometheus(
             str(connector_port),
             "--worker-metrics-port",
             str(worker_port),
+            "--workdir",
+            str(tmp_path / "demo"),
         ],
         tmp_path / "demo.log",
     )
-    worker_log = REPO / "var" / "demo" / "worker.log"
+    worker_log = tmp_path / "demo" / "worker.log"
 
     def context() -> str:
         worker = worker_log.read_text(errors="replace")[-3000:] if worker_log.exists() else ""
