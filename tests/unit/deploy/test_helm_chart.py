@@ -455,6 +455,9 @@ def test_egress_lockdown_without_rules_fails() -> None:
         ({"worker": {"dedupeWindow": "a week"}}, "/worker/dedupeWindow"),
         ({"connectors": {"leanplum": {"source": "http://bucket"}}}, "/connectors/leanplum/source"),
         ({"connectors": {"pinpoint-kinesis": {"start": "EARLIEST"}}}, "/start"),
+        # Another connector's field (the connector definitions share one, values.schema.json).
+        ({"connectors": {"segment": {"url": "US"}}}, "/connectors/segment/url"),
+        ({"connectors": {"airship": {"appId": "a"}}}, "/connectors/airship/appId"),
         ({"unknownTopLevel": 1}, "'unknownTopLevel' not allowed"),
         ({"metrics": {"prometheusRule": {"enable": True}}}, "'enable' not allowed"),
         (
