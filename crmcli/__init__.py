@@ -9,17 +9,64 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 from collections.abc import Sequence
+from dataclasses import fields
+from typing import Any
 
 from crmstream.errors import ConfigError, CrmStreamError
-from crmstream.settings import Settings
+from crmstream.settings import ENV_PREFIX, Settings
 from crmstream.vendors import VENDOR_NAMES
 
 
+def _variables(cls: type[Any], prefix: str) -> list[tuple[str, str, str]]:
+    """(variable, value set or default, description) of a connector's settings class, read
+    without validating: the connector itself checks its values when it starts."""
+    rows = []
+    for f in fields(cls):
+        var = prefix + f.metadata["env"]
+        if f.metadata["secret"]:
+            value = "***" if os.environ.get(var) or os.environ.get(var + "_FILE") else ""
+        else:
+            value = os.environ.get(var, "" if f.default is None else str(f.default))
+        rows.append((var, value, f.metadata["doc"]))
+    return rows
+
+
 def _cmd_settings(args: argparse.Namespace, settings: Settings) -> int:
-    for var, value, doc in settings.describe():
-        print(f"{var:<34} {value:<24} {doc}")
+    from connectors.airship import ENV_PREFIX as AIRSHIP_PREFIX
+    from connectors.airship import AirshipSettings
+    from connectors.pinpoint_kinesis import KinesisSettings
+    from connectors.registry import CONNECTORS
+    from connectors.segment import SegmentSettings
+    from crmstream.broker import tansu_binary
+    from crmstream.serde import schema_dir
+
+    # Each connector's own variables, besides the shared Kafka ones above; the others take
+    # options only (`crm-stream connect NAME --help`).
+    own: dict[str, list[tuple[str, str, str]]] = {
+        "segment": _variables(SegmentSettings, ENV_PREFIX),
+        "pinpoint-kinesis": _variables(KinesisSettings, ENV_PREFIX),
+        "airship": _variables(AirshipSettings, AIRSHIP_PREFIX),
+    }
+    try:
+        tansu = str(tansu_binary())
+    except CrmStreamError:
+        tansu = ""
+    rows = [
+        *settings.describe(),
+        ("CRM_SCHEMA_DIR", str(schema_dir()), "Avro schemas (.avsc); default: those installed"),
+        ("CRM_TANSU_BIN", tansu, "Tansu binary of the embedded broker (demo, tests)"),
+    ]
+    for var, value, doc in rows:
+        print(f"{var:<40} {value:<24} {doc}")
+    for name in CONNECTORS:
+        print(f"\n# crm-stream connect {name}")
+        if name not in own:
+            print(f"  options only: crm-stream connect {name} --help")
+        for var, value, doc in own.get(name, []):
+            print(f"{var:<40} {value:<24} {doc}")
     return 0
 
 
