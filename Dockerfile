@@ -15,10 +15,14 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends build-essential \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py MANIFEST.in README.md ./
 COPY crmstream ./crmstream
 COPY connectors ./connectors
 COPY processors ./processors
+COPY crmcli ./crmcli
+# setup.py ships copies of these inside the wheel (crmstream/resources.py).
+COPY schemas/avro ./schemas/avro
+COPY config ./config
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM ${PYTHON_IMAGE}

@@ -110,11 +110,15 @@ def _cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
     import signal
 
     from crmstream.broker import EmbeddedBroker
+    from crmstream.resources import tansu_dev_profile
 
     # SIGTERM (kill, a process manager) must stop the broker too, not orphan it.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with EmbeddedBroker(port=args.port) as broker:
         print(f"tansu listening on {broker.bootstrap_servers} (memory only; Ctrl-C stops)")
+        print("its clients need the Tansu dev profile (config/tansu-dev.env):")
+        for var, value in tansu_dev_profile().items():
+            print(f"  {var}={value}")
         sys.stdout.flush()
         with contextlib.suppress(KeyboardInterrupt):
             signal.pause()
