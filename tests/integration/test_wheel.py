@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.slow, pytest.mark.demo]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.demo]
 
 REPO = Path(__file__).resolve().parents[2]
 # Work-tree state that is not source: left out of the copy the wheel is built from.
