@@ -30,7 +30,7 @@ demo-once: $(STAMP) ## The demo, run to completion, with a JSON summary in var/d
 # make test runs pytest on TEST_WORKERS pytest-xdist workers; each worker starts its own embedded
 # broker (tests/conftest.py). The integration tests mostly wait (on the broker, on child worker
 # processes), so more workers than cores pay off. TEST_WORKERS=0 runs everything in one process.
-TEST_WORKERS ?= 4
+TEST_WORKERS ?= 6
 
 test: $(STAMP) ## Lint, typecheck and run every test in parallel (starts its own brokers)
 	$(BIN)/ruff check .

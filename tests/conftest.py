@@ -86,21 +86,24 @@ def settings_factory(crm_env_factory: Callable[..., dict[str, str]]) -> Callable
 # --- order and placement under pytest-xdist (make test: -n N --dist loadgroup) ------------------
 # Each xdist worker is its own session, so it starts its own broker (kafka_bootstrap) and tests
 # on different workers never share one. Under loadgroup a worker is handed a test, or a whole
-# xdist_group, when it has few left, in collection order; so the longest run first and no worker
-# starts a minutes-long test while the others are finishing. The demo's end-to-end runs go first
-# of all: each then starts on a broker that no other test has used yet.
-def _cost_rank(item: pytest.Item) -> int:
+# xdist_group, when it has few left, in collection order; so the longest run first (slow's
+# `seconds`, else by marker) and no worker starts a minute-long test while the others are
+# finishing. The demo's end-to-end runs go first of all: each then starts on a broker that no
+# other test has used yet.
+def _cost(item: pytest.Item) -> tuple[int, float]:
+    slow = item.get_closest_marker("slow")
+    seconds = -float(slow.kwargs.get("seconds", 0)) if slow else 0.0
     if item.get_closest_marker("demo"):
-        return 0
-    if item.get_closest_marker("slow"):
-        return 1
+        return (0, seconds)
+    if slow:
+        return (1, seconds)
     if item.get_closest_marker("integration"):
-        return 2
-    return 3
+        return (2, 0.0)
+    return (3, 0.0)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    items.sort(key=_cost_rank)  # stable: within a rank, the collection order
+    items.sort(key=_cost)  # stable: at equal cost, the collection order
 
 
 @pytest.hookimpl(wrapper=True)

@@ -22,6 +22,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.bench]
 EVENTS = 2000
 
 
+@pytest.mark.slow(seconds=60)
 @pytest.mark.timeout(240)
 def test_bench_smoke(kafka_bootstrap: str, tmp_path: Path) -> None:
     out = tmp_path / "bench"

@@ -14,6 +14,7 @@ import pytest
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.demo]
 
 
+@pytest.mark.slow(seconds=35)
 @pytest.mark.parametrize("workers", [1, 2])
 def test_demo_once_balances_and_matches_the_samples(
     workers: int,

@@ -188,6 +188,7 @@ def _wait(
         time.sleep(1)
 
 
+@pytest.mark.slow(seconds=35)
 @pytest.mark.timeout(480)
 def test_every_dashboard_panel_query_returns_data_from_a_real_prometheus(
     crm_env_factory: Callable[..., dict[str, str]], kafka_bootstrap: str, tmp_path: Path

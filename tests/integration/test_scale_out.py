@@ -115,6 +115,7 @@ def _check(settings: Settings, feed: Feed, group: Group, seed: int, story: list[
     assert len(feed.expected.event_ids) > 1000 and feed.expected.dead_letters
 
 
+@pytest.mark.slow(seconds=40)
 @pytest.mark.parametrize("seed", SEEDS)
 def test_two_workers_killed_and_restarted_at_random_moments(
     seed: int, crm_env_factory: Callable[..., dict[str, str]], tmp_path: Path

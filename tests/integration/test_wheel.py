@@ -45,6 +45,7 @@ def _run(
     return result
 
 
+@pytest.mark.slow(seconds=85)
 @pytest.mark.timeout(600)
 def test_the_demo_runs_from_an_installed_wheel_outside_the_checkout(tmp_path: Path) -> None:
     source = tmp_path / "src"

@@ -69,6 +69,7 @@ def test_a_corrupt_local_store_is_restored_from_the_changelog(
         assert worker.stop() == 0, worker.tail()
 
 
+@pytest.mark.slow(seconds=85)
 def test_lost_dedupe_state_stops_the_worker_unless_the_operator_accepts_it(
     crm_env_factory: Callable[..., dict[str, str]], tmp_path: Path
 ) -> None:
