@@ -57,7 +57,7 @@ import orjson
 from faust.types import EventT
 
 from crmstream import metrics
-from crmstream.errors import ConfigError
+from crmstream.errors import BrokerError, ConfigError
 from crmstream.serde import AvroSerde
 from crmstream.settings import Settings
 from crmstream.topics import VENDORS, TopicSpec, create_topics, raw_topic
@@ -105,6 +105,9 @@ HEARTBEAT_S = 5.0
 # A loop that runs no timer for this long is stuck (liveness fails; Kubernetes restarts it).
 # Generous: a large table restore or a long GC pause is not stuck.
 STUCK_LOOP_S = 120.0
+# How long a rebalance waits for this process's raw batches in flight before giving up (exit 70;
+# the restart reads their outputs back).
+IN_FLIGHT_WAIT_S = 120.0
 
 # A raw partition's saved position lives in its dedupe table partition, next to the marks
 # (``__`` sorts after the window keys' digits, so window expiry never deletes it).
@@ -422,6 +425,7 @@ class Pipeline:
             if tp not in assigned:
                 self.positions.forget(tp)
         await self._start_outputs()
+        await self._batches_written()
         committed = {tp: faust_compat.committed_offset(consumer, tp) for tp in assigned}
         raw = sorted(tp for tp in assigned if tp.topic in self.vendor_of_topic)
         stats = sorted(tp for tp in assigned if tp.topic == self.stats_updates_topic)
@@ -664,6 +668,24 @@ class Pipeline:
             if last is not None and not last.done.done():
                 with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                     await asyncio.wait_for(asyncio.shield(last.done), timeout=30)
+
+    async def _batches_written(self) -> None:
+        """Wait until every raw batch of this process has its outputs acknowledged (and its
+        marks written): the read-back that follows must see them all. A batch still waiting
+        would land its dead letters after the read-back, and the partition's records processed
+        again would send them a second time (events are held off by their pending dedupe
+        keys, dead letters by nothing else). Faust's revocation already waits for the raw
+        records' references; this makes the read-back independent of that."""
+        last = self._last_in_flight
+        if last is None or last.written.done():
+            return
+        log.info("waiting for the raw batches in flight before placing the partitions")
+        try:
+            await asyncio.wait_for(asyncio.shield(last.written), timeout=IN_FLIGHT_WAIT_S)
+        except TimeoutError:
+            raise BrokerError(
+                f"raw batches still unacknowledged after {IN_FLIGHT_WAIT_S:.0f}s at a rebalance"
+            ) from None
 
     async def process_raw_batch(self, batch: Sequence[EventT]) -> None:
         """Normalize, dedupe and produce one batch, and hand it to :meth:`_finish`, which writes
