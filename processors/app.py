@@ -347,7 +347,7 @@ class Pipeline:
         self.dedupe.expire(time.time_ns() // 1_000_000)
 
     async def _expire_stats(self) -> None:
-        if self.app.rebalancing or not faust_compat.recovered(self.app):
+        if self.app.rebalancing or self.app.in_recovery or not faust_compat.recovered(self.app):
             return
         await self._start_outputs()
         active = {

@@ -22,6 +22,7 @@ from mode import Service
 
 from crmstream.errors import CrmStreamError
 from crmstream.settings import Settings
+from processors import faust_compat
 from processors.api.server import make_app
 from processors.records import stats_partition
 from processors.stats_api import WorkerSource, add_internal_routes
@@ -73,7 +74,7 @@ class FaustRouting:
 
     def local(self) -> set[int] | None:
         app = self.app
-        if app.rebalancing or app.tables.recovery.in_recovery:
+        if app.rebalancing or app.in_recovery or not faust_compat.recovered(app):
             return None
         return {
             tp.partition for tp in app.consumer.assignment() if tp.topic == self.stats_updates_topic
