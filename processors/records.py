@@ -408,6 +408,8 @@ def window_value(counts: WindowCounts, updated_ms: int) -> bytes:
         "u": counts.unattributed,
         "k": counts.lg_k,
         "s": [[key, len(image)] for key, image in images],
+        # The estimates, so that a window's unchanged sketches are not estimated again.
+        "e": [counts.sketches[key].estimate() for key, _ in images],
     }
     if counts.name is not None:
         head["m"] = counts.name
@@ -444,8 +446,9 @@ def load_window(value: bytes | None, lg_k: int) -> WindowCounts:
     head = orjson.loads(value[start : start + length])
     at = start + length
     sketches: dict[str, Sketch] = {}
-    for key, size in head["s"]:
-        sketches[key] = Sketch(value[at : at + size])
+    known = head.get("e") or [None] * len(head["s"])
+    for (key, size), guess in zip(head["s"], known, strict=True):
+        sketches[key] = Sketch(value[at : at + size], known_estimate=guess)
         at += size
     name = head.get("m")
     return WindowCounts(

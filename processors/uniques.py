@@ -86,18 +86,27 @@ def _empty_image(lg_k: int) -> bytes:
 
 
 class Sketch:
-    """One HLL sketch, kept as its compact image until it is updated."""
+    """One HLL sketch, kept as its compact image until it is updated. ``known_estimate``: the
+    image's estimate when the caller stored it with the image (a window value does), so that
+    a sketch that is not updated is never deserialized to be estimated again."""
 
-    __slots__ = ("_image", "_sketch")
+    __slots__ = ("_estimate", "_image", "_sketch")
 
-    def __init__(self, image: bytes | None = None, lg_k: int = DEFAULT_LG_K) -> None:
+    def __init__(
+        self,
+        image: bytes | None = None,
+        lg_k: int = DEFAULT_LG_K,
+        known_estimate: int | None = None,
+    ) -> None:
         self._image = image if image is not None else _empty_image(lg_k)
         self._sketch: ds.hll_sketch | None = None
+        self._estimate = known_estimate if image is not None else 0
 
     def update(self, item: str) -> None:
         if self._sketch is None:
             self._sketch = ds.hll_sketch.deserialize(self._image)
         self._sketch.update(item)
+        self._estimate = None
 
     def image(self) -> bytes:
         """The compact image, flagged: what is stored and published."""
@@ -108,7 +117,11 @@ class Sketch:
         return self._image
 
     def estimate(self) -> int:
-        return round(ds.hll_sketch.deserialize(self.image()).get_estimate())
+        """The estimate of the (flagged) image: the composite estimator, whatever the order of
+        the updates (the live sketch's own estimate may differ after a mode change)."""
+        if self._estimate is None:
+            self._estimate = round(ds.hll_sketch.deserialize(self.image()).get_estimate())
+        return self._estimate
 
     @property
     def lg_k(self) -> int:
