@@ -36,6 +36,7 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
+from rich import box
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -57,16 +58,9 @@ from processors.uniques import Union, estimate
 REPO = Path(__file__).resolve().parent.parent
 TANSU_PROFILE = REPO / "config" / "tansu-dev.env"
 
-SHOWN_TYPES = (
-    "SEND",
-    "DELIVERY",
-    "OPEN",
-    "CLICK",
-    "BOUNCE",
-    "UNSUBSCRIBE",
-    "CAMPAIGN_ENTER",
-    "EXPERIMENT_IMPRESSION",
-)
+
+# The event types of the terminal table: the funnel, and what ends it.
+TABLE_TYPES = ("SEND", "DELIVERY", "OPEN", "CLICK", "BOUNCE", "UNSUBSCRIBE")
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -391,20 +385,22 @@ def render(
     campaigns = Table(
         title=f"campaigns by events ({window} windows summed), top {limit} of {len(rows)}",
         title_justify="left",
+        box=box.SIMPLE_HEAD,  # no vertical rules, collapsed padding: it fits in 120 columns
+        collapse_padding=True,
+        pad_edge=False,
     )
-    campaigns.add_column("vendor", no_wrap=True)
-    campaigns.add_column("app", overflow="fold")
-    campaigns.add_column("campaign", overflow="fold")
-    campaigns.add_column("name", overflow="fold")
-    campaigns.add_column("total", justify="right", no_wrap=True)
-    for t in SHOWN_TYPES:
-        campaigns.add_column(t, justify="right", no_wrap=True)
-        if t == "OPEN":
-            campaigns.add_column("unique OPEN", justify="right", no_wrap=True)
+    # Headers are never cut (min_width); ids and names fold onto more lines when narrow.
+    campaigns.add_column("vendor", no_wrap=True, min_width=9)
+    campaigns.add_column("app", overflow="fold", min_width=8)
+    campaigns.add_column("campaign", overflow="fold", min_width=12)
+    campaigns.add_column("name", overflow="fold", min_width=10)
+    numbers = ["total", *TABLE_TYPES[:3], "unique OPEN", *TABLE_TYPES[3:]]
+    for header in numbers:
+        campaigns.add_column(header, justify="right", no_wrap=True, min_width=len(header))
     for row in rows[:limit]:
         vendor, app, campaign = row.key
         cells = [vendor, app, campaign, row.named[1], str(row.total)]
-        for t in SHOWN_TYPES:
+        for t in TABLE_TYPES:
             cells.append(str(row.counts.get(t, 0)))
             if t == "OPEN":
                 cells.append(str(row.unique_opens))
