@@ -127,8 +127,16 @@ def rocksdb_partitions(table: Any) -> dict[int, Any]:
 
 
 def recovered(app: Any) -> bool:
-    """Whether the tables finished their first restore (Faust's ``Recovery.completed``)."""
-    return bool(app.tables.recovery.completed.is_set())
+    """Whether the tables finished their first restore (Faust's ``Recovery.completed``).
+
+    Safe from any thread (the metrics server's /readyz calls it): it only reads what Faust has
+    already built. ``app.tables`` and ``TableManager.recovery`` are built lazily and bind their
+    service to the event loop of the thread that first touches them; built from the metrics
+    thread, the table manager waited on that thread's loop, which never runs, and the worker hung
+    for good after "Recovery: Starting..." (seen when /readyz came early on a slow start)."""
+    tables = app.__dict__.get("tables")  # mode's cached_property keeps its value there
+    recovery = getattr(tables, "_recovery", None)
+    return bool(recovery is not None and recovery.completed.is_set())
 
 
 def committed_offset(consumer: Any, tp: Any) -> int | None:

@@ -133,6 +133,7 @@ class ConfluentOutputs:
         # A short linger: a batch is awaited as a whole, so records of one batch should travel
         # together, but the batch's latency is bounded by it.
         self._fatal: str | None = None
+        self._probe_topic = settings.topic("events")
         self._producer = Producer(
             producer_config(
                 settings,
@@ -176,9 +177,10 @@ class ConfluentOutputs:
         return True, "producing"
 
     def reachable(self, timeout: float = 3.0) -> tuple[bool, str]:
-        """Readiness: the cluster answers a metadata request."""
+        """Readiness: the cluster answers a metadata request (for one of our topics: a request
+        for every topic grows with the cluster, and this runs on each probe)."""
         try:
-            self._producer.list_topics(timeout=timeout)
+            self._producer.list_topics(self._probe_topic, timeout=timeout)
         except KafkaException as exc:
             return False, f"Kafka unreachable: {exc}"
         return True, "Kafka reachable"

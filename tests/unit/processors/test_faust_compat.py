@@ -3,6 +3,7 @@ if an upgrade renames or reshapes what it touches, these fail before a worker do
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -93,5 +94,29 @@ def test_other_library_versions_stop_the_worker_with_a_clear_message(
 
 def test_recovery_completion_is_read_from_faust(app: faust.App) -> None:
     assert faust_compat.recovered(app) is False
+    app.tables.recovery.completed.set()
+    assert faust_compat.recovered(app) is True
+
+
+def test_recovered_from_another_thread_builds_nothing_faust_builds_lazily(
+    tmp_path: Path,
+) -> None:
+    """/readyz runs on the metrics thread: had ``recovered`` built the table manager's recovery
+    there, the manager's loop would be that thread's loop and the worker would never subscribe."""
+    faust_compat.apply()
+    app = faust.App("compat-lazy", broker="kafka://127.0.0.1:1", datadir=str(tmp_path))
+    answers: list[bool] = []
+    thread = threading.Thread(target=lambda: answers.append(faust_compat.recovered(app)))
+    thread.start()
+    thread.join()
+    assert answers == [False]
+    assert "tables" not in app.__dict__  # not built by the probe
+    app.Table("t", default=int)  # the worker declares its tables: now the manager exists
+    thread = threading.Thread(target=lambda: answers.append(faust_compat.recovered(app)))
+    thread.start()
+    thread.join()
+    assert answers == [False, False]
+    assert app.tables._recovery is None
+    assert app.tables._loop is None  # still late-bound: the worker's loop will be the one
     app.tables.recovery.completed.set()
     assert faust_compat.recovered(app) is True
