@@ -123,6 +123,9 @@ def _check_api(urls: list[str], expected: Expected) -> None:
     starts = [start for windows in hours.values() for start in windows]
     r = {"window": "1h", "from": min(starts), "to": max(starts) + HOUR}
     uniques = expected.uniques()
+    # Not vacuous: windows with several recipients, all within the sketch's exact range.
+    assert max(uniques.values()) > 5
+    assert all(n < EXACT_UNIQUES for n in uniques.values())
 
     # The list: every campaign, once, with its totals over the range; the same from both.
     lists = [settled_get(url, "/api/campaigns", {**r, "limit": 1000}) for url in urls]
