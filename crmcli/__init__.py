@@ -221,6 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="the worker's metrics port (0: a free port)",
     )
     p.add_argument(
+        "--api-port",
+        type=int,
+        default=0,
+        help="the first worker's query API and web view port (0: a free port; the others get "
+        "free ports too)",
+    )
+    p.add_argument(
         "--workers",
         type=_positive_int,
         default=1,

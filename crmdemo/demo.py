@@ -3,8 +3,10 @@
 Starts the embedded Tansu broker (unless ``--bootstrap-servers`` names another), creates the
 topics, runs every vendor's connector on its bundled sample feed (files laid out like the
 vendor's bucket, webhook requests, the Airship replay server), runs the Faust worker as a child
-process, and shows a live per-campaign stats table until Ctrl-C. With ``--once`` it waits until
-the worker has accounted for every raw record, writes a JSON summary and exits.
+process, and shows a live per-campaign stats table (``rich``) until Ctrl-C; the workers serve
+the query API and the web view, whose URL it prints (``--api-port``, a free port by default).
+With ``--once`` it waits until the worker has accounted for every raw record, writes a JSON
+summary and exits.
 
 Both processes serve Prometheus metrics, as they do when deployed: the worker its own, the demo
 process those of the connectors it runs (``--worker-metrics-port``, ``--metrics-port``; a free
@@ -34,6 +36,11 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
+from rich import box
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
 
 from connectors.base import RawPublisher
 from crmdemo.generators import GENERATORS
@@ -47,17 +54,10 @@ from crmstream.serde import AvroSerde
 from crmstream.settings import Settings
 from crmstream.topics import VENDORS, create_topics
 from processors.normalize import EVENT_IDS
+from processors.uniques import Union, estimate
 
-SHOWN_TYPES = (
-    "SEND",
-    "DELIVERY",
-    "OPEN",
-    "CLICK",
-    "BOUNCE",
-    "UNSUBSCRIBE",
-    "CAMPAIGN_ENTER",
-    "EXPERIMENT_IMPRESSION",
-)
+# The event types of the terminal table: the funnel, and what ends it.
+TABLE_TYPES = ("SEND", "DELIVERY", "OPEN", "CLICK", "BOUNCE", "UNSUBSCRIBE")
 
 
 def demo_environ(bootstrap: str, metrics_port: int, workdir: Path) -> dict[str, str]:
@@ -279,6 +279,17 @@ def scrape(url: str) -> dict[str, VendorAccount]:
 # --- live campaign stats -------------------------------------------------------------------
 
 
+@dataclass
+class CampaignRow:
+    """One campaign of the demo's table."""
+
+    key: tuple[str, str, str]  # vendor, app id, campaign id
+    counts: dict[str, int] = field(default_factory=dict)
+    total: int = 0
+    unique_opens: int = 0
+    named: tuple[int, str] = (-1, "")
+
+
 class StatsView:
     """The latest upsert per campaign window, read from the ``campaign-stats`` topic."""
 
@@ -305,44 +316,92 @@ class StatsView:
             (r["vendor"], r["app_id"] or "", r["campaign_id"] or "") for r in self.latest.values()
         }
 
-    def totals(self, window: str) -> list[tuple[tuple[str, str, str], dict[str, int], int]]:
-        """Per campaign, event-type counts summed over its windows of one size."""
-        acc: dict[tuple[str, str, str], dict[str, int]] = {}
+    def totals(self, window: str) -> list[CampaignRow]:
+        """Per campaign, event-type counts summed over its windows of one size, and its unique
+        openers: the union of the windows' OPEN sketches (as any consumer of ``campaign-stats``
+        can merge them), never a sum of estimates."""
+        acc: dict[tuple[str, str, str], CampaignRow] = {}
+        opens: dict[tuple[str, str, str], Union] = {}
         for r in self.latest.values():
             if r["window"] != window:
                 continue
             key = (r["vendor"], r["app_id"] or "", r["campaign_id"] or "")
-            counts = acc.setdefault(key, {})
+            row = acc.get(key)
+            if row is None:
+                row = acc[key] = CampaignRow(key)
+            if r.get("campaign_name") and (r["window_start"], r["campaign_name"]) > row.named:
+                row.named = (r["window_start"], r["campaign_name"])
             for t, n in r["event_type_counts"].items():
-                counts[t] = counts.get(t, 0) + n
-        rows = [(k, c, sum(c.values())) for k, c in acc.items()]
-        rows.sort(key=lambda row: -row[2])
-        return rows
+                row.counts[t] = row.counts.get(t, 0) + n
+            row.total += r["total"]
+            sketch = (r.get("event_type_sketches") or {}).get("OPEN")
+            if sketch:
+                opens.setdefault(key, Union()).add(sketch)
+        for key, union in opens.items():
+            image = union.image()
+            acc[key].unique_opens = estimate(image) if image else 0
+        return sorted(acc.values(), key=lambda row: (-row.total, row.key))
 
     def close(self) -> None:
         self.consumer.close()
 
 
-def render(accounts: dict[str, VendorAccount], view: StatsView, window: str, limit: int) -> str:
-    lines = ["crm-stream demo: live per-campaign stats (Ctrl-C stops)", ""]
-    lines.append(f"{'vendor':<10} {'raw in':>7} {'events':>7} {'dups':>6} {'dead':>6} {'skip':>6}")
+def render(
+    accounts: dict[str, VendorAccount],
+    view: StatsView,
+    window: str,
+    limit: int,
+    web_url: str = "",
+) -> Group:
+    """The demo's screen: the vendors' accounting and the busiest campaigns, as ``rich``
+    tables (full headers; long ids and names fold onto a second line, never cut)."""
+    vendors = Table(title="records by vendor", title_justify="left")
+    vendors.add_column("vendor")
+    for name in ("raw in", "events", "duplicates", "dead letters", "skipped"):
+        vendors.add_column(name, justify="right", no_wrap=True)
     for vendor, acc in accounts.items():
-        lines.append(
-            f"{vendor:<10} {acc.raw_in:>7} {acc.canonical_out:>7} {acc.duplicates:>6} "
-            f"{sum(acc.dead_letters.values()):>6} {acc.skipped:>6}"
+        vendors.add_row(
+            vendor,
+            str(acc.raw_in),
+            str(acc.canonical_out),
+            str(acc.duplicates),
+            str(sum(acc.dead_letters.values())),
+            str(acc.skipped),
         )
-    lines.append("")
-    header = f"{'vendor':<10} {'app':<14} {'campaign':<26} {'total':>6}"
-    header += "".join(f" {t[:8]:>8}" for t in SHOWN_TYPES)
-    lines.append(f"campaigns by events ({window} windows summed), top {limit}:")
-    lines.append(header)
-    for (vendor, app, campaign), counts, total in view.totals(window)[:limit]:
-        row = f"{vendor:<10} {app[:14]:<14} {campaign[:26]:<26} {total:>6}"
-        row += "".join(f" {counts.get(t, 0):>8}" for t in SHOWN_TYPES)
-        lines.append(row)
-    lines.append("")
-    lines.append(f"campaigns with stats: {len(view.campaigns())}")
-    return "\n".join(lines)
+    rows = view.totals(window)
+    campaigns = Table(
+        title=f"campaigns by events ({window} windows summed), top {limit} of {len(rows)}",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,  # no vertical rules, collapsed padding: it fits in 120 columns
+        collapse_padding=True,
+        pad_edge=False,
+    )
+    # Headers are never cut (min_width); ids and names fold onto more lines when narrow.
+    campaigns.add_column("vendor", no_wrap=True, min_width=9)
+    campaigns.add_column("app", overflow="fold", min_width=8)
+    campaigns.add_column("campaign", overflow="fold", min_width=12)
+    campaigns.add_column("name", overflow="fold", min_width=10)
+    numbers = ["total", *TABLE_TYPES[:3], "unique OPEN", *TABLE_TYPES[3:]]
+    for header in numbers:
+        campaigns.add_column(header, justify="right", no_wrap=True, min_width=len(header))
+    for row in rows[:limit]:
+        vendor, app, campaign = row.key
+        cells = [vendor, app, campaign, row.named[1], str(row.total)]
+        for t in TABLE_TYPES:
+            cells.append(str(row.counts.get(t, 0)))
+            if t == "OPEN":
+                cells.append(str(row.unique_opens))
+        campaigns.add_row(*cells)
+    footer = Text(f"campaigns with stats: {len(view.campaigns())}")
+    parts: list[Any] = [
+        Text("crm-stream demo: live per-campaign stats (Ctrl-C stops)", style="bold"),
+        vendors,
+        campaigns,
+        footer,
+    ]
+    if web_url:
+        parts.append(Text(f"web view: {web_url}"))
+    return Group(*parts)
 
 
 @contextlib.contextmanager
@@ -421,6 +480,8 @@ def run(args: argparse.Namespace) -> int:
         connector_metrics_port = args.metrics_port or free_port()
         env = demo_environ(bootstrap, metrics_port, workdir)
         ports = [metrics_port] + [free_port() for _ in range(args.workers - 1)]
+        api_ports = [getattr(args, "api_port", 0) or free_port()]
+        api_ports += [free_port() for _ in range(args.workers - 1)]
         settings = Settings.from_env(env)
         from processors.app import changelog_specs
 
@@ -430,13 +491,21 @@ def run(args: argparse.Namespace) -> int:
         workers: list[subprocess.Popen[bytes]] = []
         try:
             for index, port in enumerate(ports):
-                worker_env = dict(env, CRM_METRICS_PORT=str(port))
+                api = f"http://127.0.0.1:{api_ports[index]}"
+                # The query API; advertised to the group on loopback (the workers share a host).
+                worker_env = dict(
+                    env,
+                    CRM_METRICS_PORT=str(port),
+                    CRM_API_PORT=str(api_ports[index]),
+                    CRM_API_URL=api,
+                )
                 if args.workers > 1:
                     # One group; each worker its own state, as the Helm StatefulSet runs them.
                     worker_env["CRM_DATA_DIR"] = str(workdir / f"worker-{index}")
                 name = "worker.log" if args.workers == 1 else f"worker-{index}.log"
                 workers.append(start_worker(worker_env, workdir / name))
                 print(f"worker metrics on http://127.0.0.1:{port}/metrics", flush=True)
+                print(f"web view and query API on {api}/", flush=True)
                 # One at a time: two workers creating the same changelog topics at the same
                 # instant hung one of them for minutes on the embedded broker (Tansu).
                 wait_ready(workers, ports[: index + 1])
@@ -451,7 +520,9 @@ def run(args: argparse.Namespace) -> int:
                 refused = f", refused at the source {feed.refused}" if feed.refused else ""
                 print(f"{vendor:<10} {feed.published:>6} raw records ({feed.how}){refused}")
             sys.stdout.flush()
-            return follow(args, settings, samples, feeds, workers, ports)
+            web_url = f"http://127.0.0.1:{api_ports[0]}/"
+            print(f"web view: {web_url} (any worker's API port serves it)", flush=True)
+            return follow(args, settings, samples, feeds, workers, ports, web_url)
         finally:
             for worker in workers:
                 stop_worker(worker)
@@ -464,11 +535,17 @@ def follow(
     feeds: dict[str, FeedResult],
     workers: list[subprocess.Popen[bytes]],
     ports: list[int],
+    web_url: str = "",
 ) -> int:
     published = {vendor: feed.published for vendor, feed in feeds.items()}
     view = StatsView(settings)
     deadline = time.monotonic() + 300
     accounts: dict[str, VendorAccount] = {}
+    console = Console()
+    live: Live | None = None
+    if not args.once:
+        live = Live(render(accounts, view, "1h", 20, web_url), console=console, auto_refresh=False)
+        live.start()
     try:
         while True:
             for worker in workers:
@@ -484,16 +561,17 @@ def follow(
                 accounts[v].raw_in >= published[v] and accounts[v].accounted == accounts[v].raw_in
                 for v in published
             )
-            if not args.once:
-                sys.stdout.write("\x1b[2J\x1b[H" + render(accounts, view, "1h", 20) + "\n")
-                sys.stdout.flush()
+            if live is not None:
+                live.update(render(accounts, view, "1h", 20, web_url), refresh=True)
                 time.sleep(1.0)
                 continue
             if done:
                 # Let the last stats upserts arrive.
                 view.poll(2.0)
                 summary = build_summary(accounts, samples, feeds, view)
-                print(render(accounts, view, "1h", 10))
+                # Wide enough for every header when the output is not a terminal (a log).
+                wide = console if console.is_terminal else Console(width=240)
+                wide.print(render(accounts, view, "1h", 10, web_url))
                 if args.summary_json:
                     path = Path(args.summary_json)
                     path.parent.mkdir(parents=True, exist_ok=True)
@@ -505,6 +583,8 @@ def follow(
     except KeyboardInterrupt:
         return 0
     finally:
+        if live is not None:
+            live.stop()
         view.close()
 
 

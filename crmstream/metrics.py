@@ -60,7 +60,13 @@ STATS_INVALID = Counter(
 )
 STATS_LATE = Counter(
     "crm_worker_stats_late_total",
-    "Events too old for an open stats window (older than CRM_STATS_RETENTION)",
+    "Stats increments refused because their window expired (idle for CRM_STATS_RETENTION): "
+    "its last upsert keeps the complete count",
+)
+STATS_EXPIRED = Counter(
+    "crm_worker_stats_windows_expired_total",
+    "Stats windows deleted after CRM_STATS_RETENTION without an update",
+    ["window"],
 )
 TABLE_KEYS = Gauge("crm_worker_table_keys", "Keys held in a local table", ["table"])
 RAW_LAG = Gauge(

@@ -312,7 +312,31 @@ class Settings:
         "STATS_RETENTION",
         2 * 86400.0,
         positive(parse_duration),
-        "How long a stats window stays open for late events",
+        "How long a stats window is kept after its last update, whatever its start (backfills "
+        "included); an event for a window that expired is refused, never counted afresh",
+    )
+    stats_hll_lg_k: int = setting(
+        "STATS_HLL_LG_K",
+        12,
+        parse_int,
+        "log2 of the HyperLogLog buckets of the unique-recipient sketches (4..21): 12 gives "
+        "~1.6% relative standard error, at most ~2 KB per sketch, exact below 385 recipients",
+    )
+    api_port: int = setting(
+        "API_PORT",
+        8080,
+        parse_port,
+        "Port of the worker's query API and web view; 0 disables them",
+    )
+    api_host: str = setting(
+        "API_HOST", "0.0.0.0", nonempty, "Address the worker's query API listens on"
+    )
+    api_url: str = setting(
+        "API_URL",
+        "",
+        None,
+        "URL other workers reach this worker's API at (advertised to the consumer group); "
+        "default http://<hostname>:<CRM_API_PORT>",
     )
     consumer_session_timeout_s: float = setting(
         "CONSUMER_SESSION_TIMEOUT",
@@ -436,6 +460,19 @@ class Settings:
             raise ConfigError(
                 "CRM_CONSUMER_HEARTBEAT_INTERVAL", "must be below CRM_CONSUMER_SESSION_TIMEOUT"
             )
+        if not 4 <= self.stats_hll_lg_k <= 21:
+            raise ConfigError("CRM_STATS_HLL_LG_K", "must be in 4..21")
+        if self.api_url and not re.fullmatch(r"https?://[^/\s]+/?", self.api_url):
+            raise ConfigError("CRM_API_URL", f"must be http(s)://host:port, got {self.api_url!r}")
+
+    @property
+    def advertised_api_url(self) -> str:
+        """The URL this worker's API is reached at by the other workers (CRM_API_URL)."""
+        if self.api_url:
+            return self.api_url.rstrip("/")
+        import socket
+
+        return f"http://{socket.gethostname()}:{self.api_port}"
 
     def stats_window_seconds(self) -> list[tuple[str, int]]:
         """``"1m,1h"`` -> ``[("1m", 60), ("1h", 3600)]``."""

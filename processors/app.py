@@ -74,28 +74,23 @@ from processors.normalize.model import (
 from processors.outputs import ConfluentOutputs, Headers, Offsets, Outputs
 from processors.plan import (
     Candidate,
-    apply_increments,
     candidate,
-    group_increments,
     plan_raw_batch,
 )
 from processors.positions import TP, PositionTracker, TopicPartition, Verdict
 from processors.probe import RAW_POSITION_HEADER, Probe, raw_position
 from processors.records import (
-    Increment,
     RawPosition,
-    WindowCounts,
+    StatsUpdates,
     canonical_record,
     dead_letter_record,
     headers_dict,
     parse_stats_updates,
     stats_partition,
-    stats_record,
     stats_updates_value,
-    stats_upsert_key,
-    window_key,
 )
 from processors.state import WindowedTable, quarantine_corrupt_stores
+from processors.stats import StatsTables, expiry_interval_s
 
 log = logging.getLogger("crmstream.worker")
 
@@ -281,6 +276,9 @@ class Pipeline:
             value_serializer="raw",
             table_cleanup_interval=60.0,
             table_standby_replicas=settings.table_standby_replicas,
+            # The query API's URL, advertised to the group by Faust's assignor: how the other
+            # workers find the owner of a campaign's stats (processors/cluster.py).
+            canonical_url=settings.advertised_api_url,
             **faust_broker_kwargs(settings),
         )
         app = self.app
@@ -312,11 +310,22 @@ class Pipeline:
             )
             for label, size in self.windows
         }
+        self.stats = StatsTables(
+            self.stats_tables,
+            self.windows,
+            self.serde,
+            self.stats_topic,
+            self.stats_retention_ms,
+            settings.stats_hll_lg_k,
+        )
         app.agent(self.raw, name="normalize")(self._normalize_agent)
         app.agent(self.stats_updates, name="stats")(self._stats_agent)
         app.timer(interval=10.0, name="observe")(self._observe)
         app.timer(interval=5.0, name="positions")(self._watch_positions)
         app.timer(interval=60.0, name="expire")(self._expire)
+        app.timer(interval=expiry_interval_s(settings.stats_retention_s), name="stats-expire")(
+            self._expire_stats
+        )
         app.timer(interval=HEARTBEAT_S, name="heartbeat")(self._beat)
         self._heartbeat = time.monotonic()
 
@@ -336,9 +345,20 @@ class Pipeline:
         return {"dedupe": self.dedupe, **{f"stats-{k}": t for k, t in self.stats_tables.items()}}
 
     async def _expire(self) -> None:
-        now_ms = time.time_ns() // 1_000_000
-        for table in self._all_tables().values():
-            table.expire(now_ms)
+        """Dedupe windows expire by their start (range deletes); stats windows by their last
+        update (:meth:`_expire_stats`)."""
+        self.dedupe.expire(time.time_ns() // 1_000_000)
+
+    async def _expire_stats(self) -> None:
+        if self.app.rebalancing or self.app.in_recovery or not faust_compat.recovered(self.app):
+            return
+        await self._start_outputs()
+        active = {
+            tp.partition
+            for tp in self.app.consumer.assignment()
+            if tp.topic == self.stats_updates_topic
+        }
+        await self.stats.expire(self.outputs, active, time.time_ns() // 1_000_000)
 
     def _context(self, app_id: str | None) -> NormalizeContext:
         ctx = self._contexts.get(app_id)
@@ -936,7 +956,9 @@ class Pipeline:
             self.outputs.send(
                 self.stats_updates_topic,
                 b"%d" % partition,
-                stats_updates_value(by_campaign),
+                stats_updates_value(
+                    by_campaign, plan.recipients.get(partition), plan.names.get(partition)
+                ),
                 partition=partition,
             )
         for vendor, n in plan.duplicates.items():
@@ -1008,9 +1030,8 @@ class Pipeline:
             return
         await self._start_outputs()
         now_ms = time.time_ns() // 1_000_000
-        oldest_ms = now_ms - self.stats_retention_ms
         ends: dict[Any, int] = {}
-        parsed: list[tuple[int, list[tuple[str, str | None, list[Increment]]]]] = []
+        parsed: list[tuple[int, StatsUpdates]] = []
         for event in admitted:
             message = event.message
             ends[message.tp] = message.offset + 1
@@ -1020,44 +1041,8 @@ class Pipeline:
                 )
             except (ValueError, TypeError, KeyError, AttributeError) as exc:
                 self._invalid_stats_update(message, exc, now_ms)
-        # Increments older than the retention count in windows that are closed (and expired).
-        touched, late = group_increments(parsed, self.windows, oldest_ms)
-        if late:
-            metrics.STATS_LATE.inc(late)
-
-        outputs = self.outputs
-        writes: list[tuple[WindowedTable, int, list[tuple[bytes, bytes]]]] = []
-        replayed = 0
-        for (label, partition), windows in touched.items():
-            if not windows:
-                continue
-            table = self.stats_tables[label]
-            size = self.window_size[label]
-            keys = [window_key(start, campaign.encode()) for campaign, start in windows]
-            items: list[tuple[bytes, bytes]] = []
-            stored = table.get_many(partition, keys)
-            for key, value, ((campaign, start), counted) in zip(
-                keys, stored, windows.items(), strict=True
-            ):
-                counts = WindowCounts.load(orjson.loads(value) if value else None)
-                replayed += apply_increments(counts, counted)
-                items.append((key, orjson.dumps(counts.dump())))
-                record = stats_record(campaign, label, start, size, counts, now_ms)
-                outputs.send(
-                    self.stats_topic,
-                    stats_upsert_key(campaign, label, start),
-                    self.serde.encode("CampaignStats", record, self.stats_topic),
-                )
-            table.send_changelog(partition, items, outputs)
-            writes.append((table, partition, items))
-            metrics.STATS_UPSERTS.labels(label).inc(len(items))
-        if replayed:
-            metrics.STATS_REPLAYED.inc(replayed)
-        offsets = await outputs.seal()
-        for table, partition, items in writes:
-            table.write(partition, items)
-        for table in self.stats_tables.values():
-            table.set_persisted_offsets(offsets)
+        # Counted, upserted, and written once Kafka acknowledged (processors/stats.py).
+        await self.stats.count(parsed, self.outputs, now_ms)
         for tp, end in ends.items():
             self.positions.durable(tp, end)
 
@@ -1176,8 +1161,29 @@ def use_event_loop(name: str) -> None:
         asyncio.set_event_loop_policy(None)
 
 
+def api_server(pipeline: Pipeline) -> Any:
+    """The query API and web view over the pipeline's stats (``CRM_API_PORT``), as a service
+    started with the worker; None when disabled."""
+    settings = pipeline.settings
+    if not settings.api_port:
+        return None
+    from processors.cluster import ApiServer, FaustRouting
+    from processors.stats_api import WorkerSource
+
+    first = next(iter(pipeline.stats_tables.values()))
+    routing = FaustRouting(
+        pipeline.app,
+        settings,
+        first.changelog_topic,
+        pipeline.stats_updates_topic,
+        lambda: pipeline._stats_partitions,
+    )
+    return ApiServer(settings, WorkerSource(pipeline.stats, routing), loop=pipeline.app.loop)
+
+
 def run_worker(settings: Settings) -> int:
-    """``crm-stream worker``: create missing topics, serve metrics, run until signalled."""
+    """``crm-stream worker``: create missing topics, serve metrics and the query API, run until
+    signalled."""
     use_event_loop(settings.event_loop)
     create_topics(settings, extra=changelog_specs(settings))
     (settings.data_path / "faust").mkdir(parents=True, exist_ok=True)
@@ -1185,8 +1191,10 @@ def run_worker(settings: Settings) -> int:
     pipeline = create_pipeline(settings)
     # /metrics, /livez and /readyz (the chart's probes).
     metrics.serve(settings.metrics_port, pipeline.health())
+    services = [s for s in (api_server(pipeline),) if s is not None]
     worker = faust.Worker(
         pipeline.app,
+        *services,
         loglevel=settings.log_level.lower(),
         quiet=True,
         redirect_stdouts=False,

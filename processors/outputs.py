@@ -48,9 +48,10 @@ class Outputs(Protocol):
         """How many partitions ``topic`` has (from the cluster's metadata)."""
         ...
 
-    def send_changelog(self, topic: str, partition: int, key: bytes, value: bytes) -> None:
-        """Send a table changelog record to an explicit partition; its offset is reported by
-        the ``seal()`` that covers it."""
+    def send_changelog(self, topic: str, partition: int, key: bytes, value: bytes | None) -> None:
+        """Send a table changelog record to an explicit partition (a None value is a
+        tombstone: a restore deletes the key); its offset is reported by the ``seal()`` that
+        covers it."""
         ...
 
     def seal(self) -> Awaitable[Offsets]:
@@ -219,7 +220,7 @@ class ConfluentOutputs:
     def partitions(self, topic: str) -> int:
         return _partitions(self._producer.list_topics(topic, timeout=30), topic)
 
-    def send_changelog(self, topic: str, partition: int, key: bytes, value: bytes) -> None:
+    def send_changelog(self, topic: str, partition: int, key: bytes, value: bytes | None) -> None:
         batch = self._current()
         batch.sent += 1
         self._produce(self._changelog_producer, batch.delivered, topic, value, key, partition)
@@ -229,7 +230,7 @@ class ConfluentOutputs:
         producer: Producer,
         callback: Any,
         topic: str,
-        value: bytes,
+        value: bytes | None,
         key: bytes | None,
         partition: int = -1,
         headers: Headers | None = None,

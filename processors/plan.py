@@ -9,7 +9,10 @@ duplicates, which were written by an earlier run already, which are too large, w
 marks to write and which stats increments to send where.
 
 Stats batches: :func:`group_increments` files each increment under the windows it counts in;
+:func:`admit_windows` says which of those windows may count them (not one that expired);
 :func:`apply_increments` adds them to a window's stored counts, skipping what it counted before.
+Expiry: :func:`plan_expiry` says which windows expired (idle for ``CRM_STATS_RETENTION``) and what
+each campaign's entry must remember of them.
 """
 
 from __future__ import annotations
@@ -20,14 +23,19 @@ from typing import Any, NamedTuple
 
 from processors.normalize.model import CanonicalEvent
 from processors.records import (
+    CampaignEntry,
     Increment,
+    Named,
     RawPosition,
+    StatsUpdates,
     WindowCounts,
     campaign_key,
     raw_source,
+    recipient_of,
     stats_increment,
     window_key,
     window_start,
+    window_updated_ms,
 )
 
 
@@ -87,6 +95,10 @@ class RawPlan:
     marks: dict[int, list[tuple[bytes, bytes]]] = field(default_factory=dict)  # by partition
     # stats-updates partition -> campaign key -> raw source -> increments (raw-offset order)
     increments: dict[int, dict[str, dict[str, list[Increment]]]] = field(default_factory=dict)
+    # ... and their recipients, in the same order
+    recipients: dict[int, dict[str, dict[str, list[str | None]]]] = field(default_factory=dict)
+    # stats-updates partition -> campaign key -> its latest name in the batch
+    names: dict[int, dict[str, Named]] = field(default_factory=dict)
 
     @property
     def counted(self) -> list[Candidate]:
@@ -137,53 +149,156 @@ def plan_raw_batch(
         else:
             plan.emit.append((c, encoded))
         campaign = campaign_key(c.event)
-        by_source = plan.increments.setdefault(stats_partition(campaign), {}).setdefault(
-            campaign, {}
-        )
-        by_source.setdefault(raw_source(c.pos.topic, c.pos.partition), []).append(
-            stats_increment(c.event, c.pos.offset)
-        )
+        target = stats_partition(campaign)
+        source = raw_source(c.pos.topic, c.pos.partition)
+        by_source = plan.increments.setdefault(target, {}).setdefault(campaign, {})
+        by_source.setdefault(source, []).append(stats_increment(c.event, c.pos.offset))
+        whom = plan.recipients.setdefault(target, {}).setdefault(campaign, {})
+        whom.setdefault(source, []).append(recipient_of(c.event))
+        if c.event.campaign_name:
+            named = (c.event.occurred_at, c.event.campaign_name)
+            names = plan.names.setdefault(target, {})
+            if campaign not in names or named > names[campaign]:
+                names[campaign] = named
         plan.marks.setdefault(c.pos.partition, []).append((c.current, value))
     return plan
 
 
 # --- stats ------------------------------------------------------------------------------------
 
-Counted = tuple[str | None, Any, str, str]  # (raw source, raw offset, event type, channel)
-# (window label, stats partition) -> {(campaign key, window start): increments in arrival order}
-Touched = dict[tuple[str, int], dict[tuple[str, int], list[Counted]]]
+Counted = tuple[str | None, Any, str, str, str | None]
+"""(raw source, raw offset, event type, channel, recipient)"""
+
+
+@dataclass(slots=True)
+class WindowWork:
+    """What a stats batch brings one (campaign, window): increments in arrival order, and the
+    latest campaign name among them."""
+
+    counted: list[Counted] = field(default_factory=list)
+    name: Named | None = None
+
+
+# (window label, stats partition) -> {(campaign key, window start): its work}
+Touched = dict[tuple[str, int], dict[tuple[str, int], WindowWork]]
 
 
 def group_increments(
-    updates: Iterable[tuple[int, Sequence[tuple[str, str | None, Sequence[Increment]]]]],
+    updates: Iterable[tuple[int, StatsUpdates]],
     windows: Sequence[tuple[str, int]],
-    oldest_ms: int,
-) -> tuple[Touched, int]:
+) -> Touched:
     """File every increment under the windows it counts in: per (window label, partition),
     per (campaign, window start), in arrival order. ``updates`` are parsed ``stats-updates``
-    records with their partition. Increments older than ``oldest_ms`` are late (their windows
-    are closed); returns them as a count."""
+    records with their partition. A record's campaign name goes to the window of the event
+    that carried it."""
     touched: Touched = {}
-    late = 0
     for partition, parsed in updates:
         tables = [(touched.setdefault((label, partition), {}), size) for label, size in windows]
-        for campaign, source, increments in parsed:
-            for raw_offset, occurred, event_type, channel in increments:
-                if occurred < oldest_ms:
-                    late += 1
-                    continue
+        for campaign, source, increments in parsed.increments:
+            for raw_offset, occurred, event_type, channel, recipient in increments:
                 for by_window, size in tables:
-                    by_window.setdefault((campaign, window_start(occurred, size)), []).append(
-                        (source, raw_offset, event_type, channel)
-                    )
-    return touched, late
+                    key = (campaign, window_start(occurred, size))
+                    work = by_window.get(key)
+                    if work is None:
+                        work = by_window[key] = WindowWork()
+                    work.counted.append((source, raw_offset, event_type, channel, recipient))
+        for campaign, named in parsed.names.items():
+            for by_window, size in tables:
+                work = by_window.get((campaign, window_start(named[0], size)))
+                if work is not None and (work.name is None or named > work.name):
+                    work.name = named
+    return touched
+
+
+@dataclass
+class Admission:
+    """What one table partition does with a batch's windows (:func:`admit_windows`)."""
+
+    refused: dict[tuple[str, int], int] = field(default_factory=dict)  # window -> increments
+    new_campaigns: list[str] = field(default_factory=list)  # no entry yet: write one
+
+
+def admit_windows(
+    windows: Iterable[tuple[str, int]],
+    held: Callable[[tuple[str, int]], bool],
+    entries: Mapping[str, CampaignEntry | None],
+    increments: Callable[[tuple[str, int]], int],
+) -> Admission:
+    """Which windows of a batch count their increments.
+
+    A window held in the table counts them. A window not held is new, unless it expired: its
+    start is at or before its campaign's ``expired_through``. Its last upsert holds its complete
+    count, which a window started afresh would replace with a partial one, so its increments are
+    refused (``crm_worker_stats_late_total``). ``entries``: the campaign entry of every campaign
+    with a window not held (None: never seen, so nothing of it expired; it gets an entry).
+    """
+    out = Admission()
+    for window in windows:
+        if held(window):
+            continue
+        campaign, start = window
+        entry = entries.get(campaign)
+        if entry is None:
+            if campaign not in out.new_campaigns:
+                out.new_campaigns.append(campaign)
+        elif start <= entry.expired_through:
+            out.refused[window] = increments(window)
+    return out
 
 
 def apply_increments(counts: WindowCounts, increments: Iterable[Counted]) -> int:
     """Add ``increments`` to a window's counts; returns how many it had counted already (a
     replay after a restart), which it skips."""
     replayed = 0
-    for source, raw_offset, event_type, channel in increments:
-        if not counts.apply(source, raw_offset, event_type, channel):
+    for source, raw_offset, event_type, channel, recipient in increments:
+        if not counts.apply(source, raw_offset, event_type, channel, recipient):
             replayed += 1
     return replayed
+
+
+def parse_window_key(key: bytes) -> tuple[str, int]:
+    """``(campaign, window start)`` of a stats table key (:func:`processors.records.window_key`)."""
+    return key[14:].decode(), int(key[:13])
+
+
+@dataclass
+class ExpiryPlan:
+    """What :func:`plan_expiry` decided for one table partition."""
+
+    deletes: list[bytes] = field(default_factory=list)  # window keys
+    entries: dict[str, CampaignEntry] = field(default_factory=dict)  # campaign -> entry to write
+
+
+def plan_expiry(
+    windows: Iterable[tuple[bytes, bytes]],
+    entries: Iterable[tuple[str, CampaignEntry]],
+    now_ms: int,
+    keep_ms: int,
+    size_ms: int,
+) -> ExpiryPlan:
+    """Windows expire ``keep_ms`` after their last update, whatever their start: a backfill of
+    last month's events keeps its windows as long as today's. A window stored before windows kept
+    their update time expires as before, ``keep_ms`` after its end. Each campaign's entry
+    remembers the latest start it lost (``expired_through``, see :func:`admit_windows`), and is
+    written again when its last write is older than half of ``keep_ms``, so that its changelog
+    record outlives the changelog's retention (``CRM_STATS_RETENTION`` plus a day).
+
+    ``windows``: (key, value) of every window of the partition; ``entries``: its campaign
+    entries."""
+    plan = ExpiryPlan()
+    oldest = now_ms - keep_ms
+    lost: dict[str, int] = {}
+    for key, value in windows:
+        updated = window_updated_ms(value)
+        campaign, start = parse_window_key(key)
+        if (start + size_ms if updated is None else updated) < oldest:
+            plan.deletes.append(key)
+            lost[campaign] = max(start, lost.get(campaign, -1))
+    known: dict[str, CampaignEntry] = dict(entries)
+    for campaign, start in lost.items():
+        entry = known.get(campaign) or CampaignEntry()
+        plan.entries[campaign] = CampaignEntry(max(entry.expired_through, start), now_ms)
+    for campaign, entry in known.items():
+        if campaign not in plan.entries and entry.written_ms < now_ms - keep_ms // 2:
+            plan.entries[campaign] = CampaignEntry(entry.expired_through, now_ms)
+    return plan

@@ -5,16 +5,21 @@ Kept apart from the Faust agents so that what the worker writes can be tested wi
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 
 from crmstream.topics import H_APP_ID, H_INGESTED_AT, H_SOURCE
 from processors.normalize.model import CanonicalEvent, Channel, EventType
 
-SCHEMA_VERSION = 1  # CanonicalEvent and CampaignStats
+if TYPE_CHECKING:
+    from processors.uniques import Sketch
+
+SCHEMA_VERSION = 1  # CanonicalEvent
+STATS_SCHEMA_VERSION = 2  # CampaignStats; 2: unique recipients, their sketches, campaign_name
 DEAD_LETTER_VERSION = 2  # 2: raw_size (the raw value was cut to fit)
 # 9999-12-31T23:59:59.999Z: the latest occurred_at a normalizer lets through, so that a window's
 # end (start + size) still fits an Avro long.
@@ -128,11 +133,26 @@ def campaign_key(event: CanonicalEvent) -> str:
 
 Increment = list[Any]
 """One canonical event as the stats agent counts it: ``[raw offset, occurred_at ms, event_type,
-channel]``. The raw offset (with the raw partition the increment is filed under) makes a replayed
-increment recognisable: see :meth:`WindowCounts.apply`."""
+channel, recipient]``. The raw offset (with the raw partition the increment is filed under) makes
+a replayed increment recognisable: see :meth:`WindowCounts.apply`. The recipient is the sketch
+item of :func:`recipient_of` (user id, else device id), or None. On the wire the recipients
+travel in a list of their own (:func:`stats_updates_value`), so the increment there has four
+fields."""
+
+
+def recipient_of(event: CanonicalEvent) -> str | None:
+    """The event's recipient as the uniques count it: ``u:<user_id>``, else ``d:<device_id>``,
+    else None (see :mod:`processors.uniques`, which this module does not import: the raw side
+    and the benchmark's peers do without the sketch library)."""
+    if event.user_id:
+        return "u:" + event.user_id
+    if event.device_id:
+        return "d:" + event.device_id
+    return None
 
 
 def stats_increment(event: CanonicalEvent, raw_offset: int) -> Increment:
+    """The increment as sent, without its recipient (:func:`recipient_of`)."""
     return [raw_offset, event.occurred_at, event.event_type.value, event.channel.value]
 
 
@@ -143,18 +163,46 @@ def raw_source(topic: str, partition: int) -> str:
 
 STATS_UPDATES_VERSION = 2
 
+Named = tuple[int, str]
+"""A campaign name with the occurred_at of the event that carried it; the latest wins (the
+larger tuple: by time, then by name, so that the choice does not depend on arrival order)."""
 
-def stats_updates_value(by_campaign: Mapping[str, Mapping[str, list[Increment]]]) -> bytes:
+
+def stats_updates_value(
+    by_campaign: Mapping[str, Mapping[str, list[Increment]]],
+    recipients: Mapping[str, Mapping[str, list[str | None]]] | None = None,
+    names: Mapping[str, Named] | None = None,
+) -> bytes:
     """One ``stats-updates`` record: the increments of every campaign bound for one partition
-    from one worker batch, by the raw partition they came from, in raw-offset order:
-    ``{"v": 2, "c": {campaign key: {"<raw topic>/<partition>": [increment, ...]}}}``."""
-    return orjson.dumps({"v": STATS_UPDATES_VERSION, "c": by_campaign})
+    from one worker batch, by the raw partition they came from, in raw-offset order::
+
+        {"v": 2,
+         "c": {campaign key: {"<raw topic>/<partition>": [[offset, occurred_at, type, channel]]}},
+         "r": {campaign key: {"<raw topic>/<partition>": [recipient or null, ...]}},
+         "n": {campaign key: [occurred_at, campaign name]}}
+
+    ``r`` (each increment's recipient, in the same order as in ``c``) and ``n`` (the latest
+    campaign name among the batch's events) were added to version 2 without changing ``c``: a
+    worker of the version before reads these records (and ignores them), and this one reads its
+    records (increments without a recipient count as unattributed)."""
+    out: dict[str, Any] = {"v": STATS_UPDATES_VERSION, "c": by_campaign}
+    if recipients:
+        out["r"] = recipients
+    if names:
+        out["n"] = names
+    return orjson.dumps(out)
 
 
-def parse_stats_updates(
-    key: bytes | None, value: bytes
-) -> list[tuple[str, str | None, list[Increment]]]:
-    """``[(campaign key, raw source or None, [increment, ...]), ...]``.
+class StatsUpdates(NamedTuple):
+    """A parsed ``stats-updates`` record."""
+
+    increments: list[tuple[str, str | None, list[Increment]]]  # (campaign, raw source, incs)
+    names: dict[str, Named]  # campaign -> its latest name in the record
+
+
+def parse_stats_updates(key: bytes | None, value: bytes) -> StatsUpdates:
+    """The increments, ``[(campaign key, raw source or None, [increment, ...]), ...]`` with
+    five-field increments (recipient None where the record has none), and the campaign names.
 
     Also reads the two earlier formats (one campaign per record keyed by it, with a list of
     ``[occurred_at, event_type, channel]``; then a dict of campaign -> that list), whose
@@ -163,24 +211,43 @@ def parse_stats_updates(
     """
     data = orjson.loads(value)
     if isinstance(data, list):
-        return [((key or b"").decode(), None, [[None, *_old(i)] for i in data])]
+        return StatsUpdates([((key or b"").decode(), None, [[None, *_old(i)] for i in data])], {})
     if not isinstance(data, dict):
         raise ValueError(f"a stats-updates value is a JSON object, not {type(data).__name__}")
     if data.get("v") == STATS_UPDATES_VERSION:
         out: list[tuple[str, str | None, list[Increment]]] = []
+        recipients = data.get("r") or {}
         for campaign, by_source in data["c"].items():
+            of_campaign = recipients.get(campaign) or {}
             for source, increments in by_source.items():
-                for inc in increments:
+                who = of_campaign.get(source)
+                if who is None:
+                    who = [None] * len(increments)
+                elif len(who) != len(increments):
+                    raise ValueError(f"{len(who)} recipients for {len(increments)} increments")
+                for inc, person in zip(increments, who, strict=True):
                     _check(inc[1:], inc[0])
+                    if person is not None and not isinstance(person, str):
+                        raise ValueError(f"not a recipient: {person!r}")
+                    inc.append(person)
                 out.append((campaign, source, increments))
-        return out
+        names: dict[str, Named] = {}
+        for campaign, named in (data.get("n") or {}).items():
+            occurred, name = named
+            if type(occurred) is not int or not isinstance(name, str):
+                raise ValueError(f"not a campaign name: {named!r}")
+            names[campaign] = (occurred, name)
+        return StatsUpdates(out, names)
     # Campaign keys always hold '|' (campaign_key), so "v" above cannot be one.
-    return [(campaign, None, [[None, *_old(i)] for i in incs]) for campaign, incs in data.items()]
+    return StatsUpdates(
+        [(campaign, None, [[None, *_old(i)] for i in incs]) for campaign, incs in data.items()],
+        {},
+    )
 
 
 def _old(increment: Any) -> list[Any]:
     _check(increment, None)
-    return list(increment)
+    return [*increment, None]
 
 
 def _check(fields: Any, raw_offset: Any) -> None:
@@ -220,9 +287,13 @@ def stats_upsert_key(campaign: str, window_label: str, start_ms: int) -> bytes:
     return f"{campaign}|{window_label}|{start_ms}".encode()
 
 
+ALL_RECIPIENTS = "*"
+"""The key of a window's sketch of every recipient (the others are keyed by event type)."""
+
+
 @dataclass(slots=True)
 class WindowCounts:
-    """Counts of one campaign in one window, and the raw records they include.
+    """Counts of one campaign in one window, its recipients, and the raw records they include.
 
     ``applied`` maps each raw partition (``raw_source``) to the highest raw offset counted here.
     A campaign's increments from one raw partition reach its stats partition in raw-offset order
@@ -230,22 +301,38 @@ class WindowCounts:
     restart re-sends from an earlier position, after what it sent before). So an increment at or
     below that offset was counted already: a replay after a crash, of the worker or of the
     stats agent itself. Stored with the counts in one value, it is saved (locally and in the
-    changelog) atomically with them.
+    changelog) atomically with them: a replayed increment changes neither the counts nor the
+    sketches.
+
+    ``sketches`` (HyperLogLog, :mod:`processors.uniques`): the recipients of every event
+    (:data:`ALL_RECIPIENTS`) and of each event type; ``lg_k`` is None for counts kept without
+    them (the benchmark's peers). ``unattributed``: events with no recipient, or counted before
+    windows kept recipients. ``name``: the latest campaign name seen among the window's events.
     """
 
     total: int = 0
     by_type: dict[str, int] = field(default_factory=dict)
     by_channel: dict[str, int] = field(default_factory=dict)
     applied: dict[str, int] = field(default_factory=dict)
+    unattributed: int = 0
+    sketches: dict[str, Sketch] = field(default_factory=dict)
+    lg_k: int | None = None
+    name: Named | None = None
 
     @classmethod
     def load(cls, value: Any) -> WindowCounts:
+        """From :meth:`dump` (a JSON object; no sketches)."""
         if not value:
             return cls()
         return cls(int(value["n"]), dict(value["t"]), dict(value["c"]), dict(value.get("w", {})))
 
     def apply(
-        self, source: str | None, raw_offset: int | None, event_type: str, channel: str
+        self,
+        source: str | None,
+        raw_offset: int | None,
+        event_type: str,
+        channel: str,
+        recipient: str | None = None,
     ) -> bool:
         """Count one event unless this window has counted its raw record already."""
         if source is not None and raw_offset is not None:
@@ -253,15 +340,159 @@ class WindowCounts:
                 return False
             self.applied[source] = raw_offset
         self.add(event_type, channel)
+        if self.lg_k is not None:
+            if recipient is None:
+                self.unattributed += 1
+            else:
+                self._sketch(ALL_RECIPIENTS).update(recipient)
+                self._sketch(event_type).update(recipient)
         return True
+
+    def _sketch(self, key: str) -> Sketch:
+        sketch = self.sketches.get(key)
+        if sketch is None:
+            from processors.uniques import Sketch
+
+            assert self.lg_k is not None
+            sketch = self.sketches[key] = Sketch(lg_k=self.lg_k)
+        return sketch
 
     def add(self, event_type: str, channel: str) -> None:
         self.total += 1
         self.by_type[event_type] = self.by_type.get(event_type, 0) + 1
         self.by_channel[channel] = self.by_channel.get(channel, 0) + 1
 
+    def named(self, named: Named) -> None:
+        """Keep the latest of the campaign names seen."""
+        if self.name is None or tuple(named) > self.name:
+            self.name = (int(named[0]), str(named[1]))
+
     def dump(self) -> dict[str, Any]:
         return {"n": self.total, "t": self.by_type, "c": self.by_channel, "w": self.applied}
+
+    def uniques(self) -> dict[str, Any] | None:
+        """The unique recipients: estimates, images and precision (None without sketches)."""
+        if self.lg_k is None:
+            return None
+        from processors.uniques import error_bound
+
+        images = {key: sketch.image() for key, sketch in sorted(self.sketches.items())}
+        estimates = {key: sketch.estimate() for key, sketch in sorted(self.sketches.items())}
+        return {
+            "recipients": estimates.pop(ALL_RECIPIENTS, 0),
+            "by_event_type": estimates,
+            "unattributed": self.unattributed,
+            "lg_k": self.lg_k,
+            "error_bound": error_bound(self.lg_k),
+            "sketch": images.pop(ALL_RECIPIENTS, None),
+            "sketches": images,
+        }
+
+
+# --- window values, as stored in the stats tables ----------------------------------------------
+
+WINDOW_VALUE_MAGIC = b"\xc5\x02"
+"""Binary window values start with these bytes; the earlier JSON values start with ``{``."""
+_WINDOW_HEAD = struct.Struct(">2sqI")  # magic, updated at (epoch ms), length of the JSON part
+
+
+def window_value(counts: WindowCounts, updated_ms: int) -> bytes:
+    """A window as stored: a fixed header (with the time it was last updated, which its expiry
+    reads without parsing the rest), its counts as JSON, then its sketches' compact images."""
+    images = [(key, sketch.image()) for key, sketch in sorted(counts.sketches.items())]
+    head: dict[str, Any] = {
+        "n": counts.total,
+        "t": counts.by_type,
+        "c": counts.by_channel,
+        "w": counts.applied,
+        "u": counts.unattributed,
+        "k": counts.lg_k,
+        "s": [[key, len(image)] for key, image in images],
+        # The estimates, so that a window's unchanged sketches are not estimated again.
+        "e": [counts.sketches[key].estimate() for key, _ in images],
+    }
+    if counts.name is not None:
+        head["m"] = counts.name
+    body = orjson.dumps(head)
+    return b"".join(
+        [_WINDOW_HEAD.pack(WINDOW_VALUE_MAGIC, updated_ms, len(body)), body]
+        + [image for _, image in images]
+    )
+
+
+def window_updated_ms(value: bytes) -> int | None:
+    """When the window was last updated; None for a value of the JSON format (stored before
+    windows kept it)."""
+    if value[:2] != WINDOW_VALUE_MAGIC:
+        return None
+    return int(_WINDOW_HEAD.unpack_from(value)[1])
+
+
+def load_window(value: bytes | None, lg_k: int) -> WindowCounts:
+    """A stored window (either format), or a new one, kept with sketches of ``lg_k`` buckets
+    (a stored window keeps its own). A window of the JSON format counted its events before
+    windows kept recipients: they are unattributed."""
+    if not value:
+        return WindowCounts(lg_k=lg_k)
+    if value[:2] != WINDOW_VALUE_MAGIC:
+        counts = WindowCounts.load(orjson.loads(value))
+        counts.lg_k = lg_k
+        counts.unattributed = counts.total
+        return counts
+    from processors.uniques import Sketch
+
+    _, _, length = _WINDOW_HEAD.unpack_from(value)
+    start = _WINDOW_HEAD.size
+    head = orjson.loads(value[start : start + length])
+    at = start + length
+    sketches: dict[str, Sketch] = {}
+    known = head.get("e") or [None] * len(head["s"])
+    for (key, size), guess in zip(head["s"], known, strict=True):
+        sketches[key] = Sketch(value[at : at + size], known_estimate=guess)
+        at += size
+    name = head.get("m")
+    return WindowCounts(
+        int(head["n"]),
+        head["t"],
+        head["c"],
+        head["w"],
+        int(head["u"]),
+        sketches,
+        int(head["k"]) if head.get("k") is not None else lg_k,
+        (int(name[0]), str(name[1])) if name else None,
+    )
+
+
+# --- per-campaign entries of a stats table -----------------------------------------------------
+
+CAMPAIGN_KEY_PREFIX = b"__crm/campaign/"
+"""A stats table keeps, next to a campaign's windows (keys ``<13-digit start>:<campaign>``), one
+entry per campaign (``__crm/campaign/<campaign>``, sorting after every window key): that it was
+seen, and the start of the latest of its windows that expired."""
+
+
+def campaign_entry_key(campaign: str) -> bytes:
+    return CAMPAIGN_KEY_PREFIX + campaign.encode()
+
+
+@dataclass(slots=True)
+class CampaignEntry:
+    """``expired_through``: the latest start of the campaign's expired windows (-1: none). A
+    window not held whose start is at or before it expired: an event for it is refused, so that
+    its last upsert (the complete count) is never replaced by a partial one. ``written_ms``: when
+    the entry was last written (it is written again before its changelog record could be
+    deleted by the changelog's retention)."""
+
+    expired_through: int = -1
+    written_ms: int = 0
+
+    def encode(self) -> bytes:
+        return b'{"x":%d,"at":%d}' % (self.expired_through, self.written_ms)
+
+    @classmethod
+    def decode(cls, value: bytes) -> CampaignEntry:
+        data = orjson.loads(value)
+        return cls(int(data["x"]), int(data["at"]))
 
 
 def stats_record(
@@ -273,7 +504,7 @@ def stats_record(
     now_ms: int,
 ) -> dict[str, Any]:
     vendor, app_id, campaign_id = (_unescape(part) for part in campaign.split("|"))
-    return {
+    record = {
         "vendor": vendor,
         "app_id": app_id or None,
         "campaign_id": campaign_id or None,
@@ -284,8 +515,21 @@ def stats_record(
         "event_type_counts": dict(counts.by_type or {}),
         "channel_counts": dict(counts.by_channel or {}),
         "updated_at": now_ms,
-        "schema_version": SCHEMA_VERSION,
+        "campaign_name": counts.name[1] if counts.name else None,
+        "schema_version": STATS_SCHEMA_VERSION,
     }
+    uniques = counts.uniques()
+    if uniques is not None:
+        record.update(
+            unique_recipients=uniques["recipients"],
+            unique_event_type_counts=uniques["by_event_type"],
+            unattributed=uniques["unattributed"],
+            hll_lg_k=uniques["lg_k"],
+            error_bound=uniques["error_bound"],
+            recipients_sketch=uniques["sketch"],
+            event_type_sketches=uniques["sketches"],
+        )
+    return record
 
 
 KNOWN_EVENT_TYPES = frozenset(e.value for e in EventType)

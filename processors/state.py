@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, cast
 
@@ -40,7 +40,13 @@ OFFSET_KEY_PREFIX = b"__faust"  # Faust keeps the persisted changelog offset und
 
 
 class ChangelogSink(Protocol):
-    def send_changelog(self, topic: str, partition: int, key: bytes, value: bytes) -> None: ...
+    def send_changelog(
+        self, topic: str, partition: int, key: bytes, value: bytes | None
+    ) -> None: ...
+
+
+Item = tuple[bytes, bytes | None]
+"""A key and its new value; None deletes the key (and is a tombstone in the changelog)."""
 
 
 class WindowedTable:
@@ -71,33 +77,47 @@ class WindowedTable:
         values = cast(list[bytes | None], self._db(partition)[list(keys)])
         return values
 
-    def put_many(
-        self, partition: int, items: Sequence[tuple[bytes, bytes]], sink: ChangelogSink
-    ) -> int:
+    def put_many(self, partition: int, items: Sequence[Item], sink: ChangelogSink) -> int:
         """Write ``items`` to the partition in one RocksDB write batch, and send each to the
         changelog. Returns how many were written."""
         self.send_changelog(partition, items, sink)
         return self.write(partition, items)
 
-    def send_changelog(
-        self, partition: int, items: Iterable[tuple[bytes, bytes]], sink: ChangelogSink
-    ) -> None:
+    def send_changelog(self, partition: int, items: Iterable[Item], sink: ChangelogSink) -> None:
         """Send ``items`` to the partition's changelog only (see :meth:`write`)."""
         topic = self.changelog_topic
         for key, value in items:
             sink.send_changelog(topic, partition, key, value)
 
-    def write(self, partition: int, items: Iterable[tuple[bytes, bytes]]) -> int:
+    def write(self, partition: int, items: Iterable[Item]) -> int:
         """Write ``items`` to the local partition in one RocksDB write batch (atomic: all of
         them or none survive a crash). Returns how many were written."""
         batch = rocksdict.WriteBatch(raw_mode=True)
         n = 0
         for key, value in items:
-            batch.put(key, value)
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
             n += 1
         if n:
             self._db(partition).write(batch)
         return n
+
+    def scan(
+        self, partition: int, lower: bytes, upper: bytes | None = None
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """The keys in ``[lower, upper)`` of one local partition, in key order, with their
+        values (a RocksDB iterator bounded by ``upper``)."""
+        options = rocksdict.ReadOptions()
+        if upper is not None:
+            options.set_iterate_upper_bound(upper)
+        items = self._db(partition).items(from_key=lower, read_opt=options)
+        return cast(Iterator[tuple[bytes, bytes]], iter(items))
+
+    def partitions(self) -> list[int]:
+        """The partitions open here (active or standby)."""
+        return sorted(faust_compat.rocksdb_partitions(self.table))
 
     def set_persisted_offsets(self, offsets: dict[tuple[str, int], int]) -> None:
         """Record the newest changelog offsets written, as Faust does after its own sends, so

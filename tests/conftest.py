@@ -64,6 +64,9 @@ def crm_env_factory(kafka_bootstrap: str, tmp_path: Path) -> Callable[..., dict[
                 "CRM_PARTITIONS": "2",
                 "CRM_DATA_DIR": str(tmp_path / "data"),
                 "CRM_METRICS_PORT": "0",
+                # No query API unless a test asks for one on a free port (several workers run
+                # side by side, and other test sessions may share the machine).
+                "CRM_API_PORT": "0",
                 "CRM_APP_ID": f"crm-test-{uuid.uuid4().hex[:8]}",
             }
         )

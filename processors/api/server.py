@@ -112,7 +112,11 @@ class _Handlers:
             query = parse_list_query(request.query.items(), self.now_ms())
         except QueryError as exc:
             return _json(exc.body(), 400)
-        found = [_present(c) for c in await self.source.list_campaigns(query)]
+        try:
+            listed = await self.source.list_campaigns(query)
+        except QueryError as exc:  # a query the source cannot answer (e.g. a window it lacks)
+            return _json(exc.body(), 400)
+        found = [_present(c) for c in listed]
         found.sort(key=_order)
         return _json({**_range_fields(query), "campaigns": found[: query.limit]})
 
@@ -122,7 +126,10 @@ class _Handlers:
             query = parse_campaign_query(campaign_id, request.query.items(), self.now_ms())
         except QueryError as exc:
             return _json(exc.body(), 400)
-        found = await self.source.campaign(query)
+        try:
+            found = await self.source.campaign(query)
+        except QueryError as exc:
+            return _json(exc.body(), 400)
         if found is None:
             return _json({"error": "no such campaign", "id": campaign_id}, 404)
         out = _present(found)
@@ -133,20 +140,27 @@ class _Handlers:
         return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
 
+JSON_PATHS = ("/api/", "/internal/")
+"""Paths whose errors are JSON: the API, and the requests one worker sends another."""
+
+
 @web.middleware
 async def _errors(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """JSON errors under /api/ (an unknown path, a source that failed); security headers on
-    everything."""
+    """JSON errors under /api/ (an unknown path, a source that failed or is unavailable);
+    security headers on everything."""
     try:
         response = await handler(request)
     except web.HTTPException as exc:
-        if not request.path.startswith("/api/") or exc.status < 400:
+        if not request.path.startswith(JSON_PATHS) or exc.status < 400:
             raise
         response = _json({"error": exc.reason}, exc.status)
+        response.headers.update(
+            (k, v) for k, v in exc.headers.items() if k.lower() == "retry-after"
+        )
     except Exception:
-        if not request.path.startswith("/api/"):
+        if not request.path.startswith(JSON_PATHS):
             raise
         log.exception("query API: %s %s failed", request.method, request.path_qs)
         response = _json({"error": "internal error"}, 500)

@@ -8,7 +8,9 @@ share a key, so a partition; the first copy published wins), not by the worker:
 
 * the set of canonical event ids, each exactly once on ``events``;
 * one dead letter for each malformed record, at its raw position;
-* the total of every (campaign, window) in the latest ``campaign-stats`` upsert.
+* the total of every (campaign, window) in the latest ``campaign-stats`` upsert, and its unique
+  recipients (distinct ``user_id``, else ``device_id``): exact while a window has fewer than
+  :data:`EXACT_UNIQUES` of them (the HyperLogLog sketch's exact modes at lg_k 12).
 
 :class:`WorkerProcess` runs ``crm-stream worker`` as a child process, as a user would.
 """
@@ -48,10 +50,11 @@ from crmstream.topics import (
 )
 from processors.normalize import normalize
 from processors.normalize.model import CanonicalEvent, NormalizeContext, Rejected
-from processors.records import campaign_key, stats_upsert_key, window_start
+from processors.records import campaign_key, recipient_of, stats_upsert_key, window_start
 from tests.kafka_helpers import read_topic
 
 WINDOWS = (("1m", 60), ("1h", 3600))
+EXACT_UNIQUES = 300  # below DataSketches' list/set modes at lg_k 12 (384): estimates are exact
 
 
 def samples(seed: int, per_vendor: int, campaign_count: int = 12) -> dict[str, SampleSet]:
@@ -72,6 +75,13 @@ class Expected:
     stats: Counter[bytes] = field(default_factory=Counter)  # upsert key -> total
     positions: dict[str, Position] = field(default_factory=dict)  # event id -> its first copy
     stats_keys: dict[str, list[bytes]] = field(default_factory=dict)  # event id -> its windows
+    # upsert key -> recipients of its events (a multiset: an event may be taken back)
+    recipients: dict[bytes, Counter[str]] = field(default_factory=dict)
+    recipient: dict[str, str | None] = field(default_factory=dict)  # event id -> its recipient
+
+    def uniques(self) -> dict[bytes, int]:
+        """The unique recipients of every window."""
+        return {key: len(+people) for key, people in self.recipients.items()}
 
     def dead_lettered(self, event_id: str) -> None:
         """The worker must dead-letter this event's first copy instead (too_large)."""
@@ -81,6 +91,9 @@ class Expected:
             self.stats[key] -= 1
             if not self.stats[key]:
                 del self.stats[key]
+            who = self.recipient[event_id]
+            if who is not None:
+                self.recipients[key][who] -= 1
 
     def add(self, vendor: str, key: bytes | None, value: bytes, app_id: str, at: Position) -> None:
         outcome = normalize(vendor, value, NormalizeContext(app_id=app_id))
@@ -95,6 +108,10 @@ class Expected:
                 start = window_start(outcome.occurred_at, size)
                 keys.append(stats_upsert_key(campaign, label, start))
                 self.stats[keys[-1]] += 1
+                who = self.recipient[outcome.event_id] = recipient_of(outcome)
+                people = self.recipients.setdefault(keys[-1], Counter())
+                if who is not None:
+                    people[who] += 1
 
 
 class Feed:
@@ -169,6 +186,7 @@ class Outputs:
     event_sources: dict[str, list[str]]  # event id -> the raw_position header of each copy
     dead_letters: list[Position]
     stats: dict[bytes, int]  # upsert key -> total of the latest upsert
+    uniques: dict[bytes, int | None]  # upsert key -> unique_recipients of the latest upsert
 
 
 def read_outputs(settings: Settings, expected: Expected, timeout: float = 120) -> Outputs:
@@ -199,6 +217,10 @@ def read_outputs(settings: Settings, expected: Expected, timeout: float = 120) -
         until=lambda r: latest(r) == dict(expected.stats),
         timeout=60,
     )
+    uniques = {
+        m.key() or b"": serde.decode(m.value() or b"", stats_topic)[1]["unique_recipients"]
+        for m in stats
+    }
     positions = []
     for m in dead:
         record = serde.decode(m.value() or b"", dl_topic)[1]
@@ -214,6 +236,7 @@ def read_outputs(settings: Settings, expected: Expected, timeout: float = 120) -
         event_sources=sources,
         dead_letters=positions,
         stats=latest(stats),
+        uniques=uniques,
     )
 
 
@@ -248,6 +271,13 @@ def exactness_failures(out: Outputs, expected: Expected) -> list[str]:
         problems.append(
             f"campaign-stats: {len(wrong)} of {len(expected.stats)} windows wrong (+{over} "
             f"-{under}), {len(unexpected)} unexpected, e.g. {sorted(wrong.items())[:3]}"
+        )
+    want = {k: n for k, n in expected.uniques().items() if n < EXACT_UNIQUES and k in out.stats}
+    off = {k: (out.uniques.get(k), n) for k, n in want.items() if out.uniques.get(k) != n}
+    if off:
+        problems.append(
+            f"campaign-stats uniques: {len(off)} of {len(want)} windows wrong (got, want), "
+            f"e.g. {sorted(off.items())[:3]}"
         )
     return problems
 

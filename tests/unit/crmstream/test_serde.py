@@ -173,7 +173,15 @@ def campaign_stats() -> dict[str, Any]:
         "event_type_counts": {"SEND": 10, "OPEN": 2},
         "channel_counts": {"EMAIL": 12},
         "updated_at": 1_732_550_461_000,
-        "schema_version": 1,
+        "campaign_name": "Black Friday",
+        "unique_recipients": 9,
+        "unique_event_type_counts": {"SEND": 9, "OPEN": 2},
+        "unattributed": 1,
+        "hll_lg_k": 12,
+        "error_bound": 0.0162,
+        "recipients_sketch": b"\x02\x01\x07\x0c",
+        "event_type_sketches": {"SEND": b"\x02\x01\x07\x0c", "OPEN": b"\x02"},
+        "schema_version": 2,
     }
 
 

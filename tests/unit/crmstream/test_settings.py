@@ -40,6 +40,13 @@ def test_defaults_are_production_defaults() -> None:
         ({"CRM_LOG_FORMAT": "xml"}, "CRM_LOG_FORMAT"),
         ({"CRM_MAX_MESSAGE_BYTES": "0"}, "CRM_MAX_MESSAGE_BYTES"),
         ({"CRM_SASL_PASSWORD_FILE": "/nonexistent/pw"}, "CRM_SASL_PASSWORD_FILE"),
+        ({"CRM_API_PORT": "70000"}, "CRM_API_PORT"),
+        ({"CRM_API_PORT": "http"}, "CRM_API_PORT"),
+        ({"CRM_API_HOST": ""}, "CRM_API_HOST"),
+        ({"CRM_API_URL": "worker-0:8080"}, "CRM_API_URL"),
+        ({"CRM_API_URL": "http://worker-0:8080/api"}, "CRM_API_URL"),
+        ({"CRM_STATS_HLL_LG_K": "3"}, "CRM_STATS_HLL_LG_K"),
+        ({"CRM_STATS_HLL_LG_K": "22"}, "CRM_STATS_HLL_LG_K"),
     ],
 )
 def test_bad_value_names_the_variable(env: dict[str, str], variable: str) -> None:
@@ -47,6 +54,17 @@ def test_bad_value_names_the_variable(env: dict[str, str], variable: str) -> Non
         Settings.from_env(env)
     assert info.value.setting == variable
     assert variable in str(info.value)
+
+
+def test_the_api_url_advertised_to_the_group() -> None:
+    assert Settings.from_env({"CRM_API_URL": "http://w-0.svc:8080/"}).advertised_api_url == (
+        "http://w-0.svc:8080"
+    )
+    settings = Settings.from_env({"CRM_API_PORT": "9000"})
+    assert settings.advertised_api_url.startswith("http://")
+    assert settings.advertised_api_url.endswith(":9000")
+    defaults = Settings.from_env({})
+    assert (defaults.api_port, defaults.stats_hll_lg_k) == (8080, 12)
 
 
 def test_durations() -> None:

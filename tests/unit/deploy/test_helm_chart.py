@@ -119,6 +119,7 @@ def test_default_render_is_small_and_safe(default: list[Manifest]) -> None:
         "PodDisruptionBudget",
         "Service",
         "Service",
+        "Service",
         "ServiceAccount",
         "StatefulSet",
     ]
@@ -128,6 +129,30 @@ def test_default_render_is_small_and_safe(default: list[Manifest]) -> None:
 
 
 # --- worker ------------------------------------------------------------------------------------
+
+
+def test_worker_serves_the_query_api_and_advertises_its_pod_address(
+    default: list[Manifest],
+) -> None:
+    sts = _one(default, "StatefulSet", "-worker")
+    container = sts["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "api", "containerPort": 8080, "protocol": "TCP"} in container["ports"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["CRM_API_PORT"]["value"] == "8080"
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    governing = _one(default, "Service", "-worker")
+    assert sts["spec"]["serviceName"] == governing["metadata"]["name"]
+    url = env["CRM_API_URL"]["value"]
+    assert url.startswith(f"http://$(POD_NAME).{governing['metadata']['name']}.")
+    assert url.endswith(".svc:8080")
+    assert {"name": "api", "port": 8080, "targetPort": "api", "protocol": "TCP"} in governing[
+        "spec"
+    ]["ports"]
+    api = _one(default, "Service", "-api")
+    assert api["spec"]["ports"] == [
+        {"name": "api", "port": 8080, "targetPort": "api", "protocol": "TCP"}
+    ]
+    assert api["spec"]["selector"] == governing["spec"]["selector"]
 
 
 def test_worker_is_a_statefulset_with_a_pvc_for_rocksdb(default: list[Manifest]) -> None:
@@ -416,7 +441,8 @@ def test_network_policy_opens_only_metrics_and_http(all_enabled: list[Manifest])
     ports = [p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]]
     segment = _one(all_enabled, "Deployment", "-segment")["spec"]["template"]["spec"]
     http_port = next(p for p in segment["containers"][0]["ports"] if p["name"] == "http")
-    assert ports == ["metrics", http_port["containerPort"]]
+    # The workers' query API: for users (httpFrom) and from the other workers (forwarding).
+    assert ports == ["metrics", http_port["containerPort"], 8080, 8080]
     assert all(rule.get("from") for rule in policy["spec"]["ingress"])
     dns = policy["spec"]["egress"][0]["ports"]
     assert {(p["port"], p["protocol"]) for p in dns} == {(53, "UDP"), (53, "TCP")}
@@ -472,7 +498,10 @@ def test_egress_lockdown_without_rules_fails() -> None:
             {"metrics": {"prometheusRule": {"alertLabels": {"severity": "page"}}}},
             "/metrics/prometheusRule/alertLabels/severity",
         ),
-        ({"metrics": {"prometheusRule": {"selector": "{job}"}}}, "/metrics/prometheusRule/selector"),
+        (
+            {"metrics": {"prometheusRule": {"selector": "{job}"}}},
+            "/metrics/prometheusRule/selector",
+        ),
     ],
 )
 def test_schema_rejects_bad_values_with_a_message(values: dict[str, Any], expected: str) -> None:

@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import orjson
+
 from processors.normalize.model import Channel, EventType, Vendor, make
 from processors.plan import (
     Candidate,
     RawPlan,
+    WindowWork,
+    admit_windows,
     apply_increments,
     candidate,
     group_increments,
     mark_value,
+    plan_expiry,
     plan_raw_batch,
 )
-from processors.records import RawPosition, WindowCounts
+from processors.records import (
+    CampaignEntry,
+    RawPosition,
+    StatsUpdates,
+    WindowCounts,
+    window_key,
+    window_value,
+)
 
 WINDOW_MS = 7 * 86_400_000
 NOW = 1_780_000_000_000
@@ -105,29 +117,81 @@ def test_a_too_large_event_is_neither_written_nor_marked_nor_counted() -> None:
     assert len(again.too_large) == 2 and not again.duplicates
 
 
-def test_increments_are_filed_per_window_and_partition_and_late_ones_counted() -> None:
+def test_increments_are_filed_per_window_and_partition_with_their_recipients() -> None:
     updates = [
-        (0, [("K|a|c1", "raw/0", [[5, 61_000, "OPEN", "PUSH"], [6, 3_601_000, "OPEN", "PUSH"]])]),
-        (0, [("K|a|c1", None, [[None, 10, "SEND", "PUSH"]])]),
+        (
+            0,
+            StatsUpdates(
+                [
+                    (
+                        "K|a|c1",
+                        "raw/0",
+                        [[5, 61_000, "OPEN", "PUSH", "u:1"], [6, 3_601_000, "OPEN", "PUSH", None]],
+                    )
+                ],
+                {"K|a|c1": (61_000, "Name")},
+            ),
+        ),
     ]
-    touched, late = group_increments(updates, [("1m", 60), ("1h", 3600)], oldest_ms=1_000)
-    assert late == 1  # occurred at 10 ms, before the oldest open window
+    touched = group_increments(updates, [("1m", 60), ("1h", 3600)])
     assert touched[("1m", 0)] == {
-        ("K|a|c1", 60_000): [("raw/0", 5, "OPEN", "PUSH")],
-        ("K|a|c1", 3_600_000): [("raw/0", 6, "OPEN", "PUSH")],
+        ("K|a|c1", 60_000): WindowWork([("raw/0", 5, "OPEN", "PUSH", "u:1")], (61_000, "Name")),
+        ("K|a|c1", 3_600_000): WindowWork([("raw/0", 6, "OPEN", "PUSH", None)]),
     }
     assert touched[("1h", 0)] == {
-        ("K|a|c1", 0): [("raw/0", 5, "OPEN", "PUSH")],
-        ("K|a|c1", 3_600_000): [("raw/0", 6, "OPEN", "PUSH")],
+        ("K|a|c1", 0): WindowWork([("raw/0", 5, "OPEN", "PUSH", "u:1")], (61_000, "Name")),
+        ("K|a|c1", 3_600_000): WindowWork([("raw/0", 6, "OPEN", "PUSH", None)]),
     }
 
 
 def test_a_replayed_increment_is_skipped_by_the_window_that_counted_it() -> None:
-    counts = WindowCounts()
-    assert (
-        apply_increments(counts, [("raw/0", 5, "OPEN", "PUSH"), ("raw/0", 6, "CLICK", "PUSH")]) == 0
-    )
-    assert (
-        apply_increments(counts, [("raw/0", 6, "CLICK", "PUSH"), ("raw/0", 7, "OPEN", "PUSH")]) == 1
-    )
+    counts = WindowCounts(lg_k=12)
+    first = [("raw/0", 5, "OPEN", "PUSH", "u:a"), ("raw/0", 6, "CLICK", "PUSH", "u:b")]
+    assert apply_increments(counts, first) == 0
+    again = [("raw/0", 6, "CLICK", "PUSH", "u:b"), ("raw/0", 7, "OPEN", "PUSH", None)]
+    assert apply_increments(counts, again) == 1
     assert counts.total == 3 and counts.by_type == {"OPEN": 2, "CLICK": 1}
+    uniques = counts.uniques()
+    assert uniques is not None
+    assert uniques["recipients"] == 2
+    assert uniques["by_event_type"] == {"OPEN": 1, "CLICK": 1}
+    assert uniques["unattributed"] == 1  # the event with no recipient counts in total only
+
+
+def test_a_window_not_held_is_refused_when_its_campaign_expired_it() -> None:
+    windows = [("A", 0), ("A", 60_000), ("A", 120_000), ("B", 0)]
+    held = {("A", 120_000)}
+    admission = admit_windows(
+        windows,
+        lambda w: w in held,
+        {"A": CampaignEntry(expired_through=60_000, written_ms=1), "B": None},
+        lambda w: 3,
+    )
+    assert admission.refused == {("A", 0): 3, ("A", 60_000): 3}
+    assert admission.new_campaigns == ["B"]
+
+
+def test_windows_expire_after_their_last_update_and_entries_remember_them() -> None:
+    keep = 10_000
+    now = 1_000_000
+    fresh = window_value(WindowCounts(lg_k=12), updated_ms=now - 1_000)
+    idle = window_value(WindowCounts(lg_k=12), updated_ms=now - 20_000)
+    old_format = orjson.dumps({"n": 1, "t": {}, "c": {}})  # no update time: expires by its end
+    plan = plan_expiry(
+        [
+            (window_key(0, b"A"), fresh),  # old start, but updated recently: kept
+            (window_key(60_000, b"A"), idle),
+            (window_key(980_000, b"B"), old_format),  # ends at 990_000 > now - keep: kept
+            (window_key(900_000, b"B"), old_format),  # ends at 960_000: expired
+        ],
+        [("C", CampaignEntry(5, now - 6_000)), ("D", CampaignEntry(5, now - 1_000))],
+        now,
+        keep,
+        size_ms=60_000,
+    )
+    assert plan.deletes == [window_key(60_000, b"A"), window_key(900_000, b"B")]
+    assert plan.entries == {
+        "A": CampaignEntry(60_000, now),
+        "B": CampaignEntry(900_000, now),
+        "C": CampaignEntry(5, now),  # rewritten: older than keep / 2
+    }

@@ -6,10 +6,16 @@ import orjson
 import pytest
 
 from processors.records import (
+    STATS_SCHEMA_VERSION,
+    StatsUpdates,
     WindowCounts,
+    load_window,
     parse_stats_updates,
     stats_partition,
+    stats_record,
     stats_updates_value,
+    window_updated_ms,
+    window_value,
 )
 
 
@@ -20,17 +26,30 @@ def test_stats_updates_round_trip_and_earlier_formats() -> None:
             "X|a|c": {"crm.raw.x/0": []},
         }
     )
-    assert parse_stats_updates(b"3", value) == [
-        ("LEANPLUM|app|c1", "crm.raw.leanplum/3", [[17, 1000, "SEND", "EMAIL"]]),
-        ("X|a|c", "crm.raw.x/0", []),
-    ]
+    assert parse_stats_updates(b"3", value) == StatsUpdates(
+        [
+            ("LEANPLUM|app|c1", "crm.raw.leanplum/3", [[17, 1000, "SEND", "EMAIL", None]]),
+            ("X|a|c", "crm.raw.x/0", []),
+        ],
+        {},
+    )
+    # With recipients (one per increment, in order) and the campaign's latest name.
+    value = stats_updates_value(
+        {"K|a|c": {"raw/0": [[1, 5, "OPEN", "PUSH"], [2, 6, "OPEN", "PUSH"]]}},
+        {"K|a|c": {"raw/0": ["u:alice", None]}},
+        {"K|a|c": (6, "Spring sale")},
+    )
+    assert parse_stats_updates(b"0", value) == StatsUpdates(
+        [("K|a|c", "raw/0", [[1, 5, "OPEN", "PUSH", "u:alice"], [2, 6, "OPEN", "PUSH", None]])],
+        {"K|a|c": (6, "Spring sale")},
+    )
     # Version 1: a dict of campaign -> [occurred_at, type, channel]; no raw position.
-    assert parse_stats_updates(b"3", b'{"LEANPLUM|app|c1":[[1000,"SEND","EMAIL"]]}') == [
-        ("LEANPLUM|app|c1", None, [[None, 1000, "SEND", "EMAIL"]])
+    assert parse_stats_updates(b"3", b'{"LEANPLUM|app|c1":[[1000,"SEND","EMAIL"]]}').increments == [
+        ("LEANPLUM|app|c1", None, [[None, 1000, "SEND", "EMAIL", None]])
     ]
     # Before that: one record per campaign, keyed by it, the value a list of increments.
-    assert parse_stats_updates(b"LEANPLUM|app|c1", b'[[5,"OPEN","PUSH"]]') == [
-        ("LEANPLUM|app|c1", None, [[None, 5, "OPEN", "PUSH"]])
+    assert parse_stats_updates(b"LEANPLUM|app|c1", b'[[5,"OPEN","PUSH"]]').increments == [
+        ("LEANPLUM|app|c1", None, [[None, 5, "OPEN", "PUSH", None]])
     ]
     # The Java client's murmur2 partitioner: stable, and within range.
     parts = {stats_partition(f"c{i}".encode(), 6) for i in range(200)}
@@ -48,6 +67,9 @@ def test_stats_updates_round_trip_and_earlier_formats() -> None:
         b'{"v":2,"c":{"K|a|c":{"s/0":[[1,99999999999999999,"OPEN","PUSH"]]}}}',  # year > 9999
         b'{"v":2,"c":{"K|a|c":[]}}',
         b'{"K|a|c":[[1.5,"OPEN","PUSH"]]}',
+        b'{"v":2,"c":{"K|a|c":{"s/0":[[1,2,"OPEN","PUSH"]]}},"r":{"K|a|c":{"s/0":[]}}}',
+        b'{"v":2,"c":{"K|a|c":{"s/0":[[1,2,"OPEN","PUSH"]]}},"r":{"K|a|c":{"s/0":[7]}}}',
+        b'{"v":2,"c":{},"n":{"K|a|c":["1","name"]}}',
     ],
 )
 def test_a_stats_updates_record_that_is_not_one_raises_value_error(value: bytes) -> None:
@@ -108,3 +130,58 @@ def test_campaign_keys_with_separators_stay_distinct_and_round_trip() -> None:
             app_id,
             campaign_id,
         )
+
+
+def test_a_window_value_round_trips_with_its_sketches_and_update_time() -> None:
+    counts = WindowCounts(lg_k=12)
+    for offset, (kind, who) in enumerate(
+        [("SEND", "u:1"), ("SEND", "u:2"), ("OPEN", "u:1"), ("OPEN", "d:9"), ("SEND", None)]
+    ):
+        counts.apply("raw/0", offset, kind, "EMAIL", who)
+    counts.named((5, "Spring sale"))
+    value = window_value(counts, updated_ms=1_234)
+    assert window_updated_ms(value) == 1_234
+    loaded = load_window(value, lg_k=10)  # a stored window keeps its own precision
+    assert loaded.lg_k == 12
+    assert (loaded.total, loaded.by_type, loaded.applied) == (
+        5,
+        {"SEND": 3, "OPEN": 2},
+        {"raw/0": 4},
+    )
+    assert loaded.name == (5, "Spring sale")
+    assert loaded.uniques() == counts.uniques()
+    uniques = loaded.uniques()
+    assert uniques is not None
+    assert (uniques["recipients"], uniques["by_event_type"], uniques["unattributed"]) == (
+        3,
+        {"OPEN": 2, "SEND": 2},
+        1,
+    )
+    # A replay after loading changes nothing, sketches included.
+    assert not loaded.apply("raw/0", 2, "OPEN", "EMAIL", "u:7")
+    assert window_value(loaded, 1_234) == value
+
+
+def test_a_window_of_the_json_format_loads_with_its_events_unattributed() -> None:
+    old = orjson.dumps({"n": 4, "t": {"OPEN": 4}, "c": {"PUSH": 4}, "w": {"raw/0": 9}})
+    assert window_updated_ms(old) is None
+    counts = load_window(old, lg_k=12)
+    assert (counts.total, counts.unattributed, counts.applied) == (4, 4, {"raw/0": 9})
+    counts.apply("raw/0", 10, "OPEN", "PUSH", "u:1")
+    uniques = counts.uniques()
+    assert uniques is not None
+    assert (uniques["recipients"], uniques["unattributed"]) == (1, 4)
+
+
+def test_stats_record_carries_the_uniques_and_the_sketches() -> None:
+    counts = WindowCounts(lg_k=12)
+    counts.apply("raw/0", 1, "OPEN", "PUSH", "u:1")
+    counts.apply("raw/0", 2, "OPEN", "PUSH", "u:1")
+    record = stats_record("LEANPLUM|app|c1", "1m", 60_000, 60, counts, 99)
+    assert record["schema_version"] == STATS_SCHEMA_VERSION == 2
+    assert (record["total"], record["unique_recipients"]) == (2, 1)
+    assert record["unique_event_type_counts"] == {"OPEN": 1}
+    assert record["unattributed"] == 0 and record["hll_lg_k"] == 12
+    assert record["error_bound"] == pytest.approx(0.0162, abs=0.0005)
+    assert isinstance(record["recipients_sketch"], bytes)
+    assert set(record["event_type_sketches"]) == {"OPEN"}

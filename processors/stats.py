@@ -1,0 +1,301 @@
+"""The campaign-stats tables of one worker: counting a stats batch into its windows, expiring
+idle windows, and reading a campaign's windows for the query API.
+
+The decisions are pure functions of :mod:`processors.plan` (which windows, which increments, what
+expires) and :mod:`processors.records` (the window values); this module reads and writes the
+tables (:mod:`processors.state`) and sends the upserts and changelog records.
+
+**Counting** (:meth:`StatsTables.count`): the touched windows of each table partition are read
+with one multi-get (with the entries of the campaigns that have a window not held yet), counted,
+and each written once: its changelog record and its ``campaign-stats`` upsert are sent, and only
+once Kafka acknowledged them is it written to RocksDB (one write batch per table partition). A
+crash before that replays the batch, which counts nothing twice (``WindowCounts.applied``: counts,
+sketches and all, are one value) and upserts the windows again.
+
+**Expiry** (:meth:`StatsTables.expire`): a window expires ``CRM_STATS_RETENTION`` after its last
+update, not by its start, so a backfill of last month's events gets its windows and keeps them as
+long as today's. A window that expired is deleted (with a changelog tombstone) and its campaign's
+entry remembers its start; an event for an expired window is refused rather than counted into a
+new, partial window whose upsert would replace the complete one.
+
+Counting and expiry of one worker never interleave (:attr:`StatsTables.lock`): a batch reads,
+awaits Kafka and writes; an expiry in between could delete a window the batch then writes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from crmstream import metrics
+from crmstream.serde import AvroSerde
+from processors.api.query import CampaignKey, TimeRange
+from processors.figures import HeldWindow, campaign_figures
+from processors.outputs import Offsets, Outputs
+from processors.plan import (
+    admit_windows,
+    apply_increments,
+    group_increments,
+    parse_window_key,
+    plan_expiry,
+)
+from processors.records import (
+    CAMPAIGN_KEY_PREFIX,
+    CampaignEntry,
+    StatsUpdates,
+    campaign_entry_key,
+    load_window,
+    stats_record,
+    stats_upsert_key,
+    window_key,
+    window_updated_ms,
+    window_value,
+)
+from processors.state import Item, WindowedTable
+
+log = logging.getLogger("crmstream.worker")
+
+_CAMPAIGNS_END = CAMPAIGN_KEY_PREFIX[:-1] + bytes([CAMPAIGN_KEY_PREFIX[-1] + 1])
+_WINDOWS_END = b":"  # window keys start with 13 digits; b":" sorts after every digit
+
+
+def expiry_interval_s(retention_s: float) -> float:
+    """How often the tables are scanned for idle windows: an eighth of the retention, between
+    1 s and 5 minutes (a scan reads every window of the worker's partitions)."""
+    return min(300.0, max(1.0, retention_s / 8))
+
+
+@dataclass
+class Counted:
+    """What one stats batch did, for the metrics."""
+
+    upserts: dict[str, int]
+    replayed: int
+    refused: int
+
+
+class StatsTables:
+    """The worker's stats tables, one per window size (``CRM_STATS_WINDOWS``)."""
+
+    def __init__(
+        self,
+        tables: dict[str, WindowedTable],
+        windows: Sequence[tuple[str, int]],
+        serde: AvroSerde,
+        stats_topic: str,
+        retention_ms: int,
+        lg_k: int,
+    ) -> None:
+        self.tables = tables
+        self.windows = list(windows)
+        self.window_size = dict(windows)
+        self.serde = serde
+        self.stats_topic = stats_topic
+        self.retention_ms = retention_ms
+        self.lg_k = lg_k
+        self.lock = asyncio.Lock()
+
+    # -- counting ------------------------------------------------------------------------
+
+    async def count(
+        self, parsed: Iterable[tuple[int, StatsUpdates]], outputs: Outputs, now_ms: int
+    ) -> Offsets:
+        """Count a batch of parsed ``stats-updates`` records (with their partitions) into the
+        windows, upsert each touched window, and write it once Kafka acknowledged the upserts
+        and changelog records. Returns the acknowledged offsets."""
+        async with self.lock:
+            touched = group_increments(parsed, self.windows)
+            writes: list[tuple[WindowedTable, int, list[Item]]] = []
+            done = Counted({}, 0, 0)
+            for (label, partition), windows in touched.items():
+                if windows:
+                    items = self._count_partition(label, partition, windows, outputs, now_ms, done)
+                    writes.append((self.tables[label], partition, items))
+            offsets = await outputs.seal()
+            for table, partition, items in writes:
+                table.write(partition, items)
+            for table in self.tables.values():
+                table.set_persisted_offsets(offsets)
+        for label, n in done.upserts.items():
+            metrics.STATS_UPSERTS.labels(label).inc(n)
+        if done.replayed:
+            metrics.STATS_REPLAYED.inc(done.replayed)
+        if done.refused:
+            metrics.STATS_LATE.inc(done.refused)
+        return offsets
+
+    def _count_partition(
+        self,
+        label: str,
+        partition: int,
+        windows: dict[tuple[str, int], Any],
+        outputs: Outputs,
+        now_ms: int,
+        done: Counted,
+    ) -> list[Item]:
+        table = self.tables[label]
+        size = self.window_size[label]
+        keys = [window_key(start, campaign.encode()) for campaign, start in windows]
+        stored = dict(zip(windows, table.get_many(partition, keys), strict=True))
+        unheld = sorted({campaign for (campaign, _), value in stored.items() if value is None})
+        found = table.get_many(partition, [campaign_entry_key(c) for c in unheld])
+        entries = {
+            campaign: CampaignEntry.decode(value) if value else None
+            for campaign, value in zip(unheld, found, strict=True)
+        }
+        admission = admit_windows(
+            windows,
+            lambda w: stored[w] is not None,
+            entries,
+            lambda w: len(windows[w].counted),
+        )
+        items: list[Item] = []
+        upserts = 0
+        for (window, work), key in zip(windows.items(), keys, strict=True):
+            if window in admission.refused:
+                continue
+            campaign, start = window
+            counts = load_window(stored[window], self.lg_k)
+            done.replayed += apply_increments(counts, work.counted)
+            if work.name is not None:
+                counts.named(work.name)
+            items.append((key, window_value(counts, now_ms)))
+            record = stats_record(campaign, label, start, size, counts, now_ms)
+            outputs.send(
+                self.stats_topic,
+                stats_upsert_key(campaign, label, start),
+                self.serde.encode("CampaignStats", record, self.stats_topic),
+            )
+            upserts += 1
+        for campaign in admission.new_campaigns:
+            items.append((campaign_entry_key(campaign), CampaignEntry(-1, now_ms).encode()))
+        if admission.refused:
+            done.refused += sum(admission.refused.values())
+            log.warning(
+                "%s windows: %d increments refused for %d expired windows, e.g. %s",
+                label,
+                sum(admission.refused.values()),
+                len(admission.refused),
+                sorted(admission.refused)[:3],
+            )
+        table.send_changelog(partition, items, outputs)
+        done.upserts[label] = done.upserts.get(label, 0) + upserts
+        return items
+
+    # -- expiry --------------------------------------------------------------------------
+
+    async def expire(self, outputs: Outputs, partitions: Iterable[int], now_ms: int) -> int:
+        """Delete the windows idle for the retention in ``partitions`` (the stats partitions
+        this worker is active for: a standby follows the changelog's tombstones). Returns how
+        many expired."""
+        expired = 0
+        async with self.lock:
+            writes: list[tuple[WindowedTable, int, list[Item]]] = []
+            for label, table in self.tables.items():
+                open_here = set(table.partitions())
+                for partition in sorted(set(partitions) & open_here):
+                    plan = plan_expiry(
+                        table.scan(partition, b"0", _WINDOWS_END),
+                        (
+                            (key[len(CAMPAIGN_KEY_PREFIX) :].decode(), CampaignEntry.decode(v))
+                            for key, v in table.scan(partition, CAMPAIGN_KEY_PREFIX, _CAMPAIGNS_END)
+                        ),
+                        now_ms,
+                        self.retention_ms,
+                        self.window_size[label] * 1000,
+                    )
+                    # Tombstones first, then the entries: a changelog that has an entry
+                    # remembering a window has its tombstone too.
+                    items: list[Item] = [(key, None) for key in plan.deletes]
+                    items += [(campaign_entry_key(c), e.encode()) for c, e in plan.entries.items()]
+                    if items:
+                        table.send_changelog(partition, items, outputs)
+                        writes.append((table, partition, items))
+                    if plan.deletes:
+                        expired += len(plan.deletes)
+                        metrics.STATS_EXPIRED.labels(label).inc(len(plan.deletes))
+            if writes:
+                offsets = await outputs.seal()
+                for table, partition, items in writes:
+                    table.write(partition, items)
+                for table in self.tables.values():
+                    table.set_persisted_offsets(offsets)
+        return expired
+
+    # -- reading, for the query API ------------------------------------------------------
+
+    def has_window_size(self, label: str) -> bool:
+        return label in self.tables
+
+    def _held(
+        self, label: str, partition: int, key: bytes, r: TimeRange
+    ) -> tuple[list[HeldWindow], bool]:
+        """The campaign's windows in the range, and whether the table knows the campaign."""
+        table = self.tables[label]
+        keys = [window_key(start, key) for start in r.starts()]
+        values = table.get_many(partition, keys) if keys else []
+        held = [
+            HeldWindow(start, load_window(value, self.lg_k), window_updated_ms(value))
+            for start, value in zip(r.starts(), values, strict=True)
+            if value is not None
+        ]
+        if held:
+            return held, True
+        entry = table.get_many(partition, [campaign_entry_key(key.decode())])[0]
+        return held, entry is not None
+
+    def campaign(
+        self, label: str, partition: int, campaign: CampaignKey, r: TimeRange, *, series: bool
+    ) -> dict[str, Any] | None:
+        """One campaign's figures over ``r`` from this worker's partition ``partition``; None
+        when the table has never seen the campaign."""
+        windows, known = self._held(label, partition, campaign.key.encode(), r)
+        if not known:
+            return None
+        return campaign_figures(
+            _key_fields(campaign), windows, r.window_ms, self.lg_k, series=series
+        )
+
+    def campaigns(
+        self,
+        label: str,
+        partitions: Iterable[int],
+        r: TimeRange,
+        matches: Callable[[CampaignKey, str | None], bool],
+    ) -> list[dict[str, Any]]:
+        """Every campaign with a window in ``r`` in ``partitions``, that ``matches``."""
+        table = self.tables[label]
+        lower = window_key(r.from_ms, b"")
+        upper = window_key(r.to_ms, b"")
+        out: list[dict[str, Any]] = []
+        for partition in partitions:
+            found: dict[str, list[HeldWindow]] = {}
+            for key, value in table.scan(partition, lower, upper):
+                campaign, start = parse_window_key(key)
+                found.setdefault(campaign, []).append(
+                    HeldWindow(start, load_window(value, self.lg_k), window_updated_ms(value))
+                )
+            for campaign, windows in found.items():
+                try:
+                    parsed = CampaignKey.from_key(campaign)
+                except ValueError:
+                    continue  # not a key the API can name (an unknown vendor)
+                name = max((w.counts.name for w in windows if w.counts.name), default=None)
+                if matches(parsed, name[1] if name else None):
+                    out.append(
+                        campaign_figures(
+                            _key_fields(parsed), windows, r.window_ms, self.lg_k, series=False
+                        )
+                    )
+        return out
+
+
+def _key_fields(key: CampaignKey) -> dict[str, Any]:
+    return {
+        "vendor": key.vendor,
+        "app_id": key.app_id or None,
+        "campaign_id": key.campaign_id or None,
+    }
