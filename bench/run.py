@@ -315,6 +315,8 @@ class Pipeline:
                 env = dict(base)
                 env.update(self.settings_env(index))
                 env["CRM_METRICS_PORT"] = str(port)
+                # The query API is not measured; several workers would contend for its port.
+                env.setdefault("CRM_API_PORT", "0")
                 self._metrics_urls.append(f"http://127.0.0.1:{port}/metrics")
                 self._spawn([sys.executable, "-m", "crmcli", "worker"], env, index)
             self._last_progress = [0] * self.workers
