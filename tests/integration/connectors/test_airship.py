@@ -25,7 +25,8 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from prometheus_client import REGISTRY
 
-from connectors.airship import AirshipConnector, AirshipError, AirshipSettings, RunStats
+from connectors.airship.connector import AirshipConnector, AirshipError, RunStats
+from connectors.airship.settings import AirshipSettings
 from connectors.base import CheckpointStore
 from crmdemo.airship_replay import ReplayOptions, ReplayThread
 from crmstream.errors import ConfigError

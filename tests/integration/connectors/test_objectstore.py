@@ -29,7 +29,9 @@ from confluent_kafka import Message
 
 from connectors.base import RawPublisher
 from connectors.feeds import FLARELANE, LEANPLUM, PINPOINT_FIREHOSE, FeedProfile
-from connectors.objectstore import ObjectStoreSettings, ObjectStoreSource, SourceError
+from connectors.objectstore.errors import SourceError
+from connectors.objectstore.settings import ObjectStoreSettings
+from connectors.objectstore.source import ObjectStoreSource
 from crmdemo.generators import GENERATORS
 from crmdemo.samplefeeds import leanplum_parquet_row, leanplum_parquet_schema
 from crmstream.errors import BrokerError
@@ -523,7 +525,7 @@ def test_sample_feed_folder_through_the_connector(
     import random
     from collections import Counter
 
-    from connectors.objectstore import run_feed
+    from connectors.objectstore.cli import run_feed
     from crmdemo.samplefeeds import write_sample_feed
     from crmdemo.samples import campaigns
 
