@@ -88,6 +88,13 @@ def _cmd_connect(args: argparse.Namespace, settings: Settings) -> int:
     return entry.run(args, settings, EVENT_IDS[entry.vendor])
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="crm-stream",
@@ -161,6 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="the worker's metrics port (0: a free port)",
+    )
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="worker processes in one consumer group (at most CRM_PARTITIONS, 4 in the demo)",
     )
     p.set_defaults(func=_cmd_demo)
 

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -247,6 +247,21 @@ class VendorAccount:
         return self.canonical_out + self.duplicates + sum(self.dead_letters.values()) + self.skipped
 
 
+def scrape_all(urls: Iterable[str]) -> dict[str, VendorAccount]:
+    """The accounts of several workers of one group, added up."""
+    total = {v: VendorAccount() for v in VENDORS}
+    for url in urls:
+        for vendor, account in scrape(url).items():
+            mine = total[vendor]
+            mine.raw_in += account.raw_in
+            mine.canonical_out += account.canonical_out
+            mine.duplicates += account.duplicates
+            mine.skipped += account.skipped
+            for reason, n in account.dead_letters.items():
+                mine.dead_letters[reason] = mine.dead_letters.get(reason, 0) + n
+    return total
+
+
 def scrape(url: str) -> dict[str, VendorAccount]:
     with urllib.request.urlopen(url, timeout=2) as response:
         text = response.read().decode()
@@ -352,6 +367,35 @@ def broker_for(args: argparse.Namespace, workdir: Path) -> Iterator[str]:
         yield broker.bootstrap_servers
 
 
+def wait_ready(
+    workers: list[subprocess.Popen[bytes]], ports: list[int], steady_s: float = 3.0
+) -> None:
+    """Until every worker answers /readyz with 200 for ``steady_s`` in a row: the group is
+    formed and stable before records arrive, so no rebalance makes a worker process records
+    another one already did (harmless to the outputs, but the demo's counts are per process)."""
+    deadline = time.monotonic() + 120
+    steady_since: float | None = None
+    while time.monotonic() < deadline:
+        for worker in workers:
+            if worker.poll() is not None:
+                raise CrmStreamError(f"a worker exited with code {worker.returncode}")
+        ready = True
+        for port in ports:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5):
+                    pass
+            except OSError:
+                ready = False
+        if not ready:
+            steady_since = None
+        elif steady_since is None:
+            steady_since = time.monotonic()
+        elif time.monotonic() - steady_since >= steady_s:
+            return
+        time.sleep(0.5)
+    raise BrokerError("the workers did not become ready in 120 s")
+
+
 def start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("CRM_")}
     full_env.update(env)
@@ -387,15 +431,26 @@ def run(args: argparse.Namespace) -> int:
         metrics_port = args.worker_metrics_port or free_port()
         connector_metrics_port = args.metrics_port or free_port()
         env = demo_environ(bootstrap, metrics_port)
+        ports = [metrics_port] + [free_port() for _ in range(args.workers - 1)]
         settings = Settings.from_env(env)
         from processors.app import changelog_specs
 
         create_topics(settings, extra=changelog_specs(settings))
         print(f"broker {bootstrap}; topics under '{settings.topic_prefix}'", flush=True)
         samples = generate_samples(args.seed, args.events)
-        worker = start_worker(env, workdir / "worker.log")
+        workers: list[subprocess.Popen[bytes]] = []
         try:
-            print(f"worker metrics on http://127.0.0.1:{metrics_port}/metrics", flush=True)
+            for index, port in enumerate(ports):
+                worker_env = dict(env, CRM_METRICS_PORT=str(port))
+                if args.workers > 1:
+                    # One group; each worker its own state, as the Helm StatefulSet runs them.
+                    worker_env["CRM_DATA_DIR"] = str(workdir / f"worker-{index}")
+                name = "worker.log" if args.workers == 1 else f"worker-{index}.log"
+                workers.append(start_worker(worker_env, workdir / name))
+                print(f"worker metrics on http://127.0.0.1:{port}/metrics", flush=True)
+                # One at a time: two workers creating the same changelog topics at the same
+                # instant hung one of them for minutes on the embedded broker (Tansu).
+                wait_ready(workers, ports[: index + 1])
             # The connectors run in this process: their metrics are served from here.
             metrics.serve(connector_metrics_port)
             print(
@@ -407,9 +462,10 @@ def run(args: argparse.Namespace) -> int:
                 refused = f", refused at the source {feed.refused}" if feed.refused else ""
                 print(f"{vendor:<10} {feed.published:>6} raw records ({feed.how}){refused}")
             sys.stdout.flush()
-            return follow(args, settings, samples, feeds, worker, metrics_port)
+            return follow(args, settings, samples, feeds, workers, ports)
         finally:
-            stop_worker(worker)
+            for worker in workers:
+                stop_worker(worker)
 
 
 def follow(
@@ -417,22 +473,22 @@ def follow(
     settings: Settings,
     samples: dict[str, SampleSet],
     feeds: dict[str, FeedResult],
-    worker: subprocess.Popen[bytes],
-    metrics_port: int,
+    workers: list[subprocess.Popen[bytes]],
+    ports: list[int],
 ) -> int:
     published = {vendor: feed.published for vendor, feed in feeds.items()}
-    url = f"http://127.0.0.1:{metrics_port}/metrics"
     view = StatsView(settings)
     deadline = time.monotonic() + 300
     accounts: dict[str, VendorAccount] = {}
     try:
         while True:
-            if worker.poll() is not None:
-                raise CrmStreamError(
-                    f"the worker exited with code {worker.returncode}; see var/demo/worker.log"
-                )
+            for worker in workers:
+                if worker.poll() is not None:
+                    raise CrmStreamError(
+                        f"a worker exited with code {worker.returncode}; see var/demo/worker*.log"
+                    )
             with contextlib.suppress(OSError):
-                accounts = scrape(url)
+                accounts = scrape_all(f"http://127.0.0.1:{port}/metrics" for port in ports)
             view.poll()
             done = bool(accounts) and all(
                 accounts[v].raw_in >= published[v] and accounts[v].accounted == accounts[v].raw_in

@@ -110,6 +110,14 @@ class EmbeddedBroker:
             raise BrokerError(f"tansu exited with code {self._proc.returncode}")
         return self
 
+    @property
+    def pid(self) -> int:
+        """The broker's process id (fault drills pause it with SIGSTOP; a killed Tansu comes
+        back empty)."""
+        if self._proc is None:
+            raise BrokerError("the embedded broker is not running")
+        return int(self._proc.pid)
+
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
             self._proc.terminate()

@@ -6,7 +6,21 @@ error kinds, never an unbounded value (no ids, keys, URLs or campaign ids).
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import orjson
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 E2E_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
@@ -155,7 +169,65 @@ AIRSHIP_BEHIND = Gauge(
 )
 
 
-def serve(port: int) -> None:
-    """Expose ``/metrics`` on ``port`` (0 disables)."""
-    if port:
-        start_http_server(port)
+Check = Callable[[], tuple[bool, str]]
+"""A health check: ``(ok, detail)``. Called on the HTTP server's thread: it must be cheap and
+must not touch state another thread mutates without care."""
+
+
+@dataclass
+class Health:
+    """What ``/livez`` and ``/readyz`` report.
+
+    *Liveness*: the process can make progress (a stuck event loop, a dead internal thread or a
+    producer in a fatal state turn it red, and Kubernetes restarts the pod). *Readiness*: it is
+    connected and doing its job (in its consumer group, tables restored, Kafka reachable), so it
+    may serve and count as available; red while the broker is away or during a rebalance.
+    """
+
+    live: dict[str, Check] = field(default_factory=dict)
+    ready: dict[str, Check] = field(default_factory=dict)
+
+    def report(self, which: str) -> tuple[bool, dict[str, Any]]:
+        checks = self.live if which == "live" else {**self.live, **self.ready}
+        results: dict[str, Any] = {}
+        for name, check in checks.items():
+            try:
+                ok, detail = check()
+            except Exception as exc:  # a check that fails to run is a failing check
+                ok, detail = False, f"check raised {exc!r}"
+            results[name] = {"ok": ok, "detail": detail}
+        healthy = all(r["ok"] for r in results.values())
+        return healthy, {"status": "ok" if healthy else "failing", "checks": results}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    health: Health | None = None
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            body, status, kind = generate_latest(REGISTRY), 200, CONTENT_TYPE_LATEST
+        elif path in ("/livez", "/readyz") and self.health is not None:
+            ok, report = self.health.report("live" if path == "/livez" else "ready")
+            body, status, kind = orjson.dumps(report), 200 if ok else 503, "application/json"
+        else:
+            body, status, kind = b"not found\n", 404, "text/plain"
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return None  # probes every few seconds: not worth a log line each
+
+
+def serve(port: int, health: Health | None = None) -> int:
+    """Serve ``/metrics`` (and ``/livez``, ``/readyz`` with ``health``) on ``port`` in a
+    daemon thread; 0 disables. Returns the port."""
+    if not port:
+        return 0
+    handler = type("HealthHandler", (_Handler,), {"health": health})
+    server = ThreadingHTTPServer(("0.0.0.0", port), handler)
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+    return int(server.server_address[1])

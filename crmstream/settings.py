@@ -345,6 +345,21 @@ class Settings:
         positive(parse_int),
         "Max batch bytes of table changelog records (Tansu dev profile: 1, so restores are exact)",
     )
+    table_standby_replicas: int = setting(
+        "TABLE_STANDBY_REPLICAS",
+        1,
+        parse_int,
+        "Standby copies of each table partition kept warm on other workers (Faust's "
+        "table_standby_replicas): a partition moving to a worker that holds one restores only "
+        "the tail of its changelog. 0 saves CPU and disk with a single worker",
+    )
+    allow_state_reset: bool = setting(
+        "ALLOW_STATE_RESET",
+        False,
+        parse_bool,
+        "Go on when a raw partition's dedupe state is lost (changelog deleted or expired) from "
+        "the group's committed offsets; by default the worker stops (exit 78) and says so",
+    )
     max_message_bytes: int = setting(
         "MAX_MESSAGE_BYTES",
         1_000_000,
@@ -406,6 +421,8 @@ class Settings:
                 raise ConfigError(var, f"file not found: {path}")
         if self.replication_factor == 0 or self.replication_factor < -1:
             raise ConfigError("CRM_REPLICATION_FACTOR", "must be -1 (broker default) or >= 1")
+        if self.table_standby_replicas < 0:
+            raise ConfigError("CRM_TABLE_STANDBY_REPLICAS", "must be 0 or more")
         if self.dedupe_window_s < 86400:
             raise ConfigError(
                 "CRM_DEDUPE_WINDOW",

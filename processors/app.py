@@ -95,11 +95,16 @@ from processors.records import (
     stats_upsert_key,
     window_key,
 )
-from processors.state import WindowedTable
+from processors.state import WindowedTable, quarantine_corrupt_stores
 
 log = logging.getLogger("crmstream.worker")
 
 EXIT_BUG = 70  # EX_SOFTWARE: an unexpected error stopped the worker
+EXIT_STATE_LOST = 78  # EX_CONFIG: the dedupe state is gone; an operator must decide
+HEARTBEAT_S = 5.0
+# A loop that runs no timer for this long is stuck (liveness fails; Kubernetes restarts it).
+# Generous: a large table restore or a long GC pause is not stuck.
+STUCK_LOOP_S = 120.0
 
 # A raw partition's saved position lives in its dedupe table partition, next to the marks
 # (``__`` sorts after the window keys' digits, so window expiry never deletes it).
@@ -272,6 +277,7 @@ class Pipeline:
             key_serializer="raw",
             value_serializer="raw",
             table_cleanup_interval=60.0,
+            table_standby_replicas=settings.table_standby_replicas,
             **faust_broker_kwargs(settings),
         )
         app = self.app
@@ -308,6 +314,8 @@ class Pipeline:
         app.timer(interval=10.0, name="observe")(self._observe)
         app.timer(interval=5.0, name="positions")(self._watch_positions)
         app.timer(interval=60.0, name="expire")(self._expire)
+        app.timer(interval=HEARTBEAT_S, name="heartbeat")(self._beat)
+        self._heartbeat = time.monotonic()
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -362,6 +370,32 @@ class Pipeline:
         for name, table in self._all_tables().items():
             metrics.TABLE_KEYS.labels(name).set(_estimated_keys(table))
 
+    # -- health --------------------------------------------------------------------------
+
+    async def _beat(self) -> None:
+        self._heartbeat = time.monotonic()
+
+    def health(self) -> metrics.Health:
+        """``/livez`` and ``/readyz`` of the worker (on its metrics port; the chart's probes)."""
+        return metrics.Health(
+            live={"event_loop": self._loop_alive, "outputs": self.outputs.alive},
+            ready={"group": self._in_group, "kafka": self.outputs.reachable},
+        )
+
+    def _loop_alive(self) -> tuple[bool, str]:
+        age = time.monotonic() - self._heartbeat
+        if age > STUCK_LOOP_S:
+            return False, f"the event loop ran no timer for {age:.0f}s"
+        return True, f"timer ran {age:.0f}s ago"
+
+    def _in_group(self) -> tuple[bool, str]:
+        app = self.app
+        if not faust_compat.recovered(app):
+            return False, "joining the group / restoring tables"
+        if app.rebalancing:
+            return False, "rebalancing"
+        return True, f"in the group, {len(self.positions.tracked())} partitions assigned"
+
     # -- positions -----------------------------------------------------------------------
 
     def committable(self, tp: Any) -> int | None:
@@ -400,6 +434,9 @@ class Pipeline:
             ]
             ends = await asyncio.to_thread(self.probe.ends, output_tps)
             self._raise_floors({tp: end - 1 for tp, end in ends.items()})
+        lost = [tp for tp in raw if saved[tp] is None and committed[tp] is not None]
+        if lost and not self.settings.allow_state_reset:
+            _stop_state_lost(lost, committed)
         unplaced = [tp for tp in raw + stats if saved.get(tp) is None and committed[tp] is None]
         starts = await asyncio.to_thread(self.probe.starts, unplaced) if unplaced else {}
 
@@ -1043,6 +1080,23 @@ def _by_partition(
     return out
 
 
+def _stop_state_lost(lost: list[Any], committed: dict[Any, int | None]) -> None:
+    """Raw partitions the group has processed (a committed offset) whose dedupe state is in
+    neither the local store nor the changelog: going on would let through a copy of every event
+    seen before. Stop, and say what to do (a commit is only made once the position is in the
+    changelog, so this means the changelog lost it: deleted, or expired by retention)."""
+    names = ", ".join(f"{tp.topic}/{tp.partition} (committed {committed[tp]})" for tp in lost)
+    log.critical(
+        "dedupe state lost for %s: neither the local store nor the changelog holds their "
+        "position. Restore the changelog topic, or set CRM_ALLOW_STATE_RESET=true to go on from "
+        "the committed offsets (events seen before may then be emitted again)",
+        names,
+    )
+    logging.shutdown()
+    sys.stderr.flush()
+    os._exit(EXIT_STATE_LOST)
+
+
 def _names(offsets: dict[Any, int]) -> str:
     return ", ".join(f"{tp.topic}/{tp.partition}@{o}" for tp, o in offsets.items())
 
@@ -1105,8 +1159,10 @@ def run_worker(settings: Settings) -> int:
     use_event_loop(settings.event_loop)
     create_topics(settings, extra=changelog_specs(settings))
     (settings.data_path / "faust").mkdir(parents=True, exist_ok=True)
-    metrics.serve(settings.metrics_port)
+    quarantine_corrupt_stores(settings.data_path / "faust")
     pipeline = create_pipeline(settings)
+    # /metrics, /livez and /readyz (the chart's probes).
+    metrics.serve(settings.metrics_port, pipeline.health())
     worker = faust.Worker(
         pipeline.app,
         loglevel=settings.log_level.lower(),

@@ -126,6 +126,11 @@ def rocksdb_partitions(table: Any) -> dict[int, Any]:
     return dict(getattr(table.data, "_dbs", {}))
 
 
+def recovered(app: Any) -> bool:
+    """Whether the tables finished their first restore (Faust's ``Recovery.completed``)."""
+    return bool(app.tables.recovery.completed.is_set())
+
+
 def committed_offset(consumer: Any, tp: Any) -> int | None:
     """The group's committed offset of ``tp`` as the last seek found it (None when there is
     none, or it is 0: nothing processed)."""

@@ -22,7 +22,7 @@ import threading
 from collections.abc import Awaitable
 from typing import Any, Protocol
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from crmstream.errors import BrokerError
 from crmstream.kafka import producer_config
@@ -58,6 +58,10 @@ class Outputs(Protocol):
         when every record of the sealed batch is acknowledged (raises if one was not), with the
         newest offset of every partition among them."""
         ...
+
+    def alive(self) -> tuple[bool, str]: ...
+
+    def reachable(self, timeout: float = 3.0) -> tuple[bool, str]: ...
 
     def close(self) -> None: ...
 
@@ -127,9 +131,15 @@ class ConfluentOutputs:
     def __init__(self, settings: Settings) -> None:
         # A short linger: a batch is awaited as a whole, so records of one batch should travel
         # together, but the batch's latency is bounded by it.
+        self._fatal: str | None = None
         self._producer = Producer(
             producer_config(
-                settings, **{"linger.ms": 5, "message.max.bytes": settings.max_message_bytes}
+                settings,
+                **{
+                    "linger.ms": 5,
+                    "message.max.bytes": settings.max_message_bytes,
+                    "error_cb": self._on_error,
+                },
             )
         )
         # Table changelog records get their own producer, batched by CRM_CHANGELOG_MAX_BATCH_BYTES
@@ -144,10 +154,33 @@ class ConfluentOutputs:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="outputs-poll", daemon=True)
         self._batches: dict[asyncio.Task[Any] | None, _Batch] = {}
+        self._started = False
 
     async def start(self) -> None:
         if not self._thread.is_alive():
             self._thread.start()
+            self._started = True
+
+    def _on_error(self, error: KafkaError) -> None:
+        if error.fatal():
+            self._fatal = error.str()
+
+    def alive(self) -> tuple[bool, str]:
+        """Liveness: the delivery-report thread runs and the producer is not in a fatal state
+        (after which it never delivers again: the worker exits 70 on the next batch)."""
+        if self._fatal is not None:
+            return False, f"producer fatal error: {self._fatal}"
+        if self._started and not self._thread.is_alive():
+            return False, "the delivery-report thread stopped"
+        return True, "producing"
+
+    def reachable(self, timeout: float = 3.0) -> tuple[bool, str]:
+        """Readiness: the cluster answers a metadata request."""
+        try:
+            self._producer.list_topics(timeout=timeout)
+        except KafkaException as exc:
+            return False, f"Kafka unreachable: {exc}"
+        return True, "Kafka reachable"
 
     def _poll(self) -> None:
         while not self._stop.is_set():

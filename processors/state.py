@@ -22,7 +22,10 @@ byte for byte.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any, Protocol, cast
 
 import rocksdict
@@ -30,6 +33,8 @@ from faust.types import TP
 
 from processors import faust_compat
 from processors.records import window_key
+
+log = logging.getLogger("crmstream.worker")
 
 OFFSET_KEY_PREFIX = b"__faust"  # Faust keeps the persisted changelog offset under this key
 
@@ -112,3 +117,32 @@ class WindowedTable:
             # Keys below b"0" and Faust's offset key (b"__faust...") sort outside the range.
             db.delete_range(b"0", upper)
         return len(dbs)
+
+
+def quarantine_corrupt_stores(root: Path) -> list[Path]:
+    """Move aside every local RocksDB store under ``root`` that does not open (read-only): its
+    table partitions are then restored from their changelogs, as after a lost disk, instead of
+    the worker failing on them at every start. The moved stores stay for inspection
+    (``<name>.corrupt-<epoch s>``)."""
+    moved: list[Path] = []
+    for store in sorted(root.glob("**/tables/*.db")):
+        try:
+            db = rocksdict.Rdict(
+                str(store),
+                options=rocksdict.Options(raw_mode=True),
+                access_type=rocksdict.AccessType.read_only(),
+            )
+        except Exception as exc:  # rocksdict raises a bare Exception("Corruption: ...")
+            target = store.with_name(f"{store.name}.corrupt-{int(time.time())}")
+            store.rename(target)
+            log.error(
+                "local table store %s does not open (%s); moved to %s, its partition is "
+                "restored from the changelog",
+                store,
+                str(exc)[:300],
+                target.name,
+            )
+            moved.append(target)
+        else:
+            db.close()
+    return moved

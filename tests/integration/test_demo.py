@@ -14,12 +14,16 @@ import pytest
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_demo_once_balances_and_matches_the_samples(
-    crm_env_factory: Callable[..., dict[str, str]], kafka_bootstrap: str, tmp_path: Path
+    workers: int,
+    crm_env_factory: Callable[..., dict[str, str]],
+    kafka_bootstrap: str,
+    tmp_path: Path,
 ) -> None:
     summary_path = tmp_path / "summary.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRM_")}
-    env.update(crm_env_factory(CRM_DATA_DIR=str(tmp_path / "state")))
+    env.update(crm_env_factory(CRM_DATA_DIR=str(tmp_path / "state"), CRM_PARTITIONS="4"))
     del env["CRM_METRICS_PORT"]  # the demo picks a free port for its worker
     result = subprocess.run(
         [
@@ -34,6 +38,8 @@ def test_demo_once_balances_and_matches_the_samples(
             str(summary_path),
             "--bootstrap-servers",
             kafka_bootstrap,
+            "--workers",
+            str(workers),
         ],
         env=env,
         capture_output=True,

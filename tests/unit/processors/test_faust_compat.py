@@ -89,3 +89,9 @@ def test_other_library_versions_stop_the_worker_with_a_clear_message(
     monkeypatch.setitem(faust_compat.VERSIONS, "faust-streaming", "0.99.0")
     with pytest.raises(CrmStreamError, match=r"faust-streaming 0\.15\.3 \(needs 0\.99\.0\)"):
         faust_compat.check_versions()
+
+
+def test_recovery_completion_is_read_from_faust(app: faust.App) -> None:
+    assert faust_compat.recovered(app) is False
+    app.tables.recovery.completed.set()
+    assert faust_compat.recovered(app) is True
