@@ -8,20 +8,44 @@ called by a connector once :meth:`RawPublisher.flush` has returned without error
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import fields
 from typing import Any, TypeVar
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from crmstream.errors import BrokerError
 from crmstream.kafka import consumer_config, producer_config
+from crmstream.metrics import Check, Health
 from crmstream.settings import Settings, describe_fields, values_from_env
 from crmstream.topics import H_APP_ID, H_FORMAT, H_INGESTED_AT, H_SOURCE, H_VENDOR, raw_topic
 
 _S = TypeVar("_S")
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MESSAGE_MAX_BYTES = 1_000_000  # librdkafka's message.max.bytes default
+HEADER_ALLOWANCE = 512  # room for the raw-topic headers and the record's framing
+
+# Delivery errors after which an idempotent producer publishes nothing more: its producer id or
+# epoch is no longer the broker's (seen on Tansu after a broker paused for ~10 s: every later
+# record fails with "a newer producer ... fences the current one"; after a broker replacement:
+# UNKNOWN_PRODUCER_ID). librdkafka does not always raise them as fatal; a new producer fixes it.
+BROKEN_PRODUCER_CODES = frozenset(
+    {
+        KafkaError._FATAL,
+        KafkaError._FENCED,
+        KafkaError.PRODUCER_FENCED,
+        KafkaError.INVALID_PRODUCER_EPOCH,
+        KafkaError.UNKNOWN_PRODUCER_ID,
+        KafkaError.INVALID_PRODUCER_ID_MAPPING,
+        KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER,
+    }
+)
 
 
 KeyFunction = Callable[[Mapping[str, Any]], str | None]
@@ -49,13 +73,31 @@ class RawPublisher:
         *,
         app_id: str | None = None,
         producer: Producer | None = None,
+        config: Mapping[str, Any] | None = None,
     ) -> None:
         self.vendor = vendor
         self.topic = settings.topic(raw_topic(vendor))
         self.app_id = app_id
-        self._producer = producer or Producer(producer_config(settings))
+        self.fatal_error: str | None = None
+        """librdkafka's fatal error (an idempotent producer fenced or its id lost): the producer
+        can publish nothing more. A long-lived connector rebuilds its publisher; others stop."""
+        conf = producer_config(settings, **(config or {}))
+        self.max_record_bytes = (
+            int(conf.get("message.max.bytes", DEFAULT_MESSAGE_MAX_BYTES)) - HEADER_ALLOWANCE
+        )
+        if producer is None:
+            conf["error_cb"] = self._on_client_error
+            producer = Producer(conf)
+        self._producer = producer
         self._failures: list[str] = []
         self.acked = 0
+
+    def _on_client_error(self, err: KafkaError) -> None:
+        if err.fatal() or err.code() in BROKEN_PRODUCER_CODES:
+            self.fatal_error = err.str()
+            log.error("Kafka producer for %s is in a fatal state: %s", self.topic, err.str())
+        else:
+            log.debug("Kafka client error for %s: %s", self.topic, err.str())
 
     def publish(
         self,
@@ -81,6 +123,8 @@ class RawPublisher:
 
         def delivered(err: KafkaError | None, _msg: Message) -> None:
             if err is not None:
+                if err.fatal() or err.code() in BROKEN_PRODUCER_CODES:
+                    self.fatal_error = self.fatal_error or err.str()
                 if on_error is not None:
                     on_error(f"{source}: {err.str()}")
                 else:
@@ -100,6 +144,27 @@ class RawPublisher:
                 # Local queue full: serve delivery callbacks until there is room.
                 self._producer.poll(0.1)
         self._producer.poll(0)
+
+    def reachable(self, timeout: float = 5.0) -> bool:
+        """Whether the cluster answers a metadata request for the raw topic within ``timeout``
+        (a paused or unreachable broker does not)."""
+        try:
+            self._producer.list_topics(self.topic, timeout=timeout)
+        except KafkaException:
+            return False
+        return True
+
+    def abandon(self, timeout: float = 1.0) -> None:
+        """Give up every record not yet acknowledged (each gets its error callback) and release
+        the producer: used when a fatal error has made it useless."""
+        try:
+            self._producer.purge()
+        except (KafkaException, RuntimeError) as exc:
+            log.debug("purge after fatal error: %s", exc)
+        try:
+            self._producer.flush(timeout)
+        except (KafkaException, RuntimeError) as exc:
+            log.debug("flush after fatal error: %s", exc)
 
     def poll(self, timeout: float = 0.0) -> int:
         """Serve delivery callbacks; a receiver that never calls :meth:`flush` polls from a
@@ -232,3 +297,72 @@ def settings_from_env(
 def describe_settings(cls: type[Any], instance: Any) -> list[tuple[str, str, str]]:
     """(variable, current value, description) rows of a connector's settings; secrets masked."""
     return describe_fields(instance)
+
+
+class KafkaWatch:
+    """A connector's Kafka side for ``/livez`` and ``/readyz`` (``crmstream.metrics.Health``).
+
+    A daemon thread asks the cluster for the raw topic's metadata every ``interval`` seconds
+    through the connector's own producer: *ready* while the last answer came, *live* while the
+    producer is not in a fatal state. ``publisher`` is called each time, so a connector that
+    rebuilds its publisher is watched through the new one.
+    """
+
+    def __init__(
+        self,
+        publisher: Callable[[], RawPublisher],
+        *,
+        interval: float = 2.0,
+        timeout: float = 3.0,
+    ) -> None:
+        self._publisher = publisher
+        self.interval = interval
+        self.timeout = timeout
+        self._ok = False
+        self._detail = "not checked yet"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> KafkaWatch:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="kafka-watch", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            publisher = self._publisher()
+            try:
+                ok = publisher.reachable(self.timeout)
+            except Exception as exc:  # a probe that cannot run is a failed probe
+                ok = False
+                log.warning("Kafka reachability probe failed: %r", exc)
+            self._ok = ok
+            self._detail = (
+                f"{publisher.topic} metadata answered"
+                if ok
+                else f"no metadata for {publisher.topic} in {self.timeout}s"
+            )
+            self._stop.wait(self.interval)
+
+    def ready(self) -> tuple[bool, str]:
+        """Kafka answered the last metadata request."""
+        return self._ok, self._detail
+
+    def live(self) -> tuple[bool, str]:
+        """The producer can still publish (no fatal error) and the watch itself runs."""
+        fatal = self._publisher().fatal_error
+        if fatal is not None:
+            return False, f"producer in a fatal state: {fatal}"
+        if self._thread is None or not self._thread.is_alive():
+            return False, "Kafka watch thread is not running"
+        return True, "producer usable"
+
+
+def connector_health(watch: KafkaWatch, **live: Check) -> Health:
+    """``/livez``: the producer (and the connector's own ``live`` checks, e.g. its loop thread);
+    ``/readyz``: also Kafka reachable."""
+    return Health(live={"producer": watch.live, **live}, ready={"kafka": watch.ready})

@@ -40,8 +40,10 @@ from confluent_kafka import KafkaException
 
 from connectors.base import (
     CheckpointStore,
+    KafkaWatch,
     KeyFunction,
     RawPublisher,
+    connector_health,
     now_ms,
     settings_from_env,
 )
@@ -691,8 +693,9 @@ def config_from_args(args: argparse.Namespace) -> KinesisSettings:
 
 def run(args: argparse.Namespace, settings: Settings, key_of: KeyFunction) -> int:
     config = config_from_args(args)
-    metrics.serve(settings.metrics_port)
     source = KinesisSource(config, settings, key_of=key_of)
+    watch = KafkaWatch(lambda: source.publisher).start()
+    metrics.serve(settings.metrics_port, connector_health(watch))
     check_stream(source)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: source.stop())

@@ -10,6 +10,7 @@ import signal
 
 from connectors.airship.connector import CONNECTOR, AirshipConnector, RunStats
 from connectors.airship.settings import AirshipSettings
+from connectors.base import KafkaWatch, connector_health
 from crmstream import metrics
 from crmstream.settings import Settings
 
@@ -64,19 +65,21 @@ def options_from_args(args: argparse.Namespace) -> dict[str, str | None]:
     }
 
 
-async def _main(config: AirshipSettings, settings: Settings) -> RunStats:
+async def _main(connector: AirshipConnector) -> RunStats:
+    """SIGTERM or SIGINT: stop reading, settle (flush, checkpoint what Kafka acknowledged)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    connector = AirshipConnector(config, settings)
     return await connector.run(stop)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     config = AirshipSettings.from_env(options=options_from_args(args))
-    metrics.serve(settings.metrics_port)
+    connector = AirshipConnector(config, settings)
+    watch = KafkaWatch(lambda: connector.publisher).start()
+    metrics.serve(settings.metrics_port, connector_health(watch))
     log.info(
         "streaming %s (%s) into %s",
         config.endpoint,
@@ -84,7 +87,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         settings.topic("raw.airship"),
         extra={"connector": CONNECTOR},
     )
-    stats = asyncio.run(_main(config, settings))
+    stats = asyncio.run(_main(connector))
     print(
         f"airship: {stats.records} records, {stats.bytes} bytes, {stats.reconnects} reconnects, "
         f"checkpoint {stats.checkpoint}",

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 from typing import Any
 
 import orjson
 
-from connectors.base import KeyFunction
+from connectors.base import KafkaWatch, KeyFunction, connector_health
 from connectors.feeds import FeedProfile
 from connectors.objectstore.settings import RETRY_MODES, ObjectStoreSettings
 from connectors.objectstore.source import ObjectStoreSource, PassStats
@@ -76,8 +77,12 @@ def run(
     profile: FeedProfile, args: argparse.Namespace, settings: Settings, key_of: KeyFunction
 ) -> int:
     config = settings_from_args(args)
-    metrics.serve(settings.metrics_port)
-    total = ObjectStoreSource(profile, config, settings, key_of=key_of).run()
+    source = ObjectStoreSource(profile, config, settings, key_of=key_of)
+    watch = KafkaWatch(lambda: source.publisher).start()
+    metrics.serve(settings.metrics_port, connector_health(watch))
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: source.stop())
+    total = source.run()
     print(
         orjson.dumps(
             {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -49,6 +50,10 @@ class PassStats:
             self.errors[kind] = self.errors.get(kind, 0) + n
 
 
+class _Stopped(Exception):
+    """:meth:`ObjectStoreSource.stop` was called; raised where the run can end cleanly."""
+
+
 class ObjectStoreSource:
     """Lists a feed's objects and publishes their records to the vendor's raw topic."""
 
@@ -81,6 +86,13 @@ class ObjectStoreSource:
         self._records_since_commit = 0
         self._dead_letters: tuple[Any, Any] | None = None
         self._connector = profile.connector
+        self._stopping = threading.Event()
+        self._pass = PassStats()
+
+    def stop(self) -> None:
+        """Ask the run to end (SIGTERM): the object being read is checkpointed at the last row
+        Kafka acknowledged and :meth:`run` returns; a restart resumes at that row."""
+        self._stopping.set()
 
     # positions ------------------------------------------------------------------------------
 
@@ -272,6 +284,9 @@ class ObjectStoreSource:
                 self._records_since_commit += 1
                 if self._records_since_commit >= self.config.checkpoint_every:
                     self._checkpoint(obj, rows_done, format=reader.fmt)
+                if self._stopping.is_set():
+                    self._checkpoint(obj, rows_done, format=reader.fmt)
+                    raise _Stopped
         except ObjectReadError as exc:
             # Publish what was readable, dead-letter the object, then park it: it is retried
             # only if its ETag changes. Dead letter before checkpoint: at least once.
@@ -315,7 +330,7 @@ class ObjectStoreSource:
 
     def poll(self) -> PassStats:
         """One listing pass and the ingestion of everything it found pending."""
-        stats = PassStats()
+        stats = self._pass = PassStats()
         pending = self.list_pending(stats)
         self._set_lag(pending)
         # Small objects are fetched a few ahead: one GET costs tens of milliseconds, and a backlog
@@ -331,6 +346,8 @@ class ObjectStoreSource:
             for j in range(PREFETCH_DEPTH):
                 prefetch(j)
             for i, obj in enumerate(pending):
+                if self._stopping.is_set():
+                    raise _Stopped
                 prefetch(i + PREFETCH_DEPTH)
                 try:
                     self.ingest(obj, stats, ahead.pop(i, None))
@@ -357,15 +374,19 @@ class ObjectStoreSource:
         """
         total = PassStats()
         failures = 0
-        while True:
+        while not self._stopping.is_set():
             try:
                 stats = self.poll()
+            except _Stopped:
+                total.add(self._pass)
+                log.info("stopped; positions checkpointed", extra={"connector": self._connector})
+                return total
             except TransientSourceError as exc:
                 failures += 1
                 log.warning("pass failed (%d in a row): %s", failures, exc)
                 if self.config.once and failures >= max_transient_failures:
                     raise
-                time.sleep(min(60.0, 0.5 * 2**failures))
+                self._stopping.wait(min(60.0, 0.5 * 2**failures))
                 continue
             failures = 0
             total.add(stats)
@@ -373,4 +394,5 @@ class ObjectStoreSource:
             if self.config.once and nothing_new:
                 return total
             if not self.config.once:
-                time.sleep(self.config.poll_interval_s)
+                self._stopping.wait(self.config.poll_interval_s)
+        return total

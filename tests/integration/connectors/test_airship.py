@@ -630,3 +630,13 @@ def test_sigterm_flushes_and_checkpoints_what_was_published(
     assert published == [f"evt-{i:05d}" for i in range(len(published))]
     assert saved == offset_of(len(published) - 1)
     assert f"checkpoint {saved}" in out.decode()
+    # The restart resumes after the checkpoint: every event exactly once (issue 14).
+    with replay(path, interval_s=0.0) as server:
+        done = subprocess.run(
+            [*cmd[:-4], "--url", server.url, "--stop-after-idle", "2s"],
+            env=env,
+            capture_output=True,
+            timeout=90,
+        )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert sorted(ids(consume_raw(settings, 400))) == [f"evt-{i:05d}" for i in range(400)]

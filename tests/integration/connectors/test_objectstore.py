@@ -483,6 +483,47 @@ def test_cli_killed_with_sigkill_and_restarted(kafka: Settings, tmp_path: Path) 
     assert keys == {f"s{i:06d}".encode() for i in range(n)}
 
 
+def test_cli_sigterm_checkpoints_and_a_restart_republishes_nothing(
+    kafka: Settings, tmp_path: Path
+) -> None:
+    """SIGTERM mid-file (no mid-file checkpoint configured): exit 0 with the acknowledged rows
+    checkpointed, so the restart publishes exactly the rest: every id once (issue 14)."""
+    feed = tmp_path / "feed" / "dt=2024-03-05"
+    feed.mkdir(parents=True)
+    n = 100_000
+    (feed / "big.json").write_bytes(lines([lp(f"t{i:06d}") for i in range(n)]))
+    env = {
+        **os.environ,
+        "CRM_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "CRM_TOPIC_PREFIX": kafka.topic_prefix,
+        "CRM_METRICS_PORT": "0",
+        "CRM_LOG_LEVEL": "WARNING",
+    }
+    cmd = [
+        sys.executable, "-m", "crmcli", "connect", "leanplum",
+        "--source", f"file://{tmp_path / 'feed'}", "--once", "--checkpoint-every", "10000000",
+    ]  # fmt: skip
+    child = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        read_topic(
+            kafka, kafka.topic("raw.leanplum"), until=lambda r: len(r) >= 5000, timeout=60, idle=0
+        )
+        assert child.poll() is None, "the connector finished before it could be stopped"
+        child.send_signal(signal.SIGTERM)
+        out, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 0, err.decode()[-2000:]
+    first = orjson.loads(out.splitlines()[-1])["records"]
+    assert 0 < first < n, "stopped mid-file"
+    done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, timeout=180)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert orjson.loads(done.stdout.splitlines()[-1])["records"] == n - first
+    keys = [m.key() for m in raw(kafka, "leanplum", n, timeout=120)]
+    assert sorted(keys) == [f"t{i:06d}".encode() for i in range(n)]  # each exactly once
+
+
 def test_broker_down_is_not_checkpointed(bucket: tuple[Any, str], moto_endpoint: str) -> None:
     """With no broker to acknowledge, flush fails and no checkpoint is written past it."""
     client, name = bucket
