@@ -5,6 +5,7 @@ Every check counts records by consuming the raw topic, never by watermark (Tansu
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import http.client
 import http.server
@@ -318,6 +319,71 @@ def test_empty_truncated_and_corrupt_objects_never_crash_loop(
     assert cut["source_position"] == f"s3://{name}/dt=2024-03-05/cut.json.gz#{readable}"
     bad = letters[f"s3://{name}/dt=2024-03-05/bad.parquet".encode()]
     assert bad["reason"] == "unreadable_object:corrupt_parquet" and bad["raw"] == b""
+
+
+def test_firehose_zip_snappy_and_hadoop_snappy_objects(
+    kafka: Settings, bucket: tuple[Any, str], moto_endpoint: str
+) -> None:
+    """Issue 14: every compression Firehose writes is read (no extension: sniffed); an object in
+    none of them is one ``unreadable_object`` dead letter and a counted failure, never binary
+    "records" on the raw topic."""
+    import io
+    import zipfile
+
+    import snappy  # python-snappy writes the objects: an implementation independent of ours
+
+    client, name = bucket
+
+    def doc(codec: str, i: int) -> dict[str, Any]:
+        return {"event_type": "_campaign.send", "client": {"client_id": f"{codec}{i}"}, "n": i}
+
+    def body(codec: str) -> bytes:
+        return lines([doc(codec, i) for i in range(1000)])
+
+    packed = io.BytesIO()
+    with zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("records", body("zip"))
+    objects = {
+        "zip": packed.getvalue(),
+        "snappy": bytes(snappy.StreamCompressor().add_chunk(body("snappy"))),
+        "hadoop": bytes(snappy.HadoopStreamCompressor().add_chunk(body("hadoop"))),
+        "bzip2": bz2.compress(body("bzip2")),
+    }
+    for codec, content in objects.items():
+        client.put_object(Bucket=name, Key=f"2024/03/05/10/stream-{codec}", Body=content)
+    failed_before = _metric(
+        "crm_objectstore_objects_ingested_total", connector="pinpoint-firehose", outcome="failed"
+    )
+
+    stats = source(PINPOINT_FIREHOSE, kafka, f"s3://{name}", moto_endpoint).run()
+
+    assert (stats.ingested, stats.failed, stats.records) == (3, 1, 3000)
+    assert stats.errors == {"unknown_format": 1}
+    failed_after = _metric(
+        "crm_objectstore_objects_ingested_total", connector="pinpoint-firehose", outcome="failed"
+    )
+    assert failed_after - failed_before == 1
+    got = raw(kafka, "pinpoint", 3000, timeout=90)
+    clients = sorted(orjson.loads(m.value())["client"]["client_id"] for m in got)
+    assert clients == sorted(f"{c}{i}" for c in ("zip", "snappy", "hadoop") for i in range(1000))
+    assert {headers(m)["format"] for m in got} == {
+        "json-lines+zip",
+        "json-lines+snappy",
+        "json-lines+hadoop-snappy",
+    }
+    dead = read_topic(
+        kafka, kafka.topic("dead-letter"), until=lambda r: len(r) >= 1, timeout=30, idle=1.0
+    )
+    assert len(dead) == 1
+    letter = AvroSerde(kafka).decode(dead[0].value())[1]
+    assert letter["reason"] == "unreadable_object:unknown_format"
+    assert dead[0].key() == f"s3://{name}/2024/03/05/10/stream-bzip2".encode()
+
+
+def _metric(name: str, **labels: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 def test_missing_bucket_is_a_clear_error_not_a_retry(kafka: Settings, moto_endpoint: str) -> None:

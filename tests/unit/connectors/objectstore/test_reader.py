@@ -151,3 +151,76 @@ def test_gzipped_parquet_is_unpacked(tmp_path: Path) -> None:
     (tmp_path / "p.parquet").unlink()
     fmt, rows = _read(tmp_path, "p.parquet.gz")
     assert fmt == "parquet+gzip" and len(rows) == 5
+
+
+# --- Firehose's other compressions (issue 14) -----------------------------------------------
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, content in members.items():
+            archive.writestr(name, content)
+    return buffer.getvalue()
+
+
+def _hadoop_snappy(data: bytes) -> bytes:
+    import snappy  # python-snappy: an implementation independent of the reader's
+
+    return bytes(snappy.HadoopStreamCompressor().add_chunk(data))
+
+
+def _framed_snappy(data: bytes) -> bytes:
+    import snappy
+
+    return bytes(snappy.StreamCompressor().add_chunk(data))
+
+
+PINPOINT = [{"event_type": "_campaign.send", "n": i, "pad": "x" * (i % 50)} for i in range(3000)]
+PINPOINT_LINES = b"".join(orjson.dumps(d) + b"\n" for d in PINPOINT)
+
+
+@pytest.mark.parametrize(
+    ("pack", "fmt"),
+    [
+        (lambda d: _zip({"firehose-1": d}), "json-lines+zip"),
+        (_framed_snappy, "json-lines+snappy"),
+        (_hadoop_snappy, "json-lines+hadoop-snappy"),
+    ],
+)
+def test_zip_snappy_and_hadoop_snappy_objects_are_read(tmp_path: Path, pack: Any, fmt: str) -> None:
+    """Firehose objects have no extension: the codec is sniffed from the content."""
+    (tmp_path / "obj").write_bytes(pack(PINPOINT_LINES))
+    got_fmt, rows = _read(tmp_path, "obj")
+    assert got_fmt == fmt
+    assert [d for _, _, d in rows] == PINPOINT
+    assert [i for i, _, _ in _read(tmp_path, "obj", skip=2990)[1]] == list(range(2990, 3000))
+
+
+def test_zip_members_are_read_in_archive_order(tmp_path: Path) -> None:
+    (tmp_path / "two.zip").write_bytes(_zip({"b": b'{"n": 1}\n', "a": b'{"n": 2}\n'}))
+    assert [d for _, _, d in _read(tmp_path, "two.zip")[1]] == [{"n": 1}, {"n": 2}]
+
+
+@pytest.mark.parametrize(
+    ("content", "kind"),
+    [
+        (_zip({"f": PINPOINT_LINES})[:-40], "corrupt_zip"),
+        (b"PK\x03\x04" + b"\x00" * 60, "corrupt_zip"),
+        (_framed_snappy(PINPOINT_LINES)[:-7], "corrupt_snappy"),
+        (_framed_snappy(PINPOINT_LINES)[:40] + b"\x00" * 40, "corrupt_snappy"),
+        (_hadoop_snappy(PINPOINT_LINES)[:-7], "corrupt_hadoop_snappy"),
+        (b"BZh91AY&SY" + bytes(range(64)), "unknown_format"),  # bzip2: not a Firehose codec
+        (gzip.compress(b"\x00\x01\x02binary inside gzip"), "unknown_format"),
+    ],
+)
+def test_unreadable_compressed_objects_are_typed_errors(
+    tmp_path: Path, content: bytes, kind: str
+) -> None:
+    (tmp_path / "bad").write_bytes(content)
+    with pytest.raises(ObjectReadError) as err:
+        _read(tmp_path, "bad")
+    assert err.value.kind == kind
