@@ -17,12 +17,22 @@ from typing import Any, TypeVar
 
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
-from crmstream.errors import BrokerError
-from crmstream.kafka import consumer_config, producer_config
+from crmstream.errors import BrokerError, ConfigError
+from crmstream.kafka import client_config, consumer_config, producer_config
 from crmstream.metrics import Check, Health
 from crmstream.settings import Settings, describe_fields, values_from_env
-from crmstream.topics import H_APP_ID, H_FORMAT, H_INGESTED_AT, H_SOURCE, H_VENDOR, raw_topic
+from crmstream.topics import (
+    H_APP_ID,
+    H_FORMAT,
+    H_INGESTED_AT,
+    H_SOURCE,
+    H_VENDOR,
+    create_topics,
+    raw_topic,
+    topic_specs,
+)
 
 _S = TypeVar("_S")
 
@@ -366,3 +376,38 @@ def connector_health(watch: KafkaWatch, **live: Check) -> Health:
     """``/livez``: the producer (and the connector's own ``live`` checks, e.g. its loop thread);
     ``/readyz``: also Kafka reachable."""
     return Health(live={"producer": watch.live, **live}, ready={"kafka": watch.ready})
+
+
+def ensure_topics(settings: Settings, vendor: str, *, timeout: float = 30.0) -> dict[str, str]:
+    """Create or verify, at start, the topics a connector writes: its raw topic (with the
+    configured partitions), ``connect-offsets`` and ``dead-letter``.
+
+    Without this a connector started before ``crm-stream topics create`` has its raw topic
+    auto-created by the broker with the broker's default partition count, and the worker's
+    layout silently differs from ``CRM_PARTITIONS``. A raw topic that exists with another
+    partition count is refused with :class:`ConfigError` naming the setting. Listing every topic
+    (not one by name) never triggers the broker's auto-creation itself.
+    """
+    wanted = {raw_topic(vendor), "connect-offsets", "dead-letter"}
+    specs = [s for s in topic_specs(settings) if s.name in wanted]
+    admin = AdminClient(client_config(settings))
+    try:
+        existing = admin.list_topics(timeout=timeout).topics
+    except KafkaException as exc:
+        raise BrokerError(
+            f"Kafka is not reachable at {settings.bootstrap_servers}: {exc.args[0]}"
+        ) from exc
+    raw = settings.topic(raw_topic(vendor))
+    if raw in existing and len(existing[raw].partitions) != settings.partitions:
+        raise ConfigError(
+            "CRM_PARTITIONS",
+            f"topic {raw} exists with {len(existing[raw].partitions)} partitions but "
+            f"CRM_PARTITIONS is {settings.partitions}: set CRM_PARTITIONS to the topic's count, "
+            "or recreate the topic (crm-stream topics create) before starting connectors",
+        )
+    missing = [s for s in specs if settings.topic(s.name) not in existing]
+    result = {settings.topic(s.name): "exists" for s in specs if s not in missing}
+    if missing:
+        result.update(create_topics(settings, specs=missing, timeout=timeout))
+        log.info("created topics %s", ", ".join(settings.topic(s.name) for s in missing))
+    return result

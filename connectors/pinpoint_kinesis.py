@@ -44,6 +44,7 @@ from connectors.base import (
     KeyFunction,
     RawPublisher,
     connector_health,
+    ensure_topics,
     now_ms,
     settings_from_env,
 )
@@ -693,6 +694,7 @@ def config_from_args(args: argparse.Namespace) -> KinesisSettings:
 
 def run(args: argparse.Namespace, settings: Settings, key_of: KeyFunction) -> int:
     config = config_from_args(args)
+    ensure_topics(settings, VENDOR)
     source = KinesisSource(config, settings, key_of=key_of)
     watch = KafkaWatch(lambda: source.publisher).start()
     metrics.serve(settings.metrics_port, connector_health(watch))

@@ -37,6 +37,7 @@ from connectors.base import (
     KafkaWatch,
     RawPublisher,
     connector_health,
+    ensure_topics,
     settings_from_env,
 )
 from crmstream import metrics
@@ -537,6 +538,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             "CRM_SEGMENT_SHARED_SECRET is not set: unsigned webhook posts are accepted",
             extra={"connector": CONNECTOR},
         )
+    ensure_topics(settings, VENDOR)
     receiver = SegmentReceiver(config, settings)
     metrics.serve(settings.metrics_port, receiver.health)
     asyncio.run(_serve_until_signal(receiver))

@@ -8,9 +8,9 @@ import contextlib
 import logging
 import signal
 
-from connectors.airship.connector import CONNECTOR, AirshipConnector, RunStats
+from connectors.airship.connector import CONNECTOR, VENDOR, AirshipConnector, RunStats
 from connectors.airship.settings import AirshipSettings
-from connectors.base import KafkaWatch, connector_health
+from connectors.base import KafkaWatch, connector_health, ensure_topics
 from crmstream import metrics
 from crmstream.settings import Settings
 
@@ -77,6 +77,7 @@ async def _main(connector: AirshipConnector) -> RunStats:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     config = AirshipSettings.from_env(options=options_from_args(args))
+    ensure_topics(settings, VENDOR)
     connector = AirshipConnector(config, settings)
     watch = KafkaWatch(lambda: connector.publisher).start()
     metrics.serve(settings.metrics_port, connector_health(watch))

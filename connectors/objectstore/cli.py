@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from connectors.base import KafkaWatch, KeyFunction, connector_health
+from connectors.base import KafkaWatch, KeyFunction, connector_health, ensure_topics
 from connectors.feeds import FeedProfile
 from connectors.objectstore.settings import RETRY_MODES, ObjectStoreSettings
 from connectors.objectstore.source import ObjectStoreSource, PassStats
@@ -77,6 +77,7 @@ def run(
     profile: FeedProfile, args: argparse.Namespace, settings: Settings, key_of: KeyFunction
 ) -> int:
     config = settings_from_args(args)
+    ensure_topics(settings, profile.vendor)
     source = ObjectStoreSource(profile, config, settings, key_of=key_of)
     watch = KafkaWatch(lambda: source.publisher).start()
     metrics.serve(settings.metrics_port, connector_health(watch))

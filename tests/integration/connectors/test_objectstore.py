@@ -523,6 +523,8 @@ def test_cli_killed_with_sigkill_and_restarted(kafka: Settings, tmp_path: Path) 
         **os.environ,
         "CRM_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
         "CRM_TOPIC_PREFIX": kafka.topic_prefix,
+        "CRM_PARTITIONS": str(kafka.partitions),
+        "CRM_REPLICATION_FACTOR": str(kafka.replication_factor),
         "CRM_METRICS_PORT": "0",
         "CRM_LOG_LEVEL": "WARNING",
     }
@@ -562,6 +564,8 @@ def test_cli_sigterm_checkpoints_and_a_restart_republishes_nothing(
         **os.environ,
         "CRM_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
         "CRM_TOPIC_PREFIX": kafka.topic_prefix,
+        "CRM_PARTITIONS": str(kafka.partitions),
+        "CRM_REPLICATION_FACTOR": str(kafka.replication_factor),
         "CRM_METRICS_PORT": "0",
         "CRM_LOG_LEVEL": "WARNING",
     }

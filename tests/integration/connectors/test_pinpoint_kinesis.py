@@ -355,6 +355,8 @@ def _cli_env(settings: Settings, moto_url: str, stream: str) -> dict[str, str]:
         {
             "CRM_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
             "CRM_TOPIC_PREFIX": settings.topic_prefix,
+            "CRM_PARTITIONS": str(settings.partitions),
+            "CRM_REPLICATION_FACTOR": str(settings.replication_factor),
             "CRM_METRICS_PORT": "0",
             "CRM_PINPOINT_KINESIS_ENDPOINT_URL": moto_url,
             "CRM_PINPOINT_KINESIS_BATCH_LIMIT": "10",

@@ -326,6 +326,8 @@ class _ReceiverProcess:
             {
                 "CRM_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
                 "CRM_TOPIC_PREFIX": settings.topic_prefix,
+                "CRM_PARTITIONS": str(settings.partitions),
+                "CRM_REPLICATION_FACTOR": str(settings.replication_factor),
                 "CRM_METRICS_PORT": "0",
                 "CRM_SEGMENT_SHARED_SECRET": SECRET,
             }
