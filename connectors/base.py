@@ -39,6 +39,7 @@ _S = TypeVar("_S")
 log = logging.getLogger(__name__)
 
 DEFAULT_MESSAGE_MAX_BYTES = 1_000_000  # librdkafka's message.max.bytes default
+DEFAULT_MAX_QUEUED = 100_000  # librdkafka's queue.buffering.max.messages default
 HEADER_ALLOWANCE = 512  # room for the raw-topic headers and the record's framing
 
 # Delivery errors after which an idempotent producer publishes nothing more: its producer id or
@@ -95,6 +96,9 @@ class RawPublisher:
         self.max_record_bytes = (
             int(conf.get("message.max.bytes", DEFAULT_MESSAGE_MAX_BYTES)) - HEADER_ALLOWANCE
         )
+        # librdkafka's local queue: publish() blocks (polling) when it is full; an event loop
+        # asks has_room() first and waits without blocking.
+        self.max_queued = int(conf.get("queue.buffering.max.messages", DEFAULT_MAX_QUEUED))
         if producer is None:
             conf["error_cb"] = self._on_client_error
             producer = Producer(conf)
@@ -154,6 +158,12 @@ class RawPublisher:
                 # Local queue full: serve delivery callbacks until there is room.
                 self._producer.poll(0.1)
         self._producer.poll(0)
+
+    def has_room(self, records: int = 1) -> bool:
+        """Whether ``records`` more fit in librdkafka's local queue (by count; records over
+        the byte limit still make :meth:`publish` wait). An asyncio caller awaits while this
+        is false instead of letting ``publish`` block its event loop."""
+        return len(self._producer) + records <= self.max_queued
 
     def reachable(self, timeout: float = 5.0) -> bool:
         """Whether the cluster answers a metadata request for the raw topic within ``timeout``

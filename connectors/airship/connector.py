@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 import orjson
@@ -317,6 +318,15 @@ class AirshipConnector:
                 continue
             *lines, buffer = buffer.split(b"\n")
             for line in lines:
+                while not self.publisher.has_room():
+                    # librdkafka's queue is full (Kafka slow or away): wait for acks on the
+                    # loop (the background task serves them) instead of blocking it in publish.
+                    # A line left unpublished here is re-read after the resume.
+                    if stop.is_set():
+                        return "stopped"
+                    if self._kafka_failure is not None:
+                        raise _Retry("kafka", f"Kafka refused a record: {self._kafka_failure}")
+                    await asyncio.sleep(0.05)
                 self._handle_line(line)
 
     async def _connect_once(self, resume_offset: str | None, stop: asyncio.Event) -> str:
@@ -330,6 +340,7 @@ class AirshipConnector:
             total=None, connect=config.connect_timeout_s, sock_connect=config.connect_timeout_s
         )
         # A fresh session per connection: its cookies are this connection's only ([X8]).
+        url = config.endpoint
         async with aiohttp.ClientSession(
             timeout=timeout, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=True
         ) as session:
@@ -340,9 +351,7 @@ class AirshipConnector:
                 self.stats.connections += 1
                 try:
                     response = await asyncio.wait_for(
-                        session.post(
-                            config.endpoint, data=body, headers=headers, allow_redirects=False
-                        ),
+                        session.post(url, data=body, headers=headers, allow_redirects=False),
                         timeout=config.idle_timeout_s + config.connect_timeout_s,
                     )
                 except TimeoutError:
@@ -352,11 +361,13 @@ class AirshipConnector:
                 try:
                     status = response.status
                     if status == 307:
-                        # [X8] uaconnect: re-POST the same body to the same URL with the
-                        # cookies of the 307 (load-balancer affinity); never follow Location,
-                        # which a generic client would turn into a GET.
+                        # [X8] uaconnect: re-POST the same body with the cookies of the 307
+                        # (load-balancer affinity), to its Location when that is on the same
+                        # host (a generic client would turn the POST into a GET, or carry the
+                        # token to another host); the hop limit ends any loop.
                         for name, morsel in response.cookies.items():
                             cookies[name] = morsel.value
+                        url = self._redirect_target(url, response.headers.get("Location"))
                         self.stats.redirects += 1
                         continue
                     if status == 200:
@@ -366,6 +377,23 @@ class AirshipConnector:
                 finally:
                     response.close()
             raise _Retry("redirect_loop", f"more than {config.max_redirects} HTTP 307 in a row")
+
+    def _redirect_target(self, url: str, location: str | None) -> str:
+        """Where a 307 sends the next POST: ``Location`` resolved against ``url`` if it stays
+        on the configured endpoint's scheme, host and port; else ``url`` again."""
+        if not location:
+            return url
+        target = urljoin(url, location)
+        here, there = urlsplit(self.config.endpoint), urlsplit(target)
+        if (there.scheme, there.netloc) != (here.scheme, here.netloc):
+            log.warning(
+                "307 to another host (%s) not followed: the credentials stay on %s",
+                there.netloc,
+                here.netloc,
+                extra={"connector": CONNECTOR},
+            )
+            return url
+        return target
 
     def _status_error(self, status: int, detail: str) -> Exception:
         where = f"{self.config.endpoint} answered HTTP {status}"
