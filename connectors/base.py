@@ -99,8 +99,10 @@ class RawPublisher:
         # librdkafka's local queue: publish() blocks (polling) when it is full; an event loop
         # asks has_room() first and waits without blocking.
         self.max_queued = int(conf.get("queue.buffering.max.messages", DEFAULT_MAX_QUEUED))
+        self._conf: dict[str, Any] | None = None
         if producer is None:
             conf["error_cb"] = self._on_client_error
+            self._conf = conf
             producer = Producer(conf)
         self._producer = producer
         self._failures: list[str] = []
@@ -172,6 +174,20 @@ class RawPublisher:
             self._producer.list_topics(self.topic, timeout=timeout)
         except KafkaException:
             return False
+        return True
+
+    def renew_if_broken(self) -> bool:
+        """After a fatal error, replace the producer with a new one (a new producer id): the
+        records the old one held are given up (the caller re-reads them from its checkpoint).
+        True if it was replaced. A producer handed in by the caller is never replaced."""
+        if self.fatal_error is None or self._conf is None:
+            return False
+        reason = self.fatal_error
+        self.abandon()
+        self._producer = Producer(self._conf)
+        self._failures = []
+        self.fatal_error = None
+        log.warning("Kafka producer for %s replaced after: %s", self.topic, reason)
         return True
 
     def abandon(self, timeout: float = 1.0) -> None:

@@ -449,6 +449,7 @@ class KinesisSource:
             # Nothing of this round is checkpointed: every shard re-reads from its checkpoint.
             self._error("kafka")
             log.error("Kafka did not acknowledge: %s", exc, extra={"connector": CONNECTOR})
+            self.publisher.renew_if_broken()
             for state in moved:
                 state.pending = None
                 state.iterator = None

@@ -180,6 +180,7 @@ class AirshipConnector:
         except BrokerError as exc:
             self._kafka_failure = None
             self.stats.error("kafka")
+            self.publisher.renew_if_broken()
             dropped = self.tracker.reset()
             log.error(
                 "Kafka did not acknowledge records (%s); %d will be re-read from offset %s",

@@ -381,6 +381,25 @@ class ObjectStoreSource:
                 total.add(self._pass)
                 log.info("stopped; positions checkpointed", extra={"connector": self._connector})
                 return total
+            except BrokerError as exc:
+                # Kafka away longer than a flush waits, or the producer fenced: nothing past
+                # the last checkpoint counts; the next pass re-reads from it (at least once).
+                if self.config.once:
+                    raise
+                failures += 1
+                self._error(PassStats(), "kafka")
+                log.error(
+                    "Kafka did not acknowledge (%d in a row): %s; retrying from the checkpoints",
+                    failures,
+                    exc,
+                    extra={"connector": self._connector},
+                )
+                self.publisher.renew_if_broken()
+                self.positions = None
+                self._deferred = {}
+                self._records_since_commit = 0
+                self._stopping.wait(min(30.0, 0.5 * 2**failures))
+                continue
             except TransientSourceError as exc:
                 failures += 1
                 log.warning("pass failed (%d in a row): %s", failures, exc)

@@ -17,8 +17,9 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -170,3 +171,221 @@ def test_segment_receiver_rides_out_a_broker_outage(broker: EmbeddedBroker, tmp_
         timeout=60,
     )
     assert {r.key().decode() for r in records} == set(keys)
+
+
+# --- the pulling connectors: Leanplum (files), Pinpoint Kinesis, Airship ---------------------
+
+
+class _Feed:
+    """One connector's source for the drill: ``add(batch)`` puts new events where the connector
+    reads, returning their ids; ``ids(records)`` reads the ids back off the raw topic."""
+
+    vendor: str
+    cmd: list[str]
+    env: dict[str, str]
+
+    def add(self, batch: int) -> set[str]:
+        raise NotImplementedError
+
+    def ids(self, records: list[Any]) -> list[str]:
+        return [r.key().decode() for r in records if r.key() is not None]
+
+    def close(self) -> None:
+        return None
+
+
+class _LeanplumFeed(_Feed):
+    vendor = "leanplum"
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.root = tmp_path / "feed"
+        (self.root / "dt=2026-11-25").mkdir(parents=True)
+        self.cmd = ["connect", "leanplum", "--source", f"file://{self.root}"]
+        self.cmd += ["--poll-interval", "0.5"]
+        self.env = {}
+
+    def add(self, batch: int) -> set[str]:
+        ids = {f"lp-{batch}-{i:03d}" for i in range(40)}
+        lines = b"".join(
+            orjson.dumps(
+                {
+                    "event_id": event_id,
+                    "name": "(Leanplum) Campaign Enter",
+                    "properties": {"user_id": "u1", "time": "2026-11-25 10:00:00.000"},
+                }
+            )
+            + b"\n"
+            for event_id in sorted(ids)
+        )
+        part = self.root / "dt=2026-11-25" / f"part-{batch}.json"
+        tmp = self.root.parent / f"part-{batch}.tmp"  # outside the feed: never listed
+        tmp.write_bytes(lines)
+        tmp.rename(part)  # whole files only: the connector never sees half of one
+        return ids
+
+
+class _KinesisFeed(_Feed):
+    vendor = "pinpoint"
+
+    def __init__(self, tmp_path: Path) -> None:
+        import boto3
+        from moto.server import ThreadedMotoServer
+
+        port = free_port()
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        self.server.start()
+        url = f"http://127.0.0.1:{port}"
+        aws = {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+        self.client = boto3.client(
+            "kinesis",
+            endpoint_url=url,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+        self.stream = f"pinpoint-{uuid.uuid4().hex[:8]}"
+        self.client.create_stream(StreamName=self.stream, ShardCount=2)
+        self.cmd = ["connect", "pinpoint-kinesis", "--stream", self.stream]
+        self.env = {
+            **aws,
+            "CRM_PINPOINT_KINESIS_ENDPOINT_URL": url,
+            "CRM_PINPOINT_KINESIS_POLL_INTERVAL": "200ms",
+        }
+
+    def add(self, batch: int) -> set[str]:
+        ids = {f"kin-{batch}-{i:03d}" for i in range(40)}
+        for n, marker in enumerate(sorted(ids)):
+            event = {
+                "event_type": "_campaign.send",
+                "event_timestamp": 1764064800000 + batch * 1000 + n,
+                "arrival_timestamp": 1764064800100 + batch * 1000 + n,
+                "application": {"app_id": "app-1"},
+                "client": {"client_id": f"endpoint-{n % 4}"},
+                "attributes": {"campaign_id": "campaign-1"},
+                "test_marker": marker,
+            }
+            self.client.put_record(
+                StreamName=self.stream, Data=orjson.dumps(event), PartitionKey=f"pk-{n % 4}"
+            )
+        return ids
+
+    def ids(self, records: list[Any]) -> list[str]:
+        return [orjson.loads(r.value())["test_marker"] for r in records]
+
+    def close(self) -> None:
+        self.server.stop()
+
+
+class _AirshipFeed(_Feed):
+    """The replay server streams its file slowly (one event per 0.1 s), so events keep arriving
+    through the outage; ``add`` only tells which ids that batch's stretch holds."""
+
+    vendor = "airship"
+
+    def __init__(self, tmp_path: Path) -> None:
+        from crmdemo.airship_replay import ReplayOptions, ReplayThread
+
+        self.per_batch = int(max(40.0, OUTAGE_S * 10) // 2)
+        path = tmp_path / "airship.ndjson"
+        with path.open("wb") as fh:
+            for i in range(self.per_batch * 3):
+                fh.write(
+                    orjson.dumps(
+                        {
+                            "id": f"air-{i:05d}",
+                            "type": "SEND",
+                            "offset": f"{1000000 + i}",
+                            "occurred": "2026-11-25T10:00:00.000Z",
+                            "processed": "2026-11-25T10:00:01.000Z",
+                            "device": {"channel": f"ch-{i}", "device_type": "IOS"},
+                            "body": {"push_id": "push-1"},
+                        }
+                    )
+                    + b"\n"
+                )
+        self.replay = ReplayThread(
+            ReplayOptions(path=path, app_key="app-1", token="tok", interval_s=0.1)
+        ).__enter__()
+        self.cmd = ["connect", "airship", "--url", self.replay.url, "--start", "EARLIEST"]
+        self.env = {
+            "CRM_AIRSHIP_APP_KEY": "app-1",
+            "CRM_AIRSHIP_TOKEN": "tok",
+            "CRM_AIRSHIP_CHECKPOINT_INTERVAL": "1s",
+        }
+
+    def add(self, batch: int) -> set[str]:
+        start = batch * self.per_batch
+        return {f"air-{i:05d}" for i in range(start, start + self.per_batch)}
+
+    def close(self) -> None:
+        self.replay.__exit__(None, None, None)
+
+
+FEEDS: dict[str, Callable[[Path], _Feed]] = {
+    "leanplum": _LeanplumFeed,
+    "pinpoint-kinesis": _KinesisFeed,
+    "airship": _AirshipFeed,
+}
+
+
+@pytest.mark.parametrize("connector", sorted(FEEDS))
+def test_pulling_connector_rides_out_a_broker_outage(
+    connector: str, broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """Events before, during and after the pause: the connector stays alive (live, not ready
+    while Kafka is away), goes on by itself, and every event reaches the raw topic."""
+    feed = FEEDS[connector](tmp_path)
+    env = _env(broker, tmp_path)
+    env.update(feed.env)
+    settings = Settings.from_env(env)
+    create_topics(settings)
+    log = tmp_path / f"{connector}.log"
+    metrics_base = f"http://127.0.0.1:{env['CRM_METRICS_PORT']}"
+    expected = feed.add(0)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "crmcli", *feed.cmd],
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+    topic = settings.topic(f"raw.{feed.vendor}")
+    try:
+        _wait(f"{metrics_base}/readyz", 200, 60)
+        read_topic(
+            settings,
+            topic,
+            until=lambda recs: set(feed.ids(recs)) >= expected,
+            timeout=60,
+            idle=0,
+        )
+        os.kill(broker.pid, signal.SIGSTOP)
+        try:
+            expected |= feed.add(1)
+            report = _wait(f"{metrics_base}/readyz", 503, 30)
+            assert not report["checks"]["kafka"]["ok"], report
+            time.sleep(max(0.0, OUTAGE_S - 5))
+            assert proc.poll() is None, _tail(log)
+            assert _probe(f"{metrics_base}/livez")[0] == 200, _tail(log)
+        finally:
+            os.kill(broker.pid, signal.SIGCONT)
+        _wait(f"{metrics_base}/readyz", 200, 60)
+        expected |= feed.add(2)
+        records = read_topic(
+            settings,
+            topic,
+            until=lambda recs: set(feed.ids(recs)) >= expected,
+            timeout=180,
+            idle=2.0,
+        )
+        assert proc.poll() is None, _tail(log)
+        assert _probe(f"{metrics_base}/livez")[0] == 200, _tail(log)
+    finally:
+        proc.terminate()
+        code = proc.wait(timeout=60)
+        feed.close()
+    assert code == 0, _tail(log)
+    assert set(feed.ids(records)) == expected, _tail(log)
