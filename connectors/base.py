@@ -208,15 +208,31 @@ class RawPublisher:
         return int(self._producer.poll(timeout))
 
     def flush(self, timeout: float = 60.0) -> None:
-        """Wait for every outstanding acknowledgement; raise if any record was not acknowledged."""
+        """Wait for every outstanding acknowledgement; raise if any record was not acknowledged.
+
+        A failed flush while the cluster answers metadata means this producer, not Kafka, is
+        the problem (e.g. its producer id is unknown to a replaced broker, and librdkafka keeps
+        retrying until the records time out): it is then marked broken, for
+        :meth:`renew_if_broken`."""
         remaining = self._producer.flush(timeout)
         if remaining:
+            self.suspect(f"{remaining} records not acknowledged in {timeout}s")
             raise BrokerError(f"{remaining} records to {self.topic} not acknowledged in {timeout}s")
         if self._failures:
             failures, self._failures = self._failures, []
+            self.suspect(f"{len(failures)} records failed, first: {failures[0]}")
             raise BrokerError(
                 f"{len(failures)} records to {self.topic} failed, first: {failures[0]}"
             )
+
+    def suspect(self, problem: str) -> bool:
+        """Records were not acknowledged: if Kafka answers a metadata request all the same, mark
+        the producer broken (``fatal_error``). True if it was marked."""
+        if self.fatal_error is not None or not self.reachable(3.0):
+            return False
+        self.fatal_error = f"{problem} while Kafka answers metadata requests"
+        log.warning("Kafka producer for %s looks broken: %s", self.topic, self.fatal_error)
+        return True
 
 
 class CheckpointStore:

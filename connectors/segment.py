@@ -59,6 +59,8 @@ VENDOR = "segment"
 SIGNATURE_HEADERS = ("X-Signature", "X-Segment-Signature")  # [X6]: legacy and newer setting
 RESERVED_PATHS = ("/healthz", "/livez", "/readyz", "/metrics")
 
+UNACKED_BEFORE_REBUILD = 3  # requests in a row that Kafka did not acknowledge while reachable
+
 _OnAck = Callable[[], None]
 _OnError = Callable[[str], None]
 
@@ -204,6 +206,7 @@ class SegmentReceiver:
         self._rebuildable = publisher is None
         self.publisher = publisher or self._new_publisher()
         self.rebuilds = 0
+        self._unacked_in_a_row = 0
         self._last_rebuild = 0.0
         self._lock = threading.Lock()
         self._stop_polling = threading.Event()
@@ -440,11 +443,33 @@ class SegmentReceiver:
         try:
             await asyncio.wait_for(produce_and_wait(), timeout=self.config.ack_timeout_s)
         except TimeoutError as exc:
+            self._unacknowledged()
             raise _Reject(
                 503,
                 "kafka_timeout",
                 f"Kafka did not acknowledge {len(events)} events in {self.config.ack_timeout_s}s",
             ) from exc
+        except _Reject as rej:
+            if rej.status == 503:
+                self._unacknowledged()
+            raise
+        self._unacked_in_a_row = 0
+
+    def _unacknowledged(self) -> None:
+        """A request Kafka did not acknowledge. Several in a row while Kafka answers metadata
+        (the watch says ready) is a producer the cluster no longer accepts (its producer id
+        unknown to a replaced broker: librdkafka retries until the records time out), not an
+        outage: mark it broken so the ack thread replaces it."""
+        self._unacked_in_a_row += 1
+        if self._unacked_in_a_row < UNACKED_BEFORE_REBUILD or not self._rebuildable:
+            return
+        publisher = self.publisher
+        if publisher.fatal_error is None and self.watch.ready()[0]:
+            publisher.fatal_error = (
+                f"{self._unacked_in_a_row} requests in a row unacknowledged while Kafka "
+                "answers metadata requests"
+            )
+            self._unacked_in_a_row = 0
 
     # --- running ------------------------------------------------------------------------------
     async def start(self) -> str:

@@ -389,3 +389,75 @@ def test_pulling_connector_rides_out_a_broker_outage(
         feed.close()
     assert code == 0, _tail(log)
     assert set(feed.ids(records)) == expected, _tail(log)
+
+
+def test_segment_receiver_survives_a_broker_replacement(tmp_path: Path) -> None:
+    """Issue 14: after the broker is killed and a new, empty one starts on the same port, the
+    old producer's id is unknown (librdkafka raised UNKNOWN_PRODUCER_ID out of poll and the ack
+    thread died). The receiver replaces its producer and answers 200 again, without a restart."""
+    first = EmbeddedBroker(log_path=tmp_path / "tansu-1.log").start()
+    port = first.port
+    env = _env(first, tmp_path)
+    env["CRM_SEGMENT_SHARED_SECRET"] = SECRET
+    settings = Settings.from_env(env)
+    create_topics(settings)
+    http_port = free_port()
+    log = tmp_path / "segment.log"
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "crmcli", "connect", "segment"),
+            *("--host", "127.0.0.1", "--port", str(http_port), "--ack-timeout", "2s"),
+        ],
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{http_port}"
+    second: EmbeddedBroker | None = None
+
+    def send(keys: list[str]) -> None:
+        with httpx.Client(timeout=30) as client:
+            for key in keys:
+                body = _segment_event(key)
+                deadline = time.monotonic() + 120
+                while True:
+                    try:
+                        resp = client.post(
+                            f"{url}/segment",
+                            content=body,
+                            headers={"X-Signature": signature(SECRET, body)},
+                        )
+                        if resp.status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
+                    assert time.monotonic() < deadline, f"no 200 for {key}\n{_tail(log)}"
+                    time.sleep(0.2)
+
+    try:
+        wait_for_port("127.0.0.1", http_port, 30)
+        _wait(f"{url}/readyz", 200, 60)
+        send([f"before-{i}" for i in range(10)])
+        os.kill(first.pid, signal.SIGKILL)
+        first.stop()
+        second = EmbeddedBroker(port=port, log_path=tmp_path / "tansu-2.log").start()
+        create_topics(settings)  # the new broker is empty
+        after = [f"after-{i}-{uuid.uuid4().hex[:6]}" for i in range(20)]
+        send(after)
+        _wait(f"{url}/readyz", 200, 60)
+        assert _probe(f"{url}/livez")[0] == 200, _tail(log)
+        assert proc.poll() is None, _tail(log)
+        records = read_topic(
+            settings,
+            settings.topic("raw.segment"),
+            until=lambda recs: {r.key().decode() for r in recs} >= set(after),
+            timeout=60,
+        )
+        assert {r.key().decode() for r in records} == set(after)
+    finally:
+        proc.terminate()
+        code = proc.wait(timeout=30)
+        if second is not None:
+            second.stop()
+        first.stop()
+    assert code == 0, _tail(log)
