@@ -263,6 +263,7 @@ def test_segment_receiver_has_a_service_and_an_ingress(all_enabled: list[Manifes
         probes = other["containers"][0]
         assert probes["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "metrics"}
         assert probes["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+        assert other["terminationGracePeriodSeconds"] == 75  # room for the final flush
     # Two replicas of the receiver: a PDB keeps one up during drains.
     pdb = _one(all_enabled, "PodDisruptionBudget", "-segment")
     assert pdb["spec"]["minAvailable"] == 1
