@@ -124,7 +124,8 @@ def child(args: argparse.Namespace) -> int:
     the Parquet file.
     """
     from connectors.feeds import LEANPLUM
-    from connectors.objectstore import ObjectStoreSettings, ObjectStoreSource
+    from connectors.objectstore.settings import ObjectStoreSettings
+    from connectors.objectstore.source import ObjectStoreSource
     from crmstream.settings import Settings
     from crmstream.topics import create_topics
     from processors.normalize import EVENT_IDS

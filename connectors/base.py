@@ -8,20 +8,55 @@ called by a connector once :meth:`RawPublisher.flush` has returned without error
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import fields
 from typing import Any, TypeVar
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
-from crmstream.errors import BrokerError
-from crmstream.kafka import consumer_config, producer_config
+from crmstream.errors import BrokerError, ConfigError
+from crmstream.kafka import client_config, consumer_config, producer_config
+from crmstream.metrics import Check, Health
 from crmstream.settings import Settings, describe_fields, values_from_env
-from crmstream.topics import H_APP_ID, H_FORMAT, H_INGESTED_AT, H_SOURCE, H_VENDOR, raw_topic
+from crmstream.topics import (
+    H_APP_ID,
+    H_FORMAT,
+    H_INGESTED_AT,
+    H_SOURCE,
+    H_VENDOR,
+    create_topics,
+    raw_topic,
+    topic_specs,
+)
 
 _S = TypeVar("_S")
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MESSAGE_MAX_BYTES = 1_000_000  # librdkafka's message.max.bytes default
+DEFAULT_MAX_QUEUED = 100_000  # librdkafka's queue.buffering.max.messages default
+HEADER_ALLOWANCE = 512  # room for the raw-topic headers and the record's framing
+
+# Delivery errors after which an idempotent producer publishes nothing more: its producer id or
+# epoch is no longer the broker's (seen on Tansu after a broker paused for ~10 s: every later
+# record fails with "a newer producer ... fences the current one"; after a broker replacement:
+# UNKNOWN_PRODUCER_ID). librdkafka does not always raise them as fatal; a new producer fixes it.
+BROKEN_PRODUCER_CODES = frozenset(
+    {
+        KafkaError._FATAL,
+        KafkaError._FENCED,
+        KafkaError.PRODUCER_FENCED,
+        KafkaError.INVALID_PRODUCER_EPOCH,
+        KafkaError.UNKNOWN_PRODUCER_ID,
+        KafkaError.INVALID_PRODUCER_ID_MAPPING,
+        KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER,
+    }
+)
 
 
 KeyFunction = Callable[[Mapping[str, Any]], str | None]
@@ -49,13 +84,36 @@ class RawPublisher:
         *,
         app_id: str | None = None,
         producer: Producer | None = None,
+        config: Mapping[str, Any] | None = None,
     ) -> None:
         self.vendor = vendor
         self.topic = settings.topic(raw_topic(vendor))
         self.app_id = app_id
-        self._producer = producer or Producer(producer_config(settings))
+        self.fatal_error: str | None = None
+        """librdkafka's fatal error (an idempotent producer fenced or its id lost): the producer
+        can publish nothing more. A long-lived connector rebuilds its publisher; others stop."""
+        conf = producer_config(settings, **(config or {}))
+        self.max_record_bytes = (
+            int(conf.get("message.max.bytes", DEFAULT_MESSAGE_MAX_BYTES)) - HEADER_ALLOWANCE
+        )
+        # librdkafka's local queue: publish() blocks (polling) when it is full; an event loop
+        # asks has_room() first and waits without blocking.
+        self.max_queued = int(conf.get("queue.buffering.max.messages", DEFAULT_MAX_QUEUED))
+        self._conf: dict[str, Any] | None = None
+        if producer is None:
+            conf["error_cb"] = self._on_client_error
+            self._conf = conf
+            producer = Producer(conf)
+        self._producer = producer
         self._failures: list[str] = []
         self.acked = 0
+
+    def _on_client_error(self, err: KafkaError) -> None:
+        if err.fatal() or err.code() in BROKEN_PRODUCER_CODES:
+            self.fatal_error = err.str()
+            log.error("Kafka producer for %s is in a fatal state: %s", self.topic, err.str())
+        else:
+            log.debug("Kafka client error for %s: %s", self.topic, err.str())
 
     def publish(
         self,
@@ -81,6 +139,8 @@ class RawPublisher:
 
         def delivered(err: KafkaError | None, _msg: Message) -> None:
             if err is not None:
+                if err.fatal() or err.code() in BROKEN_PRODUCER_CODES:
+                    self.fatal_error = self.fatal_error or err.str()
                 if on_error is not None:
                     on_error(f"{source}: {err.str()}")
                 else:
@@ -101,21 +161,78 @@ class RawPublisher:
                 self._producer.poll(0.1)
         self._producer.poll(0)
 
+    def has_room(self, records: int = 1) -> bool:
+        """Whether ``records`` more fit in librdkafka's local queue (by count; records over
+        the byte limit still make :meth:`publish` wait). An asyncio caller awaits while this
+        is false instead of letting ``publish`` block its event loop."""
+        return len(self._producer) + records <= self.max_queued
+
+    def reachable(self, timeout: float = 5.0) -> bool:
+        """Whether the cluster answers a metadata request for the raw topic within ``timeout``
+        (a paused or unreachable broker does not)."""
+        try:
+            self._producer.list_topics(self.topic, timeout=timeout)
+        except KafkaException:
+            return False
+        return True
+
+    def renew_if_broken(self) -> bool:
+        """After a fatal error, replace the producer with a new one (a new producer id): the
+        records the old one held are given up (the caller re-reads them from its checkpoint).
+        True if it was replaced. A producer handed in by the caller is never replaced."""
+        if self.fatal_error is None or self._conf is None:
+            return False
+        reason = self.fatal_error
+        self.abandon()
+        self._producer = Producer(self._conf)
+        self._failures = []
+        self.fatal_error = None
+        log.warning("Kafka producer for %s replaced after: %s", self.topic, reason)
+        return True
+
+    def abandon(self, timeout: float = 1.0) -> None:
+        """Give up every record not yet acknowledged (each gets its error callback) and release
+        the producer: used when a fatal error has made it useless."""
+        try:
+            self._producer.purge()
+        except (KafkaException, RuntimeError) as exc:
+            log.debug("purge after fatal error: %s", exc)
+        try:
+            self._producer.flush(timeout)
+        except (KafkaException, RuntimeError) as exc:
+            log.debug("flush after fatal error: %s", exc)
+
     def poll(self, timeout: float = 0.0) -> int:
         """Serve delivery callbacks; a receiver that never calls :meth:`flush` polls from a
         background thread so acknowledgements reach it without blocking its event loop."""
         return int(self._producer.poll(timeout))
 
     def flush(self, timeout: float = 60.0) -> None:
-        """Wait for every outstanding acknowledgement; raise if any record was not acknowledged."""
+        """Wait for every outstanding acknowledgement; raise if any record was not acknowledged.
+
+        A failed flush while the cluster answers metadata means this producer, not Kafka, is
+        the problem (e.g. its producer id is unknown to a replaced broker, and librdkafka keeps
+        retrying until the records time out): it is then marked broken, for
+        :meth:`renew_if_broken`."""
         remaining = self._producer.flush(timeout)
         if remaining:
+            self.suspect(f"{remaining} records not acknowledged in {timeout}s")
             raise BrokerError(f"{remaining} records to {self.topic} not acknowledged in {timeout}s")
         if self._failures:
             failures, self._failures = self._failures, []
+            self.suspect(f"{len(failures)} records failed, first: {failures[0]}")
             raise BrokerError(
                 f"{len(failures)} records to {self.topic} failed, first: {failures[0]}"
             )
+
+    def suspect(self, problem: str) -> bool:
+        """Records were not acknowledged: if Kafka answers a metadata request all the same, mark
+        the producer broken (``fatal_error``). True if it was marked."""
+        if self.fatal_error is not None or not self.reachable(3.0):
+            return False
+        self.fatal_error = f"{problem} while Kafka answers metadata requests"
+        log.warning("Kafka producer for %s looks broken: %s", self.topic, self.fatal_error)
+        return True
 
 
 class CheckpointStore:
@@ -232,3 +349,107 @@ def settings_from_env(
 def describe_settings(cls: type[Any], instance: Any) -> list[tuple[str, str, str]]:
     """(variable, current value, description) rows of a connector's settings; secrets masked."""
     return describe_fields(instance)
+
+
+class KafkaWatch:
+    """A connector's Kafka side for ``/livez`` and ``/readyz`` (``crmstream.metrics.Health``).
+
+    A daemon thread asks the cluster for the raw topic's metadata every ``interval`` seconds
+    through the connector's own producer: *ready* while the last answer came, *live* while the
+    producer is not in a fatal state. ``publisher`` is called each time, so a connector that
+    rebuilds its publisher is watched through the new one.
+    """
+
+    def __init__(
+        self,
+        publisher: Callable[[], RawPublisher],
+        *,
+        interval: float = 2.0,
+        timeout: float = 3.0,
+    ) -> None:
+        self._publisher = publisher
+        self.interval = interval
+        self.timeout = timeout
+        self._ok = False
+        self._detail = "not checked yet"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> KafkaWatch:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="kafka-watch", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            publisher = self._publisher()
+            try:
+                ok = publisher.reachable(self.timeout)
+            except Exception as exc:  # a probe that cannot run is a failed probe
+                ok = False
+                log.warning("Kafka reachability probe failed: %r", exc)
+            self._ok = ok
+            self._detail = (
+                f"{publisher.topic} metadata answered"
+                if ok
+                else f"no metadata for {publisher.topic} in {self.timeout}s"
+            )
+            self._stop.wait(self.interval)
+
+    def ready(self) -> tuple[bool, str]:
+        """Kafka answered the last metadata request."""
+        return self._ok, self._detail
+
+    def live(self) -> tuple[bool, str]:
+        """The producer can still publish (no fatal error) and the watch itself runs."""
+        fatal = self._publisher().fatal_error
+        if fatal is not None:
+            return False, f"producer in a fatal state: {fatal}"
+        if self._thread is None or not self._thread.is_alive():
+            return False, "Kafka watch thread is not running"
+        return True, "producer usable"
+
+
+def connector_health(watch: KafkaWatch, **live: Check) -> Health:
+    """``/livez``: the producer (and the connector's own ``live`` checks, e.g. its loop thread);
+    ``/readyz``: also Kafka reachable."""
+    return Health(live={"producer": watch.live, **live}, ready={"kafka": watch.ready})
+
+
+def ensure_topics(settings: Settings, vendor: str, *, timeout: float = 30.0) -> dict[str, str]:
+    """Create or verify, at start, the topics a connector writes: its raw topic (with the
+    configured partitions), ``connect-offsets`` and ``dead-letter``.
+
+    Without this a connector started before ``crm-stream topics create`` has its raw topic
+    auto-created by the broker with the broker's default partition count, and the worker's
+    layout silently differs from ``CRM_PARTITIONS``. A raw topic that exists with another
+    partition count is refused with :class:`ConfigError` naming the setting. Listing every topic
+    (not one by name) never triggers the broker's auto-creation itself.
+    """
+    wanted = {raw_topic(vendor), "connect-offsets", "dead-letter"}
+    specs = [s for s in topic_specs(settings) if s.name in wanted]
+    admin = AdminClient(client_config(settings))
+    try:
+        existing = admin.list_topics(timeout=timeout).topics
+    except KafkaException as exc:
+        raise BrokerError(
+            f"Kafka is not reachable at {settings.bootstrap_servers}: {exc.args[0]}"
+        ) from exc
+    raw = settings.topic(raw_topic(vendor))
+    if raw in existing and len(existing[raw].partitions) != settings.partitions:
+        raise ConfigError(
+            "CRM_PARTITIONS",
+            f"topic {raw} exists with {len(existing[raw].partitions)} partitions but "
+            f"CRM_PARTITIONS is {settings.partitions}: set CRM_PARTITIONS to the topic's count, "
+            "or recreate the topic (crm-stream topics create) before starting connectors",
+        )
+    missing = [s for s in specs if settings.topic(s.name) not in existing]
+    result = {settings.topic(s.name): "exists" for s in specs if s not in missing}
+    if missing:
+        result.update(create_topics(settings, specs=missing, timeout=timeout))
+        log.info("created topics %s", ", ".join(settings.topic(s.name) for s in missing))
+    return result

@@ -92,7 +92,7 @@ PINPOINT_FIREHOSE = FeedProfile(
         rf"^(?P<y>\d{{4}})/(?P<m>\d{{2}})/(?P<d>\d{{2}})/(?P<h>\d{{2}})/{_ANY_FILE}$"
     ),
     day_format="%Y/%m/%d/",
-    formats=("json-lines", "gzip"),
+    formats=("json-lines", "gzip", "zip", "snappy", "hadoop-snappy"),
 )
 
 FEEDS: dict[str, FeedProfile] = {

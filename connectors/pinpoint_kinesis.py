@@ -40,8 +40,11 @@ from confluent_kafka import KafkaException
 
 from connectors.base import (
     CheckpointStore,
+    KafkaWatch,
     KeyFunction,
     RawPublisher,
+    connector_health,
+    ensure_topics,
     now_ms,
     settings_from_env,
 )
@@ -446,6 +449,7 @@ class KinesisSource:
             # Nothing of this round is checkpointed: every shard re-reads from its checkpoint.
             self._error("kafka")
             log.error("Kafka did not acknowledge: %s", exc, extra={"connector": CONNECTOR})
+            self.publisher.renew_if_broken()
             for state in moved:
                 state.pending = None
                 state.iterator = None
@@ -691,8 +695,10 @@ def config_from_args(args: argparse.Namespace) -> KinesisSettings:
 
 def run(args: argparse.Namespace, settings: Settings, key_of: KeyFunction) -> int:
     config = config_from_args(args)
-    metrics.serve(settings.metrics_port)
+    ensure_topics(settings, VENDOR)
     source = KinesisSource(config, settings, key_of=key_of)
+    watch = KafkaWatch(lambda: source.publisher).start()
+    metrics.serve(settings.metrics_port, connector_health(watch))
     check_stream(source)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: source.stop())

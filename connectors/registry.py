@@ -11,9 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
-from connectors import airship, feeds, objectstore, pinpoint_kinesis, segment
+from connectors import feeds, pinpoint_kinesis, segment
+from connectors.airship import cli as airship
 from connectors.base import KeyFunction
 from connectors.feeds import FeedProfile
+from connectors.objectstore import cli as objectstore
 from crmstream.settings import Settings
 
 

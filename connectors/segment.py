@@ -21,6 +21,7 @@ import hmac
 import logging
 import signal
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,13 +29,19 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from connectors.base import RawPublisher, settings_from_env
+from connectors.base import (
+    BROKEN_PRODUCER_CODES,
+    KafkaWatch,
+    RawPublisher,
+    connector_health,
+    ensure_topics,
+    settings_from_env,
+)
 from crmstream import metrics
 from crmstream.errors import ConfigError
-from crmstream.kafka import producer_config
 from crmstream.settings import (
     Secret,
     Settings,
@@ -50,7 +57,9 @@ log = logging.getLogger(__name__)
 CONNECTOR = "segment"
 VENDOR = "segment"
 SIGNATURE_HEADERS = ("X-Signature", "X-Segment-Signature")  # [X6]: legacy and newer setting
-RESERVED_PATHS = ("/healthz", "/metrics")
+RESERVED_PATHS = ("/healthz", "/livez", "/readyz", "/metrics")
+
+UNACKED_BEFORE_REBUILD = 3  # requests in a row that Kafka did not acknowledge while reachable
 
 _OnAck = Callable[[], None]
 _OnError = Callable[[str], None]
@@ -194,28 +203,56 @@ class SegmentReceiver:
     ) -> None:
         self.config = config
         self.settings = settings
-        if publisher is None:
-            # Undelivered records fail after the ack timeout instead of librdkafka's 5 minutes,
-            # so the local queue drains while Kafka is away and every request gets its 503.
-            # linger 0: a request waits for its acks, and concurrent requests still batch
-            # behind in-flight ones (measured: 94 -> 239 sequential single-event posts/s).
-            timeout_ms = max(1000, int(config.ack_timeout_s * 1000))
-            producer = Producer(
-                producer_config(settings, **{"message.timeout.ms": timeout_ms, "linger.ms": 0})
-            )
-            publisher = RawPublisher(
-                settings, VENDOR, app_id=config.app_id or None, producer=producer
-            )
-        self.publisher = publisher
+        self._rebuildable = publisher is None
+        self.publisher = publisher or self._new_publisher()
+        self.rebuilds = 0
+        self._unacked_in_a_row = 0
+        self._last_rebuild = 0.0
+        self._lock = threading.Lock()
         self._stop_polling = threading.Event()
         self._poller: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
+        self.watch = KafkaWatch(lambda: self.publisher)
+        self.health = connector_health(self.watch, acks=self._poller_alive)
         self.bound_port: int | None = None
+
+    def _new_publisher(self) -> RawPublisher:
+        # Undelivered records fail after the ack timeout instead of librdkafka's 5 minutes,
+        # so the local queue drains while Kafka is away and every request gets its 503.
+        # linger 0: a request waits for its acks, and concurrent requests still batch
+        # behind in-flight ones (measured: 94 -> 239 sequential single-event posts/s).
+        timeout_ms = max(1000, int(self.config.ack_timeout_s * 1000))
+        return RawPublisher(
+            self.settings,
+            VENDOR,
+            app_id=self.config.app_id or None,
+            config={"message.timeout.ms": timeout_ms, "linger.ms": 0},
+        )
+
+    def _rebuild(self, reason: str) -> None:
+        """Replace a producer librdkafka has declared fatally broken (fenced, its producer id
+        lost after a broker replacement) or whose ack thread died: the records it still held
+        fail (their requests answer 503, Segment retries them) and later requests use the new
+        producer. At most once a second, so a broker that fences every new producer is not
+        hammered."""
+        with self._lock:
+            wait = self._last_rebuild + 1.0 - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            old = self.publisher
+            self.publisher = self._new_publisher()
+            self._last_rebuild = time.monotonic()
+            self.rebuilds += 1
+        metrics.CONNECTOR_ERRORS.labels(CONNECTOR, "producer_rebuilt").inc()
+        log.warning("segment producer rebuilt (%s)", reason, extra={"connector": CONNECTOR})
+        old.abandon()
 
     # --- application --------------------------------------------------------------------------
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.config.max_body_bytes)
         app.router.add_post(self.config.path, self._handle_post)
+        app.router.add_get("/livez", self._handle_health)
+        app.router.add_get("/readyz", self._handle_health)
         app.router.add_get("/healthz", self._handle_health)
         app.router.add_get("/metrics", self._handle_metrics)
         app.on_startup.append(self._on_startup)
@@ -224,36 +261,68 @@ class SegmentReceiver:
 
     async def _on_startup(self, _app: web.Application) -> None:
         self._stop_polling.clear()
+        self._start_poller()
+        self.watch.start()
+
+    def _start_poller(self) -> None:
         self._poller = threading.Thread(target=self._poll_loop, name="segment-acks", daemon=True)
         self._poller.start()
 
+    def _poller_alive(self) -> tuple[bool, str]:
+        if self._poller is not None and self._poller.is_alive():
+            return True, "ack thread running"
+        return False, "ack thread not running"
+
     async def _on_cleanup(self, _app: web.Application) -> None:
         self._stop_polling.set()
+        self.watch.stop()
         if self._poller is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._poller.join, 5.0)
         with contextlib.suppress(Exception):
             await asyncio.get_running_loop().run_in_executor(None, self.publisher.flush, 5.0)
 
     def _poll_loop(self) -> None:
+        """Serve delivery callbacks; rebuild the producer after a fatal error. Nothing may end
+        this thread but a stop: an exception out of ``poll`` is a broken producer, replaced."""
         while not self._stop_polling.is_set():
-            self.publisher.poll(0.1)
+            publisher = self.publisher
+            try:
+                if publisher.fatal_error is not None and self._rebuildable:
+                    self._rebuild(publisher.fatal_error)
+                    continue
+                publisher.poll(0.1)
+            except Exception as exc:
+                log.exception("segment ack thread: %s", exc, extra={"connector": CONNECTOR})
+                if self._rebuildable:
+                    self._rebuild(f"poll raised {exc!r}")
+                else:
+                    time.sleep(0.1)
 
-    async def _handle_health(self, _request: web.Request) -> web.Response:
-        alive = self._poller is not None and self._poller.is_alive()
-        return web.json_response(
-            {"status": "ok" if alive else "starting", "connector": CONNECTOR},
-            status=200 if alive else 503,
-        )
+    async def _handle_health(self, request: web.Request) -> web.Response:
+        which = "live" if request.path == "/livez" else "ready"
+        ok, report = self.health.report(which)
+        report["connector"] = CONNECTOR
+        return web.json_response(report, status=200 if ok else 503)
 
     async def _handle_metrics(self, _request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _handle_post(self, request: web.Request) -> web.Response:
         request_id = uuid.uuid4().hex
+        if not self._stop_polling.is_set() and not self._poller_alive()[0]:
+            # The ack thread cannot end on its own; should it have, restart it with a fresh
+            # producer rather than answer 503 forever.
+            log.error("segment ack thread died; restarting it", extra={"connector": CONNECTOR})
+            if self._rebuildable:
+                await asyncio.get_running_loop().run_in_executor(
+                    None, self._rebuild, "ack thread died"
+                )
+            self._start_poller()
         try:
             body = await self._read_body(request)
             self._verify(request, body)
             events = split_events(body)
+            self._check_sizes(events)
             await self._publish(request_id, events)
         except _Reject as rej:
             metrics.CONNECTOR_ERRORS.labels(CONNECTOR, rej.kind).inc()
@@ -301,6 +370,20 @@ class SegmentReceiver:
                 return
         raise _Reject(401, "signature_invalid", "signature does not match the body")
 
+    def _check_sizes(self, events: list[tuple[str | None, bytes]]) -> None:
+        """A batch is all or nothing: an event Kafka would refuse is found before any is queued,
+        so a 413 never leaves part of the batch on the raw topic."""
+        limit = self.publisher.max_record_bytes
+        for index, (key, value) in enumerate(events):
+            size = len(value) + len(key.encode() if key else b"")
+            if size > limit:
+                raise _Reject(
+                    413,
+                    "record_too_large",
+                    f"event {index} is {size} bytes, over the {limit}-byte record limit; "
+                    "nothing of this request was published",
+                )
+
     async def _publish(self, request_id: str, events: list[tuple[str | None, bytes]]) -> None:
         """Queue every event, then wait for all acknowledgements or answer 503."""
         if not events:
@@ -328,9 +411,10 @@ class SegmentReceiver:
             return acked, failed
 
         def produce_all() -> None:
+            publisher = self.publisher
             for index, ((key, value), fut) in enumerate(zip(events, futures, strict=True)):
                 acked, failed = callbacks(fut)
-                self.publisher.publish(
+                publisher.publish(
                     key,
                     value,
                     source=f"segment:{request_id}#{index}",
@@ -346,6 +430,10 @@ class SegmentReceiver:
                 err = exc.args[0]
                 if isinstance(err, KafkaError) and err.code() == KafkaError.MSG_SIZE_TOO_LARGE:
                     raise _Reject(413, "record_too_large", err.str()) from exc
+                if isinstance(err, KafkaError) and (
+                    err.fatal() or err.code() in BROKEN_PRODUCER_CODES
+                ):
+                    self.publisher.fatal_error = self.publisher.fatal_error or err.str()
                 raise _Reject(503, "kafka", str(exc)) from exc
             results = await asyncio.gather(*futures, return_exceptions=True)
             for result in results:
@@ -355,11 +443,33 @@ class SegmentReceiver:
         try:
             await asyncio.wait_for(produce_and_wait(), timeout=self.config.ack_timeout_s)
         except TimeoutError as exc:
+            self._unacknowledged()
             raise _Reject(
                 503,
                 "kafka_timeout",
                 f"Kafka did not acknowledge {len(events)} events in {self.config.ack_timeout_s}s",
             ) from exc
+        except _Reject as rej:
+            if rej.status == 503:
+                self._unacknowledged()
+            raise
+        self._unacked_in_a_row = 0
+
+    def _unacknowledged(self) -> None:
+        """A request Kafka did not acknowledge. Several in a row while Kafka answers metadata
+        (the watch says ready) is a producer the cluster no longer accepts (its producer id
+        unknown to a replaced broker: librdkafka retries until the records time out), not an
+        outage: mark it broken so the ack thread replaces it."""
+        self._unacked_in_a_row += 1
+        if self._unacked_in_a_row < UNACKED_BEFORE_REBUILD or not self._rebuildable:
+            return
+        publisher = self.publisher
+        if publisher.fatal_error is None and self.watch.ready()[0]:
+            publisher.fatal_error = (
+                f"{self._unacked_in_a_row} requests in a row unacknowledged while Kafka "
+                "answers metadata requests"
+            )
+            self._unacked_in_a_row = 0
 
     # --- running ------------------------------------------------------------------------------
     async def start(self) -> str:
@@ -445,19 +555,22 @@ def config_from_args(args: argparse.Namespace) -> SegmentSettings:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Serve until SIGTERM or SIGINT: then stop accepting, wait for the acknowledgements of the
+    requests in flight (each still gets its answer), flush and exit 0."""
     config = config_from_args(args)
-    metrics.serve(settings.metrics_port)
     if not config.shared_secret:
         log.warning(
             "CRM_SEGMENT_SHARED_SECRET is not set: unsigned webhook posts are accepted",
             extra={"connector": CONNECTOR},
         )
-    asyncio.run(_serve_until_signal(config, settings))
+    ensure_topics(settings, VENDOR)
+    receiver = SegmentReceiver(config, settings)
+    metrics.serve(settings.metrics_port, receiver.health)
+    asyncio.run(_serve_until_signal(receiver))
     return 0
 
 
-async def _serve_until_signal(config: SegmentSettings, settings: Settings) -> None:
-    receiver = SegmentReceiver(config, settings)
+async def _serve_until_signal(receiver: SegmentReceiver) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -469,3 +582,4 @@ async def _serve_until_signal(config: SegmentSettings, settings: Settings) -> No
         await stop.wait()
     finally:
         await receiver.stop()
+        log.info("segment receiver stopped", extra={"connector": CONNECTOR})

@@ -35,8 +35,8 @@ def _variables(cls: type[Any], prefix: str) -> list[tuple[str, str, str]]:
 
 
 def _cmd_settings(args: argparse.Namespace, settings: Settings) -> int:
-    from connectors.airship import ENV_PREFIX as AIRSHIP_PREFIX
     from connectors.airship import AirshipSettings
+    from connectors.airship.settings import ENV_PREFIX as AIRSHIP_PREFIX
     from connectors.pinpoint_kinesis import KinesisSettings
     from connectors.registry import CONNECTORS
     from connectors.segment import SegmentSettings

@@ -41,7 +41,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from connectors.airship import STREAM_PATHS, validate_filters, validate_subset
+from connectors.airship.filters import validate_filters, validate_subset
+from connectors.airship.settings import STREAM_PATHS
 from crmstream.errors import ConfigError
 
 log = logging.getLogger(__name__)

@@ -115,7 +115,7 @@ def _file_feed(
     settings: Settings, connector: str, vendor: str, sample: SampleSet, root: Path, seed: int
 ) -> FeedResult:
     """Lay the samples out the way the vendor lays out its bucket; run the file connector."""
-    from connectors.objectstore import run_feed
+    from connectors.objectstore.cli import run_feed
     from crmdemo.samplefeeds import write_sample_feed
 
     folder = root / connector
@@ -183,7 +183,8 @@ def _airship_feed(settings: Settings, sample: SampleSet, root: Path) -> FeedResu
     count both reconnects and the idle timeout."""
     import asyncio
 
-    from connectors.airship import AirshipConnector, AirshipSettings
+    from connectors.airship.connector import AirshipConnector
+    from connectors.airship.settings import AirshipSettings
     from crmdemo.airship_replay import ReplayOptions, ReplayThread
     from crmstream.settings import Secret
 

@@ -75,14 +75,19 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
 
 
 def create_topics(
-    settings: Settings, extra: list[TopicSpec] | None = None, timeout: float = 30.0
+    settings: Settings,
+    extra: list[TopicSpec] | None = None,
+    timeout: float = 30.0,
+    *,
+    specs: list[TopicSpec] | None = None,
 ) -> dict[str, str]:
-    """Create every missing topic with the configured partitions; existing ones are left alone.
+    """Create every missing topic (``specs``, default all of :func:`topic_specs`, plus
+    ``extra``) with the configured partitions; existing ones are left alone.
 
     Returns ``{full_name: "created" | "exists"}``. Raises :class:`BrokerError` on anything else.
     """
     admin = AdminClient(client_config(settings))
-    specs = topic_specs(settings) + (extra or [])
+    specs = (topic_specs(settings) if specs is None else specs) + (extra or [])
     new = [
         NewTopic(
             settings.topic(s.name),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import os
 import signal
@@ -25,7 +26,8 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from prometheus_client import REGISTRY
 
-from connectors.airship import AirshipConnector, AirshipError, AirshipSettings, RunStats
+from connectors.airship.connector import AirshipConnector, AirshipError, RunStats
+from connectors.airship.settings import AirshipSettings
 from connectors.base import CheckpointStore
 from crmdemo.airship_replay import ReplayOptions, ReplayThread
 from crmstream.errors import ConfigError
@@ -629,3 +631,90 @@ def test_sigterm_flushes_and_checkpoints_what_was_published(
     assert published == [f"evt-{i:05d}" for i in range(len(published))]
     assert saved == offset_of(len(published) - 1)
     assert f"checkpoint {saved}" in out.decode()
+    # The restart resumes after the checkpoint: every event exactly once (issue 14).
+    with replay(path, interval_s=0.0) as server:
+        done = subprocess.run(
+            [*cmd[:-4], "--url", server.url, "--stop-after-idle", "2s"],
+            env=env,
+            capture_output=True,
+            timeout=90,
+        )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert sorted(ids(consume_raw(settings, 400))) == [f"evt-{i:05d}" for i in range(400)]
+
+
+class _RedirectingServer:
+    """A load balancer that answers the first POST with 307 to ``location`` and a cookie, then
+    streams three events to a POST that carries the cookie, then keep-alives."""
+
+    def __init__(self, location: str) -> None:
+        from aiohttp import web
+
+        self.location = location
+        self.requests: list[tuple[str, dict[str, str], bytes]] = []
+        self._loop = asyncio.new_event_loop()
+        self._web = web
+        self.url = ""
+
+    async def _handle(self, request: Any) -> Any:
+        web = self._web
+        body = await request.read()
+        self.requests.append((request.path_qs, dict(request.cookies), body))
+        if request.cookies.get("lb") != "pinned":
+            response = web.Response(status=307, headers={"Location": self.location})
+            response.set_cookie("lb", "pinned")
+            return response
+        stream = web.StreamResponse(status=200)
+        await stream.prepare(request)
+        for i in range(3):
+            await stream.write(orjson.dumps(event(i)) + b"\n")
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            while True:
+                await asyncio.sleep(0.2)
+                await stream.write(b"\n")
+        return stream
+
+    def __enter__(self) -> _RedirectingServer:
+        import threading
+
+        web = self._web
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", self._handle)
+        runner = web.AppRunner(app)
+
+        async def start() -> str:
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            port = runner.addresses[0][1]
+            return f"http://127.0.0.1:{port}"
+
+        self._runner = runner
+        threading.Thread(target=self._loop.run_forever, daemon=True).start()
+        self.url = asyncio.run_coroutine_threadsafe(start(), self._loop).result(10)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+
+
+@pytest.mark.parametrize(
+    ("location", "followed"),
+    [
+        ("/api/events/pinned?lb=1", "/api/events/pinned?lb=1"),  # same host, another path
+        ("http://203.0.113.9:8443/api/events", "/api/events"),  # another host: not followed
+    ],
+)
+def test_307_follows_location_on_the_same_host_with_its_cookie(
+    settings: Settings, location: str, followed: str
+) -> None:
+    with _RedirectingServer(location) as server:
+        stats = run_connector(config(server.url), settings)
+        requests = list(server.requests)
+    (first_path, first_cookies, first_body), (path, cookies, body) = requests[:2]
+    assert (first_path, first_cookies) == ("/api/events", {})
+    assert (path, cookies, body) == (followed, {"lb": "pinned"}, first_body)
+    assert all(p == followed for p, _, _ in requests[1:]), "no loop back through the 307"
+    assert stats.redirects == 1
+    assert sorted(ids(consume_raw(settings, 3))) == ["evt-00000", "evt-00001", "evt-00002"]

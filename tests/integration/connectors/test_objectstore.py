@@ -5,6 +5,7 @@ Every check counts records by consuming the raw topic, never by watermark (Tansu
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import http.client
 import http.server
@@ -29,7 +30,9 @@ from confluent_kafka import Message
 
 from connectors.base import RawPublisher
 from connectors.feeds import FLARELANE, LEANPLUM, PINPOINT_FIREHOSE, FeedProfile
-from connectors.objectstore import ObjectStoreSettings, ObjectStoreSource, SourceError
+from connectors.objectstore.errors import SourceError
+from connectors.objectstore.settings import ObjectStoreSettings
+from connectors.objectstore.source import ObjectStoreSource
 from crmdemo.generators import GENERATORS
 from crmdemo.samplefeeds import leanplum_parquet_row, leanplum_parquet_schema
 from crmstream.errors import BrokerError
@@ -318,6 +321,71 @@ def test_empty_truncated_and_corrupt_objects_never_crash_loop(
     assert bad["reason"] == "unreadable_object:corrupt_parquet" and bad["raw"] == b""
 
 
+def test_firehose_zip_snappy_and_hadoop_snappy_objects(
+    kafka: Settings, bucket: tuple[Any, str], moto_endpoint: str
+) -> None:
+    """Issue 14: every compression Firehose writes is read (no extension: sniffed); an object in
+    none of them is one ``unreadable_object`` dead letter and a counted failure, never binary
+    "records" on the raw topic."""
+    import io
+    import zipfile
+
+    import snappy  # python-snappy writes the objects: an implementation independent of ours
+
+    client, name = bucket
+
+    def doc(codec: str, i: int) -> dict[str, Any]:
+        return {"event_type": "_campaign.send", "client": {"client_id": f"{codec}{i}"}, "n": i}
+
+    def body(codec: str) -> bytes:
+        return lines([doc(codec, i) for i in range(1000)])
+
+    packed = io.BytesIO()
+    with zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("records", body("zip"))
+    objects = {
+        "zip": packed.getvalue(),
+        "snappy": bytes(snappy.StreamCompressor().add_chunk(body("snappy"))),
+        "hadoop": bytes(snappy.HadoopStreamCompressor().add_chunk(body("hadoop"))),
+        "bzip2": bz2.compress(body("bzip2")),
+    }
+    for codec, content in objects.items():
+        client.put_object(Bucket=name, Key=f"2024/03/05/10/stream-{codec}", Body=content)
+    failed_before = _metric(
+        "crm_objectstore_objects_ingested_total", connector="pinpoint-firehose", outcome="failed"
+    )
+
+    stats = source(PINPOINT_FIREHOSE, kafka, f"s3://{name}", moto_endpoint).run()
+
+    assert (stats.ingested, stats.failed, stats.records) == (3, 1, 3000)
+    assert stats.errors == {"unknown_format": 1}
+    failed_after = _metric(
+        "crm_objectstore_objects_ingested_total", connector="pinpoint-firehose", outcome="failed"
+    )
+    assert failed_after - failed_before == 1
+    got = raw(kafka, "pinpoint", 3000, timeout=90)
+    clients = sorted(orjson.loads(m.value())["client"]["client_id"] for m in got)
+    assert clients == sorted(f"{c}{i}" for c in ("zip", "snappy", "hadoop") for i in range(1000))
+    assert {headers(m)["format"] for m in got} == {
+        "json-lines+zip",
+        "json-lines+snappy",
+        "json-lines+hadoop-snappy",
+    }
+    dead = read_topic(
+        kafka, kafka.topic("dead-letter"), until=lambda r: len(r) >= 1, timeout=30, idle=1.0
+    )
+    assert len(dead) == 1
+    letter = AvroSerde(kafka).decode(dead[0].value())[1]
+    assert letter["reason"] == "unreadable_object:unknown_format"
+    assert dead[0].key() == f"s3://{name}/2024/03/05/10/stream-bzip2".encode()
+
+
+def _metric(name: str, **labels: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 def test_missing_bucket_is_a_clear_error_not_a_retry(kafka: Settings, moto_endpoint: str) -> None:
     started = time.monotonic()
     with pytest.raises(SourceError, match="NoSuchBucket"):
@@ -455,6 +523,8 @@ def test_cli_killed_with_sigkill_and_restarted(kafka: Settings, tmp_path: Path) 
         **os.environ,
         "CRM_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
         "CRM_TOPIC_PREFIX": kafka.topic_prefix,
+        "CRM_PARTITIONS": str(kafka.partitions),
+        "CRM_REPLICATION_FACTOR": str(kafka.replication_factor),
         "CRM_METRICS_PORT": "0",
         "CRM_LOG_LEVEL": "WARNING",
     }
@@ -479,6 +549,49 @@ def test_cli_killed_with_sigkill_and_restarted(kafka: Settings, tmp_path: Path) 
     assert 0 < summary["records"] < n  # resumed mid-file
     keys = {m.key() for m in raw(kafka, "leanplum", n, timeout=120)}
     assert keys == {f"s{i:06d}".encode() for i in range(n)}
+
+
+def test_cli_sigterm_checkpoints_and_a_restart_republishes_nothing(
+    kafka: Settings, tmp_path: Path
+) -> None:
+    """SIGTERM mid-file (no mid-file checkpoint configured): exit 0 with the acknowledged rows
+    checkpointed, so the restart publishes exactly the rest: every id once (issue 14)."""
+    feed = tmp_path / "feed" / "dt=2024-03-05"
+    feed.mkdir(parents=True)
+    n = 100_000
+    (feed / "big.json").write_bytes(lines([lp(f"t{i:06d}") for i in range(n)]))
+    env = {
+        **os.environ,
+        "CRM_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "CRM_TOPIC_PREFIX": kafka.topic_prefix,
+        "CRM_PARTITIONS": str(kafka.partitions),
+        "CRM_REPLICATION_FACTOR": str(kafka.replication_factor),
+        "CRM_METRICS_PORT": "0",
+        "CRM_LOG_LEVEL": "WARNING",
+    }
+    cmd = [
+        sys.executable, "-m", "crmcli", "connect", "leanplum",
+        "--source", f"file://{tmp_path / 'feed'}", "--once", "--checkpoint-every", "10000000",
+    ]  # fmt: skip
+    child = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        read_topic(
+            kafka, kafka.topic("raw.leanplum"), until=lambda r: len(r) >= 5000, timeout=60, idle=0
+        )
+        assert child.poll() is None, "the connector finished before it could be stopped"
+        child.send_signal(signal.SIGTERM)
+        out, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 0, err.decode()[-2000:]
+    first = orjson.loads(out.splitlines()[-1])["records"]
+    assert 0 < first < n, "stopped mid-file"
+    done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, timeout=180)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert orjson.loads(done.stdout.splitlines()[-1])["records"] == n - first
+    keys = [m.key() for m in raw(kafka, "leanplum", n, timeout=120)]
+    assert sorted(keys) == [f"t{i:06d}".encode() for i in range(n)]  # each exactly once
 
 
 def test_broker_down_is_not_checkpointed(bucket: tuple[Any, str], moto_endpoint: str) -> None:
@@ -523,7 +636,7 @@ def test_sample_feed_folder_through_the_connector(
     import random
     from collections import Counter
 
-    from connectors.objectstore import run_feed
+    from connectors.objectstore.cli import run_feed
     from crmdemo.samplefeeds import write_sample_feed
     from crmdemo.samples import campaigns
 

@@ -355,6 +355,8 @@ def _cli_env(settings: Settings, moto_url: str, stream: str) -> dict[str, str]:
         {
             "CRM_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
             "CRM_TOPIC_PREFIX": settings.topic_prefix,
+            "CRM_PARTITIONS": str(settings.partitions),
+            "CRM_REPLICATION_FACTOR": str(settings.replication_factor),
             "CRM_METRICS_PORT": "0",
             "CRM_PINPOINT_KINESIS_ENDPOINT_URL": moto_url,
             "CRM_PINPOINT_KINESIS_BATCH_LIMIT": "10",
@@ -409,6 +411,35 @@ def test_killed_mid_stream_and_restarted_loses_nothing(
     assert set(numbers) == set(range(450)), "a record is missing after kill and restart"
     # At least once, but a restart re-reads at most the rounds that were not checkpointed.
     assert len(numbers) - 450 < 400
+
+
+def test_sigterm_checkpoints_and_a_restart_republishes_nothing(
+    kinesis: Any, moto_url: str, settings_factory: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """SIGTERM mid-stream: exit 0 with every acknowledged round checkpointed, so the restart
+    reads on from there: every record on the raw topic exactly once (issue 14)."""
+    settings = settings_factory()
+    create_topics(settings)
+    stream = _stream(kinesis, 2)
+    _put(kinesis, stream, range(400))
+    env = _cli_env(settings, moto_url, stream)
+    cmd = [sys.executable, "-m", "crmcli", "connect", "pinpoint-kinesis", "--stream", stream]
+    log_path = tmp_path / "kinesis.log"
+    log = log_path.open("ab")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        seen = _count_until(settings, settings.topic("raw.pinpoint"), 60, timeout=60)
+        assert seen >= 60, log_path.read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, log_path.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    _put(kinesis, stream, range(400, 450))
+    done = subprocess.run([*cmd, "--once"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    assert done.returncode == 0, log_path.read_text()
+    numbers = _markers(_raw(settings, 450, timeout=60))
+    assert sorted(numbers) == list(range(450)), "a record is missing or re-published"
 
 
 def test_cli_unknown_stream_is_a_clear_error(

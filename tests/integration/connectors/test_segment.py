@@ -206,6 +206,24 @@ def test_oversized_body_is_413(
     assert [r.key() for r in _raw(settings, 1, idle=1.5)] == [b"small"]
 
 
+def test_a_batch_with_one_record_too_large_is_413_and_nothing_is_published(
+    receiver_factory: Callable[..., tuple[BackgroundReceiver, Settings]],
+) -> None:
+    """A signed array [A, B (1.2 MB), C] under the body limit: 413 and none of A, B, C on the
+    raw topic (issue 14: a batch is all or nothing). A later good batch lands alone."""
+    receiver, settings = receiver_factory(
+        max_body_bytes=4 * 1024 * 1024, shared_secret=Secret(SECRET)
+    )
+    batch = orjson.dumps(
+        [_event("A"), _event("B", properties={"pad": "x" * 1_200_000}), _event("C")]
+    )
+    status, payload = _post(receiver.url, batch, {"X-Signature": signature(SECRET, batch)})
+    assert (status, payload["error"]) == (413, "record_too_large")
+    good = orjson.dumps([_event("D"), _event("E")])
+    assert _post(receiver.url, good, {"X-Signature": signature(SECRET, good)})[0] == 200
+    assert sorted(r.key() for r in _raw(settings, 2, idle=2.0)) == [b"D", b"E"]
+
+
 @pytest.mark.parametrize(
     ("body", "error"),
     [
@@ -226,18 +244,39 @@ def test_not_json_or_not_objects_is_400(
     assert payload["error"] == error
 
 
-def test_healthz_and_metrics(
+def test_health_and_metrics(
     receiver_factory: Callable[..., tuple[BackgroundReceiver, Settings]],
 ) -> None:
     receiver, _ = receiver_factory()
     base = receiver.url.rsplit("/", 1)[0]
     assert _post(receiver.url, orjson.dumps(_event("m-metrics")))[0] == 200
-    health = httpx.get(f"{base}/healthz", timeout=10)
-    assert health.status_code == 200
-    assert health.json()["status"] == "ok"
+    for path in ("/livez", "/readyz", "/healthz"):
+        deadline = time.monotonic() + 30
+        while (health := httpx.get(f"{base}{path}", timeout=10)).status_code != 200:
+            assert time.monotonic() < deadline, (path, health.text)
+            time.sleep(0.2)
+        assert health.json()["status"] == "ok"
+    assert set(httpx.get(f"{base}/readyz", timeout=10).json()["checks"]) == {
+        "producer",
+        "acks",
+        "kafka",
+    }
     text = httpx.get(f"{base}/metrics", timeout=10).text
     assert 'crm_connector_http_requests_total{connector="segment",status="200"}' in text
     assert 'crm_connector_records_total{connector="segment"}' in text
+
+
+def test_kafka_unreachable_is_not_ready_but_live(
+    receiver_factory: Callable[..., tuple[BackgroundReceiver, Settings]],
+    settings_factory: Callable[..., Settings],
+) -> None:
+    dead = settings_factory(CRM_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}")
+    receiver, _ = receiver_factory(settings=dead, create=False, ack_timeout_s=2.0)
+    base = receiver.url.rsplit("/", 1)[0]
+    ready = httpx.get(f"{base}/readyz", timeout=10)
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["kafka"]["ok"] is False
+    assert httpx.get(f"{base}/livez", timeout=10).status_code == 200
 
 
 def test_kafka_unreachable_is_503_within_the_ack_timeout(
@@ -287,6 +326,8 @@ class _ReceiverProcess:
             {
                 "CRM_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
                 "CRM_TOPIC_PREFIX": settings.topic_prefix,
+                "CRM_PARTITIONS": str(settings.partitions),
+                "CRM_REPLICATION_FACTOR": str(settings.replication_factor),
                 "CRM_METRICS_PORT": "0",
                 "CRM_SEGMENT_SHARED_SECRET": SECRET,
             }
@@ -369,6 +410,55 @@ def test_killed_mid_stream_and_restarted_loses_nothing(
     records = _raw(settings, len(keys), timeout=60)
     published = {r.key().decode() for r in records if r.key() is not None}
     assert set(keys) <= published
+
+
+def test_sigterm_answers_every_request_and_a_restart_republishes_nothing(
+    settings_factory: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """SIGTERM mid-stream: the receiver answers the requests it holds, exits 0, and a sender
+    that retries until 200 (as Segment does) puts every event on the topic exactly once: no
+    event was published yet answered with an error (issue 14)."""
+    settings = settings_factory()
+    create_topics(settings)
+    port = free_port()
+    proc = _ReceiverProcess(settings, port, tmp_path / "segment.log")
+    proc.start()
+    url = f"http://127.0.0.1:{port}/segment"
+    keys = [f"term-{i:03d}-{uuid.uuid4().hex[:6]}" for i in range(120)]
+    acked: list[str] = []
+
+    def sender() -> None:
+        with httpx.Client(timeout=30) as client:
+            for key in keys:
+                body = orjson.dumps(_event(key))
+                while True:
+                    try:
+                        resp = client.post(
+                            url, content=body, headers={"X-Signature": signature(SECRET, body)}
+                        )
+                        if resp.status_code == 200:
+                            acked.append(key)
+                            break
+                    except httpx.TransportError:
+                        pass
+                    time.sleep(0.1)
+
+    thread = threading.Thread(target=sender)
+    thread.start()
+    try:
+        while len(acked) < 40 and thread.is_alive():
+            time.sleep(0.01)
+        assert proc.proc is not None
+        proc.proc.send_signal(signal.SIGTERM)
+        assert proc.proc.wait(30) == 0, proc.log.read_text()[-3000:]
+        assert len(acked) < len(keys), "stopped mid-stream"
+        proc.start()
+        thread.join(120)
+    finally:
+        proc.stop()
+    assert acked == keys
+    records = _raw(settings, len(keys), timeout=60, idle=2.0)
+    assert sorted(r.key().decode() for r in records) == sorted(keys)  # each exactly once
 
 
 def test_post_samples_signs_batches_and_reports_statuses(

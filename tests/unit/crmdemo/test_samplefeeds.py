@@ -13,7 +13,8 @@ import orjson
 import pytest
 
 from connectors.feeds import FEEDS
-from connectors.objectstore import LocalStore, ObjectReader
+from connectors.objectstore.reader import ObjectReader
+from connectors.objectstore.stores import LocalStore
 from crmdemo.samplefeeds import leanplum_parquet_row, write_sample_feed
 from crmdemo.samples import SampleSet, campaigns
 from processors.normalize import EVENT_IDS

@@ -281,7 +281,14 @@ def test_segment_receiver_has_a_service_and_an_ingress(all_enabled: list[Manifes
     assert backend["name"] == service["metadata"]["name"]
     assert backend["port"]["name"] == service["spec"]["ports"][0]["name"]
     assert ingress["spec"]["tls"][0]["secretName"] == "segment-tls"
-    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "http"}
+    for name in ("leanplum", "airship"):
+        other = _one(all_enabled, "Deployment", f"-{name}")["spec"]["template"]["spec"]
+        probes = other["containers"][0]
+        assert probes["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "metrics"}
+        assert probes["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+        assert other["terminationGracePeriodSeconds"] == 75  # room for the final flush
     # Two replicas of the receiver: a PDB keeps one up during drains.
     pdb = _one(all_enabled, "PodDisruptionBudget", "-segment")
     assert pdb["spec"]["minAvailable"] == 1

@@ -1,21 +1,14 @@
-"""AirshipSettings validation (TAXONOMY §7), the request body, offset tracking and back-off."""
+"""AirshipSettings validation (TAXONOMY §7), filters and subsets, the request body."""
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from connectors.airship import (
-    BASE_URLS,
-    AirshipSettings,
-    OffsetTracker,
-    backoff_delay,
-    validate_filters,
-    validate_subset,
-)
+from connectors.airship.filters import validate_filters, validate_subset
+from connectors.airship.settings import BASE_URLS, AirshipSettings
 from crmstream.errors import ConfigError
 from crmstream.settings import Secret
 
@@ -81,7 +74,7 @@ def test_token_is_required_and_missing_token_file_is_named(tmp_path: Path) -> No
 
 
 def test_secrets_are_not_command_line_options() -> None:
-    from connectors.airship import options_from_args
+    from connectors.airship.cli import options_from_args
     from crmcli import build_parser
 
     parser = build_parser()
@@ -271,75 +264,3 @@ def test_durations() -> None:
 def test_direct_construction_is_validated() -> None:
     with pytest.raises(ConfigError):
         AirshipSettings(app_key="a", token=Secret("t"), filters=[])
-
-
-# --- offsets ---------------------------------------------------------------------------------
-
-
-def test_tracker_advances_over_the_acknowledged_prefix_only() -> None:
-    t = OffsetTracker("start")
-    a, b, c = t.add("A"), t.add("B"), t.add("C")
-    t.ack(c)
-    assert t.position == "start", "C acked but A, B are not"
-    t.ack(a)
-    assert t.position == "A"
-    t.ack(b)
-    assert t.position == "C" and t.in_flight == 0
-
-
-def test_tracker_offsets_are_opaque_stream_order() -> None:
-    t = OffsetTracker()
-    # Base64-like, negative and numeric offsets (TAXONOMY §4): order is read order.
-    slots = [t.add(o) for o in ("MTIzNQ", "-1099401623", "1000001778910")]
-    for slot in reversed(slots):
-        t.ack(slot)
-    assert t.position == "1000001778910"
-
-
-def test_offset_update_waits_for_earlier_records() -> None:
-    t = OffsetTracker("0")
-    a = t.add("1")
-    t.mark("9")  # OFFSET_UPDATE: nothing to publish
-    assert t.position == "0"
-    t.ack(a)
-    assert t.position == "9"
-    t.mark("12")
-    assert t.position == "12"
-
-
-def test_unknown_offset_neither_blocks_nor_moves() -> None:
-    t = OffsetTracker("0")
-    bad = t.add(None)  # invalid JSON line
-    good = t.add("2")
-    t.ack(good)
-    assert t.position == "0"
-    t.ack(bad)
-    assert t.position == "2"
-
-
-def test_reset_forgets_unacknowledged_records() -> None:
-    t = OffsetTracker("0")
-    a, b = t.add("1"), t.add("2")
-    t.ack(a)
-    assert t.reset() == 1
-    t.ack(b)  # a late ack of a forgotten record moves nothing
-    assert t.position == "1" and t.in_flight == 0
-
-
-def test_backoff_grows_with_jitter_and_is_capped() -> None:
-    rng = random.Random(1)
-    for attempt, ceiling in [(1, 1.0), (2, 2.0), (3, 4.0), (6, 30.0), (20, 30.0)]:
-        delays = [backoff_delay(attempt, 1.0, 30.0, rng) for _ in range(200)]
-        assert all(ceiling / 2 <= d <= ceiling for d in delays)
-        assert len({round(d, 6) for d in delays}) > 100, "jittered"
-
-
-def test_processed_time_for_the_lag_gauge() -> None:
-    from connectors.airship import _epoch_s
-
-    assert _epoch_s("2024-05-01T10:00:01.5Z") == 1714557601.5
-    assert _epoch_s("2024-05-01T10:00:01+02:00") == 1714550401.0
-    # No zone, not a string, not a time: no reading (the worker judges timestamps, not this).
-    assert _epoch_s("2024-05-01T10:00:01") is None
-    assert _epoch_s(1714557601) is None
-    assert _epoch_s("yesterday") is None

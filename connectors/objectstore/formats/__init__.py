@@ -1,0 +1,1 @@
+"""The record formats of feed objects: JSON lines, a JSON array, Parquet."""
