@@ -17,6 +17,7 @@ share a key, so a partition; the first copy published wins), not by the worker:
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -358,3 +360,26 @@ def require_alive(worker: WorkerProcess, context: str) -> None:
     if not worker.alive():
         assert worker.proc is not None
         pytest.fail(f"{context}: worker exited {worker.proc.returncode}\n{worker.tail()}")
+
+
+def probe(url: str) -> tuple[int, dict]:
+    """GET a health endpoint: (status, its JSON), or (0, the error) when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+    except OSError as err:
+        return 0, {"error": str(err)}
+
+
+def wait_status(url: str, status: int, timeout: float) -> dict:
+    """Poll ``url`` until it answers ``status``; its JSON (the test fails after ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    last: tuple[int, dict] = (0, {})
+    while time.monotonic() < deadline:
+        last = probe(url)
+        if last[0] == status:
+            return last[1]
+        time.sleep(0.5)
+    pytest.fail(f"{url} did not answer {status} in {timeout}s; last {last}")

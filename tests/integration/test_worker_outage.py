@@ -6,13 +6,10 @@ nothing else. ``CRM_OUTAGE_SECONDS`` sets the pause (the issue's drill is 60 s; 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,8 +25,10 @@ from tests.integration.harness import (
     Feed,
     WorkerProcess,
     exactness_failures,
+    probe,
     read_outputs,
     samples,
+    wait_status,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.outage]
@@ -41,27 +40,6 @@ OUTAGE_S = float(os.environ.get("CRM_OUTAGE_SECONDS", "20"))
 def broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
     with EmbeddedBroker(log_path=tmp_path / "tansu.log") as own:
         yield own
-
-
-def _probe(url: str) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
-    except OSError as err:
-        return 0, {"error": str(err)}
-
-
-def _wait(url: str, status: int, timeout: float) -> dict:
-    deadline = time.monotonic() + timeout
-    last: tuple[int, dict] = (0, {})
-    while time.monotonic() < deadline:
-        last = _probe(url)
-        if last[0] == status:
-            return last[1]
-        time.sleep(0.5)
-    pytest.fail(f"{url} did not answer {status} in {timeout}s; last {last}")
 
 
 def test_the_worker_rides_out_a_broker_outage(broker: EmbeddedBroker, tmp_path: Path) -> None:
@@ -85,25 +63,25 @@ def test_the_worker_rides_out_a_broker_outage(broker: EmbeddedBroker, tmp_path: 
     base = worker.url.rsplit("/", 1)[0]
     worker.start()
     try:
-        _wait(f"{base}/readyz", 200, 90)
-        assert _probe(f"{base}/livez")[0] == 200
+        wait_status(f"{base}/readyz", 200, 90)
+        assert probe(f"{base}/livez")[0] == 200
 
         os.kill(broker.pid, signal.SIGSTOP)
         # Records keep coming: the producer holds them until the broker is back.
         during = threading.Thread(target=feed.publish_all, args=(sets, slice(150, 225)))
         during.start()
         try:
-            report = _wait(f"{base}/readyz", 503, 30)
+            report = wait_status(f"{base}/readyz", 503, 30)
             assert not report["checks"]["kafka"]["ok"], report
             time.sleep(max(0.0, OUTAGE_S - 10))
             assert worker.alive(), worker.tail()
-            assert _probe(f"{base}/livez")[0] == 200, "the worker is alive while Kafka is away"
+            assert probe(f"{base}/livez")[0] == 200, "the worker is alive while Kafka is away"
         finally:
             os.kill(broker.pid, signal.SIGCONT)
 
         during.join(timeout=120)
         feed.publish_all(sets, slice(225, None))  # and more after it
-        _wait(f"{base}/readyz", 200, 90)
+        wait_status(f"{base}/readyz", 200, 90)
         out = read_outputs(settings, feed.expected, timeout=180)
         assert not exactness_failures(out, feed.expected), worker.tail(20000)
         assert worker.alive(), worker.tail()

@@ -7,15 +7,12 @@ issue's drill is 60 s; CI uses less).
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,6 +27,7 @@ from crmstream.broker import EmbeddedBroker, free_port, wait_for_port
 from crmstream.settings import Settings
 from crmstream.topics import create_topics
 from tests.conftest import TANSU_DEV
+from tests.integration.harness import probe, wait_status
 from tests.kafka_helpers import read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.outage]
@@ -55,27 +53,6 @@ def _env(broker: EmbeddedBroker, tmp_path: Path) -> dict[str, str]:
         CRM_METRICS_PORT=str(free_port()),
     )
     return env
-
-
-def _probe(url: str) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
-    except OSError as err:
-        return 0, {"error": str(err)}
-
-
-def _wait(url: str, status: int, timeout: float) -> dict:
-    deadline = time.monotonic() + timeout
-    last: tuple[int, dict] = (0, {})
-    while time.monotonic() < deadline:
-        last = _probe(url)
-        if last[0] == status:
-            return last[1]
-        time.sleep(0.5)
-    pytest.fail(f"{url} did not answer {status} in {timeout}s; last {last}")
 
 
 def _tail(log: Path, n: int = 6000) -> str:
@@ -138,26 +115,26 @@ def test_segment_receiver_rides_out_a_broker_outage(broker: EmbeddedBroker, tmp_
 
     try:
         wait_for_port("127.0.0.1", port, 30)
-        _wait(f"{base}/readyz", 200, 60)
-        _wait(f"{metrics_base}/readyz", 200, 10)
+        wait_status(f"{base}/readyz", 200, 60)
+        wait_status(f"{metrics_base}/readyz", 200, 10)
         send(keys[:20])
 
         os.kill(broker.pid, signal.SIGSTOP)
         during = threading.Thread(target=send, args=(keys[20:40],))
         try:
             during.start()
-            report = _wait(f"{base}/readyz", 503, 30)
+            report = wait_status(f"{base}/readyz", 503, 30)
             assert not report["checks"]["kafka"]["ok"], report
             time.sleep(max(0.0, OUTAGE_S - 5))
             assert proc.poll() is None, _tail(log)
-            assert _probe(f"{base}/livez")[0] == 200, _tail(log)
+            assert probe(f"{base}/livez")[0] == 200, _tail(log)
         finally:
             os.kill(broker.pid, signal.SIGCONT)
         during.join(timeout=180)
         assert not during.is_alive(), f"posts never answered 200 again: {statuses}\n{_tail(log)}"
         send(keys[40:])
-        _wait(f"{base}/readyz", 200, 60)
-        assert _probe(f"{base}/livez")[0] == 200
+        wait_status(f"{base}/readyz", 200, 60)
+        assert probe(f"{base}/livez")[0] == 200
         assert proc.poll() is None, _tail(log)
     finally:
         proc.terminate()
@@ -354,7 +331,7 @@ def test_pulling_connector_rides_out_a_broker_outage(
     )
     topic = settings.topic(f"raw.{feed.vendor}")
     try:
-        _wait(f"{metrics_base}/readyz", 200, 60)
+        wait_status(f"{metrics_base}/readyz", 200, 60)
         read_topic(
             settings,
             topic,
@@ -365,14 +342,14 @@ def test_pulling_connector_rides_out_a_broker_outage(
         os.kill(broker.pid, signal.SIGSTOP)
         try:
             expected |= feed.add(1)
-            report = _wait(f"{metrics_base}/readyz", 503, 30)
+            report = wait_status(f"{metrics_base}/readyz", 503, 30)
             assert not report["checks"]["kafka"]["ok"], report
             time.sleep(max(0.0, OUTAGE_S - 5))
             assert proc.poll() is None, _tail(log)
-            assert _probe(f"{metrics_base}/livez")[0] == 200, _tail(log)
+            assert probe(f"{metrics_base}/livez")[0] == 200, _tail(log)
         finally:
             os.kill(broker.pid, signal.SIGCONT)
-        _wait(f"{metrics_base}/readyz", 200, 60)
+        wait_status(f"{metrics_base}/readyz", 200, 60)
         expected |= feed.add(2)
         records = read_topic(
             settings,
@@ -382,7 +359,7 @@ def test_pulling_connector_rides_out_a_broker_outage(
             idle=2.0,
         )
         assert proc.poll() is None, _tail(log)
-        assert _probe(f"{metrics_base}/livez")[0] == 200, _tail(log)
+        assert probe(f"{metrics_base}/livez")[0] == 200, _tail(log)
     finally:
         proc.terminate()
         code = proc.wait(timeout=60)
@@ -436,7 +413,7 @@ def test_segment_receiver_survives_a_broker_replacement(tmp_path: Path) -> None:
 
     try:
         wait_for_port("127.0.0.1", http_port, 30)
-        _wait(f"{url}/readyz", 200, 60)
+        wait_status(f"{url}/readyz", 200, 60)
         send([f"before-{i}" for i in range(10)])
         os.kill(first.pid, signal.SIGKILL)
         first.stop()
@@ -444,8 +421,8 @@ def test_segment_receiver_survives_a_broker_replacement(tmp_path: Path) -> None:
         create_topics(settings)  # the new broker is empty
         after = [f"after-{i}-{uuid.uuid4().hex[:6]}" for i in range(20)]
         send(after)
-        _wait(f"{url}/readyz", 200, 60)
-        assert _probe(f"{url}/livez")[0] == 200, _tail(log)
+        wait_status(f"{url}/readyz", 200, 60)
+        assert probe(f"{url}/livez")[0] == 200, _tail(log)
         assert proc.poll() is None, _tail(log)
         records = read_topic(
             settings,
