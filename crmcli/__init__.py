@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import fields
@@ -275,8 +276,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stop_before_start(signum: int, frame: Any) -> None:
+    raise SystemExit(0)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.func is _cmd_worker:
+        # SIGTERM while the worker still imports and starts (seconds, before Faust installs its
+        # own handler) is a clean stop: nothing was read or written yet. Without this it died of
+        # the signal (-15), which Kubernetes and the scale-out test take for a crash.
+        signal.signal(signal.SIGTERM, _stop_before_start)
     try:
         settings = Settings.from_env()
         from crmstream.logs import configure
