@@ -7,32 +7,15 @@ import asyncio
 import contextlib
 import logging
 import signal
+from dataclasses import fields
 
 from connectors.airship.connector import CONNECTOR, VENDOR, AirshipConnector, RunStats
-from connectors.airship.settings import AirshipSettings
+from connectors.airship.settings import ENV_PREFIX, AirshipSettings, option_name
 from connectors.base import KafkaWatch, connector_health, ensure_topics
 from crmstream import metrics
 from crmstream.settings import Settings
 
 log = logging.getLogger("connectors.airship")
-
-
-_OPTIONS: list[tuple[str, str, str]] = [
-    # (option, field, help)
-    ("--url", "url", "US, EU or a base URL [CRM_AIRSHIP_URL]"),
-    ("--app-key", "app_key", "app key, sent as X-UA-Appkey [CRM_AIRSHIP_APP_KEY]"),
-    ("--stream", "stream", "events or compliance [CRM_AIRSHIP_STREAM]"),
-    ("--start", "start", "EARLIEST or LATEST when there is no checkpoint [CRM_AIRSHIP_START]"),
-    ("--resume-offset", "resume_offset", "offset when there is no checkpoint"),
-    ("--filters-file", "filters_file", "JSON file with the filters array [CRM_AIRSHIP_FILTERS]"),
-    ("--subset-file", "subset_file", "JSON file with the subset object [CRM_AIRSHIP_SUBSET]"),
-    ("--idle-timeout", "idle_timeout_s", "reconnect after this long without a byte (90s)"),
-    ("--backoff-min", "backoff_min_s", "first reconnect delay (1s)"),
-    ("--backoff-max", "backoff_max_s", "longest reconnect delay (60s)"),
-    ("--not-found-retry", "not_found_retry_s", "delay after HTTP 404 (60s)"),
-    ("--checkpoint-interval", "checkpoint_interval_s", "checkpoint every (1s)"),
-    ("--stop-after-idle", "stop_after_idle_s", "exit after no event for this long (0: never)"),
-]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,19 +25,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = "environment (options above override them):\n" + "\n".join(
         f"  {var:<32} {doc}" for var, doc in AirshipSettings.describe()
     )
-    for option, dest, help_text in _OPTIONS:
-        metavar = "DURATION" if dest.endswith("_s") else option[2:].upper().replace("-", "_")
+    # One option per setting, from the settings' own fields (name, variable, description).
+    for f in fields(AirshipSettings):
+        if f.metadata["secret"]:
+            continue
+        variable = ENV_PREFIX + f.metadata["env"]
+        if f.type in (bool, "bool"):
+            parser.add_argument(
+                "--no-" + option_name(f).removeprefix("--enable-"),
+                dest=f"airship_{f.name}",
+                action="store_const",
+                const="false",
+                default=None,
+                help=f"turn off: {f.metadata['doc']} [{variable}=false]",
+            )
+            continue
+        if f.metadata.get("json", False):
+            dest, metavar = f"airship_{f.name}_file", "FILE"
+            help_text = f"file holding the {f.metadata['doc']} [{variable}(_FILE)]"
+        else:
+            dest = f"airship_{f.name}"
+            metavar = "DURATION" if f.name.endswith("_s") else f.name.upper()
+            help_text = f"{f.metadata['doc']} [{variable}]"
         parser.add_argument(
-            option, dest=f"airship_{dest}", default=None, metavar=metavar, help=help_text
+            option_name(f), dest=dest, default=None, metavar=metavar, help=help_text
         )
-    parser.add_argument(
-        "--no-offset-updates",
-        dest="airship_enable_offset_updates",
-        action="store_const",
-        const="false",
-        default=None,
-        help="ask for blank keep-alive lines instead of OFFSET_UPDATE events",
-    )
 
 
 def options_from_args(args: argparse.Namespace) -> dict[str, str | None]:

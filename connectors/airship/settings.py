@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import Field, dataclass, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -250,10 +250,10 @@ class AirshipSettings:
                     values[f.name] = Secret(secret.get().strip())
                 continue
             if is_json and f.name + "_file" in opts:
-                source = f"--{f.name}-file"
+                source = option_name(f)
                 raw = _read_file(source, opts[f.name + "_file"] or "")
             elif f.name in opts:
-                source = "--" + f.name.removesuffix("_s").replace("_", "-")
+                source = option_name(f)
                 raw = opts[f.name]
             elif var in env:
                 raw = env[var]
@@ -269,6 +269,13 @@ class AirshipSettings:
     def describe(cls) -> list[tuple[str, str]]:
         """(variable, description) rows for documentation and ``--help``."""
         return [(ENV_PREFIX + f.metadata["env"], f.metadata["doc"]) for f in fields(cls)]
+
+
+def option_name(f: Field[Any]) -> str:
+    """A field's command-line option, derived from its name so that it is declared once:
+    ``idle_timeout_s`` -> ``--idle-timeout``; a JSON field takes a file (``--filters-file``)."""
+    name = "--" + f.name.removesuffix("_s").replace("_", "-")
+    return name + "-file" if f.metadata.get("json", False) else name
 
 
 def _read_file(setting: str, path: str) -> str:

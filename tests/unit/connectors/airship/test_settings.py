@@ -264,3 +264,26 @@ def test_durations() -> None:
 def test_direct_construction_is_validated() -> None:
     with pytest.raises(ConfigError):
         AirshipSettings(app_key="a", token=Secret("t"), filters=[])
+
+
+def test_every_setting_but_the_secrets_is_an_option_named_after_its_field() -> None:
+    """The options come from the settings' fields (declared once): a bad value names the option,
+    and each option overrides its variable."""
+    from dataclasses import fields
+
+    from connectors.airship.cli import options_from_args
+    from connectors.airship.settings import option_name
+    from crmcli import build_parser
+
+    parser = build_parser()
+    for f in fields(AirshipSettings):
+        if f.metadata["secret"] or f.type in (bool, "bool") or f.metadata.get("json", False):
+            continue
+        args = parser.parse_args(["connect", "airship", option_name(f), "-1"])
+        assert options_from_args(args)[f.name] == "-1", f.name
+    args = parser.parse_args(["connect", "airship", "--idle-timeout", "-1"])
+    with pytest.raises(ConfigError) as info:
+        AirshipSettings.from_env(BASE, options_from_args(args))
+    assert info.value.setting == "--idle-timeout"
+    args = parser.parse_args(["connect", "airship", "--no-offset-updates"])
+    assert AirshipSettings.from_env(BASE, options_from_args(args)).enable_offset_updates is False
