@@ -513,12 +513,14 @@ def test_connector_killed_mid_file_resumes_without_loss(
     assert len(keys) - len(set(keys)) <= 500  # repeats only since the last checkpoint
 
 
-def test_cli_killed_with_sigkill_and_restarted(kafka: Settings, tmp_path: Path) -> None:
-    """The real thing: ``crm-stream connect leanplum`` in a child process, SIGKILLed mid-file."""
+def _big_leanplum_cli(
+    kafka: Settings, tmp_path: Path, prefix: str, n: int, checkpoint_every: int
+) -> tuple[list[str], dict[str, str]]:
+    """A one-file Leanplum feed of ``n`` rows (ids ``<prefix>000000``...) and the
+    ``crm-stream connect leanplum`` command and environment that ingest it."""
     feed = tmp_path / "feed" / "dt=2024-03-05"
     feed.mkdir(parents=True)
-    n = 100_000
-    (feed / "big.json").write_bytes(lines([lp(f"s{i:06d}") for i in range(n)]))
+    (feed / "big.json").write_bytes(lines([lp(f"{prefix}{i:06d}") for i in range(n)]))
     env = {
         **os.environ,
         "CRM_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
@@ -530,8 +532,16 @@ def test_cli_killed_with_sigkill_and_restarted(kafka: Settings, tmp_path: Path) 
     }
     cmd = [
         sys.executable, "-m", "crmcli", "connect", "leanplum",
-        "--source", f"file://{tmp_path / 'feed'}", "--once", "--checkpoint-every", "2000",
+        "--source", f"file://{tmp_path / 'feed'}", "--once",
+        "--checkpoint-every", str(checkpoint_every),
     ]  # fmt: skip
+    return cmd, env
+
+
+def test_cli_killed_with_sigkill_and_restarted(kafka: Settings, tmp_path: Path) -> None:
+    """The real thing: ``crm-stream connect leanplum`` in a child process, SIGKILLed mid-file."""
+    n = 100_000
+    cmd, env = _big_leanplum_cli(kafka, tmp_path, "s", n, checkpoint_every=2000)
     child = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         read_topic(
@@ -556,23 +566,8 @@ def test_cli_sigterm_checkpoints_and_a_restart_republishes_nothing(
 ) -> None:
     """SIGTERM mid-file (no mid-file checkpoint configured): exit 0 with the acknowledged rows
     checkpointed, so the restart publishes exactly the rest: every id once (issue 14)."""
-    feed = tmp_path / "feed" / "dt=2024-03-05"
-    feed.mkdir(parents=True)
     n = 100_000
-    (feed / "big.json").write_bytes(lines([lp(f"t{i:06d}") for i in range(n)]))
-    env = {
-        **os.environ,
-        "CRM_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-        "CRM_TOPIC_PREFIX": kafka.topic_prefix,
-        "CRM_PARTITIONS": str(kafka.partitions),
-        "CRM_REPLICATION_FACTOR": str(kafka.replication_factor),
-        "CRM_METRICS_PORT": "0",
-        "CRM_LOG_LEVEL": "WARNING",
-    }
-    cmd = [
-        sys.executable, "-m", "crmcli", "connect", "leanplum",
-        "--source", f"file://{tmp_path / 'feed'}", "--once", "--checkpoint-every", "10000000",
-    ]  # fmt: skip
+    cmd, env = _big_leanplum_cli(kafka, tmp_path, "t", n, checkpoint_every=10_000_000)
     child = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         read_topic(
