@@ -325,7 +325,8 @@ class WindowCounts:
         if sketch is None:
             from processors.uniques import Sketch
 
-            assert self.lg_k is not None
+            if self.lg_k is None:
+                raise ValueError("a window without sketches (lg_k None) keeps no recipients")
             sketch = self.sketches[key] = Sketch(lg_k=self.lg_k)
         return sketch
 

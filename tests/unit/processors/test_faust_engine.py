@@ -120,3 +120,64 @@ def test_recovered_from_another_thread_builds_nothing_faust_builds_lazily(
     assert app.tables._loop is None  # still late-bound: the worker's loop will be the one
     app.tables.recovery.completed.set()
     assert faust_engine.recovered(app) is True
+
+
+# -- the engine boundary (issue 20 item 6: what the engine swallows, and what it does not) ----
+
+
+def _engine(tmp_path: Path) -> Any:
+    from crmstream.settings import Settings
+    from processors.faust_engine import FaustEngine
+
+    return FaustEngine(Settings.from_env({"CRM_DATA_DIR": str(tmp_path)}))
+
+
+def test_highwater_is_none_only_for_a_partition_not_assigned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = _engine(tmp_path)
+    consumer = engine.app.consumer
+    tp = TP("crm.raw.airship", 0)
+
+    def not_assigned(tp: Any) -> int:
+        raise AssertionError("Partition is not assigned")  # what aiokafka raises
+
+    monkeypatch.setattr(consumer, "highwater", not_assigned)
+    assert engine.highwater(tp) is None
+    monkeypatch.setattr(consumer, "highwater", lambda tp: 42)
+    assert engine.highwater(tp) == 42
+
+    def broken(tp: Any) -> int:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(consumer, "highwater", broken)
+    with pytest.raises(RuntimeError):  # stall detection is not silently off
+        engine.highwater(tp)
+
+
+def test_a_seek_that_cannot_be_done_is_a_seek_error_and_nothing_else_is_hidden(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from aiokafka.errors import IllegalStateError
+
+    from processors.engine import SeekError
+
+    engine = _engine(tmp_path)
+    consumer = engine.app.consumer
+    tp = TP("crm.raw.airship", 0)
+
+    async def not_assigned(offsets: Any) -> None:
+        raise IllegalStateError("partition is not assigned")
+
+    monkeypatch.setattr(consumer, "seek_wait", not_assigned)
+    with pytest.raises(SeekError):
+        asyncio.run(engine.seek({tp: 3}))
+
+    async def timed_out(offsets: Any) -> None:
+        raise TimeoutError
+
+    monkeypatch.setattr(consumer, "seek_wait", timed_out)
+    with pytest.raises(TimeoutError):
+        asyncio.run(engine.seek({tp: 3}))
