@@ -422,7 +422,17 @@ class FaustEngine:
         self.app.agent(topic, name=name)(run)
 
     def timer(self, interval: float, name: str, tick: Callable[[], Awaitable[None]]) -> None:
-        self.app.timer(interval=interval, name=name)(tick)
+        """Run ``tick`` every ``interval`` seconds. A seek it cannot do stops the worker (exit
+        70), as in an agent: the partition would otherwise be read from the wrong place."""
+
+        async def run() -> None:
+            try:
+                await tick()
+            except SeekError as exc:
+                die(exc, f"timer {name}")
+
+        run.__name__ = run.__qualname__ = name
+        self.app.timer(interval=interval, name=name)(run)
 
     def routing(
         self, changelog_topic: str, stats_updates_topic: str, partitions: Callable[[], int]
