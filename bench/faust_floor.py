@@ -1,7 +1,7 @@
 """The Faust floor: how fast a Faust agent reads the benchmark's raw topics when it does nothing.
 
 The same Faust settings and event loop as the worker (broker options from
-:func:`processors.faust_compat.faust_broker_kwargs`, ``take_events`` batches of
+:func:`processors.faust_engine.faust_broker_kwargs`, ``take_events`` batches of
 ``CRM_WORKER_BATCH_SIZE`` within
 ``CRM_WORKER_BATCH_WITHIN``), the same generated raw records, and an agent that only counts
 them. Whatever it reaches bounds any Faust worker on this machine and broker, crm-stream
@@ -35,7 +35,7 @@ from crmstream.resources import tansu_dev_profile
 from crmstream.settings import Settings
 from crmstream.topics import VENDORS, create_topics, raw_topic
 from processors.app import use_event_loop
-from processors.faust_compat import faust_broker_kwargs
+from processors.faust_engine import faust_broker_kwargs
 
 
 def measure(bootstrap: str, events: int, partitions: int, workdir: Path) -> dict[str, Any]:

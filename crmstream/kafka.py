@@ -1,7 +1,7 @@
 """Kafka client configuration for both client libraries, from one :class:`Settings`.
 
 confluent-kafka (connectors, admin, CLI) takes librdkafka's dotted keys; Faust runs on aiokafka
-and takes ``broker_credentials`` / ``ssl_context`` (built in ``processors.faust_compat`` from
+and takes ``broker_credentials`` / ``ssl_context`` (built in ``processors.faust_engine`` from
 :func:`ssl_context`, so the core never imports Faust). The friendly settings map onto both
 (the Quix Streams ``ConnectionConfig`` idea), so TLS and SASL are configured once.
 """

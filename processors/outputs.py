@@ -13,20 +13,29 @@ The benchmark's profile showed Faust's aiokafka send path (a future, a pure-Pyth
 and murmur2 per record) as the worker's largest cost. The partitioner is murmur2
 (Java-compatible), keys are ``bytes``; the producer is idempotent, so what a crash leaves of a
 partition's records is a prefix of what was sent, in order.
+
+:class:`DeadLetters` builds the dead letters the raw and stats paths send through it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from crmstream import metrics
 from crmstream.errors import BrokerError
 from crmstream.kafka import producer_config
+from crmstream.serde import AvroSerde
 from crmstream.settings import Settings
+from processors.probe import RAW_POSITION_HEADER, raw_position
+from processors.records import RawPosition, dead_letter_record
+
+log = logging.getLogger("crmstream.worker")
 
 Offsets = dict[tuple[str, int], int]
 Headers = list[tuple[str, str | bytes | None]]
@@ -258,3 +267,86 @@ class ConfluentOutputs:
             self._thread.join(5)
         for producer in self._producers:
             producer.flush(30)
+
+
+# --- dead letters -------------------------------------------------------------------------------
+
+# What a Kafka record costs besides its key, value and headers (record and batch framing).
+RECORD_OVERHEAD_BYTES = 512
+
+
+def record_size(key: bytes | None, value: bytes, headers: Headers) -> int:
+    return len(value) + (len(key) if key else 0) + sum(len(k) + len(v or b"") for k, v in headers)
+
+
+def position_headers(pos: RawPosition) -> Headers:
+    """Every output carries its raw record's position: how a restart reads back what an earlier
+    run wrote (:meth:`processors.probe.Probe.read_back`)."""
+    return [(RAW_POSITION_HEADER, raw_position(pos.topic, pos.partition, pos.offset))]
+
+
+class DeadLetters:
+    """Builds and sends dead letters: one per record that cannot become an event (or a stats
+    update), cut to the size limit if it must be, never twice for a record whose dead letter an
+    earlier run wrote (``landed``)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        serde: AvroSerde,
+        outputs: Outputs,
+        landed: Callable[[RawPosition], bool],
+    ) -> None:
+        self.topic = settings.topic("dead-letter")
+        self.serde = serde
+        self.outputs = outputs
+        self.landed = landed
+        self.max_record_bytes = settings.max_message_bytes - RECORD_OVERHEAD_BYTES
+
+    def send(
+        self,
+        raw: bytes,
+        raw_key: bytes | None,
+        vendor: str | None,
+        reason: str,
+        detail: str,
+        pos: RawPosition,
+        now_ms: int,
+    ) -> None:
+        """Send one dead letter (unless an earlier run did), cut to the size limit if it must
+        be: the raw value's first bytes, and its size."""
+        metrics.DEAD_LETTERS.labels(vendor or "", reason).inc()
+        log.info(
+            "dead letter %s: %s",
+            reason,
+            detail,
+            extra={"vendor": vendor, "source": pos.source or pos.kafka_position},
+        )
+        if self.landed(pos):
+            metrics.OUTPUTS_READ_BACK.labels(vendor or "", "dead_letter").inc()
+            return
+        headers = position_headers(pos)
+
+        def record(raw_value: bytes, raw_size: int | None = None) -> bytes:
+            fields = dead_letter_record(
+                raw=raw_value,
+                raw_size=raw_size,
+                raw_key=raw_key,
+                vendor=vendor,
+                reason=reason,
+                detail=detail,
+                pos=pos,
+                now_ms=now_ms,
+            )
+            return self.serde.encode("DeadLetter", fields, self.topic)
+
+        value = record(raw)
+        key = raw_key
+        limit = self.max_record_bytes
+        if record_size(key, value, headers) > limit:
+            if key is not None and len(key) > limit // 4:
+                key = None  # the raw key stays in the value (raw_key), the record goes unkeyed
+            room = limit - record_size(key, value, headers) + len(raw)
+            cut = raw[: max(0, room - 64)]  # the size field's bytes, and slack for varints
+            value = record(cut, len(raw))
+        self.outputs.send(self.topic, key, value, headers=headers)

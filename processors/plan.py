@@ -23,7 +23,6 @@ from typing import Any, NamedTuple
 
 from processors.normalize.model import CanonicalEvent
 from processors.records import (
-    CampaignEntry,
     Increment,
     Named,
     RawPosition,
@@ -33,10 +32,11 @@ from processors.records import (
     raw_source,
     recipient_of,
     stats_increment,
-    window_key,
     window_start,
     window_updated_ms,
 )
+from processors.state.codecs import CampaignEntry
+from processors.state.keys import parse_window_key, window_key
 
 
 class Candidate(NamedTuple):
@@ -254,11 +254,6 @@ def apply_increments(counts: WindowCounts, increments: Iterable[Counted]) -> int
         if not counts.apply(source, raw_offset, event_type, channel, recipient):
             replayed += 1
     return replayed
-
-
-def parse_window_key(key: bytes) -> tuple[str, int]:
-    """``(campaign, window start)`` of a stats table key (:func:`processors.records.window_key`)."""
-    return key[14:].decode(), int(key[:13])
 
 
 @dataclass

@@ -15,7 +15,7 @@ here, by what the agents actually processed:
 * After a seek, records of the partition that are not ``expected`` are leftovers of the earlier
   position (Faust's and aiokafka's buffers) and are dropped until ``expected`` arrives.
 * ``committable`` is the position whose outputs, dedupe marks and table changelog records Kafka
-  has acknowledged. It is what the consumer group commits (``faust_compat``), never an offset the
+  has acknowledged. It is what the consumer group commits (``faust_engine``), never an offset the
   agent has not processed.
 
 Pure bookkeeping: no Kafka, no Faust, no clock.

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import orjson
 
 from crmstream.topics import H_APP_ID, H_INGESTED_AT, H_SOURCE
+from processors import campaigns
 from processors.normalize.model import CanonicalEvent, Channel, EventType
 
 if TYPE_CHECKING:
@@ -112,23 +113,9 @@ def dead_letter_record(
 # --- campaign stats -------------------------------------------------------------------------
 
 
-def _escape(part: str) -> str:
-    return part.replace("%", "%25").replace("|", "%7C")
-
-
-def _unescape(part: str) -> str:
-    return part.replace("%7C", "|").replace("%25", "%")
-
-
 def campaign_key(event: CanonicalEvent) -> str:
-    """Stats are per (vendor, app_id, campaign_id); a missing part is an empty string.
-
-    ``|`` separates the parts (and the window and start in the upsert key), so a ``|`` inside an
-    id is written ``%7C`` (and ``%`` as ``%25``): two campaigns never share a key.
-    """
-    return "|".join(
-        (event.vendor.value, _escape(event.app_id or ""), _escape(event.campaign_id or ""))
-    )
+    """The stats key of the event's campaign (:func:`processors.campaigns.campaign_key`)."""
+    return campaigns.campaign_key(event.vendor.value, event.app_id or "", event.campaign_id or "")
 
 
 Increment = list[Any]
@@ -263,24 +250,9 @@ def _check(fields: Any, raw_offset: Any) -> None:
         raise ValueError(f"not a raw offset: {raw_offset!r}")
 
 
-def stats_partition(campaign_key: bytes, partitions: int) -> int:
-    """The ``stats-updates`` (and stats table) partition of a campaign: the Java client's
-    murmur2 partitioner, so every worker sends a campaign's increments to the same partition."""
-    # Imported here: the benchmark's Quix peer imports this module in an environment without
-    # aiokafka.
-    from aiokafka.partitioner import murmur2
-
-    return (murmur2(campaign_key) & 0x7FFFFFFF) % partitions
-
-
 def window_start(occurred_at_ms: int, size_s: int) -> int:
     size_ms = size_s * 1000
     return occurred_at_ms - occurred_at_ms % size_ms
-
-
-def window_key(start_ms: int, key: bytes) -> bytes:
-    """A table key: ``<window start, 13-digit epoch ms>:<key>``, so windows sort together."""
-    return b"%013d:%s" % (start_ms, key)
 
 
 def stats_upsert_key(campaign: str, window_label: str, start_ms: int) -> bytes:
@@ -353,7 +325,8 @@ class WindowCounts:
         if sketch is None:
             from processors.uniques import Sketch
 
-            assert self.lg_k is not None
+            if self.lg_k is None:
+                raise ValueError("a window without sketches (lg_k None) keeps no recipients")
             sketch = self.sketches[key] = Sketch(lg_k=self.lg_k)
         return sketch
 
@@ -463,38 +436,6 @@ def load_window(value: bytes | None, lg_k: int) -> WindowCounts:
     )
 
 
-# --- per-campaign entries of a stats table -----------------------------------------------------
-
-CAMPAIGN_KEY_PREFIX = b"__crm/campaign/"
-"""A stats table keeps, next to a campaign's windows (keys ``<13-digit start>:<campaign>``), one
-entry per campaign (``__crm/campaign/<campaign>``, sorting after every window key): that it was
-seen, and the start of the latest of its windows that expired."""
-
-
-def campaign_entry_key(campaign: str) -> bytes:
-    return CAMPAIGN_KEY_PREFIX + campaign.encode()
-
-
-@dataclass(slots=True)
-class CampaignEntry:
-    """``expired_through``: the latest start of the campaign's expired windows (-1: none). A
-    window not held whose start is at or before it expired: an event for it is refused, so that
-    its last upsert (the complete count) is never replaced by a partial one. ``written_ms``: when
-    the entry was last written (it is written again before its changelog record could be
-    deleted by the changelog's retention)."""
-
-    expired_through: int = -1
-    written_ms: int = 0
-
-    def encode(self) -> bytes:
-        return b'{"x":%d,"at":%d}' % (self.expired_through, self.written_ms)
-
-    @classmethod
-    def decode(cls, value: bytes) -> CampaignEntry:
-        data = orjson.loads(value)
-        return cls(int(data["x"]), int(data["at"]))
-
-
 def stats_record(
     campaign: str,
     window_label: str,
@@ -503,7 +444,7 @@ def stats_record(
     counts: WindowCounts,
     now_ms: int,
 ) -> dict[str, Any]:
-    vendor, app_id, campaign_id = (_unescape(part) for part in campaign.split("|"))
+    vendor, app_id, campaign_id = (campaigns.unescape(part) for part in campaign.split("|"))
     record = {
         "vendor": vendor,
         "app_id": app_id or None,

@@ -39,27 +39,22 @@ from processors.plan import (
     admit_windows,
     apply_increments,
     group_increments,
-    parse_window_key,
     plan_expiry,
 )
 from processors.records import (
-    CAMPAIGN_KEY_PREFIX,
-    CampaignEntry,
     StatsUpdates,
-    campaign_entry_key,
     load_window,
     stats_record,
     stats_upsert_key,
-    window_key,
     window_updated_ms,
     window_value,
 )
-from processors.state import Item, WindowedTable
+from processors.state import keys
+from processors.state.codecs import CampaignEntry
+from processors.state.keys import campaign_entry_key, parse_window_key, window_key
+from processors.state.table import Item, WindowedTable
 
 log = logging.getLogger("crmstream.worker")
-
-_CAMPAIGNS_END = CAMPAIGN_KEY_PREFIX[:-1] + bytes([CAMPAIGN_KEY_PREFIX[-1] + 1])
-_WINDOWS_END = b":"  # window keys start with 13 digits; b":" sorts after every digit
 
 
 def expiry_interval_s(retention_s: float) -> float:
@@ -138,8 +133,8 @@ class StatsTables:
     ) -> list[Item]:
         table = self.tables[label]
         size = self.window_size[label]
-        keys = [window_key(start, campaign.encode()) for campaign, start in windows]
-        stored = dict(zip(windows, table.get_many(partition, keys), strict=True))
+        wanted = [window_key(start, campaign.encode()) for campaign, start in windows]
+        stored = dict(zip(windows, table.get_many(partition, wanted), strict=True))
         unheld = sorted({campaign for (campaign, _), value in stored.items() if value is None})
         found = table.get_many(partition, [campaign_entry_key(c) for c in unheld])
         entries = {
@@ -154,7 +149,7 @@ class StatsTables:
         )
         items: list[Item] = []
         upserts = 0
-        for (window, work), key in zip(windows.items(), keys, strict=True):
+        for (window, work), key in zip(windows.items(), wanted, strict=True):
             if window in admission.refused:
                 continue
             campaign, start = window
@@ -198,10 +193,10 @@ class StatsTables:
                 open_here = set(table.partitions())
                 for partition in sorted(set(partitions) & open_here):
                     plan = plan_expiry(
-                        table.scan(partition, b"0", _WINDOWS_END),
+                        table.scan(partition, keys.WINDOWS),
                         (
-                            (key[len(CAMPAIGN_KEY_PREFIX) :].decode(), CampaignEntry.decode(v))
-                            for key, v in table.scan(partition, CAMPAIGN_KEY_PREFIX, _CAMPAIGNS_END)
+                            (keys.campaign_of_entry(key), CampaignEntry.decode(v))
+                            for key, v in table.scan(partition, keys.CAMPAIGNS)
                         ),
                         now_ms,
                         self.retention_ms,
@@ -235,8 +230,8 @@ class StatsTables:
     ) -> tuple[list[HeldWindow], bool]:
         """The campaign's windows in the range, and whether the table knows the campaign."""
         table = self.tables[label]
-        keys = [window_key(start, key) for start in r.starts()]
-        values = table.get_many(partition, keys) if keys else []
+        wanted = [window_key(start, key) for start in r.starts()]
+        values = table.get_many(partition, wanted) if wanted else []
         held = [
             HeldWindow(start, load_window(value, self.lg_k), window_updated_ms(value))
             for start, value in zip(r.starts(), values, strict=True)
@@ -268,12 +263,11 @@ class StatsTables:
     ) -> list[dict[str, Any]]:
         """Every campaign with a window in ``r`` in ``partitions``, that ``matches``."""
         table = self.tables[label]
-        lower = window_key(r.from_ms, b"")
-        upper = window_key(r.to_ms, b"")
+        in_range = keys.window_range(r.from_ms, r.to_ms)
         out: list[dict[str, Any]] = []
         for partition in partitions:
             found: dict[str, list[HeldWindow]] = {}
-            for key, value in table.scan(partition, lower, upper):
+            for key, value in table.scan(partition, in_range):
                 campaign, start = parse_window_key(key)
                 found.setdefault(campaign, []).append(
                     HeldWindow(start, load_window(value, self.lg_k), window_updated_ms(value))

@@ -12,11 +12,12 @@ worker of the group owns at a time. So:
   are concatenated, never merged.
 
 Who owns what, and where each worker's API is, come from the consumer group (:class:`Routing`;
-:mod:`processors.cluster` reads them from Faust's partition assignor, to which every worker
-advertises its ``CRM_API_URL`` as its canonical URL). A forwarded request carries the range the
-first worker resolved (``from``/``to`` as numbers), so both use the same windows whatever their
-clocks. While partitions move (a rebalance, a table being restored) an answer could miss a
-campaign or count part of it: the API answers 503 instead (``Retry-After: 1``).
+:class:`processors.faust_engine.FaustRouting` reads them from Faust's partition assignor, to
+which every worker advertises its ``CRM_API_URL`` as its canonical URL). A forwarded request
+carries the range the first worker resolved (``from``/``to`` as numbers), so both use the same
+windows whatever their clocks. While partitions move (a rebalance, a table being restored) an
+answer could miss a campaign or count part of it: the API answers 503 instead
+(``Retry-After: 1``).
 
 No Faust here: the tables are :class:`LocalStats` and the group is :class:`Routing`, so the
 tests can stand both up without a broker.
@@ -118,14 +119,15 @@ class WorkerSource:
             )
         return self._session
 
-    def _check_window(self, label: str) -> None:
+    def check_window(self, label: str) -> None:
+        """Refuse (400) a window size this deployment does not keep."""
         if not self.tables.has_window_size(label):
             raise QueryError("window", f"this deployment keeps no {label} windows")
 
     # -- CampaignSource ------------------------------------------------------------------
 
     async def campaign(self, query: CampaignQuery) -> dict[str, Any] | None:
-        self._check_window(query.range.window)
+        self.check_window(query.range.window)
         partition = self.routing.partition_of(query.key.key)
         owner = self.routing.owner(partition)
         if owner is None or owner == self.routing.self_url:
@@ -133,7 +135,7 @@ class WorkerSource:
         return await self._forward_campaign(owner, query)
 
     async def list_campaigns(self, query: ListQuery) -> list[dict[str, Any]]:
-        self._check_window(query.range.window)
+        self.check_window(query.range.window)
         peers = [url for url in self.routing.peers() if url != self.routing.self_url]
         remote = await asyncio.gather(*(self._forward_list(url, query) for url in peers))
         out = self.local_campaigns(query)
@@ -212,7 +214,7 @@ def add_internal_routes(app: web.Application, source: WorkerSource) -> None:
         params = [(k, v) for k, v in request.query.items() if k != "id"]
         try:
             query = parse_campaign_query(request.query.get("id", ""), params, 0)
-            source._check_window(query.range.window)
+            source.check_window(query.range.window)
         except QueryError as exc:
             return _json(exc.body(), 400)
         partition = source.routing.partition_of(query.key.key)
@@ -224,7 +226,7 @@ def add_internal_routes(app: web.Application, source: WorkerSource) -> None:
     async def campaigns(request: web.Request) -> web.Response:
         try:
             query = parse_list_query(request.query.items(), 0)
-            source._check_window(query.range.window)
+            source.check_window(query.range.window)
         except QueryError as exc:
             return _json(exc.body(), 400)
         return _json({"campaigns": source.local_campaigns(query)})

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from processors.campaigns import campaign_key, split_campaign_key
 from processors.normalize.model import Vendor
 
 WINDOWS: dict[str, int] = {"1m": 60_000, "1h": 3_600_000}
@@ -53,14 +54,6 @@ class QueryError(ValueError):
 # --- campaign ids -----------------------------------------------------------------------------
 
 
-def _escape(part: str) -> str:
-    return part.replace("%", "%25").replace("|", "%7C")
-
-
-def _unescape(part: str) -> str:
-    return part.replace("%7C", "|").replace("%25", "%")
-
-
 @dataclass(frozen=True, slots=True)
 class CampaignKey:
     """A campaign as the worker's stats know it: ``(vendor, app_id, campaign_id)``, a missing
@@ -72,9 +65,8 @@ class CampaignKey:
 
     @property
     def key(self) -> str:
-        """``VENDOR|app_id|campaign_id`` with ``%`` and ``|`` escaped, as in
-        ``processors.records.campaign_key``: the worker's stats table key."""
-        return "|".join((self.vendor, _escape(self.app_id), _escape(self.campaign_id)))
+        """The worker's stats table key (:func:`processors.campaigns.campaign_key`)."""
+        return campaign_key(self.vendor, self.app_id, self.campaign_id)
 
     @property
     def id(self) -> str:
@@ -83,17 +75,10 @@ class CampaignKey:
     @classmethod
     def from_key(cls, key: str) -> CampaignKey:
         """Raises ``ValueError`` for a string that is not a campaign key."""
-        parts = key.split("|")
-        if len(parts) != 3:
-            raise ValueError("a campaign key has three parts")
-        vendor, app_id, campaign_id = parts
+        vendor, app_id, campaign_id = split_campaign_key(key)
         if vendor not in VENDORS:
             raise ValueError(f"unknown vendor {vendor[:40]!r}")
-        out = cls(vendor, _unescape(app_id), _unescape(campaign_id))
-        if out.key != key:
-            # '%' not followed by 25/7C: no campaign_key() writes that, so it names none.
-            raise ValueError("not an escaped campaign key")
-        return out
+        return cls(vendor, app_id, campaign_id)
 
     def fields(self) -> dict[str, str | None]:
         """The campaign's identifying fields in a response: missing parts are null."""

@@ -23,6 +23,7 @@ from processors.normalize.model import (
     RejectReason,
     Skipped,
     Vendor,
+    vendor,
 )
 
 NORMALIZERS: dict[str, Normalizer] = {
@@ -44,7 +45,7 @@ EVENT_IDS: dict[str, Callable[[Mapping[str, Any]], str | None]] = {
     "airship": airship.vendor_event_id,
 }
 
-VENDOR_OF: dict[str, Vendor] = {name: Vendor(name.upper()) for name in NORMALIZERS}
+VENDOR_OF: dict[str, Vendor] = {name: vendor(name) for name in NORMALIZERS}
 
 ERROR_DETAIL_CHARS = 500
 """How much of a normalizer's exception a ``normalizer_error`` detail keeps."""

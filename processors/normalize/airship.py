@@ -32,13 +32,13 @@ from processors.normalize.model import (
     NormalizeContext,
     Outcome,
     Skipped,
-    Vendor,
     make,
+    vendor,
 )
 
 # What an Airship record *is* (seed 004, "Events"; every event has id, type, offset, occurred,
 # processed). Timestamps are ISO-8601 with a zone and 1-3 fractional digits ("...21.12Z").
-VENDOR = Vendor.AIRSHIP
+VENDOR = vendor("airship")
 ID_FIELD = "id"
 TYPE_FIELD = "type"
 TIME_FIELD = "occurred"

@@ -28,12 +28,12 @@ from processors.normalize.model import (
     EventType,
     NormalizeContext,
     Outcome,
-    Vendor,
     make,
+    vendor,
 )
 
 # What a FlareLane record is [S3].
-VENDOR = Vendor.FLARELANE
+VENDOR = vendor("flarelane")
 ID_FIELD = "id"  # ULID, time-sortable
 TYPE_FIELD = "type"  # "<channel>.<suffix>", e.g. push.sent
 TIME_FIELD = "time"  # RFC 3339, UTC; a zone designator is required (§1)

@@ -41,12 +41,12 @@ from processors.normalize.model import (
     NormalizeContext,
     Outcome,
     RejectReason,
-    Vendor,
     make,
+    vendor,
 )
 
 # What a Leanplum record is [S0].
-VENDOR = Vendor.LEANPLUM
+VENDOR = vendor("leanplum")
 ID_FIELD = "event_id"  # "Unique event id. Can be used for deduplication."
 TYPE_FIELD = "name"  # kept verbatim as vendor_event_type; classification ignores it
 TIME_FIELD = "time"  # properties.time (JSON) or the flat row field (Parquet)

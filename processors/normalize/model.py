@@ -12,13 +12,17 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from crmstream.vendors import VENDORS
 
-class Vendor(StrEnum):
-    LEANPLUM = "LEANPLUM"
-    PINPOINT = "PINPOINT"
-    SEGMENT = "SEGMENT"
-    FLARELANE = "FLARELANE"
-    AIRSHIP = "AIRSHIP"
+# mypy cannot see members made from the registry; the code names them through vendor().
+Vendor = StrEnum("Vendor", [(spec.symbol, spec.symbol) for spec in VENDORS.values()])  # type: ignore[misc]
+"""The vendor of a canonical event: one member per registered vendor (:mod:`crmstream.vendors`),
+named and valued by its Avro symbol; :func:`vendor` finds it by the vendor's name."""
+
+
+def vendor(name: str) -> Vendor:
+    """The member of the registered vendor ``name`` (``vendor("segment")``: ``SEGMENT``)."""
+    return Vendor(VENDORS[name].symbol)
 
 
 class EventType(StrEnum):

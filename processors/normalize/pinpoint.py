@@ -28,12 +28,12 @@ from processors.normalize.model import (
     EventType,
     NormalizeContext,
     Outcome,
-    Vendor,
     make,
+    vendor,
 )
 
 # What a Pinpoint record *is* (seed 001, "Campaign event attributes").
-VENDOR = Vendor.PINPOINT
+VENDOR = vendor("pinpoint")
 TYPE_FIELD = "event_type"
 TIME_FIELD = "event_timestamp"  # Unix epoch milliseconds, integer
 ARRIVAL_FIELD = "arrival_timestamp"  # Unix epoch milliseconds, integer

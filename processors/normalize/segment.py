@@ -27,12 +27,12 @@ from processors.normalize.model import (
     EventType,
     NormalizeContext,
     Outcome,
-    Vendor,
     make,
+    vendor,
 )
 
 # What a Segment record is [X4].
-VENDOR = Vendor.SEGMENT
+VENDOR = vendor("segment")
 ID_FIELD = "messageId"  # Segment dedupes on it upstream too [X5]
 TYPE_FIELD = "event"  # the track event name, e.g. "Email Opened"
 MESSAGE_TYPE_FIELD = "type"  # the Segment call: track / identify / page ...

@@ -2,7 +2,7 @@
 against the real broker (no Faust worker needed).
 
 If the first test starts failing, aiokafka has stopped reading an empty partition set as "every
-partition", and the ``_fetch_records`` patch in processors/faust_compat.py can go.
+partition", and the ``_fetch_records`` patch in processors/faust_engine.py can go.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from processors import faust_compat
+from processors import faust_engine
 
 pytestmark = pytest.mark.integration
 
@@ -73,7 +73,7 @@ def test_the_patched_fetch_takes_nothing_while_no_partition_is_active(
 ) -> None:
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
-    faust_compat.apply()
+    faust_engine.apply()
     thread: Any = SimpleNamespace(consumer=SimpleNamespace(flow_active=True))
 
     async def run() -> tuple[dict[Any, Any], dict[int, int], int]:

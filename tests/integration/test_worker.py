@@ -225,7 +225,7 @@ def test_counts_stats_and_recovery_without_local_state(
     replayed = publish_samples(settings, samples)
     # Every replayed record is read once: the offsets were committed before the stop, and the
     # restarted worker positions its partitions before it hands out a record (see
-    # processors/faust_compat.py). Every record read must be a duplicate (or a dead letter
+    # processors/faust_engine.py). Every record read must be a duplicate (or a dead letter
     # again), none a new canonical event.
     accounts = worker.wait_accounts(
         lambda acc: all(

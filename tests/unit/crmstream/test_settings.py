@@ -9,7 +9,7 @@ import pytest
 from crmstream.errors import ConfigError
 from crmstream.kafka import client_config, producer_config
 from crmstream.settings import Secret, Settings, parse_duration
-from processors.faust_compat import faust_broker_kwargs
+from processors.faust_engine import faust_broker_kwargs
 
 
 def test_defaults_are_production_defaults() -> None:

@@ -4,12 +4,12 @@ import asyncio
 from pathlib import Path
 
 from crmstream.settings import Settings
-from processors.app import Pipeline
+from processors.faust_engine import FaustEngine
 
 
 def _fetch_wait_ms(tmp_path: Path, **env: str) -> int:
-    pipeline = Pipeline(Settings.from_env({"CRM_DATA_DIR": str(tmp_path), **env}))
-    app = pipeline.app
+    engine = FaustEngine(Settings.from_env({"CRM_DATA_DIR": str(tmp_path), **env}))
+    app = engine.app
 
     async def build() -> int:
         consumer = app.consumer._thread._create_worker_consumer(app.transport)

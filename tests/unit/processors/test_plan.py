@@ -18,13 +18,13 @@ from processors.plan import (
     plan_raw_batch,
 )
 from processors.records import (
-    CampaignEntry,
     RawPosition,
     StatsUpdates,
     WindowCounts,
-    window_key,
     window_value,
 )
+from processors.state.codecs import CampaignEntry
+from processors.state.keys import window_key
 
 WINDOW_MS = 7 * 86_400_000
 NOW = 1_780_000_000_000

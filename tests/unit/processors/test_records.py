@@ -5,13 +5,13 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from processors.campaigns import stats_partition
 from processors.records import (
     STATS_SCHEMA_VERSION,
     StatsUpdates,
     WindowCounts,
     load_window,
     parse_stats_updates,
-    stats_partition,
     stats_record,
     stats_updates_value,
     window_updated_ms,

@@ -1,4 +1,5 @@
-"""WindowedTable on a real RocksDB (rocksdict), with the Faust table reduced to what it uses."""
+"""WindowedTable on a real RocksDB (rocksdict), over a table store reduced to what it uses
+(:class:`processors.engine.TableStore`; Faust keeps its persisted offset under ``__faust``)."""
 
 from __future__ import annotations
 
@@ -8,40 +9,36 @@ from typing import Any
 import pytest
 import rocksdict
 
-from processors.state import WindowedTable, window_key
+from processors.state.keys import window_key
+from processors.state.table import WindowedTable
 
 OFFSET_KEY = b"__faust\x00offset__"
 
 
 class Store:
-    """The part of Faust's RocksDB store that WindowedTable touches, on real databases."""
+    """A :class:`processors.engine.TableStore` on real databases, keeping its persisted offset
+    where Faust does."""
+
+    changelog_topic = "app-dedupe-changelog"
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self._dbs: dict[int, rocksdict.Rdict] = {}
         self.persisted: dict[Any, int] = {}
 
-    def _db_for_partition(self, partition: int) -> rocksdict.Rdict:
+    def db(self, partition: int) -> rocksdict.Rdict:
         if partition not in self._dbs:
             self._dbs[partition] = rocksdict.Rdict(
                 str(self.root / f"p{partition}"), options=rocksdict.Options(raw_mode=True)
             )
         return self._dbs[partition]
 
-    def set_persisted_offset(self, tp: Any, offset: int) -> None:
-        self.persisted[tp] = offset
-        self._db_for_partition(tp.partition).put(OFFSET_KEY, str(offset).encode())
+    def open_partitions(self) -> dict[int, rocksdict.Rdict]:
+        return dict(self._dbs)
 
-
-class ChangelogTopic:
-    def get_topic_name(self) -> str:
-        return "app-dedupe-changelog"
-
-
-class Table:
-    def __init__(self, root: Path) -> None:
-        self.data = Store(root)
-        self.changelog_topic = ChangelogTopic()
+    def set_persisted_offset(self, partition: int, offset: int) -> None:
+        self.persisted[partition] = offset
+        self.db(partition).put(OFFSET_KEY, str(offset).encode())
 
 
 class Sink:
@@ -54,7 +51,7 @@ class Sink:
 
 @pytest.fixture
 def table(tmp_path: Path) -> WindowedTable:
-    return WindowedTable(Table(tmp_path), size_ms=1000, keep_ms=3000)
+    return WindowedTable(Store(tmp_path), size_ms=1000, keep_ms=3000)
 
 
 def test_window_key_sorts_by_window_start() -> None:
@@ -90,11 +87,11 @@ def test_expire_deletes_old_windows_only(table: WindowedTable) -> None:
     left = table.get_many(0, [window_key(s, b"x") for s in (1000, 2000, 3000, 4000, 5000)])
     assert left == [None, None, b"1", b"1", b"1"]
     # Faust's persisted offset survives, and only the table's own changelog offsets are set.
-    db = table.table.data._db_for_partition(0)
+    db = table.store.db(0)
     assert db[OFFSET_KEY] == b"41"
-    assert list(table.table.data.persisted.values()) == [41]
+    assert list(table.store.persisted.values()) == [41]  # type: ignore[attr-defined]
 
 
 def test_window_size_must_be_positive(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
-        WindowedTable(Table(tmp_path), size_ms=0, keep_ms=1)
+        WindowedTable(Store(tmp_path), size_ms=0, keep_ms=1)

@@ -1,4 +1,4 @@
-"""processors/faust_compat.py against the real Faust objects it patches and reads (no broker):
+"""processors/faust_engine.py against the real Faust objects it patches and reads (no broker):
 if an upgrade renames or reshapes what it touches, these fail before a worker does."""
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import TP
 
 from crmstream.errors import CrmStreamError
-from processors import faust_compat
+from processors import faust_engine
 
 
 class _Positions:
     def __init__(self, offset: int | None) -> None:
         self.offset = offset
 
-    async def on_positioned(self, consumer: Any, *, after_rebalance: bool) -> None:
+    async def on_positioned(self, *, after_rebalance: bool) -> None:
         return None
 
     def committable(self, tp: Any) -> int | None:
@@ -31,7 +31,7 @@ class _Positions:
 
 @pytest.fixture
 def app(tmp_path: Path) -> faust.App:
-    faust_compat.apply()
+    faust_engine.apply()
     return faust.App(
         "compat-test",
         broker="kafka://127.0.0.1:1",
@@ -42,7 +42,7 @@ def app(tmp_path: Path) -> faust.App:
 
 
 def test_the_patches_replace_the_methods_they_were_written_for() -> None:
-    faust_compat.apply()
+    faust_engine.apply()
     assert Consumer._new_offset.__name__ == "position_offset"
     assert Consumer.perform_seek.__name__ == "seek_then_resume"
     assert Consumer.resume_partitions.__name__ == "held_resume_partitions"
@@ -68,34 +68,34 @@ def test_commits_come_from_the_positions_and_faust_bookkeeping_is_cleared(
 def test_committed_offsets_are_read_from_faust_state(app: faust.App) -> None:
     consumer = app.consumer
     tp = TP("crm.raw.airship", 3)
-    assert faust_compat.committed_offset(consumer, tp) is None
+    assert faust_engine.committed_offset(consumer, tp) is None
     consumer._committed_offset[tp] = 0
-    assert faust_compat.committed_offset(consumer, tp) is None  # 0: nothing processed
+    assert faust_engine.committed_offset(consumer, tp) is None  # 0: nothing processed
     consumer._committed_offset[tp] = 7
-    assert faust_compat.committed_offset(consumer, tp) == 7
+    assert faust_engine.committed_offset(consumer, tp) == 7
 
 
 def test_rocksdb_partitions_are_reached_through_the_table(app: faust.App) -> None:
     table = app.Table("t", partitions=2, key_type=bytes, value_type=bytes)
-    db = faust_compat.rocksdb_partition(table, 1)
+    db = faust_engine.rocksdb_partition(table, 1)
     db[b"k"] = b"v"
-    assert faust_compat.rocksdb_partition(table, 1)[b"k"] == b"v"
-    assert set(faust_compat.rocksdb_partitions(table)) == {1}
+    assert faust_engine.rocksdb_partition(table, 1)[b"k"] == b"v"
+    assert set(faust_engine.rocksdb_partitions(table)) == {1}
 
 
 def test_other_library_versions_stop_the_worker_with_a_clear_message(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    faust_compat.check_versions()  # the pinned ones: fine
-    monkeypatch.setitem(faust_compat.VERSIONS, "faust-streaming", "0.99.0")
+    faust_engine.check_versions()  # the pinned ones: fine
+    monkeypatch.setitem(faust_engine.VERSIONS, "faust-streaming", "0.99.0")
     with pytest.raises(CrmStreamError, match=r"faust-streaming 0\.15\.3 \(needs 0\.99\.0\)"):
-        faust_compat.check_versions()
+        faust_engine.check_versions()
 
 
 def test_recovery_completion_is_read_from_faust(app: faust.App) -> None:
-    assert faust_compat.recovered(app) is False
+    assert faust_engine.recovered(app) is False
     app.tables.recovery.completed.set()
-    assert faust_compat.recovered(app) is True
+    assert faust_engine.recovered(app) is True
 
 
 def test_recovered_from_another_thread_builds_nothing_faust_builds_lazily(
@@ -103,20 +103,81 @@ def test_recovered_from_another_thread_builds_nothing_faust_builds_lazily(
 ) -> None:
     """/readyz runs on the metrics thread: had ``recovered`` built the table manager's recovery
     there, the manager's loop would be that thread's loop and the worker would never subscribe."""
-    faust_compat.apply()
+    faust_engine.apply()
     app = faust.App("compat-lazy", broker="kafka://127.0.0.1:1", datadir=str(tmp_path))
     answers: list[bool] = []
-    thread = threading.Thread(target=lambda: answers.append(faust_compat.recovered(app)))
+    thread = threading.Thread(target=lambda: answers.append(faust_engine.recovered(app)))
     thread.start()
     thread.join()
     assert answers == [False]
     assert "tables" not in app.__dict__  # not built by the probe
     app.Table("t", default=int)  # the worker declares its tables: now the manager exists
-    thread = threading.Thread(target=lambda: answers.append(faust_compat.recovered(app)))
+    thread = threading.Thread(target=lambda: answers.append(faust_engine.recovered(app)))
     thread.start()
     thread.join()
     assert answers == [False, False]
     assert app.tables._recovery is None
     assert app.tables._loop is None  # still late-bound: the worker's loop will be the one
     app.tables.recovery.completed.set()
-    assert faust_compat.recovered(app) is True
+    assert faust_engine.recovered(app) is True
+
+
+# -- the engine boundary (issue 20 item 6: what the engine swallows, and what it does not) ----
+
+
+def _engine(tmp_path: Path) -> Any:
+    from crmstream.settings import Settings
+    from processors.faust_engine import FaustEngine
+
+    return FaustEngine(Settings.from_env({"CRM_DATA_DIR": str(tmp_path)}))
+
+
+def test_highwater_is_none_only_for_a_partition_not_assigned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = _engine(tmp_path)
+    consumer = engine.app.consumer
+    tp = TP("crm.raw.airship", 0)
+
+    def not_assigned(tp: Any) -> int:
+        raise AssertionError("Partition is not assigned")  # what aiokafka raises
+
+    monkeypatch.setattr(consumer, "highwater", not_assigned)
+    assert engine.highwater(tp) is None
+    monkeypatch.setattr(consumer, "highwater", lambda tp: 42)
+    assert engine.highwater(tp) == 42
+
+    def broken(tp: Any) -> int:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(consumer, "highwater", broken)
+    with pytest.raises(RuntimeError):  # stall detection is not silently off
+        engine.highwater(tp)
+
+
+def test_a_seek_that_cannot_be_done_is_a_seek_error_and_nothing_else_is_hidden(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from aiokafka.errors import IllegalStateError
+
+    from processors.engine import SeekError
+
+    engine = _engine(tmp_path)
+    consumer = engine.app.consumer
+    tp = TP("crm.raw.airship", 0)
+
+    async def not_assigned(offsets: Any) -> None:
+        raise IllegalStateError("partition is not assigned")
+
+    monkeypatch.setattr(consumer, "seek_wait", not_assigned)
+    with pytest.raises(SeekError):
+        asyncio.run(engine.seek({tp: 3}))
+
+    async def timed_out(offsets: Any) -> None:
+        raise TimeoutError
+
+    monkeypatch.setattr(consumer, "seek_wait", timed_out)
+    with pytest.raises(TimeoutError):
+        asyncio.run(engine.seek({tp: 3}))

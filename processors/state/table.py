@@ -1,7 +1,8 @@
 """Tumbling-window tables in RocksDB, read and written a batch at a time.
 
-Each table is a Faust table: its changelog topic, its restore after a rebalance or a lost disk,
-standby replicas and partition assignment are Faust's. What this module adds is the hot path.
+Each table is an engine table (:class:`processors.engine.TableStore`, a Faust table): its
+changelog topic, its restore after a rebalance or a lost disk, standby replicas and partition
+assignment are the engine's. What this module adds is the hot path.
 Faust's table API costs, per key, a window computation, a RocksDB call, a changelog record sent
 through aiokafka (a future, a pure-Python record batch) and an in-memory expiry entry. That was
 most of the worker's CPU. Here one batch of records costs, per partition:
@@ -10,10 +11,11 @@ most of the worker's CPU. Here one batch of records costs, per partition:
 * one RocksDB write batch for every key it writes;
 * changelog records produced with the batch's other outputs, on the worker's own producer.
 
-Keys are ``<window start, 13-digit epoch ms>:<key>``. Windows are therefore contiguous in
-RocksDB's key order, and a window expires with one range delete per partition. This includes keys
-restored from the changelog after a restart. Faust's own windowed-table expiry tracks only the
-keys set since the process started, in memory, one entry per key.
+Keys are :func:`processors.state.keys.window_key`. Windows are therefore contiguous in RocksDB's
+key order, and a window expires with one range delete per partition
+(:func:`processors.state.keys.expiry_range`). This includes keys restored from the changelog
+after a restart. Faust's own windowed-table expiry tracks only the keys set since the process
+started, in memory, one entry per key.
 
 The changelog topic keeps Faust's name (``<app id>-<table>-changelog``) and partitioning (table
 partition = source partition). Its keys are the RocksDB keys, so Faust's restore writes them back
@@ -26,17 +28,14 @@ import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Protocol, cast
 
 import rocksdict
-from faust.types import TP
 
-from processors import faust_compat
-from processors.records import window_key
+from processors.engine import TableStore
+from processors.state.keys import KeyRange, expiry_range
 
 log = logging.getLogger("crmstream.worker")
-
-OFFSET_KEY_PREFIX = b"__faust"  # Faust keeps the persisted changelog offset under this key
 
 
 class ChangelogSink(Protocol):
@@ -50,28 +49,28 @@ Item = tuple[bytes, bytes | None]
 
 
 class WindowedTable:
-    """A Faust table holding tumbling windows of ``size_ms``. Windows that start before
+    """An engine table holding tumbling windows of ``size_ms``. Windows that start before
     ``now - keep_ms`` are deleted by :meth:`expire`."""
 
-    def __init__(self, table: Any, size_ms: int, keep_ms: int) -> None:
+    def __init__(self, store: TableStore, size_ms: int, keep_ms: int) -> None:
         if size_ms <= 0:
             raise ValueError("window size must be positive")
-        self.table = table
+        self.store = store
         self.size_ms = size_ms
         self.keep_ms = keep_ms
 
     @property
     def changelog_topic(self) -> str:
-        return str(self.table.changelog_topic.get_topic_name())
+        return self.store.changelog_topic
 
     def window_start(self, timestamp_ms: int) -> int:
         return timestamp_ms - timestamp_ms % self.size_ms
 
     def _db(self, partition: int) -> rocksdict.Rdict:
-        return faust_compat.rocksdb_partition(self.table, partition)
+        return self.store.db(partition)
 
     def get_many(self, partition: int, keys: Sequence[bytes]) -> list[bytes | None]:
-        """The values of ``keys`` (``window_key`` bytes) in one partition; ``None`` if absent."""
+        """The values of ``keys`` in one partition; ``None`` if absent."""
         if not keys:
             return []
         values = cast(list[bytes | None], self._db(partition)[list(keys)])
@@ -104,20 +103,24 @@ class WindowedTable:
             self._db(partition).write(batch)
         return n
 
-    def scan(
-        self, partition: int, lower: bytes, upper: bytes | None = None
-    ) -> Iterator[tuple[bytes, bytes]]:
-        """The keys in ``[lower, upper)`` of one local partition, in key order, with their
-        values (a RocksDB iterator bounded by ``upper``)."""
+    def scan(self, partition: int, keys: KeyRange) -> Iterator[tuple[bytes, bytes]]:
+        """The keys in ``keys`` of one local partition, in key order, with their values (a
+        RocksDB iterator bounded by the range's upper end)."""
         options = rocksdict.ReadOptions()
-        if upper is not None:
-            options.set_iterate_upper_bound(upper)
-        items = self._db(partition).items(from_key=lower, read_opt=options)
+        options.set_iterate_upper_bound(keys.upper)
+        items = self._db(partition).items(from_key=keys.lower, read_opt=options)
         return cast(Iterator[tuple[bytes, bytes]], iter(items))
 
     def partitions(self) -> list[int]:
         """The partitions open here (active or standby)."""
-        return sorted(faust_compat.rocksdb_partitions(self.table))
+        return sorted(self.store.open_partitions())
+
+    def estimated_keys(self) -> int:
+        """RocksDB's own estimate of the keys in the local partitions (cheap, approximate)."""
+        total = 0
+        for db in self.store.open_partitions().values():
+            total += int(db.property_int_value("rocksdb.estimate-num-keys") or 0)
+        return total
 
     def set_persisted_offsets(self, offsets: dict[tuple[str, int], int]) -> None:
         """Record the newest changelog offsets written, as Faust does after its own sends, so
@@ -125,17 +128,15 @@ class WindowedTable:
         topic = self.changelog_topic
         for (t, partition), offset in offsets.items():
             if t == topic:
-                self.table.data.set_persisted_offset(TP(topic, partition), offset)
+                self.store.set_persisted_offset(partition, offset)
 
     def expire(self, now_ms: int) -> int:
         """Delete every window that started before ``now_ms - keep_ms`` in the partitions open
         here. Returns the number of partitions touched."""
-        oldest = self.window_start(now_ms - self.keep_ms)
-        upper = window_key(oldest, b"")
-        dbs = faust_compat.rocksdb_partitions(self.table)
+        expired = expiry_range(self.window_start(now_ms - self.keep_ms))
+        dbs = self.store.open_partitions()
         for db in dbs.values():
-            # Keys below b"0" and Faust's offset key (b"__faust...") sort outside the range.
-            db.delete_range(b"0", upper)
+            db.delete_range(expired.lower, expired.upper)
         return len(dbs)
 
 

@@ -1,0 +1,586 @@
+"""The engine boundary implemented over Faust: the only worker module that imports ``faust``,
+``mode`` or ``aiokafka`` (an import-linter contract in pyproject.toml).
+
+:class:`FaustEngine` is :class:`processors.engine.Engine` over a Faust app, and builds what the
+composition root (:mod:`processors.app`) asks for: stream agents, timers, tables
+(:class:`FaustTableStore`), the group routing of the query API (:class:`FaustRouting`) and the
+Faust worker that runs it all. Everything else crm-stream does to Faust 0.15.3's internals is
+here too: the patches below, the private state it reads (``is_changelog_tp``,
+``rocksdb_partition(s)``, ``committed_offset``) and the check that the installed versions are
+the ones this was written for (``check_versions``).
+
+1. **Seek, then resume.** After a rebalance, Faust restores the tables and then, in
+   ``Recovery._resume_streams`` and ``Recovery.on_recovery_completed``, resumes the stream
+   partitions *before* ``await consumer.perform_seek()``. While the seek runs, the fetcher hands
+   prefetched records to the agents; the seek then moves the partitions back and the same
+   records come again (seen on Tansu: 320 raw records read for 160 published; the family of
+   faust-streaming #216 and #221, fixed upstream for other paths in #216/#217). A stream
+   partition's resume is held here until the seek is done (changelog partitions are not held).
+
+2. **Positions.** After every seek, the worker (:class:`processors.engine.Positions`) places
+   each stream partition itself: raw partitions at the position saved with their dedupe marks,
+   stats partitions at their committed offset; and learns what an earlier run already wrote
+   (:mod:`processors.probe`).
+
+3. **An empty set of active partitions fetches nothing.** Faust hands its *live* set of active
+   partitions to the consumer thread, and aiokafka's ``Fetcher.fetched_records(partitions)``
+   reads an empty set as "every partition" (``if partitions and tp not in partitions``). When
+   Faust paused every partition (the end of recovery, the seek above) while a fetch was waiting,
+   aiokafka handed over the records of all partitions, moving their fetch positions past them,
+   and Faust dropped them as paused. robinhood/faust#69 fixed exactly this in 2018 (a snapshot
+   and a lock); the thread-based consumer of faust-streaming brought it back. It is what lost
+   blocks of raw records after kill -9 restarts (issue 11; reproduced and traced with the
+   worker's debug log: the partitions sought before the drain each lost one block). Here the
+   thread takes a snapshot of the set, and an empty one fetches nothing.
+   :mod:`processors.positions` still notices any other way a record goes missing.
+
+4. **Commits.** Faust computes the offset to commit from the offsets its agents acknowledged,
+   and counts any hole between two offsets it handed over as a gap to fill (it assumes compacted
+   topics or transaction markers). Records that Faust fetched and then dropped (flow control
+   stopping mid-fetch, a paused partition, a delivery cut short) leave exactly such a hole, and
+   were committed past: lost for good (faust-streaming #312, and #606, open: gaps are filled
+   past offsets never acknowledged) (issue 11: contiguous blocks of a raw partition, with the
+   group's offset beyond them). Here the offset committed for a stream partition is the
+   pipeline's durable position (:mod:`processors.positions`), and nothing else.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol, cast
+
+import faust
+import rocksdict
+from aiokafka.errors import IllegalStateError
+from faust.exceptions import ConsumerNotStarted
+from faust.tables.recovery import Recovery
+from faust.transport.consumer import Consumer
+from faust.types import TP as FaustTP
+from mode import Service
+
+from crmstream.errors import CrmStreamError
+from crmstream.kafka import ssl_context
+from crmstream.settings import Settings
+from processors.campaigns import stats_partition
+from processors.engine import BatchHandler, Event, Positions, SeekError
+from processors.positions import TP
+
+log = logging.getLogger("crmstream.worker")
+
+EXIT_BUG = 70  # EX_SOFTWARE: an unexpected error stopped the worker
+
+_APPLIED = "_crmstream_seek_before_resume"
+
+
+def _hold_resumes(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    @functools.wraps(method)
+    async def wrapper(self: Recovery, *args: Any, **kwargs: Any) -> Any:
+        consumer: Any = self.app.consumer
+        consumer._crm_held_resumes = set()
+        try:
+            return await method(self, *args, **kwargs)
+        finally:
+            held = consumer._crm_held_resumes
+            consumer._crm_held_resumes = None
+            if held:
+                # No seek ran (or it failed): resume as Faust would have.
+                Consumer.resume_partitions(consumer, held)
+
+    return wrapper
+
+
+# --- versions --------------------------------------------------------------------------------
+
+# What this module was written and tested against (pyproject.toml pins the same).
+VERSIONS = {"faust-streaming": "0.15.3", "mode-streaming": "0.7.1", "aiokafka": "0.14.0"}
+
+
+def check_versions() -> None:
+    """Refuse to run on library versions these patches were not written for: a patch applied
+    to other code could fail silently, the worst way for a pipeline to fail."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    wrong = []
+    for package, expected in VERSIONS.items():
+        try:
+            found = version(package)
+        except PackageNotFoundError:
+            found = "not installed"
+        if found != expected:
+            wrong.append(f"{package} {found} (needs {expected})")
+    if wrong:
+        raise CrmStreamError(
+            "the worker patches Faust's consumer (processors/faust_engine.py) and runs only on "
+            "the versions it was written for: " + ", ".join(wrong)
+        )
+
+
+# --- private state, read here only ------------------------------------------------------------
+
+
+def is_changelog_tp(consumer: Any, tp: Any) -> bool:
+    return bool(consumer._is_changelog_tp(tp))
+
+
+def rocksdb_partition(table: Any, partition: int) -> Any:
+    """The ``rocksdict.Rdict`` of one partition of a Faust RocksDB table (opened if needed)."""
+    return table.data._db_for_partition(partition)
+
+
+def rocksdb_partitions(table: Any) -> dict[int, Any]:
+    """The open ``rocksdict.Rdict`` handles of a Faust RocksDB table, by partition."""
+    return dict(getattr(table.data, "_dbs", {}))
+
+
+def recovered(app: Any) -> bool:
+    """Whether the tables finished their first restore (Faust's ``Recovery.completed``).
+
+    Safe from any thread (the metrics server's /readyz calls it): it only reads what Faust has
+    already built. ``app.tables`` and ``TableManager.recovery`` are built lazily and bind their
+    service to the event loop of the thread that first touches them; built from the metrics
+    thread, the table manager waited on that thread's loop, which never runs, and the worker hung
+    for good after "Recovery: Starting..." (seen when /readyz came early on a slow start)."""
+    tables = app.__dict__.get("tables")  # mode's cached_property keeps its value there
+    recovery = getattr(tables, "_recovery", None)
+    return bool(recovery is not None and recovery.completed.is_set())
+
+
+def committed_offset(consumer: Any, tp: Any) -> int | None:
+    """The group's committed offset of ``tp`` as the last seek found it (None when there is
+    none, or it is 0: nothing processed)."""
+    offset = consumer._committed_offset.get(tp)
+    return int(offset) if offset else None
+
+
+def _positioned(consumer: Any) -> Positions | None:
+    return getattr(consumer.app, "crm_positions", None)
+
+
+def apply() -> None:
+    """Install the patches once per process, after checking the versions they were written
+    for."""
+    if getattr(Consumer, _APPLIED, False):
+        return
+    check_versions()
+    resume_partitions = Consumer.resume_partitions
+    perform_seek = Consumer.perform_seek
+    new_offset = Consumer._new_offset
+
+    def held_resume_partitions(self: Any, tps: Iterable[Any]) -> None:
+        held = getattr(self, "_crm_held_resumes", None)
+        if held is None:
+            resume_partitions(self, tps)
+            return
+        # Only stream partitions wait for the seek; table changelogs resume as usual.
+        tps = list(tps)
+        held.update(tp for tp in tps if not self._is_changelog_tp(tp))
+        changelogs = [tp for tp in tps if self._is_changelog_tp(tp)]
+        if changelogs:
+            resume_partitions(self, changelogs)
+
+    async def seek_then_resume(self: Any) -> None:
+        in_recovery = getattr(self, "_crm_held_resumes", None) is not None
+        await perform_seek(self)
+        positioned = _positioned(self)
+        if positioned is not None:
+            await positioned.on_positioned(after_rebalance=in_recovery)
+        held = getattr(self, "_crm_held_resumes", None)
+        if held:
+            self._crm_held_resumes = set()
+            resume_partitions(self, held)
+
+    def position_offset(self: Any, tp: Any) -> int | None:
+        positioned = _positioned(self)
+        if positioned is None or self._is_changelog_tp(tp):
+            return new_offset(self, tp)
+        offset = positioned.committable(tp)
+        # Faust's own bookkeeping of acknowledged offsets is not used; keep it from growing.
+        acked = self._acked[tp]
+        if acked:
+            self._acked_index[tp].difference_update(acked)
+            acked.clear()
+        self._gap.pop(tp, None)
+        return offset
+
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    fetch_records = AIOKafkaConsumerThread._fetch_records
+
+    async def fetch_active_only(
+        self: Any, consumer: Any, active_partitions: Any, *args: Any, **kwargs: Any
+    ) -> Any:
+        if active_partitions is not None:
+            active_partitions = frozenset(active_partitions)
+            if not active_partitions:
+                return {}
+        return await fetch_records(self, consumer, active_partitions, *args, **kwargs)
+
+    patches: dict[tuple[type, str], Any] = {
+        (AIOKafkaConsumerThread, "_fetch_records"): fetch_active_only,
+        (Consumer, "resume_partitions"): held_resume_partitions,
+        (Consumer, "perform_seek"): seek_then_resume,
+        (Consumer, "_new_offset"): position_offset,
+        (Recovery, "_resume_streams"): _hold_resumes(Recovery._resume_streams),
+        (Recovery, "on_recovery_completed"): _hold_resumes(Recovery.on_recovery_completed),
+    }
+    for (cls, name), replacement in patches.items():
+        setattr(cls, name, replacement)
+    setattr(Consumer, _APPLIED, True)
+
+
+# Faust 0.15.3 builds its worker consumer with ``fetch_max_wait_ms=1500`` and no setting for it.
+FAUST_FETCH_MAX_WAIT_S = 1.5
+
+
+def set_fetch_max_wait(seconds: float) -> None:
+    """Make the worker consumer's fetch wait ``seconds`` (``CRM_CONSUMER_FETCH_MAX_WAIT``) at
+    most on the broker for new records, instead of Faust's fixed 1.5 s.
+
+    A real Kafka answers a fetch as soon as a record arrives, so this is only a ceiling there.
+    Tansu measured like a broker that holds the fetch for the whole wait (one produce -> consume
+    hop: p50 221 ms with a 500 ms wait, 79 ms with 50 ms), so the dev profile shortens it.
+    """
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    create = getattr(
+        AIOKafkaConsumerThread,
+        "_crm_original_create",
+        AIOKafkaConsumerThread._create_worker_consumer,
+    )
+    if seconds == FAUST_FETCH_MAX_WAIT_S:
+        AIOKafkaConsumerThread._create_worker_consumer = create  # type: ignore[method-assign]
+        return
+    wait_ms = max(1, int(seconds * 1000))
+
+    @functools.wraps(create)
+    def create_worker_consumer(self: Any, transport: Any) -> Any:
+        consumer = create(self, transport)
+        consumer._fetch_max_wait_ms = wait_ms  # read when the consumer starts its fetcher
+        return consumer
+
+    AIOKafkaConsumerThread._crm_original_create = create  # type: ignore[attr-defined]
+    AIOKafkaConsumerThread._create_worker_consumer = create_worker_consumer  # type: ignore[method-assign]
+
+
+def faust_broker_kwargs(settings: Settings) -> dict[str, Any]:
+    """Faust (aiokafka) broker settings equivalent to :func:`client_config`."""
+    kwargs: dict[str, Any] = {
+        "broker": ",".join(f"kafka://{hp.strip()}" for hp in settings.bootstrap_servers.split(",")),
+        "broker_session_timeout": settings.consumer_session_timeout_s,
+        "broker_heartbeat_interval": settings.consumer_heartbeat_interval_s,
+        "broker_rebalance_timeout": settings.consumer_rebalance_timeout_s,
+        "producer_max_batch_size": settings.changelog_max_batch_bytes,
+    }
+    context = ssl_context(settings)
+    if settings.security_protocol.startswith("SASL"):
+        kwargs["broker_credentials"] = faust.SASLCredentials(
+            username=settings.sasl_username,
+            password=settings.sasl_password.get(),
+            mechanism=settings.sasl_mechanism,
+            ssl_context=context,
+        )
+    elif context is not None:
+        kwargs["broker_credentials"] = faust.SSLCredentials(context)
+    return kwargs
+
+
+# --- the engine -------------------------------------------------------------------------------
+
+
+def die(exc: BaseException, what: str) -> None:
+    """Stop the process without committing the batch in hand.
+
+    Faust acks the events of a batch when the batch's generator is closed, even by an error, and
+    then commits them on shutdown. Exiting at once keeps them uncommitted, so the batch is
+    processed again after a restart instead of being skipped.
+    """
+    log.critical("worker stopped: %s: %r", what, exc, exc_info=exc)
+    logging.shutdown()
+    sys.stderr.flush()
+    os._exit(EXIT_BUG)
+
+
+class FaustTableStore:
+    """:class:`processors.engine.TableStore` of a Faust RocksDB table."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    @property
+    def changelog_topic(self) -> str:
+        return str(self.table.changelog_topic.get_topic_name())
+
+    def db(self, partition: int) -> rocksdict.Rdict:
+        return rocksdb_partition(self.table, partition)
+
+    def open_partitions(self) -> Mapping[int, rocksdict.Rdict]:
+        return rocksdb_partitions(self.table)
+
+    def set_persisted_offset(self, partition: int, offset: int) -> None:
+        self.table.data.set_persisted_offset(FaustTP(self.changelog_topic, partition), offset)
+
+
+class Startable(Protocol):
+    """A service the worker runs next to its agents (the query API)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class _Service(Service):
+    """A :class:`Startable` as a mode service, started and stopped with the Faust worker."""
+
+    def __init__(self, service: Startable, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.service = service
+
+    async def on_start(self) -> None:
+        await self.service.start()
+
+    async def on_stop(self) -> None:
+        await self.service.stop()
+
+
+class FaustEngine:
+    """:class:`processors.engine.Engine` over one Faust app, which this builds: raw bytes in and
+    out, Faust's table storage in RocksDB, Faust's web server off."""
+
+    def __init__(self, settings: Settings) -> None:
+        apply()
+        set_fetch_max_wait(settings.consumer_fetch_max_wait_s)
+        self.settings = settings
+        self.app = faust.App(
+            # Under the topic prefix, so that Faust's own topics (table changelogs, the assignor's
+            # leader topic) are named <prefix><app id>-... like everything else.
+            settings.topic(settings.app_id),
+            store="rocksdb://",
+            datadir=str(settings.data_path / "faust"),
+            topic_partitions=settings.partitions,
+            topic_replication_factor=max(1, settings.replication_factor),
+            web_enabled=False,
+            key_serializer="raw",
+            value_serializer="raw",
+            table_cleanup_interval=60.0,
+            table_standby_replicas=settings.table_standby_replicas,
+            # The query API's URL, advertised to the group by Faust's assignor: how the other
+            # workers find the owner of a campaign's stats (FaustRouting).
+            canonical_url=settings.advertised_api_url,
+            **faust_broker_kwargs(settings),
+        )
+
+    # -- building ------------------------------------------------------------------------
+
+    def table(self, name: str) -> FaustTableStore:
+        """A Faust table of raw bytes, partitioned like the stream that writes it."""
+        return FaustTableStore(
+            self.app.Table(
+                name,
+                partitions=self.settings.partitions,
+                key_type=bytes,
+                value_type=bytes,
+                schema=faust.Schema(key_serializer="raw", value_serializer="raw"),
+            )
+        )
+
+    def agent(
+        self,
+        topics: Sequence[str],
+        name: str,
+        handler: BatchHandler,
+        *,
+        size: int,
+        within: float,
+        what: str,
+        stopping: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Run ``handler`` on every batch of up to ``size`` records of ``topics`` (waiting
+        ``within`` at most to fill one). An error stops the worker before Faust can ack the
+        batch (:func:`die`). ``stopping`` runs when the agent stops."""
+        topic = self.app.topic(
+            *topics,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=self.settings.partitions,
+        )
+
+        async def run(stream: Any) -> None:
+            try:
+                async for batch in stream.take_events(size, within=within):
+                    try:
+                        await handler(batch)
+                    except Exception as exc:
+                        die(exc, what)
+            finally:
+                if stopping is not None:
+                    await stopping()
+
+        self.app.agent(topic, name=name)(run)
+
+    def timer(self, interval: float, name: str, tick: Callable[[], Awaitable[None]]) -> None:
+        """Run ``tick`` every ``interval`` seconds. A seek it cannot do stops the worker (exit
+        70), as in an agent: the partition would otherwise be read from the wrong place."""
+
+        async def run() -> None:
+            try:
+                await tick()
+            except SeekError as exc:
+                die(exc, f"timer {name}")
+
+        run.__name__ = run.__qualname__ = name
+        self.app.timer(interval=interval, name=name)(run)
+
+    def routing(
+        self, changelog_topic: str, stats_updates_topic: str, partitions: Callable[[], int]
+    ) -> FaustRouting:
+        return FaustRouting(self, changelog_topic, stats_updates_topic, partitions)
+
+    def run(self, services: Sequence[Startable]) -> None:
+        """Run the Faust worker (and ``services`` with it) until signalled."""
+        worker = faust.Worker(
+            self.app,
+            *(_Service(s, loop=self.app.loop) for s in services),
+            loglevel=self.settings.log_level.lower(),
+            quiet=True,
+            redirect_stdouts=False,
+            override_logging=False,
+        )
+        worker.execute_from_commandline()
+
+    # -- Engine --------------------------------------------------------------------------
+
+    def assignment(self) -> set[TP]:
+        consumer = self.app.consumer
+        return {tp for tp in consumer.assignment() if not is_changelog_tp(consumer, tp)}
+
+    def settled(self) -> tuple[bool, str]:
+        app = self.app
+        if not recovered(app):
+            return False, "joining the group / restoring tables"
+        if app.rebalancing or app.in_recovery:
+            return False, "rebalancing"
+        return True, "in the group"
+
+    def rebalancing(self) -> bool:
+        return bool(self.app.rebalancing)
+
+    def committed(self, tp: TP) -> int | None:
+        return committed_offset(self.app.consumer, tp)
+
+    async def seek(self, offsets: Mapping[TP, int]) -> None:
+        """Through Faust's ``seek_wait``, which seeks on the consumer's own thread: ``seek`` does
+        it from the event loop's thread while the consumer thread reads the fetcher's records,
+        and aiokafka then failed with a ``KeyError`` on a partition it was serving."""
+        try:
+            await self.app.consumer.seek_wait(cast(Any, dict(offsets)))
+        except (IllegalStateError, AssertionError, ConsumerNotStarted) as exc:
+            # aiokafka: a partition not assigned (any more); Faust: no consumer yet.
+            raise SeekError(f"seeking {_names(offsets)}: {exc!r}") from exc
+
+    def highwater(self, tp: TP) -> int | None:
+        try:
+            highwater = self.app.consumer.highwater(cast(Any, tp))
+        except (AssertionError, IllegalStateError, ConsumerNotStarted):
+            # aiokafka asserts the partition is assigned; Faust has no consumer before start.
+            return None
+        return None if highwater is None else int(highwater)
+
+    def hold(self, events: Iterable[Event]) -> None:
+        for event in events:
+            event.message.incref()  # type: ignore[attr-defined]
+
+    def release(self, events: Iterable[Event]) -> None:
+        on_message_out = self.app.sensors.on_message_out
+        for event in events:
+            if event.ack():  # type: ignore[attr-defined]
+                message: Any = event.message
+                on_message_out(message.tp, message.offset, message)
+
+    def fatal(self, exc: BaseException, what: str) -> None:
+        die(exc, what)
+
+    def set_positions(self, positions: Positions) -> None:
+        self.app.crm_positions = _Hook(positions)  # type: ignore[attr-defined]
+
+
+class _Hook:
+    """What the patched consumer calls (``app.crm_positions``): the worker's
+    :class:`~processors.engine.Positions`, where a seek that fails while placing the partitions
+    stops the worker (exit 70) instead of leaving Faust's recovery in an unknown state."""
+
+    def __init__(self, positions: Positions) -> None:
+        self.positions = positions
+
+    async def on_positioned(self, *, after_rebalance: bool) -> None:
+        try:
+            await self.positions.on_positioned(after_rebalance=after_rebalance)
+        except SeekError as exc:
+            die(exc, "placing the partitions")
+
+    def committable(self, tp: Any) -> int | None:
+        return self.positions.committable(tp)
+
+
+def _names(offsets: Mapping[Any, int]) -> str:
+    return ", ".join(f"{tp.topic}/{tp.partition}@{o}" for tp, o in offsets.items())
+
+
+class FaustRouting:
+    """:class:`processors.stats_api.Routing` from a Faust app's assignor and consumer.
+
+    Every worker advertises its API URL (``CRM_API_URL``) as Faust's ``canonical_url``. Faust's
+    partition assignor sends it with each member's metadata, and after every rebalance each
+    worker knows, per table changelog partition, the URL of the worker it is assigned to as
+    active (``assignor.table_metadata``). The stats tables are partitioned like
+    ``stats-updates``, so the owner of a campaign's stats partition is the worker whose URL lists
+    that partition of a stats table's changelog topic.
+    """
+
+    def __init__(
+        self,
+        engine: FaustEngine,
+        changelog_topic: str,
+        stats_updates_topic: str,
+        partitions: Callable[[], int],
+    ) -> None:
+        self.engine = engine
+        self._self_url = engine.settings.advertised_api_url
+        self.changelog_topic = changelog_topic
+        self.stats_updates_topic = stats_updates_topic
+        self.partitions = partitions  # the stats-updates topic's, as the raw side sends to it
+
+    @property
+    def self_url(self) -> str:
+        return self._self_url
+
+    def partition_of(self, key: str) -> int:
+        return stats_partition(key.encode(), self.partitions())
+
+    def _distribution(self) -> dict[str, list[int]]:
+        metadata = self.engine.app.assignor.table_metadata(self.changelog_topic)
+        return {
+            str(url).rstrip("/"): list(topics.get(self.changelog_topic, ()))
+            for url, topics in metadata.items()
+        }
+
+    def owner(self, partition: int) -> str | None:
+        for url, partitions in self._distribution().items():
+            if partition in partitions:
+                return url
+        return None
+
+    def peers(self) -> list[str]:
+        urls = set(self._distribution())
+        urls.add(self.self_url)
+        return sorted(urls)
+
+    def local(self) -> set[int] | None:
+        if not self.engine.settled()[0]:
+            return None
+        return {
+            tp.partition for tp in self.engine.assignment() if tp.topic == self.stats_updates_topic
+        }

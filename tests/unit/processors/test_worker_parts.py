@@ -1,0 +1,353 @@
+"""The worker's orchestration on a fake engine (tests/unit/processors/fake_engine.py): placement
+after a rebalance, gap repair, batches in flight, read-back, the stats path, and the risks of
+issue 20 item 6 (seek failures, bounded caches)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from processors import raw as raw_module
+from processors.engine import SeekError
+from processors.placement import place, unplaced
+from processors.positions import TopicPartition
+from processors.raw import Lru, StatsPartitions
+from processors.records import stats_updates_value
+from processors.state.codecs import SavedPosition
+from processors.state.keys import durable_key, position_key
+from tests.unit.processors.fake_engine import FakeEvent, FakeMessage, Parts
+
+RAW = TopicPartition("raw", 0)
+STATS = TopicPartition("stats", 0)
+OUT = TopicPartition("events", 0)
+
+
+def segment(message_id: str, campaign: str = "c-1") -> bytes:
+    """A Segment track call (an email open) that normalizes to a canonical event."""
+    return orjson.dumps(
+        {
+            "type": "track",
+            "event": "Email Opened",
+            "messageId": message_id,
+            "timestamp": "2026-05-01T10:00:00.123Z",
+            "userId": "user-42",
+            "properties": {"email_id": "em-1", "message_id": "m-1", "campaign_id": campaign},
+        }
+    )
+
+
+def raw_event(parts: Parts, offset: int, value: bytes, partition: int = 0) -> FakeEvent:
+    return FakeEvent(FakeMessage(parts.raw_topic, partition, offset, b"k%d" % offset, value))
+
+
+def events_sent(parts: Parts) -> list[bytes | None]:
+    return [key for key, _ in parts.outputs.topics(parts.settings.topic("events"))]
+
+
+async def rebalance(parts: Parts) -> None:
+    await parts.positioning.on_positioned(after_rebalance=True)
+
+
+# -- placement (pure) ------------------------------------------------------------------------
+
+
+def test_placement_starts_raw_at_saved_stats_at_committed_and_the_rest_at_first() -> None:
+    raw_new = TopicPartition("raw", 1)
+    stats_new = TopicPartition("stats", 1)
+    saved = {RAW: SavedPosition(40, {OUT: 7}), raw_new: None}
+    committed = {RAW: 35, raw_new: None, STATS: 12, stats_new: None}
+    assert unplaced([RAW, raw_new], [STATS, stats_new], committed, saved) == [raw_new, stats_new]
+    plan = place(
+        [RAW, raw_new], [STATS, stats_new], committed, saved, {raw_new: 3, stats_new: 5}, {OUT: 9}
+    )
+    assert plan.starts == {RAW: 40, raw_new: 3, STATS: 12, stats_new: 5}
+    assert plan.fresh == {raw_new: SavedPosition(3, {OUT: 9})}
+    assert plan.resumed == {RAW: SavedPosition(40, {OUT: 7})}
+    assert plan.read_back_floors == {OUT: 7}
+    assert plan.lost == []
+
+
+def test_placement_reads_back_from_the_lowest_floor_and_names_lost_state() -> None:
+    other = TopicPartition("raw", 1)
+    saved = {RAW: SavedPosition(4, {OUT: 7}), other: SavedPosition(9, {OUT: 3})}
+    plan = place([RAW, other], [], {RAW: 4, other: 9}, saved, {}, {})
+    assert plan.read_back_floors == {OUT: 3}
+    lost = place([RAW], [], {RAW: 10}, {RAW: None}, {}, {})
+    assert lost.lost == [RAW]
+    assert lost.fresh[RAW].next == 10  # from the committed offset (with CRM_ALLOW_STATE_RESET)
+
+
+# -- placement after a rebalance, through the engine ---------------------------------------------
+
+
+def test_a_rebalance_saves_a_fresh_position_then_seeks_every_partition(tmp_path: Path) -> None:
+    parts = Parts(tmp_path)
+    raw_tp, stats_tp = parts.raw_tp(), parts.stats_tp()
+    parts.engine.assigned = {raw_tp, stats_tp}
+    parts.engine.committed_offsets = {stats_tp: 8}
+    parts.probe.first_offsets = {raw_tp: 2}
+    asyncio.run(rebalance(parts))
+
+    assert parts.engine.seeks == [{raw_tp: 2, stats_tp: 8}]
+    assert parts.drained == 1  # the batches in flight were waited for first
+    saved, durable = parts.dedupe.get_many(
+        0, [position_key(raw_tp.topic), durable_key(raw_tp.topic)]
+    )
+    assert saved is not None and SavedPosition.decode(saved).next == 2
+    assert durable == saved
+    assert parts.positioning.tracker.expected(raw_tp) == 2
+    assert parts.positioning.committable(stats_tp) == 8
+
+
+def test_a_rebalance_resumes_from_the_saved_position_and_reads_back(tmp_path: Path) -> None:
+    parts = Parts(tmp_path)
+    raw_tp = parts.raw_tp()
+    out = TopicPartition(parts.settings.topic("events"), 0)
+    parts.dedupe.write(0, [(durable_key(raw_tp.topic), SavedPosition(5, {out: 11}).encode())])
+    parts.engine.assigned = {raw_tp}
+    parts.engine.committed_offsets = {raw_tp: 5}
+    parts.probe.landed = {raw_tp: {5, 6}}
+    asyncio.run(rebalance(parts))
+
+    assert parts.engine.seeks == [{raw_tp: 5}]
+    assert parts.probe.read_backs == [({out: 11}, {raw_tp: 5})]
+    assert parts.positioning.landed(raw_tp, 6) is True
+    assert parts.positioning.landed(raw_tp, 6) is False  # once
+
+
+def test_outside_a_rebalance_partitions_go_back_to_their_own_position(tmp_path: Path) -> None:
+    parts = Parts(tmp_path)
+    raw_tp = parts.raw_tp()
+    parts.engine.assigned = {raw_tp}
+    parts.positioning.tracker.start(raw_tp, 17)
+    asyncio.run(parts.positioning.on_positioned(after_rebalance=False))
+    assert parts.engine.seeks == [{raw_tp: 17}]
+
+
+# -- the raw path: batches in flight, read-back ------------------------------------------------
+
+
+def test_a_batch_in_flight_holds_its_records_and_marks_until_acknowledged(tmp_path: Path) -> None:
+    parts = Parts(tmp_path)
+    raw_tp = parts.raw_tp()
+    parts.positioning.tracker.start(raw_tp, 0)
+
+    async def scenario() -> None:
+        parts.outputs.gate.clear()  # Kafka acknowledges nothing yet
+        first = [raw_event(parts, 0, segment("m-1")), raw_event(parts, 1, segment("m-2"))]
+        await parts.raw.process(first)
+        assert events_sent(parts) == [b"SEGMENT:m-1", b"SEGMENT:m-2"]
+        assert parts.engine.held == first and parts.engine.released == []
+        assert parts.raw.pending_keys
+        # A copy arriving while the first awaits its acknowledgement is a duplicate.
+        await parts.raw.process([raw_event(parts, 2, segment("m-1"))])
+        assert events_sent(parts) == [b"SEGMENT:m-1", b"SEGMENT:m-2"]
+        assert parts.positioning.committable(raw_tp) is None
+        parts.outputs.gate.set()
+        await parts.raw.written()
+        assert parts.raw.last_in_flight is not None
+        await parts.raw.last_in_flight.done
+
+    asyncio.run(scenario())
+    assert parts.engine.held == [] and len(parts.engine.released) == 3
+    assert parts.raw.pending_keys == set()
+    assert parts.positioning.committable(raw_tp) == 3
+    saved = parts.dedupe.get_many(0, [durable_key(raw_tp.topic)])[0]
+    assert saved is not None and SavedPosition.decode(saved).next == 3
+    assert parts.engine.fatal_errors == []
+
+
+def test_records_whose_outputs_an_earlier_run_wrote_are_not_written_again(tmp_path: Path) -> None:
+    parts = Parts(tmp_path)
+    raw_tp = parts.raw_tp()
+    parts.positioning.tracker.start(raw_tp, 0, landed={0, 1})
+
+    async def scenario() -> None:
+        await parts.raw.process(
+            [
+                raw_event(parts, 0, segment("m-1")),
+                raw_event(parts, 1, b"not json"),  # its dead letter was written too
+                raw_event(parts, 2, segment("m-3")),
+            ]
+        )
+        await parts.raw.written()
+
+    asyncio.run(scenario())
+    assert events_sent(parts) == [b"SEGMENT:m-3"]
+    assert parts.outputs.topics(parts.settings.topic("dead-letter")) == []
+    # Processed all the same: marks written, position past them.
+    assert parts.positioning.tracker.expected(raw_tp) == 3
+
+
+def test_a_failing_finish_is_fatal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    parts = Parts(tmp_path)
+    parts.positioning.tracker.start(parts.raw_tp(), 0)
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(parts.dedupe, "put_many", broken)
+
+    async def scenario() -> None:
+        await parts.raw.process([raw_event(parts, 0, segment("m-1"))])
+        await parts.raw.written()
+        await asyncio.sleep(0)
+
+    asyncio.run(scenario())
+    assert [what for _, what in parts.engine.fatal_errors] == ["finishing a raw batch"]
+
+
+# -- gap repair ------------------------------------------------------------------------------
+
+
+def test_a_gap_with_records_in_it_is_read_again(tmp_path: Path) -> None:
+    parts = Parts(tmp_path)
+    raw_tp = parts.raw_tp()
+    parts.positioning.tracker.start(raw_tp, 4)
+    parts.probe.records = {raw_tp: [4, 6, 7, 8]}  # 5: a transaction marker; 6, 7 were dropped
+    batch = [raw_event(parts, 4, b""), raw_event(parts, 8, b"")]
+    admitted = asyncio.run(parts.positioning.admit(batch, "raw"))
+    assert admitted == batch[:1]
+    assert parts.engine.seeks == [{raw_tp: 6}]
+    assert parts.positioning.tracker.expected(raw_tp) == 6
+
+
+def test_a_gap_without_records_is_passed_over(tmp_path: Path) -> None:
+    parts = Parts(tmp_path)
+    raw_tp = parts.raw_tp()
+    parts.positioning.tracker.start(raw_tp, 4)
+    parts.probe.records = {raw_tp: [4, 8]}
+    batch = [raw_event(parts, 4, b""), raw_event(parts, 8, b"")]
+    assert asyncio.run(parts.positioning.admit(batch, "raw")) == batch
+    assert parts.engine.seeks == []
+    assert parts.positioning.tracker.expected(raw_tp) == 9
+
+
+def test_a_stalled_partition_is_sought_back(tmp_path: Path) -> None:
+    parts = Parts(tmp_path)
+    raw_tp = parts.raw_tp()
+    parts.positioning.tracker.start(raw_tp, 5)
+    parts.engine.highwaters = {raw_tp: 9}
+    parts.probe.records = {raw_tp: [5, 6, 7, 8]}
+    for _ in range(4):  # the first check only notes what was processed
+        asyncio.run(parts.positioning.watch())
+    assert parts.engine.seeks == [{raw_tp: 5}]
+
+
+# -- seek failures (issue 20 item 6: never swallowed) -----------------------------------------
+
+
+def test_a_failed_seek_of_an_assigned_partition_is_fatal(tmp_path: Path) -> None:
+    parts = Parts(tmp_path)
+    raw_tp = parts.raw_tp()
+    parts.engine.assigned = {raw_tp}
+    parts.positioning.tracker.start(raw_tp, 5)
+    parts.engine.seek_error = RuntimeError("fetcher gone")
+    with pytest.raises(SeekError):
+        asyncio.run(parts.positioning.seek({raw_tp: 3}))
+
+
+def test_a_failed_seek_of_a_revoked_partition_forgets_it(tmp_path: Path) -> None:
+    parts = Parts(tmp_path)
+    raw_tp = parts.raw_tp()
+    parts.positioning.tracker.start(raw_tp, 5)
+    parts.engine.seek_error = RuntimeError("not assigned")
+    asyncio.run(parts.positioning.seek({raw_tp: 3}))
+    assert parts.positioning.tracker.tracked() == []
+    assert parts.positioning.committable(raw_tp) is None
+
+
+# -- the stats path ------------------------------------------------------------------------------
+
+
+def stats_event(parts: Parts, offset: int, campaign: str, raw_offset: int) -> FakeEvent:
+    increment = [raw_offset, 1_780_000_000_000, "OPEN", "EMAIL"]
+    value = stats_updates_value({campaign: {"raw.segment/0": [increment]}}, None, None)
+    return FakeEvent(FakeMessage(parts.stats_topic, 0, offset, b"0", value))
+
+
+def test_the_stats_path_counts_once_upserts_and_makes_the_batch_committable(
+    tmp_path: Path,
+) -> None:
+    parts = Parts(tmp_path)
+    stats_tp = parts.stats_tp()
+    parts.positioning.tracker.start(stats_tp, 0)
+    campaign = "SEGMENT|app|c-1"
+
+    async def scenario() -> None:
+        await parts.stats_path.process([stats_event(parts, 0, campaign, 10)])
+        await parts.stats_path.process([stats_event(parts, 1, campaign, 10)])  # a replay
+        await parts.stats_path.process(
+            [FakeEvent(FakeMessage(parts.stats_topic, 0, 2, b"0", b"{"))]
+        )
+
+    asyncio.run(scenario())
+    upserts = parts.outputs.topics(parts.settings.topic("campaign-stats"))
+    assert upserts and all(key and key.startswith(campaign.encode()) for key, _ in upserts)
+    found = parts.stats.campaigns(
+        "1h", [0], _range(), lambda key, name: True
+    )  # one campaign, counted once
+    assert [c["totals"]["total"] for c in found] == [1]
+    assert parts.positioning.committable(stats_tp) == 3
+    assert len(parts.outputs.topics(parts.settings.topic("dead-letter"))) == 1
+
+
+def _range() -> Any:
+    from processors.api.query import TimeRange
+
+    return TimeRange("1h", 1_779_998_400_000, 1_780_005_600_000)
+
+
+# -- bounded caches (issue 20 item 6) ------------------------------------------------------------
+
+
+def test_the_lru_keeps_the_most_recent_entries() -> None:
+    cache: Lru[str, int] = Lru(2)
+    made: list[str] = []
+
+    def make(key: str) -> int:
+        made.append(key)
+        return len(made)
+
+    assert cache.get("a", make) == 1
+    assert cache.get("b", make) == 2
+    assert cache.get("a", make) == 1  # a is now the most recent
+    assert cache.get("c", make) == 3  # b goes
+    assert len(cache) == 2
+    assert cache.get("b", make) == 4
+    with pytest.raises(ValueError):
+        Lru(0)
+
+
+def test_the_worker_caches_stay_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    partitions = StatsPartitions(6, cache=10)
+    for i in range(100):
+        partitions.of(f"SEGMENT|app|c{i}")
+    assert len(partitions._cache) == 10
+    partitions.learn(3)
+    assert len(partitions._cache) == 0
+    assert partitions.of("SEGMENT|app|c1") in range(3)
+
+    monkeypatch.setattr(raw_module, "MAX_CACHED_CONTEXTS", 5)
+    parts = Parts(tmp_path)
+    raw_tp = parts.raw_tp()
+    parts.positioning.tracker.start(raw_tp, 0)
+    batch = [
+        FakeEvent(
+            FakeMessage(
+                parts.raw_topic, 0, i, b"k", segment(f"m-{i}"), headers=[("app_id", b"a%d" % i)]
+            )
+        )
+        for i in range(50)
+    ]
+
+    async def scenario() -> None:
+        await parts.raw.process(batch)
+        await parts.raw.written()
+
+    asyncio.run(scenario())
+    assert len(parts.raw.contexts) <= 5
