@@ -18,10 +18,11 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaClient
+from confluent_kafka import KafkaError
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
 from crmstream.errors import ConfigError
-from crmstream.kafka import client_config
+from crmstream.kafka import client_config, security_problem
 from crmstream.settings import Settings
 from tests.tls_helpers import KEY_PASSWORD, Pki, make_pki
 
@@ -249,3 +250,52 @@ def test_a_security_mistake_names_its_variable(
     assert str(info.value).startswith(f"invalid setting {expected}: ")
     assert words in str(info.value)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("code", "text", "variable"),
+    [
+        (
+            KafkaError._SSL,
+            "ssl://k:9093/bootstrap: SSL handshake failed: error:0A000086:SSL routines::"
+            "certificate verify failed: broker certificate could not be verified",
+            "CRM_SSL_CA_LOCATION",
+        ),
+        (
+            KafkaError._SSL,
+            "ssl://k:9092/bootstrap: SSL handshake failed: error:0A00010B:SSL routines::"
+            "wrong version number",
+            "CRM_SECURITY_PROTOCOL",
+        ),
+        (
+            KafkaError._SSL,
+            "ssl://k:9093/bootstrap: SSL handshake failed: error:0A00045C:SSL routines::"
+            "tlsv13 alert certificate required",
+            "CRM_SSL_CERT_LOCATION",
+        ),
+        (
+            KafkaError._AUTHENTICATION,
+            "sasl_ssl://k:9093/bootstrap: SASL authentication error: Authentication failed "
+            "during authentication due to invalid credentials with SASL mechanism SCRAM-SHA-512",
+            "CRM_SASL_PASSWORD",
+        ),
+        (
+            KafkaError._AUTHENTICATION,
+            "sasl_ssl://k:9093/bootstrap: Unsupported SASL mechanism: broker's supported "
+            "mechanisms: PLAIN",
+            "CRM_SASL_MECHANISM",
+        ),
+        (KafkaError._TRANSPORT, "k:9092/bootstrap: Connect to ipv4#1.2.3.4:9092 failed", None),
+        (KafkaError._ALL_BROKERS_DOWN, "1/1 brokers are down", None),
+    ],
+)
+def test_a_tls_or_sasl_failure_of_librdkafka_names_the_setting(
+    code: int, text: str, variable: str | None
+) -> None:
+    settings = Settings.from_env({"CRM_SECURITY_PROTOCOL": "SASL_SSL", **SASL})
+    problem = security_problem(settings, KafkaError(code, text))
+    if variable is None:
+        assert problem is None  # a broker that is down: retried until the timeout
+        return
+    assert problem is not None and problem.setting == variable
+    assert text in str(problem) and "pw-1" not in str(problem)
