@@ -1,21 +1,12 @@
 """Throwaway TLS material for the Kafka security tests, made with ``cryptography`` in a test's
 tmp_path: a CA, a server certificate for 127.0.0.1, a client certificate whose key is
-password-protected, and a second CA that trusts none of them.
-
-And :class:`TlsProxy`, a TLS front for the embedded broker: Tansu 0.6.0 cannot serve TLS itself
-(README, "Kafka security"), so the TLS integration test puts a real TLS server (Python's ssl,
-OpenSSL) on loopback in front of it and has Tansu advertise the proxy's port. The Kafka protocol
-behind it is Tansu's own; nothing about Kafka is faked.
-"""
+password-protected, and a second CA that trusts none of them."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime
 import ipaddress
 import ssl
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,57 +147,3 @@ def make_pki(directory: Path) -> Pki:
         client_key=directory / "client.key",
         other_ca=directory / "other-ca.pem",
     )
-
-
-class TlsProxy:
-    """TLS on ``127.0.0.1:port``, plaintext to ``127.0.0.1:target_port``, one byte stream per
-    connection, in a thread of its own (start/stop)."""
-
-    def __init__(self, context: ssl.SSLContext, port: int, target_port: int) -> None:
-        self.context = context
-        self.port = port
-        self.target_port = target_port
-        self.handshake_failures = 0
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._server: asyncio.Server | None = None
-
-    def start(self) -> TlsProxy:
-        self._thread.start()
-        self._server = asyncio.run_coroutine_threadsafe(
-            asyncio.start_server(
-                self._serve, "127.0.0.1", self.port, ssl=self.context, ssl_handshake_timeout=10
-            ),
-            self._loop,
-        ).result(10)
-        self._loop.set_exception_handler(self._on_loop_error)
-        return self
-
-    def _on_loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
-        if isinstance(context.get("exception"), ssl.SSLError | ConnectionError):
-            self.handshake_failures += 1  # an untrusted or certificate-less client: expected
-            return
-        loop.default_exception_handler(context)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            writer.close()
-            return
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError, ssl.SSLError):
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            with contextlib.suppress(OSError, ssl.SSLError, RuntimeError):
-                dst.close()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
