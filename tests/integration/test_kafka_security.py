@@ -16,8 +16,11 @@ stops a process at once with one line naming the setting.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -29,8 +32,10 @@ from pathlib import Path
 
 import orjson
 import pytest
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
 
-from crmstream.broker import EmbeddedBroker, free_port
+from crmstream.broker import EmbeddedBroker, free_port, tansu_binary, wait_for_port
 from crmstream.serde import AvroSerde
 from crmstream.settings import Settings
 from tests.broker_fronts import SaslFront, TlsFront
@@ -258,3 +263,72 @@ def test_a_wrong_password_stops_a_process_naming_the_password_setting(
     assert "not-the-password" not in last
     assert secured.sasl is not None and secured.sasl.failures >= 1
     assert secured.sasl.authenticated == []
+
+
+@pytest.mark.slow(seconds=20)
+def test_the_embedded_broker_still_cannot_serve_tls_or_sasl(tmp_path: Path) -> None:
+    """Why the tests above need fronts (README, "About the embedded broker"). If this fails, the
+    Tansu in use has learnt TLS or SASL: run the tests above against it directly instead."""
+    tansu = str(tansu_binary())
+    pki = make_pki(tmp_path / "pki")
+    port = free_port()
+    listen = ["--listener-url", f"tcp://127.0.0.1:{port}"]
+    listen += ["--advertised-listener-url", f"tcp://127.0.0.1:{port}"]
+
+    both = [tansu, "broker", *listen, "--cert", str(pki.server_cert), "--key", str(pki.server_key)]
+    refused = subprocess.run(both, capture_output=True, text=True, timeout=20, check=False)
+    assert refused.returncode != 0 and "cannot be used with" in refused.stderr, refused.stderr
+
+    combined = tmp_path / "combined.pem"
+    combined.write_bytes(pki.server_cert.read_bytes() + pki.server_key.read_bytes())
+    with _tansu(tmp_path, tansu, *listen, "--cert", str(combined)):
+        # --cert alone: still plaintext, and a TLS client's handshake is never answered.
+        assert _metadata(port, {}) is not None
+        context = ssl.create_default_context(cafile=str(pki.ca))
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=3) as sock,
+            pytest.raises((TimeoutError, ssl.SSLError, ConnectionError)),
+        ):
+            context.wrap_socket(sock, server_hostname="127.0.0.1")
+
+    with _tansu(tmp_path, tansu, *listen, "--authentication"):
+        # Only SCRAM is offered, and no SCRAM credential can exist (the storage engines keep
+        # none; creating one needs an authenticated connection in the first place).
+        created = subprocess.run(
+            [tansu, "user", "create", USER, PASSWORD, "--broker", f"tcp://127.0.0.1:{port}"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
+        assert created.returncode != 0
+        for mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+            conf = {
+                "security.protocol": "SASL_PLAINTEXT",
+                "sasl.mechanism": mechanism,
+                "sasl.username": USER,
+                "sasl.password": PASSWORD,
+            }
+            assert _metadata(port, conf) is None, mechanism
+        assert _metadata(port, {}) is None
+
+
+@contextlib.contextmanager
+def _tansu(tmp_path: Path, *command: str) -> Iterator[None]:
+    log = (tmp_path / "tansu-limits.log").open("ab")
+    proc = subprocess.Popen([command[0], "broker", *command[1:]], stdout=log, stderr=log)
+    try:
+        wait_for_port("127.0.0.1", int(command[2].rsplit(":", 1)[1]), 20)
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
+
+
+def _metadata(port: int, conf: dict[str, str]) -> object | None:
+    admin = AdminClient({"bootstrap.servers": f"127.0.0.1:{port}", "log_level": 0, **conf})
+    try:
+        return admin.list_topics(timeout=4)
+    except KafkaException:
+        return None
