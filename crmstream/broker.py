@@ -79,8 +79,8 @@ class EmbeddedBroker:
         advertised_port: int | None = None,
     ) -> None:
         """``advertised_port``: the port clients are told to use in metadata, when something
-        stands in front of the broker (tests put a TLS proxy there: Tansu 0.6.0 cannot serve
-        TLS, README "Kafka security"). Default: the broker's own port."""
+        stands in front of the broker (the security tests put TLS and SASL fronts there: Tansu
+        0.6.0 serves neither, README "About the embedded broker"). Default: its own port."""
         self.port = port or free_port()
         self.advertised_port = advertised_port or self.port
         self.log_path = log_path
