@@ -233,16 +233,22 @@ def _stops_at_once(env: dict[str, str], command: list[str]) -> str:
     return done.stderr.strip().splitlines()[-1]
 
 
-@pytest.mark.parametrize("kind", ["connector", "worker"])
+@pytest.mark.parametrize(
+    ("kind", "ca"), [("connector", "other"), ("worker", "other"), ("connector", "none")]
+)
 def test_an_untrusted_broker_certificate_stops_a_process_naming_the_ca_setting(
-    secured_broker: Callable[..., Secured], tmp_path: Path, kind: str
+    secured_broker: Callable[..., Secured], tmp_path: Path, kind: str, ca: str
 ) -> None:
+    """A CA from another authority, or none (the system's CA certificates, which do not include
+    the throwaway CA): verification is never skipped."""
     secured = secured_broker("SSL")
-    env = _env(secured, tmp_path, CRM_SSL_CA_LOCATION=str(secured.pki.other_ca))
+    location = str(secured.pki.other_ca) if ca == "other" else ""
+    env = _env(secured, tmp_path, CRM_SSL_CA_LOCATION=location)
     last = _stops_at_once(env, _command(kind, tmp_path))
+    source = location or "the system's CA certificates"
     assert last.startswith(
         "crm-stream: invalid setting CRM_SSL_CA_LOCATION: the broker's certificate is not "
-        f"trusted by {secured.pki.other_ca}: "
+        f"trusted by {source}: "
     ), last
     assert "certificate verify failed" in last
 
