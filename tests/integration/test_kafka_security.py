@@ -10,8 +10,8 @@ the server's against a throwaway CA) and a real SASL exchange checked against th
 The worker (``crm-stream worker``: Faust's aiokafka consumers and producer, librdkafka output
 producers and admin) starts, a connector CLI (leanplum, from a file feed) publishes its raw topic
 (librdkafka), the worker turns that into exact canonical events, and the test reads them back
-with the same settings. A CA that did not sign the broker's certificate, or a wrong password,
-stops a process at once with one line naming the setting.
+with the same settings and with ``crm-stream decode``. A CA that did not sign the broker's
+certificate, or a wrong password, stops a process at once with one line naming the setting.
 """
 
 from __future__ import annotations
@@ -207,6 +207,11 @@ def test_the_worker_and_a_connector_over_a_secured_protocol(
     assert [m.key() for m in events] == [
         f"LEANPLUM:{r['vendor_event_id']}".encode() for r in decoded
     ]
+    # The command-line tools too: crm-stream decode reads the same records back.
+    printed = _crm(env, "decode", "events", "--idle-timeout", "3", timeout=60)
+    assert printed.returncode == 0, printed.stderr[-3000:]
+    rows = [orjson.loads(line) for line in printed.stdout.splitlines()]
+    assert sorted(row["value"]["vendor_event_id"] for row in rows) == sorted(set(lines))
     if secured.tls is not None:
         assert secured.tls.failures == 0
     if secured.sasl is not None:
