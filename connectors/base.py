@@ -17,10 +17,9 @@ from typing import Any, TypeVar
 
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient
 
 from crmstream.errors import BrokerError, ConfigError
-from crmstream.kafka import client_config, consumer_config, producer_config
+from crmstream.kafka import consumer_config, producer_config, reach
 from crmstream.metrics import Check, Health
 from crmstream.settings import Settings, describe_fields, values_from_env
 from crmstream.topics import (
@@ -432,13 +431,8 @@ def ensure_topics(settings: Settings, vendor: str, *, timeout: float = 30.0) -> 
     """
     wanted = {raw_topic(vendor), "connect-offsets", "dead-letter"}
     specs = [s for s in topic_specs(settings) if s.name in wanted]
-    admin = AdminClient(client_config(settings))
-    try:
-        existing = admin.list_topics(timeout=timeout).topics
-    except KafkaException as exc:
-        raise BrokerError(
-            f"Kafka is not reachable at {settings.bootstrap_servers}: {exc.args[0]}"
-        ) from exc
+    _, metadata = reach(settings, timeout)  # a TLS or SASL mistake: ConfigError, at once
+    existing = metadata.topics
     raw = settings.topic(raw_topic(vendor))
     if raw in existing and len(existing[raw].partitions) != settings.partitions:
         raise ConfigError(

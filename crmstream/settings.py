@@ -427,22 +427,7 @@ class Settings:
 
     def validate(self) -> None:
         """Cross-field checks that a single variable cannot express."""
-        if self.security_protocol.startswith("SASL") and not self.sasl_username:
-            raise ConfigError(
-                "CRM_SASL_USERNAME", f"required when CRM_SECURITY_PROTOCOL={self.security_protocol}"
-            )
-        if bool(self.ssl_cert_location) != bool(self.ssl_key_location):
-            raise ConfigError(
-                "CRM_SSL_KEY_LOCATION",
-                "CRM_SSL_CERT_LOCATION and CRM_SSL_KEY_LOCATION must be set together",
-            )
-        for var, path in (
-            ("CRM_SSL_CA_LOCATION", self.ssl_ca_location),
-            ("CRM_SSL_CERT_LOCATION", self.ssl_cert_location),
-            ("CRM_SSL_KEY_LOCATION", self.ssl_key_location),
-        ):
-            if path and not Path(path).is_file():
-                raise ConfigError(var, f"file not found: {path}")
+        self._validate_kafka_security()
         if self.replication_factor == 0 or self.replication_factor < -1:
             raise ConfigError("CRM_REPLICATION_FACTOR", "must be -1 (broker default) or >= 1")
         if self.table_standby_replicas < 0:
@@ -464,6 +449,75 @@ class Settings:
             raise ConfigError("CRM_STATS_HLL_LG_K", "must be in 4..21")
         if self.api_url and not re.fullmatch(r"https?://[^/\s]+/?", self.api_url):
             raise ConfigError("CRM_API_URL", f"must be http(s)://host:port, got {self.api_url!r}")
+
+    def _validate_kafka_security(self) -> None:
+        """SASL credentials and TLS files, checked at startup the way both Kafka clients will
+        use them, so a mistake names its variable instead of surfacing as a connection error."""
+        protocol = self.security_protocol
+        if protocol.startswith("SASL"):
+            for var, value in (
+                ("CRM_SASL_USERNAME", self.sasl_username),
+                ("CRM_SASL_PASSWORD", self.sasl_password.get()),
+            ):
+                if not value:
+                    raise ConfigError(var, f"required when CRM_SECURITY_PROTOCOL={protocol}")
+        for var, path, other in (
+            ("CRM_SSL_KEY_LOCATION", self.ssl_key_location, self.ssl_cert_location),
+            ("CRM_SSL_CERT_LOCATION", self.ssl_cert_location, self.ssl_key_location),
+        ):
+            if other and not path:
+                raise ConfigError(
+                    var, "CRM_SSL_CERT_LOCATION and CRM_SSL_KEY_LOCATION must be set together"
+                )
+        if self.ssl_key_password and not self.ssl_key_location:
+            raise ConfigError(
+                "CRM_SSL_KEY_PASSWORD", "only applies with CRM_SSL_CERT_LOCATION and _KEY_LOCATION"
+            )
+        for var, path in (
+            ("CRM_SSL_CA_LOCATION", self.ssl_ca_location),
+            ("CRM_SSL_CERT_LOCATION", self.ssl_cert_location),
+            ("CRM_SSL_KEY_LOCATION", self.ssl_key_location),
+        ):
+            if not path:
+                continue
+            if not Path(path).is_file():
+                raise ConfigError(var, f"file not found: {path}")
+            try:
+                with open(path, "rb") as handle:
+                    handle.read(1)
+            except OSError as exc:
+                raise ConfigError(var, f"cannot read {path}: {exc.strerror}") from exc
+        if protocol in {"SSL", "SASL_SSL"}:
+            self._check_tls_files()
+
+    def _check_tls_files(self) -> None:
+        """Load the CA and the client certificate and key as the TLS clients will: a file that
+        is not PEM, a key that does not match its certificate or a wrong key password stops
+        startup here, naming the variable."""
+        import ssl
+
+        context = ssl.create_default_context()
+        if self.ssl_ca_location:
+            try:
+                context.load_verify_locations(cafile=self.ssl_ca_location)
+            except ssl.SSLError as exc:
+                raise ConfigError(
+                    "CRM_SSL_CA_LOCATION",
+                    f"no PEM CA certificate in {self.ssl_ca_location}: {exc.reason or exc}",
+                ) from exc
+        if self.ssl_cert_location:
+            try:
+                context.load_cert_chain(
+                    self.ssl_cert_location,
+                    self.ssl_key_location,
+                    password=self.ssl_key_password.get() or None,
+                )
+            except ssl.SSLError as exc:
+                raise ConfigError(
+                    "CRM_SSL_CERT_LOCATION",
+                    "cannot load the client certificate with CRM_SSL_KEY_LOCATION (and "
+                    f"CRM_SSL_KEY_PASSWORD): {exc.reason or exc}",
+                ) from exc
 
     @property
     def advertised_api_url(self) -> str:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import NewTopic
 
 from crmstream.errors import BrokerError
-from crmstream.kafka import client_config
+from crmstream.kafka import reach
 from crmstream.settings import Settings
 from crmstream.vendors import VENDOR_NAMES
 
@@ -84,9 +84,10 @@ def create_topics(
     """Create every missing topic (``specs``, default all of :func:`topic_specs`, plus
     ``extra``) with the configured partitions; existing ones are left alone.
 
-    Returns ``{full_name: "created" | "exists"}``. Raises :class:`BrokerError` on anything else.
+    Returns ``{full_name: "created" | "exists"}``. Raises :class:`BrokerError` on anything else,
+    :class:`ConfigError` naming the setting when TLS or SASL fails.
     """
-    admin = AdminClient(client_config(settings))
+    admin, _ = reach(settings, timeout)
     specs = (topic_specs(settings) if specs is None else specs) + (extra or [])
     new = [
         NewTopic(
