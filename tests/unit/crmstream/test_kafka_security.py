@@ -29,7 +29,7 @@ from tests.tls_helpers import KEY_PASSWORD, Pki, make_pki
 
 def faust_kwargs(settings: Settings) -> dict[str, Any]:
     """The worker's Faust broker settings (the one import of the engine module here)."""
-    from processors.faust_compat import faust_broker_kwargs
+    from processors.faust_engine import faust_broker_kwargs
 
     return faust_broker_kwargs(settings)
 
