@@ -92,7 +92,7 @@ class ApiServer(Service):
         self._runner: web.AppRunner | None = None
 
     async def on_start(self) -> None:
-        app = make_app(self.source)
+        app = make_app(self.source, settings=self.settings)
         add_internal_routes(app, self.source)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()

@@ -17,13 +17,13 @@ import argparse
 import asyncio
 import random
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
-from processors.api.query import WINDOWS, CampaignKey, CampaignQuery, ListQuery, TimeRange
+from processors.api.query import CampaignKey, CampaignQuery, ListQuery, TimeRange
 from processors.api.server import make_app
 
 BASE_MS = 1_796_029_200_000  # 2026-11-30T09:00:00Z, the first minute of the fixture
@@ -240,7 +240,7 @@ class FakeSource:
         return BASE_MS + self.minutes * MINUTE - 1
 
     def _windows(self, key: CampaignKey, r: TimeRange) -> dict[int, Figures]:
-        size = WINDOWS[r.window]
+        size = r.window_ms
         out: dict[int, Figures] = {}
         for start, figures in sorted(self._data[key].items()):
             window = start - start % size
@@ -255,7 +255,7 @@ class FakeSource:
         totals = Figures()
         for figures in windows.values():
             totals.merge(figures)
-        size = WINDOWS[r.window]
+        size = r.window_ms
         return {
             "vendor": key.vendor,
             "app_id": key.app_id or None,
@@ -268,21 +268,34 @@ class FakeSource:
         }, windows
 
     async def list_campaigns(self, query: ListQuery) -> list[dict[str, Any]]:
+        return self.listed(query.range, query.matches)
+
+    def listed(
+        self,
+        r: TimeRange,
+        matches: Callable[[CampaignKey, str | None], bool],
+        keys: Callable[[CampaignKey], bool] = lambda key: True,
+    ) -> list[dict[str, Any]]:
+        """The campaigns with events in ``r`` that match (and whose key passes ``keys``)."""
         with self._lock:
             out = []
             for key in self._data:
-                if query.matches(key, self._names[key]):
-                    campaign, windows = self._campaign(key, query.range)
+                if keys(key) and matches(key, self._names[key]):
+                    campaign, windows = self._campaign(key, r)
                     if windows:
                         out.append(campaign)
             return out
 
     async def campaign(self, query: CampaignQuery) -> dict[str, Any] | None:
+        return self.one(query)
+
+    def one(self, query: CampaignQuery) -> dict[str, Any] | None:
+        """The campaign with its series over the query's range; None if unknown."""
         with self._lock:
             if query.key not in self._data:
                 return None
             campaign, windows = self._campaign(query.key, query.range)
-            size = WINDOWS[query.range.window]
+            size = query.range.window_ms
             campaign["series"] = [
                 {"window_start": start, "window_end": start + size, **figures.dump()}
                 for start, figures in sorted(windows.items())
