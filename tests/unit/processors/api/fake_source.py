@@ -213,16 +213,38 @@ def _minute(profile: Profile, index: int, minute: int, seed: int) -> Figures:
     return out
 
 
+NO_CAMPAIGN = Profile(
+    CampaignKey("SEGMENT", "segment-source-app-events", ""),
+    None,
+    "PUSH",
+    (5, 10),
+    0.9,
+    0.3,
+    0.1,
+    600,
+)
+"""Traffic of no campaign (events without a campaign id), for the tests that add it."""
+
+
 class FakeSource:
     """The fixture's campaigns, minute by minute, from :data:`BASE_MS`. Thread-safe: the app
     runs in a server thread while a test grows the data."""
 
-    def __init__(self, minutes: int = 90, seed: int = 15) -> None:
+    def __init__(
+        self,
+        minutes: int = 90,
+        seed: int = 15,
+        profiles: tuple[Profile, ...] = CAMPAIGNS,
+        lag_ms: int = 0,
+    ) -> None:
+        """``lag_ms``: how far the clock is ahead of the data (data dated in the past)."""
         self.seed = seed
         self.minutes = 0
+        self.profiles = profiles
+        self.lag_ms = lag_ms
         self._lock = threading.Lock()
-        self._data: dict[CampaignKey, dict[int, Figures]] = {p.key: {} for p in CAMPAIGNS}
-        self._names = {p.key: p.name for p in CAMPAIGNS}
+        self._data: dict[CampaignKey, dict[int, Figures]] = {p.key: {} for p in profiles}
+        self._names = {p.key: p.name for p in profiles}
         self.grow(minutes)
 
     def grow(self, minutes: int = 1) -> None:
@@ -230,14 +252,14 @@ class FakeSource:
         with self._lock:
             for _ in range(minutes):
                 m = self.minutes
-                for index, p in enumerate(CAMPAIGNS):
+                for index, p in enumerate(self.profiles):
                     if m >= p.first_minute and (p.last_minute is None or m <= p.last_minute):
                         self._data[p.key][BASE_MS + m * MINUTE] = _minute(p, index, m, self.seed)
                 self.minutes += 1
 
     def now_ms(self) -> int:
-        """The fixture's clock: the last millisecond of its latest minute."""
-        return BASE_MS + self.minutes * MINUTE - 1
+        """The fixture's clock: the last millisecond of its latest minute (plus ``lag_ms``)."""
+        return BASE_MS + self.minutes * MINUTE - 1 + self.lag_ms
 
     def _windows(self, key: CampaignKey, r: TimeRange) -> dict[int, Figures]:
         size = r.window_ms
