@@ -522,3 +522,33 @@ def test_signing_in(page: Any, served: Served, console_errors: list[str]) -> Non
     refused = "Failed to load resource: the server responded with a status of 401 (Unauthorized)"
     assert refused in console_errors
     console_errors[:] = [e for e in console_errors if e != refused]
+
+
+@pytest.mark.parametrize("api_env", [{"CRM_STATS_WINDOWS": "1s,1h"}], indirect=True)
+@pytest.mark.parametrize("fake_source", [{"minutes": 200}], indirect=True)
+def test_a_detail_too_fine_for_the_range_says_it_is_partial(page: Any, served: Served) -> None:
+    """Four hours in 1s windows is more than 10,000 of them: the detail shows the latest
+    10,000 and says so, and how to see everything; Auto picks a window that shows it all."""
+    wait_for_list(page, len(CAMPAIGNS))
+    target = CAMPAIGNS[0].key
+    open_campaign(page, target.id)
+    assert page.evaluate("() => document.getElementById('campaign-view').dataset.window") == "1h"
+    assert page.is_hidden("#c-partial")
+    page.select_option("#c-window", "1s")
+    page.wait_for_function(
+        "() => document.getElementById('campaign-view').dataset.partial === 'true'"
+    )
+    note = page.text_content("#c-partial")
+    assert note.startswith("Partial:") and "Choose a larger window" in note
+    shown = page.evaluate(READ_CAMPAIGN)
+    assert (int(shown["to"]) - int(shown["from"])) // 1000 == 10_000
+    answer = api(
+        served,
+        f"campaigns/{target.id}",
+        window="1s",
+        **{"from": shown["from"], "to": shown["to"]},
+    )
+    assert shown["total"] == str(answer["totals"]["total"])
+    listed = api(served, "campaigns", limit=1000)["campaigns"]
+    whole = next(c for c in listed if c["id"] == target.id)["totals"]["total"]
+    assert f"of its {whole:,} events" in note and answer["totals"]["total"] < whole
