@@ -370,6 +370,7 @@
     await refreshHeld();
     const query = listQuery();
     const data = await api("campaigns", query);
+    if (auth.needed) return; // signed out while it ran: show nothing
     setWindows(data.windows);
     if (query.to === undefined || query.to === "") list.serverTo = data.to;
     list.data = data;
@@ -426,7 +427,7 @@
     const path = `campaigns/${encodeURIComponent(id)}`;
     const range = { window: list.data.window, from: list.data.from, to: list.data.to };
     const whole = await api(path, range);
-    if (id !== view.id) return;
+    if (id !== view.id || auth.needed) return;
     let data = whole;
     let partial = null;
     let auto = null;
@@ -444,7 +445,7 @@
       }
       if (query.window !== range.window || query.from !== range.from || query.to !== range.to) {
         data = await api(path, query);
-        if (id !== view.id) return;
+        if (id !== view.id || auth.needed) return;
       }
     }
     view.data = data;
@@ -634,7 +635,8 @@
     if (auth.needed) return; // until signed in: timer is not re-armed, signing in refreshes
     try {
       await refreshList(); // the campaign follows the list's range
-      if (view.id) await refreshCampaign();
+      if (view.id && !auth.needed) await refreshCampaign();
+      if (auth.needed) return;
       showError(null);
       setStatus("live", `Live · refreshed ${new Date().toLocaleTimeString("en-GB", { timeZone: "UTC" })} UTC`);
     } catch (err) {
