@@ -382,7 +382,9 @@ def render(
     campaigns.add_column("app", overflow="fold", min_width=8)
     campaigns.add_column("campaign", overflow="fold", min_width=12)
     campaigns.add_column("name", overflow="fold", min_width=10)
-    numbers = ["total", *TABLE_TYPES[:3], "unique OPEN", *TABLE_TYPES[3:]]
+    # "other": the events of every type not shown (e.g. SEND_REQUESTED, OTHER), so that the
+    # event-type columns of a row add up to its total ("unique OPEN" counts recipients).
+    numbers = ["total", *TABLE_TYPES[:3], "unique OPEN", *TABLE_TYPES[3:], "other"]
     for header in numbers:
         campaigns.add_column(header, justify="right", no_wrap=True, min_width=len(header))
     for row in rows[:limit]:
@@ -392,6 +394,7 @@ def render(
             cells.append(str(row.counts.get(t, 0)))
             if t == "OPEN":
                 cells.append(str(row.unique_opens))
+        cells.append(str(row.total - sum(row.counts.get(t, 0) for t in TABLE_TYPES)))
         campaigns.add_row(*cells)
     footer = Text(f"campaigns with stats: {len(view.campaigns())}")
     parts: list[Any] = [

@@ -48,6 +48,9 @@ class Secret:
         return hash(self._value)
 
 
+_TOKEN = re.compile(r"[A-Za-z0-9._~+/-]{16,}=*")
+"""An API bearer token: RFC 6750's b64token, at least 16 characters."""
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 
@@ -338,6 +341,15 @@ class Settings:
         "URL other workers reach this worker's API at (advertised to the consumer group); "
         "default http://<hostname>:<CRM_API_PORT>",
     )
+    api_token: Secret = setting(
+        "API_TOKEN",
+        Secret(""),
+        None,
+        "Bearer token(s) the query API and web view require (or CRM_API_TOKEN_FILE); empty: no "
+        "authentication. One token per line, at least 16 characters of A-Z a-z 0-9 - . _ ~ + / "
+        "(trailing = allowed); a line 'TOKEN app_1,app_2' lets that token read only those apps",
+        secret=True,
+    )
     consumer_session_timeout_s: float = setting(
         "CONSUMER_SESSION_TIMEOUT",
         45.0,
@@ -449,6 +461,7 @@ class Settings:
             raise ConfigError("CRM_STATS_HLL_LG_K", "must be in 4..21")
         if self.api_url and not re.fullmatch(r"https?://[^/\s]+/?", self.api_url):
             raise ConfigError("CRM_API_URL", f"must be http(s)://host:port, got {self.api_url!r}")
+        self.api_grants()
 
     def _validate_kafka_security(self) -> None:
         """SASL credentials and TLS files, checked at startup the way both Kafka clients will
@@ -527,6 +540,30 @@ class Settings:
         import socket
 
         return f"http://{socket.gethostname()}:{self.api_port}"
+
+    def api_grants(self) -> list[tuple[Secret, frozenset[str] | None]]:
+        """``CRM_API_TOKEN`` as (token, the app ids it may read, None for every app) pairs; no
+        pair: the API is open. A malformed line is a ConfigError naming the line, never the
+        token."""
+        out: list[tuple[Secret, frozenset[str] | None]] = []
+        for number, line in enumerate(self.api_token.get().splitlines(), 1):
+            text = line.strip()
+            if not text or text.startswith("#"):
+                continue
+            token, _, apps = text.replace("\t", " ").partition(" ")
+            if not _TOKEN.fullmatch(token):
+                raise ConfigError(
+                    "CRM_API_TOKEN",
+                    f"line {number}: a token is at least 16 characters of A-Z a-z 0-9 - . _ ~ + / "
+                    "(trailing = allowed), then optionally a space and app ids separated by commas",
+                )
+            app_ids = None
+            if apps.strip():
+                app_ids = frozenset(a.strip() for a in apps.split(","))
+                if "" in app_ids:
+                    raise ConfigError("CRM_API_TOKEN", f"line {number}: an empty app id")
+            out.append((Secret(token), app_ids))
+        return out
 
     def stats_window_seconds(self) -> list[tuple[str, int]]:
         """``"1m,1h"`` -> ``[("1m", 60), ("1h", 3600)]``."""

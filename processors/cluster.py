@@ -30,7 +30,7 @@ class ApiServer:
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
-        app = make_app(self.source)
+        app = make_app(self.source, settings=self.settings)
         add_internal_routes(app, self.source)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()

@@ -35,6 +35,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from processors.api import auth
 from processors.api.query import (
     CampaignKey,
     CampaignQuery,
@@ -44,6 +45,7 @@ from processors.api.query import (
     parse_campaign_query,
     parse_list_query,
 )
+from processors.api.server import app_ids_of, windows_of
 
 log = logging.getLogger("crmstream.api")
 
@@ -169,7 +171,9 @@ class WorkerSource:
         if urlsplit(url).port == 0:
             raise _unavailable(f"the worker at {url} serves no API (CRM_API_PORT=0)")
         try:
-            async with self._client().get(url + path, params=params) as response:
+            async with self._client().get(
+                url + path, params=params, headers=auth.forwarded_headers()
+            ) as response:
                 body = orjson.loads(await response.read())
                 return response.status, body
         except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError) as exc:
@@ -208,24 +212,31 @@ def _json(body: Any, status: int = 200) -> web.Response:
 
 def add_internal_routes(app: web.Application, source: WorkerSource) -> None:
     """The two requests one worker sends another (see the module docstring). They answer from
-    this worker's partitions only, and never forward."""
+    this worker's partitions only, and never forward. With ``CRM_API_TOKEN`` set they need the
+    caller's token, which the forwarding worker passes on (:mod:`processors.api.auth`)."""
 
     async def campaign(request: web.Request) -> web.Response:
         params = [(k, v) for k, v in request.query.items() if k != "id"]
+        app_ids = app_ids_of(request)
         try:
-            query = parse_campaign_query(request.query.get("id", ""), params, 0)
+            query = parse_campaign_query(
+                request.query.get("id", ""), params, 0, windows_of(request)
+            )
             source.check_window(query.range.window)
         except QueryError as exc:
             return _json(exc.body(), 400)
         partition = source.routing.partition_of(query.key.key)
-        found = source.local_campaign(query, partition)
+        allowed = app_ids is None or query.key.app_id in app_ids
+        found = source.local_campaign(query, partition) if allowed else None
         if found is None:
             return _json({"error": "no such campaign", "id": query.key.id}, 404)
         return _json(found)
 
     async def campaigns(request: web.Request) -> web.Response:
         try:
-            query = parse_list_query(request.query.items(), 0)
+            query = parse_list_query(
+                request.query.items(), 0, windows_of(request), app_ids_of(request)
+            )
             source.check_window(query.range.window)
         except QueryError as exc:
             return _json(exc.body(), 400)

@@ -9,17 +9,36 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
+from crmstream.settings import Settings, parse_duration
 from processors.campaigns import campaign_key, split_campaign_key
 from processors.normalize.model import Vendor
 
-WINDOWS: dict[str, int] = {"1m": 60_000, "1h": 3_600_000}
-"""The window sizes the worker keeps (``CRM_STATS_WINDOWS`` default), in ms."""
-DEFAULT_WINDOW = "1h"
+Windows = Mapping[str, int]
+"""The window sizes a deployment keeps, label -> ms, in ``CRM_STATS_WINDOWS`` order."""
+
+
+def window_sizes(settings: Settings) -> dict[str, int]:
+    """The windows the worker keeps (``CRM_STATS_WINDOWS``): the API offers exactly these."""
+    return {label: seconds * 1000 for label, seconds in settings.stats_window_seconds()}
+
+
+def default_window(windows: Windows) -> str:
+    """The window a query without ``window`` gets: the largest kept, whose default range
+    (``MAX_WINDOWS`` of them) reaches furthest back."""
+    return max(windows, key=lambda label: windows[label])
+
+
+WINDOWS: dict[str, int] = window_sizes(Settings())
+"""The windows of the ``CRM_STATS_WINDOWS`` default (``1m``, ``1h``), in ms."""
+DEFAULT_WINDOW = default_window(WINDOWS)
 MAX_WINDOWS = 10_000
 """A range may span at most this many windows: 10,000 minutes is about a week of 1m windows,
 10,000 hours about 14 months of 1h windows. More is refused rather than answered slowly."""
@@ -32,7 +51,7 @@ TIME_END_MS = 253_402_300_800_000
 (``processors.records.MAX_TIMESTAMP_MS``); ``from`` and ``to`` lie in ``0 .. TIME_END_MS``."""
 VENDORS: tuple[str, ...] = tuple(v.value for v in Vendor)
 
-LIST_PARAMETERS = frozenset({"vendor", "app_id", "from", "to", "window", "q", "limit"})
+LIST_PARAMETERS = frozenset({"vendor", "app_id", "from", "to", "window", "q", "limit", "cursor"})
 CAMPAIGN_PARAMETERS = frozenset({"window", "from", "to"})
 
 _DIGITS = re.compile(r"[0-9]{1,16}")
@@ -57,7 +76,7 @@ class QueryError(ValueError):
 @dataclass(frozen=True, slots=True)
 class CampaignKey:
     """A campaign as the worker's stats know it: ``(vendor, app_id, campaign_id)``, a missing
-    part being an empty string (``processors.records.campaign_key``)."""
+    part being an empty string (``processors.campaigns.campaign_key``)."""
 
     vendor: str
     app_id: str
@@ -128,7 +147,7 @@ class TimeRange:
 
     @property
     def window_ms(self) -> int:
-        return WINDOWS[self.window]
+        return _window_ms(self.window)
 
     @property
     def windows(self) -> int:
@@ -142,6 +161,50 @@ class TimeRange:
         return isinstance(window_start, int) and self.from_ms <= window_start < self.to_ms
 
 
+@functools.lru_cache(maxsize=64)
+def _window_ms(label: str) -> int:
+    """A window label's size in ms, read as ``CRM_STATS_WINDOWS`` reads it (``5m``, ``1d``)."""
+    return int(parse_duration(label) * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """Where a page of the list ended: the last campaign's place in the list's order
+    (``last_window_end`` newest first, then ``total`` largest first, then ``id``). The next
+    page holds the campaigns after it, so a campaign is never listed twice as pages are read,
+    though new events may move a campaign ahead of the cursor."""
+
+    last_window_end: int
+    total: int
+    id: str
+
+    def order(self) -> tuple[int, int, str]:
+        return (-self.last_window_end, -self.total, self.id)
+
+    def encode(self) -> str:
+        raw = orjson.dumps([self.last_window_end, self.total, self.id])
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+    @classmethod
+    def decode(cls, text: str) -> Cursor:
+        """Raises ``QueryError`` on ``cursor`` for anything :meth:`encode` did not write."""
+        error = QueryError("cursor", "not a cursor of this API (use next_cursor as given)")
+        if len(text) > 4 * MAX_TEXT or not _ID.fullmatch(text):
+            raise error
+        try:
+            value = orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+        except (binascii.Error, orjson.JSONDecodeError):
+            raise error from None
+        if not (
+            isinstance(value, list)
+            and len(value) == 3
+            and all(isinstance(v, int) and v >= 0 for v in value[:2])
+            and isinstance(value[2], str)
+        ):
+            raise error
+        return cls(value[0], value[1], value[2])
+
+
 @dataclass(frozen=True, slots=True)
 class ListQuery:
     """``GET /api/campaigns``: campaigns with events in ``range``, matching every filter given."""
@@ -151,10 +214,16 @@ class ListQuery:
     app_id: str | None = None
     q: str | None = None
     limit: int = DEFAULT_LIMIT
+    cursor: Cursor | None = None
+    app_ids: frozenset[str] | None = None
+    """The apps the caller may read (its API token's restriction); None: every app."""
 
     def matches(self, key: CampaignKey, campaign_name: str | None) -> bool:
-        """The vendor, app and text filters (not the range) on one campaign. ``q`` is a
-        case-insensitive substring of the campaign id, name or app id."""
+        """The vendor, app and text filters (not the range) on one campaign, and the caller's
+        app restriction. ``q`` is a case-insensitive substring of the campaign id, name or app
+        id."""
+        if self.app_ids is not None and key.app_id not in self.app_ids:
+            return False
         if self.vendor is not None and key.vendor != self.vendor:
             return False
         if self.app_id is not None and key.app_id != self.app_id:
@@ -180,24 +249,39 @@ Params = Iterable[tuple[str, str]]
 """Query parameters as (name, value) pairs, repeats included (``request.query.items()``)."""
 
 
-def parse_list_query(params: Params, now_ms: int) -> ListQuery:
+def parse_list_query(
+    params: Params,
+    now_ms: int,
+    windows: Windows = WINDOWS,
+    app_ids: frozenset[str] | None = None,
+) -> ListQuery:
+    """``windows``: the deployment's (:func:`window_sizes`); ``app_ids``: the caller's
+    restriction, if any."""
     values = _single_values(params, LIST_PARAMETERS)
     vendor = values.get("vendor")
-    if vendor is not None and vendor not in VENDORS:
-        raise QueryError("vendor", f"vendor must be one of {', '.join(VENDORS)}")
+    if vendor is not None:
+        # Either case: the CLI and the settings name vendors in lower case.
+        vendor = vendor.upper()
+        if vendor not in VENDORS:
+            raise QueryError("vendor", f"vendor must be one of {', '.join(VENDORS)} (in any case)")
+    cursor = values.get("cursor")
     return ListQuery(
-        range=_range(values, now_ms),
+        range=_range(values, now_ms, windows),
         vendor=vendor,
         app_id=_text(values, "app_id"),
         q=_text(values, "q"),
         limit=_limit(values),
+        cursor=None if cursor is None else Cursor.decode(cursor),
+        app_ids=app_ids,
     )
 
 
-def parse_campaign_query(campaign_id: str, params: Params, now_ms: int) -> CampaignQuery:
+def parse_campaign_query(
+    campaign_id: str, params: Params, now_ms: int, windows: Windows = WINDOWS
+) -> CampaignQuery:
     key = decode_id(campaign_id)
     values = _single_values(params, CAMPAIGN_PARAMETERS)
-    return CampaignQuery(key=key, range=_range(values, now_ms))
+    return CampaignQuery(key=key, range=_range(values, now_ms, windows))
 
 
 def _single_values(params: Params, allowed: frozenset[str]) -> dict[str, str]:
@@ -213,13 +297,18 @@ def _single_values(params: Params, allowed: frozenset[str]) -> dict[str, str]:
     return {k: v for k, v in values.items() if v != ""}
 
 
-def _range(values: Mapping[str, str], now_ms: int) -> TimeRange:
-    """Defaults: ``to`` is the end of the window holding ``now_ms``; ``from`` is ``MAX_WINDOWS``
-    windows before ``to``. Given bounds are widened to whole windows."""
-    window = values.get("window", DEFAULT_WINDOW)
-    if window not in WINDOWS:
-        raise QueryError("window", f"window must be one of {', '.join(WINDOWS)}")
-    size = WINDOWS[window]
+def _range(values: Mapping[str, str], now_ms: int, windows: Windows) -> TimeRange:
+    """Defaults: ``window`` is the largest kept; ``to`` is the end of the window holding
+    ``now_ms``; ``from`` is ``MAX_WINDOWS`` windows before ``to``. Given bounds are widened to
+    whole windows."""
+    window = values.get("window", default_window(windows))
+    if window not in windows:
+        raise QueryError(
+            "window",
+            f"window must be one of {', '.join(windows)} (the windows this deployment keeps, "
+            "CRM_STATS_WINDOWS)",
+        )
+    size = windows[window]
     to_given = _time(values, "to")
     from_given = _time(values, "from")
     to_ms = _ceil(to_given if to_given is not None else min(now_ms + 1, TIME_END_MS), size)
@@ -231,11 +320,11 @@ def _range(values: Mapping[str, str], now_ms: int) -> TimeRange:
         from_ms = from_given - from_given % size
         if from_given >= (to_given if to_given is not None else to_ms):
             raise QueryError("from", "from must be earlier than to (default: now)")
-    windows = (to_ms - from_ms) // size
-    if windows > MAX_WINDOWS:
+    spanned = (to_ms - from_ms) // size
+    if spanned > MAX_WINDOWS:
         raise QueryError(
             "from",
-            f"the range spans {windows} windows of {window}; at most {MAX_WINDOWS} "
+            f"the range spans {spanned} windows of {window}; at most {MAX_WINDOWS} "
             "(choose a shorter range or a larger window)",
         )
     return TimeRange(window, from_ms, to_ms)

@@ -17,14 +17,19 @@ from typing import Any, Protocol
 import orjson
 from aiohttp import web
 
+from crmstream.settings import Settings
+from processors.api import auth
 from processors.api.query import (
     CampaignKey,
     CampaignQuery,
+    Cursor,
     ListQuery,
     QueryError,
+    Windows,
     parse_campaign_query,
     parse_list_query,
     rates,
+    window_sizes,
 )
 
 log = logging.getLogger(__name__)
@@ -102,30 +107,72 @@ def _range_fields(query: ListQuery | CampaignQuery) -> dict[str, Any]:
     return {"window": r.window, "from": r.from_ms, "to": r.to_ms}
 
 
+WINDOWS_KEY: web.AppKey[Windows] = web.AppKey("crm_api_windows")
+GRANT_KEY: web.RequestKey[auth.Grant] = web.RequestKey("crm_api_grant", auth.Grant)
+
+
+def windows_of(request: web.Request) -> Windows:
+    """The windows the app serves (``CRM_STATS_WINDOWS``): what a ``window`` may be."""
+    return request.app[WINDOWS_KEY]
+
+
+def app_ids_of(request: web.Request) -> frozenset[str] | None:
+    """The apps the request's token may read; None: every app."""
+    return request.get(GRANT_KEY, auth.OPEN).app_ids
+
+
+def _cursor_of(campaign: dict[str, Any]) -> str:
+    return Cursor(
+        campaign["last_window_end"] or 0, campaign["totals"]["total"], campaign["id"]
+    ).encode()
+
+
 class _Handlers:
     def __init__(self, source: CampaignSource, now_ms: Callable[[], int]) -> None:
         self.source = source
         self.now_ms = now_ms
 
     async def list_campaigns(self, request: web.Request) -> web.Response:
+        windows = windows_of(request)
         try:
-            query = parse_list_query(request.query.items(), self.now_ms())
+            query = parse_list_query(
+                request.query.items(), self.now_ms(), windows, app_ids_of(request)
+            )
         except QueryError as exc:
             return _json(exc.body(), 400)
         try:
             listed = await self.source.list_campaigns(query)
         except QueryError as exc:  # a query the source cannot answer (e.g. a window it lacks)
             return _json(exc.body(), 400)
-        found = [_present(c) for c in listed]
+        found = [_present(c) for c in listed if query.matches(_key_of(c), c["campaign_name"])]
         found.sort(key=_order)
-        return _json({**_range_fields(query), "campaigns": found[: query.limit]})
+        total = len(found)
+        if query.cursor is not None:
+            after = query.cursor.order()
+            found = [c for c in found if _order(c) > after]
+        page = found[: query.limit]
+        return _json(
+            {
+                **_range_fields(query),
+                "windows": dict(windows),
+                "total": total,
+                "next_cursor": _cursor_of(page[-1]) if len(found) > query.limit else None,
+                "campaigns": page,
+            }
+        )
 
     async def campaign(self, request: web.Request) -> web.Response:
         campaign_id = request.match_info["id"]
         try:
-            query = parse_campaign_query(campaign_id, request.query.items(), self.now_ms())
+            query = parse_campaign_query(
+                campaign_id, request.query.items(), self.now_ms(), windows_of(request)
+            )
         except QueryError as exc:
             return _json(exc.body(), 400)
+        app_ids = app_ids_of(request)
+        if app_ids is not None and query.key.app_id not in app_ids:
+            # Another app's campaign: as if it did not exist (its existence is not told).
+            return _json({"error": "no such campaign", "id": campaign_id}, 404)
         try:
             found = await self.source.campaign(query)
         except QueryError as exc:
@@ -168,15 +215,50 @@ async def _errors(
     return response
 
 
+UNAUTHORIZED = "a bearer token is required (Authorization: Bearer <CRM_API_TOKEN>)"
+
+
+def _authenticate(tokens: auth.Tokens) -> Any:
+    @web.middleware
+    async def authenticate(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """A token for the figures (:mod:`processors.api.auth`): 401 and no data without one."""
+        if not tokens.required or not request.path.startswith(auth.PROTECTED):
+            return await handler(request)
+        authorization = request.headers.get("Authorization")
+        grant = tokens.check(authorization)
+        if grant is None:
+            response = _json({"error": UNAUTHORIZED}, 401)
+            response.headers["WWW-Authenticate"] = 'Bearer realm="crm-stream"'
+            return response
+        request[GRANT_KEY] = grant
+        forwarded = auth.set_forwarded(authorization)
+        try:
+            return await handler(request)
+        finally:
+            auth.reset_forwarded(forwarded)
+
+    return authenticate
+
+
 def make_app(
-    source: CampaignSource, *, now_ms: Callable[[], int] = wall_clock_ms
+    source: CampaignSource,
+    *,
+    now_ms: Callable[[], int] = wall_clock_ms,
+    settings: Settings | None = None,
 ) -> web.Application:
     """The API (``/api/...``), the page (``/``) and its files (``/static/...``).
 
     ``now_ms`` is the clock of the default range (``to`` = end of the current window).
+    ``settings`` give the windows offered (``CRM_STATS_WINDOWS``) and the tokens required
+    (``CRM_API_TOKEN``); by default those of the default settings: 1m and 1h, no token.
     """
+    settings = settings if settings is not None else Settings()
+    tokens = auth.Tokens(settings.api_grants())
     handlers = _Handlers(source, now_ms)
-    app = web.Application(middlewares=[_errors])
+    app = web.Application(middlewares=[_errors, _authenticate(tokens)])
+    app[WINDOWS_KEY] = window_sizes(settings)
     app.router.add_get("/api/campaigns", handlers.list_campaigns)
     app.router.add_get("/api/campaigns/{id}", handlers.campaign)
     app.router.add_get("/", handlers.index)

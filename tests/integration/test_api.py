@@ -5,7 +5,9 @@ published samples must give (``tests/integration/harness.py``, computed from the
 not by the worker): totals per window and per range, and unique recipients (exact at these
 sizes). Both workers give the same answers for every campaign, though each owns only some of
 the stats partitions: a worker forwards a campaign it does not own to its owner, and gathers
-the list from every worker.
+the list from every worker. The workers require a bearer token (``CRM_API_TOKEN``, issue 23
+item 4): every request carries it, the forwarded ones too, and a request without it is a 401
+while the probes and metrics answer without one.
 """
 
 from __future__ import annotations
@@ -43,12 +45,17 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SPEC = OpenAPI.from_file_path(str(OPENAPI))
 HOUR = 3_600_000
 PER_VENDOR = 150
+TOKEN = "integration-api-token-00001"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-def api_get(base: str, path: str, params: dict[str, Any] | None = None) -> httpx.Response:
-    """GET from a worker's API; the response, whatever its status, must match the spec."""
+def api_get(
+    base: str, path: str, params: dict[str, Any] | None = None, headers: dict[str, str] = AUTH
+) -> httpx.Response:
+    """GET from a worker's API (with the token); the response, whatever its status, must match
+    the spec."""
     args = {k: str(v) for k, v in (params or {}).items()}
-    response = httpx.get(base + path, params=args, timeout=30)
+    response = httpx.get(base + path, params=args, headers=headers, timeout=30)
     request = MockRequest(base, "get", urlsplit(str(response.url)).path, args=args)
     mimetype = response.headers["content-type"].split(";")[0]
     SPEC.validate_response(
@@ -84,21 +91,24 @@ def by_campaign(expected: Expected, label: str) -> dict[str, dict[int, bytes]]:
 def test_any_worker_answers_any_query_with_the_exact_figures(
     crm_env_factory: Callable[..., dict[str, str]], tmp_path: Path
 ) -> None:
-    env = crm_env_factory(CRM_PARTITIONS="4", CRM_STATS_RETENTION="3650d")
+    env = crm_env_factory(CRM_PARTITIONS="4", CRM_STATS_RETENTION="3650d", CRM_API_TOKEN=TOKEN)
     settings = Settings.from_env(env)
     create_topics(settings, extra=changelog_specs(settings))
     feed = Feed(settings)
     feed.publish_all(samples(20261215, PER_VENDOR))
     workers: list[WorkerProcess] = []
     urls: list[str] = []
+    probes: list[str] = []
     try:
         for index in range(2):
             port = free_port()
             url = f"http://127.0.0.1:{port}"
+            metrics_port = free_port()
+            probes.append(f"http://127.0.0.1:{metrics_port}")
             worker_env = dict(
                 env,
                 CRM_DATA_DIR=str(tmp_path / f"worker-{index}"),
-                CRM_METRICS_PORT=str(free_port()),
+                CRM_METRICS_PORT=str(metrics_port),
                 CRM_API_PORT=str(port),
                 CRM_API_URL=url,
             )
@@ -111,6 +121,7 @@ def test_any_worker_answers_any_query_with_the_exact_figures(
         assert not problems, "; ".join(problems)
         try:
             _check_api(urls, feed.expected)
+            _check_auth(urls, probes)
         except AssertionError:
             print("\n".join(w.tail() for w in workers))
             raise
@@ -140,7 +151,10 @@ def _check_api(urls: list[str], expected: Expected) -> None:
 
     # Each worker holds only part of the campaigns: the partitions are split between them.
     # (worker-to-worker requests are not part of the public contract: no spec check)
-    own = [httpx.get(url + "/internal/v1/campaigns", params=r, timeout=30) for url in urls]
+    own = [
+        httpx.get(url + "/internal/v1/campaigns", params=r, headers=AUTH, timeout=30)
+        for url in urls
+    ]
     assert [o.status_code for o in own] == [200, 200], [o.text for o in own]
     held = [o.json()["campaigns"] for o in own]
     assert all(held) and sum(len(h) for h in held) == len(hours)
@@ -176,3 +190,22 @@ def _check_api(urls: list[str], expected: Expected) -> None:
         ten_years = {"window": "1m", "from": 0, "to": 10 * 365 * 24 * HOUR}
         too_long = api_get(url, "/api/campaigns", ten_years)
         assert too_long.status_code == 400 and too_long.json()["parameter"] in {"from", "to"}
+
+
+def _check_auth(urls: list[str], probes: list[str]) -> None:
+    """Without the token (or with another): 401 and no figures, on every path that has
+    figures; the probes and metrics need none."""
+    some = f"/api/campaigns/{encode_id('SEGMENT|nope|nope')}"
+    for url in urls:
+        for headers in ({}, {"Authorization": "Bearer not-the-integration-token"}):
+            for path in ("/api/campaigns", some):
+                refused = api_get(url, path, headers=headers)
+                assert refused.status_code == 401, (path, refused.text)
+                assert set(refused.json()) == {"error"}
+            for path in ("/internal/v1/campaigns", "/internal/v1/campaign"):
+                refused = httpx.get(url + path, headers=headers, timeout=30)
+                assert refused.status_code == 401, path
+        assert httpx.get(url + "/", timeout=30).status_code == 200  # the page asks for it
+    for probe in probes:
+        for path in ("/livez", "/readyz", "/metrics"):
+            assert httpx.get(probe + path, timeout=30).status_code == 200, probe + path

@@ -8,10 +8,9 @@
 
   const params = new URLSearchParams(location.search);
   const REFRESH_MS = Math.min(60000, Math.max(250, Number(params.get("refresh")) || 2000));
-  const ANCHOR_EVERY_MS = 30000;
-  // The campaign view follows the latest data: this many windows before it, and room after it.
-  const SPAN = { "1m": { back: 120, ahead: 60 }, "1h": { back: 168, ahead: 24 } };
-  const WINDOW_MS = { "1m": 60000, "1h": 3600000 };
+  const HELD_EVERY_MS = 30000;
+  const MAX_WINDOWS = 10000; // the most windows the API answers for one range
+  const TOKEN_KEY = "crm-stream-api-token";
   const STEPS = [
     ["SEND", "Send"],
     ["DELIVERY", "Delivery"],
@@ -28,6 +27,11 @@
   ];
   const count = (t, type) => t.event_type_counts[type] || 0;
   const unique = (t, type) => t.uniques.by_event_type[type] || 0;
+  // Events of every type but these four: bounces, unsubscribes, SEND_REQUESTED, OTHER, ...
+  const other = (t) => t.total - STEPS.reduce((n, [type]) => n + count(t, type), 0);
+  const NO_CAMPAIGN = "(no campaign)";
+  const NO_CAMPAIGN_TITLE = "Events that carry no campaign id (app opens, sends outside a campaign, " +
+    "vendor events of the app itself), counted together per vendor and app";
   const COLUMNS = [
     { key: "vendor", label: "Vendor", type: "text", get: (c) => c.vendor },
     { key: "app_id", label: "App ID", type: "text", get: (c) => c.app_id },
@@ -35,6 +39,12 @@
     { key: "campaign_name", label: "Name", type: "text", get: (c) => c.campaign_name },
     { key: "sends", label: "Sends", type: "int", get: (c) => count(c.totals, "SEND") },
     { key: "deliveries", label: "Deliv\u00ADeries", type: "int", get: (c) => count(c.totals, "DELIVERY") },
+    { key: "opens", label: "Opens", type: "int", get: (c) => count(c.totals, "OPEN") },
+    { key: "clicks", label: "Clicks", type: "int", get: (c) => count(c.totals, "CLICK") },
+    { key: "other", label: "Other events", type: "int", get: (c) => other(c.totals),
+      title: "Events of the other types (bounces, unsubscribes, send requests, ...): " +
+        "sends + deliveries + opens + clicks + other events = events" },
+    { key: "total", label: "Events", type: "int", get: (c) => c.totals.total },
     { key: "unique_opens", label: "Unique opens", type: "int", get: (c) => unique(c.totals, "OPEN") },
     { key: "unique_clicks", label: "Unique clicks", type: "int", get: (c) => unique(c.totals, "CLICK") },
     ...RATES.map(([key, label]) => ({
@@ -42,7 +52,6 @@
       key, label: label.replace(" rate", "").replace("Unsubscribe", "Unsub\u00ADscribe"),
       type: "rate", get: (c) => c.rates[key],
     })),
-    { key: "total", label: "Events", type: "int", get: (c) => c.totals.total },
     { key: "last_window_end", label: "Last activity", type: "time", get: (c) => c.last_window_end },
   ];
   const COLORS = { SEND: "#64748b", DELIVERY: "#2563eb", OPEN: "#16a34a", CLICK: "#ea580c" };
@@ -90,13 +99,24 @@
       this.parameter = body && body.parameter;
     }
   }
+  // The API token (CRM_API_TOKEN), when the server asks for one: kept in this tab only.
+  const auth = {
+    get token() { return sessionStorage.getItem(TOKEN_KEY) || ""; },
+    set token(value) {
+      if (value) sessionStorage.setItem(TOKEN_KEY, value);
+      else sessionStorage.removeItem(TOKEN_KEY);
+    },
+    needed: false,
+  };
   async function api(path, query) {
     const qs = new URLSearchParams();
     for (const [k, v] of Object.entries(query || {})) {
       if (v !== "" && v !== null && v !== undefined) qs.set(k, String(v));
     }
     const url = `api/${path}${qs.toString() ? `?${qs}` : ""}`;
-    const response = await fetch(url, { headers: { Accept: "application/json" }, cache: "no-store" });
+    const headers = { Accept: "application/json" };
+    if (auth.token) headers.Authorization = `Bearer ${auth.token}`;
+    const response = await fetch(url, { headers, cache: "no-store" });
     const body = await response.json().catch(() => null);
     if (!response.ok) throw new ApiError(response.status, body);
     return body;
@@ -107,15 +127,19 @@
   const list = {
     sort: { key: "last_window_end", dir: "desc" },
     data: null,
+    query: null, // the query that data answers
+    windows: null, // the windows the deployment keeps: label -> ms (the API's `windows`)
+    held: null, // { from, to }: the first and last window with events, of any campaign
+    heldAt: 0,
+    serverTo: null, // the `to` the server defaults to (end of its current window)
     rows: new Map(), // campaign id -> <tr>
     refreshes: 0,
   };
   const view = {
     id: null,
-    window: "1m",
-    anchor: null, // end of the latest window with data, ms
-    anchoredAt: 0,
+    window: "", // "" = auto: the finest window showing the list's whole range
     data: null,
+    partial: null,
     signature: "",
     chart: null,
     refreshes: 0,
@@ -135,24 +159,102 @@
 
   // --- the list -----------------------------------------------------------------------------
 
-  // "Last 24 hours" ends where the server's clock says the current window ends (the list's
-  // `to`), not at this browser's clock.
+  const floorTo = (ms, size) => Math.floor(ms / size) * size;
+  const ceilTo = (ms, size) => Math.ceil(ms / size) * size;
+  // <input type="datetime-local"> read and written as UTC.
+  function parseUtc(text) {
+    const m = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})/.exec(text);
+    return m ? Date.UTC(+m[1], +m[2] - 1, +m[3], +m[4], +m[5]) : "";
+  }
+  function formatUtc(ms) {
+    return fmtTime(ms).replace(" UTC", "").replace(" ", "T");
+  }
+
+  // The list's query. "All data held" is the range from the first window with events to now,
+  // or to the last window with events when that is too long (then at most the latest
+  // MAX_WINDOWS windows of it); "Last 24 hours" ends where the
+  // server's clock says the current window ends, not at this browser's clock.
   function listQuery() {
-    const span = Number($("range").value);
-    const end = list.data ? list.data.to : Date.now();
-    return {
-      q: $("q").value.trim(),
-      vendor: $("vendor").value,
-      window: $("window").value,
-      from: span ? end - span : "",
-      limit: 1000,
-    };
+    const window = $("window").value; // "" until the windows are known: the server's default
+    const size = list.windows && list.windows[window];
+    const query = { q: $("q").value.trim(), vendor: $("vendor").value, window, limit: 1000 };
+    const range = $("range").value;
+    list.clipped = null;
+    if (range === "custom") {
+      query.from = parseUtc($("from").value);
+      query.to = parseUtc($("to").value);
+    } else if (range === "held") {
+      if (list.held && size) {
+        // Up to now when that fits (live data keeps coming), else up to the last data held.
+        query.from = floorTo(list.held.from, size);
+        const now = ceilTo(Math.max(list.held.to, list.serverTo || 0), size);
+        if ((now - query.from) / size <= MAX_WINDOWS) return query; // `to`: the server's now
+        query.to = ceilTo(list.held.to, size);
+        if ((query.to - query.from) / size > MAX_WINDOWS) {
+          list.clipped = { held: list.held, from: query.to - MAX_WINDOWS * size };
+          query.from = list.clipped.from;
+        }
+      }
+    } else if (range) {
+      query.from = (list.serverTo || Date.now()) - Number(range);
+    }
+    return query;
+  }
+
+  // The extent of the data held: over the largest window's default range (10,000 of them:
+  // 14 months of 1h windows), every campaign's first and last window with events.
+  async function refreshHeld() {
+    if (list.held && Date.now() - list.heldAt < HELD_EVERY_MS) return;
+    const query = { limit: 1000 };
+    let from = null;
+    let to = null;
+    for (let page = 0; page < 20; page += 1) {
+      const body = await api("campaigns", query);
+      setWindows(body.windows);
+      if (!query.window) query.window = body.window;
+      if (!list.serverTo || body.to > list.serverTo) list.serverTo = body.to;
+      for (const c of body.campaigns) {
+        if (c.first_window_start !== null) from = from === null ? c.first_window_start : Math.min(from, c.first_window_start);
+        if (c.last_window_end !== null) to = to === null ? c.last_window_end : Math.max(to, c.last_window_end);
+      }
+      if (!body.next_cursor) break;
+      query.cursor = body.next_cursor;
+    }
+    list.held = from === null ? null : { from, to };
+    list.heldAt = Date.now();
+    const table = $("campaigns");
+    table.dataset.heldFrom = from === null ? "" : String(from);
+    table.dataset.heldTo = to === null ? "" : String(to);
+  }
+
+  // The window selects offer exactly the windows the deployment keeps.
+  function setWindows(windows) {
+    const labels = Object.keys(windows);
+    if (list.windows && Object.keys(list.windows).join() === labels.join()) return;
+    list.windows = windows;
+    const largest = labels.reduce((a, b) => (windows[b] > windows[a] ? b : a));
+    const select = $("window");
+    const keep = select.value;
+    select.replaceChildren(...labels.map((w) => el("option", { value: w }, windowName(w))));
+    select.value = labels.includes(keep) ? keep : largest;
+    const detail = $("c-window");
+    detail.replaceChildren(el("option", { value: "" }, "Auto"),
+      ...labels.map((w) => el("option", { value: w }, windowName(w))));
+    detail.value = labels.includes(view.window) ? view.window : "";
+  }
+  function windowName(label) {
+    const m = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?$/.exec(label);
+    const units = { ms: "millisecond", s: "second", m: "minute", h: "hour", d: "day", w: "week" };
+    if (!m) return label;
+    const unit = units[m[2] || "s"];
+    return `${m[1]} ${unit}${m[1] === "1" ? "" : "s"}`;
   }
 
   function buildHeader() {
     const row = document.querySelector("#campaigns thead tr");
     for (const col of COLUMNS) {
       const th = el("th", { scope: "col", "data-column": col.key, class: `col-${col.type}` });
+      if (col.title) th.title = col.title;
       const button = el("button", { type: "button" }, col.label);
       button.addEventListener("click", () => {
         const same = list.sort.key === col.key;
@@ -205,8 +307,12 @@
       } else {
         const text = v === null || v === undefined ? "" : v;
         td.dataset.value = text;
-        target.textContent = text === "" ? "—" : text;
+        const campaignLess = col.type === "id" && text === "";
+        target.textContent = campaignLess ? NO_CAMPAIGN : text === "" ? "—" : text;
         td.classList.toggle("null", text === "");
+        td.classList.toggle("no-campaign", campaignLess);
+        if (campaignLess) target.title = NO_CAMPAIGN_TITLE;
+        else target.removeAttribute("title");
       }
     }
   }
@@ -239,15 +345,36 @@
       }
     }
     $("list-empty").hidden = campaigns.length > 0;
+    const shown = data.total > campaigns.length ? `${campaigns.length} of ${data.total}` : `${campaigns.length}`;
     $("list-range").textContent =
-      `${data.window} windows, ${fmtTime(data.from)} – ${fmtTime(data.to)} · ${campaigns.length} campaigns`;
+      `${data.window} windows, ${fmtTime(data.from)} – ${fmtTime(data.to)} · ${shown} campaigns`;
+    const note = $("list-note");
+    const clipped = list.clipped;
+    note.hidden = !clipped && data.total <= campaigns.length;
+    note.textContent = clipped
+      ? `The data held spans ${fmtTime(clipped.held.from)} – ${fmtTime(clipped.held.to)}; ` +
+        `${MAX_WINDOWS.toLocaleString("en-US")} windows of ${data.window} show only its end, from ` +
+        `${fmtTime(clipped.from)}. Choose a larger window to see all of it.`
+      : `Showing the first ${campaigns.length} of ${data.total} campaigns: narrow the search, ` +
+        "or download the CSV for all of them.";
     const table = $("campaigns");
     table.dataset.count = String(campaigns.length);
+    table.dataset.total = String(data.total);
+    table.dataset.window = data.window;
+    table.dataset.from = String(data.from);
+    table.dataset.to = String(data.to);
     table.dataset.sort = `${list.sort.key}:${list.sort.dir}`;
   }
 
   async function refreshList() {
-    list.data = await api("campaigns", listQuery());
+    await refreshHeld();
+    const query = listQuery();
+    const data = await api("campaigns", query);
+    if (auth.needed) return; // signed out while it ran: show nothing
+    setWindows(data.windows);
+    if (query.to === undefined || query.to === "") list.serverTo = data.to;
+    list.data = data;
+    list.query = query;
     list.refreshes += 1;
     $("campaigns").dataset.refreshes = String(list.refreshes);
     renderList();
@@ -285,32 +412,46 @@
     }
     $("c-window").addEventListener("change", (e) => {
       view.window = e.target.value;
-      view.anchoredAt = 0; // ranges differ by window: find the latest window again
       view.signature = "";
       refreshNow();
     });
   }
 
-  function campaignQuery() {
-    const size = WINDOW_MS[view.window];
-    const span = SPAN[view.window];
-    const end = Math.ceil(view.anchor / size) * size;
-    return { window: view.window, from: Math.max(0, end - span.back * size), to: end + span.ahead * size };
-  }
-
+  // The campaign over the list's range: first its figures in the list's own windows (which
+  // say where its events lie), then the same events in the finest window that shows all of
+  // them (or the window chosen), over whole windows of that size. When the chosen window
+  // cannot show the whole range in MAX_WINDOWS, the latest MAX_WINDOWS are shown, and the
+  // page says so.
   async function refreshCampaign() {
     const id = view.id;
     const path = `campaigns/${encodeURIComponent(id)}`;
-    if (view.anchor === null || Date.now() - view.anchoredAt > ANCHOR_EVERY_MS) {
-      // The latest window with data, over the longest default range (1h windows).
-      const latest = await api(path, { window: "1h" });
-      view.anchor = Math.max(view.anchor || 0, latest.last_window_end || Date.now());
-      view.anchoredAt = Date.now();
+    const range = { window: list.data.window, from: list.data.from, to: list.data.to };
+    const whole = await api(path, range);
+    if (id !== view.id || auth.needed) return;
+    let data = whole;
+    let partial = null;
+    let auto = null;
+    const first = whole.first_window_start;
+    const last = whole.last_window_end;
+    if (first !== null) {
+      const labels = Object.keys(list.windows).sort((a, b) => list.windows[a] - list.windows[b]);
+      auto = labels.find((w) => (ceilTo(last, list.windows[w]) - floorTo(first, list.windows[w])) / list.windows[w] <= MAX_WINDOWS) || range.window;
+      const window = view.window && list.windows[view.window] ? view.window : auto;
+      const size = list.windows[window];
+      const query = { window, from: floorTo(first, size), to: ceilTo(last, size) };
+      if ((query.to - query.from) / size > MAX_WINDOWS) {
+        query.from = query.to - MAX_WINDOWS * size;
+        partial = { from: query.from, window, whole };
+      }
+      if (query.window !== range.window || query.from !== range.from || query.to !== range.to) {
+        data = await api(path, query);
+        if (id !== view.id || auth.needed) return;
+      }
     }
-    const data = await api(path, campaignQuery());
-    if (id !== view.id) return;
-    if (data.last_window_end && data.last_window_end > view.anchor) view.anchor = data.last_window_end;
     view.data = data;
+    view.whole = whole;
+    view.partial = partial;
+    view.auto = auto;
     view.refreshes += 1;
     $("campaign-view").dataset.refreshes = String(view.refreshes);
     renderCampaign();
@@ -325,14 +466,30 @@
     section.dataset.to = String(c.to);
     section.dataset.updatedAt = c.updated_at === null ? "" : String(c.updated_at);
     const name = $("c-name");
-    name.textContent = c.campaign_name === null ? "(no name)" : c.campaign_name;
+    name.textContent = c.campaign_name !== null ? c.campaign_name
+      : c.campaign_id === null ? `${NO_CAMPAIGN}: events of no campaign` : "(no name)";
     name.classList.toggle("null", c.campaign_name === null);
     for (const [node, v] of [["c-vendor", c.vendor], ["c-app-id", c.app_id], ["c-campaign-id", c.campaign_id]]) {
-      $(node).textContent = v === null ? "—" : v;
+      $(node).textContent = v === null ? (node === "c-campaign-id" ? NO_CAMPAIGN : "—") : v;
       $(node).dataset.value = v === null ? "" : v;
     }
-    $("c-window").value = c.window;
-    $("c-range").textContent = `${fmtTime(c.from)} – ${fmtTime(c.to)}, following the latest window`;
+    const autoOption = $("c-window").querySelector('option[value=""]');
+    if (autoOption) autoOption.textContent = view.auto ? `Auto (${view.auto})` : "Auto";
+    $("c-window").value = view.window && list.windows[view.window] ? view.window : "";
+    const w = view.whole;
+    $("c-range").textContent =
+      `The list's range (${fmtTime(w.from)} – ${fmtTime(w.to)}); its events in ${c.window} windows: ` +
+      `${fmtTime(c.from)} – ${fmtTime(c.to)}`;
+    const partial = $("c-partial");
+    partial.hidden = !view.partial;
+    section.dataset.partial = view.partial ? "true" : "false";
+    if (view.partial) {
+      partial.textContent =
+        `Partial: ${MAX_WINDOWS.toLocaleString("en-US")} windows of ${view.partial.window} show only ` +
+        `the end of the list's range, from ${fmtTime(view.partial.from)}: ` +
+        `${intFmt.format(c.totals.total)} of its ${intFmt.format(w.totals.total)} events. ` +
+        "Choose a larger window to see all of them.";
+    }
 
     const t = c.totals;
     const top = Math.max(1, ...STEPS.map(([type]) => count(t, type)));
@@ -350,6 +507,7 @@
     const totals = $("c-totals");
     totals.replaceChildren(
       "Events ", valueSpan("total", "int", t.total),
+      " (other than the four steps: ", valueSpan("other", "int", other(t)), ")",
       " · unique recipients ", valueSpan("recipients", "int", t.uniques.recipients),
       " · windows with events ", valueSpan("points", "int", c.series.length),
     );
@@ -384,7 +542,7 @@
   // One column per window from the first to the last with events; a window without a point
   // has no events (the API leaves it out), so it is drawn as zero.
   function chartData(c) {
-    const size = WINDOW_MS[c.window];
+    const size = list.windows[c.window];
     const xs = [];
     const ys = CHART_SERIES.map(() => []);
     const byStart = new Map(c.series.map((p) => [p.window_start, p]));
@@ -454,7 +612,6 @@
     const id = m ? m[1] : null;
     if (id !== view.id) {
       view.id = id;
-      view.anchor = null;
       view.data = null;
       view.signature = "";
       if (view.chart) {
@@ -464,7 +621,7 @@
       $("chart").replaceChildren();
       $("chart").dataset.points = "0";
     }
-    $("campaign-view").hidden = !id;
+    $("campaign-view").hidden = !id || auth.needed;
     if (id) $("campaign-view").scrollIntoView({ block: "start" });
     renderList();
     refreshNow();
@@ -475,23 +632,147 @@
   let pending = false;
   async function tick() {
     clearTimeout(timer);
+    if (auth.needed) return; // until signed in: timer is not re-armed, signing in refreshes
     try {
-      const jobs = [refreshList()];
-      if (view.id) jobs.push(refreshCampaign());
-      await Promise.all(jobs);
+      await refreshList(); // the campaign follows the list's range
+      if (view.id && !auth.needed) await refreshCampaign();
+      if (auth.needed) return;
       showError(null);
       setStatus("live", `Live · refreshed ${new Date().toLocaleTimeString("en-GB", { timeZone: "UTC" })} UTC`);
     } catch (err) {
-      if (err instanceof ApiError && err.status === 404 && view.id) {
+      if (err instanceof ApiError && err.status === 401) {
+        askForToken(auth.token ? "The server refused this token." : "");
+        return;
+      } else if (err instanceof ApiError && err.status === 404 && view.id) {
         showError(`No such campaign: ${view.id}`);
       } else if (err instanceof ApiError) {
         showError(err.parameter ? `${err.message} (parameter ${err.parameter})` : err.message);
       } else {
         setStatus("error", "Disconnected · retrying");
       }
-    } finally {
-      timer = setTimeout(refreshNow, REFRESH_MS);
     }
+    timer = setTimeout(refreshNow, REFRESH_MS);
+  }
+
+  // --- signing in ---------------------------------------------------------------------------
+
+  function askForToken(message) {
+    auth.needed = true;
+    auth.token = "";
+    clearTimeout(timer);
+    $("login-view").hidden = false;
+    $("list-view").hidden = true;
+    $("campaign-view").hidden = true;
+    $("logout").hidden = true;
+    $("login-error").hidden = !message;
+    $("login-error").textContent = message;
+    showError(null);
+    setStatus("error", "Sign in to see the figures");
+    $("token").focus();
+  }
+
+  function signIn(token) {
+    auth.token = token;
+    auth.needed = false;
+    $("token").value = "";
+    $("login-view").hidden = true;
+    $("list-view").hidden = false;
+    $("logout").hidden = false;
+    list.held = null; // another token may see other apps
+    route();
+  }
+
+  function signOut() {
+    list.data = null;
+    list.held = null;
+    for (const tr of list.rows.values()) tr.remove();
+    list.rows.clear();
+    askForToken("");
+  }
+
+  // --- CSV ----------------------------------------------------------------------------------
+
+  // RFC 4180, and a text that a spreadsheet would run as a formula (=, +, -, @) starts with '.
+  function csvCell(v, text) {
+    if (v === null || v === undefined) return "";
+    let out = String(v);
+    if (text && /^[=+\-@\t\r]/.test(out)) out = `'${out}`;
+    return /[",\r\n]/.test(out) ? `"${out.replace(/"/g, '""')}"` : out;
+  }
+  function csv(header, rows) {
+    const lines = [header.map((h) => csvCell(h, true)).join(",")];
+    for (const row of rows) lines.push(row.map(([v, text]) => csvCell(v, text)).join(","));
+    return `${lines.join("\r\n")}\r\n`;
+  }
+  const iso = (ms) => (ms === null || ms === undefined ? null : new Date(ms).toISOString());
+  function eventTypes(figures) {
+    const types = new Set(STEPS.map(([type]) => type));
+    for (const f of figures) for (const type of Object.keys(f.event_type_counts)) types.add(type);
+    return [...types];
+  }
+  function download(name, text) {
+    const a = el("a", { href: URL.createObjectURL(new Blob([text], { type: "text/csv;charset=utf-8" })), download: name });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(a.href), 10000);
+  }
+  const stamp = (ms) => iso(ms).slice(0, 16).replace(/[-:]/g, "");
+
+  // Every campaign of the list's query (every page, not only the 1,000 shown).
+  async function listCsv() {
+    const query = { ...list.query };
+    delete query.cursor;
+    const all = [];
+    let body;
+    do {
+      body = await api("campaigns", query);
+      all.push(...body.campaigns);
+      query.cursor = body.next_cursor;
+    } while (body.next_cursor);
+    const types = eventTypes(all.map((c) => c.totals));
+    const header = ["id", "vendor", "app_id", "campaign_id", "campaign_name", "window", "from", "to",
+      "first_window_start", "last_window_end", "total", ...types.map((t) => `count_${t}`), "count_other",
+      "unique_recipients", ...types.map((t) => `unique_${t}`), "unattributed", ...RATES.map(([key]) => key)];
+    const rows = all.map((c) => [
+      [c.id, true], [c.vendor, true], [c.app_id, true], [c.campaign_id, true], [c.campaign_name, true],
+      [body.window], [iso(body.from)], [iso(body.to)], [iso(c.first_window_start)], [iso(c.last_window_end)],
+      [c.totals.total], ...types.map((t) => [count(c.totals, t)]), [other(c.totals)],
+      [c.totals.uniques.recipients], ...types.map((t) => [unique(c.totals, t)]), [c.totals.uniques.unattributed],
+      ...RATES.map(([key]) => [c.rates[key]]),
+    ]);
+    download(`campaigns-${body.window}-${stamp(body.from)}-${stamp(body.to)}.csv`, csv(header, rows));
+  }
+
+  // The campaign's series as shown: one row per window with events.
+  function seriesCsv() {
+    const c = view.data;
+    const types = eventTypes(c.series);
+    const header = ["window_start", "window_end", "total", ...types.map((t) => `count_${t}`), "count_other",
+      "unique_recipients", ...types.map((t) => `unique_${t}`), "unattributed"];
+    const rows = c.series.map((p) => [
+      [iso(p.window_start)], [iso(p.window_end)], [p.total], ...types.map((t) => [count(p, t)]), [other(p)],
+      [p.uniques.recipients], ...types.map((t) => [unique(p, t)]), [p.uniques.unattributed],
+    ]);
+    download(`campaign-${c.id}-${c.window}-${stamp(c.from)}-${stamp(c.to)}.csv`, csv(header, rows));
+  }
+
+  function guarded(job) {
+    return () => job().catch((err) => {
+      if (err instanceof ApiError && err.status === 401) askForToken("The server refused this token.");
+      else showError(`The CSV could not be made: ${err.message}`);
+    });
+  }
+
+  // The custom range: shown with "From … to …", filled with the range shown so far.
+  function rangeChanged() {
+    const custom = $("range").value === "custom";
+    for (const label of document.querySelectorAll("label.custom")) label.hidden = !custom;
+    if (custom && list.data && !$("from").value && !$("to").value) {
+      $("from").value = formatUtc(list.data.from);
+      $("to").value = formatUtc(list.data.to);
+    }
+    refreshNow();
   }
   // One refresh at a time; a request made while one runs starts right after it.
   function refreshNow() {
@@ -516,7 +797,18 @@
       clearTimeout(typing);
       typing = setTimeout(refreshNow, 250);
     });
-    for (const id of ["vendor", "window", "range"]) $(id).addEventListener("change", refreshNow);
+    for (const id of ["vendor", "window"]) $(id).addEventListener("change", refreshNow);
+    $("range").addEventListener("change", rangeChanged);
+    for (const id of ["from", "to"]) $(id).addEventListener("change", refreshNow);
+    $("list-csv").addEventListener("click", guarded(listCsv));
+    $("c-csv").addEventListener("click", guarded(async () => seriesCsv()));
+    $("login").addEventListener("submit", (e) => {
+      e.preventDefault();
+      const token = $("token").value.trim();
+      if (token) signIn(token);
+    });
+    $("logout").addEventListener("click", signOut);
+    $("logout").hidden = !auth.token;
     $("filters").addEventListener("submit", (e) => {
       e.preventDefault();
       refreshNow();

@@ -54,3 +54,22 @@ def test_the_table_has_full_headers_and_whole_ids() -> None:
     assert flat.startswith(LONG_ID)
     assert "web view: http://127.0.0.1:8080/" in text
     assert "campaigns with stats: 1" in text
+
+
+def test_a_row_adds_up_with_the_other_column() -> None:
+    """Events of types without a column (SEND_REQUESTED, OTHER, ...) are in "other", so the
+    event-type columns of a row sum to its total (issue 22 item 3)."""
+    counts = WindowCounts(lg_k=12)
+    for offset, event_type in enumerate(["OPEN", "OTHER", "SEND_REQUESTED", "OTHER", "SEND"]):
+        counts.apply("raw/0", offset, event_type, "PUSH", f"u:{offset}")
+    view = _view([stats_record("AIRSHIP|app|c-1", "1h", 0, 3600, counts, 0)])
+    console = Console(width=160, record=True)
+    console.print(render({}, view, "1h", 10))
+    lines = console.export_text().splitlines()
+    head = next(line for line in lines if " total " in line and " other" in line)
+    headers = head.replace("unique OPEN", "unique_OPEN").split()[-9:]
+    row = next(line for line in lines if "c-1" in line).split()[-9:]
+    cells = dict(zip(headers, row, strict=True))
+    assert cells["total"] == "5" and cells["other"] == "3"
+    shown = ("SEND", "DELIVERY", "OPEN", "CLICK", "BOUNCE", "UNSUBSCRIBE", "other")
+    assert sum(int(cells[h]) for h in shown) == int(cells["total"])

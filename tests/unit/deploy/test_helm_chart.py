@@ -523,3 +523,44 @@ def test_schema_accepts_the_shipped_defaults_and_scenarios() -> None:
     with helm_python.Chart.load(CHART) as chart:
         for values in rc.SCENARIOS.values():
             chart.validate_schema(chart.merge_values(values))
+
+
+# --- the query API's token (issue 23 item 4) ---------------------------------------------------
+
+API_TOKEN = "chart-test-api-token-0001 app-1,app-2"
+
+
+@pytest.mark.parametrize("existing", [None, "crm-credentials"])
+def test_the_api_token_comes_from_the_secret(existing: str | None) -> None:
+    secrets: dict[str, Any] = (
+        {"existingSecret": existing} if existing else {"values": {"api-token": API_TOKEN}}
+    )
+    manifests = rc.render({"worker": {"api": {"auth": True}}, "secrets": secrets})
+    sts = _one(manifests, "StatefulSet", "-worker")
+    env = {e["name"]: e for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["CRM_API_TOKEN"] == {
+        "name": "CRM_API_TOKEN",
+        "valueFrom": {
+            "secretKeyRef": {"name": existing or "crm-crm-stream", "key": "api-token"}
+        },
+    }
+    assert API_TOKEN not in json.dumps([m for m in manifests if m["kind"] != "Secret"])
+    if not existing:
+        (secret,) = _of_kind(manifests, "Secret")
+        assert "api-token" in secret["data"]
+    # The probes stay on the metrics port, without a token.
+    container = sts["spec"]["template"]["spec"]["containers"][0]
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["port"] == "metrics", probe
+
+
+def test_without_auth_the_api_has_no_token(default: list[Manifest]) -> None:
+    sts = _one(default, "StatefulSet", "-worker")
+    names = {e["name"] for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "CRM_API_TOKEN" not in names
+
+
+def test_auth_without_a_token_fails_with_the_value_to_set() -> None:
+    message = _render_error({"worker": {"api": {"auth": True}}})
+    assert "set secrets.values.api-token, or secrets.existingSecret" in message
+    assert "worker.api.auth is true" in message

@@ -6,10 +6,12 @@ import asyncio
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from aiohttp import web
 
+from crmstream.settings import Settings
 from processors.api.server import make_app
 from tests.unit.processors.api.fake_source import FakeSource
 
@@ -20,6 +22,8 @@ class Served:
 
     url: str
     source: FakeSource
+    token: str | None = None
+    """A token the API takes, when the app requires one."""
 
 
 class ServerThread:
@@ -61,12 +65,24 @@ class ServerThread:
 
 
 @pytest.fixture
-def fake_source() -> FakeSource:
-    return FakeSource()
+def fake_source(request: pytest.FixtureRequest) -> FakeSource:
+    """A fresh fake source; ``FakeSource`` arguments by indirect parametrization."""
+    options: dict[str, Any] = getattr(request, "param", {})
+    return FakeSource(**options)
 
 
 @pytest.fixture
-def served(fake_source: FakeSource) -> Iterator[Served]:
+def api_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The app's ``CRM_*`` settings (windows, tokens), by indirect parametrization."""
+    return dict(getattr(request, "param", {}))
+
+
+@pytest.fixture
+def served(fake_source: FakeSource, api_env: dict[str, str]) -> Iterator[Served]:
     """The app over a fresh fake source, its clock the fake's (so default ranges hold it)."""
-    with ServerThread(make_app(fake_source, now_ms=fake_source.now_ms)) as url:
-        yield Served(url, fake_source)
+    settings = Settings.from_env(api_env)
+    grants = settings.api_grants()
+    token = grants[0][0].get() if grants else None
+    app = make_app(fake_source, now_ms=fake_source.now_ms, settings=settings)
+    with ServerThread(app) as url:
+        yield Served(url, fake_source, token)

@@ -17,13 +17,13 @@ import argparse
 import asyncio
 import random
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
-from processors.api.query import WINDOWS, CampaignKey, CampaignQuery, ListQuery, TimeRange
+from processors.api.query import CampaignKey, CampaignQuery, ListQuery, TimeRange
 from processors.api.server import make_app
 
 BASE_MS = 1_796_029_200_000  # 2026-11-30T09:00:00Z, the first minute of the fixture
@@ -213,16 +213,38 @@ def _minute(profile: Profile, index: int, minute: int, seed: int) -> Figures:
     return out
 
 
+NO_CAMPAIGN = Profile(
+    CampaignKey("SEGMENT", "segment-source-app-events", ""),
+    None,
+    "PUSH",
+    (5, 10),
+    0.9,
+    0.3,
+    0.1,
+    600,
+)
+"""Traffic of no campaign (events without a campaign id), for the tests that add it."""
+
+
 class FakeSource:
     """The fixture's campaigns, minute by minute, from :data:`BASE_MS`. Thread-safe: the app
     runs in a server thread while a test grows the data."""
 
-    def __init__(self, minutes: int = 90, seed: int = 15) -> None:
+    def __init__(
+        self,
+        minutes: int = 90,
+        seed: int = 15,
+        profiles: tuple[Profile, ...] = CAMPAIGNS,
+        lag_ms: int = 0,
+    ) -> None:
+        """``lag_ms``: how far the clock is ahead of the data (data dated in the past)."""
         self.seed = seed
         self.minutes = 0
+        self.profiles = profiles
+        self.lag_ms = lag_ms
         self._lock = threading.Lock()
-        self._data: dict[CampaignKey, dict[int, Figures]] = {p.key: {} for p in CAMPAIGNS}
-        self._names = {p.key: p.name for p in CAMPAIGNS}
+        self._data: dict[CampaignKey, dict[int, Figures]] = {p.key: {} for p in profiles}
+        self._names = {p.key: p.name for p in profiles}
         self.grow(minutes)
 
     def grow(self, minutes: int = 1) -> None:
@@ -230,17 +252,17 @@ class FakeSource:
         with self._lock:
             for _ in range(minutes):
                 m = self.minutes
-                for index, p in enumerate(CAMPAIGNS):
+                for index, p in enumerate(self.profiles):
                     if m >= p.first_minute and (p.last_minute is None or m <= p.last_minute):
                         self._data[p.key][BASE_MS + m * MINUTE] = _minute(p, index, m, self.seed)
                 self.minutes += 1
 
     def now_ms(self) -> int:
-        """The fixture's clock: the last millisecond of its latest minute."""
-        return BASE_MS + self.minutes * MINUTE - 1
+        """The fixture's clock: the last millisecond of its latest minute (plus ``lag_ms``)."""
+        return BASE_MS + self.minutes * MINUTE - 1 + self.lag_ms
 
     def _windows(self, key: CampaignKey, r: TimeRange) -> dict[int, Figures]:
-        size = WINDOWS[r.window]
+        size = r.window_ms
         out: dict[int, Figures] = {}
         for start, figures in sorted(self._data[key].items()):
             window = start - start % size
@@ -255,7 +277,7 @@ class FakeSource:
         totals = Figures()
         for figures in windows.values():
             totals.merge(figures)
-        size = WINDOWS[r.window]
+        size = r.window_ms
         return {
             "vendor": key.vendor,
             "app_id": key.app_id or None,
@@ -268,21 +290,34 @@ class FakeSource:
         }, windows
 
     async def list_campaigns(self, query: ListQuery) -> list[dict[str, Any]]:
+        return self.listed(query.range, query.matches)
+
+    def listed(
+        self,
+        r: TimeRange,
+        matches: Callable[[CampaignKey, str | None], bool],
+        keys: Callable[[CampaignKey], bool] = lambda key: True,
+    ) -> list[dict[str, Any]]:
+        """The campaigns with events in ``r`` that match (and whose key passes ``keys``)."""
         with self._lock:
             out = []
             for key in self._data:
-                if query.matches(key, self._names[key]):
-                    campaign, windows = self._campaign(key, query.range)
+                if keys(key) and matches(key, self._names[key]):
+                    campaign, windows = self._campaign(key, r)
                     if windows:
                         out.append(campaign)
             return out
 
     async def campaign(self, query: CampaignQuery) -> dict[str, Any] | None:
+        return self.one(query)
+
+    def one(self, query: CampaignQuery) -> dict[str, Any] | None:
+        """The campaign with its series over the query's range; None if unknown."""
         with self._lock:
             if query.key not in self._data:
                 return None
             campaign, windows = self._campaign(query.key, query.range)
-            size = WINDOWS[query.range.window]
+            size = query.range.window_ms
             campaign["series"] = [
                 {"window_start": start, "window_end": start + size, **figures.dump()}
                 for start, figures in sorted(windows.items())

@@ -69,3 +69,20 @@ def test_every_rate_is_documented_with_its_formula() -> None:
     for name, schema in documented.items():
         assert formula(name) in schema["description"], name
         assert schema["type"] == ["number", "null"]
+
+
+def test_a_vendor_is_taken_in_either_case() -> None:
+    vendor = deref(parameters("/api/campaigns")["vendor"]["schema"])
+    assert vendor["enum"] == [*VENDORS, *(v.lower() for v in VENDORS)]
+
+
+def test_the_list_states_its_total_and_cursor() -> None:
+    listed = SCHEMAS["CampaignList"]["allOf"][1]
+    assert {"windows", "total", "next_cursor"} <= set(listed["required"])
+    assert "cursor" in parameters("/api/campaigns")
+
+
+def test_every_figure_path_may_answer_401() -> None:
+    assert SPEC["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    for path in SPEC["paths"].values():
+        assert path["get"]["responses"]["401"]["$ref"].endswith("/Unauthorized")

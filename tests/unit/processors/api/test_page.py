@@ -7,9 +7,11 @@ offline, its numbers equal to the API's, following the data without a reload.
 
 from __future__ import annotations
 
+import csv
 import os
 import tempfile
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ import pytest
 
 from processors.api.query import RATES
 from tests.unit.processors.api.conftest import Served
-from tests.unit.processors.api.fake_source import CAMPAIGNS
+from tests.unit.processors.api.fake_source import BASE_MS, CAMPAIGNS, MINUTE, NO_CAMPAIGN
 
 pytestmark = pytest.mark.browser
 
@@ -148,7 +150,8 @@ def page(chromium: Any, served: Served, console_errors: list[str]) -> Iterator[A
 
 
 def api(served: Served, path: str, **params: Any) -> Any:
-    response = httpx.get(f"{served.url}/api/{path}", params=params, timeout=10)
+    headers = {"Authorization": f"Bearer {served.token}"} if served.token else {}
+    response = httpx.get(f"{served.url}/api/{path}", params=params, headers=headers, timeout=10)
     response.raise_for_status()
     return response.json()
 
@@ -159,9 +162,10 @@ def wait_for_list(page: Any, count: int) -> None:
     )
 
 
-def check_list(page: Any, served: Served) -> dict[str, Any]:
-    """Every row's numbers and texts equal the API's, in full."""
-    expected = api(served, "campaigns", limit=1000, window="1h")["campaigns"]
+def check_list(page: Any, served: Served, **query: Any) -> dict[str, Any]:
+    """Every row's numbers and texts equal the API's, in full (the list's default query, or
+    ``query``); a row's event columns add up to its total."""
+    expected = api(served, "campaigns", **{"limit": 1000, "window": "1h", **query})["campaigns"]
     rows = page.evaluate(READ_ROWS)
     assert set(rows) == {c["id"] for c in expected}
     for c in expected:
@@ -172,16 +176,28 @@ def check_list(page: Any, served: Served) -> dict[str, Any]:
             "deliveries": t["event_type_counts"].get("DELIVERY", 0),
             "unique_opens": t["uniques"]["by_event_type"].get("OPEN", 0),
             "unique_clicks": t["uniques"]["by_event_type"].get("CLICK", 0),
+            "opens": t["event_type_counts"].get("OPEN", 0),
+            "clicks": t["event_type_counts"].get("CLICK", 0),
+            "other": t["total"]
+            - sum(
+                t["event_type_counts"].get(step, 0)
+                for step in ("SEND", "DELIVERY", "OPEN", "CLICK")
+            ),
             "total": t["total"],
             "last_window_end": c["last_window_end"],
             **{name: c["rates"][name] for name in RATES},
         }
         for field, value in numbers.items():
             assert row[field][0] == _num(value), (c["campaign_id"], field)
-        for field in ("vendor", "app_id", "campaign_id", "campaign_name"):
+        for field in ("vendor", "app_id", "campaign_name"):
             # The DOM holds the whole text: ids and names are never cut (CSS may wrap them).
             assert row[field][1] == (c[field] if c[field] is not None else "—"), field
+        # Traffic of no campaign is labelled as such (issue 22 item 3; formerly "—").
+        assert row["campaign_id"][1] == (c["campaign_id"] or "(no campaign)")
         assert row["sends"][1] == f"{numbers['sends']:,}"
+        # The columns of a row add up to its total (issue 22 item 3).
+        columns = ("sends", "deliveries", "opens", "clicks", "other")
+        assert sum(int(row[k][0]) for k in columns) == int(row["total"][0])
     return {c["id"]: c for c in expected}
 
 
@@ -302,3 +318,237 @@ def test_a_refused_query_is_shown(page: Any, served: Served, console_errors: lis
     refused = "Failed to load resource: the server responded with a status of 400 (Bad Request)"
     assert refused in console_errors
     console_errors[:] = [e for e in console_errors if e != refused]
+
+
+# --- issue 22 (the page a new user meets) and issue 23 item 4 (signing in) -----------------
+
+DAY_MS = 86_400_000
+TOKEN = "page-test-token-0123456789"
+
+
+def read_detail_totals(page: Any) -> dict[str, str]:
+    return page.evaluate(
+        """() => Object.fromEntries([...document.querySelectorAll('#funnel li[data-step]')]
+             .map((li) => [li.dataset.step, li.querySelector('[data-field="count"]').dataset.value])
+             .concat([['total', document.querySelector('#c-totals [data-field="total"]')
+                                 .dataset.value]]))"""
+    )
+
+
+def open_campaign(page: Any, campaign_id: str) -> None:
+    page.click(f'#campaigns tr[data-campaign-id="{campaign_id}"] td[data-field="campaign_id"] a')
+    page.wait_for_function(
+        "(id) => document.getElementById('campaign-view').dataset.campaignId === id",
+        arg=campaign_id,
+    )
+    page.wait_for_function(CHART_DRAWN)
+
+
+def test_the_detail_shows_the_lists_range(page: Any, served: Served) -> None:
+    """Five hours of data: the detail's funnel is the list row's figures (formerly 1m windows
+    over the last three hours, leaving the rest out), charted in 1m windows."""
+    target = CAMPAIGNS[1].key
+    wait_for_list(page, len(CAMPAIGNS))
+    served.source.grow(210)
+    total = api(served, "campaigns", vendor="PINPOINT")["campaigns"][0]["totals"]["total"]
+    page.wait_for_function(
+        """([id, n]) => document.querySelector(`#campaigns tr[data-campaign-id="${id}"]
+             td[data-field="total"]`).dataset.value === n""",
+        arg=[target.id, str(total)],
+    )
+    listed = check_list(page, served)
+    open_campaign(page, target.id)
+    shown = check_campaign(page, served)
+    assert shown["window"] == "1m" and len(shown["series"]) == 300
+    row = listed[target.id]["totals"]
+    detail = read_detail_totals(page)
+    assert detail["total"] == str(row["total"])
+    for step in STEPS:
+        assert detail[step] == str(row["event_type_counts"].get(step, 0)), step
+    assert page.is_hidden("#c-partial")
+    # A chosen window shows the same totals.
+    page.select_option("#c-window", "1h")
+    page.wait_for_function("() => document.getElementById('campaign-view').dataset.window === '1h'")
+    assert read_detail_totals(page)["total"] == str(row["total"])
+
+
+@pytest.mark.parametrize("fake_source", [{"profiles": (*CAMPAIGNS, NO_CAMPAIGN)}], indirect=True)
+def test_rows_add_up_and_traffic_of_no_campaign_is_named(page: Any, served: Served) -> None:
+    wait_for_list(page, len(CAMPAIGNS) + 1)
+    listed = check_list(page, served)  # also: sends + deliveries + opens + clicks + other = total
+    (none,) = [c for c in listed.values() if c["campaign_id"] is None]
+    cell = f'#campaigns tr[data-campaign-id="{none["id"]}"] td[data-field="campaign_id"]'
+    assert page.text_content(cell) == "(no campaign)"
+    assert "no campaign id" in (page.get_attribute(f"{cell} a", "title") or "")
+    header = '#campaigns th[data-column="other"]'
+    assert page.text_content(header) == "Other events" and page.get_attribute(header, "title")
+    open_campaign(page, none["id"])
+    assert page.text_content("#c-campaign-id") == "(no campaign)"
+    assert "(no campaign)" in page.text_content("#c-name")
+    t = none["totals"]
+    steps = sum(t["event_type_counts"].get(s, 0) for s in STEPS)
+    assert page.get_attribute('#c-totals [data-field="other"]', "data-value") == str(
+        t["total"] - steps
+    )
+
+
+@pytest.mark.parametrize("api_env", [{"CRM_STATS_WINDOWS": "1m,5m"}], indirect=True)
+def test_the_page_offers_the_windows_the_worker_keeps(page: Any, served: Served) -> None:
+    """CRM_STATS_WINDOWS=1m,5m: formerly the page opened on "this deployment keeps no 1h
+    windows" above an empty table."""
+    wait_for_list(page, len(CAMPAIGNS))
+    options = "(id) => [...document.getElementById(id).options].map((o) => o.value)"
+    assert page.evaluate(options, "window") == ["1m", "5m"]
+    assert page.input_value("#window") == "5m"
+    check_list(page, served, window="5m")
+    page.select_option("#window", "1m")
+    page.wait_for_function("() => document.getElementById('campaigns').dataset.window === '1m'")
+    wait_for_list(page, len(CAMPAIGNS))
+    open_campaign(page, CAMPAIGNS[0].key.id)
+    assert page.evaluate(options, "c-window") == ["", "1m", "5m"]
+    page.select_option("#c-window", "5m")
+    page.wait_for_function("() => document.getElementById('campaign-view').dataset.window === '5m'")
+    check_campaign(page, served)
+    assert page.is_hidden("#error")
+
+
+@pytest.mark.parametrize("fake_source", [{"lag_ms": 200 * DAY_MS}], indirect=True)
+def test_data_dated_in_the_past_is_shown(page: Any, served: Served) -> None:
+    """The clock is 200 days past the data (the demo's samples are dated January to June):
+    the API's default 1m range holds nothing, the page's default range is the data held."""
+    assert api(served, "campaigns", window="1m")["campaigns"] == []
+    wait_for_list(page, len(CAMPAIGNS))
+    page.select_option("#window", "1m")
+    page.wait_for_function("() => document.getElementById('campaigns').dataset.window === '1m'")
+    wait_for_list(page, len(CAMPAIGNS))
+    table = page.evaluate("() => ({...document.getElementById('campaigns').dataset})")
+    held = {"from": int(table["heldFrom"]), "to": int(table["heldTo"])}
+    assert int(table["from"]) <= held["from"] and int(table["to"]) >= held["to"] - 3_600_000
+    check_list(page, served, window="1m", **{"from": table["from"], "to": table["to"]})
+    assert page.text_content("#range option[value='held']") == "All data held"
+
+
+def test_any_range_from_to(page: Any, served: Served) -> None:
+    """Beyond the presets: any from and to (UTC)."""
+    wait_for_list(page, len(CAMPAIGNS))
+    page.select_option("#window", "1m")
+    page.select_option("#range", "custom")
+    page.fill("#from", "2026-11-30T09:40")  # the staging campaign stopped at 09:29
+    page.fill("#to", "2026-11-30T10:10")
+    page.dispatch_event("#to", "change")
+    page.wait_for_function(
+        "(to) => document.getElementById('campaigns').dataset.to === to",
+        arg=str(BASE_MS + 70 * MINUTE),
+    )
+    wait_for_list(page, len(CAMPAIGNS) - 1)
+    table = page.evaluate("() => ({...document.getElementById('campaigns').dataset})")
+    assert (int(table["from"]), int(table["to"])) == (
+        BASE_MS + 40 * MINUTE,
+        BASE_MS + 70 * MINUTE,
+    )
+    check_list(page, served, window="1m", **{"from": table["from"], "to": table["to"]})
+
+
+def _csv(page: Any, button: str) -> list[dict[str, str]]:
+    with page.expect_download() as info:
+        page.click(button)
+    path = info.value.path()
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def test_csv_of_the_list_and_of_a_series(page: Any, served: Served) -> None:
+    wait_for_list(page, len(CAMPAIGNS))
+    table = page.evaluate("() => ({...document.getElementById('campaigns').dataset})")
+    rows = _csv(page, "#list-csv")
+    expected = api(
+        served, "campaigns", limit=1000, window="1h", **{"from": table["from"], "to": table["to"]}
+    )["campaigns"]
+    assert [r["id"] for r in rows] == [c["id"] for c in expected]
+    for row, c in zip(rows, expected, strict=True):
+        t = c["totals"]
+        assert row["campaign_name"] == (c["campaign_name"] or "")
+        assert row["campaign_id"] == (c["campaign_id"] or "")
+        assert int(row["total"]) == t["total"]
+        counted = [k for k in row if k.startswith("count_") and k != "count_other"]
+        assert sum(int(row[k]) for k in counted) == t["total"]
+        steps = sum(t["event_type_counts"].get(s, 0) for s in STEPS)
+        assert int(row["count_other"]) == t["total"] - steps
+        for event_type, n in t["event_type_counts"].items():
+            assert int(row[f"count_{event_type}"]) == n
+        assert int(row["unique_recipients"]) == t["uniques"]["recipients"]
+        for name, value in c["rates"].items():
+            assert (float(row[name]) if row[name] else None) == value
+    open_campaign(page, CAMPAIGNS[0].key.id)
+    shown = page.evaluate(READ_CAMPAIGN)
+    detail = api(
+        served,
+        f"campaigns/{shown['id']}",
+        window=shown["window"],
+        **{"from": shown["from"], "to": shown["to"]},
+    )
+    points = _csv(page, "#c-csv")
+    assert len(points) == len(detail["series"])
+    for row, p in zip(points, detail["series"], strict=True):
+        assert row["window_start"] == datetime.fromtimestamp(
+            p["window_start"] / 1000, UTC
+        ).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        assert int(row["total"]) == p["total"]
+        for event_type, n in p["event_type_counts"].items():
+            assert int(row[f"count_{event_type}"]) == n
+        assert int(row["unique_recipients"]) == p["uniques"]["recipients"]
+
+
+@pytest.mark.parametrize("api_env", [{"CRM_API_TOKEN": TOKEN}], indirect=True)
+def test_signing_in(page: Any, served: Served, console_errors: list[str]) -> None:
+    """With CRM_API_TOKEN set the page asks for the token, sends it, and shows the figures."""
+    page.wait_for_selector("#login-view:not([hidden])")
+    assert page.is_hidden("#list-view") and page.evaluate(READ_ROWS) == {}
+    page.fill("#token", "not-the-token-at-all")
+    page.press("#token", "Enter")
+    page.wait_for_selector("#login-error:not([hidden])")
+    assert "refused" in page.text_content("#login-error")
+    page.fill("#token", TOKEN)
+    page.click("#login button[type=submit]")
+    wait_for_list(page, len(CAMPAIGNS))
+    check_list(page, served)
+    open_campaign(page, CAMPAIGNS[0].key.id)
+    check_campaign(page, served)
+    # Signing out forgets the token and the figures.
+    page.click("#logout")
+    page.wait_for_selector("#login-view:not([hidden])")
+    assert page.evaluate(READ_ROWS) == {}
+    assert page.evaluate("() => sessionStorage.length") == 0
+    refused = "Failed to load resource: the server responded with a status of 401 (Unauthorized)"
+    assert refused in console_errors
+    console_errors[:] = [e for e in console_errors if e != refused]
+
+
+@pytest.mark.parametrize("api_env", [{"CRM_STATS_WINDOWS": "1s,1h"}], indirect=True)
+@pytest.mark.parametrize("fake_source", [{"minutes": 200}], indirect=True)
+def test_a_detail_too_fine_for_the_range_says_it_is_partial(page: Any, served: Served) -> None:
+    """Four hours in 1s windows is more than 10,000 of them: the detail shows the latest
+    10,000 and says so, and how to see everything; Auto picks a window that shows it all."""
+    wait_for_list(page, len(CAMPAIGNS))
+    target = CAMPAIGNS[0].key
+    open_campaign(page, target.id)
+    assert page.evaluate("() => document.getElementById('campaign-view').dataset.window") == "1h"
+    assert page.is_hidden("#c-partial")
+    page.select_option("#c-window", "1s")
+    page.wait_for_function(
+        "() => document.getElementById('campaign-view').dataset.partial === 'true'"
+    )
+    note = page.text_content("#c-partial")
+    assert note.startswith("Partial:") and "Choose a larger window" in note
+    shown = page.evaluate(READ_CAMPAIGN)
+    assert (int(shown["to"]) - int(shown["from"])) // 1000 == 10_000
+    answer = api(
+        served,
+        f"campaigns/{target.id}",
+        window="1s",
+        **{"from": shown["from"], "to": shown["to"]},
+    )
+    assert shown["total"] == str(answer["totals"]["total"])
+    listed = api(served, "campaigns", limit=1000)["campaigns"]
+    whole = next(c for c in listed if c["id"] == target.id)["totals"]["total"]
+    assert f"of its {whole:,} events" in note and answer["totals"]["total"] < whole

@@ -102,7 +102,6 @@ def test_empty_values_are_absent_parameters() -> None:
         ([("to", " 5")], "to"),
         ([("to", str(TIME_END_MS + 1))], "to"),
         ([("to", "9" * 40)], "to"),
-        ([("vendor", "leanplum")], "vendor"),
         ([("vendor", "BRAZE")], "vendor"),
         ([("limit", "0")], "limit"),
         ([("limit", "1001")], "limit"),
@@ -119,6 +118,14 @@ def test_bad_parameters_are_400s_naming_the_parameter(
     body = error_of(params)
     assert body["parameter"] == parameter
     assert set(body) == {"error", "parameter"} and body["error"]
+
+
+def test_a_vendor_in_either_case() -> None:
+    """The CLI and the settings name vendors in lower case; the API takes either (issue 22
+    item 9). Formerly ``leanplum`` was a 400."""
+    for given in ("leanplum", "LEANPLUM", "Leanplum"):
+        assert parse_list_query([("vendor", given)], NOW).vendor == "LEANPLUM"
+    assert error_of([("vendor", "braze")])["parameter"] == "vendor"
 
 
 def test_ten_years_of_minutes_is_refused() -> None:
