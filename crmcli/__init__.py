@@ -17,7 +17,7 @@ from dataclasses import fields
 from typing import Any
 
 from crmstream.errors import ConfigError, CrmStreamError
-from crmstream.settings import ENV_PREFIX, Settings
+from crmstream.settings import ENV_PREFIX, MASK, Settings
 from crmstream.vendors import VENDOR_NAMES
 
 
@@ -28,7 +28,7 @@ def _variables(cls: type[Any], prefix: str) -> list[tuple[str, str, str]]:
     for f in fields(cls):
         var = prefix + f.metadata["env"]
         if f.metadata["secret"]:
-            value = "***" if os.environ.get(var) or os.environ.get(var + "_FILE") else ""
+            value = MASK if os.environ.get(var) or os.environ.get(var + "_FILE") else ""
         else:
             value = os.environ.get(var, "" if f.default is None else str(f.default))
         rows.append((var, value, f.metadata["doc"]))
@@ -180,8 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
         "value}. value is the Avro record (Avro single-object or Confluent wire format): enums "
         "as names, timestamps as epoch ms, null for a tombstone. Bytes (the key, DeadLetter.raw) "
         "are strings of code points U+0000-U+00FF, one per byte (Avro's JSON convention; "
-        "s.encode('latin-1') gives the bytes back). An undecodable record prints error and "
-        "bytes instead of value and makes the exit status 1.",
+        "s.encode('latin-1') gives the bytes back). Every character outside printable ASCII is "
+        "written as a \\uXXXX escape, so each record is one ASCII line. An undecodable record "
+        "prints error and bytes instead of value and makes the exit status 1.",
     )
     p.add_argument("topic", help="topic name, with or without the CRM_TOPIC_PREFIX")
     p.add_argument(

@@ -22,8 +22,12 @@ from crmstream.errors import ConfigError
 ENV_PREFIX = "CRM_"
 
 
+MASK = "***"  # how every secret shows, set: `crm-stream settings`, logs, reprs
+
+
 class Secret:
-    """A string that does not print itself."""
+    """A string that does not print itself: it shows as :data:`MASK` when set, as nothing
+    when empty."""
 
     __slots__ = ("_value",)
 
@@ -34,7 +38,7 @@ class Secret:
         return self._value
 
     def __repr__(self) -> str:
-        return "Secret('****')" if self._value else "Secret('')"
+        return MASK if self._value else ""
 
     __str__ = __repr__
 
