@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import fields
-from typing import Any
+from typing import Any, NoReturn
 
-from crmstream.errors import ConfigError, CrmStreamError
+from crmstream.errors import CrmStreamError
 from crmstream.settings import ENV_PREFIX, MASK, Settings
 from crmstream.vendors import VENDOR_NAMES
 
@@ -78,6 +79,9 @@ def _cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
         for spec in topic_specs(settings):
             print(f"{settings.topic(spec.name):<32} {spec.doc}")
         return 0
+    from crmstream.kafka import wait_for_kafka
+
+    wait_for_kafka(settings)
     for name, state in sorted(create_topics(settings).items()):
         print(f"{state:<8} {name}")
     return 0
@@ -96,6 +100,11 @@ def _cmd_decode(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from crmstream.kafka import wait_for_kafka
+
+    # Before anything else touches Kafka: one warning while it waits (CRM_KAFKA_WAIT), then one
+    # line and exit code 69, instead of librdkafka's flood and a timeout's traceback.
+    wait_for_kafka(settings)
     from processors.app import run_worker
 
     return run_worker(settings)
@@ -147,8 +156,23 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0-65535, got {value}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors in one line like every other crm-stream error (its usage
+    block, several lines, stays in ``--help``)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="crm-stream",
         description="Kafka stream processor for CRM campaign events. Settings: CRM_* variables "
         "(see `crm-stream settings`).",
@@ -204,7 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="run to completion and exit")
     p.add_argument("--summary-json", default=None, help="write the run's summary here")
     p.add_argument("--seed", type=int, default=7, help="sample-data random seed")
-    p.add_argument("--events", type=int, default=3000, help="sample events per run, about")
+    p.add_argument(
+        "--events", type=_positive_int, default=3000, help="sample events per run, about"
+    )
     p.add_argument(
         "--bootstrap-servers",
         default=None,
@@ -212,19 +238,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--metrics-port",
-        type=int,
+        type=_port,
         default=0,
         help="serve the connectors' metrics (they run in the demo process) here (0: a free port)",
     )
     p.add_argument(
         "--worker-metrics-port",
-        type=int,
+        type=_port,
         default=0,
         help="the worker's metrics port (0: a free port)",
     )
     p.add_argument(
         "--api-port",
-        type=int,
+        type=_port,
         default=0,
         help="the first worker's query API and web view port (0: a free port; the others get "
         "free ports too)",
@@ -243,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("broker", help="run the embedded Tansu broker in the foreground")
-    p.add_argument("--port", type=int, default=9092)
+    p.add_argument("--port", type=_port, default=9092)
     p.set_defaults(func=_cmd_broker)
 
     p = sub.add_parser(
@@ -252,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("file", help="NDJSON file of Airship events, one a line")
     p.add_argument("--host", default="127.0.0.1", help="listen address (loopback)")
-    p.add_argument("--port", type=int, default=0, help="listen port (0: pick a free one)")
+    p.add_argument("--port", type=_port, default=0, help="listen port (0: pick a free one)")
     p.add_argument("--app-key", default=None, help="required X-UA-Appkey (default: any)")
     p.add_argument("--interval", type=float, default=0.0, help="seconds between two events")
     p.add_argument("--keepalive", type=float, default=1.0, help="keep-alive period when idle")
@@ -294,11 +320,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         configure(settings)
         return int(args.func(args, settings) or 0)
-    except ConfigError as exc:
-        print(f"crm-stream: {exc}", file=sys.stderr)
-        return 2
     except CrmStreamError as exc:
+        # ConfigError 2, KafkaUnreachable 69, the others 1.
         print(f"crm-stream: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except OSError as exc:
+        # A file that is not there or not readable, a port already taken: the user's to fix,
+        # said in one line. (A bug surfacing as OSError would lose its traceback here:
+        # CRM_LOG_LEVEL=DEBUG logs it.)
+        logging.getLogger("crmcli").debug("stopped by", exc_info=True)
+        print(f"crm-stream: {_os_error(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _os_error(exc: OSError) -> str:
+    """``No such file or directory: /nonexistent``, without ``[Errno 2]`` and the repr."""
+    if exc.strerror and exc.filename is not None:
+        return f"{exc.strerror}: {os.fsdecode(exc.filename)}"
+    return exc.strerror or str(exc)

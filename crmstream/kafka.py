@@ -8,10 +8,70 @@ and takes ``broker_credentials`` / ``ssl_context`` (built in ``processors.faust_
 
 from __future__ import annotations
 
+import logging
+import re
 import ssl
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+
+from crmstream.errors import KafkaUnreachable
 from crmstream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# What varies between two reports of the same problem: the time spent in a state, the client.
+_VARYING = re.compile(r"\(after \d+ms in state \w+\)|rdkafka#\w+-\d+")
+
+
+class LibrdkafkaLog:
+    """librdkafka's log lines, through Python logging (logger ``librdkafka``), each distinct
+    line at most once per ``quiet_s``.
+
+    Without it librdkafka writes to stderr from its own threads: ~20 lines a second per client
+    while a broker is unreachable ("Connect to ... failed: Connection refused", "Failed to
+    resolve"), and a burst from every live client when the demo's broker stops. With it the
+    lines go where the process's other logs go (``CRM_LOG_FORMAT=json`` included), only when
+    the client is polled, and a repeat (the same text from any client of the process) is held
+    back and counted: ``(N more like it in the last 60s)`` on the next one let through."""
+
+    def __init__(
+        self,
+        logger: logging.Logger | None = None,
+        quiet_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.logger = logger or logging.getLogger("librdkafka")
+        self.quiet_s = quiet_s
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._seen: dict[str, tuple[float, int]] = {}  # text -> (last let through, held back)
+
+    def log(self, level: int, fmt: str, *args: Any) -> None:
+        """confluent-kafka's call: ``logger.log(level, "%s [%s] %s", fac, name, message)``."""
+        text = fmt % args if args else fmt
+        key = " ".join(_VARYING.sub("", text).split())
+        now = self.clock()
+        with self._lock:
+            last, held = self._seen.get(key, (None, 0))
+            if last is not None and now - last < self.quiet_s:
+                self._seen[key] = (last, held + 1)
+                return
+            self._seen[key] = (now, 0)
+            if len(self._seen) > 1000:  # bounded: drop what has been quiet the longest
+                for old in sorted(self._seen, key=lambda k: self._seen[k][0])[:500]:
+                    del self._seen[old]
+        if held:
+            text += f" ({held} more like it in the last {self.quiet_s:g}s)"
+        self.logger.log(level, "%s", text)
+
+
+# One per process, so that the same failure reported by several clients is said once.
+LIBRDKAFKA_LOG = LibrdkafkaLog()
 
 
 def client_config(settings: Settings) -> dict[str, Any]:
@@ -19,6 +79,7 @@ def client_config(settings: Settings) -> dict[str, Any]:
     conf: dict[str, Any] = {
         "bootstrap.servers": settings.bootstrap_servers,
         "security.protocol": settings.security_protocol,
+        "logger": LIBRDKAFKA_LOG,
     }
     if settings.security_protocol.startswith("SASL"):
         conf["sasl.mechanism"] = settings.sasl_mechanism
@@ -83,3 +144,51 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
             password=settings.ssl_key_password.get() or None,
         )
     return context
+
+
+def unreachable_message(settings: Settings, reason: str) -> str:
+    return (
+        f"Kafka is not reachable at {settings.bootstrap_servers} (CRM_BOOTSTRAP_SERVERS): {reason}"
+    )
+
+
+def wait_for_kafka(
+    settings: Settings,
+    wait_s: float | None = None,
+    *,
+    probe_s: float = 1.0,
+    pause_s: float = 1.0,
+) -> None:
+    """Return once a broker answers a metadata request; retry for ``wait_s`` (default
+    ``CRM_KAFKA_WAIT``), then raise :class:`KafkaUnreachable` (exit code 69).
+
+    One warning says that it waits, and for how long; librdkafka's own reports of each failed
+    attempt are not printed (:class:`LibrdkafkaLog`: an admin client that is never polled
+    delivers none). Each attempt lasts ``probe_s`` and the pauses are sleeps, so SIGINT and
+    SIGTERM are handled within about a second."""
+    wait_s = settings.kafka_wait_s if wait_s is None else wait_s
+    admin = AdminClient(client_config(settings))
+    deadline = time.monotonic() + wait_s
+    warned = False
+    while True:
+        try:
+            admin.list_topics(timeout=probe_s)
+            if warned:
+                log.info("Kafka answered at %s", settings.bootstrap_servers)
+            return
+        except KafkaException as exc:
+            reason = exc.args[0].str() if exc.args else str(exc)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise KafkaUnreachable(
+                f"{unreachable_message(settings, reason)}; gave up after {wait_s:g}s "
+                "(CRM_KAFKA_WAIT)"
+            )
+        if not warned:
+            warned = True
+            log.warning(
+                "%s; retrying for up to %gs (CRM_KAFKA_WAIT)",
+                unreachable_message(settings, reason),
+                wait_s,
+            )
+        time.sleep(min(pause_s, left))

@@ -212,6 +212,13 @@ class Settings:
     bootstrap_servers: str = setting(
         "BOOTSTRAP_SERVERS", "localhost:9092", nonempty, "Kafka bootstrap servers, host:port,..."
     )
+    kafka_wait_s: float = setting(
+        "KAFKA_WAIT",
+        60.0,
+        parse_duration,
+        "How long the worker and `topics create` retry at start while no Kafka broker answers; "
+        "then they stop with exit code 69 (0: one attempt)",
+    )
     security_protocol: str = setting(
         "SECURITY_PROTOCOL",
         "PLAINTEXT",
