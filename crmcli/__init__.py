@@ -264,7 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--workdir",
         default="var/demo",
-        help="the demo's logs, sample feeds and worker state; emptied first (default: %(default)s)",
+        help="the demo's logs, sample feeds and worker state (default: %(default)s); a folder an "
+        "earlier demo made is emptied first, any other folder must be new or empty",
     )
     p.set_defaults(func=_cmd_demo)
 

@@ -47,7 +47,7 @@ from crmdemo.generators import GENERATORS
 from crmdemo.samples import SampleSet, campaigns
 from crmstream import metrics
 from crmstream.broker import EmbeddedBroker, free_port
-from crmstream.errors import BrokerError, CrmStreamError
+from crmstream.errors import BrokerError, ConfigError, CrmStreamError
 from crmstream.kafka import consumer_config
 from crmstream.resources import tansu_dev_profile
 from crmstream.serde import AvroSerde
@@ -405,6 +405,40 @@ def render(
     return Group(*parts)
 
 
+# The file that marks a folder as the demo's own: only such a folder is emptied.
+WORKDIR_MARKER = ".crm-stream-demo"
+
+
+def prepare_workdir(workdir: Path) -> Path:
+    """An empty ``workdir`` marked as the demo's, made or emptied for this run.
+
+    Tansu keeps nothing across restarts, so neither may the worker's local state: a folder an
+    earlier demo left (it holds :data:`WORKDIR_MARKER`) is emptied. Any other folder that holds
+    something is refused, never emptied: it may be the user's."""
+    if workdir.exists() and not workdir.is_dir():
+        raise ConfigError("--workdir", f"{workdir} exists and is not a folder")
+    if workdir.is_dir() and any(workdir.iterdir()):
+        if not (workdir / WORKDIR_MARKER).is_file():
+            raise ConfigError(
+                "--workdir",
+                f"{workdir} is not empty and no demo made it (it has no {WORKDIR_MARKER} file); "
+                "the demo empties its folder first, so name a new or empty one",
+            )
+        import shutil
+
+        for child in workdir.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / WORKDIR_MARKER).write_text(
+        "Made by `crm-stream demo`: its logs, sample feeds and worker state. The next demo run "
+        "with this --workdir empties this folder.\n"
+    )
+    return workdir
+
+
 @contextlib.contextmanager
 def broker_for(args: argparse.Namespace, workdir: Path) -> Iterator[str]:
     if args.bootstrap_servers:
@@ -469,13 +503,7 @@ def stop_worker(proc: subprocess.Popen[bytes]) -> None:
 def run(args: argparse.Namespace) -> int:
     # Relative to the current directory (`make demo`: the checkout's var/demo), never to the
     # install: an installed package's directory may be read-only.
-    workdir = Path(args.workdir).resolve()
-    if workdir.exists():
-        # Tansu keeps nothing across restarts, so neither may the worker's local state.
-        import shutil
-
-        shutil.rmtree(workdir)
-    workdir.mkdir(parents=True)
+    workdir = prepare_workdir(Path(args.workdir).resolve())
     with broker_for(args, workdir) as bootstrap:
         metrics_port = args.worker_metrics_port or free_port()
         connector_metrics_port = args.metrics_port or free_port()
