@@ -189,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "normalize",
         help="normalize raw vendor records, one per line, to canonical JSON lines",
+        description="Normalize raw vendor records, one per line, to one JSON line each: the "
+        'canonical event, {"reject": REASON, "detail": ...} or {"skip": REASON}. '
+        "docs/events.md describes the canonical event, its enums, each vendor's mapping and "
+        "the reasons.",
     )
     p.add_argument("vendor", choices=VENDOR_NAMES)
     p.add_argument("file", nargs="?", default="-", help="input file (default: stdin)")

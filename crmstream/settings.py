@@ -275,7 +275,7 @@ class Settings:
         "DEDUPE_WINDOW",
         7 * 86400.0,
         positive(parse_duration),
-        "How long an event id is remembered (>= 7d: Airship replays up to a week, TAXONOMY §5)",
+        "How long an event id is remembered (>= 7d: Airship replays up to a week; docs/events.md)",
     )
     data_dir: str = setting(
         "DATA_DIR", "./var/crm-stream", nonempty, "Local state: RocksDB tables, demo files"
@@ -461,7 +461,7 @@ class Settings:
         if self.dedupe_window_s < 86400:
             raise ConfigError(
                 "CRM_DEDUPE_WINDOW",
-                "must be at least 1d; TAXONOMY §5 asks for >= 7d (Airship replays a week)",
+                "must be at least 1d; docs/events.md asks for >= 7d (Airship replays a week)",
             )
         try:
             self.stats_window_seconds()
