@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP) ## Create .venv and install crm-stream with its dev tools
 
-demo: $(STAMP) ## Embedded broker, every connector on the sample feeds, Faust worker, live stats (Ctrl-C stops)
+demo: $(STAMP) ## Embedded broker, every connector on the sample feeds, Faust worker, live stats and the web view (Ctrl-C stops)
 	$(BIN)/crm-stream demo
 
 demo-once: $(STAMP) ## The demo, run to completion, with a JSON summary in var/demo-summary.json

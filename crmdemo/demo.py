@@ -47,8 +47,8 @@ from crmdemo.generators import GENERATORS
 from crmdemo.samples import SampleSet, campaigns
 from crmstream import metrics
 from crmstream.broker import EmbeddedBroker, free_port
-from crmstream.errors import BrokerError, ConfigError, CrmStreamError
-from crmstream.kafka import consumer_config
+from crmstream.errors import BrokerError, ConfigError, CrmStreamError, KafkaUnreachable
+from crmstream.kafka import consumer_config, wait_for_kafka
 from crmstream.resources import tansu_dev_profile
 from crmstream.serde import AvroSerde
 from crmstream.settings import Settings
@@ -556,6 +556,13 @@ def run(args: argparse.Namespace) -> int:
         api_ports = [getattr(args, "api_port", 0) or free_port()]
         api_ports += [free_port() for _ in range(args.workers - 1)]
         settings = Settings.from_env(env)
+        if args.bootstrap_servers:
+            # Someone else's broker: one line and exit 69 if it does not answer (CRM_KAFKA_WAIT).
+            try:
+                wait_for_kafka(settings)
+            except KafkaUnreachable as exc:
+                message = str(exc).replace("(CRM_BOOTSTRAP_SERVERS)", "(--bootstrap-servers)")
+                raise KafkaUnreachable(message) from None
         from processors.app import changelog_specs
 
         create_topics(settings, extra=changelog_specs(settings))

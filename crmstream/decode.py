@@ -35,7 +35,7 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from crmstream.errors import BrokerError, SerdeError
-from crmstream.kafka import consumer_config
+from crmstream.kafka import consumer_config, wait_for_kafka
 from crmstream.serde import AvroSerde
 from crmstream.settings import Settings
 
@@ -112,6 +112,7 @@ def run(args: argparse.Namespace, settings: Settings, out: IO[bytes] | None = No
     if args.idle_timeout < 0:
         raise SerdeError("--idle-timeout must be >= 0")
     sink = out if out is not None else sys.stdout.buffer
+    wait_for_kafka(settings)  # else one line, exit 69: not librdkafka's reports and a timeout
     serde = AvroSerde(settings)
     # A throwaway group id: librdkafka wants one, but partitions are assigned and nothing is
     # committed, so the worker's group never sees this reader.

@@ -219,6 +219,13 @@ class Settings:
         "How long the worker and `topics create` retry at start while no Kafka broker answers; "
         "then they stop with exit code 69 (0: one attempt)",
     )
+    stop_timeout_s: float = setting(
+        "STOP_TIMEOUT",
+        45.0,
+        positive(parse_duration),
+        "After SIGINT/SIGTERM, how long the worker's clean stop may take; while Kafka does not "
+        "answer it stops at once, without the final commit (safe: as after a kill -9)",
+    )
     security_protocol: str = setting(
         "SECURITY_PROTOCOL",
         "PLAINTEXT",

@@ -60,6 +60,7 @@ from crmstream import metrics
 from crmstream.errors import BrokerError, ConfigError
 from crmstream.serde import AvroSerde
 from crmstream.settings import Settings
+from crmstream.stopping import watch_stop_signals
 from crmstream.topics import VENDORS, TopicSpec, create_topics, raw_topic
 from processors import faust_compat
 from processors.faust_compat import faust_broker_kwargs
@@ -1181,6 +1182,18 @@ def api_server(pipeline: Pipeline) -> Any:
     return ApiServer(settings, WorkerSource(pipeline.stats, routing), loop=pipeline.app.loop)
 
 
+class _Worker(faust.Worker):
+    """faust.Worker with a deadline on stopping (issue 22 item 1): the watchdog of
+    ``crmstream.stopping`` chained after the signal handlers Faust installs (they still run the
+    clean stop)."""
+
+    crm_settings: Settings
+
+    def install_signal_handlers(self) -> None:
+        super().install_signal_handlers()
+        watch_stop_signals(self.crm_settings)
+
+
 def run_worker(settings: Settings) -> int:
     """``crm-stream worker``: create missing topics, serve metrics and the query API, run until
     signalled."""
@@ -1192,7 +1205,7 @@ def run_worker(settings: Settings) -> int:
     # /metrics, /livez and /readyz (the chart's probes).
     metrics.serve(settings.metrics_port, pipeline.health())
     services = [s for s in (api_server(pipeline),) if s is not None]
-    worker = faust.Worker(
+    worker = _Worker(
         pipeline.app,
         *services,
         loglevel=settings.log_level.lower(),
@@ -1200,6 +1213,7 @@ def run_worker(settings: Settings) -> int:
         redirect_stdouts=False,
         override_logging=False,
     )
+    worker.crm_settings = settings
     log.info("worker starting on the %s event loop", settings.event_loop)
     worker.execute_from_commandline()
     return 0

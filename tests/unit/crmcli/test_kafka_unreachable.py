@@ -50,10 +50,20 @@ def _assert_no_flood(stderr: str) -> None:
     assert "rdkafka" not in stderr and "%3|" not in stderr, stderr
 
 
-@pytest.mark.parametrize("command", [["worker"], ["topics", "create"]])
+@pytest.mark.parametrize(
+    ("command", "setting"),
+    [
+        (["worker"], "CRM_BOOTSTRAP_SERVERS"),
+        (["topics", "create"], "CRM_BOOTSTRAP_SERVERS"),
+        (["decode", "events"], "CRM_BOOTSTRAP_SERVERS"),
+        (["demo", "--once", "--bootstrap-servers", UNREACHABLE], "--bootstrap-servers"),
+    ],
+)
 def test_kafka_unreachable_is_one_line_naming_the_setting_and_exit_69(
-    tmp_path: Path, command: list[str]
+    tmp_path: Path, command: list[str], setting: str
 ) -> None:
+    if command[0] == "demo":
+        command = [*command, "--workdir", str(tmp_path / "demo")]
     started = time.monotonic()
     done = _run(tmp_path, *command, CRM_KAFKA_WAIT="3s")
     took = time.monotonic() - started
@@ -64,7 +74,7 @@ def test_kafka_unreachable_is_one_line_naming_the_setting_and_exit_69(
     assert len(lines) == 2, lines
     assert "retrying for up to 3s (CRM_KAFKA_WAIT)" in lines[0]
     assert lines[-1].startswith(
-        f"crm-stream: Kafka is not reachable at {UNREACHABLE} (CRM_BOOTSTRAP_SERVERS): "
+        f"crm-stream: Kafka is not reachable at {UNREACHABLE} ({setting}): "
     ), lines[-1]
     assert lines[-1].endswith("gave up after 3s (CRM_KAFKA_WAIT)"), lines[-1]
     assert took < 20, took
