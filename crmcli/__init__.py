@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import fields
 from typing import Any, NoReturn
 
-from crmstream.errors import CrmStreamError
+from crmstream.errors import ConfigError, CrmStreamError
 from crmstream.settings import ENV_PREFIX, MASK, Settings
 from crmstream.vendors import VENDOR_NAMES
 
@@ -99,9 +99,26 @@ def _cmd_decode(args: argparse.Namespace, settings: Settings) -> int:
     return run(args, settings)
 
 
+def _port_is_free(port: int, setting: str) -> None:
+    """Refuse, in one line naming the setting, a port another process listens on: found later,
+    by the worker's HTTP servers, it stopped Faust with a page of tracebacks."""
+    if not port:
+        return
+    import socket
+
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("0.0.0.0", port))
+        except OSError as exc:
+            raise ConfigError(setting, f"port {port} is taken ({exc.strerror})") from None
+
+
 def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from crmstream.kafka import wait_for_kafka
 
+    _port_is_free(settings.metrics_port, "CRM_METRICS_PORT")
+    _port_is_free(settings.api_port, "CRM_API_PORT")
     # Before anything else touches Kafka: one warning while it waits (CRM_KAFKA_WAIT), then one
     # line and exit code 69, instead of librdkafka's flood and a timeout's traceback.
     wait_for_kafka(settings)

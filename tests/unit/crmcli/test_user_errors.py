@@ -4,6 +4,7 @@ never a traceback (issue 22 item 8: ``crm-stream normalize pinpoint /nonexistent
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -75,3 +76,34 @@ def test_a_taken_port_is_one_line(tmp_path: Path) -> None:
     assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
     assert lines[0].startswith("crm-stream: "), lines[0]
     assert "in use" in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("setting", ["CRM_METRICS_PORT", "CRM_API_PORT"])
+def test_a_worker_port_that_is_taken_is_one_line_naming_the_setting(
+    tmp_path: Path, setting: str
+) -> None:
+    """The query API's port, taken, stopped the worker with Faust's tracebacks."""
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CRM_")}
+        env.update(
+            CRM_BOOTSTRAP_SERVERS="127.0.0.1:1",
+            CRM_METRICS_PORT="0",
+            CRM_API_PORT="0",
+            CRM_DATA_DIR=str(tmp_path),
+        )
+        env[setting] = str(port)
+        done = subprocess.run(
+            [sys.executable, "-m", "crmcli", "worker"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"crm-stream: invalid setting {setting}: port {port} is taken (Address already in use)"
+    ]
