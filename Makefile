@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP) ## Create .venv and install crm-stream with its dev tools
 
-demo: $(STAMP) ## Embedded broker, every connector on the sample feeds, Faust worker, live stats (Ctrl-C stops)
+demo: $(STAMP) ## Embedded broker, every connector on the sample feeds, Faust worker, live stats and the web view (Ctrl-C stops)
 	$(BIN)/crm-stream demo
 
 demo-once: $(STAMP) ## The demo, run to completion, with a JSON summary in var/demo-summary.json
@@ -66,8 +66,8 @@ bench: $(STAMP) ## Throughput/latency/memory benchmark (see bench/README.md; BEN
 lock: $(STAMP) ## Rewrite constraints.txt from the installed .venv
 	$(BIN)/pip freeze --exclude-editable | grep -v '^crm-stream' > constraints.txt
 
-web-preview: $(STAMP) ## The web view on fake, growing data at http://127.0.0.1:8088/ (no Kafka)
-	$(BIN)/python -m tests.unit.processors.api.fake_source --port 8088
+web-preview: $(STAMP) ## The web view on fake, growing data at http://127.0.0.1:8089/ (no Kafka)
+	$(BIN)/python -m tests.unit.processors.api.fake_source --port 8089
 
 # The web view's chart library, vendored (no CDN: the page works offline). To upgrade, change
 # both lines (`npm view uplot@VERSION dist.integrity`), run `make vendor-web`, commit the files.

@@ -109,7 +109,7 @@ class SegmentSettings:
         "SEGMENT_APP_ID",
         "",
         None,
-        "app_id header of the raw records: the Segment source (TAXONOMY §6.3: connector config)",
+        "app_id header of the raw records: the Segment source (docs/events.md, Segment)",
     )
 
     def __post_init__(self) -> None:

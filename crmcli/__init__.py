@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import fields
-from typing import Any
+from typing import Any, NoReturn
 
 from crmstream.errors import ConfigError, CrmStreamError
-from crmstream.settings import ENV_PREFIX, Settings
+from crmstream.settings import ENV_PREFIX, MASK, Settings
 from crmstream.vendors import VENDOR_NAMES
 
 
@@ -28,7 +29,7 @@ def _variables(cls: type[Any], prefix: str) -> list[tuple[str, str, str]]:
     for f in fields(cls):
         var = prefix + f.metadata["env"]
         if f.metadata["secret"]:
-            value = "***" if os.environ.get(var) or os.environ.get(var + "_FILE") else ""
+            value = MASK if os.environ.get(var) or os.environ.get(var + "_FILE") else ""
         else:
             value = os.environ.get(var, "" if f.default is None else str(f.default))
         rows.append((var, value, f.metadata["doc"]))
@@ -78,6 +79,9 @@ def _cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
         for spec in topic_specs(settings):
             print(f"{settings.topic(spec.name):<32} {spec.doc}")
         return 0
+    from crmstream.kafka import wait_for_kafka
+
+    wait_for_kafka(settings)
     for name, state in sorted(create_topics(settings).items()):
         print(f"{state:<8} {name}")
     return 0
@@ -95,7 +99,29 @@ def _cmd_decode(args: argparse.Namespace, settings: Settings) -> int:
     return run(args, settings)
 
 
+def _port_is_free(port: int, setting: str) -> None:
+    """Refuse, in one line naming the setting, a port another process listens on: found later,
+    by the worker's HTTP servers, it stopped Faust with a page of tracebacks."""
+    if not port:
+        return
+    import socket
+
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("0.0.0.0", port))
+        except OSError as exc:
+            raise ConfigError(setting, f"port {port} is taken ({exc.strerror})") from None
+
+
 def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from crmstream.kafka import wait_for_kafka
+
+    _port_is_free(settings.metrics_port, "CRM_METRICS_PORT")
+    _port_is_free(settings.api_port, "CRM_API_PORT")
+    # Before anything else touches Kafka: one warning while it waits (CRM_KAFKA_WAIT), then one
+    # line and exit code 69, instead of librdkafka's flood and a timeout's traceback.
+    wait_for_kafka(settings)
     from processors.app import run_worker
 
     return run_worker(settings)
@@ -147,8 +173,23 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0-65535, got {value}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors in one line like every other crm-stream error (its usage
+    block, several lines, stays in ``--help``)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="crm-stream",
         description="Kafka stream processor for CRM campaign events. Settings: CRM_* variables "
         "(see `crm-stream settings`).",
@@ -165,6 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "normalize",
         help="normalize raw vendor records, one per line, to canonical JSON lines",
+        description="Normalize raw vendor records, one per line, to one JSON line each: the "
+        'canonical event, {"reject": REASON, "detail": ...} or {"skip": REASON}. '
+        "docs/events.md describes the canonical event, its enums, each vendor's mapping and "
+        "the reasons.",
     )
     p.add_argument("vendor", choices=VENDOR_NAMES)
     p.add_argument("file", nargs="?", default="-", help="input file (default: stdin)")
@@ -180,8 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
         "value}. value is the Avro record (Avro single-object or Confluent wire format): enums "
         "as names, timestamps as epoch ms, null for a tombstone. Bytes (the key, DeadLetter.raw) "
         "are strings of code points U+0000-U+00FF, one per byte (Avro's JSON convention; "
-        "s.encode('latin-1') gives the bytes back). An undecodable record prints error and "
-        "bytes instead of value and makes the exit status 1.",
+        "s.encode('latin-1') gives the bytes back). Every character outside printable ASCII is "
+        "written as a \\uXXXX escape, so each record is one ASCII line. An undecodable record "
+        "prints error and bytes instead of value and makes the exit status 1.",
     )
     p.add_argument("topic", help="topic name, with or without the CRM_TOPIC_PREFIX")
     p.add_argument(
@@ -203,7 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="run to completion and exit")
     p.add_argument("--summary-json", default=None, help="write the run's summary here")
     p.add_argument("--seed", type=int, default=7, help="sample-data random seed")
-    p.add_argument("--events", type=int, default=3000, help="sample events per run, about")
+    p.add_argument(
+        "--events", type=_positive_int, default=3000, help="sample events per run, about"
+    )
     p.add_argument(
         "--bootstrap-servers",
         default=None,
@@ -211,19 +259,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--metrics-port",
-        type=int,
+        type=_port,
         default=0,
         help="serve the connectors' metrics (they run in the demo process) here (0: a free port)",
     )
     p.add_argument(
         "--worker-metrics-port",
-        type=int,
+        type=_port,
         default=0,
         help="the worker's metrics port (0: a free port)",
     )
     p.add_argument(
         "--api-port",
-        type=int,
+        type=_port,
         default=0,
         help="the first worker's query API and web view port (0: a free port; the others get "
         "free ports too)",
@@ -237,12 +285,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--workdir",
         default="var/demo",
-        help="the demo's logs, sample feeds and worker state; emptied first (default: %(default)s)",
+        help="the demo's logs, sample feeds and worker state (default: %(default)s); a folder an "
+        "earlier demo made is emptied first, any other folder must be new or empty",
     )
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("broker", help="run the embedded Tansu broker in the foreground")
-    p.add_argument("--port", type=int, default=9092)
+    p.add_argument("--port", type=_port, default=9092)
     p.set_defaults(func=_cmd_broker)
 
     p = sub.add_parser(
@@ -251,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("file", help="NDJSON file of Airship events, one a line")
     p.add_argument("--host", default="127.0.0.1", help="listen address (loopback)")
-    p.add_argument("--port", type=int, default=0, help="listen port (0: pick a free one)")
+    p.add_argument("--port", type=_port, default=0, help="listen port (0: pick a free one)")
     p.add_argument("--app-key", default=None, help="required X-UA-Appkey (default: any)")
     p.add_argument("--interval", type=float, default=0.0, help="seconds between two events")
     p.add_argument("--keepalive", type=float, default=1.0, help="keep-alive period when idle")
@@ -293,11 +342,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         configure(settings)
         return int(args.func(args, settings) or 0)
-    except ConfigError as exc:
-        print(f"crm-stream: {exc}", file=sys.stderr)
-        return 2
     except CrmStreamError as exc:
+        # ConfigError 2, KafkaUnreachable 69, the others 1.
         print(f"crm-stream: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except OSError as exc:
+        # A file that is not there or not readable, a port already taken: the user's to fix,
+        # said in one line. (A bug surfacing as OSError would lose its traceback here:
+        # CRM_LOG_LEVEL=DEBUG logs it.)
+        logging.getLogger("crmcli").debug("stopped by", exc_info=True)
+        print(f"crm-stream: {_os_error(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _os_error(exc: OSError) -> str:
+    """``No such file or directory: /nonexistent``, without ``[Errno 2]`` and the repr."""
+    if exc.strerror and exc.filename is not None:
+        return f"{exc.strerror}: {os.fsdecode(exc.filename)}"
+    return exc.strerror or str(exc)

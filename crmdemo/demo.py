@@ -47,8 +47,8 @@ from crmdemo.generators import GENERATORS
 from crmdemo.samples import SampleSet, campaigns
 from crmstream import metrics
 from crmstream.broker import EmbeddedBroker, free_port
-from crmstream.errors import BrokerError, CrmStreamError
-from crmstream.kafka import consumer_config
+from crmstream.errors import BrokerError, ConfigError, CrmStreamError, KafkaUnreachable
+from crmstream.kafka import consumer_config, wait_for_kafka
 from crmstream.resources import tansu_dev_profile
 from crmstream.serde import AvroSerde
 from crmstream.settings import Settings
@@ -154,10 +154,47 @@ def _segment_feed(settings: Settings, sample: SampleSet) -> FeedResult:
     return FeedResult(statuses.get(200, 0), refused, "signed webhook requests")
 
 
+# Warnings the sample feeds cause on purpose, by logger: the connectors' handling of a bad
+# webhook body and of a stream that stalls and is cut is part of what the demo shows.
+DELIBERATE_FAULTS = {
+    "connectors.segment": ("answered 400",),
+    "connectors.airship": (
+        "nothing received for",
+        "the stream was cut",
+        "the server closed the stream",
+    ),
+}
+DELIBERATE_HINT = "(on purpose: a fault of the demo's sample feed)"
+
+
+class DeliberateFaults(logging.Filter):
+    """Appends :data:`DELIBERATE_HINT` to the warnings of :data:`DELIBERATE_FAULTS`, so that a
+    user does not take the demo's own faults for trouble."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        hints = DELIBERATE_FAULTS.get(record.name, ())
+        message = record.getMessage()
+        if any(hint in message for hint in hints) and DELIBERATE_HINT not in message:
+            record.msg = f"{message} {DELIBERATE_HINT}"
+            record.args = ()
+        return True
+
+
 def run_feeds(
     settings: Settings, samples: dict[str, SampleSet], root: Path
 ) -> dict[str, FeedResult]:
     """Every vendor's samples through its connector, the way production data arrives."""
+    for name in DELIBERATE_FAULTS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, DeliberateFaults) for f in logger.filters):
+            logger.addFilter(DeliberateFaults())
+    bad_bodies = samples["segment"].expected_rejects.get("invalid_json", 0)
+    print(
+        f"the sample feeds misbehave on purpose: {bad_bodies} Segment requests whose body is not "
+        "JSON (the receiver answers 400), an Airship stream that goes silent once and is cut "
+        "once (the connector reconnects); their warnings say so",
+        flush=True,
+    )
     # One INFO line per file or request would scroll the demo's own output away; warnings and
     # errors still show. CRM_LOG_LEVEL=DEBUG or INFO below WARNING is left as the user set it.
     if logging.getLogger().level == logging.INFO:
@@ -205,6 +242,10 @@ def _airship_feed(settings: Settings, sample: SampleSet, root: Path) -> FeedResu
             idle_timeout_s=1.0,
             backoff_min_s=0.1,
             stop_after_idle_s=3.0,
+            # Blank keep-alives, not OFFSET_UPDATE ones: the OFFSET_UPDATE lines the connector
+            # reads (and does not publish) are then exactly the sample's own, which the
+            # summary's balance counts (control_lines_not_published).
+            enable_offset_updates=False,
         )
         stats = asyncio.run(AirshipConnector(config, settings).run())
     finally:
@@ -353,9 +394,12 @@ def render(
     window: str,
     limit: int,
     web_url: str = "",
+    *,
+    once: bool = False,
 ) -> Group:
     """The demo's screen: the vendors' accounting and the busiest campaigns, as ``rich``
-    tables (full headers; long ids and names fold onto a second line, never cut)."""
+    tables (full headers; long ids and names fold onto a second line, never cut). ``once``:
+    the final figures of ``--once``, which neither goes on nor keeps the page up."""
     vendors = Table(title="records by vendor", title_justify="left")
     vendors.add_column("vendor")
     for name in ("raw in", "events", "duplicates", "dead letters", "skipped"):
@@ -397,15 +441,49 @@ def render(
         cells.append(str(row.total - sum(row.counts.get(t, 0) for t in TABLE_TYPES)))
         campaigns.add_row(*cells)
     footer = Text(f"campaigns with stats: {len(view.campaigns())}")
-    parts: list[Any] = [
-        Text("crm-stream demo: live per-campaign stats (Ctrl-C stops)", style="bold"),
-        vendors,
-        campaigns,
-        footer,
-    ]
-    if web_url:
+    title = (
+        "crm-stream demo --once: per-campaign stats at the end of the run"
+        if once
+        else "crm-stream demo: live per-campaign stats (Ctrl-C stops)"
+    )
+    parts: list[Any] = [Text(title, style="bold"), vendors, campaigns, footer]
+    if web_url and not once:
         parts.append(Text(f"web view: {web_url}"))
     return Group(*parts)
+
+
+# The file that marks a folder as the demo's own: only such a folder is emptied.
+WORKDIR_MARKER = ".crm-stream-demo"
+
+
+def prepare_workdir(workdir: Path) -> Path:
+    """An empty ``workdir`` marked as the demo's, made or emptied for this run.
+
+    Tansu keeps nothing across restarts, so neither may the worker's local state: a folder an
+    earlier demo left (it holds :data:`WORKDIR_MARKER`) is emptied. Any other folder that holds
+    something is refused, never emptied: it may be the user's."""
+    if workdir.exists() and not workdir.is_dir():
+        raise ConfigError("--workdir", f"{workdir} exists and is not a folder")
+    if workdir.is_dir() and any(workdir.iterdir()):
+        if not (workdir / WORKDIR_MARKER).is_file():
+            raise ConfigError(
+                "--workdir",
+                f"{workdir} is not empty and no demo made it (it has no {WORKDIR_MARKER} file); "
+                "the demo empties its folder first, so name a new or empty one",
+            )
+        import shutil
+
+        for child in workdir.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / WORKDIR_MARKER).write_text(
+        "Made by `crm-stream demo`: its logs, sample feeds and worker state. The next demo run "
+        "with this --workdir empties this folder.\n"
+    )
+    return workdir
 
 
 @contextlib.contextmanager
@@ -472,13 +550,7 @@ def stop_worker(proc: subprocess.Popen[bytes]) -> None:
 def run(args: argparse.Namespace) -> int:
     # Relative to the current directory (`make demo`: the checkout's var/demo), never to the
     # install: an installed package's directory may be read-only.
-    workdir = Path(args.workdir).resolve()
-    if workdir.exists():
-        # Tansu keeps nothing across restarts, so neither may the worker's local state.
-        import shutil
-
-        shutil.rmtree(workdir)
-    workdir.mkdir(parents=True)
+    workdir = prepare_workdir(Path(args.workdir).resolve())
     with broker_for(args, workdir) as bootstrap:
         metrics_port = args.worker_metrics_port or free_port()
         connector_metrics_port = args.metrics_port or free_port()
@@ -487,6 +559,13 @@ def run(args: argparse.Namespace) -> int:
         api_ports = [getattr(args, "api_port", 0) or free_port()]
         api_ports += [free_port() for _ in range(args.workers - 1)]
         settings = Settings.from_env(env)
+        if args.bootstrap_servers:
+            # Someone else's broker: one line and exit 69 if it does not answer (CRM_KAFKA_WAIT).
+            try:
+                wait_for_kafka(settings)
+            except KafkaUnreachable as exc:
+                message = str(exc).replace("(CRM_BOOTSTRAP_SERVERS)", "(--bootstrap-servers)")
+                raise KafkaUnreachable(message) from None
         from processors.app import changelog_specs
 
         create_topics(settings, extra=changelog_specs(settings))
@@ -509,7 +588,8 @@ def run(args: argparse.Namespace) -> int:
                 name = "worker.log" if args.workers == 1 else f"worker-{index}.log"
                 workers.append(start_worker(worker_env, workdir / name))
                 print(f"worker metrics on http://127.0.0.1:{port}/metrics", flush=True)
-                print(f"web view and query API on {api}/", flush=True)
+                if not args.once:
+                    print(f"web view and query API on {api}/", flush=True)
                 # One at a time: two workers creating the same changelog topics at the same
                 # instant hung one of them for minutes on the embedded broker (Tansu).
                 wait_ready(workers, ports[: index + 1])
@@ -525,7 +605,8 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{vendor:<10} {feed.published:>6} raw records ({feed.how}){refused}")
             sys.stdout.flush()
             web_url = f"http://127.0.0.1:{api_ports[0]}/"
-            print(f"web view: {web_url} (any worker's API port serves it)", flush=True)
+            if not args.once:
+                print(f"web view: {web_url} (any worker's API port serves it)", flush=True)
             return follow(args, settings, samples, feeds, workers, ports, web_url)
         finally:
             for worker in workers:
@@ -575,12 +656,19 @@ def follow(
                 summary = build_summary(accounts, samples, feeds, view)
                 # Wide enough for every header when the output is not a terminal (a log).
                 wide = console if console.is_terminal else Console(width=240)
-                wide.print(render(accounts, view, "1h", 10, web_url))
+                wide.print(render(accounts, view, "1h", 10, once=True))
                 if args.summary_json:
                     path = Path(args.summary_json)
                     path.parent.mkdir(parents=True, exist_ok=True)
                     path.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
                     print(f"summary written to {path}")
+                for vendor, row in summary["vendors"].items():
+                    for problem in row["problems"]:
+                        print(f"not balanced: {vendor}: {problem}", file=sys.stderr)
+                print(
+                    "the web view lives as long as the demo: `make demo` (no --once) keeps it up",
+                    flush=True,
+                )
                 return 0 if summary["balanced"] else 1
             if time.monotonic() > deadline:
                 raise BrokerError("the worker did not account for every raw record in 300 s")
@@ -592,17 +680,69 @@ def follow(
         view.close()
 
 
+def balance_problems(row: dict[str, Any]) -> list[str]:
+    """What does not add up in one vendor's summary row; empty when it balances.
+
+    Every sample record is published to the raw topic, refused by the connector at the source
+    (Segment answers 400 to a body that is not JSON: one of the sample's ``invalid_json``
+    records), or a stream-control line the connector reads and does not publish (Airship
+    ``OFFSET_UPDATE``: one of the sample's expected skips, skipped before the worker). The
+    worker accounts for every raw record it read as exactly one outcome, and the outcomes are
+    the sample's."""
+    expected = row["expected"]
+    refused = sum(row["refused_by_connector"].values())
+    control = row["control_lines_not_published"]
+    dead = sum(row["dead_letters"].values())
+    accounted = row["canonical_out"] + row["duplicates"] + dead + row["skipped"]
+    checks = [
+        (accounted == row["raw_in"], f"outcomes {accounted} != raw_in {row['raw_in']}"),
+        (
+            row["raw_in"] == row["published"],
+            f"raw_in {row['raw_in']} != published {row['published']}",
+        ),
+        (
+            row["published"] + refused + control == expected["records"],
+            f"published {row['published']} + refused {refused} + control lines {control} "
+            f"!= the sample's {expected['records']} records",
+        ),
+        (
+            row["skipped"] + control == expected["skipped"],
+            f"skipped {row['skipped']} + control lines {control} "
+            f"!= the sample's {expected['skipped']} skips",
+        ),
+        (
+            row["canonical_out"] == expected["canonical_out"],
+            f"canonical_out {row['canonical_out']} != {expected['canonical_out']}",
+        ),
+        (
+            row["duplicates"] == expected["duplicates"],
+            f"duplicates {row['duplicates']} != {expected['duplicates']}",
+        ),
+        (
+            dead + refused == sum(expected["dead_letters"].values()),
+            f"dead letters {dead} + refused {refused} "
+            f"!= the sample's {sum(expected['dead_letters'].values())} malformed records",
+        ),
+    ]
+    problems = [problem for ok, problem in checks if not ok]
+    for reason, n in row["dead_letters"].items():
+        if n > expected["dead_letters"].get(reason, 0):
+            problems.append(f"{n} dead letters {reason}, the sample has fewer")
+    return problems
+
+
 def build_summary(
     accounts: dict[str, VendorAccount],
     samples: dict[str, SampleSet],
     feeds: dict[str, FeedResult],
     view: StatsView,
 ) -> dict[str, Any]:
+    """The ``--summary-json`` document; README, "The demo's summary", describes each field."""
     vendors: dict[str, Any] = {}
     for vendor, acc in accounts.items():
         sample = samples[vendor]
         feed = feeds[vendor]
-        vendors[vendor] = {
+        row: dict[str, Any] = {
             "raw_in": acc.raw_in,
             "published": feed.published,
             "refused_by_connector": dict(feed.refused),
@@ -611,7 +751,6 @@ def build_summary(
             "duplicates": acc.duplicates,
             "dead_letters": dict(sorted(acc.dead_letters.items())),
             "skipped": acc.skipped,
-            "balanced": acc.accounted == acc.raw_in == feed.published,
             "expected": {
                 "records": len(sample.records),
                 "canonical_out": sample.expected_events,
@@ -620,6 +759,9 @@ def build_summary(
                 "skipped": sample.expected_skips,
             },
         }
+        row["problems"] = balance_problems(row)
+        row["balanced"] = not row["problems"]
+        vendors[vendor] = row
     return {
         "vendors": vendors,
         "campaigns_with_stats": len(view.campaigns()),

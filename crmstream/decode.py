@@ -11,6 +11,10 @@ Each record becomes one line, an envelope around the decoded value::
   encoding's convention: each byte is the character U+0000..U+00FF of the same number, i.e.
   ISO-8859-1. ASCII text such as JSON stays readable, and ``s.encode("latin-1")`` gives the
   exact bytes back (non-ASCII UTF-8 shows as mojibake, but nothing is lost).
+* Every character outside printable ASCII (U+0020..U+007E), in bytes and in text alike, is
+  written as a JSON ``\\uXXXX`` escape, so each record is one line of plain ASCII: a reader that
+  splits on Unicode line breaks (U+0085, U+2028: Python's ``str.splitlines()``) or a terminal
+  never sees a raw control character. Any JSON parser reads the same strings back.
 * A record that is not decodable is printed with ``"error"`` and its raw ``"bytes"`` instead of
   ``value``, reported on stderr, and makes the exit status 1; the next records still print.
 
@@ -21,6 +25,7 @@ never disturbs the worker. Records of different partitions interleave.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 import uuid
@@ -30,7 +35,7 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from crmstream.errors import BrokerError, SerdeError
-from crmstream.kafka import consumer_config
+from crmstream.kafka import consumer_config, wait_for_kafka
 from crmstream.serde import AvroSerde
 from crmstream.settings import Settings
 
@@ -39,6 +44,26 @@ def _bytes_as_text(value: Any) -> str:
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value).decode("latin-1")
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+_NOT_PRINTABLE_ASCII = re.compile(r"[^\x20-\x7e]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if code > 0xFFFF:  # outside the BMP: a UTF-16 surrogate pair, as JSON spells it
+        code -= 0x10000
+        return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+    return f"\\u{code:04x}"
+
+
+def json_line(line: dict[str, Any]) -> bytes:
+    """One record's JSON line, newline-terminated, in printable ASCII only.
+
+    orjson writes non-ASCII characters raw and escapes only U+0000..U+001F; outside strings its
+    output is ASCII, so escaping every other character in place keeps the JSON valid."""
+    text = orjson.dumps(line, default=_bytes_as_text).decode()
+    return (_NOT_PRINTABLE_ASCII.sub(_escape, text) + "\n").encode("ascii")
 
 
 def resolve_topic(consumer: Consumer, settings: Settings, name: str) -> str:
@@ -87,6 +112,7 @@ def run(args: argparse.Namespace, settings: Settings, out: IO[bytes] | None = No
     if args.idle_timeout < 0:
         raise SerdeError("--idle-timeout must be >= 0")
     sink = out if out is not None else sys.stdout.buffer
+    wait_for_kafka(settings)  # else one line, exit 69: not librdkafka's reports and a timeout
     serde = AvroSerde(settings)
     # A throwaway group id: librdkafka wants one, but partitions are assigned and nothing is
     # committed, so the worker's group never sees this reader.
@@ -121,9 +147,7 @@ def run(args: argparse.Namespace, settings: Settings, out: IO[bytes] | None = No
                     file=sys.stderr,
                 )
             try:
-                sink.write(
-                    orjson.dumps(line, default=_bytes_as_text, option=orjson.OPT_APPEND_NEWLINE)
-                )
+                sink.write(json_line(line))
             except BrokenPipeError:
                 return 1 if failed else 0
             printed += 1

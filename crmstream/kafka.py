@@ -10,17 +10,69 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import ssl
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ClusterMetadata
 
-from crmstream.errors import BrokerError, ConfigError
+from crmstream.errors import ConfigError, KafkaUnreachable
 from crmstream.settings import Settings
 
-log = logging.getLogger("crmstream.kafka")
+log = logging.getLogger(__name__)
+
+# What varies between two reports of the same problem: the time spent in a state, the client.
+_VARYING = re.compile(r"\(after \d+ms in state \w+\)|rdkafka#\w+-\d+")
+
+
+class LibrdkafkaLog:
+    """librdkafka's log lines, through Python logging (logger ``librdkafka``), each distinct
+    line at most once per ``quiet_s``.
+
+    Without it librdkafka writes to stderr from its own threads: ~20 lines a second per client
+    while a broker is unreachable ("Connect to ... failed: Connection refused", "Failed to
+    resolve"), and a burst from every live client when the demo's broker stops. With it the
+    lines go where the process's other logs go (``CRM_LOG_FORMAT=json`` included), only when
+    the client is polled, and a repeat (the same text from any client of the process) is held
+    back and counted: ``(N more like it in the last 60s)`` on the next one let through."""
+
+    def __init__(
+        self,
+        logger: logging.Logger | None = None,
+        quiet_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.logger = logger or logging.getLogger("librdkafka")
+        self.quiet_s = quiet_s
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._seen: dict[str, tuple[float, int]] = {}  # text -> (last let through, held back)
+
+    def log(self, level: int, fmt: str, *args: Any) -> None:
+        """confluent-kafka's call: ``logger.log(level, "%s [%s] %s", fac, name, message)``."""
+        text = fmt % args if args else fmt
+        key = " ".join(_VARYING.sub("", text).split())
+        now = self.clock()
+        with self._lock:
+            last, held = self._seen.get(key, (None, 0))
+            if last is not None and now - last < self.quiet_s:
+                self._seen[key] = (last, held + 1)
+                return
+            self._seen[key] = (now, 0)
+            if len(self._seen) > 1000:  # bounded: drop what has been quiet the longest
+                for old in sorted(self._seen, key=lambda k: self._seen[k][0])[:500]:
+                    del self._seen[old]
+        if held:
+            text += f" ({held} more like it in the last {self.quiet_s:g}s)"
+        self.logger.log(level, "%s", text)
+
+
+# One per process, so that the same failure reported by several clients is said once.
+LIBRDKAFKA_LOG = LibrdkafkaLog()
 
 
 def client_config(settings: Settings) -> dict[str, Any]:
@@ -28,6 +80,7 @@ def client_config(settings: Settings) -> dict[str, Any]:
     conf: dict[str, Any] = {
         "bootstrap.servers": settings.bootstrap_servers,
         "security.protocol": settings.security_protocol,
+        "logger": LIBRDKAFKA_LOG,
     }
     if settings.security_protocol.startswith("SASL"):
         conf["sasl.mechanism"] = settings.sasl_mechanism
@@ -135,46 +188,74 @@ def security_problem(settings: Settings, error: KafkaError) -> ConfigError | Non
     return None
 
 
-def reach(settings: Settings, timeout: float = 30.0) -> tuple[AdminClient, ClusterMetadata]:
-    """An admin client and the cluster's metadata, once Kafka answers.
+def unreachable_message(settings: Settings, reason: str) -> str:
+    return (
+        f"Kafka is not reachable at {settings.bootstrap_servers} (CRM_BOOTSTRAP_SERVERS): {reason}"
+    )
 
-    Waits up to ``timeout`` for a broker that is down, but stops at once with a
-    :class:`ConfigError` naming the setting when the TLS handshake or SASL authentication fails
-    (an untrusted CA, a wrong password), instead of retrying it until the timeout and then
-    reporting a bare "transport failure".
-    """
+
+def reach(
+    settings: Settings,
+    wait_s: float | None = None,
+    *,
+    probe_s: float = 1.0,
+    pause_s: float = 1.0,
+) -> tuple[AdminClient, ClusterMetadata]:
+    """An admin client and the cluster's metadata, once a broker answers.
+
+    Retries a broker that does not answer for ``wait_s`` (default ``CRM_KAFKA_WAIT``), saying so
+    in one warning, then raises :class:`KafkaUnreachable` (exit code 69) in one line naming
+    ``CRM_BOOTSTRAP_SERVERS``. A TLS handshake or SASL authentication that fails (an untrusted
+    CA, a wrong password) cannot be fixed by retrying: :class:`ConfigError` naming the setting,
+    at once. librdkafka's own report of each failed attempt is logged at debug level only. Each
+    attempt lasts ``probe_s`` and the pauses are sleeps, so SIGINT and SIGTERM are handled
+    within about a second."""
+    wait_s = settings.kafka_wait_s if wait_s is None else wait_s
     errors: list[KafkaError] = []
     conf = client_config(settings)
     conf["error_cb"] = errors.append
-    # librdkafka's own log lines (one per retried connection) at debug level, served by poll():
-    # the errors they repeat come through error_cb and end up in the one line that stops the
-    # process, and none is printed after it while librdkafka's threads are torn down.
     librdkafka_log = _DebugLogger(log)
     conf["logger"] = librdkafka_log
     admin = AdminClient(conf)
-    deadline = time.monotonic() + timeout
-    last: str = "no answer"
+    deadline = time.monotonic() + wait_s
     seen: set[str] = set()
+    warned = False
     while True:
         try:
-            return admin, admin.list_topics(timeout=max(0.1, min(1.0, deadline - time.monotonic())))
+            metadata = admin.list_topics(timeout=probe_s)
+            if warned:
+                log.info("Kafka answered at %s", settings.bootstrap_servers)
+            return admin, metadata
         except KafkaException as exc:
-            last = exc.args[0].str()
-        admin.poll(0.1)  # serves error_cb
+            reason = exc.args[0].str() if exc.args else str(exc)
+        admin.poll(0.1)  # serves error_cb and the log
         for error in errors:
             problem = security_problem(settings, error)
             if problem is not None:
                 raise problem
         if errors:
-            last = errors[-1].str()
             seen.update(e.str() for e in errors[-5:])
         seen.update(librdkafka_log.lines)
         errors.clear()
-        if time.monotonic() >= deadline:
-            raise BrokerError(
-                f"Kafka is not reachable at {settings.bootstrap_servers}: {last}"
-                + _protocol_hint(settings, seen)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise KafkaUnreachable(
+                f"{unreachable_message(settings, reason + _protocol_hint(settings, seen))}; "
+                f"gave up after {wait_s:g}s (CRM_KAFKA_WAIT)"
             )
+        if not warned:
+            warned = True
+            log.warning(
+                "%s; retrying for up to %gs (CRM_KAFKA_WAIT)",
+                unreachable_message(settings, reason),
+                wait_s,
+            )
+        time.sleep(min(pause_s, left))
+
+
+def wait_for_kafka(settings: Settings, wait_s: float | None = None) -> None:
+    """:func:`reach`, for a caller that needs no admin client."""
+    reach(settings, wait_s)
 
 
 def _protocol_hint(settings: Settings, errors: set[str]) -> str:

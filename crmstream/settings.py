@@ -22,8 +22,12 @@ from crmstream.errors import ConfigError
 ENV_PREFIX = "CRM_"
 
 
+MASK = "***"  # how every secret shows, set: `crm-stream settings`, logs, reprs
+
+
 class Secret:
-    """A string that does not print itself."""
+    """A string that does not print itself: it shows as :data:`MASK` when set, as nothing
+    when empty."""
 
     __slots__ = ("_value",)
 
@@ -34,7 +38,7 @@ class Secret:
         return self._value
 
     def __repr__(self) -> str:
-        return "Secret('****')" if self._value else "Secret('')"
+        return MASK if self._value else ""
 
     __str__ = __repr__
 
@@ -211,6 +215,20 @@ class Settings:
     bootstrap_servers: str = setting(
         "BOOTSTRAP_SERVERS", "localhost:9092", nonempty, "Kafka bootstrap servers, host:port,..."
     )
+    kafka_wait_s: float = setting(
+        "KAFKA_WAIT",
+        60.0,
+        parse_duration,
+        "How long the worker and `topics create` retry at start while no Kafka broker answers; "
+        "then they stop with exit code 69 (0: one attempt)",
+    )
+    stop_timeout_s: float = setting(
+        "STOP_TIMEOUT",
+        45.0,
+        positive(parse_duration),
+        "After SIGINT/SIGTERM, how long the worker's clean stop may take; while Kafka does not "
+        "answer it stops at once, without the final commit (safe: as after a kill -9)",
+    )
     security_protocol: str = setting(
         "SECURITY_PROTOCOL",
         "PLAINTEXT",
@@ -267,7 +285,7 @@ class Settings:
         "DEDUPE_WINDOW",
         7 * 86400.0,
         positive(parse_duration),
-        "How long an event id is remembered (>= 7d: Airship replays up to a week, TAXONOMY §5)",
+        "How long an event id is remembered (>= 7d: Airship replays up to a week; docs/events.md)",
     )
     data_dir: str = setting(
         "DATA_DIR", "./var/crm-stream", nonempty, "Local state: RocksDB tables, demo files"
@@ -447,7 +465,7 @@ class Settings:
         if self.dedupe_window_s < 86400:
             raise ConfigError(
                 "CRM_DEDUPE_WINDOW",
-                "must be at least 1d; TAXONOMY §5 asks for >= 7d (Airship replays a week)",
+                "must be at least 1d; docs/events.md asks for >= 7d (Airship replays a week)",
             )
         try:
             self.stats_window_seconds()

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import NewTopic
 
-from crmstream.errors import BrokerError
-from crmstream.kafka import reach
+from crmstream.errors import BrokerError, KafkaUnreachable
+from crmstream.kafka import reach, unreachable_message
 from crmstream.settings import Settings
 from crmstream.vendors import VENDOR_NAMES
 
 VENDORS = VENDOR_NAMES  # crmstream.vendors is the registry
 
 WEEK_MS = 7 * 86400 * 1000
+
+# librdkafka's codes for "no broker answered" (as opposed to a broker refusing the request).
+_UNREACHABLE = {KafkaError._TIMED_OUT, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN}
 
 # The raw topics' contract: each record is one vendor event, unchanged, keyed by the vendor's
 # event id, with these headers. Connectors write them, the worker reads them.
@@ -87,7 +90,7 @@ def create_topics(
     Returns ``{full_name: "created" | "exists"}``. Raises :class:`BrokerError` on anything else,
     :class:`ConfigError` naming the setting when TLS or SASL fails.
     """
-    admin, _ = reach(settings, timeout)
+    admin, _ = reach(settings)
     specs = (topic_specs(settings) if specs is None else specs) + (extra or [])
     new = [
         NewTopic(
@@ -104,10 +107,19 @@ def create_topics(
         try:
             fut.result(timeout=timeout)
             result[name] = "created"
+        except TimeoutError as exc:
+            # No answer at all (concurrent.futures' timeout): not a refusal, an absent Kafka.
+            raise KafkaUnreachable(
+                unreachable_message(settings, f"no answer in {timeout:g}s creating {name}")
+            ) from exc
         except KafkaException as exc:
             err = exc.args[0]
             if err.name() == "TOPIC_ALREADY_EXISTS":
                 result[name] = "exists"
+            elif err.code() in _UNREACHABLE:
+                raise KafkaUnreachable(
+                    unreachable_message(settings, f"cannot create topic {name}: {err.str()}")
+                ) from exc
             else:
                 raise BrokerError(f"cannot create topic {name}: {err.str()}") from exc
     return result

@@ -65,6 +65,7 @@ from mode import Service
 from crmstream.errors import CrmStreamError
 from crmstream.kafka import ssl_context
 from crmstream.settings import Settings
+from crmstream.stopping import watch_stop_signals
 from processors.campaigns import stats_partition
 from processors.engine import BatchHandler, Event, Positions, SeekError
 from processors.positions import TP
@@ -332,6 +333,18 @@ class Startable(Protocol):
     async def stop(self) -> None: ...
 
 
+class _Worker(faust.Worker):
+    """faust.Worker with a deadline on stopping (issue 22 item 1): the watchdog of
+    ``crmstream.stopping`` chained after the signal handlers Faust installs (they still run the
+    clean stop)."""
+
+    crm_settings: Settings
+
+    def install_signal_handlers(self) -> None:
+        super().install_signal_handlers()
+        watch_stop_signals(self.crm_settings)
+
+
 class _Service(Service):
     """A :class:`Startable` as a mode service, started and stopped with the Faust worker."""
 
@@ -441,7 +454,7 @@ class FaustEngine:
 
     def run(self, services: Sequence[Startable]) -> None:
         """Run the Faust worker (and ``services`` with it) until signalled."""
-        worker = faust.Worker(
+        worker = _Worker(
             self.app,
             *(_Service(s, loop=self.app.loop) for s in services),
             loglevel=self.settings.log_level.lower(),
@@ -449,6 +462,7 @@ class FaustEngine:
             redirect_stdouts=False,
             override_logging=False,
         )
+        worker.crm_settings = self.settings
         worker.execute_from_commandline()
 
     # -- Engine --------------------------------------------------------------------------

@@ -24,7 +24,7 @@ def add_arguments(profile: FeedProfile, parser: argparse.ArgumentParser) -> None
         help=f"s3://bucket/prefix or file:///path laid out as the {profile.vendor} feed",
     )
     parser.add_argument(
-        "--app-id", default=None, help="app id for events whose payload has none (TAXONOMY §1)"
+        "--app-id", default=None, help="app id for events whose payload has none (docs/events.md)"
     )
     parser.add_argument(
         "--endpoint-url",

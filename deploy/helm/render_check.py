@@ -69,7 +69,19 @@ def all_enabled_values(existing_secret: str | None = None) -> dict[str, Any]:
         },
         "schemaRegistry": {"url": "https://registry.internal:8081", "auth": True},
         "aws": {"region": "eu-west-1"},
-        "worker": {"replicas": 3},
+        "worker": {
+            "replicas": 3,
+            "api": {
+                "ingress": {
+                    "enabled": True,
+                    "className": "nginx",
+                    "hosts": [
+                        {"host": "crm.example.com", "paths": [{"path": "/", "pathType": "Prefix"}]}
+                    ],
+                    "tls": [{"secretName": "crm-tls", "hosts": ["crm.example.com"]}],
+                }
+            },
+        },
         "connectors": {name: {"enabled": True} for name in CONNECTORS},
         "metrics": {
             "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
@@ -104,6 +116,7 @@ def all_enabled_values(existing_secret: str | None = None) -> dict[str, Any]:
     connectors["pinpoint-kinesis"]["stream"] = "pinpoint-events"
     connectors["airship"].update(appKey="ua-app-key", url="EU")
     connectors["segment"]["appId"] = "segment-source"
+    connectors["segment"]["autoscaling"] = {"enabled": True, "minReplicas": 2, "maxReplicas": 8}
     connectors["segment"]["ingress"] = {
         "enabled": True,
         "className": "nginx",
@@ -141,6 +154,13 @@ def render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
             if doc:
                 manifests.append(doc)
     return manifests
+
+
+def notes(values: dict[str, Any] | None = None) -> str:
+    """The chart's NOTES.txt as ``helm install`` prints it."""
+    with helm_python.Chart.load(CHART) as chart:
+        rendered = chart.render(values or {}, name=RELEASE, namespace=NAMESPACE)
+    return next(text for path, text in rendered.items() if path.endswith("NOTES.txt"))
 
 
 def lint(values: dict[str, Any] | None = None) -> dict[str, Any]:

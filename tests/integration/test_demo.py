@@ -80,3 +80,13 @@ def test_demo_once_balances_and_matches_the_samples(
             assert n <= expected["dead_letters"][reason], (vendor, reason)
     assert summary["campaigns_with_stats"] >= 30
     assert "campaigns with stats" in result.stdout
+    # Issue 22 item 10: the connector's control lines are the sample's skips, exactly, and
+    # --once neither claims to be live nor shows a page that is gone when it ends.
+    for vendor, row in summary["vendors"].items():
+        skips = row["skipped"] + row["control_lines_not_published"]
+        assert skips == row["expected"]["skipped"], vendor
+        assert row["problems"] == [] and row["balanced"] is True, vendor
+    assert "Ctrl-C" not in result.stdout
+    assert "web view:" not in result.stdout and "web view and query API" not in result.stdout
+    # Issue 22 item 13: no librdkafka lines when the demo stops.
+    assert "rdkafka" not in result.stdout + result.stderr, result.stderr[-3000:]

@@ -26,3 +26,19 @@ def test_settings_lists_the_connector_variables_and_the_schema_dir(
     assert "never-printed" not in out
     for name in CONNECTORS:
         assert f"# crm-stream connect {name}\n" in out, name
+
+
+def test_every_secret_is_masked_the_same_way(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A core secret (a Secret value) and a connector's (read without validating) both show
+    as ``***`` (issue 22 item 13: they showed as ``Secret('****')`` and ``***``)."""
+    monkeypatch.setenv("CRM_SASL_PASSWORD", "core-never-printed")
+    monkeypatch.setenv("CRM_SEGMENT_SHARED_SECRET", "segment-never-printed")
+    assert main(["settings"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith("CRM_")}
+    assert rows["CRM_SASL_PASSWORD"][1] == "***"
+    assert rows["CRM_SEGMENT_SHARED_SECRET"][1] == "***"
+    assert "never-printed" not in out
+    assert "Secret(" not in out

@@ -22,9 +22,16 @@ from confluent_kafka import KafkaError
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
 from crmstream.errors import ConfigError
-from crmstream.kafka import client_config, security_problem
+from crmstream.kafka import LIBRDKAFKA_LOG, client_config, security_problem
 from crmstream.settings import Settings
 from tests.tls_helpers import KEY_PASSWORD, Pki, make_pki
+
+
+def security_config(settings: Settings) -> dict[str, Any]:
+    """What librdkafka receives, less the log callback every client gets (``LIBRDKAFKA_LOG``)."""
+    conf = client_config(settings)
+    assert conf.pop("logger") is LIBRDKAFKA_LOG
+    return conf
 
 
 def faust_kwargs(settings: Settings) -> dict[str, Any]:
@@ -72,7 +79,7 @@ def _ca_subjects(context: ssl.SSLContext) -> list[str]:
 
 def test_plaintext_sends_no_credentials_to_either_client() -> None:
     settings = Settings.from_env({"CRM_BOOTSTRAP_SERVERS": "k1:9092,k2:9092"})
-    assert client_config(settings) == {
+    assert security_config(settings) == {
         "bootstrap.servers": "k1:9092,k2:9092",
         "security.protocol": "PLAINTEXT",
     }
@@ -83,7 +90,7 @@ def test_plaintext_sends_no_credentials_to_either_client() -> None:
 
 def test_ssl_with_mutual_tls(mtls: dict[str, str], pki: Pki) -> None:
     settings = Settings.from_env({"CRM_SECURITY_PROTOCOL": "SSL", **mtls})
-    assert client_config(settings) == {
+    assert security_config(settings) == {
         "bootstrap.servers": "localhost:9092",
         "security.protocol": "SSL",
         "ssl.ca.location": str(pki.ca),
@@ -102,7 +109,7 @@ def test_ssl_with_mutual_tls(mtls: dict[str, str], pki: Pki) -> None:
 
 def test_ssl_without_a_ca_uses_the_system_trust_store_and_still_verifies() -> None:
     settings = Settings.from_env({"CRM_SECURITY_PROTOCOL": "SSL"})
-    assert client_config(settings) == {
+    assert security_config(settings) == {
         "bootstrap.servers": "localhost:9092",
         "security.protocol": "SSL",
     }
@@ -116,7 +123,7 @@ def test_sasl_plaintext(mechanism: str) -> None:
     settings = Settings.from_env(
         {"CRM_SECURITY_PROTOCOL": "sasl_plaintext", "CRM_SASL_MECHANISM": mechanism.lower(), **SASL}
     )
-    assert client_config(settings) == {
+    assert security_config(settings) == {
         "bootstrap.servers": "localhost:9092",
         "security.protocol": "SASL_PLAINTEXT",
         "sasl.mechanism": mechanism,
@@ -141,7 +148,7 @@ def test_sasl_ssl_with_scram_and_a_ca(pki: Pki) -> None:
             **SASL,
         }
     )
-    assert client_config(settings) == {
+    assert security_config(settings) == {
         "bootstrap.servers": "localhost:9092",
         "security.protocol": "SASL_SSL",
         "sasl.mechanism": "SCRAM-SHA-512",

@@ -209,12 +209,24 @@ restart when it changes (env from a secretKeyRef is read once, at container star
 
 {{/* Checks that span several values, which values.schema.json cannot express. */}}
 {{- define "crm-stream.validate" -}}
+{{- $api := .Values.worker.api }}
+{{- if and $api.ingress $api.ingress.enabled (not (and $api.port $api.service.enabled)) }}
+{{- fail "worker.api.ingress.enabled needs worker.api.port (not 0) and worker.api.service.enabled: the Ingress routes to the <release>-api Service" }}
+{{- end }}
 {{- if gt (int .Values.worker.replicas) (int .Values.kafka.partitions) }}
 {{- fail (printf "worker.replicas (%d) must not exceed kafka.partitions (%d): Faust gives each worker whole partitions of the raw topics, so workers beyond the partition count sit idle holding a PVC. Raise kafka.partitions (and the topics' partitions) or lower worker.replicas." (int .Values.worker.replicas) (int .Values.kafka.partitions)) }}
 {{- end }}
 {{- range $name, $c := .Values.connectors }}
 {{- if and $c.enabled $c.ingress $c.ingress.enabled (not (and $c.service $c.service.enabled)) }}
 {{- fail (printf "connectors.%s.ingress.enabled needs connectors.%s.service.enabled" $name $name) }}
+{{- end }}
+{{- if and $c.enabled $c.autoscaling $c.autoscaling.enabled }}
+{{- if not (and $c.service $c.service.enabled) }}
+{{- fail (printf "connectors.%s.autoscaling.enabled: only an HTTP receiver with a service scales out; a pulling connector keeps one checkpoint and runs 1 replica" $name) }}
+{{- end }}
+{{- if gt (int $c.autoscaling.minReplicas) (int $c.autoscaling.maxReplicas) }}
+{{- fail (printf "connectors.%s.autoscaling.minReplicas (%d) exceeds maxReplicas (%d)" $name (int $c.autoscaling.minReplicas) (int $c.autoscaling.maxReplicas)) }}
+{{- end }}
 {{- end }}
 {{- if and $c.enabled (gt (int $c.replicas) 1) (not (and $c.service $c.service.enabled)) }}
 {{- fail (printf "connectors.%s.replicas is %d: a connector that pulls from its source keeps one checkpoint and must run 1 replica (only HTTP receivers, with a service, scale out)" $name (int $c.replicas)) }}
