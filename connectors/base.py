@@ -19,6 +19,7 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from connectors.runtime.stop import PROCESS_STOP, StopRequested
 from crmstream.errors import BrokerError, ConfigError
 from crmstream.kafka import client_config, consumer_config, producer_config
 from crmstream.metrics import Check, Health
@@ -67,6 +68,17 @@ normalizers and the id has one definition (TAXONOMY §1, §6.x)."""
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _bounded_flush(producer: Producer, timeout: float, step: float = 0.2) -> int:
+    """``producer.flush(timeout)`` in short steps, ending at most ``FINAL_FLUSH_S`` after a
+    stop was asked (:mod:`connectors.runtime.stop`). Returns the records still unacknowledged."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = PROCESS_STOP.bound(deadline - time.monotonic())
+        remaining = int(producer.flush(max(0.0, min(step, left))))
+        if not remaining or left <= step:
+            return remaining
 
 
 class RawPublisher:
@@ -214,7 +226,7 @@ class RawPublisher:
         the problem (e.g. its producer id is unknown to a replaced broker, and librdkafka keeps
         retrying until the records time out): it is then marked broken, for
         :meth:`renew_if_broken`."""
-        remaining = self._producer.flush(timeout)
+        remaining = _bounded_flush(self._producer, timeout)
         if remaining:
             self.suspect(f"{remaining} records not acknowledged in {timeout}s")
             raise BrokerError(f"{remaining} records to {self.topic} not acknowledged in {timeout}s")
@@ -228,6 +240,8 @@ class RawPublisher:
     def suspect(self, problem: str) -> bool:
         """Records were not acknowledged: if Kafka answers a metadata request all the same, mark
         the producer broken (``fatal_error``). True if it was marked."""
+        if PROCESS_STOP.is_set():  # stopping: no time for a metadata round trip
+            return False
         if self.fatal_error is not None or not self.reachable(3.0):
             return False
         self.fatal_error = f"{problem} while Kafka answers metadata requests"
@@ -321,7 +335,7 @@ class CheckpointStore:
                 value=orjson.dumps(value),
                 on_delivery=delivered,
             )
-        if self._producer.flush(timeout):
+        if _bounded_flush(self._producer, timeout):
             raise BrokerError(f"checkpoint to {self.topic} not acknowledged in {timeout}s")
         if failures:
             raise BrokerError(f"checkpoint to {self.topic} failed: {failures[0]}")
@@ -433,12 +447,19 @@ def ensure_topics(settings: Settings, vendor: str, *, timeout: float = 30.0) -> 
     wanted = {raw_topic(vendor), "connect-offsets", "dead-letter"}
     specs = [s for s in topic_specs(settings) if s.name in wanted]
     admin = AdminClient(client_config(settings))
-    try:
-        existing = admin.list_topics(timeout=timeout).topics
-    except KafkaException as exc:
-        raise BrokerError(
-            f"Kafka is not reachable at {settings.bootstrap_servers}: {exc.args[0]}"
-        ) from exc
+    # One-second requests, so a stop asked meanwhile is seen within a second (issue 22 item 7).
+    deadline = time.monotonic() + timeout
+    while True:
+        if PROCESS_STOP.is_set():
+            raise StopRequested("stopped while waiting for Kafka at start")
+        try:
+            existing = admin.list_topics(timeout=min(1.0, timeout)).topics
+            break
+        except KafkaException as exc:
+            if time.monotonic() >= deadline:
+                raise BrokerError(
+                    f"Kafka is not reachable at {settings.bootstrap_servers}: {exc.args[0]}"
+                ) from exc
     raw = settings.topic(raw_topic(vendor))
     if raw in existing and len(existing[raw].partitions) != settings.partitions:
         raise ConfigError(

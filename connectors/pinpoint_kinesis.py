@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import logging
 import random
-import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -48,6 +47,7 @@ from connectors.base import (
     now_ms,
     settings_from_env,
 )
+from connectors.runtime.stop import PROCESS_STOP
 from crmstream import metrics
 from crmstream.errors import BrokerError, ConfigError, CrmStreamError
 from crmstream.settings import Settings, choice, parse_duration, parse_int, positive, setting
@@ -700,8 +700,7 @@ def run(args: argparse.Namespace, settings: Settings, key_of: KeyFunction) -> in
     watch = KafkaWatch(lambda: source.publisher).start()
     metrics.serve(settings.metrics_port, connector_health(watch))
     check_stream(source)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: source.stop())
+    PROCESS_STOP.on_stop(source.stop)
     try:
         stats = source.run(once=bool(getattr(args, "once", False)))
     except KafkaException as exc:

@@ -16,6 +16,7 @@ from connectors.airship import cli as airship
 from connectors.base import KeyFunction
 from connectors.feeds import FeedProfile
 from connectors.objectstore import cli as objectstore
+from connectors.runtime.process import as_process
 from crmstream.settings import Settings
 
 
@@ -39,7 +40,7 @@ def _feed(profile: FeedProfile) -> ConnectorEntry:
         vendor=profile.vendor,
         doc=profile.doc,
         add_arguments=partial(objectstore.add_arguments, profile),
-        run=partial(objectstore.run, profile),
+        run=as_process(partial(objectstore.run, profile)),
     )
 
 
@@ -51,19 +52,19 @@ CONNECTORS["segment"] = ConnectorEntry(
     vendor="segment",
     doc="Segment webhook receiver: 200 only after Kafka acknowledged the request's events",
     add_arguments=segment.add_arguments,
-    run=lambda args, settings, _key_of: segment.run(args, settings),
+    run=as_process(lambda args, settings, _key_of: segment.run(args, settings)),
 )
 CONNECTORS["pinpoint-kinesis"] = ConnectorEntry(
     name="pinpoint-kinesis",
     vendor="pinpoint",
     doc="Pinpoint events on Kinesis: parent shards before children, checkpoint after Kafka acks",
     add_arguments=pinpoint_kinesis.add_arguments,
-    run=pinpoint_kinesis.run,
+    run=as_process(pinpoint_kinesis.run),
 )
 CONNECTORS["airship"] = ConnectorEntry(
     name="airship",
     vendor="airship",
     doc="Airship Real-Time Data Streaming: resumable NDJSON stream, checkpoint after Kafka acks",
     add_arguments=airship.add_arguments,
-    run=lambda args, settings, _key_of: airship.run(args, settings),
+    run=as_process(lambda args, settings, _key_of: airship.run(args, settings)),
 )

@@ -19,7 +19,6 @@ import contextlib
 import hashlib
 import hmac
 import logging
-import signal
 import threading
 import time
 import uuid
@@ -40,6 +39,7 @@ from connectors.base import (
     ensure_topics,
     settings_from_env,
 )
+from connectors.runtime.stop import FINAL_FLUSH_S, PROCESS_STOP
 from crmstream import metrics
 from crmstream.errors import ConfigError
 from crmstream.settings import (
@@ -279,7 +279,9 @@ class SegmentReceiver:
         if self._poller is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._poller.join, 5.0)
         with contextlib.suppress(Exception):
-            await asyncio.get_running_loop().run_in_executor(None, self.publisher.flush, 5.0)
+            await asyncio.get_running_loop().run_in_executor(
+                None, self.publisher.flush, FINAL_FLUSH_S
+            )
 
     def _poll_loop(self) -> None:
         """Serve delivery callbacks; rebuild the producer after a fatal error. Nothing may end
@@ -474,7 +476,9 @@ class SegmentReceiver:
     # --- running ------------------------------------------------------------------------------
     async def start(self) -> str:
         """Start listening; returns the URL Segment should post to."""
-        self._runner = web.AppRunner(self.app(), access_log=None)
+        # A stop waits this long for the requests in flight; one still waiting for Kafka then
+        # loses its connection and Segment retries it (issue 22 item 7).
+        self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=FINAL_FLUSH_S)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.host, self.config.port)
         await site.start()
@@ -573,9 +577,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 async def _serve_until_signal(receiver: SegmentReceiver) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+    PROCESS_STOP.on_stop(lambda: loop.call_soon_threadsafe(stop.set))
     url = await receiver.start()
     log.info("segment receiver listening on %s", url, extra={"connector": CONNECTOR})
     try:
