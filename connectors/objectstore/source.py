@@ -17,6 +17,7 @@ from connectors.objectstore.errors import ObjectChangedError, ObjectReadError, T
 from connectors.objectstore.reader import ObjectReader
 from connectors.objectstore.settings import ObjectStoreSettings
 from connectors.objectstore.stores import ObjectInfo, ObjectStore, S3Store, open_store
+from connectors.runtime.deadletter import DeadLetters, Skipped
 from crmstream import metrics
 from crmstream.errors import BrokerError
 from crmstream.settings import Settings
@@ -84,7 +85,7 @@ class ObjectStoreSource:
         self.newest_days: dict[str, date] = {}  # per root: the late-file window's anchor
         self._deferred: dict[str, dict[str, Any]] = {}
         self._records_since_commit = 0
-        self._dead_letters: tuple[Any, Any] | None = None
+        self._dead_letters: DeadLetters | None = None
         self._connector = profile.connector
         self._stopping = threading.Event()
         self._pass = PassStats()
@@ -200,51 +201,26 @@ class ObjectStoreSource:
     def _dead_letter(
         self, obj: ObjectInfo, position: str, fmt: str, exc: ObjectReadError, published: int
     ) -> None:
-        """One ``DeadLetter`` for an object that cannot be read to its end.
-
-        There is no raw record to point at, so ``raw`` is empty (the object can be far too big
-        to copy), ``raw_key`` is the object URL, the source partition and offset are -1, and
-        ``source_position`` is the row where reading stopped.
-        """
-        from confluent_kafka import Producer
-
-        from crmstream.kafka import producer_config
-        from crmstream.serde import AvroSerde
-
+        """One ``DeadLetter`` for an object that cannot be read to its end (see
+        :mod:`connectors.runtime.deadletter`)."""
         if self._dead_letters is None:
-            self._dead_letters = (
-                AvroSerde(self.settings),
-                Producer(producer_config(self.settings, **{"linger.ms": 0})),
-            )
-        serde, producer = self._dead_letters
-        topic = self.settings.topic("dead-letter")
-        record = {
-            "raw": b"",
-            "raw_key": self.store.url(obj).encode(),
-            "vendor": self.profile.vendor,
-            "reason": f"unreadable_object:{exc.kind}",
-            "detail": f"{exc} ({published} records before it were published)",
-            "source_topic": self.publisher.topic,
-            "source_partition": -1,
-            "source_offset": -1,
-            "source_position": position,
-            "headers": {
-                "connector": self.profile.connector,
-                "format": fmt,
-                "etag": obj.etag,
-                "size": str(obj.size),
-            },
-            "dead_lettered_at": int(time.time() * 1000),
-        }
-        failures: list[str] = []
-        producer.produce(
-            topic,
-            key=self.store.url(obj).encode(),
-            value=serde.encode("DeadLetter", record, topic),
-            on_delivery=lambda err, _msg: failures.append(err.str()) if err else None,
+            self._dead_letters = DeadLetters(self.settings, self.profile.vendor)
+        self._dead_letters.write(
+            Skipped(
+                kind=exc.kind,
+                reason=f"unreadable_object:{exc.kind}",
+                detail=f"{exc} ({published} records before it were published)",
+                source_position=position,
+                raw_key=self.store.url(obj).encode(),
+                headers={
+                    "connector": self.profile.connector,
+                    "format": fmt,
+                    "etag": obj.etag,
+                    "size": str(obj.size),
+                },
+            ),
+            source_topic=self.publisher.topic,
         )
-        if producer.flush(30) or failures:
-            raise BrokerError(f"dead letter to {topic} not acknowledged: {failures[:1]}")
 
     def _error(self, stats: PassStats, kind: str) -> None:
         stats.errors[kind] = stats.errors.get(kind, 0) + 1
