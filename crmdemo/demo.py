@@ -183,8 +183,8 @@ def _airship_feed(settings: Settings, sample: SampleSet, root: Path) -> FeedResu
     count both reconnects and the idle timeout."""
     import asyncio
 
-    from connectors.airship.connector import AirshipConnector
     from connectors.airship.settings import AirshipSettings
+    from connectors.airship.source import AirshipConnector
     from crmdemo.airship_replay import ReplayOptions, ReplayThread
     from crmstream.settings import Secret
 

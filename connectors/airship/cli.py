@@ -7,8 +7,8 @@ import asyncio
 import logging
 from dataclasses import fields
 
-from connectors.airship.connector import CONNECTOR, VENDOR, AirshipConnector, RunStats
 from connectors.airship.settings import ENV_PREFIX, AirshipSettings, option_name
+from connectors.airship.source import CONNECTOR, VENDOR, AirshipConnector, RunStats
 from connectors.base import KafkaWatch, connector_health, ensure_topics
 from connectors.runtime.stop import PROCESS_STOP
 from crmstream import metrics

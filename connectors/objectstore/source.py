@@ -17,6 +17,7 @@ from connectors.objectstore.errors import ObjectChangedError, ObjectReadError, T
 from connectors.objectstore.reader import ObjectReader
 from connectors.objectstore.settings import ObjectStoreSettings
 from connectors.objectstore.stores import ObjectInfo, ObjectStore, S3Store, open_store
+from connectors.runtime.backoff import Backoff
 from connectors.runtime.deadletter import DeadLetters, Skipped
 from crmstream import metrics
 from crmstream.errors import BrokerError
@@ -28,6 +29,8 @@ DEFERRED_OBJECTS = 200  # finished objects whose checkpoints are written togethe
 PREFETCH_THREADS = 4
 PREFETCH_DEPTH = 8
 PREFETCH_MAX_BYTES = 8 << 20  # so prefetched bodies hold at most 64 MiB
+KAFKA_BACKOFF_S = (1.0, 30.0)  # first and longest wait after Kafka did not acknowledge a pass
+STORE_BACKOFF_S = (1.0, 60.0)  # ... after the store did not answer
 
 
 @dataclass
@@ -349,7 +352,8 @@ class ObjectStoreSource:
         ``max_transient_failures`` in a row the run stops with the last error.
         """
         total = PassStats()
-        failures = 0
+        kafka = Backoff(*KAFKA_BACKOFF_S)
+        store = Backoff(*STORE_BACKOFF_S)
         while not self._stopping.is_set():
             try:
                 stats = self.poll()
@@ -362,11 +366,11 @@ class ObjectStoreSource:
                 # the last checkpoint counts; the next pass re-reads from it (at least once).
                 if self.config.once:
                     raise
-                failures += 1
+                delay = kafka.failed()
                 self._error(PassStats(), "kafka")
                 log.error(
                     "Kafka did not acknowledge (%d in a row): %s; retrying from the checkpoints",
-                    failures,
+                    kafka.failures,
                     exc,
                     extra={"connector": self._connector},
                 )
@@ -374,16 +378,17 @@ class ObjectStoreSource:
                 self.positions = None
                 self._deferred = {}
                 self._records_since_commit = 0
-                self._stopping.wait(min(30.0, 0.5 * 2**failures))
+                self._stopping.wait(delay)
                 continue
             except TransientSourceError as exc:
-                failures += 1
-                log.warning("pass failed (%d in a row): %s", failures, exc)
-                if self.config.once and failures >= max_transient_failures:
+                delay = store.failed()
+                log.warning("pass failed (%d in a row): %s", store.failures, exc)
+                if self.config.once and store.failures >= max_transient_failures:
                     raise
-                self._stopping.wait(min(60.0, 0.5 * 2**failures))
+                self._stopping.wait(delay)
                 continue
-            failures = 0
+            kafka.succeeded()
+            store.succeeded()
             total.add(stats)
             nothing_new = stats.ingested + stats.failed == 0 and not stats.errors
             if self.config.once and nothing_new:

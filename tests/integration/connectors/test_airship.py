@@ -26,8 +26,8 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from prometheus_client import REGISTRY
 
-from connectors.airship.connector import AirshipConnector, AirshipError, RunStats
 from connectors.airship.settings import AirshipSettings
+from connectors.airship.source import AirshipConnector, AirshipError, RunStats
 from connectors.base import CheckpointStore
 from crmdemo.airship_replay import ReplayOptions, ReplayThread
 from crmstream.errors import ConfigError
