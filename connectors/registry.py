@@ -13,10 +13,10 @@ from functools import partial
 
 from connectors import feeds
 from connectors.airship import cli as airship
-from connectors.base import KeyFunction
 from connectors.feeds import FeedProfile
 from connectors.objectstore import cli as objectstore
 from connectors.pinpoint_kinesis import cli as pinpoint_kinesis
+from connectors.runtime.kafka import KeyFunction
 from connectors.runtime.process import as_process
 from connectors.segment import cli as segment
 from crmstream.settings import Settings

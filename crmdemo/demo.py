@@ -42,7 +42,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from connectors.base import RawPublisher
+from connectors.runtime.kafka import RawPublisher
 from crmdemo.generators import GENERATORS
 from crmdemo.samples import SampleSet, campaigns
 from crmstream import metrics

@@ -9,7 +9,8 @@ from dataclasses import fields
 
 from connectors.airship.settings import ENV_PREFIX, AirshipSettings, option_name
 from connectors.airship.source import CONNECTOR, VENDOR, AirshipConnector, RunStats
-from connectors.base import KafkaWatch, connector_health, ensure_topics
+from connectors.runtime.health import KafkaWatch, connector_health
+from connectors.runtime.kafka import ensure_topics
 from connectors.runtime.stop import PROCESS_STOP
 from crmstream import metrics
 from crmstream.settings import Settings

@@ -18,9 +18,10 @@ import orjson
 from connectors.airship.filters import is_int
 from connectors.airship.offsets import OffsetTracker
 from connectors.airship.settings import AirshipSettings
-from connectors.base import CheckpointStore, RawPublisher
 from connectors.runtime.backoff import backoff_delay
+from connectors.runtime.checkpoints import CheckpointStore
 from connectors.runtime.errors import FatalSourceError, RetriableSourceError
+from connectors.runtime.kafka import RawPublisher
 from crmstream import metrics
 from crmstream.errors import BrokerError
 from crmstream.settings import Settings

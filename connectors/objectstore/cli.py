@@ -8,10 +8,11 @@ from typing import Any
 
 import orjson
 
-from connectors.base import KafkaWatch, KeyFunction, connector_health, ensure_topics
 from connectors.feeds import FeedProfile
 from connectors.objectstore.settings import RETRY_MODES, ObjectStoreSettings
 from connectors.objectstore.source import ObjectStoreSource, PassStats
+from connectors.runtime.health import KafkaWatch, connector_health
+from connectors.runtime.kafka import KeyFunction, ensure_topics
 from connectors.runtime.stop import PROCESS_STOP
 from crmstream import metrics
 from crmstream.settings import Settings

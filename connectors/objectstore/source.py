@@ -11,14 +11,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from connectors.base import CheckpointStore, KeyFunction, RawPublisher
 from connectors.feeds import FeedProfile
 from connectors.objectstore.errors import ObjectChangedError, ObjectReadError, TransientSourceError
 from connectors.objectstore.reader import ObjectReader
 from connectors.objectstore.settings import ObjectStoreSettings
 from connectors.objectstore.stores import ObjectInfo, ObjectStore, S3Store, open_store
 from connectors.runtime.backoff import Backoff
+from connectors.runtime.checkpoints import CheckpointStore
 from connectors.runtime.deadletter import DeadLetters, Skipped
+from connectors.runtime.kafka import KeyFunction, RawPublisher
 from crmstream import metrics
 from crmstream.errors import BrokerError
 from crmstream.settings import Settings

@@ -5,7 +5,7 @@ the raw topic unchanged, keyed by the synthetic event id of [A-10]
 (:func:`processors.normalize.pinpoint.vendor_event_id`); a record that is not a JSON object, or
 has no ``client.client_id``, is still published, with key None, so the worker dead-letters it.
 
-"Nothing is lost" (connectors/base.py) on Kinesis means:
+"Nothing is lost" (connectors/runtime/runner.py) on Kinesis means:
 
 * a shard's sequence number is checkpointed in ``connect-offsets`` only after Kafka acknowledged
   every record up to it; a restart resumes with ``AFTER_SEQUENCE_NUMBER`` (at least once);

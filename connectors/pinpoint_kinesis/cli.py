@@ -7,7 +7,6 @@ import logging
 
 from confluent_kafka import KafkaException
 
-from connectors.base import KeyFunction, ensure_topics
 from connectors.pinpoint_kinesis.settings import (
     CONNECTOR,
     VENDOR,
@@ -16,6 +15,7 @@ from connectors.pinpoint_kinesis.settings import (
     parse_timestamp,
 )
 from connectors.pinpoint_kinesis.source import KinesisSource, check_stream
+from connectors.runtime.kafka import KeyFunction, ensure_topics
 from connectors.runtime.stop import PROCESS_STOP
 from crmstream import metrics
 from crmstream.errors import BrokerError

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from connectors.base import settings_from_env
+from connectors.runtime.settings import settings_from_env
 from crmstream.errors import ConfigError
 from crmstream.settings import choice, parse_duration, parse_int, positive, setting
 

@@ -15,10 +15,11 @@ from typing import Any
 import orjson
 
 from connectors.aws import error_code, error_kind
-from connectors.base import CheckpointStore, KeyFunction, RawPublisher, now_ms
 from connectors.pinpoint_kinesis.settings import CONNECTOR, VENDOR, KinesisSettings
 from connectors.runtime.backoff import Backoff
+from connectors.runtime.checkpoints import CheckpointStore
 from connectors.runtime.errors import FatalSourceError
+from connectors.runtime.kafka import KeyFunction, RawPublisher, now_ms
 from connectors.runtime.runner import Batch, Runner, SourceRecord
 from crmstream import metrics
 from crmstream.errors import ConfigError

@@ -44,7 +44,7 @@ class DeadLetters:
     def write(self, item: Skipped, *, source_topic: str, timeout: float = 30.0) -> None:
         from confluent_kafka import Producer
 
-        from connectors.base import _bounded_flush
+        from connectors.runtime.kafka import bounded_flush
         from crmstream.kafka import producer_config
         from crmstream.serde import AvroSerde
 
@@ -74,5 +74,5 @@ class DeadLetters:
             value=serde.encode("DeadLetter", record, self.topic),
             on_delivery=lambda err, _msg: failures.append(err.str()) if err else None,
         )
-        if _bounded_flush(producer, timeout) or failures:
+        if bounded_flush(producer, timeout) or failures:
             raise BrokerError(f"dead letter to {self.topic} not acknowledged: {failures[:1]}")

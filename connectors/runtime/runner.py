@@ -28,10 +28,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from connectors.base import CheckpointStore, KafkaWatch, RawPublisher, connector_health
 from connectors.runtime.backoff import Backoff
+from connectors.runtime.checkpoints import CheckpointStore
 from connectors.runtime.deadletter import DeadLetters, Skipped
 from connectors.runtime.errors import RetriableSourceError
+from connectors.runtime.health import KafkaWatch, connector_health
+from connectors.runtime.kafka import RawPublisher
 from crmstream import metrics
 from crmstream.errors import BrokerError
 from crmstream.metrics import Health

@@ -12,12 +12,12 @@ on the raw bytes before any parsing and in constant time.
 
 How it fits the connectors' runner (:mod:`connectors.runtime.runner`): Segment pushes, so there
 is no ``next_batch`` to call; each request is the batch and its answer is the checkpoint. The
-receiver publishes a request's events through the same :class:`~connectors.base.RawPublisher`,
-answers 200 only after Kafka acknowledged every one of them (the runner's "checkpoint after
-acknowledgement"), and 503 otherwise, which makes Segment send it again (the runner's rewind).
-Health (the same Kafka watch), the stop on SIGINT/SIGTERM (:mod:`connectors.runtime.stop`) and
-the error kinds are the runner's; what is its own is HTTP (signatures, sizes, shapes: 4xx
-answers, never published).
+receiver publishes a request's events through the same
+:class:`~connectors.runtime.kafka.RawPublisher`, answers 200 only after Kafka acknowledged every
+one of them (the runner's "checkpoint after acknowledgement"), and 503 otherwise, which makes
+Segment send it again (the runner's rewind). Health (the same Kafka watch), the stop on
+SIGINT/SIGTERM (:mod:`connectors.runtime.stop`) and the error kinds are the runner's; what is
+its own is HTTP (signatures, sizes, shapes: 4xx answers, never published).
 
 The package, split by responsibility: :mod:`.settings`, :mod:`.source` (the receiver) and
 :mod:`.cli`.

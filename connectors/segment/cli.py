@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import logging
 
-from connectors.base import ensure_topics
+from connectors.runtime.kafka import ensure_topics
 from connectors.runtime.stop import PROCESS_STOP
 from connectors.segment.settings import CONNECTOR, VENDOR, SegmentSettings
 from connectors.segment.source import SegmentReceiver

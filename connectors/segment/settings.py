@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from connectors.base import settings_from_env
+from connectors.runtime.settings import settings_from_env
 from crmstream.errors import ConfigError
 from crmstream.settings import (
     Secret,

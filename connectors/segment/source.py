@@ -19,12 +19,8 @@ from aiohttp import web
 from confluent_kafka import KafkaError, KafkaException
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from connectors.base import (
-    BROKEN_PRODUCER_CODES,
-    KafkaWatch,
-    RawPublisher,
-    connector_health,
-)
+from connectors.runtime.health import KafkaWatch, connector_health
+from connectors.runtime.kafka import BROKEN_PRODUCER_CODES, RawPublisher
 from connectors.runtime.stop import FINAL_FLUSH_S
 from connectors.segment.settings import CONNECTOR, VENDOR, SegmentSettings
 from crmstream import metrics

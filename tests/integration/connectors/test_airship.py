@@ -28,7 +28,7 @@ from prometheus_client import REGISTRY
 
 from connectors.airship.settings import AirshipSettings
 from connectors.airship.source import AirshipConnector, AirshipError, RunStats
-from connectors.base import CheckpointStore
+from connectors.runtime.checkpoints import CheckpointStore
 from crmdemo.airship_replay import ReplayOptions, ReplayThread
 from crmstream.errors import ConfigError
 from crmstream.kafka import consumer_config

@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
-from connectors.base import CheckpointStore, RawPublisher
+from connectors.runtime.checkpoints import CheckpointStore
 from connectors.runtime.deadletter import DeadLetters, Skipped
 from connectors.runtime.errors import FatalSourceError, RetriableSourceError
+from connectors.runtime.kafka import RawPublisher
 from connectors.runtime.runner import Batch, Runner, SourceRecord
 from crmstream.errors import BrokerError
 from crmstream.serde import AvroSerde

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from connectors.base import _bounded_flush
+from connectors.runtime.kafka import bounded_flush
 from connectors.runtime.stop import FINAL_FLUSH_S, Stopping
 
 
@@ -45,15 +45,15 @@ class _NeverAcked:
 def test_flush_ends_within_the_final_flush_bound_after_a_stop(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import connectors.base as base
+    import connectors.runtime.kafka as base
 
     stopping = Stopping()
     monkeypatch.setattr(base, "PROCESS_STOP", stopping)
     monkeypatch.setattr("connectors.runtime.stop.FINAL_FLUSH_S", 0.5)
     producer = _NeverAcked()
-    assert _bounded_flush(producer, 0.3) == 3  # type: ignore[arg-type]
+    assert bounded_flush(producer, 0.3) == 3  # type: ignore[arg-type]
     assert producer.waited == pytest.approx(0.3, abs=0.05)
     stopping.set()
     started = time.monotonic()
-    assert _bounded_flush(producer, 60.0) == 3  # type: ignore[arg-type]
+    assert bounded_flush(producer, 60.0) == 3  # type: ignore[arg-type]
     assert time.monotonic() - started < 1.0
