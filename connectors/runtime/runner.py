@@ -118,6 +118,7 @@ class Runner:
         *,
         dead_letters: DeadLetters | None = None,
         checkpoint_every: int = 0,
+        max_retries: int | None = None,
         sleep: Callable[[float], object] | None = None,
         rng: random.Random | None = None,
     ) -> None:
@@ -126,6 +127,9 @@ class Runner:
         self.checkpoints = checkpoints
         self.dead_letters = dead_letters
         self.checkpoint_every = checkpoint_every
+        self.max_retries = max_retries
+        """Retriable source errors in a row after which the run gives up and raises the last
+        (a bounded run, ``--once``); None retries for ever."""
         self.stats = RunStats()
         self._stop = threading.Event()
         self._sleep = sleep or self._stop.wait
@@ -158,6 +162,11 @@ class Runner:
             except RetriableSourceError as exc:
                 self._error(exc.kind)
                 delay = self._source_backoff.failed()
+                if (
+                    self.max_retries is not None
+                    and self._source_backoff.failures >= self.max_retries
+                ):
+                    raise
                 log.warning(
                     "%s; retrying in %.1fs", exc, delay, extra={"connector": self._connector}
                 )
