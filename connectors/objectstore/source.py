@@ -172,8 +172,7 @@ class ObjectStoreSource:
         return self.store.url(obj).removeprefix("file://")
 
     def _is_pending(self, obj: ObjectInfo) -> bool:
-        assert self.positions is not None
-        done = self.positions.get(self.position_key(obj))
+        done = (self.positions or {}).get(self.position_key(obj))
         if done is None or done.get("etag") != obj.etag:
             return True
         return not (done.get("done") or done.get("failed"))
@@ -236,26 +235,25 @@ class ObjectStoreSource:
         self.positions = checkpoints
 
     def next_batch(self) -> Batch:
-        if self._pending is None:
-            self._start_pass()
-        if self._reading is None:
-            assert self._pending is not None
+        pending = self._start_pass() if self._pending is None else self._pending
+        stats = self._pass or PassStats()
+        reading = self._reading
+        if reading is None:
             if self._stopping.is_set():
                 return Batch(checkpoint=True)
-            if self._next >= len(self._pending):
+            if self._next >= len(pending):
                 return self._end_pass()
-            self._open_next()
+            reading = self._open_next(pending)
         try:
-            return self._read()
+            return self._read(reading, stats)
         except TransientSourceError:
             self._close_pass()
             raise
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
-        assert self.positions is not None
         progress, self._progress = self._progress, {}
         self._rows_since = self._finished_since = 0
-        self.positions.update(progress)
+        self.positions = {**(self.positions or {}), **progress}
         return progress
 
     def rewind(self) -> None:
@@ -283,7 +281,7 @@ class ObjectStoreSource:
 
     # passes ---------------------------------------------------------------------------------
 
-    def _start_pass(self) -> None:
+    def _start_pass(self) -> list[ObjectInfo]:
         stats = PassStats()
         pending = self.list_pending(stats)
         self._set_lag(pending)
@@ -294,9 +292,11 @@ class ObjectStoreSource:
         self._ahead = {}
         for j in range(PREFETCH_DEPTH):
             self._prefetch(j)
+        return pending
 
     def _prefetch(self, j: int) -> None:
-        assert self._pending is not None and self._pool is not None
+        if self._pending is None or self._pool is None:
+            return
         if j < len(self._pending) and 0 < self._pending[j].size <= PREFETCH_MAX_BYTES:
             self._ahead[j] = self._pool.submit(self.store.fetch, self._pending[j])
 
@@ -327,18 +327,18 @@ class ObjectStoreSource:
 
     # reading --------------------------------------------------------------------------------
 
-    def _open_next(self) -> None:
-        assert self._pending is not None and self.positions is not None
+    def _open_next(self, pending: list[ObjectInfo]) -> _Reading:
         i = self._next
         self._next += 1
-        obj = self._pending[i]
+        obj = pending[i]
         self._prefetch(i + PREFETCH_DEPTH)
-        previous = self.positions.get(self.position_key(obj))
+        previous = (self.positions or {}).get(self.position_key(obj))
         skip = 0
         if previous is not None and previous.get("etag") == obj.etag:
             skip = int(previous.get("rows_done", 0))
         reader = ObjectReader(self.store, obj, skip, self._ahead.pop(i, None))
         self._reading = _Reading(obj, self.store.url(obj), reader, iter(reader), skip)
+        return self._reading
 
     def _position(self, reading: _Reading, **state: Any) -> None:
         self._progress[self.position_key(reading.obj)] = {
@@ -352,12 +352,9 @@ class ObjectStoreSource:
             **state,
         }
 
-    def _read(self) -> Batch:
+    def _read(self, reading: _Reading, stats: PassStats) -> Batch:
         """Up to :data:`BATCH_ROWS` rows of the object being read, ending at a mid-file
         checkpoint; the object's position moves with them."""
-        reading = self._reading
-        stats = self._pass
-        assert reading is not None and stats is not None
         every = self.config.checkpoint_every
         limit = max(1, min(BATCH_ROWS, every - self._rows_since)) if every else BATCH_ROWS
         records: list[SourceRecord] = []
