@@ -134,7 +134,8 @@ class ObjectStoreSource:
         if self._stopping.is_set():
             self._runner.stop()
         try:
-            self._runner.run(once=once)
+            # Positions are read from connect-offsets once; later passes keep them up to date.
+            self._runner.run(once=once, positions=self.positions)
         finally:
             self._close_pass()
 

@@ -154,8 +154,11 @@ class Runner:
         watch = KafkaWatch(lambda: self.publisher).start()
         return watch, connector_health(watch, **live)
 
-    def run(self, *, once: bool = False) -> RunStats:
-        self.source.open(self.checkpoints.load())
+    def run(
+        self, *, once: bool = False, positions: dict[str, dict[str, Any]] | None = None
+    ) -> RunStats:
+        """Run the source from ``positions`` (default: its checkpoints, read now)."""
+        self.source.open(self.checkpoints.load() if positions is None else positions)
         while not self._stop.is_set():
             try:
                 batch = self.source.next_batch()
