@@ -11,11 +11,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
-from connectors import feeds, pinpoint_kinesis, segment
+from connectors import feeds
 from connectors.airship import cli as airship
-from connectors.base import KeyFunction
 from connectors.feeds import FeedProfile
 from connectors.objectstore import cli as objectstore
+from connectors.pinpoint_kinesis import cli as pinpoint_kinesis
+from connectors.runtime.kafka import KeyFunction
+from connectors.runtime.process import as_process
+from connectors.segment import cli as segment
 from crmstream.settings import Settings
 
 
@@ -39,7 +42,7 @@ def _feed(profile: FeedProfile) -> ConnectorEntry:
         vendor=profile.vendor,
         doc=profile.doc,
         add_arguments=partial(objectstore.add_arguments, profile),
-        run=partial(objectstore.run, profile),
+        run=as_process(partial(objectstore.run, profile)),
     )
 
 
@@ -51,19 +54,19 @@ CONNECTORS["segment"] = ConnectorEntry(
     vendor="segment",
     doc="Segment webhook receiver: 200 only after Kafka acknowledged the request's events",
     add_arguments=segment.add_arguments,
-    run=lambda args, settings, _key_of: segment.run(args, settings),
+    run=as_process(lambda args, settings, _key_of: segment.run(args, settings)),
 )
 CONNECTORS["pinpoint-kinesis"] = ConnectorEntry(
     name="pinpoint-kinesis",
     vendor="pinpoint",
     doc="Pinpoint events on Kinesis: parent shards before children, checkpoint after Kafka acks",
     add_arguments=pinpoint_kinesis.add_arguments,
-    run=pinpoint_kinesis.run,
+    run=as_process(pinpoint_kinesis.run),
 )
 CONNECTORS["airship"] = ConnectorEntry(
     name="airship",
     vendor="airship",
     doc="Airship Real-Time Data Streaming: resumable NDJSON stream, checkpoint after Kafka acks",
     add_arguments=airship.add_arguments,
-    run=lambda args, settings, _key_of: airship.run(args, settings),
+    run=as_process(lambda args, settings, _key_of: airship.run(args, settings)),
 )

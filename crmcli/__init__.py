@@ -330,7 +330,14 @@ def _stop_before_start(signum: int, frame: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    if given[:1] == ["connect"]:
+        # SIGINT or SIGTERM while a connector still imports (seconds on a busy machine, before
+        # connectors.runtime.stop takes the signals over) is a clean stop: nothing was read yet.
+        # Without this Ctrl-C printed a KeyboardInterrupt traceback (issue 22 item 7).
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, _stop_before_start)
+    args = build_parser().parse_args(given)
     if args.func is _cmd_worker:
         # SIGTERM while the worker still imports and starts (seconds, before Faust installs its
         # own handler) is a clean stop: nothing was read or written yet. Without this it died of

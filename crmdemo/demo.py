@@ -42,7 +42,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from connectors.base import RawPublisher
+from connectors.runtime.kafka import RawPublisher
 from crmdemo.generators import GENERATORS
 from crmdemo.samples import SampleSet, campaigns
 from crmstream import metrics
@@ -220,8 +220,8 @@ def _airship_feed(settings: Settings, sample: SampleSet, root: Path) -> FeedResu
     count both reconnects and the idle timeout."""
     import asyncio
 
-    from connectors.airship.connector import AirshipConnector
     from connectors.airship.settings import AirshipSettings
+    from connectors.airship.source import AirshipConnector
     from crmdemo.airship_replay import ReplayOptions, ReplayThread
     from crmstream.settings import Secret
 

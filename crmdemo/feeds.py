@@ -10,8 +10,8 @@ from collections.abc import Iterable
 
 import orjson
 
-from connectors.base import KeyFunction, now_ms
 from connectors.pinpoint_kinesis import KinesisSettings, KinesisSource, RunStats
+from connectors.runtime.kafka import KeyFunction, now_ms
 from connectors.segment import BackgroundReceiver, SegmentSettings, signature
 from crmstream.errors import CrmStreamError
 from crmstream.settings import Secret, Settings

@@ -200,6 +200,7 @@ def reach(
     *,
     probe_s: float = 1.0,
     pause_s: float = 1.0,
+    interrupt: Callable[[], None] = lambda: None,
 ) -> tuple[AdminClient, ClusterMetadata]:
     """An admin client and the cluster's metadata, once a broker answers.
 
@@ -209,7 +210,8 @@ def reach(
     CA, a wrong password) cannot be fixed by retrying: :class:`ConfigError` naming the setting,
     at once. librdkafka's own report of each failed attempt is logged at debug level only. Each
     attempt lasts ``probe_s`` and the pauses are sleeps, so SIGINT and SIGTERM are handled
-    within about a second."""
+    within about a second; ``interrupt``, called between attempts, may raise to give up
+    sooner (a connector asked to stop)."""
     wait_s = settings.kafka_wait_s if wait_s is None else wait_s
     errors: list[KafkaError] = []
     conf = client_config(settings)
@@ -221,6 +223,7 @@ def reach(
     seen: set[str] = set()
     warned = False
     while True:
+        interrupt()
         try:
             metadata = admin.list_topics(timeout=probe_s)
             if warned:

@@ -17,10 +17,10 @@ The configuration is validated before the first connection (an empty filter arra
 field or a PARTITION selection not below its count would only earn a 400 later).
 
 The package, split by responsibility: :mod:`.filters` (filter and subset validation),
-:mod:`.settings`, :mod:`.offsets` (offset tracking), :mod:`.connector` and :mod:`.cli`.
+:mod:`.settings`, :mod:`.offsets` (offset tracking), :mod:`.source` (the stream) and :mod:`.cli`.
 """
 
-from connectors.airship.connector import AirshipConnector, AirshipError, RunStats
 from connectors.airship.settings import AirshipSettings
+from connectors.airship.source import AirshipConnector, AirshipError, RunStats
 
 __all__ = ["AirshipConnector", "AirshipError", "AirshipSettings", "RunStats"]

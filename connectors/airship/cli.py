@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
-import signal
 from dataclasses import fields
 
-from connectors.airship.connector import CONNECTOR, VENDOR, AirshipConnector, RunStats
 from connectors.airship.settings import ENV_PREFIX, AirshipSettings, option_name
-from connectors.base import KafkaWatch, connector_health, ensure_topics
+from connectors.airship.source import CONNECTOR, VENDOR, AirshipConnector, RunStats
+from connectors.runtime.health import KafkaWatch, connector_health
+from connectors.runtime.kafka import ensure_topics
+from connectors.runtime.stop import PROCESS_STOP
 from crmstream import metrics
 from crmstream.settings import Settings
 
@@ -64,9 +64,7 @@ async def _main(connector: AirshipConnector) -> RunStats:
     """SIGTERM or SIGINT: stop reading, settle (flush, checkpoint what Kafka acknowledged)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+    PROCESS_STOP.on_stop(lambda: loop.call_soon_threadsafe(stop.set))
     return await connector.run(stop)
 
 

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 from typing import Any
 
 import orjson
 
-from connectors.base import KafkaWatch, KeyFunction, connector_health, ensure_topics
 from connectors.feeds import FeedProfile
 from connectors.objectstore.settings import RETRY_MODES, ObjectStoreSettings
 from connectors.objectstore.source import ObjectStoreSource, PassStats
+from connectors.runtime.health import KafkaWatch, connector_health
+from connectors.runtime.kafka import KeyFunction, ensure_topics
+from connectors.runtime.stop import PROCESS_STOP
 from crmstream import metrics
 from crmstream.settings import Settings
 
@@ -81,8 +82,7 @@ def run(
     source = ObjectStoreSource(profile, config, settings, key_of=key_of)
     watch = KafkaWatch(lambda: source.publisher).start()
     metrics.serve(settings.metrics_port, connector_health(watch))
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: source.stop())
+    PROCESS_STOP.on_stop(source.stop)
     total = source.run()
     print(
         orjson.dumps(

@@ -1,22 +1,33 @@
-"""The source loop: list a feed's objects, publish their records, checkpoint after Kafka acks."""
+"""The object-store source: list a feed's objects and hand their rows to the runner
+(:mod:`connectors.runtime.runner`), which publishes them and checkpoints after Kafka acks.
+
+Positions are per object (``<bucket>/<key>`` or the path): ETag, size, rows done, done or failed
+with its error. A batch is at most :data:`BATCH_ROWS` rows of one object and ends at every
+``checkpoint_every`` rows (a mid-file checkpoint); finished objects are checkpointed together,
+:data:`DEFERRED_OBJECTS` at a time or at the end of a listing pass, since Firehose delivers many
+small objects and one round trip per object would bound the feed to a few dozen a second.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from connectors.base import CheckpointStore, KeyFunction, RawPublisher
 from connectors.feeds import FeedProfile
 from connectors.objectstore.errors import ObjectChangedError, ObjectReadError, TransientSourceError
 from connectors.objectstore.reader import ObjectReader
 from connectors.objectstore.settings import ObjectStoreSettings
 from connectors.objectstore.stores import ObjectInfo, ObjectStore, S3Store, open_store
+from connectors.runtime.checkpoints import CheckpointStore
+from connectors.runtime.deadletter import DeadLetters, Skipped
+from connectors.runtime.kafka import KeyFunction, RawPublisher
+from connectors.runtime.runner import Batch, Runner, SourceRecord
 from crmstream import metrics
 from crmstream.errors import BrokerError
 from crmstream.settings import Settings
@@ -24,6 +35,8 @@ from crmstream.settings import Settings
 log = logging.getLogger("connectors.objectstore")
 
 DEFERRED_OBJECTS = 200  # finished objects whose checkpoints are written together
+BATCH_ROWS = 1000  # rows per batch: what a stop waits for before its flush and checkpoint
+MAX_TRANSIENT_FAILURES = 5  # passes in a row the store may fail before --once gives up
 PREFETCH_THREADS = 4
 PREFETCH_DEPTH = 8
 PREFETCH_MAX_BYTES = 8 << 20  # so prefetched bodies hold at most 64 MiB
@@ -48,10 +61,6 @@ class PassStats:
         self.bytes += other.bytes
         for kind, n in other.errors.items():
             self.errors[kind] = self.errors.get(kind, 0) + n
-
-
-class _Stopped(Exception):
-    """:meth:`ObjectStoreSource.stop` was called; raised where the run can end cleanly."""
 
 
 class ObjectStoreSource:
@@ -82,17 +91,78 @@ class ObjectStoreSource:
         self.key_of = key_of
         self.positions: dict[str, dict[str, Any]] | None = None
         self.newest_days: dict[str, date] = {}  # per root: the late-file window's anchor
-        self._deferred: dict[str, dict[str, Any]] = {}
-        self._records_since_commit = 0
-        self._dead_letters: tuple[Any, Any] | None = None
+        self.connector = profile.connector
+        self.total = PassStats()
         self._connector = profile.connector
         self._stopping = threading.Event()
-        self._pass = PassStats()
+        self._runner: Runner | None = None
+        # the listing pass in progress
+        self._pass: PassStats | None = None
+        self._last_pass = PassStats()
+        self._pending: list[ObjectInfo] | None = None
+        self._next = 0
+        self._pool: ThreadPoolExecutor | None = None
+        self._ahead: dict[int, Future[bytes]] = {}
+        self._reading: _Reading | None = None
+        # positions handed out since the last snapshot
+        self._progress: dict[str, dict[str, Any]] = {}
+        self._rows_since = 0
+        self._finished_since = 0
+        # how the run ends
+        self._passes_left: int | None = None
+        self._idle = False
+        self._give_up_on_kafka = config.once
 
     def stop(self) -> None:
-        """Ask the run to end (SIGTERM): the object being read is checkpointed at the last row
-        Kafka acknowledged and :meth:`run` returns; a restart resumes at that row."""
+        """Ask the run to end (SIGTERM): after the current batch, the object being read is
+        checkpointed at the last row Kafka acknowledged and :meth:`run` returns; a restart
+        resumes at that row."""
         self._stopping.set()
+        if self._runner is not None:
+            self._runner.stop()
+
+    # running (the runner does the work) ------------------------------------------------------
+
+    def _run(self, *, once: bool, max_retries: int | None) -> None:
+        self._runner = Runner(
+            self,
+            self.publisher,
+            self.checkpoints,
+            dead_letters=DeadLetters(self.settings, self.profile.vendor),
+            max_retries=max_retries,
+        )
+        if self._stopping.is_set():
+            self._runner.stop()
+        try:
+            # Positions are read from connect-offsets once; later passes keep them up to date.
+            self._runner.run(once=once, positions=self.positions)
+        finally:
+            self._close_pass()
+
+    def run(self, *, max_transient_failures: int = MAX_TRANSIENT_FAILURES) -> PassStats:
+        """Poll until stopped; with ``once``, until a pass finds nothing new.
+
+        Transient store failures back off and retry; in ``once`` mode, after
+        ``max_transient_failures`` in a row the run stops with the last error, and a Kafka
+        failure stops it at once.
+        """
+        self.total = PassStats()
+        once = self.config.once
+        self._run(once=once, max_retries=max_transient_failures if once else None)
+        if self._stopping.is_set():
+            log.info("stopped; positions checkpointed", extra={"connector": self._connector})
+        return self.total
+
+    def poll(self) -> PassStats:
+        """One listing pass and the ingestion of everything it found pending. A store or Kafka
+        failure is raised."""
+        self._passes_left, give_up = 1, self._give_up_on_kafka
+        self._give_up_on_kafka = True
+        try:
+            self._run(once=True, max_retries=1)
+        finally:
+            self._passes_left, self._give_up_on_kafka = None, give_up
+        return self._last_pass
 
     # positions ------------------------------------------------------------------------------
 
@@ -103,8 +173,7 @@ class ObjectStoreSource:
         return self.store.url(obj).removeprefix("file://")
 
     def _is_pending(self, obj: ObjectInfo) -> bool:
-        assert self.positions is not None
-        done = self.positions.get(self.position_key(obj))
+        done = (self.positions or {}).get(self.position_key(obj))
         if done is None or done.get("etag") != obj.etag:
             return True
         return not (done.get("done") or done.get("failed"))
@@ -161,90 +230,223 @@ class ObjectStoreSource:
         lag = 0.0 if oldest is None else max(0.0, time.time() - oldest)
         metrics.OBJECTSTORE_SOURCE_LAG.labels(self._connector).set(lag)
 
-    # ingesting ------------------------------------------------------------------------------
+    # the Source protocol -------------------------------------------------------------------
 
-    def _checkpoint(
-        self, obj: ObjectInfo, rows_done: int, *, defer: bool = False, **state: Any
-    ) -> None:
-        """Flush first: a position is written only once every record it covers is acked.
+    def open(self, checkpoints: dict[str, dict[str, Any]]) -> None:
+        self.positions = checkpoints
 
-        ``defer`` batches the checkpoints of finished objects: Firehose delivers many small
-        objects, and one flush and one checkpoint round trip per object would bound the feed
-        to a few dozen objects a second. Deferred positions are written by
-        :meth:`_commit_deferred`, after the flush that covers them.
-        """
-        assert self.positions is not None
-        value = {
-            "etag": obj.etag,
-            "size": obj.size,
-            "rows_done": rows_done,
+    def next_batch(self) -> Batch:
+        pending = self._start_pass() if self._pending is None else self._pending
+        stats = self._pass or PassStats()
+        reading = self._reading
+        if reading is None:
+            if self._stopping.is_set():
+                return Batch(checkpoint=True)
+            if self._next >= len(pending):
+                return self._end_pass()
+            reading = self._open_next(pending)
+        try:
+            return self._read(reading, stats)
+        except TransientSourceError:
+            self._close_pass()
+            raise
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        progress, self._progress = self._progress, {}
+        self._rows_since = self._finished_since = 0
+        self.positions = {**(self.positions or {}), **progress}
+        return progress
+
+    def rewind(self) -> None:
+        """Kafka did not acknowledge: nothing since the last snapshot counts; the next pass
+        re-lists and resumes every object at its checkpoint. A bounded run gives up."""
+        self._progress = {}
+        self._rows_since = self._finished_since = 0
+        self._close_pass()
+        if self._give_up_on_kafka:
+            raise BrokerError(
+                "Kafka did not acknowledge the records; nothing past them checkpointed"
+            )
+
+    def caught_up(self) -> bool:
+        if self._pending is not None or self._progress:
+            return False
+        if self._passes_left is not None:
+            return self._passes_left <= 0
+        return self._idle or not self.config.once
+
+    def pause(self, published: int) -> float:
+        if self._pending is not None or self.config.once:
+            return 0.0
+        return self.config.poll_interval_s
+
+    # passes ---------------------------------------------------------------------------------
+
+    def _start_pass(self) -> list[ObjectInfo]:
+        stats = PassStats()
+        pending = self.list_pending(stats)
+        self._set_lag(pending)
+        self._pass, self._pending, self._next = stats, pending, 0
+        # Small objects are fetched a few ahead: one GET costs tens of milliseconds, and a
+        # backlog of Firehose objects would otherwise be read at the speed of request latency.
+        self._pool = ThreadPoolExecutor(PREFETCH_THREADS, thread_name_prefix="prefetch")
+        self._ahead = {}
+        for j in range(PREFETCH_DEPTH):
+            self._prefetch(j)
+        return pending
+
+    def _prefetch(self, j: int) -> None:
+        if self._pending is None or self._pool is None:
+            return
+        if j < len(self._pending) and 0 < self._pending[j].size <= PREFETCH_MAX_BYTES:
+            self._ahead[j] = self._pool.submit(self.store.fetch, self._pending[j])
+
+    def _end_pass(self) -> Batch:
+        stats = self._pass or PassStats()
+        self._pass = None  # finished: counted below, not as a stopped pass
+        self._close_pass()
+        self._last_pass = stats
+        self.total.add(stats)
+        self._idle = stats.ingested + stats.failed == 0 and not stats.errors
+        if self._passes_left is not None:
+            self._passes_left -= 1
+        return Batch(checkpoint=True)  # the finished objects not yet checkpointed
+
+    def _close_pass(self) -> None:
+        """End the pass in progress (finished, failed or stopped): no prefetch left running."""
+        if self._pass is not None and self._pending is not None and self._stopping.is_set():
+            self.total.add(self._pass)
+        for future in self._ahead.values():
+            future.cancel()
+        self._ahead = {}
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool = None
+        self._pending = None
+        self._pass = None
+        self._reading = None
+
+    # reading --------------------------------------------------------------------------------
+
+    def _open_next(self, pending: list[ObjectInfo]) -> _Reading:
+        i = self._next
+        self._next += 1
+        obj = pending[i]
+        self._prefetch(i + PREFETCH_DEPTH)
+        previous = (self.positions or {}).get(self.position_key(obj))
+        skip = 0
+        if previous is not None and previous.get("etag") == obj.etag:
+            skip = int(previous.get("rows_done", 0))
+        reader = ObjectReader(self.store, obj, skip, self._ahead.pop(i, None))
+        self._reading = _Reading(obj, self.store.url(obj), reader, iter(reader), skip)
+        return self._reading
+
+    def _position(self, reading: _Reading, **state: Any) -> None:
+        self._progress[self.position_key(reading.obj)] = {
+            "etag": reading.obj.etag,
+            "size": reading.obj.size,
+            "rows_done": reading.rows_done,
             "done": False,
             "failed": None,
             "updated_at": int(time.time() * 1000),
+            "format": reading.reader.fmt,
             **state,
         }
-        self._deferred[self.position_key(obj)] = value
-        if not defer or len(self._deferred) >= DEFERRED_OBJECTS:
-            self._commit_deferred()
 
-    def _commit_deferred(self) -> None:
-        assert self.positions is not None
-        if not self._deferred:
-            return
-        self.publisher.flush()
-        self.checkpoints.commit_many(self._deferred)
-        self.positions.update(self._deferred)
-        self._deferred = {}
-        self._records_since_commit = 0
+    def _read(self, reading: _Reading, stats: PassStats) -> Batch:
+        """Up to :data:`BATCH_ROWS` rows of the object being read, ending at a mid-file
+        checkpoint; the object's position moves with them."""
+        every = self.config.checkpoint_every
+        limit = max(1, min(BATCH_ROWS, every - self._rows_since)) if every else BATCH_ROWS
+        records: list[SourceRecord] = []
+        fmt = reading.reader.fmt
+        try:
+            for row in reading.rows:
+                fmt = reading.reader.fmt
+                records.append(
+                    SourceRecord(
+                        self._key(row.doc), row.value, source=f"{reading.url}#{row.index}", fmt=fmt
+                    )
+                )
+                reading.rows_done = row.index + 1
+                if len(records) >= limit:
+                    break
+            else:
+                return self._finished(reading, stats, records)
+        except ObjectReadError as exc:
+            return self._unreadable(reading, stats, records, exc)
+        except ObjectChangedError as exc:
+            self._error(stats, "changed")
+            log.warning("object %s changed while being read (%s); re-listing", reading.url, exc)
+            self._reading = None
+            return Batch(records=records, checkpoint=True)
+        stats.records += len(records)
+        self._rows_since += len(records)
+        self._position(reading)
+        return Batch(records=records, checkpoint=bool(every) and self._rows_since >= every)
 
-    def _dead_letter(
-        self, obj: ObjectInfo, position: str, fmt: str, exc: ObjectReadError, published: int
-    ) -> None:
-        """One ``DeadLetter`` for an object that cannot be read to its end.
+    def _finished(self, reading: _Reading, stats: PassStats, records: list[SourceRecord]) -> Batch:
+        stats.records += len(records)
+        self._rows_since += len(records)
+        self._position(reading, done=True)
+        self._reading = None
+        self._finished_since += 1
+        stats.ingested += 1
+        stats.bytes += reading.obj.size
+        metrics.OBJECTSTORE_OBJECTS_INGESTED.labels(self._connector, "done").inc()
+        metrics.CONNECTOR_BYTES.labels(self._connector).inc(reading.obj.size)
+        log.info(
+            "ingested %s: %d records from row %d (%s)",
+            reading.url,
+            reading.rows_done - reading.skip,
+            reading.skip,
+            reading.reader.fmt,
+            extra={"connector": self._connector, "source": reading.url},
+        )
+        if self._pending is not None:
+            self._set_lag(self._pending[self._next :])
+        every = self.config.checkpoint_every
+        due = self._finished_since >= DEFERRED_OBJECTS or (every and self._rows_since >= every)
+        return Batch(records=records, checkpoint=bool(due))
 
-        There is no raw record to point at, so ``raw`` is empty (the object can be far too big
-        to copy), ``raw_key`` is the object URL, the source partition and offset are -1, and
-        ``source_position`` is the row where reading stopped.
-        """
-        from confluent_kafka import Producer
-
-        from crmstream.kafka import producer_config
-        from crmstream.serde import AvroSerde
-
-        if self._dead_letters is None:
-            self._dead_letters = (
-                AvroSerde(self.settings),
-                Producer(producer_config(self.settings, **{"linger.ms": 0})),
-            )
-        serde, producer = self._dead_letters
-        topic = self.settings.topic("dead-letter")
-        record = {
-            "raw": b"",
-            "raw_key": self.store.url(obj).encode(),
-            "vendor": self.profile.vendor,
-            "reason": f"unreadable_object:{exc.kind}",
-            "detail": f"{exc} ({published} records before it were published)",
-            "source_topic": self.publisher.topic,
-            "source_partition": -1,
-            "source_offset": -1,
-            "source_position": position,
-            "headers": {
+    def _unreadable(
+        self,
+        reading: _Reading,
+        stats: PassStats,
+        records: list[SourceRecord],
+        exc: ObjectReadError,
+    ) -> Batch:
+        """Publish what was readable, dead-letter the object, then park it: it is retried only
+        if its ETag changes. The runner writes the dead letter before the checkpoint."""
+        stats.records += len(records)
+        self._reading = None
+        fmt = reading.reader.fmt
+        self._position(reading, failed=f"{exc.kind}: {exc}")
+        stats.failed += 1
+        stats.errors[exc.kind] = stats.errors.get(exc.kind, 0) + 1  # the runner counts the metric
+        metrics.OBJECTSTORE_OBJECTS_INGESTED.labels(self._connector, "failed").inc()
+        log.error(
+            "object %s cannot be read past row %d (%s): %s; it is skipped until it changes",
+            reading.url,
+            reading.rows_done,
+            exc.kind,
+            exc,
+            extra={"connector": self._connector, "source": reading.url, "reason": exc.kind},
+        )
+        skipped = Skipped(
+            kind=exc.kind,
+            reason=f"unreadable_object:{exc.kind}",
+            detail=f"{exc} ({reading.rows_done - reading.skip} records before it were published)",
+            source_position=f"{reading.url}#{reading.rows_done}",
+            raw_key=reading.url.encode(),
+            headers={
                 "connector": self.profile.connector,
                 "format": fmt,
-                "etag": obj.etag,
-                "size": str(obj.size),
+                "etag": reading.obj.etag,
+                "size": str(reading.obj.size),
             },
-            "dead_lettered_at": int(time.time() * 1000),
-        }
-        failures: list[str] = []
-        producer.produce(
-            topic,
-            key=self.store.url(obj).encode(),
-            value=serde.encode("DeadLetter", record, topic),
-            on_delivery=lambda err, _msg: failures.append(err.str()) if err else None,
         )
-        if producer.flush(30) or failures:
-            raise BrokerError(f"dead letter to {topic} not acknowledged: {failures[:1]}")
+        return Batch(records=records, skipped=[skipped], checkpoint=True)
 
     def _error(self, stats: PassStats, kind: str) -> None:
         stats.errors[kind] = stats.errors.get(kind, 0) + 1
@@ -260,158 +462,17 @@ class ObjectStoreSource:
             # published without a key and the worker rejects it as missing_event_id (§5).
             return None
 
-    def ingest(
-        self, obj: ObjectInfo, stats: PassStats, prefetched: Future[bytes] | None = None
-    ) -> None:
-        """Publish one object's records from its checkpointed row on, then mark it done."""
-        assert self.positions is not None
-        previous = self.positions.get(self.position_key(obj))
-        skip = 0
-        if previous is not None and previous.get("etag") == obj.etag:
-            skip = int(previous.get("rows_done", 0))
-        url = self.store.url(obj)
-        reader = ObjectReader(self.store, obj, skip, prefetched)
-        rows_done = skip
-        records = metrics.CONNECTOR_RECORDS.labels(self._connector)
-        try:
-            for row in reader:
-                self.publisher.publish(
-                    self._key(row.doc), row.value, source=f"{url}#{row.index}", fmt=reader.fmt
-                )
-                records.inc()
-                stats.records += 1
-                rows_done = row.index + 1
-                self._records_since_commit += 1
-                if self._records_since_commit >= self.config.checkpoint_every:
-                    self._checkpoint(obj, rows_done, format=reader.fmt)
-                if self._stopping.is_set():
-                    self._checkpoint(obj, rows_done, format=reader.fmt)
-                    raise _Stopped
-        except ObjectReadError as exc:
-            # Publish what was readable, dead-letter the object, then park it: it is retried
-            # only if its ETag changes. Dead letter before checkpoint: at least once.
-            self._commit_deferred()
-            self._dead_letter(obj, f"{url}#{rows_done}", reader.fmt, exc, rows_done - skip)
-            self._checkpoint(obj, rows_done, format=reader.fmt, failed=f"{exc.kind}: {exc}")
-            self._error(stats, exc.kind)
-            stats.failed += 1
-            metrics.OBJECTSTORE_OBJECTS_INGESTED.labels(self._connector, "failed").inc()
-            log.error(
-                "object %s cannot be read past row %d (%s): %s; it is skipped until it changes",
-                url,
-                rows_done,
-                exc.kind,
-                exc,
-                extra={"connector": self.profile.connector, "source": url, "reason": exc.kind},
-            )
-            return
-        except ObjectChangedError as exc:
-            self._commit_deferred()
-            self._error(stats, "changed")
-            log.warning("object %s changed while being read (%s); re-listing", url, exc)
-            return
-        except TransientSourceError:
-            if rows_done > skip:  # keep the progress: the retry resumes here
-                self._checkpoint(obj, rows_done, format=reader.fmt)
-            raise
-        self._checkpoint(obj, rows_done, format=reader.fmt, done=True, defer=True)
-        stats.ingested += 1
-        stats.bytes += obj.size
-        metrics.OBJECTSTORE_OBJECTS_INGESTED.labels(self._connector, "done").inc()
-        metrics.CONNECTOR_BYTES.labels(self._connector).inc(obj.size)
-        log.info(
-            "ingested %s: %d records from row %d (%s)",
-            url,
-            rows_done - skip,
-            skip,
-            reader.fmt,
-            extra={"connector": self.profile.connector, "source": url},
-        )
 
-    def poll(self) -> PassStats:
-        """One listing pass and the ingestion of everything it found pending."""
-        stats = self._pass = PassStats()
-        pending = self.list_pending(stats)
-        self._set_lag(pending)
-        # Small objects are fetched a few ahead: one GET costs tens of milliseconds, and a backlog
-        # of Firehose objects would otherwise be read at the speed of request latency.
-        pool = ThreadPoolExecutor(PREFETCH_THREADS, thread_name_prefix="prefetch")
-        ahead: dict[int, Future[bytes]] = {}
+@dataclass
+class _Reading:
+    """The object being read: its rows' iterator survives from one batch to the next."""
 
-        def prefetch(j: int) -> None:
-            if j < len(pending) and 0 < pending[j].size <= PREFETCH_MAX_BYTES:
-                ahead[j] = pool.submit(self.store.fetch, pending[j])
+    obj: ObjectInfo
+    url: str
+    reader: ObjectReader
+    rows: Iterator[Any]
+    skip: int
+    rows_done: int = 0
 
-        try:
-            for j in range(PREFETCH_DEPTH):
-                prefetch(j)
-            for i, obj in enumerate(pending):
-                if self._stopping.is_set():
-                    raise _Stopped
-                prefetch(i + PREFETCH_DEPTH)
-                try:
-                    self.ingest(obj, stats, ahead.pop(i, None))
-                except TransientSourceError:
-                    self._error(stats, "transient")
-                    raise
-                self._set_lag(pending[i + 1 :])
-        except BaseException:
-            for future in ahead.values():
-                future.cancel()
-            with contextlib.suppress(Exception):  # best effort: keep what finished before
-                self._commit_deferred()
-            raise
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-        self._commit_deferred()
-        return stats
-
-    def run(self, *, max_transient_failures: int = 5) -> PassStats:
-        """Poll until stopped; with ``once``, until a pass finds nothing new.
-
-        Transient store failures back off and retry; in ``once`` mode, after
-        ``max_transient_failures`` in a row the run stops with the last error.
-        """
-        total = PassStats()
-        failures = 0
-        while not self._stopping.is_set():
-            try:
-                stats = self.poll()
-            except _Stopped:
-                total.add(self._pass)
-                log.info("stopped; positions checkpointed", extra={"connector": self._connector})
-                return total
-            except BrokerError as exc:
-                # Kafka away longer than a flush waits, or the producer fenced: nothing past
-                # the last checkpoint counts; the next pass re-reads from it (at least once).
-                if self.config.once:
-                    raise
-                failures += 1
-                self._error(PassStats(), "kafka")
-                log.error(
-                    "Kafka did not acknowledge (%d in a row): %s; retrying from the checkpoints",
-                    failures,
-                    exc,
-                    extra={"connector": self._connector},
-                )
-                self.publisher.renew_if_broken()
-                self.positions = None
-                self._deferred = {}
-                self._records_since_commit = 0
-                self._stopping.wait(min(30.0, 0.5 * 2**failures))
-                continue
-            except TransientSourceError as exc:
-                failures += 1
-                log.warning("pass failed (%d in a row): %s", failures, exc)
-                if self.config.once and failures >= max_transient_failures:
-                    raise
-                self._stopping.wait(min(60.0, 0.5 * 2**failures))
-                continue
-            failures = 0
-            total.add(stats)
-            nothing_new = stats.ingested + stats.failed == 0 and not stats.errors
-            if self.config.once and nothing_new:
-                return total
-            if not self.config.once:
-                self._stopping.wait(self.config.poll_interval_s)
-        return total
+    def __post_init__(self) -> None:
+        self.rows_done = self.skip

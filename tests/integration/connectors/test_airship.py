@@ -26,9 +26,9 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from prometheus_client import REGISTRY
 
-from connectors.airship.connector import AirshipConnector, AirshipError, RunStats
 from connectors.airship.settings import AirshipSettings
-from connectors.base import CheckpointStore
+from connectors.airship.source import AirshipConnector, AirshipError, RunStats
+from connectors.runtime.checkpoints import CheckpointStore
 from crmdemo.airship_replay import ReplayOptions, ReplayThread
 from crmstream.errors import ConfigError
 from crmstream.kafka import consumer_config

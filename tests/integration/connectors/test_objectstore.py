@@ -28,11 +28,11 @@ import pyarrow.parquet as pq
 import pytest
 from confluent_kafka import Message
 
-from connectors.base import RawPublisher
 from connectors.feeds import FLARELANE, LEANPLUM, PINPOINT_FIREHOSE, FeedProfile
 from connectors.objectstore.errors import SourceError
 from connectors.objectstore.settings import ObjectStoreSettings
 from connectors.objectstore.source import ObjectStoreSource
+from connectors.runtime.kafka import RawPublisher
 from crmdemo.generators import GENERATORS
 from crmdemo.samplefeeds import leanplum_parquet_row, leanplum_parquet_schema
 from crmstream.errors import BrokerError

@@ -438,3 +438,133 @@ def test_segment_receiver_survives_a_broker_replacement(tmp_path: Path) -> None:
             second.stop()
         first.stop()
     assert code == 0, _tail(log)
+
+
+# --- stopping while the broker is away (issue 22 item 7) --------------------------------------
+
+STOP_WITHIN_S = 10.0  # README, "Stopping": every connector exits within a few seconds
+
+
+class _SegmentFeed(_Feed):
+    """The receiver as a feed for the stop drills: ``add`` posts in a background thread, so
+    a request is in flight (waiting for Kafka) when the signal comes."""
+
+    vendor = "segment"
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.port = free_port()
+        self.cmd = ["connect", "segment", "--host", "127.0.0.1", "--port", str(self.port)]
+        self.env = {"CRM_SEGMENT_SHARED_SECRET": SECRET}
+        self._threads: list[threading.Thread] = []
+
+    def add(self, batch: int) -> set[str]:
+        keys = [f"seg-{batch}-{i:03d}-{uuid.uuid4().hex[:6]}" for i in range(5)]
+
+        def send() -> None:
+            with httpx.Client(timeout=60) as client:
+                for key in keys:
+                    body = _segment_event(key)
+                    try:
+                        client.post(
+                            f"http://127.0.0.1:{self.port}/segment",
+                            content=body,
+                            headers={"X-Signature": signature(SECRET, body)},
+                        )
+                    except httpx.TransportError:
+                        return
+
+        thread = threading.Thread(target=send, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+        return set(keys)
+
+
+STOP_FEEDS: dict[str, Callable[[Path], _Feed]] = {**FEEDS, "segment": _SegmentFeed}
+
+
+def _stop_and_time(proc: subprocess.Popen[bytes], sig: signal.Signals) -> tuple[int, float]:
+    started = time.monotonic()
+    proc.send_signal(sig)
+    try:
+        code = proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        code = proc.wait()
+    return code, time.monotonic() - started
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
+@pytest.mark.parametrize("connector", sorted(STOP_FEEDS))
+def test_connector_stops_promptly_while_the_broker_is_paused(
+    connector: str, sig: signal.Signals, broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """Broker paused mid-run with records in flight: SIGTERM or SIGINT still ends the process
+    within seconds, exit 0 (the final flush is bounded; only what Kafka acknowledged is
+    checkpointed, the rest is read again after a restart)."""
+    feed = STOP_FEEDS[connector](tmp_path)
+    env = _env(broker, tmp_path)
+    env.update(feed.env)
+    settings = Settings.from_env(env)
+    create_topics(settings)
+    log = tmp_path / f"{connector}.log"
+    metrics_base = f"http://127.0.0.1:{env['CRM_METRICS_PORT']}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "crmcli", *feed.cmd],
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_status(f"{metrics_base}/readyz", 200, 60)
+        feed.add(0)
+        time.sleep(1.0)
+        os.kill(broker.pid, signal.SIGSTOP)
+        try:
+            feed.add(1)
+            wait_status(f"{metrics_base}/readyz", 503, 30)
+            time.sleep(2.0)  # records queued for a broker that does not answer
+            assert proc.poll() is None, _tail(log)
+            code, took = _stop_and_time(proc, sig)
+        finally:
+            os.kill(broker.pid, signal.SIGCONT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        feed.close()
+    assert took <= STOP_WITHIN_S, f"stopped after {took:.1f}s\n{_tail(log)}"
+    assert code == 0, _tail(log)
+
+
+@pytest.mark.parametrize("connector", sorted(STOP_FEEDS))
+def test_connector_started_while_the_broker_is_paused_stops_promptly(
+    connector: str, broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """Ctrl-C while the connector still waits for Kafka at start (issue 22 item 7: the Segment
+    receiver ignored it for 22 s and exited 130): exit 0 within seconds."""
+    feed = STOP_FEEDS[connector](tmp_path)
+    env = _env(broker, tmp_path)
+    env.update(feed.env)
+    create_topics(Settings.from_env(env))
+    log = tmp_path / f"{connector}.log"
+    os.kill(broker.pid, signal.SIGSTOP)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "crmcli", *feed.cmd],
+            env=env,
+            stdout=log.open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            time.sleep(4.0)  # imported, configured, waiting for the broker
+            assert proc.poll() is None, _tail(log)
+            code, took = _stop_and_time(proc, signal.SIGINT)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    finally:
+        os.kill(broker.pid, signal.SIGCONT)
+        feed.close()
+    assert took <= STOP_WITHIN_S, f"stopped after {took:.1f}s\n{_tail(log)}"
+    assert code == 0, _tail(log)

@@ -31,8 +31,9 @@ from moto.kinesis import models as moto_kinesis
 from moto.server import ThreadedMotoServer
 
 from connectors import pinpoint_kinesis
-from connectors.base import CheckpointStore, RawPublisher
 from connectors.pinpoint_kinesis import CONNECTOR, KinesisSettings
+from connectors.runtime.checkpoints import CheckpointStore
+from connectors.runtime.kafka import RawPublisher
 from crmstream.broker import free_port
 from crmstream.errors import BrokerError
 from crmstream.kafka import consumer_config

@@ -5,7 +5,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from connectors.pinpoint_kinesis import KinesisSettings, parse_timestamp, record_key
+from connectors.pinpoint_kinesis.settings import KinesisSettings, parse_timestamp
+from connectors.pinpoint_kinesis.source import record_key
 from crmstream.errors import ConfigError
 from processors.normalize import EVENT_IDS
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from connectors.segment import SegmentSettings, _Reject, signature, split_events
+from connectors.segment import Reject, SegmentSettings, signature, split_events
 from crmstream.errors import ConfigError
 from crmstream.settings import Secret
 
@@ -98,6 +98,6 @@ def test_split_array_and_keys() -> None:
     [(b"nope", "invalid_json"), (b"12", "invalid_shape"), (b'[{"a":1},"b"]', "invalid_shape")],
 )
 def test_split_refuses_what_is_not_events(body: bytes, kind: str) -> None:
-    with pytest.raises(_Reject) as err:
+    with pytest.raises(Reject) as err:
         split_events(body)
     assert (err.value.status, err.value.kind) == (400, kind)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from confluent_kafka import KafkaError
 
-from connectors.base import BROKEN_PRODUCER_CODES, KafkaWatch, RawPublisher, connector_health
+from connectors.runtime.health import KafkaWatch, connector_health
+from connectors.runtime.kafka import BROKEN_PRODUCER_CODES, RawPublisher
 from crmstream.broker import free_port
 from crmstream.settings import Settings
 

@@ -1,30 +1,17 @@
-"""Segment webhook receiver: ``crm-stream connect segment``.
-
-Segment's Webhooks destination pushes each event (or a JSON array of them when batching is on)
-as an HTTP POST and retries on any non-2xx answer. So the receiver answers 200 only once Kafka
-has acknowledged every event of the request, and 503 when Kafka cannot take them: a lost event
-is then Segment's retry, never a silent drop. Duplicates from those retries share ``messageId``,
-the raw-topic key, and the worker's dedupe absorbs them (TAXONOMY §5, [X5]).
-
-Authenticity follows TAXONOMY §6.3 / [X6]: with a shared secret configured, ``X-Signature`` (or
-the newer ``X-Segment-Signature``) must be the lowercase hex HMAC-SHA1 of the raw body, checked
-on the raw bytes before any parsing and in constant time.
-"""
+"""The Segment receiver: an aiohttp application that answers each webhook request only once
+Kafka acknowledged its events (see the package's docstring for how it fits the runner)."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import hashlib
 import hmac
 import logging
-import signal
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -32,107 +19,18 @@ from aiohttp import web
 from confluent_kafka import KafkaError, KafkaException
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from connectors.base import (
-    BROKEN_PRODUCER_CODES,
-    KafkaWatch,
-    RawPublisher,
-    connector_health,
-    ensure_topics,
-    settings_from_env,
-)
+from connectors.runtime.health import KafkaWatch, connector_health
+from connectors.runtime.kafka import BROKEN_PRODUCER_CODES, RawPublisher
+from connectors.runtime.stop import FINAL_FLUSH_S
+from connectors.segment.settings import CONNECTOR, VENDOR, SegmentSettings
 from crmstream import metrics
-from crmstream.errors import ConfigError
-from crmstream.settings import (
-    Secret,
-    Settings,
-    parse_duration,
-    parse_int,
-    parse_port,
-    positive,
-    setting,
-)
+from crmstream.settings import Settings
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("connectors.segment")
 
-CONNECTOR = "segment"
-VENDOR = "segment"
 SIGNATURE_HEADERS = ("X-Signature", "X-Segment-Signature")  # [X6]: legacy and newer setting
-RESERVED_PATHS = ("/healthz", "/livez", "/readyz", "/metrics")
 
 UNACKED_BEFORE_REBUILD = 3  # requests in a row that Kafka did not acknowledge while reachable
-
-_OnAck = Callable[[], None]
-_OnError = Callable[[str], None]
-
-
-def _path(text: str) -> str:
-    value = text.strip()
-    if not value.startswith("/"):
-        raise ValueError(f"must start with '/', got {text!r}")
-    return value
-
-
-@dataclass(frozen=True)
-class SegmentSettings:
-    """The receiver's own settings (``CRM_SEGMENT_*``); Kafka comes from :class:`Settings`."""
-
-    host: str = setting(
-        "SEGMENT_HOST",
-        "127.0.0.1",
-        None,
-        "Address the receiver listens on (0.0.0.0 in a container behind an ingress)",
-    )
-    port: int = setting("SEGMENT_PORT", 8088, parse_port, "Port of the webhook receiver")
-    path: str = setting(
-        "SEGMENT_PATH", "/segment", _path, "URL path Segment's Webhooks destination posts to"
-    )
-    max_body_bytes: int = setting(
-        "SEGMENT_MAX_BODY_BYTES",
-        4 * 1024 * 1024,
-        positive(parse_int),
-        "Largest request body accepted; larger gets 413",
-    )
-    ack_timeout_s: float = setting(
-        "SEGMENT_ACK_TIMEOUT",
-        10.0,
-        parse_duration,
-        "Longest wait for Kafka to acknowledge a request's events before answering 503",
-    )
-    shared_secret: Secret = setting(
-        "SEGMENT_SHARED_SECRET",
-        Secret(""),
-        None,
-        "Webhook shared secret (or CRM_SEGMENT_SHARED_SECRET_FILE); empty accepts unsigned posts",
-        secret=True,
-    )
-    app_id: str = setting(
-        "SEGMENT_APP_ID",
-        "",
-        None,
-        "app_id header of the raw records: the Segment source (docs/events.md, Segment)",
-    )
-
-    def __post_init__(self) -> None:
-        if not self.host.strip():
-            raise ConfigError("CRM_SEGMENT_HOST", "must not be empty")
-        if not 0 <= self.port <= 65535:
-            raise ConfigError("CRM_SEGMENT_PORT", f"port out of range: {self.port}")
-        if not self.path.startswith("/"):
-            raise ConfigError("CRM_SEGMENT_PATH", f"must start with '/', got {self.path!r}")
-        if self.path.rstrip("/") in RESERVED_PATHS or self.path == "/":
-            raise ConfigError("CRM_SEGMENT_PATH", f"{self.path!r} is reserved")
-        if self.max_body_bytes <= 0:
-            raise ConfigError("CRM_SEGMENT_MAX_BODY_BYTES", "must be greater than 0")
-        if not 0.1 <= self.ack_timeout_s <= 300:
-            raise ConfigError(
-                "CRM_SEGMENT_ACK_TIMEOUT", "must be between 100ms and 300s (Segment times out)"
-            )
-        if not isinstance(self.shared_secret, Secret):
-            raise ConfigError("CRM_SEGMENT_SHARED_SECRET", "must be a Secret, never a plain str")
-
-    @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> SegmentSettings:
-        return settings_from_env(cls, environ, **overrides)
 
 
 def signature(secret: str, body: bytes) -> str:
@@ -140,7 +38,7 @@ def signature(secret: str, body: bytes) -> str:
     return hmac.new(secret.encode(), body, hashlib.sha1).hexdigest()
 
 
-class _Reject(Exception):
+class Reject(Exception):
     """A request answered with a 4xx/5xx; ``kind`` is the bounded metrics label."""
 
     def __init__(self, status: int, kind: str, message: str) -> None:
@@ -160,15 +58,15 @@ def split_events(body: bytes) -> list[tuple[str | None, bytes]]:
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise _Reject(400, "invalid_json", f"body is not JSON: {exc}") from exc
+        raise Reject(400, "invalid_json", f"body is not JSON: {exc}") from exc
     if isinstance(parsed, dict):
         return [(_message_id(parsed), body)]
     if not isinstance(parsed, list):
-        raise _Reject(400, "invalid_shape", "body must be a JSON object or an array of objects")
+        raise Reject(400, "invalid_shape", "body must be a JSON object or an array of objects")
     out: list[tuple[str | None, bytes]] = []
     for index, item in enumerate(parsed):
         if not isinstance(item, dict):
-            raise _Reject(
+            raise Reject(
                 400, "invalid_shape", f"array element {index} is {type(item).__name__}, not object"
             )
         out.append((_message_id(item), orjson.dumps(item)))
@@ -279,7 +177,9 @@ class SegmentReceiver:
         if self._poller is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._poller.join, 5.0)
         with contextlib.suppress(Exception):
-            await asyncio.get_running_loop().run_in_executor(None, self.publisher.flush, 5.0)
+            await asyncio.get_running_loop().run_in_executor(
+                None, self.publisher.flush, FINAL_FLUSH_S
+            )
 
     def _poll_loop(self) -> None:
         """Serve delivery callbacks; rebuild the producer after a fatal error. Nothing may end
@@ -324,7 +224,7 @@ class SegmentReceiver:
             events = split_events(body)
             self._check_sizes(events)
             await self._publish(request_id, events)
-        except _Reject as rej:
+        except Reject as rej:
             metrics.CONNECTOR_ERRORS.labels(CONNECTOR, rej.kind).inc()
             metrics.CONNECTOR_HTTP_REQUESTS.labels(CONNECTOR, str(rej.status)).inc()
             log.warning(
@@ -347,11 +247,11 @@ class SegmentReceiver:
     async def _read_body(self, request: web.Request) -> bytes:
         limit = self.config.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
-            raise _Reject(413, "body_too_large", f"body of {request.content_length} > {limit}")
+            raise Reject(413, "body_too_large", f"body of {request.content_length} > {limit}")
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge as exc:
-            raise _Reject(413, "body_too_large", f"body over {limit} bytes") from exc
+            raise Reject(413, "body_too_large", f"body over {limit} bytes") from exc
         metrics.CONNECTOR_BYTES.labels(CONNECTOR).inc(len(body))
         return body
 
@@ -363,12 +263,12 @@ class SegmentReceiver:
             return
         received = [request.headers[h] for h in SIGNATURE_HEADERS if h in request.headers]
         if not received:
-            raise _Reject(401, "signature_missing", "X-Signature header missing")
+            raise Reject(401, "signature_missing", "X-Signature header missing")
         expected = signature(secret.get(), body).encode()
         for value in received:
             if hmac.compare_digest(value.strip().lower().encode("utf-8", "replace"), expected):
                 return
-        raise _Reject(401, "signature_invalid", "signature does not match the body")
+        raise Reject(401, "signature_invalid", "signature does not match the body")
 
     def _check_sizes(self, events: list[tuple[str | None, bytes]]) -> None:
         """A batch is all or nothing: an event Kafka would refuse is found before any is queued,
@@ -377,7 +277,7 @@ class SegmentReceiver:
         for index, (key, value) in enumerate(events):
             size = len(value) + len(key.encode() if key else b"")
             if size > limit:
-                raise _Reject(
+                raise Reject(
                     413,
                     "record_too_large",
                     f"event {index} is {size} bytes, over the {limit}-byte record limit; "
@@ -397,7 +297,7 @@ class SegmentReceiver:
             if error is None:
                 fut.set_result(None)
             else:
-                fut.set_exception(_Reject(503, "kafka", error))
+                fut.set_exception(Reject(503, "kafka", error))
 
         def callbacks(
             fut: asyncio.Future[None],
@@ -429,12 +329,12 @@ class SegmentReceiver:
             except KafkaException as exc:
                 err = exc.args[0]
                 if isinstance(err, KafkaError) and err.code() == KafkaError.MSG_SIZE_TOO_LARGE:
-                    raise _Reject(413, "record_too_large", err.str()) from exc
+                    raise Reject(413, "record_too_large", err.str()) from exc
                 if isinstance(err, KafkaError) and (
                     err.fatal() or err.code() in BROKEN_PRODUCER_CODES
                 ):
                     self.publisher.fatal_error = self.publisher.fatal_error or err.str()
-                raise _Reject(503, "kafka", str(exc)) from exc
+                raise Reject(503, "kafka", str(exc)) from exc
             results = await asyncio.gather(*futures, return_exceptions=True)
             for result in results:
                 if isinstance(result, BaseException):
@@ -444,12 +344,12 @@ class SegmentReceiver:
             await asyncio.wait_for(produce_and_wait(), timeout=self.config.ack_timeout_s)
         except TimeoutError as exc:
             self._unacknowledged()
-            raise _Reject(
+            raise Reject(
                 503,
                 "kafka_timeout",
                 f"Kafka did not acknowledge {len(events)} events in {self.config.ack_timeout_s}s",
             ) from exc
-        except _Reject as rej:
+        except Reject as rej:
             if rej.status == 503:
                 self._unacknowledged()
             raise
@@ -474,7 +374,9 @@ class SegmentReceiver:
     # --- running ------------------------------------------------------------------------------
     async def start(self) -> str:
         """Start listening; returns the URL Segment should post to."""
-        self._runner = web.AppRunner(self.app(), access_log=None)
+        # A stop waits this long for the requests in flight; one still waiting for Kafka then
+        # loses its connection and Segment retries it (issue 22 item 7).
+        self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=FINAL_FLUSH_S)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.host, self.config.port)
         await site.start()
@@ -523,63 +425,3 @@ class BackgroundReceiver:
 
     def __exit__(self, *_exc: object) -> None:
         self.stop()
-
-
-# --- command line -------------------------------------------------------------------------------
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Non-secret options only: the shared secret comes from the environment or a file."""
-    parser.add_argument("--host", default=None, help="listen address (CRM_SEGMENT_HOST)")
-    parser.add_argument("--port", type=int, default=None, help="listen port (CRM_SEGMENT_PORT)")
-    parser.add_argument("--path", default=None, help="webhook path (CRM_SEGMENT_PATH)")
-    parser.add_argument(
-        "--max-body-bytes", type=int, default=None, help="body limit (CRM_SEGMENT_MAX_BODY_BYTES)"
-    )
-    parser.add_argument(
-        "--ack-timeout",
-        type=parse_duration,
-        default=None,
-        help="Kafka ack wait before 503 (CRM_SEGMENT_ACK_TIMEOUT)",
-    )
-    parser.add_argument("--app-id", default=None, help="app id header (CRM_SEGMENT_APP_ID)")
-
-
-def config_from_args(args: argparse.Namespace) -> SegmentSettings:
-    return SegmentSettings.from_env(
-        host=getattr(args, "host", None),
-        port=getattr(args, "port", None),
-        path=getattr(args, "path", None),
-        max_body_bytes=getattr(args, "max_body_bytes", None),
-        ack_timeout_s=getattr(args, "ack_timeout", None),
-        app_id=getattr(args, "app_id", None),
-    )
-
-
-def run(args: argparse.Namespace, settings: Settings) -> int:
-    """Serve until SIGTERM or SIGINT: then stop accepting, wait for the acknowledgements of the
-    requests in flight (each still gets its answer), flush and exit 0."""
-    config = config_from_args(args)
-    if not config.shared_secret:
-        log.warning(
-            "CRM_SEGMENT_SHARED_SECRET is not set: unsigned webhook posts are accepted",
-            extra={"connector": CONNECTOR},
-        )
-    ensure_topics(settings, VENDOR)
-    receiver = SegmentReceiver(config, settings)
-    metrics.serve(settings.metrics_port, receiver.health)
-    asyncio.run(_serve_until_signal(receiver))
-    return 0
-
-
-async def _serve_until_signal(receiver: SegmentReceiver) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    url = await receiver.start()
-    log.info("segment receiver listening on %s", url, extra={"connector": CONNECTOR})
-    try:
-        await stop.wait()
-    finally:
-        await receiver.stop()
-        log.info("segment receiver stopped", extra={"connector": CONNECTOR})

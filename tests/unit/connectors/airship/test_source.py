@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from connectors.airship.connector import backoff_delay
+from connectors.runtime.backoff import backoff_delay
 
 
 def test_backoff_grows_with_jitter_and_is_capped() -> None:
@@ -16,7 +16,7 @@ def test_backoff_grows_with_jitter_and_is_capped() -> None:
 
 
 def test_processed_time_for_the_lag_gauge() -> None:
-    from connectors.airship.connector import _epoch_s
+    from connectors.airship.source import _epoch_s
 
     assert _epoch_s("2024-05-01T10:00:01.5Z") == 1714557601.5
     assert _epoch_s("2024-05-01T10:00:01+02:00") == 1714550401.0

@@ -1,27 +1,26 @@
-"""What every source connector shares: publishing raw records and checkpointing source positions.
+"""Publishing raw records to Kafka: the producer every connector publishes through, the
+raw-topic key function, and the topics a connector creates at start.
 
-The contract (DEVELOPERS.md, "Nothing is lost"): a source position is committed only after every
-record it covers has been acknowledged by Kafka. :class:`RawPublisher` tracks acknowledgements;
-:class:`CheckpointStore` writes positions to the compacted ``connect-offsets`` topic and is only
-called by a connector once :meth:`RawPublisher.flush` has returned without error.
+The contract (README, "Crashes: what is guaranteed"): a source position is committed only after
+every record it covers has been acknowledged by Kafka. :class:`RawPublisher` tracks
+acknowledgements; the runner (:mod:`connectors.runtime.runner`) writes positions to
+``connect-offsets`` (:mod:`connectors.runtime.checkpoints`) only once
+:meth:`RawPublisher.flush` has returned without error.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import fields
-from typing import Any, TypeVar
+from typing import Any
 
-import orjson
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from connectors.runtime.stop import PROCESS_STOP, StopRequested
 from crmstream.errors import BrokerError, ConfigError
-from crmstream.kafka import consumer_config, producer_config, reach
-from crmstream.metrics import Check, Health
-from crmstream.settings import Settings, describe_fields, values_from_env
+from crmstream.kafka import producer_config, reach
+from crmstream.settings import Settings
 from crmstream.topics import (
     H_APP_ID,
     H_FORMAT,
@@ -32,8 +31,6 @@ from crmstream.topics import (
     raw_topic,
     topic_specs,
 )
-
-_S = TypeVar("_S")
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +63,17 @@ normalizers and the id has one definition (TAXONOMY §1, §6.x)."""
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def bounded_flush(producer: Producer, timeout: float, step: float = 0.2) -> int:
+    """``producer.flush(timeout)`` in short steps, ending at most ``FINAL_FLUSH_S`` after a
+    stop was asked (:mod:`connectors.runtime.stop`). Returns the records still unacknowledged."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = PROCESS_STOP.bound(deadline - time.monotonic())
+        remaining = int(producer.flush(max(0.0, min(step, left))))
+        if not remaining or left <= step:
+            return remaining
 
 
 class RawPublisher:
@@ -213,7 +221,7 @@ class RawPublisher:
         the problem (e.g. its producer id is unknown to a replaced broker, and librdkafka keeps
         retrying until the records time out): it is then marked broken, for
         :meth:`renew_if_broken`."""
-        remaining = self._producer.flush(timeout)
+        remaining = bounded_flush(self._producer, timeout)
         if remaining:
             self.suspect(f"{remaining} records not acknowledged in {timeout}s")
             raise BrokerError(f"{remaining} records to {self.topic} not acknowledged in {timeout}s")
@@ -227,6 +235,8 @@ class RawPublisher:
     def suspect(self, problem: str) -> bool:
         """Records were not acknowledged: if Kafka answers a metadata request all the same, mark
         the producer broken (``fatal_error``). True if it was marked."""
+        if PROCESS_STOP.is_set():  # stopping: no time for a metadata round trip
+            return False
         if self.fatal_error is not None or not self.reachable(3.0):
             return False
         self.fatal_error = f"{problem} while Kafka answers metadata requests"
@@ -234,192 +244,9 @@ class RawPublisher:
         return True
 
 
-class CheckpointStore:
-    """Connector positions in the compacted ``connect-offsets`` topic.
-
-    Key ``<connector>/<position key>`` (an object key, a shard id, a stream name); value a JSON
-    object the connector defines. The latest record per key wins, as compaction will keep it.
-    """
-
-    def __init__(self, settings: Settings, connector: str) -> None:
-        self.settings = settings
-        self.connector = connector
-        self.topic = settings.topic("connect-offsets")
-        self._producer = Producer(producer_config(settings, **{"linger.ms": 0}))
-
-    def _key(self, position_key: str) -> bytes:
-        return f"{self.connector}/{position_key}".encode()
-
-    def load(self, idle_timeout: float = 1.0, timeout: float = 60.0) -> dict[str, dict[str, Any]]:
-        """Every checkpoint of this connector: ``{position key: value}``.
-
-        Reads the whole topic from the beginning with manually assigned partitions. It reads
-        until the high watermark and then until ``idle_timeout`` passes with no record, since
-        some brokers (Tansu) under-report the high watermark.
-        """
-        prefix = f"{self.connector}/".encode()
-        consumer = Consumer(
-            consumer_config(self.settings, group_id=f"crm-checkpoints-{self.connector}")
-        )
-        out: dict[str, dict[str, Any]] = {}
-        try:
-            meta = consumer.list_topics(self.topic, timeout=10)
-            topic_meta = meta.topics.get(self.topic)
-            if topic_meta is None or topic_meta.error is not None:
-                raise BrokerError(
-                    f"checkpoint topic {self.topic} is missing: run `crm-stream topics create`"
-                )
-            parts = [TopicPartition(self.topic, p, 0) for p in topic_meta.partitions]
-            consumer.assign(parts)
-            highs = {p.partition: consumer.get_watermark_offsets(p, timeout=10)[1] for p in parts}
-            positions = {p.partition: 0 for p in parts}
-            deadline = time.monotonic() + timeout
-            last_record = time.monotonic()
-            while time.monotonic() < deadline:
-                msg = consumer.poll(0.1)
-                if msg is None:
-                    caught_up = all(positions[p] >= highs[p] for p in highs)
-                    if caught_up and time.monotonic() - last_record >= idle_timeout:
-                        break
-                    continue
-                error = msg.error()
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        continue
-                    raise BrokerError(f"reading {self.topic}: {error.str()}")
-                last_record = time.monotonic()
-                positions[msg.partition() or 0] = (msg.offset() or 0) + 1
-                key = msg.key() or b""
-                if not key.startswith(prefix):
-                    continue
-                name = key[len(prefix) :].decode()
-                value = msg.value()
-                if value is None:
-                    out.pop(name, None)
-                else:
-                    out[name] = orjson.loads(value)
-        finally:
-            consumer.close()
-        return out
-
-    def commit(self, position_key: str, value: dict[str, Any], timeout: float = 30.0) -> None:
-        """Write one checkpoint and wait for Kafka to acknowledge it."""
-        self.commit_many({position_key: value}, timeout=timeout)
-
-    def commit_many(self, values: dict[str, dict[str, Any]], timeout: float = 30.0) -> None:
-        failures: list[str] = []
-
-        def delivered(err: KafkaError | None, _msg: Message) -> None:
-            if err is not None:
-                failures.append(err.str())
-
-        for position_key, value in values.items():
-            self._producer.produce(
-                self.topic,
-                key=self._key(position_key),
-                value=orjson.dumps(value),
-                on_delivery=delivered,
-            )
-        if self._producer.flush(timeout):
-            raise BrokerError(f"checkpoint to {self.topic} not acknowledged in {timeout}s")
-        if failures:
-            raise BrokerError(f"checkpoint to {self.topic} failed: {failures[0]}")
-
-
-def settings_from_env(
-    cls: type[_S], environ: Mapping[str, str] | None = None, **overrides: Any
-) -> _S:
-    """Build a connector's frozen settings class (fields declared with
-    :func:`crmstream.settings.setting`) from ``CRM_*`` variables.
-
-    ``overrides`` are command-line values; ``None`` means "not given", so the variable or the
-    default applies. Parse errors raise :class:`ConfigError` naming the variable; the class's own
-    ``__post_init__`` checks the combination.
-    """
-    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-    given = {
-        name: value for name, value in overrides.items() if name in names and value is not None
-    }
-    values = values_from_env(cls, environ, skip=given)
-    values.update(given)
-    return cls(**values)
-
-
-def describe_settings(cls: type[Any], instance: Any) -> list[tuple[str, str, str]]:
-    """(variable, current value, description) rows of a connector's settings; secrets masked."""
-    return describe_fields(instance)
-
-
-class KafkaWatch:
-    """A connector's Kafka side for ``/livez`` and ``/readyz`` (``crmstream.metrics.Health``).
-
-    A daemon thread asks the cluster for the raw topic's metadata every ``interval`` seconds
-    through the connector's own producer: *ready* while the last answer came, *live* while the
-    producer is not in a fatal state. ``publisher`` is called each time, so a connector that
-    rebuilds its publisher is watched through the new one.
-    """
-
-    def __init__(
-        self,
-        publisher: Callable[[], RawPublisher],
-        *,
-        interval: float = 2.0,
-        timeout: float = 3.0,
-    ) -> None:
-        self._publisher = publisher
-        self.interval = interval
-        self.timeout = timeout
-        self._ok = False
-        self._detail = "not checked yet"
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> KafkaWatch:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="kafka-watch", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            publisher = self._publisher()
-            try:
-                ok = publisher.reachable(self.timeout)
-            except Exception as exc:  # a probe that cannot run is a failed probe
-                ok = False
-                log.warning("Kafka reachability probe failed: %r", exc)
-            self._ok = ok
-            self._detail = (
-                f"{publisher.topic} metadata answered"
-                if ok
-                else f"no metadata for {publisher.topic} in {self.timeout}s"
-            )
-            self._stop.wait(self.interval)
-
-    def ready(self) -> tuple[bool, str]:
-        """Kafka answered the last metadata request."""
-        return self._ok, self._detail
-
-    def live(self) -> tuple[bool, str]:
-        """The producer can still publish (no fatal error) and the watch itself runs."""
-        fatal = self._publisher().fatal_error
-        if fatal is not None:
-            return False, f"producer in a fatal state: {fatal}"
-        if self._thread is None or not self._thread.is_alive():
-            return False, "Kafka watch thread is not running"
-        return True, "producer usable"
-
-
-def connector_health(watch: KafkaWatch, **live: Check) -> Health:
-    """``/livez``: the producer (and the connector's own ``live`` checks, e.g. its loop thread);
-    ``/readyz``: also Kafka reachable."""
-    return Health(live={"producer": watch.live, **live}, ready={"kafka": watch.ready})
-
-
-def ensure_topics(settings: Settings, vendor: str, *, timeout: float = 30.0) -> dict[str, str]:
+def ensure_topics(
+    settings: Settings, vendor: str, *, timeout: float | None = None
+) -> dict[str, str]:
     """Create or verify, at start, the topics a connector writes: its raw topic (with the
     configured partitions), ``connect-offsets`` and ``dead-letter``.
 
@@ -431,7 +258,14 @@ def ensure_topics(settings: Settings, vendor: str, *, timeout: float = 30.0) -> 
     """
     wanted = {raw_topic(vendor), "connect-offsets", "dead-letter"}
     specs = [s for s in topic_specs(settings) if s.name in wanted]
-    _, metadata = reach(settings, timeout)  # a TLS or SASL mistake: ConfigError, at once
+
+    def stop_asked() -> None:
+        if PROCESS_STOP.is_set():
+            raise StopRequested("stopped while waiting for Kafka at start")
+
+    # One-second attempts, so a stop asked meanwhile is seen within a second (issue 22 item 7);
+    # a TLS or SASL mistake is a ConfigError at once; no answer for CRM_KAFKA_WAIT, exit 69.
+    _, metadata = reach(settings, timeout, interrupt=stop_asked)
     existing = metadata.topics
     raw = settings.topic(raw_topic(vendor))
     if raw in existing and len(existing[raw].partitions) != settings.partitions:
@@ -444,6 +278,8 @@ def ensure_topics(settings: Settings, vendor: str, *, timeout: float = 30.0) -> 
     missing = [s for s in specs if settings.topic(s.name) not in existing]
     result = {settings.topic(s.name): "exists" for s in specs if s not in missing}
     if missing:
-        result.update(create_topics(settings, specs=missing, timeout=timeout))
+        result.update(
+            create_topics(settings, specs=missing, timeout=30.0 if timeout is None else timeout)
+        )
         log.info("created topics %s", ", ".join(settings.topic(s.name) for s in missing))
     return result

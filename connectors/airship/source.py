@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -19,9 +18,12 @@ import orjson
 from connectors.airship.filters import is_int
 from connectors.airship.offsets import OffsetTracker
 from connectors.airship.settings import AirshipSettings
-from connectors.base import CheckpointStore, RawPublisher
+from connectors.runtime.backoff import backoff_delay
+from connectors.runtime.checkpoints import CheckpointStore
+from connectors.runtime.errors import FatalSourceError, RetriableSourceError
+from connectors.runtime.kafka import RawPublisher
 from crmstream import metrics
-from crmstream.errors import BrokerError, CrmStreamError
+from crmstream.errors import BrokerError
 from crmstream.settings import Settings
 
 log = logging.getLogger("connectors.airship")
@@ -30,19 +32,12 @@ CONNECTOR = "airship"
 VENDOR = "airship"
 
 
-class AirshipError(CrmStreamError):
+class AirshipError(FatalSourceError):
     """Airship refused the stream in a way that retrying cannot fix (400, 401, 403, other 4xx)."""
 
     def __init__(self, status: int, problem: str) -> None:
-        super().__init__(problem)
+        super().__init__(problem, kind="http_auth" if status in (401, 403) else "http_4xx")
         self.status = status
-
-
-def backoff_delay(attempt: int, low: float, high: float, rng: random.Random) -> float:
-    """Exponential back-off with jitter: ``low * 2**(attempt-1)`` capped at ``high``, then a
-    random point in its upper half, so that many connectors do not reconnect in lockstep."""
-    ceiling = min(high, low * math.pow(2, max(0, attempt - 1)))
-    return rng.uniform(ceiling / 2, ceiling)
 
 
 # --- the connector -----------------------------------------------------------------------------
@@ -69,12 +64,11 @@ class RunStats:
         metrics.CONNECTOR_ERRORS.labels(CONNECTOR, kind).inc()
 
 
-class _Retry(Exception):
+class _Retry(RetriableSourceError):
     """The connection ended in a way that calls for a reconnect; ``kind`` is the metric kind."""
 
     def __init__(self, kind: str, detail: str) -> None:
-        super().__init__(detail)
-        self.kind = kind
+        super().__init__(detail, kind=kind)
 
 
 def _epoch_s(value: Any) -> float | None:
@@ -441,7 +435,7 @@ class AirshipConnector:
                     self.stats.error(retry.kind)
                     reason = retry
                 except AirshipError as fatal:
-                    self.stats.error("http_auth" if fatal.status in (401, 403) else "http_4xx")
+                    self.stats.error(fatal.kind)
                     log.error("%s", fatal, extra={"connector": CONNECTOR})
                     raise
                 # Reconnect from the checkpoint: settle everything read so far first.
