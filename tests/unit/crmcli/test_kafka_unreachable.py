@@ -109,7 +109,9 @@ def test_a_signal_stops_the_waiting_worker_within_seconds(
         sent = time.monotonic()
         proc.send_signal(sig)
         assert proc.wait(timeout=10) == code
-        assert time.monotonic() - sent < 3.0
+        # Within a few seconds: about one to notice (a metadata attempt lasts up to 1 s), the
+        # rest the interpreter's exit, slower on a loaded two-core machine (make test, -n 6).
+        assert time.monotonic() - sent < 5.0
         _assert_no_flood(proc.stderr.read())
     finally:
         if proc.poll() is None:
