@@ -330,6 +330,10 @@ def _stop_before_start(signum: int, frame: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words[:1] == ["worker"]:
+        # Before the parser, which imports every connector (a second or more on a busy node).
+        signal.signal(signal.SIGTERM, _stop_before_start)
     args = build_parser().parse_args(argv)
     if args.func is _cmd_worker:
         # SIGTERM while the worker still imports and starts (seconds, before Faust installs its

@@ -8,7 +8,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from crmstream.errors import BrokerError, KafkaUnreachable
-from crmstream.kafka import client_config, unreachable_message
+from crmstream.kafka import admin_config, unreachable_message
 from crmstream.settings import Settings
 from crmstream.vendors import VENDOR_NAMES
 
@@ -89,7 +89,7 @@ def create_topics(
 
     Returns ``{full_name: "created" | "exists"}``. Raises :class:`BrokerError` on anything else.
     """
-    admin = AdminClient(client_config(settings))
+    admin = AdminClient(admin_config(settings))
     specs = (topic_specs(settings) if specs is None else specs) + (extra or [])
     new = [
         NewTopic(
