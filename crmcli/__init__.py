@@ -337,6 +337,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Without this Ctrl-C printed a KeyboardInterrupt traceback (issue 22 item 7).
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, _stop_before_start)
+    elif given[:1] == ["worker"]:
+        # Before the parser, which imports every connector (a second or more on a busy node).
+        signal.signal(signal.SIGTERM, _stop_before_start)
     args = build_parser().parse_args(given)
     if args.func is _cmd_worker:
         # SIGTERM while the worker still imports and starts (seconds, before Faust installs its

@@ -48,7 +48,7 @@ from crmdemo.samples import SampleSet, campaigns
 from crmstream import metrics
 from crmstream.broker import EmbeddedBroker, free_port
 from crmstream.errors import BrokerError, ConfigError, CrmStreamError, KafkaUnreachable
-from crmstream.kafka import consumer_config, wait_for_kafka
+from crmstream.kafka import consumer_config, quiet_librdkafka, wait_for_kafka
 from crmstream.resources import tansu_dev_profile
 from crmstream.serde import AvroSerde
 from crmstream.settings import Settings
@@ -551,6 +551,9 @@ def run(args: argparse.Namespace) -> int:
     # Relative to the current directory (`make demo`: the checkout's var/demo), never to the
     # install: an installed package's directory may be read-only.
     workdir = prepare_workdir(Path(args.workdir).resolve())
+    # The connectors' producers outlive their feeds: without this each printed librdkafka's
+    # "Connection refused" when the broker stopped at the end.
+    quiet_librdkafka()
     with broker_for(args, workdir) as bootstrap:
         metrics_port = args.worker_metrics_port or free_port()
         connector_metrics_port = args.metrics_port or free_port()

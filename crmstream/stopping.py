@@ -28,7 +28,7 @@ from typing import Any
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from crmstream.kafka import client_config
+from crmstream.kafka import admin_config
 from crmstream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 0}
 def kafka_answers(settings: Settings, timeout_s: float = 1.0) -> bool:
     """One metadata request, ``timeout_s`` to answer."""
     try:
-        AdminClient(client_config(settings)).list_topics(timeout=timeout_s)
+        AdminClient(admin_config(settings)).list_topics(timeout=timeout_s)
     except KafkaException:
         return False
     return True
