@@ -281,12 +281,20 @@ def _stop_before_start(signum: int, frame: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.func is _cmd_worker:
-        # SIGTERM while the worker still imports and starts (seconds, before Faust installs its
-        # own handler) is a clean stop: nothing was read or written yet. Without this it died of
-        # the signal (-15), which Kubernetes and the scale-out test take for a crash.
-        signal.signal(signal.SIGTERM, _stop_before_start)
+    # SIGTERM while the worker still imports and starts (seconds, before Faust installs its own
+    # handler) is a clean stop: nothing was read or written yet. Without this it died of the
+    # signal (-15), which Kubernetes and the scale-out test take for a crash. Installed before
+    # the arguments are parsed: building the parser imports every connector (about half a
+    # second, more on a loaded machine), and a SIGTERM then was still fatal. The other commands
+    # get their previous handler back once parsed.
+    previous = signal.signal(signal.SIGTERM, _stop_before_start)
+    worker = False
+    try:
+        args = build_parser().parse_args(argv)
+        worker = args.func is _cmd_worker
+    finally:
+        if not worker and previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     try:
         settings = Settings.from_env()
         from crmstream.logs import configure
