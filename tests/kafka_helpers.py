@@ -25,14 +25,17 @@ def read_topic(
 
     Stops when ``until(records)`` is true and then ``idle`` seconds pass with no new record (so
     that extra, unexpected records are seen too), or when ``timeout`` passes.
+
+    A topic that does not exist yet (an output topic the worker has not created so far) is
+    waited for: assigning the partitions of a missing topic assigns none, and the reader then
+    saw nothing while the worker wrote every record (taken for lost records).
     """
     consumer = Consumer(consumer_config(settings, group_id=f"test-reader-{uuid.uuid4().hex}"))
     try:
-        meta = consumer.list_topics(topic, timeout=10)
-        parts = sorted(meta.topics[topic].partitions)
+        deadline = time.monotonic() + timeout
+        parts = _partitions(consumer, topic, deadline)
         consumer.assign([TopicPartition(topic, p, 0) for p in parts])
         records: list[Message] = []
-        deadline = time.monotonic() + timeout
         satisfied_at: float | None = None
         last = time.monotonic()
         while time.monotonic() < deadline:
@@ -49,3 +52,14 @@ def read_topic(
         return records
     finally:
         consumer.close()
+
+
+def _partitions(consumer: Consumer, topic: str, deadline: float) -> list[int]:
+    """The partitions of ``topic`` once it exists (until ``deadline``)."""
+    while True:
+        meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if meta is not None and meta.error is None and meta.partitions:
+            return sorted(meta.partitions)
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"topic {topic} does not exist: {meta.error if meta else None}")
+        time.sleep(0.2)

@@ -5,6 +5,7 @@ same raw events that must not let a single duplicate through."""
 
 from __future__ import annotations
 
+import datetime
 import os
 import random
 import shutil
@@ -17,12 +18,15 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import orjson
 import pytest
+from confluent_kafka.admin import AdminClient
 
 from crmdemo.demo import VendorAccount, publish_samples, scrape
 from crmdemo.generators import GENERATORS
 from crmdemo.samples import SampleSet, campaigns
 from crmstream.broker import free_port
+from crmstream.kafka import client_config
 from crmstream.serde import AvroSerde
 from crmstream.settings import Settings
 from crmstream.topics import VENDORS, create_topics
@@ -328,3 +332,60 @@ def test_a_worker_killed_mid_stream_loses_nothing(
         for r in (serde.decode(m.value() or b"", settings.topic("dead-letter"))[1] for m in dead)
     }
     assert len(positions) == expected_rejects
+
+
+@pytest.mark.slow(seconds=40)
+def test_raw_records_published_before_the_first_start_are_processed(
+    worker: WorkerProcess, worker_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A connector publishes before the worker has ever run: it creates only its own topics
+    (raw, dead letters, checkpoints), the worker creates the others when it starts. Every
+    record already in the raw topic comes out, read from the moment the worker starts (before
+    it has created the events topic: a reader must wait for it, or it reads nothing)."""
+    settings = Settings.from_env(worker_env)
+    ids = [f"lp-early-{i:03d}" for i in range(24)]
+    lines = ids + ids[:6]  # 6 duplicates
+    at = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=10)
+    good = [
+        {
+            "event_id": event_id,
+            "name": "(Leanplum) Campaign Enter",
+            "properties": {"user_id": "u1", "time": f"{at:%Y-%m-%d %H:%M:%S}.000"},
+        }
+        for event_id in lines
+    ]
+    bad = {"event_id": "lp-early-bad", "properties": {"user_id": "u1"}}  # no name, no time
+    part = tmp_path / "feed" / f"dt={at:%Y-%m-%d}"
+    part.mkdir(parents=True)
+    (part / "part-0.json").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in [*good, bad]))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRM_")}
+    env.update(worker_env, CRM_METRICS_PORT="0")
+    feed = f"file://{tmp_path / 'feed'}"
+    connect = [sys.executable, "-m", "crmcli", "connect", "leanplum", "--source", feed, "--once"]
+    done = subprocess.run(connect, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    events_topic = settings.topic("events")
+    dl_topic = settings.topic("dead-letter")
+    existing = AdminClient(client_config(settings)).list_topics(timeout=10).topics
+    assert settings.topic("raw.leanplum") in existing and events_topic not in existing
+
+    worker.start()
+    serde = AvroSerde(settings)
+    events = read_topic(settings, events_topic, until=lambda r: len(r) >= len(ids), timeout=120)
+    decoded = [serde.decode(m.value() or b"", events_topic)[1] for m in events]
+    assert sorted(r["vendor_event_id"] for r in decoded) == ids, (
+        f"{len(events)} events read; the worker's log:\n{worker.log.read_text()[-3000:]}"
+    )
+    assert [m.key() for m in events] == [
+        f"LEANPLUM:{r['vendor_event_id']}".encode() for r in decoded
+    ]
+    dead = read_topic(settings, dl_topic, until=lambda r: len(r) >= 1)
+    dead_letters = [serde.decode(m.value() or b"", dl_topic)[1] for m in dead]
+    assert [(d["raw_key"], d["source_topic"]) for d in dead_letters] == [
+        (b"lp-early-bad", settings.topic("raw.leanplum"))
+    ]
+    accounts = worker.wait_accounts(
+        lambda acc: acc["leanplum"].raw_in == len(lines) + 1 == acc["leanplum"].accounted
+    )
+    assert accounts["leanplum"].canonical_out == len(ids)
+    assert accounts["leanplum"].duplicates == len(lines) - len(ids)
