@@ -332,6 +332,10 @@ class CampaignRow:
     named: tuple[int, str] = (-1, "")
 
 
+NO_CAMPAIGN = "(no campaign)"
+"""The campaign cell of the events that carry no campaign id (the web view says the same)."""
+
+
 class StatsView:
     """The latest upsert per campaign window, read from the ``campaign-stats`` topic."""
 
@@ -433,7 +437,9 @@ def render(
         campaigns.add_column(header, justify="right", no_wrap=True, min_width=len(header))
     for row in rows[:limit]:
         vendor, app, campaign = row.key
-        cells = [vendor, app, campaign, row.named[1], str(row.total)]
+        # Events that carry no campaign id (app opens, sends outside a campaign) are a row of
+        # their own per vendor and app, named for what they are rather than left blank.
+        cells = [vendor, app, campaign or NO_CAMPAIGN, row.named[1], str(row.total)]
         for t in TABLE_TYPES:
             cells.append(str(row.counts.get(t, 0)))
             if t == "OPEN":

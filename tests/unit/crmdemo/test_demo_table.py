@@ -73,3 +73,15 @@ def test_a_row_adds_up_with_the_other_column() -> None:
     assert cells["total"] == "5" and cells["other"] == "3"
     shown = ("SEND", "DELIVERY", "OPEN", "CLICK", "BOUNCE", "UNSUBSCRIBE", "other")
     assert sum(int(cells[h]) for h in shown) == int(cells["total"])
+
+
+def test_traffic_of_no_campaign_is_named() -> None:
+    """Events without a campaign id are a row labelled "(no campaign)", not a blank id (issue 22
+    item 3)."""
+    counts = WindowCounts(lg_k=12)
+    counts.apply("raw/0", 0, "OPEN", "PUSH", "u:0")
+    view = _view([stats_record("AIRSHIP|app|", "1h", 0, 3600, counts, 0)])
+    console = Console(width=160, record=True)
+    console.print(render({}, view, "1h", 10))
+    row = next(line for line in console.export_text().splitlines() if "AIRSHIP" in line)
+    assert row.split()[:4] == ["AIRSHIP", "app", "(no", "campaign)"], row
