@@ -292,7 +292,7 @@ class AirshipConnector:
         self._rewound = True
         self.position = self._resume
         if self._loop is not None:
-            self._loop.run_until_complete(self._close())
+            self._drive(self._close())
 
     def caught_up(self) -> bool:
         """Everything handed out is checkpointed (the stream itself never ends)."""
@@ -321,8 +321,7 @@ class AirshipConnector:
         """The connection ended: settle what was read (the runner flushes and checkpoints this
         batch), then reconnect from there after the back-off."""
         self._error(retry.kind)
-        assert self._loop is not None
-        self._loop.run_until_complete(self._close())
+        self._drive(self._close())
         delay = self._backoff.failed()
         if retry.kind == "http_404":
             # No data for the app yet: retry slowly, with jitter.
@@ -408,7 +407,8 @@ class AirshipConnector:
         stream ended if it did (the lines before it are still handed out). A line cut by the
         disconnect is not: it is re-read after the resume."""
         response = self._response
-        assert response is not None
+        if response is None:
+            return [], None
         idle = self.config.idle_timeout_s
         lines: list[bytes] = []
         deadline = time.monotonic() + min(BATCH_WINDOW_S, idle)
