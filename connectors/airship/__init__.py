@@ -17,7 +17,9 @@ The configuration is validated before the first connection (an empty filter arra
 field or a PARTITION selection not below its count would only earn a 400 later).
 
 The package, split by responsibility: :mod:`.filters` (filter and subset validation),
-:mod:`.settings`, :mod:`.offsets` (offset tracking), :mod:`.source` (the stream) and :mod:`.cli`.
+:mod:`.settings`, :mod:`.source` (the stream, a source of the connectors' runner, which owns
+publish -> flush -> checkpoint) and :mod:`.cli`. :mod:`.offsets` (a per-record acknowledgement
+tracker) is what the connector checkpointed with before it ran on the runner.
 """
 
 from connectors.airship.settings import AirshipSettings

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 from dataclasses import fields
 
+from confluent_kafka import KafkaException
+
 from connectors.airship.settings import ENV_PREFIX, AirshipSettings, option_name
-from connectors.airship.source import CONNECTOR, VENDOR, AirshipConnector, RunStats
-from connectors.runtime.health import KafkaWatch, connector_health
+from connectors.airship.source import CONNECTOR, VENDOR, AirshipConnector
 from connectors.runtime.kafka import ensure_topics
 from connectors.runtime.stop import PROCESS_STOP
 from crmstream import metrics
+from crmstream.errors import BrokerError
 from crmstream.settings import Settings
 
 log = logging.getLogger("connectors.airship")
@@ -60,20 +61,12 @@ def options_from_args(args: argparse.Namespace) -> dict[str, str | None]:
     }
 
 
-async def _main(connector: AirshipConnector) -> RunStats:
-    """SIGTERM or SIGINT: stop reading, settle (flush, checkpoint what Kafka acknowledged)."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    PROCESS_STOP.on_stop(lambda: loop.call_soon_threadsafe(stop.set))
-    return await connector.run(stop)
-
-
 def run(args: argparse.Namespace, settings: Settings) -> int:
     config = AirshipSettings.from_env(options=options_from_args(args))
     ensure_topics(settings, VENDOR)
     connector = AirshipConnector(config, settings)
-    watch = KafkaWatch(lambda: connector.publisher).start()
-    metrics.serve(settings.metrics_port, connector_health(watch))
+    _watch, health = connector.runner().health()
+    metrics.serve(settings.metrics_port, health)
     log.info(
         "streaming %s (%s) into %s",
         config.endpoint,
@@ -81,7 +74,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         settings.topic("raw.airship"),
         extra={"connector": CONNECTOR},
     )
-    stats = asyncio.run(_main(connector))
+    # SIGTERM or SIGINT: stop reading, settle (flush, checkpoint what Kafka acknowledged).
+    PROCESS_STOP.on_stop(connector.stop)
+    try:
+        stats = connector.run_blocking()
+    except KafkaException as exc:  # connect-offsets unreadable at start: one line, no traceback
+        raise BrokerError(f"Kafka is not reachable at {settings.bootstrap_servers}: {exc}") from exc
     print(
         f"airship: {stats.records} records, {stats.bytes} bytes, {stats.reconnects} reconnects, "
         f"checkpoint {stats.checkpoint}",

@@ -65,7 +65,7 @@ class Batch:
 
 
 class Source(Protocol):
-    """A pulling source (Kinesis shards, object-store files, ...)."""
+    """A pulling source (Kinesis shards, object-store files, the Airship stream)."""
 
     connector: str
 
