@@ -124,6 +124,11 @@ def test_kill_9_at_random_moments_loses_nothing_and_counts_everything_once(
             lambda path, params: _get(api, path, params), feed.expected, "1h", 2
         )
         assert not wrong, f"seed={seed}: " + "; ".join(wrong[:5]) + "\n" + "\n".join(story)
+        assert any(
+            len({m for m, _ in +counted if m is not None}) > 2
+            for key, counted in feed.expected.messages.items()
+            if b"|1h|" in key
+        ), "the samples must have windows with more message ids than kept"
         assert feed.expected.dead_letters, "the samples must hold malformed records"
         assert len(feed.expected.event_ids) > 1000
     finally:
