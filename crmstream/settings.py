@@ -343,6 +343,13 @@ class Settings:
         "log2 of the HyperLogLog buckets of the unique-recipient sketches (4..21): 12 gives "
         "~1.6% relative standard error, at most ~2 KB per sketch, exact below 385 recipients",
     )
+    stats_max_messages: int = setting(
+        "STATS_MAX_MESSAGES",
+        100,
+        parse_int,
+        "Message ids a campaign window keeps counts of its own for (1..10000); the events of "
+        "any further message id are counted in the window's overflow bucket",
+    )
     api_port: int = setting(
         "API_PORT",
         8080,
@@ -477,6 +484,8 @@ class Settings:
             )
         if not 4 <= self.stats_hll_lg_k <= 21:
             raise ConfigError("CRM_STATS_HLL_LG_K", "must be in 4..21")
+        if not 1 <= self.stats_max_messages <= 10000:
+            raise ConfigError("CRM_STATS_MAX_MESSAGES", "must be in 1..10000")
         if self.api_url and not re.fullmatch(r"https?://[^/\s]+/?", self.api_url):
             raise ConfigError("CRM_API_URL", f"must be http(s)://host:port, got {self.api_url!r}")
         self.api_grants()

@@ -151,6 +151,7 @@ class Worker:
             settings.topic("campaign-stats"),
             retention_ms,
             settings.stats_hll_lg_k,
+            settings.stats_max_messages,
         )
         floors = Floors([self.events_topic, settings.topic("dead-letter")])
         self.positioning = positioning = Positioning(

@@ -12,7 +12,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from processors.records import ALL_RECIPIENTS, Named, WindowCounts
+from processors.records import (
+    ALL_RECIPIENTS,
+    DEFAULT_MAX_KEYS,
+    Breakdown,
+    Named,
+    WindowCounts,
+)
 from processors.uniques import Union, error_bound, estimate, lg_k_of
 
 
@@ -82,6 +88,69 @@ def merged_figures(windows: Iterable[WindowCounts], lg_k: int) -> dict[str, Any]
     }
 
 
+BREAKDOWN_FIELDS = {"message": ("messages", "message_id")}
+"""Per dimension of :data:`processors.records.BREAKDOWNS`: the campaign's field that lists its
+rows, and the field of a row that holds the dimension's value."""
+
+KEPT, OVERFLOW, MISSING, NOT_BROKEN_DOWN = "value", "overflow", "none", "not_broken_down"
+"""A breakdown row's ``kind``: one value of the dimension; the values beyond the bound; the
+events without a value; the events counted before windows kept breakdowns."""
+
+
+def merged_breakdown(
+    dimension: str,
+    windows: Iterable[WindowCounts],
+    by_type: dict[str, int],
+    max_keys: int = DEFAULT_MAX_KEYS,
+) -> list[dict[str, Any]]:
+    """One dimension's rows over several windows: each value's counts summed over the windows
+    that kept it, at most ``max_keys`` values (the largest by total; the rest, and what a window
+    counted in its own overflow, in one overflow row), a row for the events without a value,
+    and one for the events of ``by_type`` (the summed totals) in no bucket (counted before
+    windows kept breakdowns), so that the rows add up to the totals per event type. Rows with
+    no event are left out; sorted by total, largest first (then by value)."""
+    _, id_field = BREAKDOWN_FIELDS[dimension]
+    kept: dict[str, dict[str, int]] = {}
+    overflow: dict[str, int] = {}
+    missing: dict[str, int] = {}
+    for counts in windows:
+        b = counts.breakdowns.get(dimension) or Breakdown()
+        for value, of_value in b.kept.items():
+            _add(kept.setdefault(value, {}), of_value)
+        _add(overflow, b.overflow)
+        _add(missing, b.missing)
+    ranked = sorted(kept.items(), key=lambda kv: (-sum(kv[1].values()), kv[0]))
+    for _, of_value in ranked[max_keys:]:
+        _add(overflow, of_value)
+    rest = dict(by_type)
+    rows: list[tuple[str, str | None, dict[str, int]]] = [
+        *((KEPT, v, c) for v, c in ranked[:max_keys]),
+        (OVERFLOW, None, overflow),
+        (MISSING, None, missing),
+    ]
+    for _, _, of_row in rows:
+        for key, n in of_row.items():
+            rest[key] = rest.get(key, 0) - n
+    rows.append((NOT_BROKEN_DOWN, None, {k: n for k, n in rest.items() if n}))
+    out: list[dict[str, Any]] = [
+        {
+            id_field: value,
+            "kind": kind,
+            "total": sum(of_row.values()),
+            "event_type_counts": dict(sorted(of_row.items())),
+        }
+        for kind, value, of_row in rows
+        if any(of_row.values())
+    ]
+    out.sort(key=lambda row: -row["total"])  # stable: values first among equal totals
+    return out
+
+
+def _add(mine: dict[str, int], theirs: dict[str, int]) -> None:
+    for key, n in theirs.items():
+        mine[key] = mine.get(key, 0) + n
+
+
 def _estimate(image: bytes | None) -> int:
     return 0 if image is None else estimate(image)
 
@@ -93,11 +162,13 @@ def campaign_figures(
     lg_k: int,
     *,
     series: bool,
+    max_keys: int = DEFAULT_MAX_KEYS,
 ) -> dict[str, Any]:
     """A campaign as a :class:`processors.api.server.CampaignSource` returns it: ``key_fields``
     (vendor, app_id, campaign_id), its name (the latest among its windows), the range's first
     and last windows with events, when it last changed, the totals and, with ``series``, one
-    point per window (in start order)."""
+    point per window (in start order) and the breakdowns (:func:`merged_breakdown`, e.g.
+    ``messages``)."""
     ordered = sorted(windows, key=lambda w: w.start)
     name: Named | None = None
     for w in ordered:
@@ -113,6 +184,9 @@ def campaign_figures(
         "totals": merged_figures((w.counts for w in ordered), lg_k),
     }
     if series:
+        by_type = out["totals"]["event_type_counts"]
+        for dimension, (field, _) in BREAKDOWN_FIELDS.items():
+            out[field] = merged_breakdown(dimension, (w.counts for w in ordered), by_type, max_keys)
         out["series"] = [
             {
                 "window_start": w.start,

@@ -28,6 +28,7 @@ from processors.records import (
     RawPosition,
     StatsUpdates,
     WindowCounts,
+    breakdown_values,
     campaign_key,
     raw_source,
     recipient_of,
@@ -99,6 +100,10 @@ class RawPlan:
     recipients: dict[int, dict[str, dict[str, list[str | None]]]] = field(default_factory=dict)
     # stats-updates partition -> campaign key -> its latest name in the batch
     names: dict[int, dict[str, Named]] = field(default_factory=dict)
+    # stats-updates partition -> dimension -> campaign key -> raw source -> values (same order)
+    dimensions: dict[int, dict[str, dict[str, dict[str, list[str | None]]]]] = field(
+        default_factory=dict
+    )
 
     @property
     def counted(self) -> list[Candidate]:
@@ -155,6 +160,10 @@ def plan_raw_batch(
         by_source.setdefault(source, []).append(stats_increment(c.event, c.pos.offset))
         whom = plan.recipients.setdefault(target, {}).setdefault(campaign, {})
         whom.setdefault(source, []).append(recipient_of(c.event))
+        dims = plan.dimensions.setdefault(target, {})
+        for name, dim_value in breakdown_values(c.event).items():
+            of_dim = dims.setdefault(name, {}).setdefault(campaign, {})
+            of_dim.setdefault(source, []).append(dim_value)
         if c.event.campaign_name:
             named = (c.event.occurred_at, c.event.campaign_name)
             names = plan.names.setdefault(target, {})
@@ -166,8 +175,8 @@ def plan_raw_batch(
 
 # --- stats ------------------------------------------------------------------------------------
 
-Counted = tuple[str | None, Any, str, str, str | None]
-"""(raw source, raw offset, event type, channel, recipient)"""
+Counted = tuple[str | None, Any, str, str, str | None, dict[str, str | None]]
+"""(raw source, raw offset, event type, channel, recipient, dimension values)"""
 
 
 @dataclass(slots=True)
@@ -195,13 +204,13 @@ def group_increments(
     for partition, parsed in updates:
         tables = [(touched.setdefault((label, partition), {}), size) for label, size in windows]
         for campaign, source, increments in parsed.increments:
-            for raw_offset, occurred, event_type, channel, recipient in increments:
+            for raw_offset, occurred, event_type, channel, recipient, dims in increments:
                 for by_window, size in tables:
                     key = (campaign, window_start(occurred, size))
                     work = by_window.get(key)
                     if work is None:
                         work = by_window[key] = WindowWork()
-                    work.counted.append((source, raw_offset, event_type, channel, recipient))
+                    work.counted.append((source, raw_offset, event_type, channel, recipient, dims))
         for campaign, named in parsed.names.items():
             for by_window, size in tables:
                 work = by_window.get((campaign, window_start(named[0], size)))
@@ -250,8 +259,8 @@ def apply_increments(counts: WindowCounts, increments: Iterable[Counted]) -> int
     """Add ``increments`` to a window's counts; returns how many it had counted already (a
     replay after a restart), which it skips."""
     replayed = 0
-    for source, raw_offset, event_type, channel, recipient in increments:
-        if not counts.apply(source, raw_offset, event_type, channel, recipient):
+    for source, raw_offset, event_type, channel, recipient, dims in increments:
+        if not counts.apply(source, raw_offset, event_type, channel, recipient, dims):
             replayed += 1
     return replayed
 

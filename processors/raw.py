@@ -308,7 +308,10 @@ class RawPath:
                 self.stats_updates_topic,
                 b"%d" % partition,
                 stats_updates_value(
-                    by_campaign, plan.recipients.get(partition), plan.names.get(partition)
+                    by_campaign,
+                    plan.recipients.get(partition),
+                    plan.names.get(partition),
+                    plan.dimensions.get(partition),
                 ),
                 partition=partition,
             )

@@ -6,7 +6,7 @@ Kept apart from the Faust agents so that what the worker writes can be tested wi
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -138,6 +138,24 @@ def recipient_of(event: CanonicalEvent) -> str | None:
     return None
 
 
+BREAKDOWNS: dict[str, Callable[[CanonicalEvent], str | None]] = {
+    "message": lambda event: event.message_id,
+}
+"""The dimensions a campaign window is broken down by, by their name on the wire and in the
+window value, with the event's value of each (None: the event has none). A dimension added here
+travels in ``stats-updates`` (:func:`stats_updates_value`), is counted per window
+(:class:`Breakdown`), and is read back by :func:`processors.figures.merged_breakdown`."""
+
+DEFAULT_MAX_KEYS = 100
+"""Default bound of the values a window keeps its own counts for, per dimension
+(``CRM_STATS_MAX_MESSAGES``); the rest are counted in the window's overflow."""
+
+
+def breakdown_values(event: CanonicalEvent) -> dict[str, str | None]:
+    """The event's value of every dimension of :data:`BREAKDOWNS`."""
+    return {name: value_of(event) for name, value_of in BREAKDOWNS.items()}
+
+
 def stats_increment(event: CanonicalEvent, raw_offset: int) -> Increment:
     """The increment as sent, without its recipient (:func:`recipient_of`)."""
     return [raw_offset, event.occurred_at, event.event_type.value, event.channel.value]
@@ -159,6 +177,7 @@ def stats_updates_value(
     by_campaign: Mapping[str, Mapping[str, list[Increment]]],
     recipients: Mapping[str, Mapping[str, list[str | None]]] | None = None,
     names: Mapping[str, Named] | None = None,
+    dimensions: Mapping[str, Mapping[str, Mapping[str, list[str | None]]]] | None = None,
 ) -> bytes:
     """One ``stats-updates`` record: the increments of every campaign bound for one partition
     from one worker batch, by the raw partition they came from, in raw-offset order::
@@ -166,17 +185,24 @@ def stats_updates_value(
         {"v": 2,
          "c": {campaign key: {"<raw topic>/<partition>": [[offset, occurred_at, type, channel]]}},
          "r": {campaign key: {"<raw topic>/<partition>": [recipient or null, ...]}},
-         "n": {campaign key: [occurred_at, campaign name]}}
+         "n": {campaign key: [occurred_at, campaign name]},
+         "d": {dimension: {campaign key: {"<raw topic>/<partition>": [value or null, ...]}}}}
 
     ``r`` (each increment's recipient, in the same order as in ``c``) and ``n`` (the latest
     campaign name among the batch's events) were added to version 2 without changing ``c``: a
     worker of the version before reads these records (and ignores them), and this one reads its
-    records (increments without a recipient count as unattributed)."""
+    records (increments without a recipient count as unattributed). ``d`` (each increment's
+    value of each dimension of :data:`BREAKDOWNS`, in the same order as in ``c``) was added the
+    same way: a worker of the version before ignores it, and increments of a record without it
+    are counted in the window's totals and no breakdown bucket (the API shows them as not broken
+    down)."""
     out: dict[str, Any] = {"v": STATS_UPDATES_VERSION, "c": by_campaign}
     if recipients:
         out["r"] = recipients
     if names:
         out["n"] = names
+    if dimensions:
+        out["d"] = dimensions
     return orjson.dumps(out)
 
 
@@ -189,7 +215,9 @@ class StatsUpdates(NamedTuple):
 
 def parse_stats_updates(key: bytes | None, value: bytes) -> StatsUpdates:
     """The increments, ``[(campaign key, raw source or None, [increment, ...]), ...]`` with
-    five-field increments (recipient None where the record has none), and the campaign names.
+    six-field increments (recipient None where the record has none; then the increment's
+    dimension values, ``{dimension: value or None}``, empty where the record has none), and the
+    campaign names.
 
     Also reads the two earlier formats (one campaign per record keyed by it, with a list of
     ``[occurred_at, event_type, channel]``; then a dict of campaign -> that list), whose
@@ -198,12 +226,17 @@ def parse_stats_updates(key: bytes | None, value: bytes) -> StatsUpdates:
     """
     data = orjson.loads(value)
     if isinstance(data, list):
-        return StatsUpdates([((key or b"").decode(), None, [[None, *_old(i)] for i in data])], {})
+        return StatsUpdates(
+            [((key or b"").decode(), None, [[None, *_old(i), {}] for i in data])], {}
+        )
     if not isinstance(data, dict):
         raise ValueError(f"a stats-updates value is a JSON object, not {type(data).__name__}")
     if data.get("v") == STATS_UPDATES_VERSION:
         out: list[tuple[str, str | None, list[Increment]]] = []
         recipients = data.get("r") or {}
+        dimensions = data.get("d") or {}
+        if not isinstance(dimensions, dict):
+            raise ValueError(f"not breakdown values: {dimensions!r}")
         for campaign, by_source in data["c"].items():
             of_campaign = recipients.get(campaign) or {}
             for source, increments in by_source.items():
@@ -212,11 +245,13 @@ def parse_stats_updates(key: bytes | None, value: bytes) -> StatsUpdates:
                     who = [None] * len(increments)
                 elif len(who) != len(increments):
                     raise ValueError(f"{len(who)} recipients for {len(increments)} increments")
-                for inc, person in zip(increments, who, strict=True):
+                values = _dimension_values(dimensions, campaign, source, len(increments))
+                for inc, person, dims in zip(increments, who, values, strict=True):
                     _check(inc[1:], inc[0])
                     if person is not None and not isinstance(person, str):
                         raise ValueError(f"not a recipient: {person!r}")
                     inc.append(person)
+                    inc.append(dims)
                 out.append((campaign, source, increments))
         names: dict[str, Named] = {}
         for campaign, named in (data.get("n") or {}).items():
@@ -227,9 +262,27 @@ def parse_stats_updates(key: bytes | None, value: bytes) -> StatsUpdates:
         return StatsUpdates(out, names)
     # Campaign keys always hold '|' (campaign_key), so "v" above cannot be one.
     return StatsUpdates(
-        [(campaign, None, [[None, *_old(i)] for i in incs]) for campaign, incs in data.items()],
+        [(campaign, None, [[None, *_old(i), {}] for i in incs]) for campaign, incs in data.items()],
         {},
     )
+
+
+def _dimension_values(
+    dimensions: Mapping[str, Any], campaign: str, source: str, n: int
+) -> list[dict[str, str | None]]:
+    """Each of ``n`` increments' dimension values from a record's ``d``."""
+    out: list[dict[str, str | None]] = [{} for _ in range(n)]
+    for name, by_campaign in dimensions.items():
+        values = ((by_campaign or {}).get(campaign) or {}).get(source)
+        if values is None:
+            continue
+        if len(values) != n:
+            raise ValueError(f"{len(values)} {name} values for {n} increments")
+        for dims, value in zip(out, values, strict=True):
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"not a {name} value: {value!r}")
+            dims[name] = value
+    return out
 
 
 def _old(increment: Any) -> list[Any]:
@@ -259,6 +312,45 @@ def stats_upsert_key(campaign: str, window_label: str, start_ms: int) -> bytes:
     return f"{campaign}|{window_label}|{start_ms}".encode()
 
 
+@dataclass(slots=True)
+class Breakdown:
+    """A window's counts per event type for each value of one dimension (e.g. ``message_id``),
+    bounded: at most ``max_keys`` values get their own counts, in the order the window first
+    counted them; the events of any further value are counted in ``overflow``, and events
+    without a value in ``missing``. Every event the window counts with this dimension is in
+    exactly one of the three, so they add up to the window's counts (of those events)."""
+
+    kept: dict[str, dict[str, int]] = field(default_factory=dict)
+    overflow: dict[str, int] = field(default_factory=dict)
+    missing: dict[str, int] = field(default_factory=dict)
+
+    def add(self, value: str | None, event_type: str, max_keys: int) -> None:
+        if value is None:
+            counts = self.missing
+        else:
+            found = self.kept.get(value)
+            if found is None and len(self.kept) < max_keys:
+                found = self.kept[value] = {}
+            counts = self.overflow if found is None else found
+        counts[event_type] = counts.get(event_type, 0) + 1
+
+    def dump(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"k": self.kept}
+        if self.overflow:
+            out["o"] = self.overflow
+        if self.missing:
+            out["x"] = self.missing
+        return out
+
+    @classmethod
+    def load(cls, value: Mapping[str, Any]) -> Breakdown:
+        return cls(
+            {key: dict(counts) for key, counts in value.get("k", {}).items()},
+            dict(value.get("o") or {}),
+            dict(value.get("x") or {}),
+        )
+
+
 ALL_RECIPIENTS = "*"
 """The key of a window's sketch of every recipient (the others are keyed by event type)."""
 
@@ -280,6 +372,9 @@ class WindowCounts:
     (:data:`ALL_RECIPIENTS`) and of each event type; ``lg_k`` is None for counts kept without
     them (the benchmark's peers). ``unattributed``: events with no recipient, or counted before
     windows kept recipients. ``name``: the latest campaign name seen among the window's events.
+    ``breakdowns``: per dimension of :data:`BREAKDOWNS`, the counts per value (:class:`Breakdown`,
+    at most ``max_keys`` values each); empty for a window stored before windows kept them. In the
+    same value as ``applied``, so exact through a crash like the counts.
     """
 
     total: int = 0
@@ -290,6 +385,8 @@ class WindowCounts:
     sketches: dict[str, Sketch] = field(default_factory=dict)
     lg_k: int | None = None
     name: Named | None = None
+    breakdowns: dict[str, Breakdown] = field(default_factory=dict)
+    max_keys: int = DEFAULT_MAX_KEYS
 
     @classmethod
     def load(cls, value: Any) -> WindowCounts:
@@ -305,13 +402,21 @@ class WindowCounts:
         event_type: str,
         channel: str,
         recipient: str | None = None,
+        dimensions: Mapping[str, str | None] | None = None,
     ) -> bool:
-        """Count one event unless this window has counted its raw record already."""
+        """Count one event unless this window has counted its raw record already.
+        ``dimensions``: its value of each dimension it is broken down by (a dimension absent:
+        counted in the totals only)."""
         if source is not None and raw_offset is not None:
             if raw_offset <= self.applied.get(source, -1):
                 return False
             self.applied[source] = raw_offset
         self.add(event_type, channel)
+        for name, value in (dimensions or {}).items():
+            breakdown = self.breakdowns.get(name)
+            if breakdown is None:
+                breakdown = self.breakdowns[name] = Breakdown()
+            breakdown.add(value, event_type, self.max_keys)
         if self.lg_k is not None:
             if recipient is None:
                 self.unattributed += 1
@@ -386,6 +491,8 @@ def window_value(counts: WindowCounts, updated_ms: int) -> bytes:
     }
     if counts.name is not None:
         head["m"] = counts.name
+    if counts.breakdowns:
+        head["b"] = {name: b.dump() for name, b in sorted(counts.breakdowns.items())}
     body = orjson.dumps(head)
     return b"".join(
         [_WINDOW_HEAD.pack(WINDOW_VALUE_MAGIC, updated_ms, len(body)), body]
@@ -401,16 +508,19 @@ def window_updated_ms(value: bytes) -> int | None:
     return int(_WINDOW_HEAD.unpack_from(value)[1])
 
 
-def load_window(value: bytes | None, lg_k: int) -> WindowCounts:
+def load_window(value: bytes | None, lg_k: int, max_keys: int = DEFAULT_MAX_KEYS) -> WindowCounts:
     """A stored window (either format), or a new one, kept with sketches of ``lg_k`` buckets
-    (a stored window keeps its own). A window of the JSON format counted its events before
-    windows kept recipients: they are unattributed."""
+    (a stored window keeps its own) and breakdowns of at most ``max_keys`` values per dimension.
+    A window of the JSON format counted its events before windows kept recipients: they are
+    unattributed. A window stored before windows kept breakdowns has none (its events are in no
+    bucket; the API shows them as not broken down)."""
     if not value:
-        return WindowCounts(lg_k=lg_k)
+        return WindowCounts(lg_k=lg_k, max_keys=max_keys)
     if value[:2] != WINDOW_VALUE_MAGIC:
         counts = WindowCounts.load(orjson.loads(value))
         counts.lg_k = lg_k
         counts.unattributed = counts.total
+        counts.max_keys = max_keys
         return counts
     from processors.uniques import Sketch
 
@@ -433,6 +543,8 @@ def load_window(value: bytes | None, lg_k: int) -> WindowCounts:
         sketches,
         int(head["k"]) if head.get("k") is not None else lg_k,
         (int(name[0]), str(name[1])) if name else None,
+        {key: Breakdown.load(b) for key, b in (head.get("b") or {}).items()},
+        max_keys,
     )
 
 

@@ -42,6 +42,7 @@ from processors.plan import (
     plan_expiry,
 )
 from processors.records import (
+    DEFAULT_MAX_KEYS,
     StatsUpdates,
     load_window,
     stats_record,
@@ -83,6 +84,7 @@ class StatsTables:
         stats_topic: str,
         retention_ms: int,
         lg_k: int,
+        max_keys: int = DEFAULT_MAX_KEYS,
     ) -> None:
         self.tables = tables
         self.windows = list(windows)
@@ -91,6 +93,7 @@ class StatsTables:
         self.stats_topic = stats_topic
         self.retention_ms = retention_ms
         self.lg_k = lg_k
+        self.max_keys = max_keys  # per window and dimension (CRM_STATS_MAX_MESSAGES)
         self.lock = asyncio.Lock()
 
     # -- counting ------------------------------------------------------------------------
@@ -153,7 +156,7 @@ class StatsTables:
             if window in admission.refused:
                 continue
             campaign, start = window
-            counts = load_window(stored[window], self.lg_k)
+            counts = load_window(stored[window], self.lg_k, self.max_keys)
             done.replayed += apply_increments(counts, work.counted)
             if work.name is not None:
                 counts.named(work.name)
@@ -251,7 +254,12 @@ class StatsTables:
         if not known:
             return None
         return campaign_figures(
-            _key_fields(campaign), windows, r.window_ms, self.lg_k, series=series
+            _key_fields(campaign),
+            windows,
+            r.window_ms,
+            self.lg_k,
+            series=series,
+            max_keys=self.max_keys,
         )
 
     def campaigns(

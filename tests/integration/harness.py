@@ -10,7 +10,9 @@ share a key, so a partition; the first copy published wins), not by the worker:
 * one dead letter for each malformed record, at its raw position;
 * the total of every (campaign, window) in the latest ``campaign-stats`` upsert, and its unique
   recipients (distinct ``user_id``, else ``device_id``): exact while a window has fewer than
-  :data:`EXACT_UNIQUES` of them (the HyperLogLog sketch's exact modes at lg_k 12).
+  :data:`EXACT_UNIQUES` of them (the HyperLogLog sketch's exact modes at lg_k 12);
+* the events per message id of every (campaign, window), as the query API answers them
+  (:func:`message_failures`).
 
 :class:`WorkerProcess` runs ``crm-stream worker`` as a child process, as a user would.
 """
@@ -31,6 +33,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka import KafkaError, Message, Producer
@@ -50,6 +53,7 @@ from crmstream.topics import (
     VENDORS,
     raw_topic,
 )
+from processors.api.query import CampaignKey
 from processors.normalize import normalize
 from processors.normalize.model import CanonicalEvent, NormalizeContext, Rejected
 from processors.records import campaign_key, recipient_of, stats_upsert_key, window_start
@@ -80,6 +84,9 @@ class Expected:
     # upsert key -> recipients of its events (a multiset: an event may be taken back)
     recipients: dict[bytes, Counter[str]] = field(default_factory=dict)
     recipient: dict[str, str | None] = field(default_factory=dict)  # event id -> its recipient
+    # upsert key -> (message id, event type) -> events
+    messages: dict[bytes, Counter[tuple[str | None, str]]] = field(default_factory=dict)
+    message: dict[str, tuple[str | None, str]] = field(default_factory=dict)  # event id -> it
 
     def uniques(self) -> dict[bytes, int]:
         """The unique recipients of every window."""
@@ -96,6 +103,7 @@ class Expected:
             who = self.recipient[event_id]
             if who is not None:
                 self.recipients[key][who] -= 1
+            self.messages[key][self.message[event_id]] -= 1
 
     def add(self, vendor: str, key: bytes | None, value: bytes, app_id: str, at: Position) -> None:
         outcome = normalize(vendor, value, NormalizeContext(app_id=app_id))
@@ -114,6 +122,11 @@ class Expected:
                 people = self.recipients.setdefault(keys[-1], Counter())
                 if who is not None:
                     people[who] += 1
+                sent = self.message[outcome.event_id] = (
+                    outcome.message_id,
+                    outcome.event_type.value,
+                )
+                self.messages.setdefault(keys[-1], Counter())[sent] += 1
 
 
 class Feed:
@@ -282,6 +295,58 @@ def exactness_failures(out: Outputs, expected: Expected) -> list[str]:
             f"e.g. {sorted(off.items())[:3]}"
         )
     return problems
+
+
+def message_failures(
+    get: Callable[[str, dict[str, Any]], Any], expected: Expected, label: str, max_keys: int
+) -> list[str]:
+    """Every way the query API's ``messages`` of each (campaign, window of ``label``) differs
+    from ``expected``, as readable lines. ``get(path, params)``: the API's 200 answer. Asked for
+    one window, the API lists the message ids the window kept: at most ``max_keys``, the first
+    it counted (which ones depends on arrival order, so any of them), each with all of its
+    events in the window; the others' events are the overflow row, events without a message id
+    the ``none`` row; nothing is ``not_broken_down``."""
+    problems: list[str] = []
+    for key, counted in expected.messages.items():
+        campaign, window, start = key.decode().rsplit("|", 2)
+        if window != label or not +counted:
+            continue
+        size = int(get_size(label))
+        body = get(
+            f"/api/campaigns/{CampaignKey.from_key(campaign).id}",
+            {"window": label, "from": int(start), "to": int(start) + size},
+        )
+        want: dict[str | None, Counter[str]] = {}
+        for (message, event_type), n in (+counted).items():
+            want.setdefault(message, Counter())[event_type] += n
+        rows = body["messages"]
+        kept = {
+            r["message_id"]: Counter(r["event_type_counts"]) for r in rows if r["kind"] == "value"
+        }
+        other = {r["kind"]: Counter(r["event_type_counts"]) for r in rows if r["kind"] != "value"}
+        ids = {m for m in want if m is not None}
+        overflow: Counter[str] = Counter()
+        for m in ids - set(kept):
+            overflow.update(want[m])
+        wrong = [
+            what
+            for what, ok in [
+                ("a kept id's counts", all(want.get(m) == c for m, c in kept.items())),
+                ("the bound", len(kept) == min(max_keys, len(ids))),
+                ("the overflow", other.get("overflow", Counter()) == overflow),
+                ("no message", other.get("none", Counter()) == want.get(None, Counter())),
+                ("not broken down", "not_broken_down" not in other),
+            ]
+            if not ok
+        ]
+        if wrong:
+            problems.append(f"{key!r}: {', '.join(wrong)}: got {rows}, want {want}")
+    return problems
+
+
+def get_size(label: str) -> int:
+    """A window label's size in ms (``1m`` -> 60000)."""
+    return {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}[label[-1]] * int(label[:-1])
 
 
 class WorkerProcess:

@@ -7,7 +7,9 @@ with batches in flight, sometimes with its local state deleted. In the end:
 
 * every canonical event id is on ``events`` exactly once;
 * every malformed record has exactly one dead letter, at its raw position;
-* the latest ``campaign-stats`` upsert of every (campaign, window) is the exact count.
+* the latest ``campaign-stats`` upsert of every (campaign, window) is the exact count;
+* the query API's events per message id of every hourly window are exact (its kept ids, the
+  overflow, the events without a message id).
 
 The seed is printed with any failure; ``CRM_CRASH_SEED=<seed>`` replays it, and
 ``CRM_CRASH_SEEDS``, ``CRM_CRASH_ROUNDS``, ``CRM_CRASH_PER_VENDOR`` and
@@ -23,7 +25,9 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from crmstream.broker import free_port
@@ -34,6 +38,7 @@ from tests.integration.harness import (
     Feed,
     WorkerProcess,
     exactness_failures,
+    message_failures,
     read_outputs,
     samples,
 )
@@ -55,7 +60,11 @@ def test_kill_9_at_random_moments_loses_nothing_and_counts_everything_once(
     seed: int, crm_env_factory: Callable[..., dict[str, str]], tmp_path: Path
 ) -> None:
     rng = random.Random(seed)
+    api = f"http://127.0.0.1:{free_port()}"
     env = crm_env_factory(
+        CRM_API_PORT=api.rsplit(":", 1)[1],
+        CRM_API_URL=api,
+        CRM_STATS_MAX_MESSAGES="2",  # fewer than some windows' message ids: an overflow
         CRM_METRICS_PORT=str(free_port()),
         CRM_DATA_DIR=str(tmp_path / "state"),
         CRM_STATS_RETENTION="3650d",
@@ -111,7 +120,28 @@ def test_kill_9_at_random_moments_loses_nothing_and_counts_everything_once(
             + "\n".join(story)
             + f"\n{worker.tail(20000)}"
         )
+        wrong = message_failures(
+            lambda path, params: _get(api, path, params), feed.expected, "1h", 2
+        )
+        assert not wrong, f"seed={seed}: " + "; ".join(wrong[:5]) + "\n" + "\n".join(story)
+        assert any(
+            len({m for m, _ in +counted if m is not None}) > 2
+            for key, counted in feed.expected.messages.items()
+            if b"|1h|" in key
+        ), "the samples must have windows with more message ids than kept"
         assert feed.expected.dead_letters, "the samples must hold malformed records"
         assert len(feed.expected.event_ids) > 1000
     finally:
         worker.stop()
+
+
+def _get(base: str, path: str, params: dict[str, Any]) -> Any:
+    """The API's 200 answer, waiting out 503s (the worker settling after its last restart)."""
+    deadline = time.monotonic() + 90
+    while True:
+        response = httpx.get(base + path, params=params, timeout=30)
+        if response.status_code != 503 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert response.status_code == 200, response.text
+    return response.json()

@@ -1,4 +1,4 @@
-// crm-stream web view: the campaign list and one campaign (funnel, rates, chart), refreshed live
+// crm-stream web view: the campaign list and one campaign (funnel, rates, chart, messages), refreshed live
 // from the query API (openapi.yaml). Plain JS, no build step; the chart is the vendored uPlot.
 //
 // Every number shown carries data-field / data-value (the API's value, unformatted), so a test
@@ -53,6 +53,22 @@
       type: "rate", get: (c) => c.rates[key],
     })),
     { key: "last_window_end", label: "Last activity", type: "time", get: (c) => c.last_window_end },
+  ];
+  // The campaign's per-message table: one row per message id, then the buckets (openapi.yaml,
+  // MessageRow), in the API's order (by total, most first).
+  const MESSAGE_KINDS = {
+    value: null,
+    overflow: ["(more messages)", "Message ids beyond the bound a window keeps counts for " +
+      "(CRM_STATS_MAX_MESSAGES), counted together"],
+    none: ["(no message)", "Events that carry no message id (e.g. Pinpoint, campaign-level events)"],
+    not_broken_down: ["(not broken down)", "Events counted before the worker kept message ids"],
+  };
+  const MESSAGE_COLUMNS = [
+    { key: "message", label: "Message", type: "text" },
+    ...[["SEND", "Sends"], ["DELIVERY", "Deliveries"], ["OPEN", "Opens"], ["CLICK", "Clicks"]].map(
+      ([type, label]) => ({ key: type, label, type: "int", get: (r) => count(r, type) })),
+    { key: "other", label: "Other events", type: "int", get: (r) => r.total - STEPS.reduce((n, [t]) => n + count(r, t), 0) },
+    { key: "total", label: "Events", type: "int", get: (r) => r.total },
   ];
   const COLORS = { SEND: "#64748b", DELIVERY: "#2563eb", OPEN: "#16a34a", CLICK: "#ea580c" };
 
@@ -410,6 +426,8 @@
       div.append(el("dt", {}, label), dd, el("small", {}, formula));
       rates.append(div);
     }
+    const mhead = document.querySelector("#messages thead tr");
+    for (const col of MESSAGE_COLUMNS) mhead.append(el("th", { scope: "col", class: `col-${col.type}` }, col.label));
     $("c-window").addEventListener("change", (e) => {
       view.window = e.target.value;
       view.signature = "";
@@ -512,6 +530,7 @@
       " · windows with events ", valueSpan("points", "int", c.series.length),
     );
     for (const [key] of RATES) setValue(document.querySelector(`#rates [data-field="${key}"]`), "rate", c.rates[key]);
+    renderMessages(c);
     const note = $("uniques-note");
     note.replaceChildren(
       "Recipients are user ids, else device ids. Unique counts are HyperLogLog estimates (lg_k ",
@@ -521,6 +540,32 @@
       " events had neither id: they are counted in events, not in uniques.",
     );
     drawChart(c);
+  }
+
+  function messageLabel(row) {
+    return MESSAGE_KINDS[row.kind] ? MESSAGE_KINDS[row.kind][0] : row.message_id;
+  }
+  function renderMessages(c) {
+    const rows = [...c.messages].sort((a, b) => b.total - a.total);
+    const tbody = document.querySelector("#messages tbody");
+    tbody.replaceChildren(...rows.map((r) => {
+      const tr = el("tr", { "data-kind": r.kind, "data-message-id": r.message_id === null ? "" : r.message_id });
+      for (const col of MESSAGE_COLUMNS) {
+        const td = el("td", { "data-field": col.key, class: `col-${col.type}` });
+        if (col.type === "int") setValue(td, "int", col.get(r));
+        else {
+          td.textContent = messageLabel(r);
+          td.dataset.value = r.message_id === null ? "" : r.message_id;
+          if (MESSAGE_KINDS[r.kind]) {
+            td.classList.add("bucket");
+            td.title = MESSAGE_KINDS[r.kind][1];
+          }
+        }
+        tr.append(td);
+      }
+      return tr;
+    }));
+    $("messages").dataset.rows = String(rows.length);
   }
 
   function valueSpan(field, type, v) {
@@ -757,6 +802,18 @@
     download(`campaign-${c.id}-${c.window}-${stamp(c.from)}-${stamp(c.to)}.csv`, csv(header, rows));
   }
 
+  // The campaign's messages as shown: one row per message id or bucket.
+  function messagesCsv() {
+    const c = view.data;
+    const types = eventTypes(c.messages);
+    const header = ["message_id", "kind", "label", "total", ...types.map((t) => `count_${t}`), "from", "to", "window"];
+    const rows = c.messages.map((r) => [
+      [r.message_id, true], [r.kind, true], [messageLabel(r), true], [r.total], ...types.map((t) => [count(r, t)]),
+      [iso(c.from)], [iso(c.to)], [c.window],
+    ]);
+    download(`campaign-${c.id}-messages-${stamp(c.from)}-${stamp(c.to)}.csv`, csv(header, rows));
+  }
+
   function guarded(job) {
     return () => job().catch((err) => {
       if (err instanceof ApiError && err.status === 401) askForToken("The server refused this token.");
@@ -802,6 +859,7 @@
     for (const id of ["from", "to"]) $(id).addEventListener("change", refreshNow);
     $("list-csv").addEventListener("click", guarded(listCsv));
     $("c-csv").addEventListener("click", guarded(async () => seriesCsv()));
+    $("c-messages-csv").addEventListener("click", guarded(async () => messagesCsv()));
     $("login").addEventListener("submit", (e) => {
       e.preventDefault();
       const token = $("token").value.trim();

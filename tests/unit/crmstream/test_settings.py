@@ -47,6 +47,9 @@ def test_defaults_are_production_defaults() -> None:
         ({"CRM_API_URL": "http://worker-0:8080/api"}, "CRM_API_URL"),
         ({"CRM_STATS_HLL_LG_K": "3"}, "CRM_STATS_HLL_LG_K"),
         ({"CRM_STATS_HLL_LG_K": "22"}, "CRM_STATS_HLL_LG_K"),
+        ({"CRM_STATS_MAX_MESSAGES": "0"}, "CRM_STATS_MAX_MESSAGES"),
+        ({"CRM_STATS_MAX_MESSAGES": "10001"}, "CRM_STATS_MAX_MESSAGES"),
+        ({"CRM_STATS_MAX_MESSAGES": "many"}, "CRM_STATS_MAX_MESSAGES"),
     ],
 )
 def test_bad_value_names_the_variable(env: dict[str, str], variable: str) -> None:

@@ -7,6 +7,7 @@ import orjson
 from processors.normalize.model import Channel, EventType, Vendor, make
 from processors.plan import (
     Candidate,
+    Counted,
     RawPlan,
     WindowWork,
     admit_windows,
@@ -21,6 +22,8 @@ from processors.records import (
     RawPosition,
     StatsUpdates,
     WindowCounts,
+    parse_stats_updates,
+    stats_updates_value,
     window_value,
 )
 from processors.state.codecs import CampaignEntry
@@ -31,7 +34,14 @@ NOW = 1_780_000_000_000
 TOPIC = "crm.raw.airship"
 
 
-def _candidate(vendor_id: str, offset: int, *, campaign: str = "c1", ts: int = NOW) -> Candidate:
+def _candidate(
+    vendor_id: str,
+    offset: int,
+    *,
+    campaign: str = "c1",
+    ts: int = NOW,
+    message_id: str | None = None,
+) -> Candidate:
     event = make(
         Vendor.AIRSHIP,
         vendor_id,
@@ -41,6 +51,7 @@ def _candidate(vendor_id: str, offset: int, *, campaign: str = "c1", ts: int = N
         occurred_at=NOW - 5_000,
         campaign_id=campaign,
         app_id="app",
+        message_id=message_id,
     )
     pos = RawPosition(TOPIC, 2, offset, ts, {})
     return candidate(event, pos, "airship", b"{...}", vendor_id.encode(), WINDOW_MS)
@@ -76,6 +87,28 @@ def test_first_copies_are_written_marked_and_counted_later_copies_are_duplicates
     assert by_source == {
         f"{TOPIC}/2": [[10, NOW - 5_000, "SEND", "PUSH"], [11, NOW - 5_000, "SEND", "PUSH"]]
     }
+
+
+def test_each_increment_travels_with_its_message_id_and_arrives_with_it() -> None:
+    batch = [
+        _candidate("a", 10, message_id="push-1"),
+        _candidate("b", 11),
+        _candidate("a", 12, message_id="push-1"),  # a duplicate: not counted, no value sent
+        _candidate("c", 13, message_id="push-2"),
+    ]
+    plan = _plan(batch)
+    source = f"{TOPIC}/2"
+    campaign = next(iter(plan.increments[3]))
+    assert plan.dimensions == {3: {"message": {campaign: {source: ["push-1", None, "push-2"]}}}}
+    value = stats_updates_value(
+        plan.increments[3], plan.recipients[3], plan.names.get(3), plan.dimensions[3]
+    )
+    parsed = parse_stats_updates(b"3", value)
+    assert [inc[5] for _, _, incs in parsed.increments for inc in incs] == [
+        {"message": "push-1"},
+        {"message": None},
+        {"message": "push-2"},
+    ]
 
 
 def test_a_mark_in_the_current_or_previous_window_or_in_flight_makes_a_duplicate() -> None:
@@ -126,7 +159,10 @@ def test_increments_are_filed_per_window_and_partition_with_their_recipients() -
                     (
                         "K|a|c1",
                         "raw/0",
-                        [[5, 61_000, "OPEN", "PUSH", "u:1"], [6, 3_601_000, "OPEN", "PUSH", None]],
+                        [
+                            [5, 61_000, "OPEN", "PUSH", "u:1", {"message": "m1"}],
+                            [6, 3_601_000, "OPEN", "PUSH", None, {}],
+                        ],
                     )
                 ],
                 {"K|a|c1": (61_000, "Name")},
@@ -135,20 +171,30 @@ def test_increments_are_filed_per_window_and_partition_with_their_recipients() -
     ]
     touched = group_increments(updates, [("1m", 60), ("1h", 3600)])
     assert touched[("1m", 0)] == {
-        ("K|a|c1", 60_000): WindowWork([("raw/0", 5, "OPEN", "PUSH", "u:1")], (61_000, "Name")),
-        ("K|a|c1", 3_600_000): WindowWork([("raw/0", 6, "OPEN", "PUSH", None)]),
+        ("K|a|c1", 60_000): WindowWork(
+            [("raw/0", 5, "OPEN", "PUSH", "u:1", {"message": "m1"})], (61_000, "Name")
+        ),
+        ("K|a|c1", 3_600_000): WindowWork([("raw/0", 6, "OPEN", "PUSH", None, {})]),
     }
     assert touched[("1h", 0)] == {
-        ("K|a|c1", 0): WindowWork([("raw/0", 5, "OPEN", "PUSH", "u:1")], (61_000, "Name")),
-        ("K|a|c1", 3_600_000): WindowWork([("raw/0", 6, "OPEN", "PUSH", None)]),
+        ("K|a|c1", 0): WindowWork(
+            [("raw/0", 5, "OPEN", "PUSH", "u:1", {"message": "m1"})], (61_000, "Name")
+        ),
+        ("K|a|c1", 3_600_000): WindowWork([("raw/0", 6, "OPEN", "PUSH", None, {})]),
     }
 
 
 def test_a_replayed_increment_is_skipped_by_the_window_that_counted_it() -> None:
     counts = WindowCounts(lg_k=12)
-    first = [("raw/0", 5, "OPEN", "PUSH", "u:a"), ("raw/0", 6, "CLICK", "PUSH", "u:b")]
+    first: list[Counted] = [
+        ("raw/0", 5, "OPEN", "PUSH", "u:a", {"message": "m1"}),
+        ("raw/0", 6, "CLICK", "PUSH", "u:b", {"message": None}),
+    ]
     assert apply_increments(counts, first) == 0
-    again = [("raw/0", 6, "CLICK", "PUSH", "u:b"), ("raw/0", 7, "OPEN", "PUSH", None)]
+    again: list[Counted] = [
+        ("raw/0", 6, "CLICK", "PUSH", "u:b", {"message": None}),
+        ("raw/0", 7, "OPEN", "PUSH", None, {"message": "m1"}),
+    ]
     assert apply_increments(counts, again) == 1
     assert counts.total == 3 and counts.by_type == {"OPEN": 2, "CLICK": 1}
     uniques = counts.uniques()
@@ -156,6 +202,9 @@ def test_a_replayed_increment_is_skipped_by_the_window_that_counted_it() -> None
     assert uniques["recipients"] == 2
     assert uniques["by_event_type"] == {"OPEN": 1, "CLICK": 1}
     assert uniques["unattributed"] == 1  # the event with no recipient counts in total only
+    # The breakdown is in the same value as the counts: the replay changed it no more.
+    assert counts.breakdowns["message"].kept == {"m1": {"OPEN": 2}}
+    assert counts.breakdowns["message"].missing == {"CLICK": 1}
 
 
 def test_a_window_not_held_is_refused_when_its_campaign_expired_it() -> None:

@@ -28,7 +28,7 @@ def test_stats_updates_round_trip_and_earlier_formats() -> None:
     )
     assert parse_stats_updates(b"3", value) == StatsUpdates(
         [
-            ("LEANPLUM|app|c1", "crm.raw.leanplum/3", [[17, 1000, "SEND", "EMAIL", None]]),
+            ("LEANPLUM|app|c1", "crm.raw.leanplum/3", [[17, 1000, "SEND", "EMAIL", None, {}]]),
             ("X|a|c", "crm.raw.x/0", []),
         ],
         {},
@@ -40,16 +40,22 @@ def test_stats_updates_round_trip_and_earlier_formats() -> None:
         {"K|a|c": (6, "Spring sale")},
     )
     assert parse_stats_updates(b"0", value) == StatsUpdates(
-        [("K|a|c", "raw/0", [[1, 5, "OPEN", "PUSH", "u:alice"], [2, 6, "OPEN", "PUSH", None]])],
+        [
+            (
+                "K|a|c",
+                "raw/0",
+                [[1, 5, "OPEN", "PUSH", "u:alice", {}], [2, 6, "OPEN", "PUSH", None, {}]],
+            )
+        ],
         {"K|a|c": (6, "Spring sale")},
     )
     # Version 1: a dict of campaign -> [occurred_at, type, channel]; no raw position.
     assert parse_stats_updates(b"3", b'{"LEANPLUM|app|c1":[[1000,"SEND","EMAIL"]]}').increments == [
-        ("LEANPLUM|app|c1", None, [[None, 1000, "SEND", "EMAIL", None]])
+        ("LEANPLUM|app|c1", None, [[None, 1000, "SEND", "EMAIL", None, {}]])
     ]
     # Before that: one record per campaign, keyed by it, the value a list of increments.
     assert parse_stats_updates(b"LEANPLUM|app|c1", b'[[5,"OPEN","PUSH"]]').increments == [
-        ("LEANPLUM|app|c1", None, [[None, 5, "OPEN", "PUSH", None]])
+        ("LEANPLUM|app|c1", None, [[None, 5, "OPEN", "PUSH", None, {}]])
     ]
     # The Java client's murmur2 partitioner: stable, and within range.
     parts = {stats_partition(f"c{i}".encode(), 6) for i in range(200)}

@@ -25,11 +25,14 @@ from aiohttp import web
 
 from processors.api.query import CampaignKey, CampaignQuery, ListQuery, TimeRange
 from processors.api.server import make_app
+from processors.figures import merged_breakdown
+from processors.records import Breakdown, WindowCounts
 
 BASE_MS = 1_796_029_200_000  # 2026-11-30T09:00:00Z, the first minute of the fixture
 MINUTE = 60_000
 LG_K = 12
 ERROR_BOUND = round(1.04 / 2 ** (LG_K / 2), 5)  # HLL relative standard error at lg_k 12
+MAX_MESSAGES = 6  # message ids per window (CRM_STATS_MAX_MESSAGES), small to show the overflow
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,10 @@ class Profile:
     anonymous: float = 0.0  # share of recipients known by device id only
     first_minute: int = 0
     last_minute: int | None = None  # stops sending after this minute
+    # Its message ids: a fixed set, one per minute ("per-minute": a push operation each
+    # minute, more than a window keeps), or none (Pinpoint has no definition-level id).
+    messages: tuple[str, ...] | str = ("msg-a", "msg-b", "msg-c")
+    no_message: float = 0.05  # share of sends without a message id
 
 
 CAMPAIGNS: tuple[Profile, ...] = (
@@ -71,6 +78,7 @@ CAMPAIGNS: tuple[Profile, ...] = (
         0.24,
         0.12,
         3000,
+        messages=(),
     ),
     Profile(
         CampaignKey(
@@ -110,6 +118,7 @@ CAMPAIGNS: tuple[Profile, ...] = (
         0.1,
         5000,
         anonymous=0.7,
+        messages="per-minute",
     ),
     Profile(
         CampaignKey("AIRSHIP", "", "flash|sale%2 (category: weekend)"),
@@ -147,8 +156,12 @@ class Figures:
     by_type_ids: dict[str, set[str]] = field(default_factory=dict)
     unattributed: int = 0
     updated_at: int = 0
+    messages: Breakdown = field(default_factory=Breakdown)
 
-    def event(self, event_type: str, channel: str, recipient: str | None) -> None:
+    def event(
+        self, event_type: str, channel: str, recipient: str | None, message: str | None = None
+    ) -> None:
+        self.messages.add(message, event_type, MAX_MESSAGES)
         self.total += 1
         self.by_type[event_type] = self.by_type.get(event_type, 0) + 1
         self.by_channel[channel] = self.by_channel.get(channel, 0) + 1
@@ -168,6 +181,21 @@ class Figures:
             self.by_type_ids.setdefault(k, set()).update(ids)
         self.unattributed += other.unattributed
         self.updated_at = max(self.updated_at, other.updated_at)
+        # As one larger window would have counted them: the first MAX_MESSAGES ids own rows.
+        mine_b, theirs_b = self.messages, other.messages
+        for value, counts in theirs_b.kept.items():
+            if value not in mine_b.kept and len(mine_b.kept) >= MAX_MESSAGES:
+                target = mine_b.overflow
+            else:
+                target = mine_b.kept.setdefault(value, {})
+            for k, v in counts.items():
+                target[k] = target.get(k, 0) + v
+        for mine, theirs in (
+            (mine_b.overflow, theirs_b.overflow),
+            (mine_b.missing, theirs_b.missing),
+        ):
+            for k, v in theirs.items():
+                mine[k] = mine.get(k, 0) + v
 
     def dump(self) -> dict[str, Any]:
         return {
@@ -188,28 +216,38 @@ def _minute(profile: Profile, index: int, minute: int, seed: int) -> Figures:
     rng = random.Random(f"{seed}:{index}:{minute}")
     out = Figures(updated_at=BASE_MS + (minute + 1) * MINUTE - 1)
 
+    pick = random.Random(f"message:{seed}:{index}:{minute}")  # apart: the events stay as before
+
     def recipient() -> str:
         n = rng.randrange(profile.audience)
         return f"device:{index}-{n:05d}" if rng.random() < profile.anonymous else f"user-{n:05d}"
 
+    def message() -> str | None:
+        if profile.messages == "per-minute":
+            return f"push-{minute:04d}" if pick.random() >= profile.no_message else None
+        if not profile.messages or pick.random() < profile.no_message:
+            return None
+        return pick.choice(profile.messages)
+
     for _ in range(rng.randint(*profile.sends)):
         who = recipient()
-        out.event("SEND", profile.channel, who)
+        msg = message()
+        out.event("SEND", profile.channel, who, msg)
         if rng.random() >= profile.delivered:
             if rng.random() < 0.6:
-                out.event("BOUNCE", profile.channel, who)
+                out.event("BOUNCE", profile.channel, who, msg)
             continue
-        out.event("DELIVERY", profile.channel, who)
+        out.event("DELIVERY", profile.channel, who, msg)
         if rng.random() < 0.01:
-            out.event("UNSUBSCRIBE", profile.channel, who)
+            out.event("UNSUBSCRIBE", profile.channel, who, msg)
         if rng.random() < profile.opened:
             for _ in range(1 + (rng.random() < 0.2)):  # some open twice
-                out.event("OPEN", profile.channel, who)
+                out.event("OPEN", profile.channel, who, msg)
             if rng.random() < profile.clicked:
-                out.event("CLICK", profile.channel, who)
+                out.event("CLICK", profile.channel, who, msg)
     if rng.random() < 0.3:  # opens a vendor reported with neither user nor device id
         for _ in range(rng.randint(1, 3)):
-            out.event("OPEN", profile.channel, None)
+            out.event("OPEN", profile.channel, None, message())
     return out
 
 
@@ -318,6 +356,12 @@ class FakeSource:
                 return None
             campaign, windows = self._campaign(query.key, query.range)
             size = query.range.window_ms
+            campaign["messages"] = merged_breakdown(
+                "message",
+                (WindowCounts(breakdowns={"message": f.messages}) for f in windows.values()),
+                campaign["totals"]["event_type_counts"],
+                MAX_MESSAGES,
+            )
             campaign["series"] = [
                 {"window_start": start, "window_end": start + size, **figures.dump()}
                 for start, figures in sorted(windows.items())

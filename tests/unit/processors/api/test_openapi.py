@@ -21,6 +21,7 @@ from processors.api.query import (
     formula,
 )
 from processors.api.server import OPENAPI
+from processors.figures import KEPT, MISSING, NOT_BROKEN_DOWN, OVERFLOW
 
 SPEC: dict[str, Any] = yaml.safe_load(OPENAPI.read_text())
 SCHEMAS = SPEC["components"]["schemas"]
@@ -86,3 +87,12 @@ def test_every_figure_path_may_answer_401() -> None:
     assert SPEC["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     for path in SPEC["paths"].values():
         assert path["get"]["responses"]["401"]["$ref"].endswith("/Unauthorized")
+
+
+def test_a_campaigns_message_rows_are_the_kinds_the_figures_make() -> None:
+    row = SCHEMAS["MessageRow"]
+    assert row["properties"]["kind"]["enum"] == [KEPT, OVERFLOW, MISSING, NOT_BROKEN_DOWN]
+    messages = SCHEMAS["Campaign"]["allOf"][-1]["properties"]["messages"]
+    assert "messages" in SCHEMAS["Campaign"]["allOf"][-1]["required"]
+    # The bound's largest setting, plus the overflow, no-message and not-broken-down rows.
+    assert messages["maxItems"] == 10_000 + 3

@@ -69,8 +69,18 @@ READ_CAMPAIGN = """() => {
     unattributed: value('#uniques-note [data-field="unattributed"]'),
     error_bound: value('#uniques-note [data-field="error_bound"]'),
     points: chart.dataset.points, last_window_start: chart.dataset.lastWindowStart,
+    messages: [...document.querySelectorAll('#messages tbody tr')].map((tr) => ({
+      kind: tr.dataset.kind, message_id: tr.dataset.messageId,
+      ...Object.fromEntries([...tr.querySelectorAll('td')].map(
+        (td) => [td.dataset.field, td.dataset.type === 'int' ? td.dataset.value : td.textContent])),
+    })),
   };
 }"""
+MESSAGE_LABELS = {
+    "overflow": "(more messages)",
+    "none": "(no message)",
+    "not_broken_down": "(not broken down)",
+}
 # The chart drew: a canvas with pixels that are not transparent.
 CHART_DRAWN = """() => {
   const canvas = document.querySelector('#chart canvas');
@@ -229,7 +239,37 @@ def check_campaign(page: Any, served: Served) -> dict[str, Any]:
     assert shown["points"] == str(span)
     assert shown["last_window_start"] == str(c["series"][-1]["window_start"])
     assert page.evaluate(CHART_DRAWN)
+    check_messages(shown["messages"], c)
     return c
+
+
+def check_messages(shown: list[dict[str, str]], c: dict[str, Any]) -> None:
+    """The per-message table is the API's ``messages``, row for row in its order (by total,
+    most first), the buckets labelled, and its rows add up to the campaign's totals."""
+    rows = c["messages"]
+    assert len(shown) == len(rows)
+    for row, r in zip(shown, rows, strict=True):
+        counts = r["event_type_counts"]
+        assert row["kind"] == r["kind"]
+        assert row["message_id"] == (r["message_id"] or "")
+        assert row["message"] == (
+            r["message_id"] if r["kind"] == "value" else MESSAGE_LABELS[r["kind"]]
+        )
+        for step in STEPS:
+            assert row[step] == _num(counts.get(step, 0)), (r, step)
+        assert row["other"] == _num(r["total"] - sum(counts.get(step, 0) for step in STEPS))
+        assert row["total"] == _num(r["total"])
+    totals = [int(row["total"]) for row in shown]
+    assert totals == sorted(totals, reverse=True)
+    t = c["totals"]
+    assert sum(totals) == t["total"]
+    for step in STEPS:
+        assert sum(int(row[step]) for row in shown) == t["event_type_counts"].get(step, 0)
+    summed: dict[str, int] = {}
+    for r in rows:
+        for event_type, n in r["event_type_counts"].items():
+            summed[event_type] = summed.get(event_type, 0) + n
+    assert summed == t["event_type_counts"]
 
 
 def test_the_page_shows_the_apis_numbers_and_follows_the_data(page: Any, served: Served) -> None:
@@ -497,6 +537,45 @@ def test_csv_of_the_list_and_of_a_series(page: Any, served: Served) -> None:
         for event_type, n in p["event_type_counts"].items():
             assert int(row[f"count_{event_type}"]) == n
         assert int(row["unique_recipients"]) == p["uniques"]["recipients"]
+
+
+def test_a_campaigns_messages_with_the_overflow_and_no_message_rows(
+    page: Any, served: Served
+) -> None:
+    """Issue 22, "Also for the page": a per-message breakdown of a campaign. The Airship
+    campaign sends a push operation a minute: more message ids than the bound, so the range's
+    largest have rows and the rest are "(more messages)"; Pinpoint has no message ids at all."""
+    wait_for_list(page, len(CAMPAIGNS))
+    airship, pinpoint, leanplum = CAMPAIGNS[4].key, CAMPAIGNS[1].key, CAMPAIGNS[0].key
+    open_campaign(page, airship.id)
+    c = check_campaign(page, served)
+    kinds = [r["kind"] for r in c["messages"]]
+    assert kinds.count("value") == 6 and {"overflow", "none"} <= set(kinds)
+    labels = page.evaluate(
+        "() => [...document.querySelectorAll('#messages td[data-field=\"message\"]')]"
+        ".map((td) => td.textContent)"
+    )
+    assert "(more messages)" in labels and "(no message)" in labels
+    # The CSV of the table: the same rows.
+    rows = _csv(page, "#c-messages-csv")
+    assert [(r["kind"], r["message_id"], int(r["total"])) for r in rows] == [
+        (m["kind"], m["message_id"] or "", m["total"]) for m in c["messages"]
+    ]
+    for row, m in zip(rows, c["messages"], strict=True):
+        for event_type, n in m["event_type_counts"].items():
+            assert int(row[f"count_{event_type}"]) == n
+    page.click("#c-close")
+    open_campaign(page, pinpoint.id)
+    c = check_campaign(page, served)
+    assert [r["kind"] for r in c["messages"]] == ["none"]
+    page.click("#c-close")
+    open_campaign(page, leanplum.id)
+    c = check_campaign(page, served)
+    assert {r["message_id"] for r in c["messages"] if r["kind"] == "value"} == {
+        "msg-a",
+        "msg-b",
+        "msg-c",
+    }
 
 
 @pytest.mark.parametrize("api_env", [{"CRM_API_TOKEN": TOKEN}], indirect=True)
