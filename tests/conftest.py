@@ -4,6 +4,7 @@ a Docker engine answers; else the embedded Tansu. Never a mock of Kafka."""
 from __future__ import annotations
 
 import os
+import signal
 import uuid
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
@@ -28,6 +29,21 @@ def _docker_answers() -> bool:
         return True
     except Exception:
         return False
+
+
+@pytest.fixture(autouse=True)
+def _signals_as_they_were() -> Iterator[None]:
+    """Every test leaves the pytest process's signal mask and SIGINT/SIGTERM handlers as it
+    found them. A test that runs ``crm-stream connect`` in-process (``crmcli.main``) installs
+    the connector's stop signals: SIGINT and SIGTERM blocked for a thread of their own. Blocked
+    signals are inherited by every process started after it, so a worker this pytest process
+    started later ignored its SIGTERM and the stop tests timed out, one full run in three."""
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
 
 
 @pytest.fixture(scope="session")
