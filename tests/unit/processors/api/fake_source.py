@@ -8,7 +8,7 @@ Uniques are exact sets here: the union a real source computes from sketches.
 
 Run it to look at the page without Kafka::
 
-    .venv/bin/python -m tests.unit.processors.api.fake_source --port 8088 --grow-every 2
+    .venv/bin/python -m tests.unit.processors.api.fake_source --port 8089 --grow-every 2
 """
 
 from __future__ import annotations
@@ -375,7 +375,7 @@ class FakeSource:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="The web view on the fake campaigns, no Kafka.")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8088)
+    parser.add_argument("--port", type=int, default=8089)
     parser.add_argument("--grow-every", type=float, default=2.0, help="seconds per new minute")
     args = parser.parse_args(argv)
     source = FakeSource()
