@@ -329,12 +329,15 @@ class Settings:
         nonempty,
         "Tumbling windows of the campaign stats, on occurred_at",
     )
-    stats_retention_s: float = setting(
+    stats_retention: str = setting(
         "STATS_RETENTION",
-        2 * 86400.0,
-        positive(parse_duration),
+        "1m=3d,1h=90d",
+        nonempty,
         "How long a stats window is kept after its last update, whatever its start (backfills "
-        "included); an event for a window that expired is refused, never counted afresh",
+        "included), per window size: `1m=3d,1h=90d`, or one duration for every size; a size of "
+        "CRM_STATS_WINDOWS not named keeps the longest retention named. An expired window is "
+        "deleted from its table and tombstoned on campaign-stats; an event for it is refused, "
+        "never counted afresh",
     )
     stats_hll_lg_k: int = setting(
         "STATS_HLL_LG_K",
@@ -478,6 +481,10 @@ class Settings:
             self.stats_window_seconds()
         except ValueError as exc:
             raise ConfigError("CRM_STATS_WINDOWS", str(exc)) from exc
+        try:
+            self.stats_retention_seconds()
+        except ValueError as exc:
+            raise ConfigError("CRM_STATS_RETENTION", str(exc)) from exc
         if self.consumer_heartbeat_interval_s >= self.consumer_session_timeout_s:
             raise ConfigError(
                 "CRM_CONSUMER_HEARTBEAT_INTERVAL", "must be below CRM_CONSUMER_SESSION_TIMEOUT"
@@ -604,3 +611,39 @@ class Settings:
         if not out or len({s for _, s in out}) != len(out):
             raise ValueError("windows must be distinct")
         return out
+
+    def stats_retention_seconds(self) -> dict[str, float]:
+        """``CRM_STATS_RETENTION`` per window size of ``CRM_STATS_WINDOWS``: ``"1m=3d,1h=90d"``
+        -> ``{"1m": 259200.0, "1h": 7776000.0}``; a bare ``"30d"`` gives every size 30 days; a
+        size not named keeps the longest retention named (keeping more, never less)."""
+        windows = self.stats_window_seconds()
+        text = self.stats_retention.strip()
+        if "=" not in text:
+            seconds = parse_duration(text)
+            if seconds <= 0:
+                raise ValueError(f"must be greater than 0, got {text!r}")
+            return {label: seconds for label, _ in windows}
+        by_size = {size: label for label, size in windows}
+        named: dict[str, float] = {}
+        for part in text.split(","):
+            size_text, sep, duration = part.partition("=")
+            if not sep:
+                raise ValueError(f"{part.strip()!r}: expected <window>=<duration>, e.g. 1m=3d")
+            try:
+                size = parse_duration(size_text)
+            except ValueError as exc:
+                raise ValueError(f"{size_text.strip()!r} is not a window size") from exc
+            label = by_size.get(int(size)) if size == int(size) else None
+            if label is None:
+                raise ValueError(
+                    f"{size_text.strip()!r} is not one of CRM_STATS_WINDOWS "
+                    f"({', '.join(lb for lb, _ in windows)})"
+                )
+            if label in named:
+                raise ValueError(f"window {label} named twice")
+            seconds = parse_duration(duration)
+            if seconds <= 0:
+                raise ValueError(f"{label}: the retention must be greater than 0")
+            named[label] = seconds
+        longest = max(named.values())
+        return {label: named.get(label, longest) for label, _ in windows}
