@@ -154,6 +154,12 @@ OBJECTSTORE_OBJECTS_INGESTED = Counter(
     "Objects read to their end (outcome=done) or parked as unreadable (outcome=failed)",
     ["connector", "outcome"],
 )
+CHECKPOINTS_FORGOTTEN = Counter(
+    "crm_connector_checkpoints_forgotten_total",
+    "Positions tombstoned in connect-offsets: objects behind the listing horizon (late_days "
+    "before the newest date partition), never listed again",
+    ["connector"],
+)
 OBJECTSTORE_SOURCE_LAG = Gauge(
     "crm_objectstore_source_lag_seconds",
     "Age of the oldest listed object not yet ingested (0 when caught up)",

@@ -128,10 +128,11 @@ class Worker:
         self,
         settings: Settings,
         engine: FaustEngine | None = None,
-        clock: Callable[[], int] = wall_clock_ms,
+        clock: Callable[[], int] | None = None,
     ) -> None:
         self.settings = settings
-        self.clock = clock  # the expiries' and the windows' time (a test may simulate months)
+        # The expiries' and the windows' time (wall_clock_ms; a soak test simulates months).
+        self.clock = clock or (lambda: wall_clock_ms())
         self.engine = engine = engine if engine is not None else FaustEngine(settings)
         self.serde = AvroSerde(settings)
         self.outputs = outputs = ConfluentOutputs(settings)
@@ -211,7 +212,7 @@ class Worker:
             stats_updates_topic=self.stats_updates_topic,
             ready=self.ready,
             start_outputs=self.start_outputs,
-            clock=clock,
+            clock=self.clock,
         )
         engine.set_positions(positioning)
         self._outputs_started = False
