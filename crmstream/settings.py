@@ -334,10 +334,10 @@ class Settings:
         "1m=3d,1h=90d",
         nonempty,
         "How long a stats window is kept after its last update, whatever its start (backfills "
-        "included), per window size: `1m=3d,1h=90d`, or one duration for every size; a size of "
-        "CRM_STATS_WINDOWS not named keeps the longest retention named. An expired window is "
-        "deleted from its table and tombstoned on campaign-stats; an event for it is refused, "
-        "never counted afresh",
+        "included), by window size: `1m=3d,1h=90d` keeps windows from 1m three days and from 1h "
+        "90 days (a size of CRM_STATS_WINDOWS takes the largest named size at or below it), or "
+        "one duration for every size. An expired window is deleted from its table and "
+        "tombstoned on campaign-stats; an event for it is refused, never counted afresh",
     )
     stats_hll_lg_k: int = setting(
         "STATS_HLL_LG_K",
@@ -614,8 +614,10 @@ class Settings:
 
     def stats_retention_seconds(self) -> dict[str, float]:
         """``CRM_STATS_RETENTION`` per window size of ``CRM_STATS_WINDOWS``: ``"1m=3d,1h=90d"``
-        -> ``{"1m": 259200.0, "1h": 7776000.0}``; a bare ``"30d"`` gives every size 30 days; a
-        size not named keeps the longest retention named (keeping more, never less)."""
+        reads "windows from 1m: 3 days, from 1h: 90 days", so ``{"1m": 259200.0, "1h":
+        7776000.0}``, and a size not named takes the retention of the largest named size at or
+        below it (of the smallest named one below them all): with windows ``5m,1d`` it gives
+        5m three days and 1d ninety. A bare ``"30d"`` gives every size 30 days."""
         windows = self.stats_window_seconds()
         text = self.stats_retention.strip()
         if "=" not in text:
@@ -623,8 +625,7 @@ class Settings:
             if seconds <= 0:
                 raise ValueError(f"must be greater than 0, got {text!r}")
             return {label: seconds for label, _ in windows}
-        by_size = {size: label for label, size in windows}
-        named: dict[str, float] = {}
+        named: dict[float, float] = {}
         for part in text.split(","):
             size_text, sep, duration = part.partition("=")
             if not sep:
@@ -633,17 +634,14 @@ class Settings:
                 size = parse_duration(size_text)
             except ValueError as exc:
                 raise ValueError(f"{size_text.strip()!r} is not a window size") from exc
-            label = by_size.get(int(size)) if size == int(size) else None
-            if label is None:
-                raise ValueError(
-                    f"{size_text.strip()!r} is not one of CRM_STATS_WINDOWS "
-                    f"({', '.join(lb for lb, _ in windows)})"
-                )
-            if label in named:
-                raise ValueError(f"window {label} named twice")
+            if size in named:
+                raise ValueError(f"window {size_text.strip()} named twice")
             seconds = parse_duration(duration)
             if seconds <= 0:
-                raise ValueError(f"{label}: the retention must be greater than 0")
-            named[label] = seconds
-        longest = max(named.values())
-        return {label: named.get(label, longest) for label, _ in windows}
+                raise ValueError(f"{size_text.strip()}: the retention must be greater than 0")
+            named[size] = seconds
+        out = {}
+        for label, size in windows:
+            at_or_below = [s for s in named if s <= size]
+            out[label] = named[max(at_or_below) if at_or_below else min(named)]
+        return out

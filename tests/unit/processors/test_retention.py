@@ -25,16 +25,24 @@ def test_retention_per_window_size_and_its_defaults() -> None:
     one = Settings.from_env({"CRM_STATS_RETENTION": "30d"})
     assert one.stats_retention_seconds() == {"1m": 30 * 86400, "1h": 30 * 86400}
     named = Settings.from_env(
-        {"CRM_STATS_WINDOWS": "1m,5m,1h", "CRM_STATS_RETENTION": "1m=2d,60m=1w"}
+        {"CRM_STATS_WINDOWS": "1m,5m,1h,1d", "CRM_STATS_RETENTION": "1m=2d,60m=1w"}
     )
-    # 5m is not named: the longest retention named (keeping more, never less)
-    assert named.stats_retention_seconds() == {"1m": 2 * 86400, "5m": 7 * 86400, "1h": 7 * 86400}
+    # A size not named takes the largest named size at or below it.
+    assert named.stats_retention_seconds() == {
+        "1m": 2 * 86400,
+        "5m": 2 * 86400,
+        "1h": 7 * 86400,
+        "1d": 7 * 86400,
+    }
+    # The default fits any windows; below every named size: the smallest named one.
+    other = Settings.from_env({"CRM_STATS_WINDOWS": "30s,5m,1d"})
+    assert other.stats_retention_seconds() == {"30s": 3 * 86400, "5m": 3 * 86400, "1d": 90 * 86400}
 
 
 @pytest.mark.parametrize(
     ("value", "why"),
     [
-        ("1m=3d,1d=90d", "not one of CRM_STATS_WINDOWS"),
+        ("1x=3d", "not a window size"),
         ("1m=3d,1m=4d", "named twice"),
         ("1m=0s", "greater than 0"),
         ("1m:3d", "not a duration"),
