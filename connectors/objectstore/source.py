@@ -212,9 +212,12 @@ class ObjectStoreSource:
         for root in self._roots():
             newest = self.newest_days.get(root)
             start_after = ""
-            start_day = self._horizon(root)  # a restart: where the last run's listing stood
+            # Never behind the horizon (its objects' positions may be forgotten), even after a
+            # restart or with a larger late_days than the run that checkpointed it.
+            start_day = self._horizon(root)
             if newest is not None:
-                start_day = newest - timedelta(days=self.config.late_days)
+                late_start = newest - timedelta(days=self.config.late_days)
+                start_day = late_start if start_day is None else max(start_day, late_start)
             if start_day is not None:
                 start_after = root + self.profile.day_dir(start_day).rstrip("/")
             for obj in self.store.list_objects(root, start_after):

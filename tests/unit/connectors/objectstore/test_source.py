@@ -135,3 +135,16 @@ def test_positions_behind_the_listing_horizon_are_forgotten_and_a_restart_starts
     first = fresh.poll()
     assert (first.records, first.listed) == (1, 2)
     assert [k for k, _, _ in again.records] == ["late"]
+
+
+def test_a_larger_late_days_never_lists_behind_the_horizon(tmp_path: Path) -> None:
+    _put(tmp_path, "dt=2024-03-04/a.json", "a")
+    _put(tmp_path, "dt=2024-03-10/b.json", "b")
+    src, _ = _source(tmp_path, late_days=2)
+    assert src.poll().records == 2
+    assert src.poll().records == 0  # a.json forgotten: before the horizon 03-08
+    wider, again = _source(tmp_path, late_days=9)  # would list from 03-01
+    wider.checkpoints = src.checkpoints
+    assert wider.poll().records == 0
+    assert wider.poll().records == 0
+    assert again.records == []
