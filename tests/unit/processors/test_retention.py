@@ -123,3 +123,19 @@ def _all() -> tuple[bytes, bytes]:
     from processors.state.keys import KeyRange
 
     return KeyRange(b"0", b"__crm/campaign0")
+
+
+def test_each_changelog_and_the_output_topic_state_their_rule() -> None:
+    from crmstream.topics import topic_specs
+    from processors.app import changelog_specs
+
+    settings = Settings.from_env({})
+    specs = {s.name: s.configs for s in changelog_specs(settings)}
+    day_ms = 86_400_000
+    assert specs["crm-stream-stats-1m-changelog"]["retention.ms"] == str(4 * day_ms)
+    assert specs["crm-stream-stats-1h-changelog"]["retention.ms"] == str(91 * day_ms)
+    topics = {s.name: s.configs for s in topic_specs(settings)}
+    # compacted, tombstones kept a day for consumers reading from the start
+    assert topics["campaign-stats"]["cleanup.policy"] == "compact"
+    assert topics["campaign-stats"]["delete.retention.ms"] == str(day_ms)
+    assert topics["connect-offsets"]["delete.retention.ms"] == str(day_ms)
