@@ -200,12 +200,16 @@ class StatsTables:
         partitions this worker is active for: a standby follows the changelog's tombstones), and
         tombstone them on ``campaign-stats``. Returns how many expired.
 
-        Each table partition's tombstones (changelog and output) are sent, and only once Kafka
-        acknowledged them are the windows deleted locally. A crash in between plans the same
-        deletes again at the next expiry: a tombstone sent twice deletes nothing twice."""
+        The output tombstones are sent first; once Kafka acknowledged them, the changelog
+        tombstones (and the campaign entries); once those are acknowledged, the windows are
+        deleted locally. So a window the changelog has deleted (a restore, or a restart that
+        replays the changelog's tail, would not see it again) has its output tombstone, and a
+        crash before that plans the same deletes again at the next expiry: a tombstone sent
+        twice deletes nothing twice."""
         expired = 0
         async with self.lock:
-            writes: list[tuple[WindowedTable, int, list[Item]]] = []
+            planned: list[tuple[str, WindowedTable, int, list[Item]]] = []
+            tombstones: list[bytes] = []
             for label, table in self.tables.items():
                 open_here = set(table.partitions())
                 for partition in sorted(set(partitions) & open_here):
@@ -226,21 +230,28 @@ class StatsTables:
                     items += [(campaign_entry_key(c), None) for c in plan.forgets]
                     for key in plan.deletes:
                         campaign, start = parse_window_key(key)
-                        outputs.send(
-                            self.stats_topic, stats_upsert_key(campaign, label, start), None
-                        )
+                        tombstones.append(stats_upsert_key(campaign, label, start))
                     if items:
-                        table.send_changelog(partition, items, outputs)
-                        writes.append((table, partition, items))
+                        planned.append((label, table, partition, items))
                     if plan.deletes:
                         expired += len(plan.deletes)
-                        metrics.STATS_EXPIRED.labels(label).inc(len(plan.deletes))
                     if plan.forgets:
                         metrics.STATS_CAMPAIGNS_FORGOTTEN.labels(label).inc(len(plan.forgets))
-            if writes:
+            if tombstones:
+                for key in tombstones:
+                    outputs.send(self.stats_topic, key, None)
+                await outputs.seal()
+            if planned:
+                for _label, table, partition, items in planned:
+                    table.send_changelog(partition, items, outputs)
                 offsets = await outputs.seal()
-                for table, partition, items in writes:
+                for label, table, partition, items in planned:
                     table.write(partition, items)
+                    deleted = sum(
+                        1 for key, value in items if value is None and key in keys.WINDOWS
+                    )
+                    if deleted:
+                        metrics.STATS_EXPIRED.labels(label).inc(deleted)
                 for table in self.tables.values():
                     table.set_persisted_offsets(offsets)
         return expired

@@ -12,7 +12,7 @@ import pytest
 from crmstream.errors import ConfigError
 from crmstream.settings import Settings
 from processors.records import stats_updates_value
-from processors.state.keys import CAMPAIGN_KEY_PREFIX
+from processors.state.keys import CAMPAIGN_KEY_PREFIX, WINDOWS
 from tests.unit.processors.fake_engine import FakeEvent, FakeMessage, Parts
 
 MINUTE_MS = 60_000
@@ -117,6 +117,38 @@ def test_a_late_event_for_an_expired_window_is_refused_then_the_entry_goes(tmp_p
     asyncio.run(scenario())
     for table in parts.stats_tables.values():
         assert list(table.scan(0, _all())) == []  # entry and windows gone: nothing kept
+
+
+def test_the_changelog_forgets_a_window_only_after_its_output_tombstone_is_acknowledged(
+    tmp_path: Path,
+) -> None:
+    """A restart replays the changelog's tail, and a restore reads all of it: a window the
+    changelog deleted is never seen again, so its output tombstone must be in Kafka first."""
+    parts = Parts(tmp_path, {"CRM_STATS_RETENTION": "10m"})
+    parts.positioning.tracker.start(parts.stats_tp(), 0)
+    now = [T0]
+    parts.stats_path.clock = lambda: now[0]
+    stats_topic = parts.settings.topic("campaign-stats")
+
+    def changelog_tombstones() -> int:
+        return sum(1 for _, _, k, v in parts.outputs.changelog if v is None and k in WINDOWS)
+
+    async def scenario() -> None:
+        await parts.stats_path.process([_increment(parts, 0, "SEGMENT|app|a", T0 + 5_000)])
+        parts.outputs.gate.clear()  # Kafka acknowledges nothing for now
+        expiry = asyncio.ensure_future(parts.stats.expire(parts.outputs, [0], T0 + 2 * HOUR_MS))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert [k for k, v in parts.outputs.topics(stats_topic) if v is None] == [
+            f"SEGMENT|app|a|1m|{T0}".encode(),
+            f"SEGMENT|app|a|1h|{T0}".encode(),
+        ]
+        assert changelog_tombstones() == 0  # not before the output tombstones are acked
+        parts.outputs.gate.set()
+        assert await expiry == 2
+        assert changelog_tombstones() == 2
+
+    asyncio.run(scenario())
 
 
 def _all() -> tuple[bytes, bytes]:
