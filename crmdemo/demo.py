@@ -354,6 +354,9 @@ class StatsView:
             msg = self.consumer.poll(0.05)
             if msg is None or msg.error():
                 continue
+            if msg.value() is None:  # the window expired (CRM_STATS_RETENTION): a tombstone
+                self.latest.pop(msg.key() or b"", None)
+                continue
             _, record = self.serde.decode(msg.value() or b"", self.topic)
             self.latest[msg.key() or b""] = record
 

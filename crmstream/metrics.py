@@ -65,7 +65,14 @@ STATS_LATE = Counter(
 )
 STATS_EXPIRED = Counter(
     "crm_worker_stats_windows_expired_total",
-    "Stats windows deleted after CRM_STATS_RETENTION without an update",
+    "Stats windows deleted after their size's CRM_STATS_RETENTION without an update (each one "
+    "tombstoned on campaign-stats)",
+    ["window"],
+)
+STATS_CAMPAIGNS_FORGOTTEN = Counter(
+    "crm_worker_stats_campaigns_forgotten_total",
+    "Campaign entries deleted from a stats table: the campaign held no window for its size's "
+    "CRM_STATS_RETENTION",
     ["window"],
 )
 TABLE_KEYS = Gauge("crm_worker_table_keys", "Keys held in a local table", ["table"])
@@ -146,6 +153,12 @@ OBJECTSTORE_OBJECTS_INGESTED = Counter(
     "crm_objectstore_objects_ingested_total",
     "Objects read to their end (outcome=done) or parked as unreadable (outcome=failed)",
     ["connector", "outcome"],
+)
+CHECKPOINTS_FORGOTTEN = Counter(
+    "crm_connector_checkpoints_forgotten_total",
+    "Positions tombstoned in connect-offsets: objects behind the listing horizon (late_days "
+    "before the newest date partition), never listed again",
+    ["connector"],
 )
 OBJECTSTORE_SOURCE_LAG = Gauge(
     "crm_objectstore_source_lag_seconds",

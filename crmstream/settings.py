@@ -329,12 +329,15 @@ class Settings:
         nonempty,
         "Tumbling windows of the campaign stats, on occurred_at",
     )
-    stats_retention_s: float = setting(
+    stats_retention: str = setting(
         "STATS_RETENTION",
-        2 * 86400.0,
-        positive(parse_duration),
+        "1m=3d,1h=90d",
+        nonempty,
         "How long a stats window is kept after its last update, whatever its start (backfills "
-        "included); an event for a window that expired is refused, never counted afresh",
+        "included), by window size: `1m=3d,1h=90d` keeps windows from 1m three days and from 1h "
+        "90 days (a size of CRM_STATS_WINDOWS takes the largest named size at or below it), or "
+        "one duration for every size. An expired window is deleted from its table and "
+        "tombstoned on campaign-stats; an event for it is refused, never counted afresh",
     )
     stats_hll_lg_k: int = setting(
         "STATS_HLL_LG_K",
@@ -478,6 +481,10 @@ class Settings:
             self.stats_window_seconds()
         except ValueError as exc:
             raise ConfigError("CRM_STATS_WINDOWS", str(exc)) from exc
+        try:
+            self.stats_retention_seconds()
+        except ValueError as exc:
+            raise ConfigError("CRM_STATS_RETENTION", str(exc)) from exc
         if self.consumer_heartbeat_interval_s >= self.consumer_session_timeout_s:
             raise ConfigError(
                 "CRM_CONSUMER_HEARTBEAT_INTERVAL", "must be below CRM_CONSUMER_SESSION_TIMEOUT"
@@ -603,4 +610,38 @@ class Settings:
             out.append((label, int(seconds)))
         if not out or len({s for _, s in out}) != len(out):
             raise ValueError("windows must be distinct")
+        return out
+
+    def stats_retention_seconds(self) -> dict[str, float]:
+        """``CRM_STATS_RETENTION`` per window size of ``CRM_STATS_WINDOWS``: ``"1m=3d,1h=90d"``
+        reads "windows from 1m: 3 days, from 1h: 90 days", so ``{"1m": 259200.0, "1h":
+        7776000.0}``, and a size not named takes the retention of the largest named size at or
+        below it (of the smallest named one below them all): with windows ``5m,1d`` it gives
+        5m three days and 1d ninety. A bare ``"30d"`` gives every size 30 days."""
+        windows = self.stats_window_seconds()
+        text = self.stats_retention.strip()
+        if "=" not in text:
+            seconds = parse_duration(text)
+            if seconds <= 0:
+                raise ValueError(f"must be greater than 0, got {text!r}")
+            return {label: seconds for label, _ in windows}
+        named: dict[float, float] = {}
+        for part in text.split(","):
+            size_text, sep, duration = part.partition("=")
+            if not sep:
+                raise ValueError(f"{part.strip()!r}: expected <window>=<duration>, e.g. 1m=3d")
+            try:
+                size = parse_duration(size_text)
+            except ValueError as exc:
+                raise ValueError(f"{size_text.strip()!r} is not a window size") from exc
+            if size in named:
+                raise ValueError(f"window {size_text.strip()} named twice")
+            seconds = parse_duration(duration)
+            if seconds <= 0:
+                raise ValueError(f"{size_text.strip()}: the retention must be greater than 0")
+            named[size] = seconds
+        out = {}
+        for label, size in windows:
+            at_or_below = [s for s in named if s <= size]
+            out[label] = named[max(at_or_below) if at_or_below else min(named)]
         return out

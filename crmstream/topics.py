@@ -15,6 +15,7 @@ from crmstream.vendors import VENDOR_NAMES
 VENDORS = VENDOR_NAMES  # crmstream.vendors is the registry
 
 WEEK_MS = 7 * 86400 * 1000
+TOMBSTONE_DAY_MS = 86400 * 1000  # how long compaction keeps a tombstone (Kafka's default)
 
 # librdkafka's codes for "no broker answered" (as opposed to a broker refusing the request).
 _UNREACHABLE = {KafkaError._TIMED_OUT, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN}
@@ -55,8 +56,16 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec("events", "canonical events (Avro), keyed by event_id", dict(keep_two_weeks)),
         TopicSpec(
             "campaign-stats",
-            "per-campaign window counts (Avro upserts), keyed by campaign and window",
-            {"cleanup.policy": "compact", "retention.ms": "-1", "retention.bytes": "-1"},
+            "per-campaign window counts (Avro upserts), keyed by campaign and window; a window "
+            "that expired (CRM_STATS_RETENTION of its size) is a tombstone",
+            {
+                "cleanup.policy": "compact",
+                "retention.ms": "-1",
+                "retention.bytes": "-1",
+                # A consumer bootstrapping from the start sees a tombstone for a day before
+                # compaction removes it (and with it the key).
+                "delete.retention.ms": str(TOMBSTONE_DAY_MS),
+            },
         ),
         TopicSpec(
             "dead-letter",
@@ -70,8 +79,14 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         ),
         TopicSpec(
             "connect-offsets",
-            "connector checkpoints, keyed by connector and source object",
-            {"cleanup.policy": "compact", "retention.ms": "-1", "retention.bytes": "-1"},
+            "connector checkpoints, keyed by connector and source object; an object behind the "
+            "re-listing horizon is a tombstone",
+            {
+                "cleanup.policy": "compact",
+                "retention.ms": "-1",
+                "retention.bytes": "-1",
+                "delete.retention.ms": str(TOMBSTONE_DAY_MS),
+            },
         ),
     ]
     return specs

@@ -52,6 +52,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from crmstream import metrics
 from crmstream.errors import ConfigError
@@ -95,6 +96,7 @@ def changelog_specs(settings: Settings) -> list[TopicSpec]:
             },
         )
     ]
+    retention = settings.stats_retention_seconds()
     for label, _size in settings.stats_window_seconds():
         specs.append(
             TopicSpec(
@@ -102,18 +104,35 @@ def changelog_specs(settings: Settings) -> list[TopicSpec]:
                 f"campaign stats, {label} windows",
                 {
                     "cleanup.policy": "compact,delete",
-                    "retention.ms": str(int(settings.stats_retention_s * 1000) + 86400000),
+                    # Windows expire with tombstones; the time limit is a backstop a day past
+                    # the retention (campaign entries are written again before it, plan_expiry).
+                    "retention.ms": str(int(retention[label] * 1000) + 86400000),
                 },
             )
         )
     return specs
 
 
+def wall_clock_ms() -> int:
+    """Epoch milliseconds now: what a window's last update and the expiries are measured on."""
+    return time.time_ns() // 1_000_000
+
+
 class Worker:
     """The worker's parts, built and wired to one engine."""
 
-    def __init__(self, settings: Settings, engine: FaustEngine | None = None) -> None:
+    DEDUPE_EXPIRY_S = 60.0
+    """How often the dedupe windows older than two ``CRM_DEDUPE_WINDOW`` are range-deleted."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: FaustEngine | None = None,
+        clock: Callable[[], int] | None = None,
+    ) -> None:
         self.settings = settings
+        # The expiries' and the windows' time (wall_clock_ms; a soak test simulates months).
+        self.clock = clock or (lambda: wall_clock_ms())
         self.engine = engine = engine if engine is not None else FaustEngine(settings)
         self.serde = AvroSerde(settings)
         self.outputs = outputs = ConfluentOutputs(settings)
@@ -137,10 +156,13 @@ class Worker:
             keep_ms=int(2 * window_s * 1000),
         )
         windows = settings.stats_window_seconds()
-        retention_ms = int(settings.stats_retention_s * 1000)
+        retention_ms = {
+            label: int(seconds * 1000)
+            for label, seconds in settings.stats_retention_seconds().items()
+        }
         self.stats_tables = {
             label: WindowedTable(
-                engine.table(f"stats-{label}"), size_ms=size * 1000, keep_ms=retention_ms
+                engine.table(f"stats-{label}"), size_ms=size * 1000, keep_ms=retention_ms[label]
             )
             for label, size in windows
         }
@@ -190,6 +212,7 @@ class Worker:
             stats_updates_topic=self.stats_updates_topic,
             ready=self.ready,
             start_outputs=self.start_outputs,
+            clock=self.clock,
         )
         engine.set_positions(positioning)
         self._outputs_started = False
@@ -220,9 +243,11 @@ class Worker:
         )
         engine.timer(10.0, "observe", self._observe)
         engine.timer(5.0, "positions", self.positioning.watch)
-        engine.timer(60.0, "expire", self._expire)
+        engine.timer(self.DEDUPE_EXPIRY_S, "expire", self._expire)
         engine.timer(
-            expiry_interval_s(settings.stats_retention_s), "stats-expire", self.stats_path.expire
+            expiry_interval_s(settings.stats_retention_seconds().values()),
+            "stats-expire",
+            self.stats_path.expire,
         )
         engine.timer(HEARTBEAT_S, "heartbeat", self._beat)
 
@@ -253,7 +278,7 @@ class Worker:
     async def _expire(self) -> None:
         """Dedupe windows expire by their start (range deletes); stats windows by their last
         update (:meth:`StatsPath.expire`)."""
-        self.dedupe.expire(time.time_ns() // 1_000_000)
+        self.dedupe.expire(self.clock())
 
     async def _observe(self) -> None:
         """Gauges that are read, not counted: raw-topic lag and the tables' key counts."""

@@ -48,7 +48,7 @@ class Outputs(Protocol):
         self,
         topic: str,
         key: bytes | None,
-        value: bytes,
+        value: bytes | None,
         partition: int | None = None,
         headers: Headers | None = None,
     ) -> None: ...
@@ -210,7 +210,7 @@ class ConfluentOutputs:
         self,
         topic: str,
         key: bytes | None,
-        value: bytes,
+        value: bytes | None,
         partition: int | None = None,
         headers: Headers | None = None,
     ) -> None:

@@ -271,6 +271,7 @@ class ExpiryPlan:
 
     deletes: list[bytes] = field(default_factory=list)  # window keys
     entries: dict[str, CampaignEntry] = field(default_factory=dict)  # campaign -> entry to write
+    forgets: list[str] = field(default_factory=list)  # campaigns whose entry is deleted
 
 
 def plan_expiry(
@@ -283,26 +284,38 @@ def plan_expiry(
     """Windows expire ``keep_ms`` after their last update, whatever their start: a backfill of
     last month's events keeps its windows as long as today's. A window stored before windows kept
     their update time expires as before, ``keep_ms`` after its end. Each campaign's entry
-    remembers the latest start it lost (``expired_through``, see :func:`admit_windows`), and is
+    remembers the latest start it lost (``expired_through``, see :func:`admit_windows`).
+
+    An entry is bounded too: once its campaign holds no window here, it is kept ``keep_ms``
+    after its last write (the expiry of the campaign's last window), then deleted; an event for
+    the campaign after that starts a new window. While the campaign holds windows, its entry is
     written again when its last write is older than half of ``keep_ms``, so that its changelog
-    record outlives the changelog's retention (``CRM_STATS_RETENTION`` plus a day).
+    record outlives the changelog's retention (the window size's retention plus a day).
 
     ``windows``: (key, value) of every window of the partition; ``entries``: its campaign
     entries."""
     plan = ExpiryPlan()
     oldest = now_ms - keep_ms
     lost: dict[str, int] = {}
+    holding: set[str] = set()
     for key, value in windows:
         updated = window_updated_ms(value)
         campaign, start = parse_window_key(key)
         if (start + size_ms if updated is None else updated) < oldest:
             plan.deletes.append(key)
             lost[campaign] = max(start, lost.get(campaign, -1))
+        else:
+            holding.add(campaign)
     known: dict[str, CampaignEntry] = dict(entries)
     for campaign, start in lost.items():
         entry = known.get(campaign) or CampaignEntry()
         plan.entries[campaign] = CampaignEntry(max(entry.expired_through, start), now_ms)
     for campaign, entry in known.items():
-        if campaign not in plan.entries and entry.written_ms < now_ms - keep_ms // 2:
+        if campaign in plan.entries:
+            continue
+        if campaign not in holding:
+            if entry.written_ms < oldest:
+                plan.forgets.append(campaign)
+        elif entry.written_ms < now_ms - keep_ms // 2:
             plan.entries[campaign] = CampaignEntry(entry.expired_through, now_ms)
     return plan

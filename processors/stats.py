@@ -12,11 +12,14 @@ once Kafka acknowledged them is it written to RocksDB (one write batch per table
 crash before that replays the batch, which counts nothing twice (``WindowCounts.applied``: counts,
 sketches and all, are one value) and upserts the windows again.
 
-**Expiry** (:meth:`StatsTables.expire`): a window expires ``CRM_STATS_RETENTION`` after its last
-update, not by its start, so a backfill of last month's events gets its windows and keeps them as
-long as today's. A window that expired is deleted (with a changelog tombstone) and its campaign's
-entry remembers its start; an event for an expired window is refused rather than counted into a
-new, partial window whose upsert would replace the complete one.
+**Expiry** (:meth:`StatsTables.expire`): a window expires its size's ``CRM_STATS_RETENTION``
+(e.g. ``1m=3d,1h=90d``) after its last update, not by its start, so a backfill of last month's
+events gets its windows and keeps them as long as today's. A window that expired is deleted, with
+a changelog tombstone and a ``campaign-stats`` tombstone (its upsert key, a null value: the
+output holds exactly the windows the tables hold), and its campaign's entry remembers its start;
+an event for an expired window is refused rather than counted into a new, partial window. A
+campaign's entry goes too, its size's retention after its last window expired
+(:func:`processors.plan.plan_expiry`).
 
 Counting and expiry of one worker never interleave (:attr:`StatsTables.lock`): a batch reads,
 awaits Kafka and writes; an expiry in between could delete a window the batch then writes back.
@@ -26,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,10 +61,12 @@ from processors.state.table import Item, WindowedTable
 log = logging.getLogger("crmstream.worker")
 
 
-def expiry_interval_s(retention_s: float) -> float:
+def expiry_interval_s(retention_s: float | Iterable[float]) -> float:
     """How often the tables are scanned for idle windows: an eighth of the retention, between
-    1 s and 5 minutes (a scan reads every window of the worker's partitions)."""
-    return min(300.0, max(1.0, retention_s / 8))
+    1 s and 5 minutes (a scan reads every window of the worker's partitions); of the shortest
+    retention when there are several."""
+    shortest = retention_s if isinstance(retention_s, float | int) else min(retention_s)
+    return min(300.0, max(1.0, shortest / 8))
 
 
 @dataclass
@@ -82,7 +87,7 @@ class StatsTables:
         windows: Sequence[tuple[str, int]],
         serde: AvroSerde,
         stats_topic: str,
-        retention_ms: int,
+        retention_ms: int | Mapping[str, int],
         lg_k: int,
         max_keys: int = DEFAULT_MAX_KEYS,
     ) -> None:
@@ -91,7 +96,12 @@ class StatsTables:
         self.window_size = dict(windows)
         self.serde = serde
         self.stats_topic = stats_topic
-        self.retention_ms = retention_ms
+        # per window size (CRM_STATS_RETENTION); one figure: every size
+        self.retention_ms = (
+            {label: retention_ms for label, _ in self.windows}
+            if isinstance(retention_ms, int)
+            else {label: retention_ms[label] for label, _ in self.windows}
+        )
         self.lg_k = lg_k
         self.max_keys = max_keys  # per window and dimension (CRM_STATS_MAX_MESSAGES)
         self.lock = asyncio.Lock()
@@ -186,12 +196,20 @@ class StatsTables:
     # -- expiry --------------------------------------------------------------------------
 
     async def expire(self, outputs: Outputs, partitions: Iterable[int], now_ms: int) -> int:
-        """Delete the windows idle for the retention in ``partitions`` (the stats partitions
-        this worker is active for: a standby follows the changelog's tombstones). Returns how
-        many expired."""
+        """Delete the windows idle for their size's retention in ``partitions`` (the stats
+        partitions this worker is active for: a standby follows the changelog's tombstones), and
+        tombstone them on ``campaign-stats``. Returns how many expired.
+
+        The output tombstones are sent first; once Kafka acknowledged them, the changelog
+        tombstones (and the campaign entries); once those are acknowledged, the windows are
+        deleted locally. So a window the changelog has deleted (a restore, or a restart that
+        replays the changelog's tail, would not see it again) has its output tombstone, and a
+        crash before that plans the same deletes again at the next expiry: a tombstone sent
+        twice deletes nothing twice."""
         expired = 0
         async with self.lock:
-            writes: list[tuple[WindowedTable, int, list[Item]]] = []
+            planned: list[tuple[str, WindowedTable, int, list[Item]]] = []
+            tombstones: list[bytes] = []
             for label, table in self.tables.items():
                 open_here = set(table.partitions())
                 for partition in sorted(set(partitions) & open_here):
@@ -202,23 +220,38 @@ class StatsTables:
                             for key, v in table.scan(partition, keys.CAMPAIGNS)
                         ),
                         now_ms,
-                        self.retention_ms,
+                        self.retention_ms[label],
                         self.window_size[label] * 1000,
                     )
                     # Tombstones first, then the entries: a changelog that has an entry
                     # remembering a window has its tombstone too.
                     items: list[Item] = [(key, None) for key in plan.deletes]
                     items += [(campaign_entry_key(c), e.encode()) for c, e in plan.entries.items()]
+                    items += [(campaign_entry_key(c), None) for c in plan.forgets]
+                    for key in plan.deletes:
+                        campaign, start = parse_window_key(key)
+                        tombstones.append(stats_upsert_key(campaign, label, start))
                     if items:
-                        table.send_changelog(partition, items, outputs)
-                        writes.append((table, partition, items))
+                        planned.append((label, table, partition, items))
                     if plan.deletes:
                         expired += len(plan.deletes)
-                        metrics.STATS_EXPIRED.labels(label).inc(len(plan.deletes))
-            if writes:
+                    if plan.forgets:
+                        metrics.STATS_CAMPAIGNS_FORGOTTEN.labels(label).inc(len(plan.forgets))
+            if tombstones:
+                for key in tombstones:
+                    outputs.send(self.stats_topic, key, None)
+                await outputs.seal()
+            if planned:
+                for _label, table, partition, items in planned:
+                    table.send_changelog(partition, items, outputs)
                 offsets = await outputs.seal()
-                for table, partition, items in writes:
+                for label, table, partition, items in planned:
                     table.write(partition, items)
+                    deleted = sum(
+                        1 for key, value in items if value is None and key in keys.WINDOWS
+                    )
+                    if deleted:
+                        metrics.STATS_EXPIRED.labels(label).inc(deleted)
                 for table in self.tables.values():
                     table.set_persisted_offsets(offsets)
         return expired

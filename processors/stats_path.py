@@ -36,6 +36,7 @@ class StatsPath:
         stats_updates_topic: str,
         ready: Callable[[], Awaitable[None]],
         start_outputs: Callable[[], Awaitable[None]],
+        clock: Callable[[], int] | None = None,
     ) -> None:
         self.engine = engine
         self.tables = tables
@@ -46,6 +47,8 @@ class StatsPath:
         self.ready = ready  # the outputs started and the schemas registered
         self.start_outputs = start_outputs
         self.busy = 0  # batches in hand
+        # Epoch ms: a window's last update and its expiry are measured on it.
+        self.clock = clock or (lambda: time.time_ns() // 1_000_000)
 
     async def process(self, batch: Batch) -> None:
         """Add a batch of increments to the windows, then write each touched window once.
@@ -63,7 +66,7 @@ class StatsPath:
             if not admitted:
                 return
             await self.ready()
-            now_ms = time.time_ns() // 1_000_000
+            now_ms = self.clock()
             ends: dict[TP, int] = {}
             parsed: list[tuple[int, StatsUpdates]] = []
             for event in admitted:
@@ -102,12 +105,13 @@ class StatsPath:
         )
 
     async def expire(self) -> None:
-        """Expire the idle windows of the stats partitions this worker is active for (not while
-        the group is moving: a standby follows the changelog's tombstones)."""
+        """Expire the idle windows of the stats partitions this worker is active for, with
+        tombstones on their changelogs and on ``campaign-stats`` (not while the group is moving:
+        a standby follows the changelog's tombstones)."""
         if not self.engine.settled()[0]:
             return
         await self.start_outputs()
         active = {
             tp.partition for tp in self.engine.assignment() if tp.topic == self.stats_updates_topic
         }
-        await self.tables.expire(self.outputs, active, time.time_ns() // 1_000_000)
+        await self.tables.expire(self.outputs, active, self.clock())

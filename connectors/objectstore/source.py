@@ -17,13 +17,14 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from connectors.feeds import FeedProfile
 from connectors.objectstore.errors import ObjectChangedError, ObjectReadError, TransientSourceError
 from connectors.objectstore.reader import ObjectReader
 from connectors.objectstore.settings import ObjectStoreSettings
-from connectors.objectstore.stores import ObjectInfo, ObjectStore, S3Store, open_store
+from connectors.objectstore.stores import LocalStore, ObjectInfo, ObjectStore, S3Store, open_store
 from connectors.runtime.checkpoints import CheckpointStore
 from connectors.runtime.deadletter import DeadLetters, Skipped
 from connectors.runtime.kafka import KeyFunction, RawPublisher
@@ -35,6 +36,9 @@ from crmstream.settings import Settings
 log = logging.getLogger("connectors.objectstore")
 
 DEFERRED_OBJECTS = 200  # finished objects whose checkpoints are written together
+HORIZON_PREFIX = "__horizon/"
+"""Position key ``__horizon/<root>``: the first date partition a listing of ``root`` starts at
+(no S3 bucket name and no absolute path starts with ``_``, so no object's key is one)."""
 BATCH_ROWS = 1000  # rows per batch: what a stop waits for before its flush and checkpoint
 MAX_TRANSIENT_FAILURES = 5  # passes in a row the store may fail before --once gives up
 PREFETCH_THREADS = 4
@@ -194,10 +198,11 @@ class ObjectStoreSource:
     def list_pending(self, stats: PassStats) -> list[ObjectInfo]:
         """One listing pass: the objects not yet (completely) ingested, oldest partition first.
 
-        The first pass lists everything; later passes start ``late_days`` partitions before the
-        newest partition seen, so late files in recent partitions are found without re-listing
-        the whole history on every poll. The newest day is kept per root (FlareLane projects
-        lag independently) and never runs ahead of tomorrow, so one object in a bogus future
+        The first pass lists everything (from the listing horizon a previous run checkpointed,
+        when there is one); later passes start ``late_days`` partitions before the newest
+        partition seen, so late files in recent partitions are found without re-listing the
+        whole history on every poll. The newest day is kept per root (FlareLane projects lag
+        independently) and never runs ahead of tomorrow, so one object in a bogus future
         partition cannot hide the real ones.
         """
         if self.positions is None:
@@ -207,8 +212,13 @@ class ObjectStoreSource:
         for root in self._roots():
             newest = self.newest_days.get(root)
             start_after = ""
+            # Never behind the horizon (its objects' positions may be forgotten), even after a
+            # restart or with a larger late_days than the run that checkpointed it.
+            start_day = self._horizon(root)
             if newest is not None:
-                start_day = newest - timedelta(days=self.config.late_days)
+                late_start = newest - timedelta(days=self.config.late_days)
+                start_day = late_start if start_day is None else max(start_day, late_start)
+            if start_day is not None:
                 start_after = root + self.profile.day_dir(start_day).rstrip("/")
             for obj in self.store.list_objects(root, start_after):
                 day = self.profile.day_of(obj.key[len(self.prefix) :])
@@ -229,6 +239,85 @@ class ObjectStoreSource:
         oldest = min((o.last_modified for o in remaining), default=None)
         lag = 0.0 if oldest is None else max(0.0, time.time() - oldest)
         metrics.OBJECTSTORE_SOURCE_LAG.labels(self._connector).set(lag)
+
+    # the listing horizon --------------------------------------------------------------------
+
+    def _horizon(self, root: str) -> date | None:
+        value = (self.positions or {}).get(HORIZON_PREFIX + root)
+        return None if value is None else date.fromisoformat(value["horizon"])
+
+    def _listed_at(self, position_key: str) -> tuple[str, date] | None:
+        """(root, date partition) of the object a position key names; None when it is not
+        one of this feed's objects (another prefix, a horizon)."""
+        if isinstance(self.store, S3Store):
+            bucket = f"{self.store.bucket}/"
+            if not position_key.startswith(bucket):
+                return None
+            key = position_key[len(bucket) :]
+        elif isinstance(self.store, LocalStore):
+            try:
+                key = Path(position_key).relative_to(self.store.root.resolve()).as_posix()
+            except ValueError:
+                return None
+        else:
+            return None
+        if not key.startswith(self.prefix):
+            return None
+        day = self.profile.day_of(key[len(self.prefix) :])
+        root = next((r for r in self.newest_days if key.startswith(r)), None)
+        return None if day is None or root is None else (root, day)
+
+    def forget_behind_horizon(self) -> int:
+        """Tombstone the positions of the objects no listing reads again: done or failed, in a
+        date partition before the listing horizon of their root (``late_days`` before the
+        newest partition seen). The horizon is written first, and only once Kafka acknowledged
+        it are the tombstones (:meth:`CheckpointStore.forget`): a restart lists from the
+        horizon, so a forgotten object is never listed, let alone read, again. Returns how many
+        positions were forgotten; a Kafka failure leaves them for the next pass."""
+        if not self.newest_days or self.positions is None:
+            return 0
+        now_ms = int(time.time() * 1000)
+        horizons: dict[str, dict[str, Any]] = {}
+        for root, newest in self.newest_days.items():
+            horizon = newest - timedelta(days=self.config.late_days)
+            known = self._horizon(root)
+            if known is None or horizon > known:
+                horizons[HORIZON_PREFIX + root] = {"horizon": horizon.isoformat(), "at": now_ms}
+        limit: dict[str, date] = {}
+        for root in self.newest_days:
+            value = horizons.get(HORIZON_PREFIX + root) or self.positions.get(HORIZON_PREFIX + root)
+            if value is not None:
+                limit[root] = date.fromisoformat(value["horizon"])
+        obsolete = []
+        for key, value in self.positions.items():
+            if key.startswith(HORIZON_PREFIX) or not (value.get("done") or value.get("failed")):
+                continue
+            where = self._listed_at(key)
+            if where is not None and where[0] in limit and where[1] < limit[where[0]]:
+                obsolete.append(key)
+        if not horizons and not obsolete:
+            return 0
+        try:
+            self.checkpoints.forget(obsolete, after=horizons)
+        except BrokerError as exc:
+            log.warning(
+                "listing horizon not checkpointed (%s); the obsolete positions stay",
+                exc,
+                extra={"connector": self._connector},
+            )
+            return 0
+        self.positions.update(horizons)
+        for key in obsolete:
+            del self.positions[key]
+        if obsolete:
+            metrics.CHECKPOINTS_FORGOTTEN.labels(self._connector).inc(len(obsolete))
+            log.info(
+                "forgot %d positions behind the listing horizon %s",
+                len(obsolete),
+                ", ".join(f"{r}{d}" for r, d in sorted(limit.items())),
+                extra={"connector": self._connector},
+            )
+        return len(obsolete)
 
     # the Source protocol -------------------------------------------------------------------
 
@@ -284,6 +373,7 @@ class ObjectStoreSource:
 
     def _start_pass(self) -> list[ObjectInfo]:
         stats = PassStats()
+        self.forget_behind_horizon()
         pending = self.list_pending(stats)
         self._set_lag(pending)
         self._pass, self._pending, self._next = stats, pending, 0

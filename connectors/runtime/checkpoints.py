@@ -1,9 +1,15 @@
 """Connector positions in the compacted ``connect-offsets`` topic (the format every connector
-has written since its first release: a restarted connector resumes from any of them)."""
+has written since its first release: a restarted connector resumes from any of them).
+
+A position a connector will never need again (an object behind the object store's listing
+horizon) is deleted with a tombstone (:meth:`CheckpointStore.forget`), written only once the
+record that makes it obsolete (the horizon) is acknowledged: compaction then drops the key, so
+the topic holds what the connectors can still resume from, not every object ever seen."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -87,19 +93,35 @@ class CheckpointStore:
         """Write one checkpoint and wait for Kafka to acknowledge it."""
         self.commit_many({position_key: value}, timeout=timeout)
 
+    def forget(
+        self,
+        position_keys: Iterable[str],
+        *,
+        after: dict[str, dict[str, Any]] | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        """Write ``after`` (what makes the positions obsolete) and, only once Kafka acknowledged
+        it, a tombstone for each of ``position_keys``. Raises :class:`BrokerError` when either is
+        not acknowledged (the tombstones are then not all written: a later call writes them)."""
+        if after:
+            self.commit_many(after, timeout=timeout)
+        keys = list(position_keys)
+        if keys:
+            self._write([(key, None) for key in keys], timeout)
+
     def commit_many(self, values: dict[str, dict[str, Any]], timeout: float = 30.0) -> None:
+        self._write([(key, orjson.dumps(value)) for key, value in values.items()], timeout)
+
+    def _write(self, records: list[tuple[str, bytes | None]], timeout: float) -> None:
         failures: list[str] = []
 
         def delivered(err: KafkaError | None, _msg: Message) -> None:
             if err is not None:
                 failures.append(err.str())
 
-        for position_key, value in values.items():
+        for position_key, value in records:
             self._producer.produce(
-                self.topic,
-                key=self._key(position_key),
-                value=orjson.dumps(value),
-                on_delivery=delivered,
+                self.topic, key=self._key(position_key), value=value, on_delivery=delivered
             )
         if bounded_flush(self._producer, timeout):
             raise BrokerError(f"checkpoint to {self.topic} not acknowledged in {timeout}s")

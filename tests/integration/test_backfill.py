@@ -1,6 +1,7 @@
 """A backfill (issue 13 item 2): a feed whose events are months old gets exact campaign stats.
 
-Stats windows are kept ``CRM_STATS_RETENTION`` (default two days) after their *last update*,
+Stats windows are kept ``CRM_STATS_RETENTION`` (by default three days for 1m windows, 90 days for
+1h ones) after their *last update*,
 not after their start (processors/stats.py), so connecting a bucket that holds last month's
 events counts all of them. The sample events lie in January 2026 (each vendor's sample around
 its own day of that month; several seeds spread them over the 30 days), far older than the
@@ -38,7 +39,7 @@ def test_a_30_day_backfill_gets_exact_hourly_totals(
     env = crm_env_factory(CRM_PARTITIONS="4")
     assert "CRM_STATS_RETENTION" not in env  # the production default
     settings = Settings.from_env(env)
-    assert settings.stats_retention_s == 2 * 86400
+    assert settings.stats_retention_seconds() == {"1m": 3 * 86400, "1h": 90 * 86400}
     create_topics(settings, extra=changelog_specs(settings))
     feed = Feed(settings)
     for seed in range(7):
@@ -62,4 +63,4 @@ def test_a_30_day_backfill_gets_exact_hourly_totals(
     assert len(days) >= 15, sorted(days)  # spread over the month
     assert (starts[-1] - starts[0]) >= 20 * DAY_MS
     # Every window is far older than the retention: an event-time expiry would count none.
-    assert time.time() * 1000 - starts[-1] > 10 * settings.stats_retention_s * 1000
+    assert time.time() * 1000 - starts[-1] > 10 * settings.stats_retention_seconds()["1m"] * 1000

@@ -644,3 +644,38 @@ def test_sample_feed_folder_through_the_connector(
     assert stats.records == len(sample.records) and stats.failed == 0
     got = raw(kafka, vendor, len(sample.records))
     assert Counter(m.key() for m in got) == Counter(k for k, _ in sample.records)
+
+
+def test_positions_behind_the_listing_horizon_are_forgotten_and_never_read_again(
+    kafka: Settings, bucket: tuple[Any, str], moto_endpoint: str
+) -> None:
+    """connect-offsets does not keep a key per object ever seen (issue 23 item 1): once a pass
+    saw a newer partition, the objects more than ``late_days`` before it are tombstoned, after
+    the listing horizon is checkpointed; a restart lists from the horizon and reads none of them
+    again, while a late file within the window is still found."""
+    client, name = bucket
+    put = lambda key, docs: client.put_object(Bucket=name, Key=key, Body=lines(docs))  # noqa: E731
+    put("dt=2024-03-01/a.json", [lp("a1", "2024-03-01")])
+    put("dt=2024-03-02/b.json", [lp("b1", "2024-03-02")])
+    put("dt=2024-03-10/c.json", [lp("c1", "2024-03-10")])
+    src = source(LEANPLUM, kafka, f"s3://{name}", moto_endpoint, late_days=3)
+    assert src.poll().records == 3
+    assert src.poll().records == 0  # this pass starts by forgetting a.json and b.json
+    topic = kafka.topic("connect-offsets")
+    latest = {m.key(): m.value() for m in read_topic(kafka, topic)}
+    prefix = f"leanplum/{name}/".encode()
+    assert latest[prefix + b"dt=2024-03-01/a.json"] is None
+    assert latest[prefix + b"dt=2024-03-02/b.json"] is None
+    assert orjson.loads(latest[prefix + b"dt=2024-03-10/c.json"] or b"{}")["done"] is True
+    assert orjson.loads(latest[b"leanplum/__horizon/"] or b"{}")["horizon"] == ("2024-03-07")
+    live = sorted(k for k, v in latest.items() if v is not None)
+    assert live == [b"leanplum/__horizon/", prefix + b"dt=2024-03-10/c.json"]
+
+    # A restart: the forgotten objects are behind the horizon, never listed nor read again;
+    # a late file in the window (03-08) is found.
+    put("dt=2024-03-08/late.json", [lp("late1", "2024-03-08")])
+    again = source(LEANPLUM, kafka, f"s3://{name}", moto_endpoint, late_days=3)
+    first = again.poll()
+    assert (first.records, first.listed) == (1, 2)  # late.json and c.json listed, late read
+    got = raw(kafka, "leanplum", 4)
+    assert sorted(m.key() for m in got) == [b"a1", b"b1", b"c1", b"late1"]

@@ -105,3 +105,31 @@ def test_the_demos_deliberate_faults_say_so(logger: str, message: str, tagged: b
     record = logging.LogRecord(logger, logging.WARNING, __file__, 1, "%s", (message,), None)
     assert DeliberateFaults().filter(record)
     assert (DELIBERATE_HINT in record.getMessage()) is tagged
+
+
+def test_the_stats_view_drops_a_window_at_its_tombstone() -> None:
+    class _Msg:
+        def __init__(self, key: bytes, value: bytes | None) -> None:
+            self._key, self._value = key, value
+
+        def key(self) -> bytes:
+            return self._key
+
+        def value(self) -> bytes | None:
+            return self._value
+
+        def error(self) -> None:
+            return None
+
+    class _Consumer:
+        def __init__(self, messages: list[_Msg]) -> None:
+            self.messages = messages
+
+        def poll(self, timeout: float) -> _Msg | None:
+            return self.messages.pop(0) if self.messages else None
+
+    view = _view()
+    view.latest = {b"SEGMENT|app|c|1m|0": {"total": 3}, b"SEGMENT|app|c|1h|0": {"total": 3}}
+    view.consumer = _Consumer([_Msg(b"SEGMENT|app|c|1m|0", None)])  # type: ignore[assignment]
+    view.poll(0.2)
+    assert view.latest == {b"SEGMENT|app|c|1h|0": {"total": 3}}

@@ -540,9 +540,7 @@ def test_the_api_token_comes_from_the_secret(existing: str | None) -> None:
     env = {e["name"]: e for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["CRM_API_TOKEN"] == {
         "name": "CRM_API_TOKEN",
-        "valueFrom": {
-            "secretKeyRef": {"name": existing or "crm-crm-stream", "key": "api-token"}
-        },
+        "valueFrom": {"secretKeyRef": {"name": existing or "crm-crm-stream", "key": "api-token"}},
     }
     assert API_TOKEN not in json.dumps([m for m in manifests if m["kind"] != "Secret"])
     if not existing:

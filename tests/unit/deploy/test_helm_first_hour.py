@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from crmstream.settings import Settings
 from tests.unit.deploy.test_helm_chart import (
     CHART,
     REPO,
@@ -135,5 +136,13 @@ def test_stats_retention_is_a_chart_value_and_documented() -> None:
     }
     assert env["CRM_STATS_RETENTION"] == "30d"
     assert "nope" in _render_error({"worker": {"statsRetention": "nope"}})
+    assert "1m=3d,1h" in _render_error({"worker": {"statsRetention": "1m=3d,1h"}})
+    default = _one(rc.render({}), "StatefulSet")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in default["env"]}
+    assert env["CRM_STATS_RETENTION"] == "1m=3d,1h=90d"
+    # What the chart passes, the worker accepts.
+    assert Settings.from_env(
+        {"CRM_STATS_RETENTION": env["CRM_STATS_RETENTION"]}
+    ).stats_retention_seconds() == {"1m": 3 * 86400, "1h": 90 * 86400}
     assert "CRM_STATS_RETENTION" in README
     assert "CRM_STATS_RETENTION" in (REPO / "README.md").read_text()

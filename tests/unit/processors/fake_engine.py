@@ -152,7 +152,7 @@ class FakeOutputs:
         self,
         topic: str,
         key: bytes | None,
-        value: bytes,
+        value: bytes | None,
         partition: int | None = None,
         headers: Headers | None = None,
     ) -> None:
@@ -239,12 +239,14 @@ class Parts:
             keep_ms=int(2 * settings.dedupe_window_s * 1000),
         )
         windows = settings.stats_window_seconds()
-        retention_ms = int(settings.stats_retention_s * 1000)
+        retention_ms = {
+            label: int(s * 1000) for label, s in settings.stats_retention_seconds().items()
+        }
         self.stats_tables = {
             label: WindowedTable(
                 FakeStore(root / f"stats-{label}", f"stats-{label}-changelog"),
                 size_ms=size * 1000,
-                keep_ms=retention_ms,
+                keep_ms=retention_ms[label],
             )
             for label, size in windows
         }

@@ -232,6 +232,7 @@ def test_windows_expire_after_their_last_update_and_entries_remember_them() -> N
             (window_key(60_000, b"A"), idle),
             (window_key(980_000, b"B"), old_format),  # ends at 990_000 > now - keep: kept
             (window_key(900_000, b"B"), old_format),  # ends at 960_000: expired
+            (window_key(990_000, b"C"), fresh),
         ],
         [("C", CampaignEntry(5, now - 6_000)), ("D", CampaignEntry(5, now - 1_000))],
         now,
@@ -244,3 +245,24 @@ def test_windows_expire_after_their_last_update_and_entries_remember_them() -> N
         "B": CampaignEntry(900_000, now),
         "C": CampaignEntry(5, now),  # rewritten: older than keep / 2
     }
+
+
+def test_an_entry_is_forgotten_the_retention_after_its_campaign_held_no_window() -> None:
+    keep = 10_000
+    now = 1_000_000
+    fresh = window_value(WindowCounts(lg_k=12), updated_ms=now - 1_000)
+    plan = plan_expiry(
+        [(window_key(0, b"held"), fresh)],
+        [
+            ("held", CampaignEntry(-1, now - 11_000)),  # holds a window: written again
+            ("gone", CampaignEntry(5, now - 11_000)),  # no window for longer than keep
+            ("recent", CampaignEntry(5, now - 9_000)),  # no window, but lost it recently
+        ],
+        now,
+        keep,
+        size_ms=60_000,
+    )
+    assert plan.deletes == []
+    assert plan.forgets == ["gone"]
+    # Not written again without a window: its last write dates the loss of its last window.
+    assert plan.entries == {"held": CampaignEntry(-1, now)}

@@ -37,6 +37,17 @@ class _Checkpoints:
     def commit_many(self, values: dict[str, dict[str, Any]], timeout: float = 30.0) -> None:
         self.values.update(values)
 
+    def forget(
+        self,
+        position_keys: Any,
+        *,
+        after: dict[str, dict[str, Any]] | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        self.commit_many(after or {})
+        for key in position_keys:
+            self.values.pop(key, None)
+
 
 def _put(root: Path, key: str, *ids: str) -> None:
     path = root / key
@@ -99,3 +110,41 @@ def test_resume_mid_file_from_checkpoint(tmp_path: Path) -> None:
     assert [k for k, _, _ in publisher.records] == [f"r{i}" for i in range(4, 10)]
     assert publisher.records[0][2].endswith("/dt=2024-03-01/a.json#4")
     assert stats.ingested == 1 and store.values[fresh.position_key(obj)]["done"] is True
+
+
+def test_positions_behind_the_listing_horizon_are_forgotten_and_a_restart_starts_there(
+    tmp_path: Path,
+) -> None:
+    _put(tmp_path, "dt=2024-03-01/a.json", "a")
+    _put(tmp_path, "dt=2024-03-05/b.json", "b")
+    _put(tmp_path, "dt=2024-03-10/c.json", "c")
+    src, _ = _source(tmp_path, late_days=2)
+    assert src.poll().records == 3
+    store = src.checkpoints
+    assert src.poll().records == 0  # starts by forgetting a.json and b.json (before 03-08)
+    kept = {"__horizon/", str((tmp_path / "dt=2024-03-10/c.json").resolve())}
+    assert set(store.values) == kept
+    assert store.values["__horizon/"]["horizon"] == "2024-03-08"
+
+    # A restart lists from the horizon: the forgotten objects are never read again, even
+    # rewritten (a new ETag); a late file within the window is read.
+    _put(tmp_path, "dt=2024-03-01/a.json", "a", "a2")
+    _put(tmp_path, "dt=2024-03-09/late.json", "late")
+    fresh, again = _source(tmp_path, late_days=2)
+    fresh.checkpoints = store
+    first = fresh.poll()
+    assert (first.records, first.listed) == (1, 2)
+    assert [k for k, _, _ in again.records] == ["late"]
+
+
+def test_a_larger_late_days_never_lists_behind_the_horizon(tmp_path: Path) -> None:
+    _put(tmp_path, "dt=2024-03-04/a.json", "a")
+    _put(tmp_path, "dt=2024-03-10/b.json", "b")
+    src, _ = _source(tmp_path, late_days=2)
+    assert src.poll().records == 2
+    assert src.poll().records == 0  # a.json forgotten: before the horizon 03-08
+    wider, again = _source(tmp_path, late_days=9)  # would list from 03-01
+    wider.checkpoints = src.checkpoints
+    assert wider.poll().records == 0
+    assert wider.poll().records == 0
+    assert again.records == []
