@@ -221,9 +221,21 @@ def read_outputs(settings: Settings, expected: Expected, timeout: float = 120) -
     )
     stats_topic = settings.topic("campaign-stats")
 
+    def live(records: list[Message]) -> dict[bytes, Message]:
+        """The latest record of each key, without the keys whose latest is a tombstone (an
+        expired window: README, "What is kept and for how long")."""
+        out: dict[bytes, Message] = {}
+        for m in records:
+            if m.value() is None:
+                out.pop(m.key() or b"", None)
+            else:
+                out[m.key() or b""] = m
+        return out
+
     def latest(records: list[Message]) -> dict[bytes, int]:
         return {
-            m.key() or b"": serde.decode(m.value() or b"", stats_topic)[1]["total"] for m in records
+            key: serde.decode(m.value() or b"", stats_topic)[1]["total"]
+            for key, m in live(records).items()
         }
 
     stats = read_topic(
@@ -233,8 +245,8 @@ def read_outputs(settings: Settings, expected: Expected, timeout: float = 120) -
         timeout=60,
     )
     uniques = {
-        m.key() or b"": serde.decode(m.value() or b"", stats_topic)[1]["unique_recipients"]
-        for m in stats
+        key: serde.decode(m.value() or b"", stats_topic)[1]["unique_recipients"]
+        for key, m in live(stats).items()
     }
     positions = []
     for m in dead:
