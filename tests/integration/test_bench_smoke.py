@@ -70,6 +70,14 @@ def test_bench_smoke(kafka_bootstrap: str, tmp_path: Path) -> None:
 
     pipelines = report["pipelines"]
     assert set(pipelines) == {"passthrough", "crm-stream", "crm-stream-2w", "bytewax"}
+    # The worker's CPU per event by stage: every stage ran and is in the report (its figures are
+    # never checked against a time).
+    for name in ("crm-stream", "crm-stream-2w"):
+        by_stage = pipelines[name]["cpu_us_per_event_by_stage"]
+        assert list(by_stage) == ["consume", "normalize", "dedupe", "encode", "produce", "stats"]
+        assert all(us > 0 for us in by_stage.values()), (name, by_stage)
+    for name in ("passthrough", "bytewax"):
+        assert pipelines[name]["cpu_us_per_event_by_stage"] is None, name
     for name, result in pipelines.items():
         assert result["events_per_s"] > 0, name
         assert result["cpu_s_per_million"] > 0, name
