@@ -232,15 +232,33 @@ class SchemaRegistry:
 _ZIGZAG_CACHED = 1 << 14
 
 
-def _zigzag_varint(n: int) -> bytes:
-    """An Avro ``long``/``int``: zig-zag, then a base-128 varint."""
-    z = (n << 1) ^ (n >> 63)
+def _varint(z: int) -> bytes:
+    """A base-128 varint of ``z`` >= 0: 7 bits a byte, low first, the high bit set on all but
+    the last."""
     out = bytearray()
     while z & ~0x7F:
         out.append((z & 0x7F) | 0x80)
         z >>= 7
     out.append(z)
     return bytes(out)
+
+
+_VARINTS = tuple(_varint(z) for z in range(1 << 14))  # varints below 2**14
+# 14 bits as the two leading bytes of a longer varint (both with the high bit set).
+_VARINT_PAIRS = tuple(bytes(((z & 0x7F) | 0x80, (z >> 7) | 0x80)) for z in range(1 << 14))
+
+
+def _zigzag_varint(n: int) -> bytes:
+    """An Avro ``long``/``int``: zig-zag, then a base-128 varint (14 bits a table lookup)."""
+    z = (n << 1) ^ (n >> 63)
+    if z < 1 << 14:
+        return _VARINTS[z]
+    parts = []
+    while z >= 1 << 14:
+        parts.append(_VARINT_PAIRS[z & 0x3FFF])
+        z >>= 14
+    parts.append(_VARINTS[z])
+    return b"".join(parts)
 
 
 _SMALL_LONGS = tuple(_zigzag_varint(n) for n in range(_ZIGZAG_CACHED))

@@ -40,6 +40,17 @@ class Stages:
         self.spent[stage] = self.spent.get(stage, 0.0) + now - self.last
         self.last = now
 
+    def split(self, stage: str, other: str, share: float) -> None:
+        """Book the time since the previous lap to ``other`` for ``share`` of it (0..1), the
+        rest to ``stage``: for work too fine-grained to read the thread's clock around (a
+        ``thread_time`` call costs a system call; its share is measured with the wall clock)."""
+        now = time.thread_time()
+        spent = now - self.last
+        share = min(1.0, max(0.0, share))
+        self.spent[other] = self.spent.get(other, 0.0) + spent * share
+        self.spent[stage] = self.spent.get(stage, 0.0) + spent * (1.0 - share)
+        self.last = now
+
     def count(self) -> None:
         for stage, seconds in self.spent.items():
             metrics.STAGE_CPU_SECONDS.labels(stage).inc(seconds)
