@@ -229,7 +229,7 @@ class SchemaRegistry:
 # fastavro, as before, and so is a record the generated function refuses: fastavro's error
 # names the field.
 
-_ZIGZAG_CACHED = 1 << 14
+_ZIGZAG_CACHED = 1 << 13
 
 
 def _varint(z: int) -> bytes:
@@ -261,12 +261,9 @@ def _zigzag_varint(n: int) -> bytes:
     return b"".join(parts)
 
 
-_SMALL_LONGS = tuple(_zigzag_varint(n) for n in range(_ZIGZAG_CACHED))
-
-
 def _long(n: int) -> bytes:
     if 0 <= n < _ZIGZAG_CACHED:
-        return _SMALL_LONGS[n]
+        return _VARINTS[n << 1]  # zig-zag of n >= 0 is 2n
     if not -(1 << 63) <= n < 1 << 63:
         raise OverflowError(f"{n} does not fit an Avro long")
     return _zigzag_varint(n)
