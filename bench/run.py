@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import math
 import os
 import platform
@@ -51,6 +52,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -61,6 +63,7 @@ from typing import Any
 import orjson
 import psutil
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench import generate, progress
 from crmdemo.demo import scrape
@@ -398,6 +401,21 @@ class Pipeline:
             self._last_progress[index] = sum(a.accounted for a in accounts.values())
         return list(self._last_progress)
 
+    def stage_cpu(self) -> dict[str, float] | None:
+        """CPU seconds by stage, its workers together (``crm_worker_stage_cpu_seconds_total``);
+        None for a pipeline without them (the peers)."""
+        if not self._metrics_urls:
+            return None
+        total: dict[str, float] = {}
+        for url in self._metrics_urls:
+            try:
+                found = stage_seconds(url)
+            except OSError:
+                return None  # a scrape that failed: no breakdown rather than a wrong one
+            for stage, seconds in found.items():
+                total[stage] = total.get(stage, 0.0) + seconds
+        return total
+
     def progress(self) -> int:
         """Raw records the pipeline has accounted for, all its processes together."""
         return sum(self.worker_progress())
@@ -493,6 +511,36 @@ def _cpu_seconds(procs: list[psutil.Process]) -> float:
     return total
 
 
+STAGE_METRIC = "crm_worker_stage_cpu_seconds_total"
+STAGES = ("normalize", "dedupe", "encode", "produce", "stats")
+CONSUME = "consume"  # the process's CPU time less the stages': Faust, event loop, threads
+
+
+def stage_seconds(url: str) -> dict[str, float]:
+    """A worker's CPU seconds by stage so far, from its metrics endpoint."""
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == STAGE_METRIC:
+                out[sample.labels["stage"]] = float(sample.value)
+    return out
+
+
+def stage_us_per_event(
+    before: dict[str, float], after: dict[str, float], cpu_s: float, events: int
+) -> dict[str, float]:
+    """CPU microseconds per raw record by stage between two readings, and ``consume``: the rest
+    of the processes' CPU time ``cpu_s`` over the same span."""
+    per = {
+        stage: round((after.get(stage, 0.0) - before.get(stage, 0.0)) / events * 1e6, 1)
+        for stage in STAGES
+    }
+    per[CONSUME] = round(cpu_s / events * 1e6 - sum(per.values()), 1)
+    return {stage: per[stage] for stage in (CONSUME, *STAGES)}
+
+
 def _peak_rss_mb(proc: psutil.Process) -> float:
     """``VmHWM``: the child's peak resident set since it started."""
     for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
@@ -532,6 +580,8 @@ class Profiler:
                 "--format",
                 "raw",
                 "--nonblocking",
+                "--threads",
+                "--nolineno",
                 "-o",
                 str(out),
             ],
@@ -662,6 +712,7 @@ def measure(
             raise BenchError(f"{pipe.key} processed nothing in {args.startup_timeout} s")
         time.sleep(0.02)
     t0, t0_wall, cpu0 = time.monotonic(), time.time(), _cpu_seconds(procs)
+    stages0 = pipe.stage_cpu()
     result["startup_s"] = round(t0 - started, 2)
     done = first
     # Several workers: when did the last of them account for its first record (the group has
@@ -687,6 +738,7 @@ def measure(
         # startup included (only the smoke test runs this small).
         window = "from process start (input too small to time)"
         measured, t0, t0_wall, cpu0 = total, started, started_wall, 0.0
+        stages0 = {} if stages0 is not None else None
     serde = (
         AvroSerde(Settings.from_env({}, bootstrap_servers=pipe.bootstrap))
         if pipe.name != "passthrough"
@@ -700,6 +752,7 @@ def measure(
         # every canonical event. Its end is the last upsert's timestamp, not when we noticed.
         stats_end_ms, campaign_totals = wait_for_stats(pipe, serde, data.expected_events, args)
     t2, cpu2 = time.monotonic(), _cpu_seconds(procs)
+    stages2 = pipe.stage_cpu()
     if pipe.profilers:
         result["profile"] = [str(profiler.out) for profiler in pipe.profilers]
         for profiler in pipe.profilers:
@@ -716,6 +769,12 @@ def measure(
         events_stage_per_s=round(measured / (t1 - t0), 1),
         cpu_s_per_million=round((cpu2 - cpu0) / (measured / 1e6), 2),
         cpu_utilisation=round((cpu2 - cpu0) / (t2 - t0), 2),
+        # CPU microseconds per raw record by stage (crm-stream only), over the same span.
+        cpu_us_per_event_by_stage=(
+            stage_us_per_event(stages0, stages2, cpu2 - cpu0, measured)
+            if stages0 is not None and stages2 is not None
+            else None
+        ),
         # All the run's processes together (a worker's peak each, added up).
         peak_rss_mb=round(sum(_peak_rss_mb(proc) for proc in procs), 1),
     )
@@ -734,6 +793,9 @@ def measure(
         f"{result['cpu_s_per_million']} CPU s per million, peak RSS {result['peak_rss_mb']} MB",
         flush=True,
     )
+    if result["cpu_us_per_event_by_stage"] is not None:
+        by_stage = ", ".join(f"{k} {v}" for k, v in result["cpu_us_per_event_by_stage"].items())
+        print(f"[{pipe.key}] CPU us per event by stage: {by_stage}", flush=True)
 
     # Outputs of the throughput phase: count, distinct keys, output-timestamp span.
     reader = OutputReader(pipe.bootstrap, pipe.output_topic)
@@ -937,6 +999,10 @@ def table(report: dict[str, Any]) -> str:
         ("state MB / M keys", lambda r: r["rocksdb_mb_per_million_keys"], 1),
         ("output records", lambda r: r["outputs"]["records"], 0),
     ]
+    rows += [
+        (f"CPU us/event: {stage}", functools.partial(_stage_of, stage=stage), 1)
+        for stage in (CONSUME, *STAGES)
+    ]
     cols = ratio_columns(results)
     header = f"{'':<24}" + "".join(f"{run_label(n):>15}" for n in names)
     header += "".join(f"{h:>10}" for _, h, _, _ in cols)
@@ -954,6 +1020,11 @@ def table(report: dict[str, Any]) -> str:
         f"({orjson.dumps({k: v for k, v in agree.items() if k != 'passed'}).decode()})"
     )
     return "\n".join(lines)
+
+
+def _stage_of(result: dict[str, Any], stage: str) -> float | None:
+    by_stage = result.get("cpu_us_per_event_by_stage")
+    return None if by_stage is None else by_stage.get(stage)
 
 
 def _num(value: Any) -> float | None:

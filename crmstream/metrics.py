@@ -47,6 +47,14 @@ END_TO_END_SECONDS = Histogram(
     ["vendor"],
     buckets=E2E_BUCKETS,
 )
+STAGE_CPU_SECONDS = Counter(
+    "crm_worker_stage_cpu_seconds_total",
+    "CPU time of the worker's event-loop thread by stage: normalize, dedupe (mark look-ups, "
+    "planning, mark writes), encode (canonical records to Avro), produce (handing records to the "
+    "producer), stats (the stats agent's batches). The process's CPU time less their sum is "
+    "the consume path (Faust, the event loop, the consumer and delivery-report threads)",
+    ["stage"],
+)
 STATS_UPSERTS = Counter(
     "crm_worker_stats_upserts_total", "Campaign-stats upserts produced", ["window"]
 )

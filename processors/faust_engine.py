@@ -51,12 +51,14 @@ import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from time import monotonic as _monotonic
 from typing import Any, Protocol, cast
 
 import faust
 import rocksdict
 from aiokafka.errors import IllegalStateError
 from faust.exceptions import ConsumerNotStarted
+from faust.sensors import Monitor
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import Consumer
 from faust.types import TP as FaustTP
@@ -292,6 +294,30 @@ def faust_broker_kwargs(settings: Settings) -> dict[str, Any]:
 # --- the engine -------------------------------------------------------------------------------
 
 
+class LeanMonitor(Monitor):
+    """Faust's main sensor without its per-record bookkeeping.
+
+    Faust calls its monitor four times per record (message in, stream event in and out, message
+    out); the default one updates counters, a dict and a deque each time and reads the clock,
+    statistics only Faust's web views and metric exporters read (both off here; the worker's
+    own metrics are in :mod:`crmstream.metrics`). Kept: the stream's inbound time per partition,
+    which Faust's consumer reads to warn about a stalled stream."""
+
+    def on_message_in(self, tp: Any, offset: int, message: Any) -> None:
+        return None
+
+    def on_stream_event_in(self, tp: Any, offset: int, stream: Any, event: Any) -> None:
+        self.stream_inbound_time[tp] = _monotonic()
+
+    def on_stream_event_out(
+        self, tp: Any, offset: int, stream: Any, event: Any, state: Any = None
+    ) -> None:
+        return None
+
+    def on_message_out(self, tp: Any, offset: int, message: Any) -> None:
+        return None
+
+
 def die(exc: BaseException, what: str) -> None:
     """Stop the process without committing the batch in hand.
 
@@ -376,6 +402,7 @@ class FaustEngine:
             topic_partitions=settings.partitions,
             topic_replication_factor=max(1, settings.replication_factor),
             web_enabled=False,
+            Monitor=LeanMonitor,
             key_serializer="raw",
             value_serializer="raw",
             table_cleanup_interval=60.0,

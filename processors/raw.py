@@ -49,6 +49,7 @@ from processors.plan import Candidate, RawPlan, candidate, plan_raw_batch
 from processors.positioning import Floors, Positioning, by_partition
 from processors.positions import TP, TopicPartition
 from processors.records import RawPosition, canonical_record, headers_dict, stats_updates_value
+from processors.stages import DEDUPE, ENCODE, NORMALIZE, PRODUCE, Stages
 from processors.state.keys import durable_key, position_key
 from processors.state.table import WindowedTable
 
@@ -203,10 +204,19 @@ class RawPath:
         started = time.perf_counter()
         now_ms = time.time_ns() // 1_000_000
         tally = Tally()
+        cpu = Stages()
         candidates = self._normalize(admitted, now_ms, tally)
-        plan = self._plan(candidates, now_ms)
+        cpu.lap(NORMALIZE)
+        wall = time.perf_counter()
+        encoding = [0.0]  # the wall time spent encoding (perf_counter is cheap, thread_time not)
+        plan = self._plan(candidates, now_ms, encoding)
+        # The plan's CPU time, split between dedupe and encode as its wall time was.
+        cpu.split(DEDUPE, ENCODE, encoding[0] / max(time.perf_counter() - wall, 1e-9))
         self._send(plan, now_ms, tally)
+        cpu.lap(PRODUCE)
         self._hand_over(admitted, plan.marks, tally, started)
+        cpu.lap(DEDUPE)
+        cpu.count()
 
     def _normalize(self, batch: Sequence[Event], now_ms: int, tally: Tally) -> list[Candidate]:
         """Every record of the batch through its vendor's normalizer. Rejected records go to the
@@ -239,15 +249,18 @@ class RawPath:
                 raise TypeError(f"a normalizer returned {type(outcome).__name__}")
         return candidates
 
-    def _plan(self, candidates: list[Candidate], now_ms: int) -> RawPlan:
+    def _plan(self, candidates: list[Candidate], now_ms: int, encoding: list[float]) -> RawPlan:
         """What the batch does (:func:`processors.plan.plan_raw_batch`), from the dedupe keys
-        already marked."""
+        already marked. The time spent encoding is added to ``encoding[0]``."""
         encode = self.serde.encode
+        events_topic = self.events_topic
+        clock = time.perf_counter
 
         def encoded(c: Candidate) -> bytes:
-            return encode(
-                "CanonicalEvent", canonical_record(c.event, c.pos, now_ms), self.events_topic
-            )
+            t0 = clock()
+            value = encode("CanonicalEvent", canonical_record(c.event, c.pos, now_ms), events_topic)
+            encoding[0] += clock() - t0
+            return value
 
         def written(c: Candidate) -> bool:
             return self.positioning.landed(
@@ -367,6 +380,7 @@ class RawPath:
             if previous is not None:
                 await previous.written
             offsets = await batch.acked
+            cpu = Stages()
             acked_ms = time.time_ns() // 1_000_000
             self.floors.raise_to(offsets)
             items = batch.marks
@@ -377,8 +391,10 @@ class RawPath:
             for partition, partition_items in items.items():
                 self.dedupe.put_many(partition, partition_items, self.outputs)
             self.pending_keys.difference_update(batch.keys)
+            cpu.lap(DEDUPE)
             self.engine.release(batch.events)
             _count_batch(batch.tally, acked_ms, batch.started)
+            cpu.count()
         finally:
             self.slots.release()
             self.busy -= 1

@@ -53,6 +53,7 @@ from processors.records import (
     window_updated_ms,
     window_value,
 )
+from processors.stages import STATS, Stages
 from processors.state import keys
 from processors.state.codecs import CampaignEntry
 from processors.state.keys import campaign_entry_key, parse_window_key, window_key
@@ -109,12 +110,19 @@ class StatsTables:
     # -- counting ------------------------------------------------------------------------
 
     async def count(
-        self, parsed: Iterable[tuple[int, StatsUpdates]], outputs: Outputs, now_ms: int
+        self,
+        parsed: Iterable[tuple[int, StatsUpdates]],
+        outputs: Outputs,
+        now_ms: int,
+        cpu: Stages | None = None,
     ) -> Offsets:
         """Count a batch of parsed ``stats-updates`` records (with their partitions) into the
         windows, upsert each touched window, and write it once Kafka acknowledged the upserts
-        and changelog records. Returns the acknowledged offsets."""
+        and changelog records. Returns the acknowledged offsets. ``cpu``: where the stats
+        stage's CPU time is booked (not the waits)."""
+        cpu = cpu or Stages()
         async with self.lock:
+            cpu.resume()
             touched = group_increments(parsed, self.windows)
             writes: list[tuple[WindowedTable, int, list[Item]]] = []
             done = Counted({}, 0, 0)
@@ -122,11 +130,14 @@ class StatsTables:
                 if windows:
                     items = self._count_partition(label, partition, windows, outputs, now_ms, done)
                     writes.append((self.tables[label], partition, items))
+            cpu.lap(STATS)
             offsets = await outputs.seal()
+            cpu.resume()
             for table, partition, items in writes:
                 table.write(partition, items)
             for table in self.tables.values():
                 table.set_persisted_offsets(offsets)
+            cpu.lap(STATS)
         for label, n in done.upserts.items():
             metrics.STATS_UPSERTS.labels(label).inc(n)
         if done.replayed:

@@ -19,6 +19,7 @@ from processors.outputs import DeadLetters, Outputs
 from processors.positioning import Positioning
 from processors.positions import TP
 from processors.records import RawPosition, StatsUpdates, headers_dict, parse_stats_updates
+from processors.stages import STATS, Stages
 from processors.stats import StatsTables
 
 
@@ -66,6 +67,7 @@ class StatsPath:
             if not admitted:
                 return
             await self.ready()
+            cpu = Stages()
             now_ms = self.clock()
             ends: dict[TP, int] = {}
             parsed: list[tuple[int, StatsUpdates]] = []
@@ -79,8 +81,12 @@ class StatsPath:
                 except (ValueError, TypeError, KeyError, AttributeError) as exc:
                     self._invalid(message, exc, now_ms)
             # Counted, upserted, and written once Kafka acknowledged (processors/stats.py).
-            await self.tables.count(parsed, self.outputs, now_ms)
+            cpu.lap(STATS)
+            await self.tables.count(parsed, self.outputs, now_ms, cpu)
+            cpu.resume()
             self.positioning.durable(ends)
+            cpu.lap(STATS)
+            cpu.count()
         finally:
             self.busy -= 1
 

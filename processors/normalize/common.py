@@ -13,6 +13,7 @@ possible and are part of the contract (README "Dead-letter reasons"):
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -299,10 +300,16 @@ def iso_to_ms(value: Any, what: str, *, assume_utc: bool = False) -> int:
         raise RecordError(
             RejectReason.INVALID_TIMESTAMP, f"{what} {shown(value)} has no zone designator"
         )
+    h, m, s = int(hour), int(minute), int(second or 0)
     try:
-        moment = datetime(
-            int(year), int(month), int(day), int(hour), int(minute), int(second or 0), tzinfo=UTC
-        )
+        if h < 24 and m < 60 and s < 60:
+            # The day's start from a cache (events of a batch share a few days); the date is
+            # checked by datetime, once per day.
+            seconds = _day_start_s(int(year), int(month), int(day)) + h * 3600 + m * 60 + s
+        else:  # datetime says what is wrong, as for any other invalid moment
+            seconds = int(
+                datetime(int(year), int(month), int(day), h, m, s, tzinfo=UTC).timestamp()
+            )
     except ValueError as exc:
         raise RecordError(RejectReason.INVALID_TIMESTAMP, f"{what} {shown(value)}: {exc}") from None
     millis = int((frac or "0")[:3].ljust(3, "0"))
@@ -315,8 +322,15 @@ def iso_to_ms(value: Any, what: str, *, assume_utc: bool = False) -> int:
                 RejectReason.INVALID_TIMESTAMP, f"{what} {shown(value)} has no valid zone offset"
             )
         offset_minutes = (-1 if zone[0] == "-" else 1) * (hours * 60 + minutes)
-    seconds = int(moment.timestamp()) - offset_minutes * 60
+    seconds -= offset_minutes * 60
     return _in_range(seconds * 1000 + millis, what, value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _day_start_s(year: int, month: int, day: int) -> int:
+    """Epoch seconds of a UTC day's start; ``ValueError`` (not cached) for a date that does
+    not exist."""
+    return int(datetime(year, month, day, tzinfo=UTC).timestamp())
 
 
 def epoch_ms(value: Any, what: str) -> int:
