@@ -668,7 +668,10 @@ def wait_for_stats(
     latest: dict[bytes, tuple[int, dict[str, Any]]] = {}
 
     def on_stat(msg: Message) -> None:
-        record = serde.decode(msg.value() or b"", topic)[1]
+        if msg.value() is None:  # a tombstone: an expired window (README, "What is kept")
+            latest.pop(msg.key() or b"", None)
+            return
+        record = serde.decode(msg.value(), topic)[1]
         if record["window"] == "1h":
             latest[msg.key() or b""] = (msg.timestamp()[1], record)
 
