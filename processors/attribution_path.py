@@ -317,10 +317,13 @@ class AttributionTable:
         """(campaign key, conversion name, tally) of every hour starting in
         ``[from_ms, to_ms)`` (``from`` rounded down to its hour) in ``partitions``."""
         out: list[tuple[str, str, Tally]] = []
+        hours = keys.window_range(bucket_of(from_ms), to_ms)
         for partition in partitions:
-            for key, value in self.table.scan(
-                partition, keys.window_range(bucket_of(from_ms), to_ms)
-            ):
+            for key, value in self.table.scan(partition, hours):
+                if key not in hours:
+                    # Seen from the API of a live worker: the scan went past its upper bound
+                    # (into the users); the range itself decides.
+                    break
                 _, campaign, found = parse_tally_key(key)
                 if name is None or found == name:
                     out.append((campaign, found, Tally.decode(value)))
