@@ -43,7 +43,10 @@ table (one partition, so one order):
    later than that finds none). A touch arriving after a conversion it precedes never re-attributes
    it: an attribution, once sent, stands;
 4. a conversion seen before while it is held (same conversion id: a replay after a crash, or a
-   customer's ``conversion_id`` sent twice) is ignored, however many touches arrived in between.
+   customer's ``conversion_id`` sent twice) is not decided again, however many touches arrived
+   in between: its attribution, if it made one, is sent again as it was (same id, same content,
+   counted once). A crash can leave the table's changelog with a batch whose attributions never
+   reached Kafka; the replay then finds the conversion seen and must send them.
 
 The attribution id is a hash of the conversion id and the campaign key, so a replay that sends an
 attribution again sends the same id.
@@ -341,6 +344,8 @@ class UserState:
     touches: list[Touch] = field(default_factory=list)
     seen: dict[str, int] = field(default_factory=dict)
     """Conversion ids processed, with their time."""
+    sent: dict[str, Any] = field(default_factory=dict)
+    """Conversion id -> the attribution it made (:meth:`Attribution.to_json`), to send again."""
     credits: dict[str, int] = field(default_factory=dict)
     """``<campaign key>\\x1f<name>`` -> the time of the conversion credited."""
     newest: int = 0
@@ -353,6 +358,7 @@ class UserState:
             {
                 "t": [t.to_json() for t in self.touches],
                 "s": self.seen,
+                "a": self.sent,
                 "c": self.credits,
                 "n": self.newest,
                 "u": self.updated_ms,
@@ -367,6 +373,7 @@ class UserState:
         return cls(
             [Touch.from_json(t) for t in d["t"]],
             dict(d["s"]),
+            dict(d["a"]),
             dict(d["c"]),
             int(d["n"]),
             int(d["u"]),
@@ -381,6 +388,24 @@ class Attribution:
     conversion: Conversion
     touch: Touch
     window_ms: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.attribution_id,
+            "u": self.conversion.user_id,
+            "c": self.conversion.to_json(),
+            "t": self.touch.to_json(),
+            "w": self.window_ms,
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Attribution:
+        return cls(
+            str(d["id"]),
+            Conversion.from_json(str(d["u"]), d["c"]),
+            Touch.from_json(d["t"]),
+            int(d["w"]),
+        )
 
     @property
     def control(self) -> bool:
@@ -421,6 +446,8 @@ class Outcome:
     unattributed: int = 0
     repeats: int = 0
     replayed: int = 0
+    resend: list[Attribution] = field(default_factory=list)
+    """Attributions of replayed conversions, to send again (never counted again)."""
     touches_dropped: int = 0
     """Touches beyond :data:`MAX_TOUCHES` of one user."""
 
@@ -464,6 +491,9 @@ def apply(
         held = state.newest - windows.longest_ms
         if state.seen.get(item.conversion_id, held - 1) >= held:
             outcome.replayed += 1
+            again = state.sent.get(item.conversion_id)
+            if again is not None:
+                outcome.resend.append(Attribution.from_json(again))
             continue
         state.seen[item.conversion_id] = item.at
         window = windows.of(item.name)
@@ -478,8 +508,9 @@ def apply(
             continue
         state.credits[key] = item.at
         outcome.attributed += 1
-        made = attribution_id(item.conversion_id, touch.campaign)
-        out.append(Attribution(made, item, touch, window))
+        made = Attribution(attribution_id(item.conversion_id, touch.campaign), item, touch, window)
+        state.sent[item.conversion_id] = made.to_json()
+        out.append(made)
     _prune(state, windows.longest_ms, outcome)
     return out
 
@@ -492,6 +523,7 @@ def _prune(state: UserState, hold_ms: int, outcome: Outcome) -> None:
         touches = touches[-MAX_TOUCHES:]
     state.touches = touches
     state.seen = {k: v for k, v in state.seen.items() if v >= oldest}
+    state.sent = {k: v for k, v in state.sent.items() if k in state.seen}
     state.credits = {k: v for k, v in state.credits.items() if v >= oldest}
 
 
@@ -592,3 +624,127 @@ def rows(tallies: Iterable[tuple[str, str, Tally]]) -> list[dict[str, Any]]:
 
 def _rounded(sums: Mapping[str, float]) -> dict[str, float]:
     return {cur: round(v, 6) for cur, v in sorted(sums.items())}
+
+
+# --- reading canonical events without decoding all of them ---------------------------------
+
+_PREFIX_FIELDS = (
+    "event_id",
+    "vendor",
+    "vendor_event_id",
+    "vendor_event_type",
+    "event_type",
+    "channel",
+    "occurred_at",
+    "user_id",
+    "device_id",
+    "campaign_id",
+    "campaign_name",
+    "message_id",
+    "message_name",
+    "experiment_id",
+    "variant_id",
+    "link_url",
+    "error",
+    "app_id",
+)
+"""The first fields of ``CanonicalEvent.avsc``, in order (the attribution reads no further)."""
+
+
+class NotOurs(Exception):
+    """A record :class:`CanonicalReader` cannot read: decode it in full instead."""
+
+
+class CanonicalReader:
+    """Reads what the attribution needs from a canonical event's Avro bytes, written with this
+    process's own ``CanonicalEvent`` schema (single-object encoding): its first fields, by
+    hand, stopping as soon as the event is neither a touch nor a conversion (most events: opens,
+    clicks, lifecycle). Decoding every event in full with fastavro was most of the attribution
+    feed's cost. Anything else (another schema version, the Confluent wire format, a field that
+    does not parse) raises :class:`NotOurs`, and the caller decodes it in full."""
+
+    def __init__(
+        self, header: bytes, schema: Mapping[str, Any], conversion_events: Mapping[str, str]
+    ) -> None:
+        fields = schema["fields"]
+        if tuple(f["name"] for f in fields[: len(_PREFIX_FIELDS)]) != _PREFIX_FIELDS:
+            raise ValueError("CanonicalEvent.avsc's first fields are not the ones read here")
+        self.header = header
+        self.vendors: list[str] = list(fields[1]["type"]["symbols"])
+        self.types: list[str] = list(fields[4]["type"]["symbols"])
+        self.conversion_events = conversion_events
+        wanted = TOUCH_TYPES | VENDOR_CONVERSION_TYPES | {LEANPLUM_GOAL_EXIT[1]}
+        self.wanted = {i for i, t in enumerate(self.types) if t in wanted}
+        self.segment = self.vendors.index(SEGMENT)
+
+    def read(self, data: bytes) -> tuple[str, Item] | None:
+        if not data.startswith(self.header):
+            raise NotOurs
+        try:
+            return self._read(data, len(self.header))
+        except (IndexError, ValueError, UnicodeDecodeError) as exc:
+            raise NotOurs from exc
+
+    def _read(self, data: bytes, pos: int) -> tuple[str, Item] | None:
+        def long() -> int:
+            nonlocal pos
+            shift = result = 0
+            while True:
+                b = data[pos]
+                pos += 1
+                result |= (b & 0x7F) << shift
+                if b < 0x80:
+                    return (result >> 1) ^ -(result & 1)
+                shift += 7
+                if shift > 63:
+                    raise ValueError("varint too long")
+
+        def string() -> str:
+            nonlocal pos
+            n = long()
+            if n < 0 or pos + n > len(data):
+                raise ValueError("bad string length")
+            pos += n
+            return data[pos - n : pos].decode()
+
+        def optional() -> str | None:
+            branch = long()
+            if branch == 0:
+                return None
+            if branch != 1:
+                raise ValueError("bad union branch")
+            return string()
+
+        event_id = string()
+        vendor_index = long()
+        string()  # vendor_event_id
+        vendor_event_type = string()
+        type_index = long()
+        if type_index not in self.wanted and not (
+            vendor_index == self.segment and self.conversion_events
+        ):
+            return None
+        long()  # channel
+        occurred_at = long()
+        user = optional()
+        if not user:
+            return None
+        optional()  # device_id
+        event = {
+            "event_id": event_id,
+            "vendor": self.vendors[vendor_index],
+            "vendor_event_type": vendor_event_type,
+            "event_type": self.types[type_index],
+            "occurred_at": occurred_at,
+            "user_id": user,
+            "campaign_id": optional(),
+            "campaign_name": optional(),
+            "message_id": optional(),
+        }
+        optional()  # message_name
+        optional()  # experiment_id
+        event["variant_id"] = optional()
+        optional()  # link_url
+        optional()  # error
+        event["app_id"] = optional()
+        return from_canonical(event, self.conversion_events)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -178,31 +178,38 @@ class AttributionSource:
         return [(c, n, Tally.decode(orjson.dumps(t))) for c, n, t in body["tallies"]]
 
 
-def add_attribution_routes(
-    app: web.Application, source: AttributionSource, now_ms: Callable[[], int] = wall_clock_ms
-) -> None:
-    """``GET /api/attribution`` and the request one worker sends another for its part."""
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-    async def attribution(request: web.Request) -> web.Response:
+
+def public_handler(
+    source: AttributionSource | None, now_ms: Callable[[], int] = wall_clock_ms
+) -> Handler:
+    """``GET /api/attribution``. Without a source (``CRM_ATTRIBUTION`` off) it answers
+    ``enabled: false`` and no rows, so the page can tell "off" from "nothing yet"."""
+
+    async def attribution(request: web.Request) -> web.StreamResponse:
         try:
             query = parse_query(request.query.items(), now_ms(), app_ids_of(request))
         except QueryError as exc:
             return _json(exc.body(), 400)
-        found = rows(await source.tallies(query))
-        total = Tally()
-        for row in found:
-            total.conversions += row["conversions"]
-            total.control_conversions += row["control_conversions"]
+        found = rows(await source.tallies(query)) if source is not None else []
         return _json(
             {
+                "enabled": source is not None,
                 "from": query.from_ms,
                 "to": query.to_ms,
                 "name": query.name,
-                "conversions": total.conversions,
-                "control_conversions": total.control_conversions,
+                "conversions": sum(r["conversions"] for r in found),
+                "control_conversions": sum(r["control_conversions"] for r in found),
                 "campaigns": found,
             }
         )
+
+    return attribution
+
+
+def add_internal_route(app: web.Application, source: AttributionSource) -> None:
+    """The request one worker sends another for its part of the totals."""
 
     async def internal(request: web.Request) -> web.Response:
         try:
@@ -217,5 +224,4 @@ def add_attribution_routes(
             }
         )
 
-    app.router.add_get("/api/attribution", attribution)
     app.router.add_get(INTERNAL, internal)

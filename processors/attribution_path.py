@@ -26,9 +26,12 @@ repeated is harmless:
   per partition, only after Kafka acknowledged the batch's attributions and changelog records
   (the stats path's pattern, :mod:`processors.stats`). A replay from the committed position
   starts from the state before the batch, or from the state after it when the changelog
-  restored it; either way each conversion is decided once and counted once in the totals. An
-  attribution may then be written to ``attributions`` a second time, with the same
-  ``attribution_id`` (deterministic), never a different one.
+  restored it; either way each conversion is decided once and counted once in the totals. The
+  changelog may hold a batch whose attributions never reached Kafka (killed between the two):
+  the replay finds those conversions seen and sends their attributions again, as they were
+  (:func:`processors.attribution.apply`, rule 4). So an attribution may be written to
+  ``attributions`` more than once, always with the same ``attribution_id`` and content, never a
+  different one, and never lost.
 
 Expiry (:meth:`AttributionTable.expire`): the hourly totals older than
 ``CRM_ATTRIBUTION_RETENTION`` go by range delete, users idle (wall clock) for longer than the
@@ -44,13 +47,17 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+import orjson
+
 from crmstream import metrics
 from crmstream.errors import SerdeError
 from crmstream.serde import AvroSerde
 from processors.attribution import (
     Attribution,
+    CanonicalReader,
     Conversion,
     Item,
+    NotOurs,
     Outcome,
     Tally,
     UserState,
@@ -122,6 +129,10 @@ class FeedPath:
         self.ready = ready
         self.busy = 0
         self._partitions = 0
+        info = serde.schema("CanonicalEvent")
+        self.reader = CanonicalReader(
+            info.single_object_header, orjson.loads(info.text), conversion_events
+        )
 
     async def process(self, batch: Batch) -> None:
         self.busy += 1
@@ -162,6 +173,10 @@ class FeedPath:
     def _read(self, message: Any, now_ms: int) -> tuple[str, Item] | None:
         value = message.value or b""
         if message.topic == self.events_topic:
+            try:
+                return self.reader.read(value)
+            except NotOurs:
+                pass
             try:
                 _, record = self.serde.decode(value, message.topic)
                 return from_canonical(record, self.conversion_events)
@@ -262,6 +277,7 @@ class AttributionTable:
         stored = self.table.get_many(partition, [user_key(u) for u in users])
         states = {u: UserState.decode(v) for u, v in zip(users, stored, strict=True)}
         made: list[Attribution] = []
+        outcome.resend.clear()
         for user, items in entries:
             made += apply(states[user], items, self.windows, outcome)
         tallies: dict[bytes, Tally] = {}
@@ -275,6 +291,7 @@ class AttributionTable:
             tallies[tally_key(bucket_of(a.conversion.at), a.touch.campaign, a.conversion.name)].add(
                 a
             )
+        for a in [*made, *outcome.resend]:
             outputs.send(
                 self.attributions_topic,
                 a.touch.campaign.encode(),

@@ -15,7 +15,7 @@ from aiohttp import web
 from crmstream.errors import CrmStreamError
 from crmstream.settings import Settings
 from processors.api.server import make_app
-from processors.attribution_api import AttributionSource, add_attribution_routes
+from processors.attribution_api import AttributionSource, add_internal_route, public_handler
 from processors.stats_api import WorkerSource, add_internal_routes
 
 log = logging.getLogger("crmstream.api")
@@ -37,10 +37,14 @@ class ApiServer:
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
-        app = make_app(self.source, settings=self.settings)
+        app = make_app(
+            self.source,
+            settings=self.settings,
+            attribution=public_handler(self.attribution) if self.attribution else None,
+        )
         add_internal_routes(app, self.source)
         if self.attribution is not None:
-            add_attribution_routes(app, self.attribution)
+            add_internal_route(app, self.attribution)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.api_host, self.settings.api_port)

@@ -181,7 +181,11 @@ def test_kill_9_while_attributing_credits_every_conversion_exactly_once(
             aid = record["attribution_id"]
             # Written again after a crash: the same attribution, never another one.
             assert seen.setdefault(aid, record) == record, (seed, record, seen[aid])
-        context = f"seed={seed} (replay with CRM_CRASH_SEED={seed}): " + "; ".join(story)
+        context = (
+            f"seed={seed} (replay with CRM_CRASH_SEED={seed}): "
+            + "; ".join(story)
+            + f"; {len(got)} records read\n{worker.tail(20000)}"
+        )
         assert set(seen) == set(want), (
             context,
             sorted(set(want) - set(seen))[:5],

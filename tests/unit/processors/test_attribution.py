@@ -113,6 +113,8 @@ def test_duplicate_touches_and_replayed_batches_decide_the_same() -> None:
     assert len(state.touches) == 1
     again, outcome, _ = run(items, state=state)  # the feed sent the batch again
     assert again == [] and outcome.replayed == 1
+    # Its attribution is sent again, the same (the first may never have reached Kafka).
+    assert outcome.resend == made
     assert credited(made) == [("o1", touch("LEANPLUM:1", T0).campaign)]
 
 
@@ -338,3 +340,81 @@ def test_rows_sum_per_vendor_and_campaign() -> None:
         "Order Completed": {"conversions": 1, "control_conversions": 0},
         "Signed Up": {"conversions": 1, "control_conversions": 0},
     }
+
+
+# --- GET /api/attribution's parameters ----------------------------------------------------
+
+
+def test_the_attribution_query_defaults_and_refusals() -> None:
+    from processors.api.query import QueryError
+    from processors.attribution_api import parse_query
+
+    now = T0 + 25 * 60_000
+    q = parse_query([], now, None)
+    assert q.to_ms == T0 - T0 % H + H and q.from_ms == q.to_ms - 30 * D
+    q = parse_query([("from", "5"), ("to", "9"), ("vendor", "airship"), ("name", "x")], now, None)
+    assert (q.from_ms, q.to_ms, q.vendor, q.name) == (5, 9, "AIRSHIP", "x")
+    assert q.params() == {"from": "5", "to": "9", "name": "x", "vendor": "AIRSHIP"}
+    limited = parse_query([], now, frozenset({"a"}))
+    assert limited.matches("LEANPLUM|a|c") and not limited.matches("LEANPLUM|b|c")
+    for params, name in (
+        ([("from", "9"), ("to", "5")], "from"),
+        ([("to", "soon")], "to"),
+        ([("vendor", "mailchimp")], "vendor"),
+        ([("window", "1h")], "window"),
+        ([("name", "a"), ("name", "b")], "name"),
+    ):
+        with pytest.raises(QueryError) as err:
+            parse_query(params, now, None)
+        assert err.value.parameter == name
+
+
+def test_the_canonical_reader_reads_what_a_full_decode_reads() -> None:
+    """The feed's hand-written reader of canonical events' first fields against fastavro's full
+    decode, on events of every type and vendor, with and without the optional fields."""
+    import orjson
+
+    from crmstream.serde import AvroSerde
+    from processors.attribution import CanonicalReader, NotOurs
+    from processors.normalize.model import Channel, EventType, Vendor, make
+    from processors.records import RawPosition, canonical_record
+
+    serde = AvroSerde(Settings())
+    info = serde.schema("CanonicalEvent")
+    names = conversion_names(["Order Completed"])
+    reader = CanonicalReader(info.single_object_header, orjson.loads(info.text), names)
+    rng = random.Random(5)
+    pos = RawPosition("raw.x", 0, 0, T0, {})
+    vendors = [v for v in Vendor if v.value != "UNKNOWN"]
+    checked = 0
+    for i in range(600):
+        maybe = lambda text: text if rng.random() < 0.7 else None  # noqa: E731
+        event = make(
+            rng.choice(vendors),
+            f"v{i}é",
+            vendor_event_type=rng.choice(["Order Completed", "Email Delivered", "Convert", "x"]),
+            event_type=rng.choice(list(EventType)),
+            channel=rng.choice(list(Channel)),
+            occurred_at=rng.randint(0, 2**41),
+            user_id=maybe(f"user-{rng.randint(0, 9)}"),
+            device_id=maybe("d"),
+            campaign_id=maybe(f"c{i}"),
+            campaign_name=maybe("Spring ☀"),
+            message_id=maybe("m"),
+            message_name=maybe("n"),
+            experiment_id=maybe("e"),
+            variant_id=maybe("B"),
+            link_url=maybe("https://x"),
+            error=maybe("err"),
+            app_id=maybe("app"),
+            attributes={"k": "v"} if rng.random() < 0.5 else {},
+        )
+        data = serde.encode("CanonicalEvent", canonical_record(event, pos, T0), "events")
+        _, record = serde.decode(data, "events")
+        assert reader.read(data) == from_canonical(record, names), record
+        checked += reader.read(data) is not None
+    assert checked > 50
+    with pytest.raises(NotOurs):
+        reader.read(b"\x00\x00\x00\x00\x01rest")  # the Confluent wire format: decoded in full
+    with pytest.raises(NotOurs):
+        reader.read(info.single_object_header + b"\xff")  # does not parse
