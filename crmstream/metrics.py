@@ -96,7 +96,7 @@ TABLE_KEYS = Gauge("crm_worker_table_keys", "Keys held in a local table", ["tabl
 RAW_LAG = Gauge(
     "crm_worker_raw_topic_lag_records", "Records of a raw topic not yet processed", ["vendor"]
 )
-# Positions (processors/positions.py): `stream` is raw or stats, never a topic name.
+# Positions (processors/positions.py): `stream` is raw, stats or attribution, never a topic name.
 STALE_RECORDS = Counter(
     "crm_worker_stale_records_total",
     "Records handed over again below the position or after a seek, dropped unprocessed",

@@ -82,7 +82,8 @@
         section.hidden = true;
         return;
       }
-      const query = new URLSearchParams();
+      // Every hour held (CRM_ATTRIBUTION_RETENTION bounds it), up to the end of this one.
+      const query = new URLSearchParams({ from: "0" });
       if ($("attr-name").value) query.set("name", $("attr-name").value);
       const token = sessionStorage.getItem(TOKEN_KEY) || "";
       const response = await fetch(`api/attribution?${query}`, {

@@ -125,16 +125,16 @@ def test_the_attribution_table_shows_the_apis_numbers_and_follows_them(
     page.set_default_timeout(WAIT_MS)
     try:
         page.goto(f"{url}/?refresh=300")
-        body = wait_equal(page, url)
+        body = wait_equal(page, url, **{"from": "0"})
         assert [r["vendor"] for r in body["campaigns"]] == ["AIRSHIP", "LEANPLUM"]
         # More conversions arrive: the table follows without a reload.
         table.credit("PINPOINT", "winback", "Signed Up", "DELIVERY", None)
         table.credit("AIRSHIP", "push-1", "Signed Up", "SEND", 5.0)
-        body = wait_equal(page, url)
+        body = wait_equal(page, url, **{"from": "0"})
         assert body["conversions"] == 3 and body["control_conversions"] == 1
         # One conversion name only.
         page.select_option("#attr-name", "Signed Up")
-        body = wait_equal(page, url, name="Signed Up")
+        body = wait_equal(page, url, name="Signed Up", **{"from": "0"})
         assert [r["campaign_id"] for r in body["campaigns"]] == ["push-1", "winback"]
         assert errors == []
     finally:
