@@ -401,10 +401,10 @@ class Settings:
         "How long after a touch a conversion is credited to it: a default, then optional "
         "per-conversion-name windows, e.g. '3d,Order Completed=7d' (without a default: 3d)",
     )
-    conversion_events: tuple[str, ...] = setting(
+    conversion_events: str = setting(
         "CONVERSION_EVENTS",
-        (),
-        parse_names,
+        "",
+        None,
         "Segment track event names that are conversions, comma-separated, e.g. 'Order "
         "Completed,Signed Up' (matched case-insensitively)",
     )
@@ -558,6 +558,10 @@ class Settings:
             self.attribution_windows()
         except ValueError as exc:
             raise ConfigError("CRM_ATTRIBUTION_WINDOW", str(exc)) from exc
+        try:
+            self.conversion_event_names()
+        except ValueError as exc:
+            raise ConfigError("CRM_CONVERSION_EVENTS", str(exc)) from exc
 
     def _validate_kafka_security(self) -> None:
         """SASL credentials and TLS files, checked at startup the way both Kafka clients will
@@ -660,6 +664,10 @@ class Settings:
                     raise ConfigError("CRM_API_TOKEN", f"line {number}: an empty app id")
             out.append((Secret(token), app_ids))
         return out
+
+    def conversion_event_names(self) -> tuple[str, ...]:
+        """``CRM_CONVERSION_EVENTS`` as names."""
+        return parse_names(self.conversion_events)
 
     def attribution_windows(self) -> tuple[float, dict[str, float]]:
         """``CRM_ATTRIBUTION_WINDOW`` as (default seconds, seconds per conversion name)."""

@@ -261,7 +261,7 @@ class Worker:
             events_topic=self.events_topic,
             conversions_topic=settings.topic("conversions"),
             inputs_topic=self.attribution_inputs_topic,
-            conversion_events=conversion_names(settings.conversion_events),
+            conversion_events=conversion_names(settings.conversion_event_names()),
             ready=self.ready,
         )
         self.attribution_path = AttributionPath(

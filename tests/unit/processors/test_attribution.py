@@ -418,3 +418,17 @@ def test_the_canonical_reader_reads_what_a_full_decode_reads() -> None:
         reader.read(b"\x00\x00\x00\x00\x01rest")  # the Confluent wire format: decoded in full
     with pytest.raises(NotOurs):
         reader.read(info.single_object_header + b"\xff")  # does not parse
+
+
+def test_conversion_event_names_are_read_and_checked() -> None:
+    settings = Settings.from_env(
+        {"CRM_CONVERSION_EVENTS": " Order Completed,,signed up ,Order Completed"}
+    )
+    assert settings.conversion_event_names() == ("Order Completed", "signed up")
+    assert conversion_names(settings.conversion_event_names()) == {
+        "order completed": "Order Completed",
+        "signed up": "signed up",
+    }
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env({"CRM_CONVERSION_EVENTS": "x" * 201})
+    assert "CRM_CONVERSION_EVENTS" in str(err.value)
