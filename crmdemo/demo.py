@@ -27,6 +27,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from rich.table import Table
 from rich.text import Text
 
 from connectors.runtime.kafka import RawPublisher
+from crmdemo.conversions import NAME as CONVERSION_NAME
 from crmdemo.conversions import conversions, publish_conversions
 from crmdemo.generators import GENERATORS
 from crmdemo.samples import SampleSet, campaigns
@@ -709,14 +711,16 @@ def follow(
 
 
 def wait_for_attribution(web_url: str, converted: int, timeout_s: float = 60.0) -> dict[str, Any]:
-    """``GET /api/attribution`` over every hour held, once it credits the ``converted``
-    conversions the demo published (each follows a touch of its user within the window), or
-    what it says after ``timeout_s``."""
+    """``GET /api/attribution`` of the demo's conversions over every hour held, once it credits
+    the ``converted`` the demo published (each follows a touch of its user within the window),
+    or what it says after ``timeout_s``. (The samples' own vendor conversions, Leanplum's, have
+    other names.)"""
     deadline = time.monotonic() + timeout_s
     body: dict[str, Any] = {"campaigns": []}
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"{web_url}api/attribution?from=0", timeout=10) as r:
+            url = f"{web_url}api/attribution?from=0&name={urllib.parse.quote(CONVERSION_NAME)}"
+            with urllib.request.urlopen(url, timeout=10) as r:
                 body = orjson.loads(r.read())
         except OSError:
             body = {"campaigns": []}

@@ -44,9 +44,10 @@ table (one partition, so one order):
    it: an attribution, once sent, stands;
 4. a conversion seen before while it is held (same conversion id: a replay after a crash, or a
    customer's ``conversion_id`` sent twice) is not decided again, however many touches arrived
-   in between: its attribution, if it made one, is sent again as it was (same id, same content,
-   counted once). A crash can leave the table's changelog with a batch whose attributions never
-   reached Kafka; the replay then finds the conversion seen and must send them.
+   in between. Its attribution, if it made one that Kafka has not been seen to acknowledge, is
+   sent again as it was (same id, same content, counted once): a crash can leave the table's
+   changelog with a batch whose attributions never reached Kafka, and the replay then finds the
+   conversion seen. Once acknowledged (:func:`confirm`), a replay sends nothing.
 
 The attribution id is a hash of the conversion id and the campaign key, so a replay that sends an
 attribution again sends the same id.
@@ -345,7 +346,8 @@ class UserState:
     seen: dict[str, int] = field(default_factory=dict)
     """Conversion ids processed, with their time."""
     sent: dict[str, Any] = field(default_factory=dict)
-    """Conversion id -> the attribution it made (:meth:`Attribution.to_json`), to send again."""
+    """Conversion id -> ``{"a": the attribution it made (:meth:`Attribution.to_json`), "ok":
+    whether Kafka acknowledged it}``: one not acknowledged is sent again on a replay."""
     credits: dict[str, int] = field(default_factory=dict)
     """``<campaign key>\\x1f<name>`` -> the time of the conversion credited."""
     newest: int = 0
@@ -472,12 +474,19 @@ def last_touch(touches: Iterable[Touch], at: int, window_ms: int) -> Touch | Non
 
 
 def apply(
-    state: UserState, items: Iterable[Item], windows: Windows, outcome: Outcome
+    state: UserState,
+    items: Iterable[Item],
+    windows: Windows,
+    outcome: Outcome,
+    fresh: set[str] | None = None,
 ) -> list[Attribution]:
     """Apply a user's items, in order, to ``state`` (the rule of the module docstring); the
-    attributions they make. ``state`` is pruned afterwards: touches, seen conversions and
-    credits older than the longest window before the user's newest item go."""
+    attributions they make. ``fresh``: the conversion ids attributed earlier in the same batch
+    (their attributions are being sent: a copy is not sent again). ``state`` is pruned
+    afterwards: touches, seen conversions and credits older than the longest window before the
+    user's newest item go."""
     out: list[Attribution] = []
+    fresh = set() if fresh is None else fresh
     ids = {t.event_id for t in state.touches}
     for item in items:
         state.newest = max(state.newest, item.at)
@@ -492,8 +501,8 @@ def apply(
         if state.seen.get(item.conversion_id, held - 1) >= held:
             outcome.replayed += 1
             again = state.sent.get(item.conversion_id)
-            if again is not None:
-                outcome.resend.append(Attribution.from_json(again))
+            if again is not None and not again["ok"] and item.conversion_id not in fresh:
+                outcome.resend.append(Attribution.from_json(again["a"]))
             continue
         state.seen[item.conversion_id] = item.at
         window = windows.of(item.name)
@@ -509,10 +518,20 @@ def apply(
         state.credits[key] = item.at
         outcome.attributed += 1
         made = Attribution(attribution_id(item.conversion_id, touch.campaign), item, touch, window)
-        state.sent[item.conversion_id] = made.to_json()
+        state.sent[item.conversion_id] = {"a": made.to_json(), "ok": False}
+        fresh.add(item.conversion_id)
         out.append(made)
     _prune(state, windows.longest_ms, outcome)
     return out
+
+
+def confirm(state: UserState) -> bool:
+    """Mark the state's attributions acknowledged by Kafka; whether any was not."""
+    changed = False
+    for entry in state.sent.values():
+        if not entry["ok"]:
+            entry["ok"] = changed = True
+    return changed
 
 
 def _prune(state: UserState, hold_ms: int, outcome: Outcome) -> None:

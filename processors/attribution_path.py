@@ -64,6 +64,7 @@ from processors.attribution import (
     Windows,
     apply,
     bucket_of,
+    confirm,
     conversion_from_fields,
     conversion_id_of,
     decode_items,
@@ -245,14 +246,29 @@ class AttributionTable:
             by_partition.setdefault(partition, []).append((user, items))
         async with self.lock:
             writes: list[tuple[int, list[TableItem]]] = []
+            crediting: list[tuple[int, dict[str, UserState]]] = []
             for partition, entries in sorted(by_partition.items()):
-                changed = self._apply_partition(partition, entries, outputs, now_ms, outcome)
+                changed, credited = self._apply_partition(
+                    partition, entries, outputs, now_ms, outcome
+                )
                 self.table.send_changelog(partition, changed, outputs)
                 writes.append((partition, changed))
+                crediting.append((partition, credited))
             offsets = await outputs.seal()
             for partition, changed in writes:
                 self.table.write(partition, changed)
             self.table.set_persisted_offsets(offsets)
+            # Kafka acknowledged the attributions: a replay need not send them again. Written
+            # here, and to the changelog with this task's next batch (until it lands, a restore
+            # from the changelog sends them once more: harmless).
+            for partition, credited in crediting:
+                confirmed = [
+                    (user_key(user), state.encode())
+                    for user, state in credited.items()
+                    if confirm(state)
+                ]
+                self.table.write(partition, confirmed)
+                self.table.send_changelog(partition, confirmed, outputs)
         for name, n in (
             ("attributed", outcome.attributed),
             ("unattributed", outcome.unattributed),
@@ -272,14 +288,17 @@ class AttributionTable:
         outputs: Outputs,
         now_ms: int,
         outcome: Outcome,
-    ) -> list[TableItem]:
+    ) -> tuple[list[TableItem], dict[str, UserState]]:
+        """The partition's changed keys, and the users whose state holds an attribution not
+        yet acknowledged."""
         users = list(dict.fromkeys(user for user, _ in entries))
         stored = self.table.get_many(partition, [user_key(u) for u in users])
         states = {u: UserState.decode(v) for u, v in zip(users, stored, strict=True)}
         made: list[Attribution] = []
         outcome.resend.clear()
+        fresh: set[str] = set()
         for user, items in entries:
-            made += apply(states[user], items, self.windows, outcome)
+            made += apply(states[user], items, self.windows, outcome, fresh)
         tallies: dict[bytes, Tally] = {}
         for a in made:
             key = tally_key(bucket_of(a.conversion.at), a.touch.campaign, a.conversion.name)
@@ -303,7 +322,11 @@ class AttributionTable:
             state.updated_ms = now_ms
             out.append((user_key(user), state.encode()))
         out += [(key, tally.encode()) for key, tally in tallies.items()]
-        return out
+        credited = {a.conversion.user_id: states[a.conversion.user_id] for a in made}
+        credited.update(
+            {a.conversion.user_id: states[a.conversion.user_id] for a in outcome.resend}
+        )
+        return out, credited
 
     # -- expiry --------------------------------------------------------------------------
 

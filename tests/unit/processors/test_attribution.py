@@ -20,6 +20,7 @@ from processors.attribution import (
     Windows,
     apply,
     attribution_id,
+    confirm,
     conversion_from_fields,
     conversion_names,
     decode_items,
@@ -113,8 +114,17 @@ def test_duplicate_touches_and_replayed_batches_decide_the_same() -> None:
     assert len(state.touches) == 1
     again, outcome, _ = run(items, state=state)  # the feed sent the batch again
     assert again == [] and outcome.replayed == 1
-    # Its attribution is sent again, the same (the first may never have reached Kafka).
+    # Its attribution is sent again, the same (the first may never have reached Kafka)...
     assert outcome.resend == made
+    # ... until Kafka acknowledged it; and never twice within one batch.
+    assert confirm(state) and not confirm(state)
+    again, outcome, _ = run(items, state=state)
+    assert again == [] and outcome.resend == []
+    fresh: set[str] = set()
+    state, outcome = UserState(), Outcome()
+    assert apply(state, items, W, outcome, fresh) == made
+    apply(state, items[1:2], W, outcome, fresh)
+    assert outcome.resend == [] and outcome.replayed == 1
     assert credited(made) == [("o1", touch("LEANPLUM:1", T0).campaign)]
 
 
