@@ -27,6 +27,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -43,6 +44,8 @@ from rich.table import Table
 from rich.text import Text
 
 from connectors.runtime.kafka import RawPublisher
+from crmdemo.conversions import NAME as CONVERSION_NAME
+from crmdemo.conversions import conversions, publish_conversions
 from crmdemo.generators import GENERATORS
 from crmdemo.samples import SampleSet, campaigns
 from crmstream import metrics
@@ -71,6 +74,10 @@ def demo_environ(bootstrap: str, metrics_port: int, workdir: Path) -> dict[str, 
             "CRM_APP_ID": "crm-stream-demo",
             # Sample events may be older than the production default; keep their windows open.
             "CRM_STATS_RETENTION": "3650d",
+            # Conversions attributed to the campaigns (crmdemo/conversions.py); the sample
+            # events' times may be old, so the totals are kept as long as the stats.
+            "CRM_ATTRIBUTION": "true",
+            "CRM_ATTRIBUTION_RETENTION": "3650d",
         }
     )
     env.update({k: v for k, v in os.environ.items() if k.startswith("CRM_")})
@@ -635,6 +642,8 @@ def follow(
     web_url: str = "",
 ) -> int:
     published = {vendor: feed.published for vendor, feed in feeds.items()}
+    # Once every raw record is accounted for (the touches are in), the customer's conversions.
+    converted: int | None = None
     view = StatsView(settings)
     deadline = time.monotonic() + 300
     accounts: dict[str, VendorAccount] = {}
@@ -658,6 +667,10 @@ def follow(
                 accounts[v].raw_in >= published[v] and accounts[v].accounted == accounts[v].raw_in
                 for v in published
             )
+            if done and converted is None and settings.attribution:
+                converted = publish_conversions(settings, conversions(samples, args.seed))
+                if live is None:
+                    print(f"conversions: {converted} published to {settings.topic('conversions')}")
             if live is not None:
                 live.update(render(accounts, view, "1h", 20, web_url), refresh=True)
                 time.sleep(1.0)
@@ -666,6 +679,14 @@ def follow(
                 # Let the last stats upserts arrive.
                 view.poll(2.0)
                 summary = build_summary(accounts, samples, feeds, view)
+                if converted:
+                    summary["attribution"] = wait_for_attribution(web_url, converted)
+                    for row in summary["attribution"]["campaigns"][:5]:
+                        print(
+                            f"attributed: {row['vendor']:<10} {row['campaign_id']:<24} "
+                            f"{row['conversions']:>4} conversions, "
+                            f"{row['control_conversions']} in its control group"
+                        )
                 # Wide enough for every header when the output is not a terminal (a log).
                 wide = console if console.is_terminal else Console(width=240)
                 wide.print(render(accounts, view, "1h", 10, once=True))
@@ -690,6 +711,31 @@ def follow(
         if live is not None:
             live.stop()
         view.close()
+
+
+def wait_for_attribution(web_url: str, converted: int, timeout_s: float = 60.0) -> dict[str, Any]:
+    """``GET /api/attribution`` of the demo's conversions over every hour held, once it credits
+    the ``converted`` the demo published (each follows a touch of its user within the window),
+    or what it says after ``timeout_s``. (The samples' own vendor conversions, Leanplum's, have
+    other names.)"""
+    deadline = time.monotonic() + timeout_s
+    body: dict[str, Any] = {"campaigns": []}
+    while time.monotonic() < deadline:
+        try:
+            url = f"{web_url}api/attribution?from=0&name={urllib.parse.quote(CONVERSION_NAME)}"
+            with urllib.request.urlopen(url, timeout=10) as r:
+                body = orjson.loads(r.read())
+        except OSError:
+            body = {"campaigns": []}
+        if body.get("conversions", 0) + body.get("control_conversions", 0) >= converted:
+            break
+        time.sleep(0.5)
+    return {
+        "published": converted,
+        "conversions": body.get("conversions", 0),
+        "control_conversions": body.get("control_conversions", 0),
+        "campaigns": body.get("campaigns", []),
+    }
 
 
 def balance_problems(row: dict[str, Any]) -> list[str]:

@@ -83,11 +83,35 @@ STATS_CAMPAIGNS_FORGOTTEN = Counter(
     "CRM_STATS_RETENTION",
     ["window"],
 )
+# Attribution (processors/attribution.py): `outcome` and `source` are fixed words.
+ATTRIBUTION_INPUTS = Counter(
+    "crm_worker_attribution_inputs_total",
+    "Touches and conversions forwarded to the attribution table, by kind (touch, conversion) "
+    "and source (events, conversions)",
+    ["kind", "source"],
+)
+ATTRIBUTION_CONVERSIONS = Counter(
+    "crm_worker_attribution_conversions_total",
+    "Conversions processed by the attribution table, by outcome: attributed, unattributed "
+    "(no touch within the window), repeat (the campaign already credited for the user and "
+    "name), replayed (the conversion id was processed before)",
+    ["outcome"],
+)
+ATTRIBUTION_TOUCHES_DROPPED = Counter(
+    "crm_worker_attribution_touches_dropped_total",
+    "Touches a user's state let go beyond the 200 newest held within the window",
+)
+ATTRIBUTION_EXPIRED = Counter(
+    "crm_worker_attribution_expired_total",
+    "Attribution table keys deleted: idle users (the longest window after their last write) "
+    "and hourly totals older than CRM_ATTRIBUTION_RETENTION",
+    ["kind"],
+)
 TABLE_KEYS = Gauge("crm_worker_table_keys", "Keys held in a local table", ["table"])
 RAW_LAG = Gauge(
     "crm_worker_raw_topic_lag_records", "Records of a raw topic not yet processed", ["vendor"]
 )
-# Positions (processors/positions.py): `stream` is raw or stats, never a topic name.
+# Positions (processors/positions.py): `stream` is raw, stats or attribution, never a topic name.
 STALE_RECORDS = Counter(
     "crm_worker_stale_records_total",
     "Records handed over again below the position or after a seek, dropped unprocessed",

@@ -67,6 +67,42 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
 
 
+def parse_attribution_windows(text: str) -> tuple[float, dict[str, float]]:
+    """``CRM_ATTRIBUTION_WINDOW``: ``"3d"`` or ``"3d,Order Completed=7d,Signed Up=1h"`` (the
+    default first or anywhere, then ``name=duration`` overrides) -> (default seconds, seconds
+    per conversion name). Without a default entry the default is 3 days."""
+    default: float | None = None
+    by_name: dict[str, float] = {}
+    for part in text.split(","):
+        item = part.strip()
+        if not item:
+            raise ValueError("an empty entry")
+        name, sep, duration = item.rpartition("=")
+        seconds = parse_duration(duration if sep else item)
+        if seconds < 1:
+            raise ValueError(f"{item!r}: a window must be at least 1s")
+        if not sep:
+            if default is not None:
+                raise ValueError("two default windows (name the others: 'Order Completed=7d')")
+            default = seconds
+        elif not name.strip():
+            raise ValueError(f"{item!r}: the name before '=' is empty")
+        elif name.strip() in by_name:
+            raise ValueError(f"{name.strip()!r} has two windows")
+        else:
+            by_name[name.strip()] = seconds
+    return (3 * 86400.0 if default is None else default), by_name
+
+
+def parse_names(text: str) -> tuple[str, ...]:
+    """A comma-separated list of names (``CRM_CONVERSION_EVENTS``), blanks dropped."""
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    for name in names:
+        if len(name) > 200:
+            raise ValueError(f"{name[:40]!r}...: longer than 200 characters")
+    return names
+
+
 def parse_bool(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in {"1", "true", "yes", "on"}:
@@ -353,6 +389,35 @@ class Settings:
         "Message ids a campaign window keeps counts of its own for (1..10000); the events of "
         "any further message id are counted in the window's overflow bucket",
     )
+    attribution: bool = setting(
+        "ATTRIBUTION",
+        False,
+        parse_bool,
+        "Attribute conversions to campaigns by last touch (the `conversions` topic, vendor "
+        "CONVERSION events, CRM_CONVERSION_EVENTS): two more agents reading `events` and "
+        "`conversions`, the `attributions` topic and GET /api/attribution",
+    )
+    attribution_window: str = setting(
+        "ATTRIBUTION_WINDOW",
+        "3d",
+        nonempty,
+        "How long after a touch a conversion is credited to it: a default, then optional "
+        "per-conversion-name windows, e.g. '3d,Order Completed=7d' (without a default: 3d)",
+    )
+    conversion_events: str = setting(
+        "CONVERSION_EVENTS",
+        "",
+        None,
+        "Segment track event names that are conversions, comma-separated, e.g. 'Order "
+        "Completed,Signed Up' (matched case-insensitively)",
+    )
+    attribution_retention_s: float = setting(
+        "ATTRIBUTION_RETENTION",
+        30 * 86400.0,
+        positive(parse_duration),
+        "How long the per-hour attribution totals of GET /api/attribution are kept (by the "
+        "conversion's hour); the attributions topic keeps every attribution two weeks",
+    )
     api_port: int = setting(
         "API_PORT",
         8080,
@@ -496,6 +561,14 @@ class Settings:
         if self.api_url and not re.fullmatch(r"https?://[^/\s]+/?", self.api_url):
             raise ConfigError("CRM_API_URL", f"must be http(s)://host:port, got {self.api_url!r}")
         self.api_grants()
+        try:
+            self.attribution_windows()
+        except ValueError as exc:
+            raise ConfigError("CRM_ATTRIBUTION_WINDOW", str(exc)) from exc
+        try:
+            self.conversion_event_names()
+        except ValueError as exc:
+            raise ConfigError("CRM_CONVERSION_EVENTS", str(exc)) from exc
 
     def _validate_kafka_security(self) -> None:
         """SASL credentials and TLS files, checked at startup the way both Kafka clients will
@@ -598,6 +671,14 @@ class Settings:
                     raise ConfigError("CRM_API_TOKEN", f"line {number}: an empty app id")
             out.append((Secret(token), app_ids))
         return out
+
+    def conversion_event_names(self) -> tuple[str, ...]:
+        """``CRM_CONVERSION_EVENTS`` as names."""
+        return parse_names(self.conversion_events)
+
+    def attribution_windows(self) -> tuple[float, dict[str, float]]:
+        """``CRM_ATTRIBUTION_WINDOW`` as (default seconds, seconds per conversion name)."""
+        return parse_attribution_windows(self.attribution_window)
 
     def stats_window_seconds(self) -> list[tuple[str, int]]:
         """``"1m,1h"`` -> ``[("1m", 60), ("1h", 3600)]``."""

@@ -78,6 +78,22 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
             {"retention.ms": str(WEEK_MS), "retention.bytes": "-1"},
         ),
         TopicSpec(
+            "conversions",
+            "the customer's conversions (JSON or Avro Conversion), any key; input of the "
+            "attribution (CRM_ATTRIBUTION)",
+            dict(keep_two_weeks),
+        ),
+        TopicSpec(
+            "attribution-inputs",
+            "internal: touches and conversions, keyed by user",
+            {"retention.ms": str(WEEK_MS), "retention.bytes": "-1"},
+        ),
+        TopicSpec(
+            "attributions",
+            "conversions credited to a campaign by last touch (Avro), keyed by campaign",
+            dict(keep_two_weeks),
+        ),
+        TopicSpec(
             "connect-offsets",
             "connector checkpoints, keyed by connector and source object; an object behind the "
             "re-listing horizon is a tombstone",

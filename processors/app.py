@@ -59,6 +59,11 @@ from crmstream.errors import ConfigError
 from crmstream.serde import AvroSerde
 from crmstream.settings import Settings
 from crmstream.topics import VENDORS, TopicSpec, create_topics, raw_topic
+from processors.attribution import BUCKET_MS as ATTRIBUTION_BUCKET_MS
+from processors.attribution import conversion_names, windows_of
+from processors.attribution_api import AttributionSource
+from processors.attribution_path import STREAM as ATTRIBUTION
+from processors.attribution_path import AttributionPath, AttributionTable, FeedPath
 from processors.cluster import ApiServer
 from processors.faust_engine import FaustEngine, Startable
 from processors.outputs import ConfluentOutputs, DeadLetters
@@ -110,6 +115,20 @@ def changelog_specs(settings: Settings) -> list[TopicSpec]:
                 },
             )
         )
+    if settings.attribution:
+        longest_ms = windows_of(*settings.attribution_windows()).longest_ms
+        specs.append(
+            TopicSpec(
+                f"{settings.app_id}-attribution-changelog",
+                "attribution: user states and hourly totals",
+                {
+                    "cleanup.policy": "compact,delete",
+                    "retention.ms": str(
+                        max(int(settings.attribution_retention_s * 1000), longest_ms) + 86400000
+                    ),
+                },
+            )
+        )
     return specs
 
 
@@ -139,12 +158,31 @@ class Worker:
         self.events_topic = settings.topic("events")
         self.stats_updates_topic = settings.topic("stats-updates")
         self.vendor_of_topic = {settings.topic(raw_topic(v)): v for v in VENDORS}
+        # The attribution agents' topics (CRM_ATTRIBUTION), placed like stats-updates.
+        self.attribution_inputs_topic = settings.topic("attribution-inputs")
+        self.attribution_topics = (
+            {
+                t: ATTRIBUTION
+                for t in (
+                    self.events_topic,
+                    settings.topic("conversions"),
+                    self.attribution_inputs_topic,
+                )
+            }
+            if settings.attribution
+            else {}
+        )
         self.schemas = Schemas(
             self.serde,
             [
                 ("CanonicalEvent", self.events_topic),
                 ("DeadLetter", settings.topic("dead-letter")),
                 ("CampaignStats", settings.topic("campaign-stats")),
+                *(
+                    [("Attribution", settings.topic("attributions"))]
+                    if settings.attribution
+                    else []
+                ),
             ],
         )
         self.stats_partitions = StatsPartitions(settings.partitions)
@@ -188,6 +226,7 @@ class Worker:
             start_outputs=self.start_outputs,
             drained=self._raw_written,
             busy=self._busy,
+            streams=self.attribution_topics,
         )
         dead_letters = DeadLetters(settings, self.serde, outputs, self._landed)
         self.raw = RawPath(
@@ -214,9 +253,43 @@ class Worker:
             start_outputs=self.start_outputs,
             clock=self.clock,
         )
+        self.attribution: AttributionTable | None = None
+        self.feed: FeedPath | None = None
+        self.attribution_path: AttributionPath | None = None
+        if settings.attribution:
+            self._build_attribution(dead_letters)
         engine.set_positions(positioning)
         self._outputs_started = False
         self._heartbeat = time.monotonic()
+
+    def _build_attribution(self, dead_letters: DeadLetters) -> None:
+        """The attribution agents and table (:mod:`processors.attribution_path`)."""
+        settings = self.settings
+        windows = windows_of(*settings.attribution_windows())
+        self.attribution = AttributionTable(
+            WindowedTable(
+                self.engine.table("attribution"),
+                size_ms=ATTRIBUTION_BUCKET_MS,
+                keep_ms=int(settings.attribution_retention_s * 1000),
+            ),
+            windows,
+            self.serde,
+            settings.topic("attributions"),
+        )
+        self.feed = FeedPath(
+            self.serde,
+            self.outputs,
+            self.positioning,
+            dead_letters,
+            events_topic=self.events_topic,
+            conversions_topic=settings.topic("conversions"),
+            inputs_topic=self.attribution_inputs_topic,
+            conversion_events=conversion_names(settings.conversion_event_names()),
+            ready=self.ready,
+        )
+        self.attribution_path = AttributionPath(
+            self.attribution, self.outputs, self.positioning, dead_letters, ready=self.ready
+        )
 
     def wire(self) -> None:
         """The agents and timers, on the engine."""
@@ -241,6 +314,24 @@ class Worker:
             within=settings.stats_batch_within_s,
             what="processing a stats batch",
         )
+        if self.feed is not None and self.attribution_path is not None:
+            engine.agent(
+                [self.events_topic, settings.topic("conversions")],
+                "attribution-feed",
+                self.feed.process,
+                size=settings.stats_batch_size,
+                within=settings.stats_batch_within_s,
+                what="processing an attribution feed batch",
+            )
+            engine.agent(
+                [self.attribution_inputs_topic],
+                "attribution",
+                self.attribution_path.process,
+                size=settings.stats_batch_size,
+                within=settings.stats_batch_within_s,
+                what="processing an attribution batch",
+            )
+            engine.timer(60.0, "attribution-expire", self._expire_attribution)
         engine.timer(10.0, "observe", self._observe)
         engine.timer(5.0, "positions", self.positioning.watch)
         engine.timer(self.DEDUPE_EXPIRY_S, "expire", self._expire)
@@ -268,6 +359,11 @@ class Worker:
         await self.raw.written()
 
     def _busy(self, stream: str) -> bool:
+        if stream == ATTRIBUTION:
+            return bool(
+                (self.feed is not None and self.feed.busy)
+                or (self.attribution_path is not None and self.attribution_path.busy)
+            )
         return bool(self.raw.busy if stream == "raw" else self.stats_path.busy)
 
     def _landed(self, pos: RawPosition) -> bool:
@@ -280,11 +376,27 @@ class Worker:
         update (:meth:`StatsPath.expire`)."""
         self.dedupe.expire(self.clock())
 
+    def attribution_partitions(self) -> set[int] | None:
+        """The ``attribution-inputs`` partitions this worker is active for; None while the
+        group moves (the API then answers 503)."""
+        if not self.engine.settled()[0]:
+            return None
+        topic = self.attribution_inputs_topic
+        return {tp.partition for tp in self.engine.assignment() if tp.topic == topic}
+
+    async def _expire_attribution(self) -> None:
+        partitions = self.attribution_partitions()
+        if self.attribution is None or partitions is None:
+            return
+        await self.attribution.expire(partitions, time.time_ns() // 1_000_000)
+
     async def _observe(self) -> None:
         """Gauges that are read, not counted: raw-topic lag and the tables' key counts."""
         for vendor, records in self.positioning.lag(self.vendor_of_topic).items():
             metrics.RAW_LAG.labels(vendor).set(records)
         tables = {"dedupe": self.dedupe, **{f"stats-{k}": t for k, t in self.stats_tables.items()}}
+        if self.attribution is not None:
+            tables["attribution"] = self.attribution.table
         for name, table in tables.items():
             metrics.TABLE_KEYS.labels(name).set(table.estimated_keys())
 
@@ -327,7 +439,14 @@ class Worker:
             routing = self.engine.routing(
                 first.changelog_topic, self.stats_updates_topic, lambda: self.stats_partitions.count
             )
-            services.append(ApiServer(self.settings, WorkerSource(self.stats, routing)))
+            attribution = (
+                AttributionSource(self.attribution, routing, self.attribution_partitions)
+                if self.attribution is not None
+                else None
+            )
+            services.append(
+                ApiServer(self.settings, WorkerSource(self.stats, routing), attribution)
+            )
         return services
 
 

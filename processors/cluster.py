@@ -15,6 +15,7 @@ from aiohttp import web
 from crmstream.errors import CrmStreamError
 from crmstream.settings import Settings
 from processors.api.server import make_app
+from processors.attribution_api import AttributionSource, add_internal_route, public_handler
 from processors.stats_api import WorkerSource, add_internal_routes
 
 log = logging.getLogger("crmstream.api")
@@ -24,14 +25,26 @@ class ApiServer:
     """The query API and web view over the worker's stats, started and stopped with the worker
     (:class:`processors.faust_engine.Startable`)."""
 
-    def __init__(self, settings: Settings, source: WorkerSource) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        source: WorkerSource,
+        attribution: AttributionSource | None = None,
+    ) -> None:
         self.settings = settings
         self.source = source
+        self.attribution = attribution  # GET /api/attribution (CRM_ATTRIBUTION)
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
-        app = make_app(self.source, settings=self.settings)
+        app = make_app(
+            self.source,
+            settings=self.settings,
+            attribution=public_handler(self.attribution) if self.attribution else None,
+        )
         add_internal_routes(app, self.source)
+        if self.attribution is not None:
+            add_internal_route(app, self.attribution)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.api_host, self.settings.api_port)
@@ -53,3 +66,5 @@ class ApiServer:
             await self._runner.cleanup()
             self._runner = None
         await self.source.close()
+        if self.attribution is not None:
+            await self.attribution.close()

@@ -55,7 +55,8 @@ class Floors:
 
 
 class Positioning:
-    """The positions of this worker's stream partitions (raw and stats)."""
+    """The positions of this worker's stream partitions (raw, stats, and the ``streams`` placed
+    like stats: the attribution agents' topics)."""
 
     def __init__(
         self,
@@ -71,6 +72,7 @@ class Positioning:
         start_outputs: Callable[[], Awaitable[None]],
         drained: Callable[[], Awaitable[None]],
         busy: Callable[[str], bool],
+        streams: Mapping[str, str] | None = None,
     ) -> None:
         self.engine = engine
         self.probe = probe
@@ -83,9 +85,13 @@ class Positioning:
         self.start_outputs = start_outputs
         self.drained = drained
         self.busy = busy
+        # Further streams placed like stats (at the committed offset): topic -> stream label.
+        self.streams = dict(streams or {})
         self.tracker = PositionTracker()
 
     def stream(self, topic: str) -> str:
+        if topic in self.streams:
+            return self.streams[topic]
         return "stats" if topic == self.stats_topic else "raw"
 
     # -- the engine's hook ---------------------------------------------------------------
@@ -112,7 +118,9 @@ class Positioning:
         await self.drained()
         committed = {tp: self.engine.committed(tp) for tp in assigned}
         raw = _ordered(tp for tp in assigned if tp.topic in self.raw_topics)
-        stats = _ordered(tp for tp in assigned if tp.topic == self.stats_topic)
+        stats = _ordered(
+            tp for tp in assigned if tp.topic == self.stats_topic or tp.topic in self.streams
+        )
         saved = {tp: self.saved_position(tp) for tp in raw}
         if not self.floors.offsets:
             output_tps = [

@@ -187,6 +187,11 @@ class _Handlers:
         return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
 
+async def _attribution_off(request: web.Request) -> web.Response:
+    """``GET /api/attribution`` where attribution is off (``CRM_ATTRIBUTION``)."""
+    return _json({"enabled": False, "campaigns": []})
+
+
 JSON_PATHS = ("/api/", "/internal/")
 """Paths whose errors are JSON: the API, and the requests one worker sends another."""
 
@@ -247,6 +252,7 @@ def make_app(
     *,
     now_ms: Callable[[], int] = wall_clock_ms,
     settings: Settings | None = None,
+    attribution: Callable[[web.Request], Awaitable[web.StreamResponse]] | None = None,
 ) -> web.Application:
     """The API (``/api/...``), the page (``/``) and its files (``/static/...``).
 
@@ -261,6 +267,8 @@ def make_app(
     app[WINDOWS_KEY] = window_sizes(settings)
     app.router.add_get("/api/campaigns", handlers.list_campaigns)
     app.router.add_get("/api/campaigns/{id}", handlers.campaign)
+    # GET /api/attribution (processors/attribution_api.py); without it the page is told it is off.
+    app.router.add_get("/api/attribution", attribution or _attribution_off)
     app.router.add_get("/", handlers.index)
     app.router.add_static("/static/", STATIC, follow_symlinks=False)
     return app

@@ -91,6 +91,14 @@ class RejectReason(StrEnum):
     # Not a vendor record at all: a stats-updates record the stats agent could not read
     # (written by something other than a crm-stream worker, or corrupted).
     INVALID_STATS_UPDATE = "invalid_stats_update"
+    # A ``conversions`` record (the customer's own topic, processors/attribution.py): no user,
+    # or fields of the wrong kind. Its other faults reuse the reasons above (invalid_json,
+    # missing_event_type for a missing name, invalid_timestamp).
+    MISSING_USER_ID = "missing_user_id"
+    INVALID_CONVERSION = "invalid_conversion"
+    # A record of ``events`` or ``attribution-inputs`` the attribution agents could not read
+    # (written by something other than a crm-stream worker, or corrupted).
+    INVALID_ATTRIBUTION_INPUT = "invalid_attribution_input"
 
 
 @dataclass(frozen=True, slots=True)

@@ -99,3 +99,31 @@ def campaign_entry_key(campaign: str) -> bytes:
 def campaign_of_entry(key: bytes) -> str:
     """The campaign of a :func:`campaign_entry_key`."""
     return key[len(CAMPAIGN_KEY_PREFIX) :].decode()
+
+
+# --- the attribution table (processors/attribution_path.py) --------------------------------
+
+USER_KEY_PREFIX = b"__crm/user/"
+"""A user's attribution state (touches held, conversions seen, credits): reserved, so never in
+an expiry range; idle users are deleted one by one."""
+
+USERS = _prefix_range(USER_KEY_PREFIX)
+"""Every user state of an attribution table."""
+
+
+def user_key(user_id: str) -> bytes:
+    return USER_KEY_PREFIX + user_id.encode()
+
+
+def tally_key(hour_ms: int, campaign: str, name: str) -> bytes:
+    """The attributed conversions of a campaign and conversion name in one hour of conversion
+    time: a window key (``<hour start>:<campaign key>\\x1f<name>``), so an hour range is one scan
+    and the retention one range delete."""
+    return window_key(hour_ms, f"{campaign}\x1f{name}".encode())
+
+
+def parse_tally_key(key: bytes) -> tuple[int, str, str]:
+    """(hour start, campaign key, name) of a :func:`tally_key`."""
+    rest, start = parse_window_key(key)
+    campaign, _, name = rest.partition("\x1f")
+    return start, campaign, name

@@ -79,6 +79,14 @@ def test_demo_once_balances_and_matches_the_samples(
         for reason, n in row["dead_letters"].items():
             assert n <= expected["dead_letters"][reason], (vendor, reason)
     assert summary["campaigns_with_stats"] >= 30
+    # Issue 24 item 6: the demo's conversions, each credited to its user's last message, one
+    # campaign clearly ahead.
+    attribution = summary["attribution"]
+    assert attribution["published"] > 0
+    credited = attribution["conversions"] + attribution["control_conversions"]
+    assert credited == attribution["published"], attribution
+    top, second = attribution["campaigns"][:2]
+    assert top["conversions"] >= 2 * second["conversions"] > 0, attribution["campaigns"][:3]
     assert "campaigns with stats" in result.stdout
     # Issue 22 item 10: the connector's control lines are the sample's skips, exactly, and
     # --once neither claims to be live nor shows a page that is gone when it ends.

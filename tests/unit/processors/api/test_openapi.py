@@ -57,6 +57,12 @@ def test_parameters_are_the_ones_parsed() -> None:
     assert SCHEMAS["EpochMs"]["maximum"] == TIME_END_MS
 
 
+def test_the_attribution_parameters_are_the_ones_parsed() -> None:
+    from processors.attribution_api import PARAMETERS
+
+    assert set(parameters("/api/attribution")) == PARAMETERS
+
+
 def test_the_range_limit_is_stated() -> None:
     assert f"{MAX_WINDOWS:,}" in SPEC["info"]["description"]
     assert f"{MAX_WINDOWS:,}" in SPEC["components"]["responses"]["BadParameter"]["description"]

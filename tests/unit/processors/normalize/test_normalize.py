@@ -102,6 +102,9 @@ def test_reject_reasons() -> None:
         "normalizer_error",
         "too_large",
         "invalid_stats_update",
+        "missing_user_id",
+        "invalid_conversion",
+        "invalid_attribution_input",
     ]
 
 

@@ -1,0 +1,769 @@
+"""Conversions and last-touch attribution, the pure half: what a touch and a conversion are, how
+a conversion record is read, and how a user's state decides which campaign gets the credit.
+
+No I/O and no clock here (:mod:`processors.attribution_path` reads, sends and writes).
+
+**Touches** are the canonical events (every vendor, already deduplicated) of
+:data:`TOUCH_TYPES` that name a user and a campaign: the campaign messages a user was sent,
+got, or saw (``SEND``, ``DELIVERY``, ``IMPRESSION``), and ``CONTROL``, the holdout group's "would
+have been sent", so that a conversion in the holdout is credited to the campaign *as control*
+and lift can compare the two groups later. Opens, clicks and lifecycle events are not touches:
+they follow a message the user already received, and one of a day-old campaign must not take the
+credit from the message received after it.
+
+**Conversions** come from three places:
+
+* the ``conversions`` topic: the customer's own purchases, sign-ups... (:func:`parse_conversion`,
+  JSON or Avro ``Conversion``; a record without a user, a name or a valid time, or of an unknown
+  shape, is a dead letter with its reason);
+* the vendors' ``CONVERSION`` events, and Leanplum's ``CAMPAIGN_EXIT``, which Leanplum fires on
+  the goal of a single-conversion campaign (TAXONOMY A-4: "conversion analytics must count
+  CONVERSION + CAMPAIGN_EXIT"); their name is the vendor event type;
+* Segment ``track`` events whose name is listed in ``CRM_CONVERSION_EVENTS`` (compared
+  case-insensitively, as the Segment normalizer reads event names; the conversion takes the
+  listed spelling). Their ``value`` is null: the canonical event does not carry Segment's
+  ``properties`` (send the value on the ``conversions`` topic where it matters).
+
+A vendor event without a user (anonymous, or a Pinpoint endpoint without ``User.UserId``) can be
+neither a touch nor a conversion: nothing links it to a user.
+
+**The rule** (:func:`apply`), per user, in the order the user's records reach the attribution
+table (one partition, so one order):
+
+1. a conversion goes to the *last touch before it*: the held touch with the latest
+   ``occurred_at`` not after the conversion's, across all vendors, no older than the attribution
+   window of the conversion's name (``CRM_ATTRIBUTION_WINDOW``); ties go to the larger event id,
+   so the choice never depends on arrival order;
+2. it is counted **once per (user, campaign, conversion name)**: a second conversion of the same
+   name credited to the same campaign while the first credit is held (the longest window after
+   it) is a repeat, not counted;
+3. **late records**: the attribution is decided when the conversion is processed, from the touches
+   held then. A conversion arriving late is attributed among the touches held at or before its
+   time (a touch is held for the longest window after the user's newest record, so a conversion
+   later than that finds none). A touch arriving after a conversion it precedes never re-attributes
+   it: an attribution, once sent, stands;
+4. a conversion seen before while it is held (same conversion id: a replay after a crash, or a
+   customer's ``conversion_id`` sent twice) is not decided again, however many touches arrived
+   in between. Its attribution, if it made one that Kafka has not been seen to acknowledge, is
+   sent again as it was (same id, same content, counted once): a crash can leave the table's
+   changelog with a batch whose attributions never reached Kafka, and the replay then finds the
+   conversion seen. Once acknowledged (:func:`confirm`), a replay sends nothing.
+
+The attribution id is a hash of the conversion id and the campaign key, so a replay that sends an
+attribution again sends the same id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from processors.campaigns import campaign_key, split_campaign_key
+from processors.normalize.common import RecordError, iso_to_ms
+from processors.normalize.model import RejectReason
+from processors.records import MAX_TIMESTAMP_MS
+
+TOUCH_TYPES = frozenset({"SEND", "DELIVERY", "IMPRESSION", "CONTROL"})
+"""Canonical event types that are a touch (see the module docstring)."""
+CONTROL = "CONTROL"
+VENDOR_CONVERSION_TYPES = frozenset({"CONVERSION"})
+LEANPLUM_GOAL_EXIT = ("LEANPLUM", "CAMPAIGN_EXIT")
+"""TAXONOMY A-4: Leanplum's single-goal campaign exit is a conversion."""
+SEGMENT = "SEGMENT"
+
+MAX_TOUCHES = 200
+"""Touches held per user (the newest); a user sent more within the window loses the oldest."""
+MAX_NAME = 200
+"""Longest conversion name accepted (characters)."""
+
+_CURRENCY = re.compile(r"[A-Za-z]{3}")
+
+
+# --- settings -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Windows:
+    """The attribution window per conversion name, in ms (``CRM_ATTRIBUTION_WINDOW``)."""
+
+    default_ms: int
+    by_name: Mapping[str, int] = field(default_factory=dict)
+
+    def of(self, name: str) -> int:
+        return self.by_name.get(name, self.default_ms)
+
+    @property
+    def longest_ms(self) -> int:
+        return max([self.default_ms, *self.by_name.values()])
+
+
+def windows_of(default_s: float, by_name: Mapping[str, float]) -> Windows:
+    """The windows of ``Settings.attribution_windows()``."""
+    return Windows(int(default_s * 1000), {n: int(v * 1000) for n, v in by_name.items()})
+
+
+def conversion_names(names: Iterable[str]) -> dict[str, str]:
+    """``CRM_CONVERSION_EVENTS`` as casefolded name -> the name as listed (the first spelling)."""
+    out: dict[str, str] = {}
+    for name in names:
+        out.setdefault(name.casefold(), name)
+    return out
+
+
+# --- the items of a user's stream ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Touch:
+    event_id: str
+    at: int
+    vendor: str
+    app_id: str
+    campaign_id: str
+    event_type: str
+    campaign_name: str | None = None
+    message_id: str | None = None
+    variant_id: str | None = None
+
+    @property
+    def campaign(self) -> str:
+        return campaign_key(self.vendor, self.app_id, self.campaign_id)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "k": "t",
+            "id": self.event_id,
+            "at": self.at,
+            "v": self.vendor,
+            "a": self.app_id,
+            "c": self.campaign_id,
+            "e": self.event_type,
+            "n": self.campaign_name,
+            "m": self.message_id,
+            "x": self.variant_id,
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Touch:
+        return cls(
+            str(d["id"]),
+            int(d["at"]),
+            str(d["v"]),
+            str(d["a"]),
+            str(d["c"]),
+            str(d["e"]),
+            d.get("n"),
+            d.get("m"),
+            d.get("x"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Conversion:
+    conversion_id: str
+    user_id: str
+    name: str
+    at: int
+    source: str
+    """``conversions`` (the customer's topic) or the vendor whose event it is."""
+    value: float | None = None
+    currency: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "k": "c",
+            "id": self.conversion_id,
+            "at": self.at,
+            "name": self.name,
+            "src": self.source,
+            "val": self.value,
+            "cur": self.currency,
+        }
+
+    @classmethod
+    def from_json(cls, user_id: str, d: Mapping[str, Any]) -> Conversion:
+        value = d.get("val")
+        return cls(
+            str(d["id"]),
+            user_id,
+            str(d["name"]),
+            int(d["at"]),
+            str(d["src"]),
+            None if value is None else float(value),
+            d.get("cur"),
+        )
+
+
+Item = Touch | Conversion
+
+
+def encode_items(items: Sequence[Item]) -> bytes:
+    """The value of one ``attribution-inputs`` record: a user's items of one feed batch."""
+    return orjson.dumps([i.to_json() for i in items])
+
+
+def decode_items(user_id: str, value: bytes) -> list[Item]:
+    """An ``attribution-inputs`` value; ``ValueError`` (or ``KeyError``/``TypeError``) when it is
+    not one."""
+    raw = orjson.loads(value)
+    if not isinstance(raw, list):
+        raise ValueError("not a list of items")
+    out: list[Item] = []
+    for d in raw:
+        kind = d["k"]
+        if kind == "t":
+            out.append(Touch.from_json(d))
+        elif kind == "c":
+            out.append(Conversion.from_json(user_id, d))
+        else:
+            raise ValueError(f"unknown item kind {kind!r}")
+    return out
+
+
+# --- reading the inputs -------------------------------------------------------------------
+
+
+def from_canonical(
+    event: Mapping[str, Any], conversion_events: Mapping[str, str]
+) -> tuple[str, Item] | None:
+    """(user id, touch or conversion) of a decoded canonical event, or None when it is neither
+    (see the module docstring)."""
+    user = event.get("user_id")
+    if not user:
+        return None
+    event_type = event["event_type"]
+    vendor = event["vendor"]
+    if event_type in TOUCH_TYPES:
+        campaign = event.get("campaign_id")
+        if not campaign:
+            return None
+        return user, Touch(
+            event["event_id"],
+            int(event["occurred_at"]),
+            vendor,
+            event.get("app_id") or "",
+            campaign,
+            event_type,
+            event.get("campaign_name"),
+            event.get("message_id"),
+            event.get("variant_id"),
+        )
+    name: str | None = None
+    if event_type in VENDOR_CONVERSION_TYPES or (vendor, event_type) == LEANPLUM_GOAL_EXIT:
+        name = event["vendor_event_type"]
+    elif vendor == SEGMENT and conversion_events:
+        name = conversion_events.get(str(event["vendor_event_type"]).casefold())
+    if name is None:
+        return None
+    return user, Conversion(event["event_id"], user, name, int(event["occurred_at"]), vendor)
+
+
+def _time(value: Any) -> int:
+    if isinstance(value, bool):
+        raise RecordError(RejectReason.INVALID_TIMESTAMP, "occurred_at is a boolean")
+    if isinstance(value, int):
+        if not 0 <= value <= MAX_TIMESTAMP_MS:
+            raise RecordError(
+                RejectReason.INVALID_TIMESTAMP, f"occurred_at {value} is out of range (epoch ms)"
+            )
+        return value
+    return iso_to_ms(value, "occurred_at")
+
+
+def conversion_from_fields(d: Mapping[str, Any], default_id: str) -> Conversion:
+    """A ``conversions`` record's fields (JSON object or decoded Avro) as a conversion;
+    :class:`RecordError` with the dead-letter reason when they are not one."""
+    unknown = set(d) - {"user_id", "name", "occurred_at", "value", "currency", "conversion_id"}
+    if unknown:
+        raise RecordError(
+            RejectReason.INVALID_CONVERSION, f"unknown fields {', '.join(sorted(unknown))}"
+        )
+    user = d.get("user_id")
+    if not isinstance(user, str) or not user.strip():
+        raise RecordError(RejectReason.MISSING_USER_ID, "user_id is missing or empty")
+    name = d.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise RecordError(RejectReason.MISSING_EVENT_TYPE, "name (the conversion) is missing")
+    if len(name) > MAX_NAME:
+        raise RecordError(RejectReason.INVALID_CONVERSION, f"name longer than {MAX_NAME}")
+    at = _time(d.get("occurred_at"))
+    value = d.get("value")
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+    ):
+        raise RecordError(RejectReason.INVALID_CONVERSION, f"value {value!r} is not a number")
+    currency = d.get("currency")
+    if currency is not None and (
+        not isinstance(currency, str) or not _CURRENCY.fullmatch(currency)
+    ):
+        raise RecordError(
+            RejectReason.INVALID_CONVERSION, f"currency {currency!r} is not a 3-letter code"
+        )
+    cid = d.get("conversion_id")
+    if cid is not None and (not isinstance(cid, str) or not cid):
+        raise RecordError(RejectReason.INVALID_CONVERSION, "conversion_id is not a string")
+    return Conversion(
+        cid or default_id,
+        user.strip(),
+        name.strip(),
+        at,
+        "conversions",
+        None if value is None else float(value),
+        currency.upper() if currency else None,
+    )
+
+
+def parse_conversion_json(value: bytes, default_id: str) -> Conversion:
+    """A JSON ``conversions`` record; :class:`RecordError` with its reason when it is not one."""
+    try:
+        d = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise RecordError(RejectReason.INVALID_JSON, f"not JSON: {exc}") from None
+    if not isinstance(d, dict):
+        raise RecordError(RejectReason.INVALID_JSON, "not a JSON object")
+    return conversion_from_fields(d, default_id)
+
+
+def conversion_id_of(partition: int, offset: int) -> str:
+    """The id of a ``conversions`` record without its own ``conversion_id``: its position."""
+    return f"conversions/{partition}/{offset}"
+
+
+# --- a user's state and the rule ----------------------------------------------------------
+
+
+@dataclass
+class UserState:
+    """What the attribution table holds for one user."""
+
+    touches: list[Touch] = field(default_factory=list)
+    seen: dict[str, int] = field(default_factory=dict)
+    """Conversion ids processed, with their time."""
+    sent: dict[str, Any] = field(default_factory=dict)
+    """Conversion id -> ``{"a": the attribution it made (:meth:`Attribution.to_json`), "ok":
+    whether Kafka acknowledged it}``: one not acknowledged is sent again on a replay."""
+    credits: dict[str, int] = field(default_factory=dict)
+    """``<campaign key>\\x1f<name>`` -> the time of the conversion credited."""
+    newest: int = 0
+    """The latest ``occurred_at`` of any item (what holding is measured from)."""
+    updated_ms: int = 0
+    """Wall clock of the last write (what the expiry of idle users reads)."""
+
+    def encode(self) -> bytes:
+        return orjson.dumps(
+            {
+                "t": [t.to_json() for t in self.touches],
+                "s": self.seen,
+                "a": self.sent,
+                "c": self.credits,
+                "n": self.newest,
+                "u": self.updated_ms,
+            }
+        )
+
+    @classmethod
+    def decode(cls, value: bytes | None) -> UserState:
+        if value is None:
+            return cls()
+        d = orjson.loads(value)
+        return cls(
+            [Touch.from_json(t) for t in d["t"]],
+            dict(d["s"]),
+            dict(d["a"]),
+            dict(d["c"]),
+            int(d["n"]),
+            int(d["u"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Attribution:
+    """One credited conversion."""
+
+    attribution_id: str
+    conversion: Conversion
+    touch: Touch
+    window_ms: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.attribution_id,
+            "u": self.conversion.user_id,
+            "c": self.conversion.to_json(),
+            "t": self.touch.to_json(),
+            "w": self.window_ms,
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Attribution:
+        return cls(
+            str(d["id"]),
+            Conversion.from_json(str(d["u"]), d["c"]),
+            Touch.from_json(d["t"]),
+            int(d["w"]),
+        )
+
+    @property
+    def control(self) -> bool:
+        return self.touch.event_type == CONTROL
+
+    def record(self, processed_at: int) -> dict[str, Any]:
+        """The ``Attribution`` Avro record."""
+        c, t = self.conversion, self.touch
+        return {
+            "attribution_id": self.attribution_id,
+            "user_id": c.user_id,
+            "conversion_id": c.conversion_id,
+            "conversion_name": c.name,
+            "conversion_source": c.source,
+            "converted_at": c.at,
+            "value": c.value,
+            "currency": c.currency,
+            "vendor": t.vendor,
+            "app_id": t.app_id or None,
+            "campaign_id": t.campaign_id,
+            "campaign_name": t.campaign_name,
+            "message_id": t.message_id,
+            "variant_id": t.variant_id,
+            "control": self.control,
+            "touch_event_id": t.event_id,
+            "touch_event_type": t.event_type,
+            "touched_at": t.at,
+            "window_ms": self.window_ms,
+            "processed_at": processed_at,
+        }
+
+
+@dataclass
+class Outcome:
+    """What :func:`apply` did, for the metrics."""
+
+    attributed: int = 0
+    unattributed: int = 0
+    repeats: int = 0
+    replayed: int = 0
+    resend: list[Attribution] = field(default_factory=list)
+    """Attributions of replayed conversions, to send again (never counted again)."""
+    touches_dropped: int = 0
+    """Touches beyond :data:`MAX_TOUCHES` of one user."""
+
+
+def attribution_id(conversion_id: str, campaign: str) -> str:
+    return hashlib.sha256(f"{conversion_id}\x1f{campaign}".encode()).hexdigest()[:32]
+
+
+def credit_key(campaign: str, name: str) -> str:
+    return f"{campaign}\x1f{name}"
+
+
+def last_touch(touches: Iterable[Touch], at: int, window_ms: int) -> Touch | None:
+    """The touch with the latest time in ``[at - window_ms, at]`` (ties: the larger event id)."""
+    best: Touch | None = None
+    for t in touches:
+        if at - window_ms <= t.at <= at and (
+            best is None or (t.at, t.event_id) > (best.at, best.event_id)
+        ):
+            best = t
+    return best
+
+
+def apply(
+    state: UserState,
+    items: Iterable[Item],
+    windows: Windows,
+    outcome: Outcome,
+    fresh: set[str] | None = None,
+) -> list[Attribution]:
+    """Apply a user's items, in order, to ``state`` (the rule of the module docstring); the
+    attributions they make. ``fresh``: the conversion ids attributed earlier in the same batch
+    (their attributions are being sent: a copy is not sent again). ``state`` is pruned
+    afterwards: touches, seen conversions and credits older than the longest window before the
+    user's newest item go."""
+    out: list[Attribution] = []
+    fresh = set() if fresh is None else fresh
+    ids = {t.event_id for t in state.touches}
+    for item in items:
+        state.newest = max(state.newest, item.at)
+        if isinstance(item, Touch):
+            if item.event_id not in ids:
+                ids.add(item.event_id)
+                state.touches.append(item)
+            continue
+        # What is older than the longest window before the newest item is no longer held
+        # (pruning only drops it afterwards): the decision does not depend on where batches end.
+        held = state.newest - windows.longest_ms
+        if state.seen.get(item.conversion_id, held - 1) >= held:
+            outcome.replayed += 1
+            again = state.sent.get(item.conversion_id)
+            if again is not None and not again["ok"] and item.conversion_id not in fresh:
+                outcome.resend.append(Attribution.from_json(again["a"]))
+            continue
+        state.seen[item.conversion_id] = item.at
+        window = windows.of(item.name)
+        reach = min(window, item.at - held)
+        touch = last_touch(state.touches, item.at, reach) if reach >= 0 else None
+        if touch is None:
+            outcome.unattributed += 1
+            continue
+        key = credit_key(touch.campaign, item.name)
+        if state.credits.get(key, held - 1) >= held:
+            outcome.repeats += 1
+            continue
+        state.credits[key] = item.at
+        outcome.attributed += 1
+        made = Attribution(attribution_id(item.conversion_id, touch.campaign), item, touch, window)
+        state.sent[item.conversion_id] = {"a": made.to_json(), "ok": False}
+        fresh.add(item.conversion_id)
+        out.append(made)
+    _prune(state, windows.longest_ms, outcome)
+    return out
+
+
+def confirm(state: UserState) -> bool:
+    """Mark the state's attributions acknowledged by Kafka; whether any was not."""
+    changed = False
+    for entry in state.sent.values():
+        if not entry["ok"]:
+            entry["ok"] = changed = True
+    return changed
+
+
+def _prune(state: UserState, hold_ms: int, outcome: Outcome) -> None:
+    oldest = state.newest - hold_ms
+    touches = sorted((t for t in state.touches if t.at >= oldest), key=lambda t: (t.at, t.event_id))
+    if len(touches) > MAX_TOUCHES:
+        outcome.touches_dropped += len(touches) - MAX_TOUCHES
+        touches = touches[-MAX_TOUCHES:]
+    state.touches = touches
+    state.seen = {k: v for k, v in state.seen.items() if v >= oldest}
+    state.sent = {k: v for k, v in state.sent.items() if k in state.seen}
+    state.credits = {k: v for k, v in state.credits.items() if v >= oldest}
+
+
+# --- the aggregates the API reads ---------------------------------------------------------
+
+BUCKET_MS = 3_600_000
+"""Aggregates are kept per hour of the conversion's time."""
+
+
+@dataclass
+class Tally:
+    """The attributed conversions of one (hour, campaign, conversion name)."""
+
+    conversions: int = 0
+    control_conversions: int = 0
+    value: dict[str, float] = field(default_factory=dict)
+    """Per currency (``""``: a value without a currency), the exposed group's values."""
+    control_value: dict[str, float] = field(default_factory=dict)
+    campaign_name: str | None = None
+
+    def add(self, a: Attribution) -> None:
+        c = a.conversion
+        if a.control:
+            self.control_conversions += 1
+        else:
+            self.conversions += 1
+        if c.value is not None:
+            sums = self.control_value if a.control else self.value
+            currency = c.currency or ""
+            sums[currency] = sums.get(currency, 0.0) + c.value
+        if a.touch.campaign_name:
+            self.campaign_name = a.touch.campaign_name
+
+    def merge(self, other: Tally) -> None:
+        self.conversions += other.conversions
+        self.control_conversions += other.control_conversions
+        for mine, theirs in ((self.value, other.value), (self.control_value, other.control_value)):
+            for cur, v in theirs.items():
+                mine[cur] = mine.get(cur, 0.0) + v
+        self.campaign_name = other.campaign_name or self.campaign_name
+
+    def encode(self) -> bytes:
+        return orjson.dumps(
+            {
+                "n": self.conversions,
+                "nc": self.control_conversions,
+                "v": self.value,
+                "vc": self.control_value,
+                "cn": self.campaign_name,
+            }
+        )
+
+    @classmethod
+    def decode(cls, value: bytes | None) -> Tally:
+        if value is None:
+            return cls()
+        d = orjson.loads(value)
+        return cls(int(d["n"]), int(d["nc"]), dict(d["v"]), dict(d["vc"]), d.get("cn"))
+
+
+def bucket_of(at: int) -> int:
+    return at - at % BUCKET_MS
+
+
+def rows(tallies: Iterable[tuple[str, str, Tally]]) -> list[dict[str, Any]]:
+    """``GET /api/attribution``'s rows from (campaign key, name, tally) triples: one per vendor
+    and campaign (the names summed; ``names`` breaks them down), most conversions first."""
+    merged: dict[str, dict[str, Tally]] = {}
+    for campaign, name, tally in tallies:
+        merged.setdefault(campaign, {}).setdefault(name, Tally()).merge(tally)
+    out: list[dict[str, Any]] = []
+    for campaign, by_name in merged.items():
+        vendor, app_id, campaign_id = split_campaign_key(campaign)
+        total = Tally()
+        for tally in by_name.values():
+            total.merge(tally)
+        out.append(
+            {
+                "vendor": vendor,
+                "app_id": app_id or None,
+                "campaign_id": campaign_id,
+                "campaign_name": total.campaign_name,
+                "conversions": total.conversions,
+                "control_conversions": total.control_conversions,
+                "value": _rounded(total.value),
+                "control_value": _rounded(total.control_value),
+                "names": {
+                    n: {"conversions": t.conversions, "control_conversions": t.control_conversions}
+                    for n, t in sorted(by_name.items())
+                },
+            }
+        )
+    out.sort(
+        key=lambda r: (-r["conversions"], -r["control_conversions"], r["vendor"], r["campaign_id"])
+    )
+    return out
+
+
+def _rounded(sums: Mapping[str, float]) -> dict[str, float]:
+    return {cur: round(v, 6) for cur, v in sorted(sums.items())}
+
+
+# --- reading canonical events without decoding all of them ---------------------------------
+
+_PREFIX_FIELDS = (
+    "event_id",
+    "vendor",
+    "vendor_event_id",
+    "vendor_event_type",
+    "event_type",
+    "channel",
+    "occurred_at",
+    "user_id",
+    "device_id",
+    "campaign_id",
+    "campaign_name",
+    "message_id",
+    "message_name",
+    "experiment_id",
+    "variant_id",
+    "link_url",
+    "error",
+    "app_id",
+)
+"""The first fields of ``CanonicalEvent.avsc``, in order (the attribution reads no further)."""
+
+
+class NotOurs(Exception):
+    """A record :class:`CanonicalReader` cannot read: decode it in full instead."""
+
+
+class CanonicalReader:
+    """Reads what the attribution needs from a canonical event's Avro bytes, written with this
+    process's own ``CanonicalEvent`` schema (single-object encoding): its first fields, by
+    hand, stopping as soon as the event is neither a touch nor a conversion (most events: opens,
+    clicks, lifecycle). Decoding every event in full with fastavro was most of the attribution
+    feed's cost. Anything else (another schema version, the Confluent wire format, a field that
+    does not parse) raises :class:`NotOurs`, and the caller decodes it in full."""
+
+    def __init__(
+        self, header: bytes, schema: Mapping[str, Any], conversion_events: Mapping[str, str]
+    ) -> None:
+        fields = schema["fields"]
+        if tuple(f["name"] for f in fields[: len(_PREFIX_FIELDS)]) != _PREFIX_FIELDS:
+            raise ValueError("CanonicalEvent.avsc's first fields are not the ones read here")
+        self.header = header
+        self.vendors: list[str] = list(fields[1]["type"]["symbols"])
+        self.types: list[str] = list(fields[4]["type"]["symbols"])
+        self.conversion_events = conversion_events
+        wanted = TOUCH_TYPES | VENDOR_CONVERSION_TYPES | {LEANPLUM_GOAL_EXIT[1]}
+        self.wanted = {i for i, t in enumerate(self.types) if t in wanted}
+        self.segment = self.vendors.index(SEGMENT)
+
+    def read(self, data: bytes) -> tuple[str, Item] | None:
+        if not data.startswith(self.header):
+            raise NotOurs
+        try:
+            return self._read(data, len(self.header))
+        except (IndexError, ValueError, UnicodeDecodeError) as exc:
+            raise NotOurs from exc
+
+    def _read(self, data: bytes, pos: int) -> tuple[str, Item] | None:
+        def long() -> int:
+            nonlocal pos
+            shift = result = 0
+            while True:
+                b = data[pos]
+                pos += 1
+                result |= (b & 0x7F) << shift
+                if b < 0x80:
+                    return (result >> 1) ^ -(result & 1)
+                shift += 7
+                if shift > 63:
+                    raise ValueError("varint too long")
+
+        def string() -> str:
+            nonlocal pos
+            n = long()
+            if n < 0 or pos + n > len(data):
+                raise ValueError("bad string length")
+            pos += n
+            return data[pos - n : pos].decode()
+
+        def optional() -> str | None:
+            branch = long()
+            if branch == 0:
+                return None
+            if branch != 1:
+                raise ValueError("bad union branch")
+            return string()
+
+        event_id = string()
+        vendor_index = long()
+        string()  # vendor_event_id
+        vendor_event_type = string()
+        type_index = long()
+        if type_index not in self.wanted and not (
+            vendor_index == self.segment and self.conversion_events
+        ):
+            return None
+        long()  # channel
+        occurred_at = long()
+        user = optional()
+        if not user:
+            return None
+        optional()  # device_id
+        event = {
+            "event_id": event_id,
+            "vendor": self.vendors[vendor_index],
+            "vendor_event_type": vendor_event_type,
+            "event_type": self.types[type_index],
+            "occurred_at": occurred_at,
+            "user_id": user,
+            "campaign_id": optional(),
+            "campaign_name": optional(),
+            "message_id": optional(),
+        }
+        optional()  # message_name
+        optional()  # experiment_id
+        event["variant_id"] = optional()
+        optional()  # link_url
+        optional()  # error
+        event["app_id"] = optional()
+        return from_canonical(event, self.conversion_events)

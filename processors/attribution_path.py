@@ -1,0 +1,425 @@
+"""The attribution half of the worker: two agents and the attribution table
+(the rule is :mod:`processors.attribution`, pure).
+
+``attribution-feed`` (:class:`FeedPath`) reads the canonical ``events`` (every vendor, already
+deduplicated: the raw path is not touched) and the customer's ``conversions``, keeps the touches
+and conversions (:func:`processors.attribution.from_canonical`,
+:func:`processors.attribution.parse_conversion_json`), and sends each user's items of a batch as
+one record to the internal ``attribution-inputs`` topic, keyed by user and on the user's
+partition (the Java client's murmur2, as ``stats-updates``), so one worker holds a user's whole
+history. A ``conversions`` record that is not a conversion is a dead letter with its reason and
+position.
+
+``attribution`` (:class:`AttributionPath`) reads ``attribution-inputs`` and applies each user's
+items to the user's state in the attribution table (:class:`AttributionTable`): attributions go to
+``attributions`` (Avro, keyed by campaign), and the per-hour totals the API reads
+(:func:`processors.state.keys.tally_key`) are updated in the same table.
+
+**Through a crash** (kill -9 at any moment) both agents commit a position only once Kafka
+acknowledged what the batch sent (:meth:`Positioning.durable`), so nothing is lost; what is
+repeated is harmless:
+
+* the feed, replaying a batch, sends its items again: a touch is held once per event id, and a
+  conversion id processed before is ignored (:func:`processors.attribution.apply`, rule 4),
+  however many touches arrived in between;
+* the attribution agent writes a batch's user states and totals to RocksDB, in one write batch
+  per partition, only after Kafka acknowledged the batch's attributions and changelog records
+  (the stats path's pattern, :mod:`processors.stats`). A replay from the committed position
+  starts from the state before the batch, or from the state after it when the changelog
+  restored it; either way each conversion is decided once and counted once in the totals. The
+  changelog may hold a batch whose attributions never reached Kafka (killed between the two):
+  the replay finds those conversions seen and sends their attributions again, as they were
+  (:func:`processors.attribution.apply`, rule 4). So an attribution may be written to
+  ``attributions`` more than once, always with the same ``attribution_id`` and content, never a
+  different one, and never lost.
+
+Expiry (:meth:`AttributionTable.expire`): the hourly totals older than
+``CRM_ATTRIBUTION_RETENTION`` go by range delete, users idle (wall clock) for longer than the
+longest window one by one; both locally, as the dedupe marks (a restore may bring some back
+until the next expiry).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import orjson
+
+from crmstream import metrics
+from crmstream.errors import SerdeError
+from crmstream.serde import AvroSerde
+from processors.attribution import (
+    Attribution,
+    CanonicalReader,
+    Conversion,
+    Item,
+    NotOurs,
+    Outcome,
+    Tally,
+    UserState,
+    Windows,
+    apply,
+    bucket_of,
+    confirm,
+    conversion_from_fields,
+    conversion_id_of,
+    decode_items,
+    encode_items,
+    from_canonical,
+    parse_conversion_json,
+)
+from processors.campaigns import stats_partition
+from processors.engine import Batch
+from processors.normalize.common import RecordError
+from processors.normalize.model import RejectReason
+from processors.outputs import DeadLetters, Outputs
+from processors.positioning import Positioning
+from processors.positions import TP
+from processors.records import RawPosition, headers_dict
+from processors.state import keys
+from processors.state.keys import parse_tally_key, tally_key, user_key
+from processors.state.table import Item as TableItem
+from processors.state.table import WindowedTable
+
+log = logging.getLogger("crmstream.worker")
+
+STREAM = "attribution"
+"""The positions' stream label of the attribution agents' topics."""
+
+_AVRO_STARTS = (b"\xc3\x01", b"\x00")
+
+
+def _position(message: Any) -> RawPosition:
+    return RawPosition(
+        message.topic,
+        message.partition,
+        message.offset,
+        int(message.timestamp * 1000),
+        headers_dict(message.headers),
+    )
+
+
+class FeedPath:
+    """``events`` + ``conversions`` -> ``attribution-inputs``, keyed by user."""
+
+    def __init__(
+        self,
+        serde: AvroSerde,
+        outputs: Outputs,
+        positioning: Positioning,
+        dead_letters: DeadLetters,
+        *,
+        events_topic: str,
+        conversions_topic: str,
+        inputs_topic: str,
+        conversion_events: dict[str, str],
+        ready: Callable[[], Awaitable[None]],
+    ) -> None:
+        self.serde = serde
+        self.outputs = outputs
+        self.positioning = positioning
+        self.dead_letters = dead_letters
+        self.events_topic = events_topic
+        self.conversions_topic = conversions_topic
+        self.inputs_topic = inputs_topic
+        self.conversion_events = conversion_events
+        self.ready = ready
+        self.busy = 0
+        self._partitions = 0
+        info = serde.schema("CanonicalEvent")
+        self.reader = CanonicalReader(
+            info.single_object_header, orjson.loads(info.text), conversion_events
+        )
+
+    async def process(self, batch: Batch) -> None:
+        self.busy += 1
+        try:
+            admitted = await self.positioning.admit(batch, STREAM)
+            if not admitted:
+                return
+            await self.ready()
+            if not self._partitions:
+                self._partitions = self.outputs.partitions(self.inputs_topic)
+            now_ms = time.time_ns() // 1_000_000
+            ends: dict[TP, int] = {}
+            by_user: dict[str, list[Item]] = {}
+            for event in admitted:
+                message = event.message
+                ends[message.tp] = message.offset + 1
+                found = self._read(message, now_ms)
+                if found is not None:
+                    user, item = found
+                    by_user.setdefault(user, []).append(item)
+                    metrics.ATTRIBUTION_INPUTS.labels(
+                        "conversion" if isinstance(item, Conversion) else "touch",
+                        "events" if message.topic == self.events_topic else "conversions",
+                    ).inc()
+            for user, items in by_user.items():
+                key = user.encode()
+                self.outputs.send(
+                    self.inputs_topic,
+                    key,
+                    encode_items(items),
+                    partition=stats_partition(key, self._partitions),
+                )
+            await self.outputs.seal()
+            self.positioning.durable(ends)
+        finally:
+            self.busy -= 1
+
+    def _read(self, message: Any, now_ms: int) -> tuple[str, Item] | None:
+        value = message.value or b""
+        if message.topic == self.events_topic:
+            try:
+                return self.reader.read(value)
+            except NotOurs:
+                pass
+            try:
+                _, record = self.serde.decode(value, message.topic)
+                return from_canonical(record, self.conversion_events)
+            except (SerdeError, KeyError, TypeError, ValueError) as exc:
+                self._dead(message, RejectReason.INVALID_ATTRIBUTION_INPUT, repr(exc), now_ms)
+                return None
+        default_id = conversion_id_of(message.partition, message.offset)
+        try:
+            conversion = self._conversion(value, default_id)
+        except RecordError as exc:
+            self._dead(message, exc.reason, exc.detail, now_ms)
+            return None
+        return conversion.user_id, conversion
+
+    def _conversion(self, value: bytes, default_id: str) -> Conversion:
+        if value.startswith(_AVRO_STARTS):
+            try:
+                name, record = self.serde.decode(value, self.conversions_topic)
+            except SerdeError as exc:
+                raise RecordError(
+                    RejectReason.INVALID_JSON, f"neither JSON nor Avro: {exc}"
+                ) from None
+            if name != "Conversion":
+                raise RecordError(RejectReason.INVALID_CONVERSION, f"an Avro {name}")
+            return conversion_from_fields(
+                {k: v for k, v in record.items() if v is not None or k == "user_id"}, default_id
+            )
+        return parse_conversion_json(value, default_id)
+
+    def _dead(self, message: Any, reason: RejectReason, detail: str, now_ms: int) -> None:
+        self.dead_letters.send(
+            message.value or b"",
+            message.key,
+            None,
+            reason.value,
+            detail[:1000],
+            _position(message),
+            now_ms,
+        )
+
+
+class AttributionTable:
+    """The attribution table of one worker: user states and hourly totals, by user partition."""
+
+    def __init__(
+        self,
+        table: WindowedTable,
+        windows: Windows,
+        serde: AvroSerde,
+        attributions_topic: str,
+    ) -> None:
+        self.table = table
+        self.windows = windows
+        self.serde = serde
+        self.attributions_topic = attributions_topic
+        self.lock = asyncio.Lock()
+
+    async def apply(
+        self, parsed: Iterable[tuple[int, str, list[Item]]], outputs: Outputs, now_ms: int
+    ) -> Outcome:
+        """Apply a batch's (partition, user, items), in order; send the attributions and the
+        changelog records, and write the table once Kafka acknowledged them."""
+        outcome = Outcome()
+        by_partition: dict[int, list[tuple[str, list[Item]]]] = {}
+        for partition, user, items in parsed:
+            by_partition.setdefault(partition, []).append((user, items))
+        async with self.lock:
+            writes: list[tuple[int, list[TableItem]]] = []
+            crediting: list[tuple[int, dict[str, UserState]]] = []
+            for partition, entries in sorted(by_partition.items()):
+                changed, credited = self._apply_partition(
+                    partition, entries, outputs, now_ms, outcome
+                )
+                self.table.send_changelog(partition, changed, outputs)
+                writes.append((partition, changed))
+                crediting.append((partition, credited))
+            offsets = await outputs.seal()
+            for partition, changed in writes:
+                self.table.write(partition, changed)
+            self.table.set_persisted_offsets(offsets)
+            # Kafka acknowledged the attributions: a replay need not send them again. Written
+            # here, and to the changelog with this task's next batch (until it lands, a restore
+            # from the changelog sends them once more: harmless).
+            for partition, credited in crediting:
+                confirmed = [
+                    (user_key(user), state.encode())
+                    for user, state in credited.items()
+                    if confirm(state)
+                ]
+                self.table.write(partition, confirmed)
+                self.table.send_changelog(partition, confirmed, outputs)
+        for name, n in (
+            ("attributed", outcome.attributed),
+            ("unattributed", outcome.unattributed),
+            ("repeat", outcome.repeats),
+            ("replayed", outcome.replayed),
+        ):
+            if n:
+                metrics.ATTRIBUTION_CONVERSIONS.labels(name).inc(n)
+        if outcome.touches_dropped:
+            metrics.ATTRIBUTION_TOUCHES_DROPPED.inc(outcome.touches_dropped)
+        return outcome
+
+    def _apply_partition(
+        self,
+        partition: int,
+        entries: list[tuple[str, list[Item]]],
+        outputs: Outputs,
+        now_ms: int,
+        outcome: Outcome,
+    ) -> tuple[list[TableItem], dict[str, UserState]]:
+        """The partition's changed keys, and the users whose state holds an attribution not
+        yet acknowledged."""
+        users = list(dict.fromkeys(user for user, _ in entries))
+        stored = self.table.get_many(partition, [user_key(u) for u in users])
+        states = {u: UserState.decode(v) for u, v in zip(users, stored, strict=True)}
+        made: list[Attribution] = []
+        outcome.resend.clear()
+        fresh: set[str] = set()
+        for user, items in entries:
+            made += apply(states[user], items, self.windows, outcome, fresh)
+        tallies: dict[bytes, Tally] = {}
+        for a in made:
+            key = tally_key(bucket_of(a.conversion.at), a.touch.campaign, a.conversion.name)
+            tallies.setdefault(key, Tally())
+        held = self.table.get_many(partition, list(tallies))
+        for key, value in zip(list(tallies), held, strict=True):
+            tallies[key] = Tally.decode(value)
+        for a in made:
+            tallies[tally_key(bucket_of(a.conversion.at), a.touch.campaign, a.conversion.name)].add(
+                a
+            )
+        for a in [*made, *outcome.resend]:
+            outputs.send(
+                self.attributions_topic,
+                a.touch.campaign.encode(),
+                self.serde.encode("Attribution", a.record(now_ms), self.attributions_topic),
+            )
+        out: list[TableItem] = []
+        for user in users:
+            state = states[user]
+            state.updated_ms = now_ms
+            out.append((user_key(user), state.encode()))
+        out += [(key, tally.encode()) for key, tally in tallies.items()]
+        credited = {a.conversion.user_id: states[a.conversion.user_id] for a in made}
+        credited.update(
+            {a.conversion.user_id: states[a.conversion.user_id] for a in outcome.resend}
+        )
+        return out, credited
+
+    # -- expiry --------------------------------------------------------------------------
+
+    async def expire(self, partitions: Iterable[int], now_ms: int) -> int:
+        """Delete the hourly totals older than the retention (every local partition) and the
+        users idle for longer than the longest window (in ``partitions``). Local deletes, as
+        the dedupe marks. Returns how many users went."""
+        idle_before = now_ms - self.windows.longest_ms
+        gone = 0
+        async with self.lock:
+            self.table.expire(now_ms)
+            open_here = set(self.table.partitions())
+            for partition in sorted(set(partitions) & open_here):
+                stale: list[TableItem] = []
+                for key, value in self.table.scan(partition, keys.USERS):
+                    if UserState.decode(value).updated_ms < idle_before:
+                        stale.append((key, None))
+                gone += self.table.write(partition, stale)
+        if gone:
+            metrics.ATTRIBUTION_EXPIRED.labels("user").inc(gone)
+        return gone
+
+    # -- reading, for the API ------------------------------------------------------------
+
+    def tallies(
+        self, partitions: Iterable[int], from_ms: int, to_ms: int, name: str | None
+    ) -> list[tuple[str, str, Tally]]:
+        """(campaign key, conversion name, tally) of every hour starting in
+        ``[from_ms, to_ms)`` (``from`` rounded down to its hour) in ``partitions``."""
+        out: list[tuple[str, str, Tally]] = []
+        hours = keys.window_range(bucket_of(from_ms), to_ms)
+        for partition in partitions:
+            for key, value in self.table.scan(partition, hours):
+                if key not in hours:
+                    # Seen from the API of a live worker: the scan went past its upper bound
+                    # (into the users); the range itself decides.
+                    break
+                _, campaign, found = parse_tally_key(key)
+                if name is None or found == name:
+                    out.append((campaign, found, Tally.decode(value)))
+        return out
+
+
+class AttributionPath:
+    """The ``attribution-inputs`` batch handler and the attribution expiry."""
+
+    def __init__(
+        self,
+        table: AttributionTable,
+        outputs: Outputs,
+        positioning: Positioning,
+        dead_letters: DeadLetters,
+        *,
+        ready: Callable[[], Awaitable[None]],
+    ) -> None:
+        self.table = table
+        self.outputs = outputs
+        self.positioning = positioning
+        self.dead_letters = dead_letters
+        self.ready = ready
+        self.busy = 0
+
+    async def process(self, batch: Batch) -> None:
+        self.busy += 1
+        try:
+            admitted = await self.positioning.admit(batch, STREAM)
+            if not admitted:
+                return
+            await self.ready()
+            now_ms = time.time_ns() // 1_000_000
+            ends: dict[TP, int] = {}
+            parsed: list[tuple[int, str, list[Item]]] = []
+            for event in admitted:
+                message = event.message
+                ends[message.tp] = message.offset + 1
+                try:
+                    user = (message.key or b"").decode()
+                    if not user:
+                        raise ValueError("no user key")
+                    parsed.append(
+                        (message.partition, user, decode_items(user, message.value or b""))
+                    )
+                except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                    self.dead_letters.send(
+                        message.value or b"",
+                        message.key,
+                        None,
+                        RejectReason.INVALID_ATTRIBUTION_INPUT.value,
+                        f"not an attribution-inputs record: {exc!r}"[:1000],
+                        _position(message),
+                        now_ms,
+                    )
+            await self.table.apply(parsed, self.outputs, now_ms)
+            self.positioning.durable(ends)
+        finally:
+            self.busy -= 1

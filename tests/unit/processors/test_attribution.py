@@ -1,0 +1,444 @@
+"""Last-touch attribution, the pure rule (processors/attribution.py): exact cases, and generated
+histories against a reference written here from the rule's words."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from crmstream.errors import ConfigError
+from crmstream.settings import Settings
+from processors.attribution import (
+    MAX_TOUCHES,
+    Conversion,
+    Outcome,
+    Tally,
+    Touch,
+    UserState,
+    Windows,
+    apply,
+    attribution_id,
+    confirm,
+    conversion_from_fields,
+    conversion_names,
+    decode_items,
+    encode_items,
+    from_canonical,
+    parse_conversion_json,
+    rows,
+    windows_of,
+)
+from processors.campaigns import campaign_key
+from processors.normalize.common import RecordError
+
+H = 3_600_000
+D = 24 * H
+T0 = 1_780_000_000_000
+W = Windows(3 * D)
+
+
+def touch(eid: str, at: int, vendor: str = "LEANPLUM", campaign: str = "c1", **kw: Any) -> Touch:
+    return Touch(eid, at, vendor, kw.pop("app", "app"), campaign, kw.pop("type", "DELIVERY"), **kw)
+
+
+def conv(
+    cid: str, at: int, name: str = "Order Completed", value: float | None = None
+) -> Conversion:
+    return Conversion(cid, "u1", name, at, "conversions", value, "USD" if value else None)
+
+
+def run(items: list[Any], windows: Windows = W, state: UserState | None = None) -> tuple:
+    state = state or UserState()
+    outcome = Outcome()
+    made = apply(state, items, windows, outcome)
+    # Whatever the state holds survives its encoding.
+    assert UserState.decode(state.encode()) == state
+    return made, outcome, state
+
+
+def credited(made: list[Any]) -> list[tuple[str, str]]:
+    return [(a.conversion.conversion_id, a.touch.campaign) for a in made]
+
+
+def test_a_user_touched_by_two_vendors_credits_the_last_touch_across_vendors() -> None:
+    lp = touch("LEANPLUM:1", T0, "LEANPLUM", "spring")
+    air = touch("AIRSHIP:9", T0 + H, "AIRSHIP", "push-1", type="SEND")
+    made, outcome, _ = run([lp, air, conv("o1", T0 + 2 * H, value=30.0)])
+    assert credited(made) == [("o1", campaign_key("AIRSHIP", "app", "push-1"))]
+    assert made[0].attribution_id == attribution_id("o1", air.campaign)
+    assert outcome.attributed == 1
+    # A late conversion (before the Airship push) goes to the touch before its own time.
+    made, _, _ = run([lp, air, conv("o2", T0 + 30 * 60_000)])
+    assert credited(made) == [("o2", lp.campaign)]
+
+
+def test_a_conversion_after_the_window_is_not_attributed() -> None:
+    t = touch("LEANPLUM:1", T0)
+    made, outcome, _ = run([t, conv("o1", T0 + 3 * D + 1)])
+    assert made == [] and outcome.unattributed == 1
+    # At the window's very end it still is.
+    made, _, _ = run([t, conv("o1", T0 + 3 * D)])
+    assert credited(made) == [("o1", t.campaign)]
+
+
+def test_a_conversion_before_any_exposure_stays_unattributed_whatever_arrives_later() -> None:
+    made, outcome, state = run([conv("o1", T0)])
+    assert made == [] and outcome.unattributed == 1
+    # The touch arrives late but happened before the conversion: no re-attribution (rule 3).
+    made, outcome, state = run([touch("LEANPLUM:1", T0 - H)], state=state)
+    assert made == []
+    # A touch after the conversion never counts for it either; the same conversion id again is a
+    # replay (rule 4), ignored however many touches arrived.
+    made, outcome, _ = run([touch("LEANPLUM:2", T0 + H), conv("o1", T0)], state=state)
+    assert made == [] and outcome.replayed == 1
+
+
+def test_repeats_count_once_per_user_campaign_and_name() -> None:
+    t = touch("LEANPLUM:1", T0)
+    made, outcome, state = run(
+        [t, conv("o1", T0 + H), conv("o2", T0 + 2 * H), conv("s1", T0 + 2 * H, "Signed Up")]
+    )
+    assert credited(made) == [("o1", t.campaign), ("s1", t.campaign)]
+    assert outcome.repeats == 1
+    # Another campaign's touch: the next order is its own credit.
+    t2 = touch("PINPOINT:7", T0 + 3 * H, "PINPOINT", "c2")
+    made, _, _ = run([t2, conv("o3", T0 + 4 * H)], state=state)
+    assert credited(made) == [("o3", t2.campaign)]
+
+
+def test_duplicate_touches_and_replayed_batches_decide_the_same() -> None:
+    items = [touch("LEANPLUM:1", T0), conv("o1", T0 + H), touch("LEANPLUM:1", T0)]
+    made, _, state = run(items)
+    assert len(state.touches) == 1
+    again, outcome, _ = run(items, state=state)  # the feed sent the batch again
+    assert again == [] and outcome.replayed == 1
+    # Its attribution is sent again, the same (the first may never have reached Kafka)...
+    assert outcome.resend == made
+    # ... until Kafka acknowledged it; and never twice within one batch.
+    assert confirm(state) and not confirm(state)
+    again, outcome, _ = run(items, state=state)
+    assert again == [] and outcome.resend == []
+    fresh: set[str] = set()
+    state, outcome = UserState(), Outcome()
+    assert apply(state, items, W, outcome, fresh) == made
+    apply(state, items[1:2], W, outcome, fresh)
+    assert outcome.resend == [] and outcome.replayed == 1
+    assert credited(made) == [("o1", touch("LEANPLUM:1", T0).campaign)]
+
+
+def test_ties_go_to_the_larger_event_id_whatever_the_arrival_order() -> None:
+    a, b = touch("AIRSHIP:a", T0, "AIRSHIP", "x"), touch("SEGMENT:b", T0, "SEGMENT", "y")
+    for order in ([a, b], [b, a]):
+        made, _, _ = run([*order, conv("o1", T0)])
+        assert credited(made) == [("o1", b.campaign)]
+
+
+def test_control_touches_credit_the_campaign_as_control() -> None:
+    made, _, _ = run([touch("PINPOINT:h", T0, "PINPOINT", "c", type="CONTROL"), conv("o", T0 + 1)])
+    assert made[0].control
+    record = made[0].record(T0)
+    assert record["control"] is True and record["touch_event_type"] == "CONTROL"
+
+
+def test_windows_per_conversion_name() -> None:
+    windows = windows_of(
+        *Settings(attribution_window="1d,Order Completed=7d").attribution_windows()
+    )
+    assert windows.of("Order Completed") == 7 * D and windows.of("Signed Up") == D
+    assert windows.longest_ms == 7 * D
+    t = touch("LEANPLUM:1", T0)
+    made, _, _ = run([t, conv("o", T0 + 5 * D), conv("s", T0 + 5 * D, "Signed Up")], windows)
+    assert credited(made) == [("o", t.campaign)]
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("3d,3d", "two default"),
+        ("3d,=1h", "empty"),
+        ("a=1h,a=2h", "two windows"),
+        ("3 weeks", "not a duration"),
+        ("0s", "at least 1s"),
+        ("3d,,", "empty entry"),
+    ],
+)
+def test_a_bad_window_setting_stops_start_up_naming_the_variable(text: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env({"CRM_ATTRIBUTION_WINDOW": text})
+    assert "CRM_ATTRIBUTION_WINDOW" in str(err.value) and problem in str(err.value)
+
+
+def test_the_state_holds_at_most_the_newest_touches_within_the_window() -> None:
+    items = [touch(f"LEANPLUM:{i:04d}", T0 + i * 1000) for i in range(MAX_TOUCHES + 5)]
+    _, outcome, state = run(items)
+    assert len(state.touches) == MAX_TOUCHES and outcome.touches_dropped == 5
+    assert state.touches[0].event_id == "LEANPLUM:0005"
+    # Everything older than the longest window before the newest item goes.
+    _, _, state = run([touch("LEANPLUM:late", T0 + 10 * D), conv("o", T0 + 10 * D)], state=state)
+    assert [t.event_id for t in state.touches] == ["LEANPLUM:late"]
+    assert list(state.seen) == ["o"]
+
+
+# --- generated histories against a reference ---------------------------------------------
+
+
+def reference(items: list[Any], windows: Windows) -> list[tuple[str, str]]:
+    """The rule, brute force: every touch that arrived before, no pruning."""
+    arrived: list[Touch] = []
+    seen: dict[str, int] = {}
+    credits: dict[tuple[str, str], int] = {}
+    out = []
+    for item in items:
+        if isinstance(item, Touch):
+            arrived.append(item)
+            continue
+        w = windows.of(item.name)
+        newest = max(i.at for i in items[: items.index(item) + 1])
+        held = newest - windows.longest_ms  # older than this is not held
+        if seen.get(item.conversion_id, held - 1) >= held:
+            continue
+        seen[item.conversion_id] = item.at
+        fits = [t for t in arrived if max(item.at - w, held) <= t.at <= item.at]
+        if not fits:
+            continue
+        last = max(fits, key=lambda t: (t.at, t.event_id))
+        key = (last.campaign, item.name)
+        if key in credits and credits[key] >= held:
+            continue
+        credits[key] = item.at
+        out.append((item.conversion_id, last.campaign))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_generated_histories_match_the_reference(seed: int) -> None:
+    rng = random.Random(seed)
+    windows = Windows(2 * D, {"Signed Up": 6 * H})
+    items: list[Any] = []
+    for i in range(rng.randint(5, 60)):
+        at = T0 + rng.randint(0, 5 * D)
+        if rng.random() < 0.6:
+            vendor = rng.choice(["LEANPLUM", "AIRSHIP", "PINPOINT", "SEGMENT", "FLARELANE"])
+            items.append(touch(f"{vendor}:{i}", at, vendor, f"c{rng.randint(1, 3)}"))
+        else:
+            cid = f"o{rng.randint(0, 15)}"  # some ids repeat: replays
+            items.append(conv(cid, at, rng.choice(["Order Completed", "Signed Up"])))
+    # In one batch or split at random: the state carries over.
+    state = UserState()
+    made = []
+    cut = rng.randint(0, len(items))
+    for part in (items[:cut], items[cut:]):
+        state = UserState.decode(state.encode())
+        made += apply(state, part, windows, Outcome())
+    assert credited(made) == reference(items, windows)
+
+
+# --- reading the inputs -------------------------------------------------------------------
+
+
+def canonical(**kw: Any) -> dict[str, Any]:
+    event = {
+        "event_id": "LEANPLUM:1",
+        "vendor": "LEANPLUM",
+        "vendor_event_type": "Email Delivered",
+        "event_type": "DELIVERY",
+        "occurred_at": T0,
+        "user_id": "u1",
+        "campaign_id": "c1",
+        "app_id": "a",
+        "campaign_name": "Spring",
+        "message_id": "m1",
+        "variant_id": None,
+    }
+    event.update(kw)
+    return event
+
+
+def test_which_canonical_events_are_touches_and_conversions() -> None:
+    names = conversion_names(["Order Completed"])
+    user, item = from_canonical(canonical(), names) or ("", None)
+    assert user == "u1" and isinstance(item, Touch) and item.campaign_name == "Spring"
+    for kind in ("SEND", "IMPRESSION", "CONTROL"):
+        assert isinstance(from_canonical(canonical(event_type=kind), names)[1], Touch)  # type: ignore[index]
+    for kind in ("OPEN", "CLICK", "SEND_REQUESTED", "CAMPAIGN_ENTER", "OTHER"):
+        assert from_canonical(canonical(event_type=kind), names) is None
+    assert from_canonical(canonical(user_id=None), names) is None
+    assert from_canonical(canonical(campaign_id=None), names) is None
+    convert = from_canonical(
+        canonical(event_type="CONVERSION", vendor_event_type="Campaign Convert"), names
+    )
+    assert convert is not None and isinstance(convert[1], Conversion)
+    assert convert[1].name == "Campaign Convert" and convert[1].source == "LEANPLUM"
+    # TAXONOMY A-4: Leanplum's single-goal exit is a conversion; another vendor's exit is not.
+    exit_ = from_canonical(canonical(event_type="CAMPAIGN_EXIT", vendor_event_type="Exit"), names)
+    assert exit_ is not None and isinstance(exit_[1], Conversion)
+    assert from_canonical(canonical(event_type="CAMPAIGN_EXIT", vendor="AIRSHIP"), names) is None
+    # Segment track names listed in CRM_CONVERSION_EVENTS, case-insensitively, as listed.
+    seg = from_canonical(
+        canonical(vendor="SEGMENT", event_type="OTHER", vendor_event_type="order completed"), names
+    )
+    assert seg is not None and isinstance(seg[1], Conversion) and seg[1].name == "Order Completed"
+    assert (
+        from_canonical(
+            canonical(vendor="LEANPLUM", event_type="OTHER", vendor_event_type="Order Completed"),
+            names,
+        )
+        is None
+    )
+
+
+def test_conversion_records_and_their_dead_letter_reasons() -> None:
+    ok = parse_conversion_json(
+        b'{"user_id":"u1","name":"Order Completed","occurred_at":"2026-05-28T10:00:00Z",'
+        b'"value":19.5,"currency":"eur"}',
+        "conversions/0/7",
+    )
+    assert ok == Conversion(
+        "conversions/0/7", "u1", "Order Completed", 1_779_962_400_000, "conversions", 19.5, "EUR"
+    )
+    by_id = conversion_from_fields(
+        {"user_id": "u1", "name": "x", "occurred_at": T0, "conversion_id": "ord-1"}, "p"
+    )
+    assert by_id.conversion_id == "ord-1" and by_id.at == T0
+    bad = {
+        b"not json": "invalid_json",
+        b"[1]": "invalid_json",
+        b'{"name":"x","occurred_at":1}': "missing_user_id",
+        b'{"user_id":"","name":"x","occurred_at":1}': "missing_user_id",
+        b'{"user_id":"u","occurred_at":1}': "missing_event_type",
+        b'{"user_id":"u","name":"x","occurred_at":"yesterday"}': "invalid_timestamp",
+        b'{"user_id":"u","name":"x"}': "invalid_timestamp",
+        b'{"user_id":"u","name":"x","occurred_at":-5}': "invalid_timestamp",
+        b'{"user_id":"u","name":"x","occurred_at":1,"value":"9"}': "invalid_conversion",
+        b'{"user_id":"u","name":"x","occurred_at":1,"currency":"euro"}': "invalid_conversion",
+        b'{"user_id":"u","name":"x","occurred_at":1,"price":3}': "invalid_conversion",
+    }
+    for raw, reason in bad.items():
+        with pytest.raises(RecordError) as err:
+            parse_conversion_json(raw, "p")
+        assert err.value.reason.value == reason, raw
+
+
+def test_items_travel_as_json() -> None:
+    items = [touch("LEANPLUM:1", T0, variant_id="B"), conv("o1", T0, value=2.5)]
+    assert decode_items("u1", encode_items(items)) == items
+    with pytest.raises(ValueError):
+        decode_items("u1", b'{"k":"t"}')
+
+
+def test_rows_sum_per_vendor_and_campaign() -> None:
+    lp, air = touch("LEANPLUM:1", T0), touch("AIRSHIP:1", T0, "AIRSHIP", "p", type="CONTROL")
+    tallies: list[tuple[str, str, Tally]] = []
+    for t, c in (
+        (lp, conv("a", T0, value=10.0)),
+        (lp, conv("b", T0, "Signed Up")),
+        (air, conv("c", T0, value=1.0)),
+    ):
+        tally = Tally()
+        made, _, _ = run([t, c])
+        tally.add(made[0])
+        tallies.append((t.campaign, c.name, tally))
+    out = rows(tallies)
+    assert [(r["vendor"], r["conversions"], r["control_conversions"]) for r in out] == [
+        ("LEANPLUM", 2, 0),
+        ("AIRSHIP", 0, 1),
+    ]
+    assert out[0]["value"] == {"USD": 10.0} and out[1]["control_value"] == {"USD": 1.0}
+    assert out[0]["names"] == {
+        "Order Completed": {"conversions": 1, "control_conversions": 0},
+        "Signed Up": {"conversions": 1, "control_conversions": 0},
+    }
+
+
+# --- GET /api/attribution's parameters ----------------------------------------------------
+
+
+def test_the_attribution_query_defaults_and_refusals() -> None:
+    from processors.api.query import QueryError
+    from processors.attribution_api import parse_query
+
+    now = T0 + 25 * 60_000
+    q = parse_query([], now, None)
+    assert q.to_ms == T0 - T0 % H + H and q.from_ms == q.to_ms - 30 * D
+    q = parse_query([("from", "5"), ("to", "9"), ("vendor", "airship"), ("name", "x")], now, None)
+    assert (q.from_ms, q.to_ms, q.vendor, q.name) == (5, 9, "AIRSHIP", "x")
+    assert q.params() == {"from": "5", "to": "9", "name": "x", "vendor": "AIRSHIP"}
+    limited = parse_query([], now, frozenset({"a"}))
+    assert limited.matches("LEANPLUM|a|c") and not limited.matches("LEANPLUM|b|c")
+    for params, name in (
+        ([("from", "9"), ("to", "5")], "from"),
+        ([("to", "soon")], "to"),
+        ([("vendor", "mailchimp")], "vendor"),
+        ([("window", "1h")], "window"),
+        ([("name", "a"), ("name", "b")], "name"),
+    ):
+        with pytest.raises(QueryError) as err:
+            parse_query(params, now, None)
+        assert err.value.parameter == name
+
+
+def test_the_canonical_reader_reads_what_a_full_decode_reads() -> None:
+    """The feed's hand-written reader of canonical events' first fields against fastavro's full
+    decode, on events of every type and vendor, with and without the optional fields."""
+    import orjson
+
+    from crmstream.serde import AvroSerde
+    from processors.attribution import CanonicalReader, NotOurs
+    from processors.normalize.model import Channel, EventType, Vendor, make
+    from processors.records import RawPosition, canonical_record
+
+    serde = AvroSerde(Settings())
+    info = serde.schema("CanonicalEvent")
+    names = conversion_names(["Order Completed"])
+    reader = CanonicalReader(info.single_object_header, orjson.loads(info.text), names)
+    rng = random.Random(5)
+    pos = RawPosition("raw.x", 0, 0, T0, {})
+    vendors = [v for v in Vendor if v.value != "UNKNOWN"]
+    checked = 0
+    for i in range(600):
+        maybe = lambda text: text if rng.random() < 0.7 else None  # noqa: E731
+        event = make(
+            rng.choice(vendors),
+            f"v{i}é",
+            vendor_event_type=rng.choice(["Order Completed", "Email Delivered", "Convert", "x"]),
+            event_type=rng.choice(list(EventType)),
+            channel=rng.choice(list(Channel)),
+            occurred_at=rng.randint(0, 2**41),
+            user_id=maybe(f"user-{rng.randint(0, 9)}"),
+            device_id=maybe("d"),
+            campaign_id=maybe(f"c{i}"),
+            campaign_name=maybe("Spring ☀"),
+            message_id=maybe("m"),
+            message_name=maybe("n"),
+            experiment_id=maybe("e"),
+            variant_id=maybe("B"),
+            link_url=maybe("https://x"),
+            error=maybe("err"),
+            app_id=maybe("app"),
+            attributes={"k": "v"} if rng.random() < 0.5 else {},
+        )
+        data = serde.encode("CanonicalEvent", canonical_record(event, pos, T0), "events")
+        _, record = serde.decode(data, "events")
+        assert reader.read(data) == from_canonical(record, names), record
+        checked += reader.read(data) is not None
+    assert checked > 50
+    with pytest.raises(NotOurs):
+        reader.read(b"\x00\x00\x00\x00\x01rest")  # the Confluent wire format: decoded in full
+    with pytest.raises(NotOurs):
+        reader.read(info.single_object_header + b"\xff")  # does not parse
+
+
+def test_conversion_event_names_are_read_and_checked() -> None:
+    settings = Settings.from_env(
+        {"CRM_CONVERSION_EVENTS": " Order Completed,,signed up ,Order Completed"}
+    )
+    assert settings.conversion_event_names() == ("Order Completed", "signed up")
+    assert conversion_names(settings.conversion_event_names()) == {
+        "order completed": "Order Completed",
+        "signed up": "signed up",
+    }
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env({"CRM_CONVERSION_EVENTS": "x" * 201})
+    assert "CRM_CONVERSION_EVENTS" in str(err.value)
