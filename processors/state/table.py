@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from itertools import takewhile
 from pathlib import Path
 from typing import Protocol, cast
 
@@ -105,11 +106,17 @@ class WindowedTable:
 
     def scan(self, partition: int, keys: KeyRange) -> Iterator[tuple[bytes, bytes]]:
         """The keys in ``keys`` of one local partition, in key order, with their values (a
-        RocksDB iterator bounded by the range's upper end)."""
+        RocksDB iterator bounded by the range's upper end). Each key is checked against the
+        range as well: a scan on a live worker was once seen to run past the iterator's bound,
+        and a key beyond it (a reserved key, another table's layout) must never be read as a
+        window."""
         options = rocksdict.ReadOptions()
         options.set_iterate_upper_bound(keys.upper)
         items = self._db(partition).items(from_key=keys.lower, read_opt=options)
-        return cast(Iterator[tuple[bytes, bytes]], iter(items))
+        upper = keys.upper
+        return takewhile(
+            lambda item: item[0] < upper, cast(Iterator[tuple[bytes, bytes]], iter(items))
+        )
 
     def partitions(self) -> list[int]:
         """The partitions open here (active or standby)."""
