@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,7 +84,7 @@ class StatsTables:
         stats_topic: str,
         retention_ms: int,
         lg_k: int,
-        max_keys: int = DEFAULT_MAX_KEYS,
+        max_keys: int | Mapping[str, int] = DEFAULT_MAX_KEYS,
     ) -> None:
         self.tables = tables
         self.windows = list(windows)
@@ -93,7 +93,8 @@ class StatsTables:
         self.stats_topic = stats_topic
         self.retention_ms = retention_ms
         self.lg_k = lg_k
-        self.max_keys = max_keys  # per window and dimension (CRM_STATS_MAX_MESSAGES)
+        # per window and dimension (CRM_STATS_MAX_MESSAGES, CRM_STATS_MAX_VARIANTS)
+        self.max_keys = max_keys
         self.lock = asyncio.Lock()
 
     # -- counting ------------------------------------------------------------------------
