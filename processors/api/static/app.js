@@ -654,7 +654,7 @@
     const control = rows.find((r) => r.kind === "control");
     $("variants-note").textContent = !tested
       ? "This campaign's events carry no variant id and it has no control group."
-      : "Conversion rate = converted / received recipients (" + (c.rate_formulas ? c.rate_formulas.conversion_rate : "") + "). " +
+      : "Conversion rate: " + (c.rate_formulas ? c.rate_formulas.conversion_rate : "converted / received recipients") + ". " +
         (control ? "Lift is against the control group: " + (c.rate_formulas ? c.rate_formulas.lift : "") + ". "
           : "No control group (no CONTROL events): no lift. ") +
         "Converted recipients are HyperLogLog estimates, exact while small; the intervals leave out their error.";
