@@ -732,7 +732,9 @@ def stats_record(
             event_type_sketches=uniques["sketches"],
         )
     variants = counts.breakdowns.get("variant")
-    if variants is not None:
+    # A window of a campaign without variants and control group has none (its events are all
+    # in the "none" bucket, which would repeat its counts in every upsert).
+    if variants is not None and (variants.kept or variants.groups or variants.overflow):
         record["variants"] = variant_records(variants)
     return record
 

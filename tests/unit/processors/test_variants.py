@@ -199,6 +199,10 @@ def test_the_stats_record_carries_the_variants() -> None:
     ]
     assert record["variants"][0]["event_type_sketches"].keys() == {"SEND"}
     assert record["variants"][3]["recipients_sketch"] is None
+    # A window without any variant or control event has no variant rows in its upsert.
+    plain = WindowCounts(lg_k=12)
+    plain.apply("raw/0", 1, "SEND", "PUSH", "u:1", {"variant": None})
+    assert "variants" not in stats_record("LEANPLUM|app|c1", "1m", 0, 60, plain, 9)
 
 
 # --- lift ------------------------------------------------------------------------------------
