@@ -418,6 +418,14 @@ class Settings:
         "How long the per-hour attribution totals of GET /api/attribution are kept (by the "
         "conversion's hour); the attributions topic keeps every attribution two weeks",
     )
+    stats_max_variants: int = setting(
+        "STATS_MAX_VARIANTS",
+        20,
+        parse_int,
+        "Variant ids a campaign window keeps counts and unique-recipient sketches of its own for "
+        "(1..1000); the events of any further variant id are counted in the window's overflow "
+        "bucket (the control group never is)",
+    )
     api_port: int = setting(
         "API_PORT",
         8080,
@@ -558,6 +566,8 @@ class Settings:
             raise ConfigError("CRM_STATS_HLL_LG_K", "must be in 4..21")
         if not 1 <= self.stats_max_messages <= 10000:
             raise ConfigError("CRM_STATS_MAX_MESSAGES", "must be in 1..10000")
+        if not 1 <= self.stats_max_variants <= 1000:
+            raise ConfigError("CRM_STATS_MAX_VARIANTS", "must be in 1..1000")
         if self.api_url and not re.fullmatch(r"https?://[^/\s]+/?", self.api_url):
             raise ConfigError("CRM_API_URL", f"must be http(s)://host:port, got {self.api_url!r}")
         self.api_grants()

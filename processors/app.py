@@ -211,7 +211,7 @@ class Worker:
             settings.topic("campaign-stats"),
             retention_ms,
             settings.stats_hll_lg_k,
-            settings.stats_max_messages,
+            {"message": settings.stats_max_messages, "variant": settings.stats_max_variants},
         )
         floors = Floors([self.events_topic, settings.topic("dead-letter")])
         self.positioning = positioning = Positioning(

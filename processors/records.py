@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     from processors.uniques import Sketch
 
 SCHEMA_VERSION = 1  # CanonicalEvent
-STATS_SCHEMA_VERSION = 2  # CampaignStats; 2: unique recipients, their sketches, campaign_name
+STATS_SCHEMA_VERSION = 3  # CampaignStats; 2: unique recipients, their sketches, campaign_name;
+# 3: variants
 DEAD_LETTER_VERSION = 2  # 2: raw_size (the raw value was cut to fit)
 # 9999-12-31T23:59:59.999Z: the latest occurred_at a normalizer lets through, so that a window's
 # end (start + size) still fits an Avro long.
@@ -140,15 +141,58 @@ def recipient_of(event: CanonicalEvent) -> str | None:
 
 BREAKDOWNS: dict[str, Callable[[CanonicalEvent], str | None]] = {
     "message": lambda event: event.message_id,
+    "variant": lambda event: event.variant_id,
 }
 """The dimensions a campaign window is broken down by, by their name on the wire and in the
 window value, with the event's value of each (None: the event has none). A dimension added here
 travels in ``stats-updates`` (:func:`stats_updates_value`), is counted per window
-(:class:`Breakdown`), and is read back by :func:`processors.figures.merged_breakdown`."""
+(:class:`Breakdown`, by its :data:`BREAKDOWN_RULES`), and is read back by
+:func:`processors.figures.merged_breakdown`. An unknown value (a variant id no one declared) is
+a value like any other, never an error."""
 
 DEFAULT_MAX_KEYS = 100
 """Default bound of the values a window keeps its own counts for, per dimension
 (``CRM_STATS_MAX_MESSAGES``); the rest are counted in the window's overflow."""
+
+DEFAULT_MAX_VARIANTS = 20
+"""Default bound of the variant ids a window keeps its own counts and sketches for
+(``CRM_STATS_MAX_VARIANTS``); the rest are counted in the window's overflow."""
+
+CONTROL_GROUP = "control"
+"""The bucket of the variant breakdown that holds the campaign's control (holdout) group."""
+
+VARIANT_SKETCHED = frozenset({"SEND", "DELIVERY", "IMPRESSION", "OPEN", "CLICK", "CONTROL"})
+"""The event types whose recipients each variant keeps a sketch of (besides all its
+recipients): what its unique rates and its received recipients (SEND, DELIVERY, IMPRESSION;
+the control group: CONTROL) are computed from. Its converted recipients are those of them in
+the campaign's conversion sketches (:mod:`processors.figures`), so a conversion need not carry
+the variant. Bounded: at most this many sketches plus one per kept variant, the overflow and
+the control group (the events without a variant keep none)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BreakdownRule:
+    """How a dimension is counted besides its counts per value. ``groups``: event types whose
+    events are counted in a named bucket of their own whatever their value (never bounded, never
+    in the overflow). ``sketched``: with ``sketches``, each bucket keeps the sketch of all its
+    recipients and of the recipients of each of these event types."""
+
+    groups: Mapping[str, str] = field(default_factory=dict)
+    sketches: bool = False
+    sketched: frozenset[str] = frozenset()
+
+
+NO_RULE = BreakdownRule()
+
+BREAKDOWN_RULES: dict[str, BreakdownRule] = {
+    # The control group is a variant of its own: every CONTROL event of the campaign, whatever
+    # variant id it carries. A vendor puts the campaign's treatment id on a holdout record
+    # (Pinpoint: variant_id = treatment_id, "0" for a standard campaign, TAXONOMY 6.2), which is
+    # also the id of the recipients who got the message: kept as a variant, the holdout would be
+    # counted among the treated. Airship CONTROL carries the push's variant, if any (6.5).
+    "variant": BreakdownRule({"CONTROL": CONTROL_GROUP}, True, VARIANT_SKETCHED),
+}
+"""Per dimension of :data:`BREAKDOWNS`, its :class:`BreakdownRule` (none: counts per value only)."""
 
 
 def breakdown_values(event: CanonicalEvent) -> dict[str, str | None]:
@@ -312,27 +356,65 @@ def stats_upsert_key(campaign: str, window_label: str, start_ms: int) -> bytes:
     return f"{campaign}|{window_label}|{start_ms}".encode()
 
 
+KEPT_BUCKET, OVERFLOW_BUCKET, MISSING_BUCKET, GROUP_BUCKET = "v", "o", "x", "g"
+"""The kinds of a breakdown's buckets, as its sketches are keyed: ``(kind, value or group)``."""
+
+Bucket = tuple[str, str | None]
+
+
 @dataclass(slots=True)
 class Breakdown:
     """A window's counts per event type for each value of one dimension (e.g. ``message_id``),
     bounded: at most ``max_keys`` values get their own counts, in the order the window first
     counted them; the events of any further value are counted in ``overflow``, and events
-    without a value in ``missing``. Every event the window counts with this dimension is in
-    exactly one of the three, so they add up to the window's counts (of those events)."""
+    without a value in ``missing``; the events of a :attr:`BreakdownRule.groups` event type in
+    their group (``groups``) whatever their value. Every event the window counts with this
+    dimension is in exactly one of these, so they add up to the window's counts (of those
+    events). ``sketches``: per bucket, the sketches of its recipients (:class:`BreakdownRule`),
+    keyed like the window's (:data:`ALL_RECIPIENTS`, event types)."""
 
     kept: dict[str, dict[str, int]] = field(default_factory=dict)
     overflow: dict[str, int] = field(default_factory=dict)
     missing: dict[str, int] = field(default_factory=dict)
+    groups: dict[str, dict[str, int]] = field(default_factory=dict)
+    sketches: dict[Bucket, dict[str, Sketch]] = field(default_factory=dict)
 
-    def add(self, value: str | None, event_type: str, max_keys: int) -> None:
-        if value is None:
-            counts = self.missing
+    def add(
+        self,
+        value: str | None,
+        event_type: str,
+        max_keys: int,
+        recipient: str | None = None,
+        rule: BreakdownRule = NO_RULE,
+        lg_k: int | None = None,
+    ) -> None:
+        group = rule.groups.get(event_type) if rule.groups else None
+        bucket: Bucket
+        if group is not None:
+            counts = self.groups.get(group)
+            if counts is None:
+                counts = self.groups[group] = {}
+            bucket = (GROUP_BUCKET, group)
+        elif value is None:
+            counts, bucket = self.missing, (MISSING_BUCKET, None)
         else:
             found = self.kept.get(value)
             if found is None and len(self.kept) < max_keys:
                 found = self.kept[value] = {}
-            counts = self.overflow if found is None else found
+            if found is None:
+                counts, bucket = self.overflow, (OVERFLOW_BUCKET, None)
+            else:
+                counts, bucket = found, (KEPT_BUCKET, value)
         counts[event_type] = counts.get(event_type, 0) + 1
+        # No sketches for the events without a value: for a campaign without variants they would
+        # be its totals' sketches a second time, and no figure is computed from them.
+        if rule.sketches and recipient is not None and lg_k is not None and value_known(bucket):
+            of_bucket = self.sketches.get(bucket)
+            if of_bucket is None:
+                of_bucket = self.sketches[bucket] = {}
+            _sketch_in(of_bucket, ALL_RECIPIENTS, lg_k).update(recipient)
+            if event_type in rule.sketched:
+                _sketch_in(of_bucket, event_type, lg_k).update(recipient)
 
     def dump(self) -> dict[str, Any]:
         out: dict[str, Any] = {"k": self.kept}
@@ -340,6 +422,8 @@ class Breakdown:
             out["o"] = self.overflow
         if self.missing:
             out["x"] = self.missing
+        if self.groups:
+            out["g"] = self.groups
         return out
 
     @classmethod
@@ -348,7 +432,35 @@ class Breakdown:
             {key: dict(counts) for key, counts in value.get("k", {}).items()},
             dict(value.get("o") or {}),
             dict(value.get("x") or {}),
+            {key: dict(counts) for key, counts in (value.get("g") or {}).items()},
         )
+
+    def images(self) -> list[tuple[Bucket, str, bytes]]:
+        """Every sketch's compact image, ``(bucket, sketch key, image)``, in a fixed order."""
+        return [
+            (bucket, key, sketch.image())
+            for bucket, of_bucket in sorted(self.sketches.items(), key=lambda kv: _order(kv[0]))
+            for key, sketch in sorted(of_bucket.items())
+        ]
+
+
+def value_known(bucket: Bucket) -> bool:
+    """Whether a bucket keeps sketches (with a :class:`BreakdownRule` that asks for them): every
+    bucket but the events without a value."""
+    return bucket[0] != MISSING_BUCKET
+
+
+def _order(bucket: Bucket) -> tuple[str, str]:
+    return (bucket[0], bucket[1] or "")
+
+
+def _sketch_in(sketches: dict[str, Sketch], key: str, lg_k: int) -> Sketch:
+    sketch = sketches.get(key)
+    if sketch is None:
+        from processors.uniques import Sketch
+
+        sketch = sketches[key] = Sketch(lg_k=lg_k)
+    return sketch
 
 
 ALL_RECIPIENTS = "*"
@@ -373,8 +485,9 @@ class WindowCounts:
     them (the benchmark's peers). ``unattributed``: events with no recipient, or counted before
     windows kept recipients. ``name``: the latest campaign name seen among the window's events.
     ``breakdowns``: per dimension of :data:`BREAKDOWNS`, the counts per value (:class:`Breakdown`,
-    at most ``max_keys`` values each); empty for a window stored before windows kept them. In the
-    same value as ``applied``, so exact through a crash like the counts.
+    at most ``max_keys`` values each: one bound for every dimension, or a bound per dimension,
+    :func:`bound_of`); empty for a window stored before windows kept them. In the same value as
+    ``applied``, so exact through a crash like the counts.
     """
 
     total: int = 0
@@ -386,7 +499,7 @@ class WindowCounts:
     lg_k: int | None = None
     name: Named | None = None
     breakdowns: dict[str, Breakdown] = field(default_factory=dict)
-    max_keys: int = DEFAULT_MAX_KEYS
+    max_keys: int | Mapping[str, int] = DEFAULT_MAX_KEYS
 
     @classmethod
     def load(cls, value: Any) -> WindowCounts:
@@ -416,7 +529,14 @@ class WindowCounts:
             breakdown = self.breakdowns.get(name)
             if breakdown is None:
                 breakdown = self.breakdowns[name] = Breakdown()
-            breakdown.add(value, event_type, self.max_keys)
+            breakdown.add(
+                value,
+                event_type,
+                bound_of(self.max_keys, name),
+                recipient,
+                BREAKDOWN_RULES.get(name, NO_RULE),
+                self.lg_k,
+            )
         if self.lg_k is not None:
             if recipient is None:
                 self.unattributed += 1
@@ -467,6 +587,17 @@ class WindowCounts:
         }
 
 
+def bound_of(max_keys: int | Mapping[str, int], dimension: str) -> int:
+    """A dimension's bound: the one bound of every dimension, or its own (the default if the
+    mapping has none: ``CRM_STATS_MAX_MESSAGES`` / ``CRM_STATS_MAX_VARIANTS``)."""
+    if isinstance(max_keys, int):
+        return max_keys
+    found = max_keys.get(dimension)
+    if found is not None:
+        return found
+    return DEFAULT_MAX_VARIANTS if dimension == "variant" else DEFAULT_MAX_KEYS
+
+
 # --- window values, as stored in the stats tables ----------------------------------------------
 
 WINDOW_VALUE_MAGIC = b"\xc5\x02"
@@ -476,8 +607,16 @@ _WINDOW_HEAD = struct.Struct(">2sqI")  # magic, updated at (epoch ms), length of
 
 def window_value(counts: WindowCounts, updated_ms: int) -> bytes:
     """A window as stored: a fixed header (with the time it was last updated, which its expiry
-    reads without parsing the rest), its counts as JSON, then its sketches' compact images."""
+    reads without parsing the rest), its counts as JSON, then its sketches' compact images, then
+    its breakdowns' (``bs``: ``[dimension, bucket kind, bucket value, sketch key, length]`` each,
+    in the order of the images; absent in a window stored before breakdowns kept sketches)."""
     images = [(key, sketch.image()) for key, sketch in sorted(counts.sketches.items())]
+    extra: list[list[Any]] = []
+    extra_images: list[bytes] = []
+    for dimension, b in sorted(counts.breakdowns.items()):
+        for (kind, value), key, image in b.images():
+            extra.append([dimension, kind, value, key, len(image)])
+            extra_images.append(image)
     head: dict[str, Any] = {
         "n": counts.total,
         "t": counts.by_type,
@@ -493,10 +632,13 @@ def window_value(counts: WindowCounts, updated_ms: int) -> bytes:
         head["m"] = counts.name
     if counts.breakdowns:
         head["b"] = {name: b.dump() for name, b in sorted(counts.breakdowns.items())}
+    if extra:
+        head["bs"] = extra
     body = orjson.dumps(head)
     return b"".join(
         [_WINDOW_HEAD.pack(WINDOW_VALUE_MAGIC, updated_ms, len(body)), body]
         + [image for _, image in images]
+        + extra_images
     )
 
 
@@ -508,7 +650,9 @@ def window_updated_ms(value: bytes) -> int | None:
     return int(_WINDOW_HEAD.unpack_from(value)[1])
 
 
-def load_window(value: bytes | None, lg_k: int, max_keys: int = DEFAULT_MAX_KEYS) -> WindowCounts:
+def load_window(
+    value: bytes | None, lg_k: int, max_keys: int | Mapping[str, int] = DEFAULT_MAX_KEYS
+) -> WindowCounts:
     """A stored window (either format), or a new one, kept with sketches of ``lg_k`` buckets
     (a stored window keeps its own) and breakdowns of at most ``max_keys`` values per dimension.
     A window of the JSON format counted its events before windows kept recipients: they are
@@ -533,6 +677,11 @@ def load_window(value: bytes | None, lg_k: int, max_keys: int = DEFAULT_MAX_KEYS
     for (key, size), guess in zip(head["s"], known, strict=True):
         sketches[key] = Sketch(value[at : at + size], known_estimate=guess)
         at += size
+    breakdowns = {key: Breakdown.load(b) for key, b in (head.get("b") or {}).items()}
+    for dimension, kind, of_value, key, size in head.get("bs") or ():
+        b = breakdowns.setdefault(dimension, Breakdown())
+        b.sketches.setdefault((kind, of_value), {})[key] = Sketch(value[at : at + size])
+        at += size
     name = head.get("m")
     return WindowCounts(
         int(head["n"]),
@@ -543,7 +692,7 @@ def load_window(value: bytes | None, lg_k: int, max_keys: int = DEFAULT_MAX_KEYS
         sketches,
         int(head["k"]) if head.get("k") is not None else lg_k,
         (int(name[0]), str(name[1])) if name else None,
-        {key: Breakdown.load(b) for key, b in (head.get("b") or {}).items()},
+        breakdowns,
         max_keys,
     )
 
@@ -557,7 +706,7 @@ def stats_record(
     now_ms: int,
 ) -> dict[str, Any]:
     vendor, app_id, campaign_id = (campaigns.unescape(part) for part in campaign.split("|"))
-    record = {
+    record: dict[str, Any] = {
         "vendor": vendor,
         "app_id": app_id or None,
         "campaign_id": campaign_id or None,
@@ -582,7 +731,50 @@ def stats_record(
             recipients_sketch=uniques["sketch"],
             event_type_sketches=uniques["sketches"],
         )
+    variants = counts.breakdowns.get("variant")
+    # A window of a campaign without variants and control group has none (its events are all
+    # in the "none" bucket, which would repeat its counts in every upsert).
+    if variants is not None and (variants.kept or variants.groups or variants.overflow):
+        record["variants"] = variant_records(variants)
     return record
+
+
+BUCKET_KINDS = {
+    KEPT_BUCKET: "value",
+    OVERFLOW_BUCKET: "overflow",
+    MISSING_BUCKET: "none",
+    GROUP_BUCKET: "group",
+}
+"""A bucket's ``kind`` in ``campaign-stats`` and in the API (a group's kind is its name)."""
+
+
+def variant_records(b: Breakdown) -> list[dict[str, Any]]:
+    """A window's per-variant counts and sketches, as ``CampaignStats.variants`` holds them: one
+    per kept variant id (in the order the window first counted them), then the control group, the
+    overflow and the events without a variant, each only if it has events."""
+    buckets: list[tuple[Bucket, dict[str, int]]] = [
+        *(((KEPT_BUCKET, v), c) for v, c in b.kept.items()),
+        *(((GROUP_BUCKET, g), c) for g, c in sorted(b.groups.items())),
+        ((OVERFLOW_BUCKET, None), b.overflow),
+        ((MISSING_BUCKET, None), b.missing),
+    ]
+    out: list[dict[str, Any]] = []
+    for bucket, of_bucket in buckets:
+        if not of_bucket:
+            continue
+        kind, value = bucket
+        images = {key: sketch.image() for key, sketch in (b.sketches.get(bucket) or {}).items()}
+        out.append(
+            {
+                "variant_id": value if kind == KEPT_BUCKET else None,
+                "kind": value if kind == GROUP_BUCKET else BUCKET_KINDS[kind],
+                "total": sum(of_bucket.values()),
+                "event_type_counts": dict(of_bucket),
+                "recipients_sketch": images.pop(ALL_RECIPIENTS, None),
+                "event_type_sketches": images,
+            }
+        )
+    return out
 
 
 KNOWN_EVENT_TYPES = frozenset(e.value for e in EventType)

@@ -90,7 +90,7 @@ class StatsTables:
         stats_topic: str,
         retention_ms: int | Mapping[str, int],
         lg_k: int,
-        max_keys: int = DEFAULT_MAX_KEYS,
+        max_keys: int | Mapping[str, int] = DEFAULT_MAX_KEYS,
     ) -> None:
         self.tables = tables
         self.windows = list(windows)
@@ -104,7 +104,8 @@ class StatsTables:
             else {label: retention_ms[label] for label, _ in self.windows}
         )
         self.lg_k = lg_k
-        self.max_keys = max_keys  # per window and dimension (CRM_STATS_MAX_MESSAGES)
+        # per window and dimension (CRM_STATS_MAX_MESSAGES, CRM_STATS_MAX_VARIANTS)
+        self.max_keys = max_keys
         self.lock = asyncio.Lock()
 
     # -- counting ------------------------------------------------------------------------

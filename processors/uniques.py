@@ -137,6 +137,12 @@ def lg_k_of(image: bytes) -> int:
     return int(image[3])
 
 
+def is_exact(image: bytes) -> bool:
+    """Whether the image is in DataSketches' list or set mode (few items: each kept as a
+    coupon, the estimate exact), not in HLL mode (an estimate within :func:`error_bound`)."""
+    return (image[_MODE_BYTE] & 0x3) != _HLL_MODE
+
+
 class Union:
     """Sketches merged: the sketch of every recipient of any of them. Its ``lg_k`` is the
     smallest of theirs (DataSketches downsamples a finer one)."""

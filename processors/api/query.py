@@ -389,18 +389,27 @@ def _unique(event_type: str) -> Term:
 RATES: dict[str, tuple[Term, Term]] = {
     "delivery_rate": (_count("DELIVERY"), _count("SEND")),
     "unique_open_rate": (_unique("OPEN"), _unique("DELIVERY")),
+    "send_open_rate": (_unique("OPEN"), _unique("SEND")),
     "unique_click_rate": (_unique("CLICK"), _unique("DELIVERY")),
     "click_to_open_rate": (_unique("CLICK"), _unique("OPEN")),
     "bounce_rate": (_count("BOUNCE"), _count("SEND")),
     "unsubscribe_rate": (_count("UNSUBSCRIBE"), _count("DELIVERY")),
 }
 """Each rate as (numerator, denominator). Counts are events; uniques are distinct recipients
-(HyperLogLog estimates). ``openapi.yaml`` quotes :func:`formula` of each."""
+(HyperLogLog estimates). ``openapi.yaml`` quotes :func:`formula` of each, and docs/events.md
+("Rates") says which vendor's convention each follows: where they differ, both are offered
+(``unique_open_rate`` per delivery, as Braze; ``send_open_rate`` per send, as Leanplum;
+``unique_click_rate`` click-through per delivery, ``click_to_open_rate`` per open)."""
 
 
 def formula(name: str) -> str:
     numerator, denominator = RATES[name]
     return f"{numerator} / {denominator}"
+
+
+def rate_formulas() -> dict[str, str]:
+    """Every rate of :data:`RATES` with its formula, as the API names them."""
+    return {name: formula(name) for name in RATES}
 
 
 def rates(figures: Mapping[str, Any]) -> dict[str, float | None]:

@@ -2,7 +2,8 @@
 
 The worker implements the source (its stats table, forwarding a key it does not own to the
 worker that does) and mounts :func:`make_app` on its API port; this module only validates,
-delegates, adds what is derived (ids, rates), orders and serves the page. The contract is
+delegates, adds what is derived (ids, rates; a campaign's variants' rates and lift,
+:mod:`processors.api.lift`), orders and serves the page. The contract is
 ``openapi.yaml``.
 """
 
@@ -19,6 +20,7 @@ from aiohttp import web
 
 from crmstream.settings import Settings
 from processors.api import auth
+from processors.api.lift import CONVERSION_RATE_FORMULA, LIFT_RULE, present_variants
 from processors.api.query import (
     CampaignKey,
     CampaignQuery,
@@ -28,6 +30,7 @@ from processors.api.query import (
     Windows,
     parse_campaign_query,
     parse_list_query,
+    rate_formulas,
     rates,
     window_sizes,
 )
@@ -180,6 +183,13 @@ class _Handlers:
         if found is None:
             return _json({"error": "no such campaign", "id": campaign_id}, 404)
         out = _present(found)
+        if "variants" in out:
+            out["variants"] = present_variants(out["variants"])
+        out["rate_formulas"] = {
+            **rate_formulas(),
+            "conversion_rate": CONVERSION_RATE_FORMULA,
+            "lift": LIFT_RULE,
+        }
         out.update(_range_fields(query))
         return _json(out)
 

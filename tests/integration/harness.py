@@ -87,6 +87,10 @@ class Expected:
     # upsert key -> (message id, event type) -> events
     messages: dict[bytes, Counter[tuple[str | None, str]]] = field(default_factory=dict)
     message: dict[str, tuple[str | None, str]] = field(default_factory=dict)  # event id -> it
+    # upsert key -> (variant bucket, event type) -> events; the bucket is the variant id, or
+    # "(control)" for every CONTROL event (the control group, whatever variant id it carries)
+    variants: dict[bytes, Counter[tuple[str | None, str]]] = field(default_factory=dict)
+    variant: dict[str, tuple[str | None, str]] = field(default_factory=dict)  # event id -> it
 
     def uniques(self) -> dict[bytes, int]:
         """The unique recipients of every window."""
@@ -104,6 +108,7 @@ class Expected:
             if who is not None:
                 self.recipients[key][who] -= 1
             self.messages[key][self.message[event_id]] -= 1
+            self.variants[key][self.variant[event_id]] -= 1
 
     def add(self, vendor: str, key: bytes | None, value: bytes, app_id: str, at: Position) -> None:
         outcome = normalize(vendor, value, NormalizeContext(app_id=app_id))
@@ -127,6 +132,12 @@ class Expected:
                     outcome.event_type.value,
                 )
                 self.messages.setdefault(keys[-1], Counter())[sent] += 1
+                control = outcome.event_type.value == "CONTROL"
+                arm = self.variant[outcome.event_id] = (
+                    CONTROL if control else outcome.variant_id,
+                    outcome.event_type.value,
+                )
+                self.variants.setdefault(keys[-1], Counter())[arm] += 1
 
 
 class Feed:
@@ -354,6 +365,100 @@ def message_failures(
         if wrong:
             problems.append(f"{key!r}: {', '.join(wrong)}: got {rows}, want {want}")
     return problems
+
+
+CONTROL = "(control)"
+"""The control group's bucket in :attr:`Expected.variants` (not a string a vendor sends: the
+test's own marker)."""
+
+
+def variant_failures(
+    get: Callable[[str, dict[str, Any]], Any], expected: Expected, label: str, max_keys: int
+) -> list[str]:
+    """Every way the query API's ``variants`` of each (campaign, window of ``label``) differs
+    from ``expected``, as readable lines, as :func:`message_failures` for message ids: at most
+    ``max_keys`` variant ids kept (the first the window counted), each with all its events;
+    the others in the overflow row; events without a variant id in the ``none`` row; every
+    CONTROL event in the ``control`` row; nothing ``not_broken_down``. The unique recipients
+    of each kept variant, of the control group and of the overflow are exact (below
+    :data:`EXACT_UNIQUES`)."""
+    problems: list[str] = []
+    for key, counted in expected.variants.items():
+        campaign, window, start = key.decode().rsplit("|", 2)
+        if window != label or not +counted:
+            continue
+        body = get(
+            f"/api/campaigns/{CampaignKey.from_key(campaign).id}",
+            {"window": label, "from": int(start), "to": int(start) + get_size(label)},
+        )
+        want: dict[str | None, Counter[str]] = {}
+        for (arm, event_type), n in (+counted).items():
+            want.setdefault(arm, Counter())[event_type] += n
+        rows = body["variants"]
+        kept = {r["variant_id"]: r for r in rows if r["kind"] == "value"}
+        other = {r["kind"]: r for r in rows if r["kind"] != "value"}
+        ids = {v for v in want if v not in (None, CONTROL)}
+        overflow: Counter[str] = Counter()
+        for v in ids - set(kept):
+            overflow.update(want[v])
+        people = _variant_recipients(expected, key)
+        extra = set(ids - set(kept))
+
+        def uniques_ok(row: dict[str, Any] | None, who: set[str]) -> bool:
+            if len(who) >= EXACT_UNIQUES:
+                return True
+            return row is not None and row["uniques"]["recipients"] == len(who)
+
+        overflow_people = set().union(*(people.get(v, set()) for v in extra))
+        wrong = [
+            what
+            for what, ok in [
+                (
+                    "a kept id's counts",
+                    all(want.get(v) == Counter(r["event_type_counts"]) for v, r in kept.items()),
+                ),
+                ("the bound", len(kept) == min(max_keys, len(ids))),
+                ("the overflow", _row_counts(other, "overflow") == overflow),
+                ("no variant", _row_counts(other, "none") == want.get(None, Counter())),
+                (
+                    "the control group",
+                    _row_counts(other, "control") == want.get(CONTROL, Counter()),
+                ),
+                ("not broken down", "not_broken_down" not in other),
+                (
+                    "a kept id's uniques",
+                    all(uniques_ok(r, people.get(v, set())) for v, r in kept.items()),
+                ),
+                (
+                    "the control group's uniques",
+                    CONTROL not in people or uniques_ok(other.get("control"), people[CONTROL]),
+                ),
+                (
+                    "the overflow's uniques",
+                    not overflow_people or uniques_ok(other.get("overflow"), overflow_people),
+                ),
+            ]
+            if not ok
+        ]
+        if wrong:
+            problems.append(f"{key!r}: {', '.join(wrong)}: got {rows}, want {want}")
+    return problems
+
+
+def _row_counts(rows: dict[str, dict[str, Any]], kind: str) -> Counter[str]:
+    return Counter(rows[kind]["event_type_counts"]) if kind in rows else Counter()
+
+
+def _variant_recipients(expected: Expected, key: bytes) -> dict[str | None, set[str]]:
+    """The recipients of each variant bucket of one (campaign, window)."""
+    out: dict[str | None, set[str]] = {}
+    for event_id in expected.event_ids:
+        if key not in expected.stats_keys.get(event_id, ()):
+            continue
+        who = expected.recipient.get(event_id)
+        if who is not None:
+            out.setdefault(expected.variant[event_id][0], set()).add(who)
+    return out
 
 
 def get_size(label: str) -> int:

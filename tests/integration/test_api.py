@@ -31,6 +31,7 @@ from processors.api.query import CampaignKey, encode_id, rates
 from processors.api.server import OPENAPI
 from processors.app import changelog_specs
 from tests.integration.harness import (
+    CONTROL,
     EXACT_UNIQUES,
     Expected,
     Feed,
@@ -39,6 +40,7 @@ from tests.integration.harness import (
     message_failures,
     read_outputs,
     samples,
+    variant_failures,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -48,6 +50,7 @@ HOUR = 3_600_000
 PER_VENDOR = 150
 TOKEN = "integration-api-token-00001"
 MAX_MESSAGES = 2
+MAX_VARIANTS = 2
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
@@ -99,6 +102,7 @@ def test_any_worker_answers_any_query_with_the_exact_figures(
         CRM_API_TOKEN=TOKEN,
         # Fewer than the samples' message ids in some windows: the overflow row is exercised.
         CRM_STATS_MAX_MESSAGES=str(MAX_MESSAGES),
+        CRM_STATS_MAX_VARIANTS=str(MAX_VARIANTS),  # and variant ids
     )
     settings = Settings.from_env(env)
     create_topics(settings, extra=changelog_specs(settings))
@@ -204,6 +208,18 @@ def _check_api(urls: list[str], expected: Expected) -> None:
         if b"|1h|" in key and len({m for m, _ in +counted if m is not None}) > MAX_MESSAGES
     ]
     assert overflowing, "the samples must have windows with more message ids than kept"
+
+    # Per variant id the same, with the control group and the unique recipients (issue 24);
+    # asked of one worker (which forwards what it does not own), to keep the test's time.
+    problems = variant_failures(
+        lambda path, params: settled_get(urls[0], path, params), expected, "1h", MAX_VARIANTS
+    )
+    assert not problems, "; ".join(problems[:5])
+    assert any(
+        len({v for v, _ in +counted if v not in (None, CONTROL)}) > MAX_VARIANTS
+        for key, counted in expected.variants.items()
+        if b"|1h|" in key
+    ), "the samples must have windows with more variant ids than kept"
 
     # A campaign no worker knows is a 404; bad parameters are a 400 naming the parameter.
     for url in urls:

@@ -9,7 +9,9 @@ with batches in flight, sometimes with its local state deleted. In the end:
 * every malformed record has exactly one dead letter, at its raw position;
 * the latest ``campaign-stats`` upsert of every (campaign, window) is the exact count;
 * the query API's events per message id of every hourly window are exact (its kept ids, the
-  overflow, the events without a message id).
+  overflow, the events without a message id);
+* so are its events per variant id (its kept ids, the control group, the overflow, the events
+  without a variant id) and their unique recipients.
 
 The seed is printed with any failure; ``CRM_CRASH_SEED=<seed>`` replays it, and
 ``CRM_CRASH_SEEDS``, ``CRM_CRASH_ROUNDS``, ``CRM_CRASH_PER_VENDOR`` and
@@ -35,12 +37,14 @@ from crmstream.settings import Settings
 from crmstream.topics import create_topics
 from processors.app import changelog_specs
 from tests.integration.harness import (
+    CONTROL,
     Feed,
     WorkerProcess,
     exactness_failures,
     message_failures,
     read_outputs,
     samples,
+    variant_failures,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.crash]
@@ -65,6 +69,7 @@ def test_kill_9_at_random_moments_loses_nothing_and_counts_everything_once(
         CRM_API_PORT=api.rsplit(":", 1)[1],
         CRM_API_URL=api,
         CRM_STATS_MAX_MESSAGES="2",  # fewer than some windows' message ids: an overflow
+        CRM_STATS_MAX_VARIANTS="2",  # and variant ids
         CRM_METRICS_PORT=str(free_port()),
         CRM_DATA_DIR=str(tmp_path / "state"),
         CRM_STATS_RETENTION="3650d",
@@ -129,6 +134,17 @@ def test_kill_9_at_random_moments_loses_nothing_and_counts_everything_once(
             for key, counted in feed.expected.messages.items()
             if b"|1h|" in key
         ), "the samples must have windows with more message ids than kept"
+        wrong = variant_failures(
+            lambda path, params: _get(api, path, params), feed.expected, "1h", 2
+        )
+        assert not wrong, f"seed={seed}: " + "; ".join(wrong[:5]) + "\n" + "\n".join(story)
+        hourly = [c for key, c in feed.expected.variants.items() if b"|1h|" in key]
+        assert any(
+            len({v for v, _ in +counted if v not in (None, CONTROL)}) > 2 for counted in hourly
+        ), "the samples must have windows with more variant ids than kept"
+        assert any(CONTROL in {v for v, _ in +counted} for counted in hourly), (
+            "the samples must have a control group"
+        )
         assert feed.expected.dead_letters, "the samples must hold malformed records"
         assert len(feed.expected.event_ids) > 1000
     finally:

@@ -20,6 +20,8 @@
   const RATES = [
     ["delivery_rate", "Delivery rate", "DELIVERY / SEND"],
     ["unique_open_rate", "Unique open rate", "unique OPEN / unique DELIVERY"],
+    // The vendors' other convention (per send, as Leanplum; per delivery above, as Braze).
+    ["send_open_rate", "Send-based open rate", "unique OPEN / unique SEND"],
     ["unique_click_rate", "Unique click rate", "unique CLICK / unique DELIVERY"],
     ["click_to_open_rate", "Click-to-open rate", "unique CLICK / unique OPEN"],
     ["bounce_rate", "Bounce rate", "BOUNCE / SEND"],
@@ -71,6 +73,44 @@
     { key: "total", label: "Events", type: "int", get: (r) => r.total },
   ];
   const COLORS = { SEND: "#64748b", DELIVERY: "#2563eb", OPEN: "#16a34a", CLICK: "#ea580c" };
+  // The campaign's variants (openapi.yaml, VariantRow): one column per row of the API, in its
+  // order; the funnel, conversion and lift against the control group read across.
+  const VARIANT_KINDS = {
+    value: null,
+    control: ["(control group)", "Recipients held out of the message: the campaign's CONTROL events"],
+    overflow: ["(more variants)", "Variant ids beyond the bound a window keeps (CRM_STATS_MAX_VARIANTS), together"],
+    none: ["(no variant)", "Events that carry no variant id (sends outside an experiment, conversions, ...)"],
+    not_broken_down: ["(not broken down)", "Events counted before the worker kept variants"],
+  };
+  const pp = (v) => `${v >= 0 ? "+" : ""}${(v * 100).toFixed(1)}`;
+  const interval = (ci, unit) => `${pp(ci[0])}${unit} … ${pp(ci[1])}${unit}`;
+  const lift = (r) => r.lift || {};
+  const VARIANT_ROWS = [
+    { key: "recipients", label: "Recipients", type: "int", get: (r) => (r.uniques ? r.uniques.recipients : null) },
+    { key: "received", label: "Received (unique send, delivery or impression)", type: "int", get: (r) => r.received },
+    { key: "SEND", label: "Sends", type: "int", get: (r) => count(r, "SEND") },
+    { key: "DELIVERY", label: "Deliveries", type: "int", get: (r) => count(r, "DELIVERY") },
+    { key: "unique_OPEN", label: "Unique opens", type: "int", get: (r) => (r.uniques ? r.uniques.by_event_type.OPEN || 0 : null) },
+    { key: "unique_CLICK", label: "Unique clicks", type: "int", get: (r) => (r.uniques ? r.uniques.by_event_type.CLICK || 0 : null) },
+    { key: "unique_open_rate", label: "Unique open rate", type: "rate", get: (r) => r.rates.unique_open_rate },
+    { key: "click_to_open_rate", label: "Click-to-open rate", type: "rate", get: (r) => r.rates.click_to_open_rate },
+    { key: "converted", label: "Converted", type: "int", get: (r) => r.converted },
+    { key: "conversion_rate", label: "Conversion rate", type: "rate", get: (r) => r.conversion_rate },
+    { key: "lift_absolute", label: "Lift vs control (points)", type: "points", get: (r) => (r.lift ? r.lift.absolute : null) },
+    { key: "lift_absolute_ci95", label: "95% interval", type: "interval", unit: " pts", get: (r) => lift(r).absolute_ci95 },
+    { key: "lift_relative", label: "Relative lift", type: "points", unit: "%", get: (r) => (r.lift ? r.lift.relative : null) },
+    { key: "lift_relative_ci95", label: "95% interval (relative)", type: "interval", unit: "%", get: (r) => lift(r).relative_ci95 },
+    { key: "p_value", label: "p-value", type: "p", get: (r) => (r.lift ? r.lift.p_value : null) },
+    { key: "verdict", label: "Verdict", type: "verdict", get: verdict },
+  ];
+  // What the page says of a row's lift: the API's `significant`, or why there is none.
+  function verdict(r) {
+    if (r.kind === "control") return "control group";
+    if (r.kind !== "value") return "";
+    if (r.significant === true) return "significant";
+    if (r.significant === false) return "not significant";
+    return "too small to say";
+  }
 
   const $ = (id) => document.getElementById(id);
   const el = (tag, attrs = {}, text) => {
@@ -531,6 +571,7 @@
     );
     for (const [key] of RATES) setValue(document.querySelector(`#rates [data-field="${key}"]`), "rate", c.rates[key]);
     renderMessages(c);
+    renderVariants(c);
     const note = $("uniques-note");
     note.replaceChildren(
       "Recipients are user ids, else device ids. Unique counts are HyperLogLog estimates (lg_k ",
@@ -566,6 +607,57 @@
       return tr;
     }));
     $("messages").dataset.rows = String(rows.length);
+  }
+
+  function variantLabel(row) {
+    return VARIANT_KINDS[row.kind] ? VARIANT_KINDS[row.kind][0] : row.variant_id;
+  }
+  function variantCell(row, spec) {
+    const v = spec.get(row);
+    const td = el("td", { "data-field": spec.key });
+    if (spec.type === "int" || spec.type === "rate") {
+      setValue(td, spec.type, v);
+      return td;
+    }
+    td.dataset.value = v === null || v === undefined ? "" : Array.isArray(v) ? JSON.stringify(v) : String(v);
+    if (v === null || v === undefined || v === "") {
+      td.textContent = spec.type === "verdict" ? "" : "—";
+      td.classList.add("null");
+    } else if (spec.type === "points") td.textContent = `${pp(v)}${spec.unit || " pts"}`;
+    else if (spec.type === "interval") td.textContent = interval(v, spec.unit);
+    else if (spec.type === "p") td.textContent = v < 0.001 ? "< 0.001" : v.toFixed(3);
+    else td.textContent = String(v);
+    return td;
+  }
+  // The variants side by side: a column per API row (variants, the control group, the
+  // buckets), a row per figure; the panel says so when the campaign has no variant at all.
+  function renderVariants(c) {
+    const rows = c.variants || [];
+    const table = $("variants");
+    const tested = rows.some((r) => r.kind === "value" || r.kind === "control");
+    table.hidden = !tested;
+    table.dataset.columns = String(rows.length);
+    const head = table.querySelector("thead tr");
+    head.replaceChildren(el("th", { scope: "col" }, "Variant"), ...rows.map((r) => {
+      const th = el("th", { scope: "col", "data-kind": r.kind, "data-variant-id": r.variant_id === null ? "" : r.variant_id }, variantLabel(r));
+      if (VARIANT_KINDS[r.kind]) {
+        th.classList.add("bucket");
+        th.title = VARIANT_KINDS[r.kind][1];
+      }
+      return th;
+    }));
+    table.querySelector("tbody").replaceChildren(...VARIANT_ROWS.map((spec) => {
+      const tr = el("tr", { "data-row": spec.key });
+      tr.append(el("th", { scope: "row" }, spec.label), ...rows.map((r) => variantCell(r, spec)));
+      return tr;
+    }));
+    const control = rows.find((r) => r.kind === "control");
+    $("variants-note").textContent = !tested
+      ? "This campaign's events carry no variant id and it has no control group."
+      : "Conversion rate: " + (c.rate_formulas ? c.rate_formulas.conversion_rate : "converted / received recipients") + ". " +
+        (control ? "Lift is against the control group: " + (c.rate_formulas ? c.rate_formulas.lift : "") + ". "
+          : "No control group (no CONTROL events): no lift. ") +
+        "Converted recipients are HyperLogLog estimates, exact while small; the intervals leave out their error.";
   }
 
   function valueSpan(field, type, v) {

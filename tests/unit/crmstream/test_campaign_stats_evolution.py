@@ -49,7 +49,7 @@ def test_a_v1_reader_reads_v2_records_without_the_new_fields(tmp_path: Path) -> 
         "event_type_counts": {"OPEN": 5},
         "channel_counts": {"PUSH": 5},
         "updated_at": 123_000,
-        "schema_version": 2,
+        "schema_version": 3,
     }
 
 
@@ -70,6 +70,7 @@ def test_a_v2_reader_reads_v1_records_with_the_defaults(tmp_path: Path) -> None:
         "error_bound": None,
         "recipients_sketch": None,
         "event_type_sketches": {},
+        "variants": [],
     }
 
 

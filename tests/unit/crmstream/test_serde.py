@@ -181,7 +181,25 @@ def campaign_stats() -> dict[str, Any]:
         "error_bound": 0.0162,
         "recipients_sketch": b"\x02\x01\x07\x0c",
         "event_type_sketches": {"SEND": b"\x02\x01\x07\x0c", "OPEN": b"\x02"},
-        "schema_version": 2,
+        "variants": [
+            {
+                "variant_id": "0",
+                "kind": "value",
+                "total": 10,
+                "event_type_counts": {"SEND": 8, "OPEN": 2},
+                "recipients_sketch": b"\x02\x01",
+                "event_type_sketches": {"SEND": b"\x02"},
+            },
+            {
+                "variant_id": None,
+                "kind": "control",
+                "total": 2,
+                "event_type_counts": {"CONTROL": 2},
+                "recipients_sketch": None,
+                "event_type_sketches": {},
+            },
+        ],
+        "schema_version": 3,
     }
 
 

@@ -50,6 +50,8 @@ def test_defaults_are_production_defaults() -> None:
         ({"CRM_STATS_MAX_MESSAGES": "0"}, "CRM_STATS_MAX_MESSAGES"),
         ({"CRM_STATS_MAX_MESSAGES": "10001"}, "CRM_STATS_MAX_MESSAGES"),
         ({"CRM_STATS_MAX_MESSAGES": "many"}, "CRM_STATS_MAX_MESSAGES"),
+        ({"CRM_STATS_MAX_VARIANTS": "0"}, "CRM_STATS_MAX_VARIANTS"),
+        ({"CRM_STATS_MAX_VARIANTS": "1001"}, "CRM_STATS_MAX_VARIANTS"),
     ],
 )
 def test_bad_value_names_the_variable(env: dict[str, str], variable: str) -> None:

@@ -99,15 +99,20 @@ def test_each_increment_travels_with_its_message_id_and_arrives_with_it() -> Non
     plan = _plan(batch)
     source = f"{TOPIC}/2"
     campaign = next(iter(plan.increments[3]))
-    assert plan.dimensions == {3: {"message": {campaign: {source: ["push-1", None, "push-2"]}}}}
+    assert plan.dimensions == {
+        3: {
+            "message": {campaign: {source: ["push-1", None, "push-2"]}},
+            "variant": {campaign: {source: [None, None, None]}},
+        }
+    }
     value = stats_updates_value(
         plan.increments[3], plan.recipients[3], plan.names.get(3), plan.dimensions[3]
     )
     parsed = parse_stats_updates(b"3", value)
     assert [inc[5] for _, _, incs in parsed.increments for inc in incs] == [
-        {"message": "push-1"},
-        {"message": None},
-        {"message": "push-2"},
+        {"message": "push-1", "variant": None},
+        {"message": None, "variant": None},
+        {"message": "push-2", "variant": None},
     ]
 
 

@@ -184,7 +184,7 @@ def test_stats_record_carries_the_uniques_and_the_sketches() -> None:
     counts.apply("raw/0", 1, "OPEN", "PUSH", "u:1")
     counts.apply("raw/0", 2, "OPEN", "PUSH", "u:1")
     record = stats_record("LEANPLUM|app|c1", "1m", 60_000, 60, counts, 99)
-    assert record["schema_version"] == STATS_SCHEMA_VERSION == 2
+    assert record["schema_version"] == STATS_SCHEMA_VERSION == 3
     assert (record["total"], record["unique_recipients"]) == (2, 1)
     assert record["unique_event_type_counts"] == {"OPEN": 1}
     assert record["unattributed"] == 0 and record["hll_lg_k"] == 12

@@ -25,7 +25,7 @@ from aiohttp import web
 
 from processors.api.query import CampaignKey, CampaignQuery, ListQuery, TimeRange
 from processors.api.server import make_app
-from processors.figures import merged_breakdown
+from processors.figures import campaign_conversions, conversion_images, merged_breakdown
 from processors.records import Breakdown, WindowCounts
 
 BASE_MS = 1_796_029_200_000  # 2026-11-30T09:00:00Z, the first minute of the fixture
@@ -33,6 +33,7 @@ MINUTE = 60_000
 LG_K = 12
 ERROR_BOUND = round(1.04 / 2 ** (LG_K / 2), 5)  # HLL relative standard error at lg_k 12
 MAX_MESSAGES = 6  # message ids per window (CRM_STATS_MAX_MESSAGES), small to show the overflow
+MAX_VARIANTS = 20  # variant ids per window (CRM_STATS_MAX_VARIANTS)
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,13 @@ class Profile:
     # minute, more than a window keeps), or none (Pinpoint has no definition-level id).
     messages: tuple[str, ...] | str = ("msg-a", "msg-b", "msg-c")
     no_message: float = 0.05  # share of sends without a message id
+    # An experiment: the variant ids (a recipient's is fixed), the share of the audience held
+    # out (CONTROL events instead of sends), and who converts (CONVERSION events without a
+    # variant id, as Leanplum's): of each variant's delivered recipients, of the control group.
+    variants: tuple[str, ...] = ()
+    holdout: float = 0.0
+    converts: tuple[float, ...] = ()
+    control_converts: float = 0.0
 
 
 CAMPAIGNS: tuple[Profile, ...] = (
@@ -66,6 +74,10 @@ CAMPAIGNS: tuple[Profile, ...] = (
         0.31,
         0.22,
         4000,
+        variants=("A", "B"),
+        holdout=0.1,
+        converts=(0.06, 0.15),
+        control_converts=0.05,
     ),
     Profile(
         CampaignKey(
@@ -119,6 +131,10 @@ CAMPAIGNS: tuple[Profile, ...] = (
         5000,
         anonymous=0.7,
         messages="per-minute",
+        variants=("variant-1", "variant-2"),
+        holdout=0.05,
+        converts=(0.01, 0.011),
+        control_converts=0.01,
     ),
     Profile(
         CampaignKey("AIRSHIP", "", "flash|sale%2 (category: weekend)"),
@@ -157,11 +173,21 @@ class Figures:
     unattributed: int = 0
     updated_at: int = 0
     messages: Breakdown = field(default_factory=Breakdown)
+    # The minutes' own windows as a worker counts them (per variant, with sketches).
+    minutes: list[WindowCounts] = field(default_factory=list)
 
     def event(
-        self, event_type: str, channel: str, recipient: str | None, message: str | None = None
+        self,
+        event_type: str,
+        channel: str,
+        recipient: str | None,
+        message: str | None = None,
+        variant: str | None = None,
     ) -> None:
         self.messages.add(message, event_type, MAX_MESSAGES)
+        if not self.minutes:
+            self.minutes.append(WindowCounts(lg_k=LG_K, max_keys={"variant": MAX_VARIANTS}))
+        self.minutes[0].apply(None, None, event_type, channel, recipient, {"variant": variant})
         self.total += 1
         self.by_type[event_type] = self.by_type.get(event_type, 0) + 1
         self.by_channel[channel] = self.by_channel.get(channel, 0) + 1
@@ -181,6 +207,7 @@ class Figures:
             self.by_type_ids.setdefault(k, set()).update(ids)
         self.unattributed += other.unattributed
         self.updated_at = max(self.updated_at, other.updated_at)
+        self.minutes.extend(other.minutes)
         # As one larger window would have counted them: the first MAX_MESSAGES ids own rows.
         mine_b, theirs_b = self.messages, other.messages
         for value, counts in theirs_b.kept.items():
@@ -229,22 +256,42 @@ def _minute(profile: Profile, index: int, minute: int, seed: int) -> Figures:
             return None
         return pick.choice(profile.messages)
 
+    test = random.Random(f"variant:{seed}:{index}:{minute}")  # apart, as messages
+
+    def arm(who: str) -> int | None:
+        """The recipient's variant (an index), None for the control group."""
+        if not profile.variants:
+            return 0
+        share = random.Random(f"arm:{index}:{who}").random()
+        if share < profile.holdout:
+            return None
+        return int((share - profile.holdout) / (1 - profile.holdout) * len(profile.variants))
+
     for _ in range(rng.randint(*profile.sends)):
         who = recipient()
         msg = message()
-        out.event("SEND", profile.channel, who, msg)
+        which = arm(who)
+        if which is None:
+            out.event("CONTROL", profile.channel, who, msg)
+            if test.random() < profile.control_converts:
+                out.event("CONVERSION", "NONE", who)
+            continue
+        var = profile.variants[which] if profile.variants else None
+        out.event("SEND", profile.channel, who, msg, var)
         if rng.random() >= profile.delivered:
             if rng.random() < 0.6:
-                out.event("BOUNCE", profile.channel, who, msg)
+                out.event("BOUNCE", profile.channel, who, msg, var)
             continue
-        out.event("DELIVERY", profile.channel, who, msg)
+        out.event("DELIVERY", profile.channel, who, msg, var)
         if rng.random() < 0.01:
-            out.event("UNSUBSCRIBE", profile.channel, who, msg)
+            out.event("UNSUBSCRIBE", profile.channel, who, msg, var)
         if rng.random() < profile.opened:
             for _ in range(1 + (rng.random() < 0.2)):  # some open twice
-                out.event("OPEN", profile.channel, who, msg)
+                out.event("OPEN", profile.channel, who, msg, var)
             if rng.random() < profile.clicked:
-                out.event("CLICK", profile.channel, who, msg)
+                out.event("CLICK", profile.channel, who, msg, var)
+        if profile.converts and test.random() < profile.converts[which]:
+            out.event("CONVERSION", "NONE", who)
     if rng.random() < 0.3:  # opens a vendor reported with neither user nor device id
         for _ in range(rng.randint(1, 3)):
             out.event("OPEN", profile.channel, None, message())
@@ -362,6 +409,16 @@ class FakeSource:
                 campaign["totals"]["event_type_counts"],
                 MAX_MESSAGES,
             )
+            minutes = [m for f in windows.values() for m in f.minutes]
+            campaign["variants"] = merged_breakdown(
+                "variant",
+                minutes,
+                campaign["totals"]["event_type_counts"],
+                {"variant": MAX_VARIANTS},
+                lg_k=LG_K,
+                converted=conversion_images(minutes, query.key.vendor),
+            )
+            campaign["conversions"] = campaign_conversions(minutes, query.key.vendor, LG_K)
             campaign["series"] = [
                 {"window_start": start, "window_end": start + size, **figures.dump()}
                 for start, figures in sorted(windows.items())

@@ -8,6 +8,7 @@ offline, its numbers equal to the API's, following the data without a reload.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -74,8 +75,22 @@ READ_CAMPAIGN = """() => {
       ...Object.fromEntries([...tr.querySelectorAll('td')].map(
         (td) => [td.dataset.field, td.dataset.type === 'int' ? td.dataset.value : td.textContent])),
     })),
+    variants: {
+      hidden: document.getElementById('variants').hidden,
+      columns: [...document.querySelectorAll('#variants thead th[data-kind]')].map((th) => ({
+        kind: th.dataset.kind, variant_id: th.dataset.variantId, label: th.textContent })),
+      rows: Object.fromEntries([...document.querySelectorAll('#variants tbody tr')].map(
+        (tr) => [tr.dataset.row, [...tr.querySelectorAll('td')].map((td) => ({
+          value: td.dataset.value, text: td.textContent }))])),
+    },
   };
 }"""
+VARIANT_LABELS = {
+    "control": "(control group)",
+    "overflow": "(more variants)",
+    "none": "(no variant)",
+    "not_broken_down": "(not broken down)",
+}
 MESSAGE_LABELS = {
     "overflow": "(more messages)",
     "none": "(no message)",
@@ -240,7 +255,65 @@ def check_campaign(page: Any, served: Served) -> dict[str, Any]:
     assert shown["last_window_start"] == str(c["series"][-1]["window_start"])
     assert page.evaluate(CHART_DRAWN)
     check_messages(shown["messages"], c)
+    check_variants(shown["variants"], c)
     return c
+
+
+def check_variants(shown: dict[str, Any], c: dict[str, Any]) -> None:
+    """The variant comparison is the API's ``variants``, a column per row in its order: the
+    funnel, conversion and lift (with its intervals) are the API's numbers, and the verdict is
+    its ``significant`` ("too small to say" where the lift is null)."""
+    rows = c["variants"]
+    assert shown["hidden"] == (not any(r["kind"] in ("value", "control") for r in rows))
+    assert [(col["kind"], col["variant_id"]) for col in shown["columns"]] == [
+        (r["kind"], r["variant_id"] or "") for r in rows
+    ]
+    for col, r in zip(shown["columns"], rows, strict=True):
+        assert col["label"] == (
+            r["variant_id"] if r["kind"] == "value" else VARIANT_LABELS[r["kind"]]
+        )
+    want: dict[str, list[Any]] = {
+        "recipients": [r["uniques"]["recipients"] if r["uniques"] else None for r in rows],
+        "received": [r["received"] for r in rows],
+        "SEND": [r["event_type_counts"].get("SEND", 0) for r in rows],
+        "DELIVERY": [r["event_type_counts"].get("DELIVERY", 0) for r in rows],
+        "unique_OPEN": [
+            r["uniques"]["by_event_type"].get("OPEN", 0) if r["uniques"] else None for r in rows
+        ],
+        "unique_CLICK": [
+            r["uniques"]["by_event_type"].get("CLICK", 0) if r["uniques"] else None for r in rows
+        ],
+        "unique_open_rate": [r["rates"]["unique_open_rate"] for r in rows],
+        "click_to_open_rate": [r["rates"]["click_to_open_rate"] for r in rows],
+        "converted": [r["converted"] for r in rows],
+        "conversion_rate": [r["conversion_rate"] for r in rows],
+        "lift_absolute": [r["lift"]["absolute"] if r["lift"] else None for r in rows],
+        "lift_relative": [r["lift"]["relative"] if r["lift"] else None for r in rows],
+        "p_value": [r["lift"]["p_value"] if r["lift"] else None for r in rows],
+    }
+    for key, values in want.items():
+        # Compared as numbers: JavaScript writes 1.4e-06 as 0.0000014.
+        got = [float(cell["value"]) if cell["value"] else None for cell in shown["rows"][key]]
+        assert got == [None if v is None else float(v) for v in values], key
+    for key in ("absolute_ci95", "relative_ci95"):
+        got = [
+            json.loads(cell["value"]) if cell["value"] else None
+            for cell in shown["rows"][f"lift_{key}"]
+        ]
+        assert got == [r["lift"][key] if r["lift"] else None for r in rows], key
+    verdicts = [cell["value"] for cell in shown["rows"]["verdict"]]
+    for verdict, r in zip(verdicts, rows, strict=True):
+        if r["kind"] == "control":
+            assert verdict == "control group"
+        elif r["kind"] != "value":
+            assert verdict == ""
+        else:
+            assert (
+                verdict
+                == {True: "significant", False: "not significant", None: "too small to say"}[
+                    r["significant"]
+                ]
+            ), r
 
 
 def check_messages(shown: list[dict[str, str]], c: dict[str, Any]) -> None:
@@ -344,6 +417,46 @@ def test_the_page_shows_the_apis_numbers_and_follows_the_data(page: Any, served:
     page.screenshot(
         path=shot or str(Path(tempfile.gettempdir()) / "crm-web-view.png"), full_page=True
     )
+
+
+def test_a_campaigns_variants_side_by_side_with_lift_and_its_verdict(
+    page: Any, served: Served
+) -> None:
+    """The Black Friday campaign's variant B clearly beats its holdout, A does not; an Airship
+    campaign converts too little to say; a campaign without variants says it has none."""
+    wait_for_list(page, len(CAMPAIGNS))
+    target = CAMPAIGNS[0].key
+    open_campaign(page, target.id)
+    c = check_campaign(page, served)
+    by_id = {r["variant_id"]: r for r in c["variants"] if r["kind"] == "value"}
+    assert set(by_id) == {"A", "B"}
+    assert by_id["B"]["significant"] is True and by_id["B"]["lift"]["absolute_ci95"][0] > 0
+    control = next(r for r in c["variants"] if r["kind"] == "control")
+    assert control["received"] == control["uniques"]["by_event_type"]["CONTROL"] > 0
+    verdicts = page.evaluate(
+        "() => [...document.querySelectorAll('#variants td[data-field=\"verdict\"]')]"
+        ".map((td) => td.textContent)"
+    )
+    assert "significant" in verdicts and "control group" in verdicts
+    assert c["conversions"]["events"] == c["totals"]["event_type_counts"]["CONVERSION"]
+
+    airship = CAMPAIGNS[4].key
+    open_campaign(page, airship.id)
+    c = check_campaign(page, served)
+    shown = [r["significant"] for r in c["variants"] if r["kind"] == "value"]
+    assert shown and all(s is not True for s in shown)
+    texts = page.evaluate(
+        "() => [...document.querySelectorAll('#variants td[data-field=\"verdict\"]')]"
+        ".map((td) => td.textContent)"
+    )
+    assert {"not significant", "too small to say"} & set(texts)
+
+    plain = CAMPAIGNS[1].key  # Pinpoint: no variant ids, no control group
+    open_campaign(page, plain.id)
+    c = check_campaign(page, served)
+    assert [r["kind"] for r in c["variants"]] == ["none"]
+    assert page.evaluate("() => document.getElementById('variants').hidden") is True
+    assert "no variant id" in page.text_content("#variants-note")
 
 
 def test_a_refused_query_is_shown(page: Any, served: Served, console_errors: list[str]) -> None:

@@ -253,6 +253,7 @@ def test_rates() -> None:
     assert got == {
         "delivery_rate": 180 / 200,
         "unique_open_rate": 60 / 120,
+        "send_open_rate": 60 / 150,
         "unique_click_rate": 15 / 120,
         "click_to_open_rate": 15 / 60,
         "bounce_rate": 10 / 200,
@@ -273,3 +274,6 @@ def test_rates_are_null_when_the_denominator_is_zero() -> None:
 def test_formulas_read_as_documented() -> None:
     assert formula("delivery_rate") == "DELIVERY / SEND"
     assert formula("click_to_open_rate") == "unique CLICK recipients / unique OPEN recipients"
+    # The vendors' two conventions of an open rate, side by side (docs/events.md, "Rates").
+    assert formula("unique_open_rate") == "unique OPEN recipients / unique DELIVERY recipients"
+    assert formula("send_open_rate") == "unique OPEN recipients / unique SEND recipients"
