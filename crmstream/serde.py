@@ -385,26 +385,43 @@ def _compile_encoder(schema: Mapping[str, Any]) -> Callable[[Mapping[str, Any], 
             lines.append(f"{pad}        w({kb})")
             emit(t["values"], v, depth + 2)
             lines.append(f"{pad}w(b'\\x00')")
+        elif isinstance(t, dict) and t.get("type") == "array":
+            a, v = fresh("a"), fresh("v")
+            lines.append(f"{pad}{a} = {expr}")
+            lines.append(f"{pad}if {a}:")
+            lines.append(f"{pad}    w(_long(len({a})))")
+            lines.append(f"{pad}    for {v} in {a}:")
+            emit(t["items"], v, depth + 2)
+            lines.append(f"{pad}w(b'\\x00')")
+        elif isinstance(t, dict) and t.get("type") == "record":
+            r = fresh("r")
+            lines.append(f"{pad}{r} = {expr}")
+            emit_fields(t, r, depth)
         else:
             raise _Unsupported(t)
+
+    def emit_fields(record: Mapping[str, Any], var: str, depth: int) -> None:
+        """Write the fields of ``var``, a mapping of the record schema ``record``."""
+        get = "get" if var == "record" else f"{var}.get"  # the top level's is bound once
+        for field in record["fields"]:
+            name, t = field["name"], field["type"]
+            if not name.isidentifier():
+                raise _Unsupported(name)
+            if "default" in field:
+                default = fresh("_default")
+                env[default] = field["default"]
+                expr = f"{get}({name!r}, {default})"
+            elif isinstance(t, list) and "null" in t:
+                expr = f"{get}({name!r})"  # fastavro writes a missing nullable field as null
+            else:
+                expr = f"{var}[{name!r}]"
+            emit(t, expr, depth)
 
     lines.append("def encode(record, header):")
     lines.append("    out = bytearray(header)")
     lines.append("    w = out.extend")
     lines.append("    get = record.get")
-    for field in schema["fields"]:
-        name, t = field["name"], field["type"]
-        if not name.isidentifier():
-            raise _Unsupported(name)
-        if "default" in field:
-            default = fresh("_default")
-            env[default] = field["default"]
-            expr = f"get({name!r}, {default})"
-        elif isinstance(t, list) and "null" in t:
-            expr = f"get({name!r})"  # fastavro writes a missing nullable field as null
-        else:
-            expr = f"record[{name!r}]"
-        emit(t, expr, 1)
+    emit_fields(schema, "record", 1)
     lines.append("    return bytes(out)")
     exec(compile("\n".join(lines), f"<avro encoder {schema.get('name')}>", "exec"), env)
     return cast(Callable[[Mapping[str, Any], bytes], bytes], env["encode"])

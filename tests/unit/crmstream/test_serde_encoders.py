@@ -92,6 +92,18 @@ def variants() -> list[tuple[str, dict[str, Any]]]:
     short = {k: v for k, v in campaign_stats().items() if not k.startswith(("unique", "hll"))}
     out.append(("CampaignStats", short))
     out.append(("DeadLetter", {k: v for k, v in dead_letter().items() if k != "headers"}))
+    # The variants: an array of records, full, with defaults left out, and empty.
+    variant = {
+        "variant_id": "B",
+        "kind": "value",
+        "total": 7,
+        "event_type_counts": {"SEND": 4, "OPEN": 3},
+        "recipients_sketch": b"\x01\x02",
+        "event_type_sketches": {"SEND": b"\x03"},
+    }
+    control = {"variant_id": None, "kind": "control", "total": 2}
+    out.append(("CampaignStats", {**campaign_stats(), "variants": [variant, control, {}]}))
+    out.append(("CampaignStats", {**campaign_stats(), "variants": []}))
     return out
 
 
@@ -137,8 +149,8 @@ def test_a_schema_with_other_types_is_written_by_fastavro() -> None:
             "type": "record",
             "name": "io.example.Nested",
             "fields": [
-                {"name": "items", "type": {"type": "array", "items": "long"}},
-                {"name": "inner", "type": {"type": "record", "name": "In", "fields": []}},
+                {"name": "hash", "type": {"type": "fixed", "name": "Hash", "size": 4}},
+                {"name": "either", "type": ["null", "long", "string"]},
             ],
         }
     )
