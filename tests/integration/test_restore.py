@@ -72,6 +72,8 @@ def test_a_worker_that_lost_its_disk_restores_every_mark_and_stays_exact(
         worker.start()
         wait_status(readyz, 200, timeout=300)
         require_alive(worker, "after the restore")
+        # Restored by the worker's own changelog reader (CRM_FAST_RESTORE), not record by record.
+        assert "fast restore:" in worker.tail(200_000).rsplit("===== start", 1)[-1], worker.tail()
         # Copies of a third of the first records (their events must not come again), then the
         # rest.
         for vendor, sample in sets.items():
