@@ -59,12 +59,15 @@ the ones this was written for (``check_versions``).
    are read here first (:func:`restore_changelogs`: librdkafka, a RocksDB write batch per
    :data:`RESTORE_BATCH` records with the persisted offset in the same batch, so a kill -9
    leaves the offset with the data it covers); Faust then finds them up to date and reads only
-   what came after.
+   what came after. Faust gives each recovery step ``broker_request_timeout`` (90 s) and goes
+   on without it after that (seen at 10M keys: the worker stalled); that step waits as long as
+   the restore takes. A rebalance meanwhile stops the reader before its next write and waits
+   for it.
 
 7. **Table storage.** Every table partition opens with the RocksDB options of
-   :func:`rocksdb_options` (Faust's own: no compression, 3-bit bloom filters, a 2 GB block cache
-   and 64 MB write buffers per partition). A table built with an ``upgrade`` (the dedupe table:
-   :func:`processors.state.keys.upgrade_mark`) rewrites every record it restores from its
+   :func:`rocksdb_options` (Faust's own: no compression set, 3-bit bloom filters, a 2 GB block
+   cache and 64 MB write buffers per partition). A table built with an ``upgrade`` (the dedupe
+   table: :func:`processors.state.keys.upgrade_mark`) rewrites every record it restores from its
    changelog through it, and a local store on opening (records an earlier version wrote, in
    write batches): the state of an earlier layout is read in the current one.
 """
@@ -76,6 +79,7 @@ import functools
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol, cast
@@ -300,9 +304,18 @@ def apply() -> None:
         if not todo:
             return
         started = time.monotonic()
-        done = await asyncio.get_running_loop().run_in_executor(
-            None, restore_changelogs, settings, todo
+        stop = threading.Event()
+        future = asyncio.get_running_loop().run_in_executor(
+            None, restore_changelogs, settings, todo, stop
         )
+        try:
+            done = await asyncio.shield(future)
+        except asyncio.CancelledError:
+            # Another rebalance: the reader stops before its next write, and is waited for, so
+            # that nothing writes to these stores behind the next recovery's back.
+            stop.set()
+            await asyncio.wait([future])
+            raise
         records = sum(done[tp] - todo[tp].start + 1 for tp in done)
         seconds = time.monotonic() - started
         log.warning(
@@ -315,7 +328,20 @@ def apply() -> None:
         for tp, last in done.items():
             destination[tp] = last
 
+    wait = Recovery._wait
+
+    async def wait_without_limit_for_the_fast_restore(
+        self: Any, coro: Any, timeout: Any = None
+    ) -> None:
+        # Faust gives each recovery step broker_request_timeout and then goes on without it;
+        # a fast restore of millions of records takes longer (it stops by itself when nothing
+        # arrives for RESTORE_STALL_S).
+        if getattr(getattr(coro, "cr_code", None), "co_name", "") == FAST_RESTORE_STEP:
+            timeout = None
+        await wait(self, coro, timeout=timeout)
+
     patches: dict[tuple[type, str], Any] = {
+        (Recovery, "_wait"): wait_without_limit_for_the_fast_restore,
         (Recovery, "_build_highwaters"): highwaters_to_the_last_record,
         (Recovery, "_build_offsets"): offsets_then_fast_restore,
         (RocksDBStore, "apply_changelog_batch"): _apply_changelog_batch,
@@ -392,14 +418,20 @@ class Behind(NamedTuple):
 RESTORE_BATCH = 20_000
 """Changelog records per RocksDB write batch in a fast restore."""
 
+FAST_RESTORE_STEP = "offsets_then_fast_restore"
+"""The recovery step that runs the fast restore (Faust's ``_build_offsets``, patched)."""
+
 RESTORE_STALL_S = 60.0
 """A fast restore that receives nothing for this long stops the worker."""
 
 
-def restore_changelogs(settings: Settings, behind: Mapping[Any, Behind]) -> dict[Any, int]:
+def restore_changelogs(
+    settings: Settings, behind: Mapping[Any, Behind], stop: threading.Event
+) -> dict[Any, int]:
     """Apply each partition's changelog records ``start..end`` to its store, in offset order, a
     write batch per :data:`RESTORE_BATCH` records carrying the persisted offset of its last
-    record. Returns the last offset applied per partition (``end``)."""
+    record. Returns the last offset applied per partition (``end``; less, or left out, when
+    ``stop`` was set: nothing more is written after that)."""
     from confluent_kafka import Consumer as KafkaConsumer
     from confluent_kafka import KafkaError, TopicPartition
 
@@ -425,7 +457,7 @@ def restore_changelogs(settings: Settings, behind: Mapping[Any, Behind]) -> dict
 
     def write(tp: Any) -> None:
         batch = batches.pop(tp, None)
-        if batch is not None:
+        if batch is not None and not stop.is_set():
             batch.put(behind[tp].offset_key, str(last[tp]).encode())
             behind[tp].db.write(batch)
             counts[tp] = 0
@@ -433,7 +465,7 @@ def restore_changelogs(settings: Settings, behind: Mapping[Any, Behind]) -> dict
     try:
         consumer.assign([TopicPartition(t, p, behind[tp].start) for (t, p), tp in by_key.items()])
         heard = time.monotonic()
-        while len(done) < len(behind):
+        while len(done) < len(behind) and not stop.is_set():
             messages = consumer.consume(10_000, 0.5)
             if not messages:
                 if time.monotonic() - heard > RESTORE_STALL_S:
@@ -478,6 +510,9 @@ def restore_changelogs(settings: Settings, behind: Mapping[Any, Behind]) -> dict
                     consumer.pause([TopicPartition(tp.topic, tp.partition)])
                 elif counts[tp] >= RESTORE_BATCH:
                     write(tp)
+        for tp, offset in last.items():  # stopped: what was written (offsets with it)
+            if tp not in batches:
+                done.setdefault(tp, offset)
     finally:
         consumer.close()
     return done

@@ -53,6 +53,8 @@ def test_the_patches_replace_the_methods_they_were_written_for() -> None:
     assert Recovery._resume_streams.__wrapped__.__qualname__ == "Recovery._resume_streams"
     assert Recovery.on_recovery_completed.__wrapped__.__qualname__.startswith("Recovery.")
     assert RocksDBStore.apply_changelog_batch.__name__ == "_apply_changelog_batch"
+    assert Recovery._build_offsets.__name__ == faust_engine.FAST_RESTORE_STEP
+    assert Recovery._wait.__name__ == "wait_without_limit_for_the_fast_restore"
     assert RocksDBStore._open_for_partition.__name__ == "_open_for_partition"
 
 
