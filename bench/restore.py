@@ -129,6 +129,19 @@ class Worker:
             time.sleep(0.25)  # each /readyz checks the broker: not too often
         raise BenchError(f"{self.name} not ready after {timeout} s")
 
+    def metric(self, name: str, label: str) -> float:
+        """The value of the sample ``name{...label...}`` on /metrics (0 when absent)."""
+        try:
+            url = f"http://127.0.0.1:{self.port}/metrics"
+            with urllib.request.urlopen(url, timeout=5) as r:
+                text = r.read().decode()
+        except OSError:
+            return 0.0
+        for line in text.splitlines():
+            if line.startswith(name + "{") and label in line:
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
     def accounted(self) -> int:
         """Raw records accounted for since the process started (output acknowledged or
         dropped)."""
@@ -335,12 +348,18 @@ def takeover(
     try:
         b.wait_ready(args.timeout)
         active.wait_ready(args.timeout, since=time.monotonic())
-        # The standbys restore in the background once the group settled: wait until the new
-        # worker's state holds about as much as the restored one's.
-        target = _du_bytes(active.data_dir) * 0.9
-        deadline = time.monotonic() + args.timeout
-        while _du_bytes(b.data_dir) < target and time.monotonic() < deadline:
-            time.sleep(1)
+        # The standbys restore in the background once the group settled (through Faust, record
+        # by record): wait until the new worker's dedupe table (actives and standbys) holds
+        # about every mark (RocksDB's estimate), for --standby-wait seconds at most.
+        joined = time.monotonic()
+        caught_up = False
+        while time.monotonic() - joined < args.standby_wait:
+            b.check()
+            if b.metric("crm_worker_table_keys", 'table="dedupe"') >= 0.97 * events_so_far:
+                caught_up = True
+                break
+            time.sleep(2)
+        standby_catch_up_s = round(time.monotonic() - joined, 1)
         time.sleep(args.settle)
         standby_mb = round(_du_bytes(b.data_dir) / 2**20, 1)
         killed = time.monotonic()
@@ -363,6 +382,8 @@ def takeover(
         feed(bootstrap, prefix, batch, rate=2000)
         count, distinct = read_events(bootstrap, prefix, events_so_far + batch_events, args.timeout)
         return {
+            "standby_caught_up": caught_up,
+            "standby_catch_up_s": standby_catch_up_s,
             "standby_state_mb": standby_mb,
             "ready_again_s": round(ready_s, 2),
             "saw_not_ready": saw_rebalance,
@@ -395,6 +416,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--standby", action="store_true", help="also measure a standby's takeover")
     p.add_argument("--takeover-records", type=int, default=500)
+    p.add_argument(
+        "--standby-wait", type=float, default=600.0, help="longest wait for the standbys"
+    )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--settle", type=float, default=5.0, help="seconds before each kill -9")
     p.add_argument("--timeout", type=float, default=1800.0)
