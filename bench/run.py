@@ -100,12 +100,10 @@ LABELS = {
 }
 
 
-# On top of the Tansu dev profile (config/tansu-dev.env). The profile's 1-byte producer batches
-# exist only so that a table *restore* on Tansu misses nothing; the benchmark never restores, and
-# one request per record made the worker ~3x slower (bench/README.md). 16384 is the production
-# default of CRM_CHANGELOG_MAX_BATCH_BYTES. ``--worker-env CRM_CHANGELOG_MAX_BATCH_BYTES=1``
-# measures the profile as it is.
-WORKER_DEFAULTS = {"CRM_CHANGELOG_MAX_BATCH_BYTES": "16384"}
+# On top of the Tansu dev profile (config/tansu-dev.env), which now batches changelog records
+# like production (a restore takes each changelog's end from a fetch's high watermark,
+# CRM_CHANGELOG_END_FROM_FETCH), so the benchmark adds nothing: ``--worker-env`` adds settings.
+WORKER_DEFAULTS: dict[str, str] = {}
 
 
 class BenchError(Exception):

@@ -482,6 +482,23 @@ class Settings:
         positive(parse_int),
         "Max batch bytes of table changelog records (Tansu dev profile: 1, so restores are exact)",
     )
+    fast_restore: bool = setting(
+        "FAST_RESTORE",
+        True,
+        parse_bool,
+        "Restore a table partition that is behind its changelog (a lost disk, a new worker) with "
+        "the worker's own changelog reader (librdkafka, RocksDB write batches) before Faust's "
+        "recovery, which applies records one by one (~5x slower; bench/README.md, restore); "
+        "false leaves all of it to Faust",
+    )
+    changelog_end_from_fetch: bool = setting(
+        "CHANGELOG_END_FROM_FETCH",
+        False,
+        parse_bool,
+        "Take the end of each table changelog a restore reads up to from a fetch's high watermark, "
+        "not from ListOffsets alone (Tansu dev profile: true; Tansu's ListOffsets ends at the base "
+        "offset of a partition's newest batch + 1, so a restore would miss the rest of that batch)",
+    )
     table_standby_replicas: int = setting(
         "TABLE_STANDBY_REPLICAS",
         1,

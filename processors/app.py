@@ -65,7 +65,7 @@ from processors.attribution_api import AttributionSource
 from processors.attribution_path import STREAM as ATTRIBUTION
 from processors.attribution_path import AttributionPath, AttributionTable, FeedPath
 from processors.cluster import ApiServer
-from processors.faust_engine import FaustEngine, Startable
+from processors.faust_engine import FaustEngine, Startable, Upgrade
 from processors.outputs import ConfluentOutputs, DeadLetters
 from processors.positioning import EXIT_STATE_LOST, Floors, Positioning
 from processors.positions import TopicPartition
@@ -73,6 +73,7 @@ from processors.probe import Probe
 from processors.raw import RawPath, StatsPartitions
 from processors.records import RawPosition
 from processors.schemas import Schemas
+from processors.state.keys import WINDOWS, upgrade_mark
 from processors.state.table import WindowedTable, quarantine_corrupt_stores
 from processors.stats import StatsTables, expiry_interval_s
 from processors.stats_api import WorkerSource
@@ -188,7 +189,7 @@ class Worker:
         self.stats_partitions = StatsPartitions(settings.partitions)
         window_s = settings.dedupe_window_s
         self.dedupe = WindowedTable(
-            engine.table("dedupe"),
+            engine.table("dedupe", upgrade=Upgrade(*WINDOWS, upgrade_mark)),
             size_ms=int(window_s * 1000),
             # The current window and the previous one are read; older ones are deleted.
             keep_ms=int(2 * window_s * 1000),

@@ -42,23 +42,55 @@ the ones this was written for (``check_versions``).
    past offsets never acknowledged) (issue 11: contiguous blocks of a raw partition, with the
    group's offset beyond them). Here the offset committed for a stream partition is the
    pipeline's durable position (:mod:`processors.positions`), and nothing else.
+
+5. **Where a restore ends.** Faust restores a changelog partition up to the end ListOffsets
+   reports. Tansu reports the base offset of the partition's newest record batch + 1, not the
+   offset after its last record, and a restore read up to there missed the rest of that batch:
+   the dev profile produced changelogs one record per batch (``CRM_CHANGELOG_MAX_BATCH_BYTES=1``),
+   and a restore then read them a record per batch, 5,000 keys/s (issue 23). With
+   ``CRM_CHANGELOG_END_FROM_FETCH`` each end is taken from the high watermark of a fetch at that
+   offset as well (the larger of the two; Tansu reports that one right), and changelogs are
+   batched like on Kafka.
+
+6. **Fast restore.** Faust's recovery hands every changelog record through its consumer,
+   conductor, an event, a queue and per-record bookkeeping: ~90 us of CPU per record (issue 23,
+   profiled). With ``CRM_FAST_RESTORE`` (default), once Faust knows where each active table
+   partition stands (its persisted offset) and where its changelog ends, the partitions behind
+   are read here first (:func:`restore_changelogs`: librdkafka, a RocksDB write batch per
+   :data:`RESTORE_BATCH` records with the persisted offset in the same batch, so a kill -9
+   leaves the offset with the data it covers); Faust then finds them up to date and reads only
+   what came after. Faust gives each recovery step ``broker_request_timeout`` (90 s) and goes
+   on without it after that (seen at 10M keys: the worker stalled); that step waits as long as
+   the restore takes. A rebalance meanwhile stops the reader before its next write and waits
+   for it.
+
+7. **Table storage.** Every table partition opens with the RocksDB options of
+   :func:`rocksdb_options` (Faust's own: no compression set, 3-bit bloom filters, a 2 GB block
+   cache and 64 MB write buffers per partition). A table built with an ``upgrade`` (the dedupe
+   table: :func:`processors.state.keys.upgrade_mark`) rewrites every record it restores from its
+   changelog through it, and a local store on opening (records an earlier version wrote, in
+   write batches): the state of an earlier layout is read in the current one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import os
 import sys
+import threading
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from time import monotonic as _monotonic
-from typing import Any, Protocol, cast
+from typing import Any, NamedTuple, Protocol, cast
 
 import faust
 import rocksdict
 from aiokafka.errors import IllegalStateError
 from faust.exceptions import ConsumerNotStarted
 from faust.sensors import Monitor
+from faust.stores.rocksdb import Store as RocksDBStore
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import Consumer
 from faust.types import TP as FaustTP
@@ -222,7 +254,100 @@ def apply() -> None:
                 return {}
         return await fetch_records(self, consumer, active_partitions, *args, **kwargs)
 
+    build_highwaters = Recovery._build_highwaters
+
+    async def highwaters_to_the_last_record(
+        self: Any, consumer: Any, tps: Any, destination: Any, title: str
+    ) -> None:
+        await build_highwaters(self, consumer, tps, destination, title)
+        settings = getattr(self.app, "crm_settings", None)
+        if settings is None or not settings.changelog_end_from_fetch:
+            return
+        listed = {tp: int(v) + 1 for tp, v in destination.items() if v is not None and v >= 0}
+        if not listed:
+            return
+        ends = await asyncio.get_running_loop().run_in_executor(
+            None, fetched_ends, settings, listed
+        )
+        for tp, end in ends.items():
+            if end > listed[tp]:
+                log.info(
+                    "changelog %s/%d ends at %d (ListOffsets: %d)",
+                    tp.topic,
+                    tp.partition,
+                    end,
+                    listed[tp],
+                )
+                destination[tp] = end - 1
+
+    build_offsets = Recovery._build_offsets
+
+    async def offsets_then_fast_restore(
+        self: Any, consumer: Any, tps: Any, destination: Any, title: str
+    ) -> None:
+        await build_offsets(self, consumer, tps, destination, title)
+        settings = getattr(self.app, "crm_settings", None)
+        if title != "active" or settings is None or not settings.fast_restore:
+            return
+        todo: dict[Any, Behind] = {}
+        for tp in tps:
+            end = self.active_highwaters.get(tp)
+            applied = destination.get(tp)
+            applied = -1 if applied is None else int(applied)
+            if end is not None and end >= 0 and end > applied:
+                store = self.tp_to_table[tp].data
+                todo[tp] = Behind(
+                    applied + 1,
+                    int(end),
+                    store._db_for_partition(tp.partition),
+                    _record(store),
+                    store.offset_key,
+                )
+        if not todo:
+            return
+        started = time.monotonic()
+        stop = threading.Event()
+        future = asyncio.get_running_loop().run_in_executor(
+            None, restore_changelogs, settings, todo, stop
+        )
+        try:
+            done = await asyncio.shield(future)
+        except asyncio.CancelledError:
+            # Another rebalance: the reader stops before its next write, and is waited for, so
+            # that nothing writes to these stores behind the next recovery's back.
+            stop.set()
+            await asyncio.wait([future])
+            raise
+        records = sum(done[tp] - todo[tp].start + 1 for tp in done)
+        seconds = time.monotonic() - started
+        log.warning(
+            "fast restore: %d changelog records of %d partitions in %.1f s (%.0f/s)",
+            records,
+            len(done),
+            seconds,
+            records / max(seconds, 1e-3),
+        )
+        for tp, last in done.items():
+            destination[tp] = last
+
+    wait = Recovery._wait
+
+    async def wait_without_limit_for_the_fast_restore(
+        self: Any, coro: Any, timeout: Any = None
+    ) -> None:
+        # Faust gives each recovery step broker_request_timeout and then goes on without it;
+        # a fast restore of millions of records takes longer (it stops by itself when nothing
+        # arrives for RESTORE_STALL_S).
+        if getattr(getattr(coro, "cr_code", None), "co_name", "") == FAST_RESTORE_STEP:
+            timeout = None
+        await wait(self, coro, timeout=timeout)
+
     patches: dict[tuple[type, str], Any] = {
+        (Recovery, "_wait"): wait_without_limit_for_the_fast_restore,
+        (Recovery, "_build_highwaters"): highwaters_to_the_last_record,
+        (Recovery, "_build_offsets"): offsets_then_fast_restore,
+        (RocksDBStore, "apply_changelog_batch"): _apply_changelog_batch,
+        (RocksDBStore, "_open_for_partition"): _open_for_partition,
         (AIOKafkaConsumerThread, "_fetch_records"): fetch_active_only,
         (Consumer, "resume_partitions"): held_resume_partitions,
         (Consumer, "perform_seek"): seek_then_resume,
@@ -233,6 +358,315 @@ def apply() -> None:
     for (cls, name), replacement in patches.items():
         setattr(cls, name, replacement)
     setattr(Consumer, _APPLIED, True)
+
+
+def fetched_ends(settings: Settings, listed: Mapping[Any, int]) -> dict[Any, int]:
+    """The high watermark a fetch reports for each partition, fetched from its last listed
+    record (``listed``: partition -> the end ListOffsets reports)."""
+    from confluent_kafka import Consumer as KafkaConsumer
+    from confluent_kafka import TopicPartition
+
+    from crmstream.kafka import consumer_config
+
+    consumer = KafkaConsumer(
+        consumer_config(
+            settings,
+            group_id=f"{settings.app_id}-restore-end",
+            **{
+                "enable.partition.eof": True,
+            },
+        )
+    )
+    ends: dict[Any, int] = {}
+    try:
+        by_key = {(tp.topic, tp.partition): tp for tp in listed}
+        consumer.assign([TopicPartition(t, p, listed[tp] - 1) for (t, p), tp in by_key.items()])
+        waiting = set(by_key)
+        deadline = time.monotonic() + 30
+        while waiting and time.monotonic() < deadline:
+            message = consumer.poll(0.2)
+            if message is None:
+                continue
+            # A record or the end of the partition (an EOF event): a fetch answered for it.
+            key = (str(message.topic()), int(message.partition() or 0))
+            if key in waiting:
+                waiting.discard(key)
+                tp = by_key[key]
+                _low, high = consumer.get_watermark_offsets(TopicPartition(*key), cached=True)
+                ends[tp] = max(listed[tp], int(high))
+        if waiting:
+            raise CrmStreamError(
+                "no fetch answered for the changelog partitions "
+                + ", ".join(f"{t}/{p}" for t, p in sorted(waiting))
+                + " in 30 s (CRM_CHANGELOG_END_FROM_FETCH)"
+            )
+    finally:
+        consumer.close()
+    return ends
+
+
+class Behind(NamedTuple):
+    """A table partition behind its changelog: the offsets ``start..end`` (inclusive) to apply
+    to ``db``, each record through ``upgrade`` (if any); ``offset_key``: where Faust keeps the
+    partition's persisted offset."""
+
+    start: int
+    end: int
+    db: Any
+    upgrade: Callable[[bytes, bytes | None], tuple[bytes, bytes | None]] | None
+    offset_key: bytes
+
+
+RESTORE_BATCH = 20_000
+"""Changelog records per RocksDB write batch in a fast restore."""
+
+FAST_RESTORE_STEP = "offsets_then_fast_restore"
+"""The recovery step that runs the fast restore (Faust's ``_build_offsets``, patched)."""
+
+RESTORE_STALL_S = 60.0
+"""A fast restore that receives nothing for this long stops the worker."""
+
+
+def restore_changelogs(
+    settings: Settings, behind: Mapping[Any, Behind], stop: threading.Event
+) -> dict[Any, int]:
+    """Apply each partition's changelog records ``start..end`` to its store, in offset order, a
+    write batch per :data:`RESTORE_BATCH` records carrying the persisted offset of its last
+    record. Returns the last offset applied per partition (``end``; less, or left out, when
+    ``stop`` was set: nothing more is written after that)."""
+    from confluent_kafka import Consumer as KafkaConsumer
+    from confluent_kafka import KafkaError, TopicPartition
+
+    from crmstream.kafka import consumer_config
+
+    consumer = KafkaConsumer(
+        consumer_config(
+            settings,
+            group_id=f"{settings.app_id}-fast-restore",
+            **{
+                "enable.partition.eof": False,
+                "fetch.wait.max.ms": max(1, int(settings.consumer_fetch_max_wait_s * 1000)),
+                "max.partition.fetch.bytes": 8 * 2**20,
+                "queued.max.messages.kbytes": 256 * 1024,
+            },
+        )
+    )
+    by_key = {(tp.topic, tp.partition): tp for tp in behind}
+    batches: dict[Any, Any] = {}
+    counts: dict[Any, int] = {}
+    last: dict[Any, int] = {}
+    done: dict[Any, int] = {}
+
+    def write(tp: Any) -> None:
+        batch = batches.pop(tp, None)
+        if batch is not None and not stop.is_set():
+            batch.put(behind[tp].offset_key, str(last[tp]).encode())
+            behind[tp].db.write(batch)
+            counts[tp] = 0
+
+    try:
+        consumer.assign([TopicPartition(t, p, behind[tp].start) for (t, p), tp in by_key.items()])
+        heard = time.monotonic()
+        while len(done) < len(behind) and not stop.is_set():
+            messages = consumer.consume(10_000, 0.5)
+            if not messages:
+                if time.monotonic() - heard > RESTORE_STALL_S:
+                    waiting = [f"{tp.topic}/{tp.partition}" for tp in behind if tp not in done]
+                    raise CrmStreamError(
+                        f"restoring {', '.join(waiting)}: nothing received for "
+                        f"{RESTORE_STALL_S:.0f} s"
+                    )
+                continue
+            heard = time.monotonic()
+            for message in messages:
+                error = message.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        continue
+                    raise CrmStreamError(f"restoring a changelog: {error.str()}")
+                tp = by_key[(str(message.topic()), int(message.partition() or 0))]
+                offset = int(message.offset() or 0)
+                spec = behind[tp]
+                if tp in done:
+                    continue
+                if offset > spec.end:  # the end itself is gone (compacted): done before it
+                    write(tp)
+                    done[tp] = last.get(tp, spec.start - 1)
+                    consumer.pause([TopicPartition(tp.topic, tp.partition)])
+                    continue
+                key, value = message.key() or b"", message.value()
+                if spec.upgrade is not None:
+                    key, value = spec.upgrade(key, value)
+                batch = batches.get(tp)
+                if batch is None:
+                    batch = batches[tp] = rocksdict.WriteBatch(raw_mode=True)
+                if value is None:
+                    batch.delete(key)
+                else:
+                    batch.put(key, value)
+                last[tp] = offset
+                counts[tp] = counts.get(tp, 0) + 1
+                if offset >= spec.end:
+                    write(tp)
+                    done[tp] = offset
+                    consumer.pause([TopicPartition(tp.topic, tp.partition)])
+                elif counts[tp] >= RESTORE_BATCH:
+                    write(tp)
+        for tp, offset in last.items():  # stopped: what was written (offsets with it)
+            if tp not in batches:
+                done.setdefault(tp, offset)
+    finally:
+        consumer.close()
+    return done
+
+
+# --- table storage ----------------------------------------------------------------------------
+
+
+class Upgrade(NamedTuple):
+    """What a table's records of an earlier layout become: ``record`` maps a record (key, value;
+    None: a tombstone) to the current layout, and returns a record already in it unchanged
+    (:func:`processors.state.keys.upgrade_mark`); the earlier layout's records are all in
+    ``[lower, upper)``, which is all that is scanned when a local store opens."""
+
+    lower: bytes
+    upper: bytes
+    record: Callable[[bytes, bytes | None], tuple[bytes, bytes | None]]
+
+
+ROCKSDB_WRITE_BUFFER_BYTES = 8 * 2**20
+"""Memtable size per table partition. Faust's 64 MB (x3) kept a million marks unflushed, in the
+write-ahead log (uncompressed, a header per write batch) rather than in compressed, prefix-encoded
+SST files; 8 MB flushes them while they are still few."""
+
+ROCKSDB_BLOCK_CACHE_BYTES = 256 * 2**20
+"""One block cache shared by every table partition of the process (Faust: 2 GB each)."""
+
+_block_cache: Any = None
+
+
+def rocksdb_options(max_open_files: int | None) -> rocksdict.Options:
+    """The options every table partition opens with (measured in bench/README.md, "state MB per
+    million keys"): LZ4 on the upper levels and ZSTD at the bottom, where most of the data ends;
+    16 KB blocks (a mark is ~30 bytes: fewer index entries); full 10-bit bloom filters (a lookup of
+    an unseen id, the common case, rarely reads a block), whole-key as the keys are looked up
+    whole; small write buffers (:data:`ROCKSDB_WRITE_BUFFER_BYTES`)."""
+    global _block_cache
+    if _block_cache is None:
+        _block_cache = rocksdict.Cache(ROCKSDB_BLOCK_CACHE_BYTES)
+    options = rocksdict.Options(raw_mode=True)
+    options.create_if_missing(True)
+    if max_open_files is not None:
+        options.set_max_open_files(max_open_files)
+    options.set_write_buffer_size(ROCKSDB_WRITE_BUFFER_BYTES)
+    options.set_max_write_buffer_number(2)
+    options.set_target_file_size_base(32 * 2**20)
+    options.set_max_bytes_for_level_base(64 * 2**20)
+    options.set_level_compaction_dynamic_level_bytes(True)
+    options.set_compression_type(rocksdict.DBCompressionType.lz4())
+    options.set_bottommost_compression_type(rocksdict.DBCompressionType.zstd())
+    table = rocksdict.BlockBasedOptions()
+    table.set_block_size(16 * 1024)
+    table.set_bloom_filter(10, False)
+    table.set_format_version(5)
+    table.set_block_cache(_block_cache)
+    table.set_index_type(rocksdict.BlockBasedIndexType.binary_search())
+    options.set_block_based_table_factory(table)
+    return options
+
+
+UPGRADE_BATCH = 10_000
+"""Records per write batch when a local store is upgraded on opening."""
+
+
+def _upgrade_of(store: Any) -> Upgrade | None:
+    return cast(Upgrade | None, getattr(store.table, "crm_upgrade", None))
+
+
+def _record(store: Any) -> Callable[[bytes, bytes | None], tuple[bytes, bytes | None]] | None:
+    upgrade = _upgrade_of(store)
+    return None if upgrade is None else upgrade.record
+
+
+def _open_for_partition(self: Any, partition: int) -> Any:
+    """Faust's ``Store._open_for_partition`` with :func:`rocksdb_options`; a table with an
+    upgrade rewrites the records of an earlier layout it holds (idempotent: a crash halfway
+    leaves each record in one layout or the other, and the next opening goes on)."""
+    path = self.partition_path(partition)
+    read_only = bool(self.read_only) and os.path.isfile(path)
+    access = rocksdict.AccessType.read_only() if read_only else rocksdict.AccessType.read_write()
+    db = rocksdict.Rdict(
+        str(path),
+        options=rocksdb_options(self.rocksdb_options.max_open_files),
+        access_type=access,
+    )
+    db.set_read_options(rocksdict.ReadOptions())
+    upgrade = _upgrade_of(self)
+    if upgrade is not None and not read_only:
+        upgraded = upgrade_store(db, upgrade)
+        if upgraded:
+            log.info(
+                "table %s partition %d: %d records upgraded", self.table_name, partition, upgraded
+            )
+    return db
+
+
+def upgrade_store(db: rocksdict.Rdict, upgrade: Upgrade) -> int:
+    """Rewrite every record of ``db`` in ``[upgrade.lower, upgrade.upper)`` that
+    ``upgrade.record`` changes (the old record deleted, the new one written, in one write batch
+    per :data:`UPGRADE_BATCH` records). Returns how many."""
+    done = 0
+    start = upgrade.lower
+    while True:
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        n = 0
+        bound = rocksdict.ReadOptions()
+        bound.set_iterate_upper_bound(upgrade.upper)
+        items = cast(Iterable[tuple[bytes, bytes]], db.items(from_key=start, read_opt=bound))
+        for key, value in items:
+            start = key
+            new_key, new_value = upgrade.record(key, value)
+            if new_key == key and new_value == value:
+                continue
+            batch.delete(key)
+            if new_value is not None:
+                batch.put(new_key, new_value)
+            n += 1
+            if n >= UPGRADE_BATCH:
+                break
+        if not n:
+            return done
+        db.write(batch)
+        done += n
+
+
+def _apply_changelog_batch(
+    self: Any, batch: Iterable[Any], to_key: Any = None, to_value: Any = None
+) -> None:
+    """Faust's ``Store.apply_changelog_batch``: a write batch per partition, the highest offset
+    per changelog partition persisted after; each record through the table's upgrade, if any."""
+    upgrade = _record(self)
+    batches: dict[int, rocksdict.WriteBatch] = {}
+    offsets: dict[Any, int] = {}
+    for event in batch:
+        message = event.message
+        tp, offset = message.tp, message.offset
+        if offset > offsets.get(tp, -1):
+            offsets[tp] = offset
+        key, value = message.key, message.value
+        if upgrade is not None:
+            key, value = upgrade(key, value)
+        wb = batches.get(message.partition)
+        if wb is None:
+            wb = batches[message.partition] = rocksdict.WriteBatch(raw_mode=True)
+        if value is None:
+            wb.delete(key)
+        else:
+            wb.put(key, value)
+    for partition, wb in batches.items():
+        self._db_for_partition(partition).write(wb)
+    for tp, offset in offsets.items():
+        self.set_persisted_offset(tp, offset)
 
 
 # Faust 0.15.3 builds its worker consumer with ``fetch_max_wait_ms=1500`` and no setting for it.
@@ -393,7 +827,7 @@ class FaustEngine:
         apply()
         set_fetch_max_wait(settings.consumer_fetch_max_wait_s)
         self.settings = settings
-        self.app = faust.App(
+        self.app = app = faust.App(
             # Under the topic prefix, so that Faust's own topics (table changelogs, the assignor's
             # leader topic) are named <prefix><app id>-... like everything else.
             settings.topic(settings.app_id),
@@ -412,20 +846,22 @@ class FaustEngine:
             canonical_url=settings.advertised_api_url,
             **faust_broker_kwargs(settings),
         )
+        app.crm_settings = settings  # type: ignore[attr-defined]  # read by the patches
 
     # -- building ------------------------------------------------------------------------
 
-    def table(self, name: str) -> FaustTableStore:
-        """A Faust table of raw bytes, partitioned like the stream that writes it."""
-        return FaustTableStore(
-            self.app.Table(
-                name,
-                partitions=self.settings.partitions,
-                key_type=bytes,
-                value_type=bytes,
-                schema=faust.Schema(key_serializer="raw", value_serializer="raw"),
-            )
+    def table(self, name: str, *, upgrade: Upgrade | None = None) -> FaustTableStore:
+        """A Faust table of raw bytes, partitioned like the stream that writes it. ``upgrade``:
+        what a record of an earlier layout becomes (see the module's docstring, 5.)."""
+        table = self.app.Table(
+            name,
+            partitions=self.settings.partitions,
+            key_type=bytes,
+            value_type=bytes,
+            schema=faust.Schema(key_serializer="raw", value_serializer="raw"),
         )
+        table.crm_upgrade = upgrade  # type: ignore[attr-defined]
+        return FaustTableStore(table)
 
     def agent(
         self,

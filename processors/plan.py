@@ -37,7 +37,8 @@ from processors.records import (
     window_updated_ms,
 )
 from processors.state.codecs import CampaignEntry
-from processors.state.keys import parse_window_key, window_key
+from processors.state.keys import id_digest, mark_key, parse_window_key
+from processors.state.keys import mark_value as keys_mark_value
 
 
 class Candidate(NamedTuple):
@@ -66,13 +67,14 @@ def candidate(
     mark."""
     start = pos.timestamp_ms - pos.timestamp_ms % window_ms
     id_bytes = event.event_id.encode()
+    digest = id_digest(id_bytes)
     return Candidate(
         event,
         pos,
         vendor,
         id_bytes,
-        window_key(start, id_bytes),
-        window_key(start - window_ms, id_bytes),
+        mark_key(start, digest),
+        mark_key(start - window_ms, digest),
         raw,
         raw_key,
     )
@@ -80,9 +82,10 @@ def candidate(
 
 def mark_value(raw_offset: int) -> bytes:
     """A dedupe mark's value: the raw offset of the record that wrote it, so that a record
-    meeting its own mark (processed again after a restart) is told from a duplicate. "@":
-    never equal to the ``b"1"`` marks of earlier versions."""
-    return b"@%d" % raw_offset
+    meeting its own mark (processed again after a restart) is told from a duplicate
+    (:func:`processors.state.keys.mark_value`: big-endian, never equal to the ``b"1"`` marks of
+    earlier versions once upgraded)."""
+    return keys_mark_value(raw_offset)
 
 
 @dataclass

@@ -34,7 +34,7 @@ from typing import Protocol, cast
 import rocksdict
 
 from processors.engine import TableStore
-from processors.state.keys import KeyRange, expiry_range
+from processors.state.keys import KeyRange, expiry_ranges
 
 log = logging.getLogger("crmstream.worker")
 
@@ -140,10 +140,11 @@ class WindowedTable:
     def expire(self, now_ms: int) -> int:
         """Delete every window that started before ``now_ms - keep_ms`` in the partitions open
         here. Returns the number of partitions touched."""
-        expired = expiry_range(self.window_start(now_ms - self.keep_ms))
+        expired = expiry_ranges(self.window_start(now_ms - self.keep_ms))
         dbs = self.store.open_partitions()
         for db in dbs.values():
-            db.delete_range(expired.lower, expired.upper)
+            for keys in expired:  # window keys, and dedupe marks (processors.state.keys)
+                db.delete_range(keys.lower, keys.upper)
         return len(dbs)
 
 

@@ -38,13 +38,6 @@ def test_bench_smoke(kafka_bootstrap: str, tmp_path: Path) -> None:
             kafka_bootstrap,
             "--latency-seconds",
             "1",
-            # The Tansu dev profile's changelog batches (one record each), not the bench's
-            # 16384 bytes: a loaded machine makes the two-worker group rebalance, its tables are
-            # restored, and with batched changelog records Tansu's latest offset (the newest
-            # batch's base + 1) is below the persisted one, which Faust's recovery refuses
-            # (ConsistencyError, main too). This test checks the harness, not the speed.
-            "--worker-env",
-            "CRM_CHANGELOG_MAX_BATCH_BYTES=1",
             "--out",
             str(out),
         ]

@@ -9,6 +9,8 @@ from typing import Any
 
 import faust
 import pytest
+import rocksdict
+from faust.stores.rocksdb import Store as RocksDBStore
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import Consumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
@@ -16,6 +18,7 @@ from faust.types import TP
 
 from crmstream.errors import CrmStreamError
 from processors import faust_engine
+from processors.state import keys
 
 
 class _Positions:
@@ -49,6 +52,10 @@ def test_the_patches_replace_the_methods_they_were_written_for() -> None:
     assert AIOKafkaConsumerThread._fetch_records.__name__ == "fetch_active_only"
     assert Recovery._resume_streams.__wrapped__.__qualname__ == "Recovery._resume_streams"
     assert Recovery.on_recovery_completed.__wrapped__.__qualname__.startswith("Recovery.")
+    assert RocksDBStore.apply_changelog_batch.__name__ == "_apply_changelog_batch"
+    assert Recovery._build_offsets.__name__ == faust_engine.FAST_RESTORE_STEP
+    assert Recovery._wait.__name__ == "wait_without_limit_for_the_fast_restore"
+    assert RocksDBStore._open_for_partition.__name__ == "_open_for_partition"
 
 
 def test_commits_come_from_the_positions_and_faust_bookkeeping_is_cleared(
@@ -181,3 +188,52 @@ def test_a_seek_that_cannot_be_done_is_a_seek_error_and_nothing_else_is_hidden(
     monkeypatch.setattr(consumer, "seek_wait", timed_out)
     with pytest.raises(TimeoutError):
         asyncio.run(engine.seek({tp: 3}))
+
+
+class _Message:
+    def __init__(self, partition: int, offset: int, key: bytes, value: bytes | None) -> None:
+        self.tp = TP("compat-test-dedupe-changelog", partition)
+        self.partition, self.offset, self.key, self.value = partition, offset, key, value
+
+
+class _Event:
+    def __init__(self, *args: Any) -> None:
+        self.message = _Message(*args)
+
+
+def test_a_worker_upgraded_over_state_and_changelogs_of_the_earlier_layout_finds_every_mark(
+    app: faust.App, tmp_path: Path
+) -> None:
+    """Marks written by a version before issue 23 (``<13 digits>:<event id>`` = ``b"@<raw
+    offset>"``), in the local store and in the changelog, are found under the keys this version
+    looks up (:func:`processors.plan.candidate`), with the values it compares its own with."""
+    start = 1_764_000_000_000
+    old = {keys.window_key(start, b"seg:%d" % i): b"@%d" % i for i in range(25_000)}
+    table = app.Table("dedupe", partitions=2, key_type=bytes, value_type=bytes)
+    table.crm_upgrade = faust_engine.Upgrade(*keys.WINDOWS, keys.upgrade_mark)  # type: ignore[attr-defined]
+    store: Any = table.data
+    # Partition 0: a local store the earlier version wrote (more than one upgrade batch), next
+    # to reserved keys, which stay.
+    local = rocksdict.Rdict(str(store.partition_path(0)), options=rocksdict.Options(raw_mode=True))
+    for key, value in old.items():
+        local[key] = value
+    local[keys.position_key("crm.raw.segment")] = b"{}"
+    local.close()
+    db = faust_engine.rocksdb_partition(table, 0)
+    # Partition 1: a lost disk, restored from a changelog the earlier version wrote, then this
+    # one (a tombstone of an old mark deletes its new key).
+    records = [(1, n, k, v) for n, (k, v) in enumerate(old.items())]
+    deleted = keys.window_key(start, b"seg:3")
+    records.append((1, len(records), deleted, None))
+    store.apply_changelog_batch([_Event(*r) for r in records], None, None)
+    restored = faust_engine.rocksdb_partition(table, 1)
+    for partition_db in (db, restored):
+        found = dict(partition_db.items())
+        assert not [k for k in found if k in keys.WINDOWS]
+        for i in (0, 1, 49, 24_999):
+            key = keys.mark_key(start, keys.id_digest(b"seg:%d" % i))
+            assert found[key] == keys.mark_value(i)
+    assert keys.mark_key(start, keys.id_digest(b"seg:3")) not in dict(restored.items())
+    assert len([k for k in dict(db.items()) if k in keys.MARKS]) == len(old)
+    assert db[keys.position_key("crm.raw.segment")] == b"{}"
+    assert store.persisted_offset(TP("compat-test-dedupe-changelog", 1)) == len(old)

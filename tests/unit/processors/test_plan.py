@@ -27,7 +27,7 @@ from processors.records import (
     window_value,
 )
 from processors.state.codecs import CampaignEntry
-from processors.state.keys import window_key
+from processors.state.keys import upgrade_mark, window_key
 
 WINDOW_MS = 7 * 86_400_000
 NOW = 1_780_000_000_000
@@ -80,7 +80,9 @@ def test_first_copies_are_written_marked_and_counted_later_copies_are_duplicates
     plan = _plan(batch)
     assert [c.pos.offset for c, _ in plan.emit] == [10, 11]
     assert plan.duplicates == {"airship": 1}
-    assert plan.marks == {2: [(batch[0].current, b"@10"), (batch[1].current, b"@11")]}
+    assert plan.marks == {
+        2: [(batch[0].current, mark_value(10)), (batch[1].current, mark_value(11))]
+    }
     incs = plan.increments
     assert list(incs) == [3]
     (by_source,) = incs[3].values()
@@ -118,7 +120,7 @@ def test_each_increment_travels_with_its_message_id_and_arrives_with_it() -> Non
 
 def test_a_mark_in_the_current_or_previous_window_or_in_flight_makes_a_duplicate() -> None:
     c = _candidate("a", 20)
-    for key, value in [(c.current, b"@3"), (c.previous, b"@3"), (c.current, None)]:
+    for key, value in [(c.current, mark_value(3)), (c.previous, mark_value(3)), (c.current, None)]:
         plan = _plan([c], {key: value})
         assert plan.duplicates == {"airship": 1} and not plan.emit
 
@@ -129,11 +131,17 @@ def test_a_record_meeting_its_own_mark_is_not_written_again_but_marked_and_count
     c = _candidate("a", 20)
     plan = _plan([c], {c.current: mark_value(20)})
     assert not plan.emit and plan.read_back == [c]
-    assert plan.marks == {2: [(c.current, b"@20")]}
+    assert plan.marks == {2: [(c.current, mark_value(20))]}
     assert plan.counted == [c]
-    # A mark of "1" (earlier versions) or another offset is a duplicate, even for offset 1.
-    one = _candidate("z", 1)
-    assert _plan([one], {one.current: b"1"}).duplicates == {"airship": 1}
+    # A mark of another offset is a duplicate; so is a mark of "1" (versions before raw offsets
+    # were kept) as the engine upgrades it, even for offset 49, whose mark value is b"1".
+    assert _plan([c], {c.current: mark_value(19)}).duplicates == {"airship": 1}
+    one = _candidate("z", 49)
+    assert mark_value(49) == b"1"
+    legacy = window_key(one.pos.timestamp_ms - one.pos.timestamp_ms % WINDOW_MS, one.id_bytes)
+    key, value = upgrade_mark(legacy, b"1")
+    assert key == one.current
+    assert _plan([one], {key: value}).duplicates == {"airship": 1}
 
 
 def test_events_read_back_after_a_restart_are_counted_not_written() -> None:
