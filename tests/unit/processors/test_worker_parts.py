@@ -162,7 +162,10 @@ def test_a_batch_in_flight_holds_its_records_and_marks_until_acknowledged(tmp_pa
     assert parts.engine.fatal_errors == []
 
 
-def test_records_whose_outputs_an_earlier_run_wrote_are_not_written_again(tmp_path: Path) -> None:
+def test_records_whose_outputs_an_earlier_run_wrote_are_not_written_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="crmstream.worker")
     parts = Parts(tmp_path)
     raw_tp = parts.raw_tp()
     parts.positioning.tracker.start(raw_tp, 0, landed={0, 1})
@@ -180,6 +183,11 @@ def test_records_whose_outputs_an_earlier_run_wrote_are_not_written_again(tmp_pa
     asyncio.run(scenario())
     assert events_sent(parts) == [b"SEGMENT:m-3"]
     assert parts.outputs.topics(parts.settings.topic("dead-letter")) == []
+    # The log names the record, and says its dead letter was there already.
+    assert any(
+        m.startswith(f"dead letter invalid_json at {parts.raw_topic}/0/1 (already written")
+        for m in caplog.messages
+    ), caplog.messages
     # Processed all the same: marks written, position past them.
     assert parts.positioning.tracker.expected(raw_tp) == 3
 
