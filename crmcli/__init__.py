@@ -7,19 +7,68 @@ does not import Faust).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import fields
-from typing import Any, NoReturn
+from collections.abc import Callable
+from typing import Any
 
-from crmstream.errors import ConfigError, CrmStreamError
-from crmstream.settings import ENV_PREFIX, MASK, Settings
-from crmstream.vendors import VENDOR_NAMES
+
+def _stop_before_start(code: int) -> Callable[[int, Any], None]:
+    """A signal handler for the time before a process reads or writes anything: it exits at
+    once with ``code``. ``os._exit`` skips the interpreter's teardown, which waits for
+    librdkafka's threads (seconds while a broker's name does not resolve: a worker waiting for
+    Kafka took 4-6 s to stop under load). Nothing is lost that a kill -9 would not lose, and the
+    crash tests cover kill -9 at any moment."""
+
+    def stop(signum: int, frame: Any) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            # The signal may land while the main thread is inside this very stream's write (the
+            # waiting warning): flush then raises instead of exiting, and the stop is lost.
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
+
+    return stop
+
+
+def _stop_cleanly_until_started(given: list[str]) -> None:
+    """SIGINT or SIGTERM before a long-running command has taken the signals over is a clean
+    stop: nothing was read yet.
+
+    * ``connect``: while a connector still imports (seconds on a busy machine, before
+      connectors.runtime.stop takes the signals over). Without this Ctrl-C printed a
+      KeyboardInterrupt traceback (issue 22 item 7).
+    * ``worker``: while the worker still imports, waits for Kafka and starts (seconds, before
+      Faust installs its own handlers). Without this it died of the signal (-15), which
+      Kubernetes and the scale-out test take for a crash.
+    """
+    if given[:1] == ["connect"]:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, _stop_before_start(0))
+    elif given[:1] == ["worker"]:
+        signal.signal(signal.SIGTERM, _stop_before_start(0))
+        signal.signal(signal.SIGINT, _stop_before_start(130))
+
+
+# Before this module's own imports (argparse, logging, the settings): on a loaded machine
+# `python -m crmcli worker` spends hundreds of milliseconds in them, and a SIGTERM then killed
+# the worker (-15). What remains unguarded is the interpreter's own start (site). Only when
+# this process is the command (``-m`` while Python imports the package to run it, or the
+# ``crm-stream`` script); main() installs them too, for its own argv.
+if os.path.basename(sys.argv[0]) in {"-m", "crm-stream"}:
+    _stop_cleanly_until_started(sys.argv[1:])
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+from dataclasses import fields  # noqa: E402
+from typing import NoReturn  # noqa: E402
+
+from crmstream.errors import ConfigError, CrmStreamError  # noqa: E402
+from crmstream.settings import ENV_PREFIX, MASK, Settings  # noqa: E402
+from crmstream.vendors import VENDOR_NAMES  # noqa: E402
 
 
 def _variables(cls: type[Any], prefix: str) -> list[tuple[str, str, str]]:
@@ -325,39 +374,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _stop_before_start(code: int) -> Callable[[int, Any], None]:
-    """A signal handler for the time before a process reads or writes anything: it exits at
-    once with ``code``. ``os._exit`` skips the interpreter's teardown, which waits for
-    librdkafka's threads (seconds while a broker's name does not resolve: a worker waiting for
-    Kafka took 4-6 s to stop under load). Nothing is lost that a kill -9 would not lose, and the
-    crash tests cover kill -9 at any moment."""
-
-    def stop(signum: int, frame: Any) -> None:
-        for stream in (sys.stdout, sys.stderr):
-            # The signal may land while the main thread is inside this very stream's write (the
-            # waiting warning): flush then raises instead of exiting, and the stop is lost.
-            with contextlib.suppress(Exception):
-                stream.flush()
-        os._exit(code)
-
-    return stop
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     given = list(sys.argv[1:] if argv is None else argv)
-    if given[:1] == ["connect"]:
-        # SIGINT or SIGTERM while a connector still imports (seconds on a busy machine, before
-        # connectors.runtime.stop takes the signals over) is a clean stop: nothing was read yet.
-        # Without this Ctrl-C printed a KeyboardInterrupt traceback (issue 22 item 7).
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, _stop_before_start(0))
-    elif given[:1] == ["worker"]:
-        # SIGTERM while the worker still imports, waits for Kafka and starts (seconds, before
-        # Faust installs its own handlers) is a clean stop. Without this it died of the signal
-        # (-15), which Kubernetes and the scale-out test take for a crash. Installed before the
-        # parser, which imports every connector (half a second, more on a loaded machine).
-        signal.signal(signal.SIGTERM, _stop_before_start(0))
-        signal.signal(signal.SIGINT, _stop_before_start(130))
+    # Installed before the parser, which imports every connector (half a second, more on a
+    # loaded machine); already done at import time for the process's own command line.
+    _stop_cleanly_until_started(given)
     args = build_parser().parse_args(given)
     try:
         settings = Settings.from_env()

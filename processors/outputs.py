@@ -316,13 +316,17 @@ class DeadLetters:
         """Send one dead letter (unless an earlier run did), cut to the size limit if it must
         be: the raw value's first bytes, and its size."""
         metrics.DEAD_LETTERS.labels(vendor or "", reason).inc()
+        landed = self.landed(pos)
+        # The raw position in the text too: it is what tells two dead letters of one record apart.
         log.info(
-            "dead letter %s: %s",
+            "dead letter %s at %s%s: %s",
             reason,
+            pos.kafka_position,
+            " (already written by an earlier run)" if landed else "",
             detail,
             extra={"vendor": vendor, "source": pos.source or pos.kafka_position},
         )
-        if self.landed(pos):
+        if landed:
             metrics.OUTPUTS_READ_BACK.labels(vendor or "", "dead_letter").inc()
             return
         headers = position_headers(pos)

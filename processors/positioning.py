@@ -311,7 +311,13 @@ class Positioning:
     async def watch(self) -> None:
         """A partition with records beyond its position that processes none of them for a
         whole interval has lost them on the way (where no later record shows the hole): seek
-        it back to its position."""
+        it back to its position.
+
+        The broker is asked in a thread, and the agents run meanwhile: when the partition moved
+        in between (its records arrived after all, a gap was resolved, a rebalance placed it
+        again), it is left alone. Seeking it back then would process its new records a second
+        time: their events are held off by their dedupe marks, their dead letters by nothing.
+        """
         if self.engine.rebalancing():
             return
         for tp in self.tracker.tracked():
@@ -320,14 +326,20 @@ class Positioning:
                 continue
             if not self.tracker.stalled(tp, self.engine.highwater(tp)):
                 continue
+            before = self.tracker.progress(tp)
             expected = self.tracker.expected(tp)
-            if expected is None:  # forgotten meanwhile (a rebalance)
+            if before is None or expected is None:  # forgotten meanwhile (a rebalance)
                 continue
             first = await asyncio.to_thread(self.probe.first_offset, tp, expected)
             if first is None:
                 continue  # nothing to read after all
+            if self._moved(tp, before):
+                continue
             if first > expected:
                 await self._pass_over(tp, expected, first, stream)
+                if self._moved(tp, before):
+                    continue
+            # No await from here to the tracker's rewind (in seek): the agent cannot move it.
             log.warning(
                 "%s/%d: nothing processed beyond offset %d although records are there: "
                 "reading from %d again",
@@ -338,6 +350,17 @@ class Positioning:
             )
             metrics.REWINDS.labels(stream, "stalled").inc()
             await self.seek({tp: first})
+
+    def _moved(self, tp: TP, before: tuple[int, int, int]) -> bool:
+        """Whether ``tp`` moved (or a rebalance began) since the stall check saw ``before``."""
+        if self.tracker.progress(tp) == before and not self.engine.rebalancing():
+            return False
+        log.info(
+            "%s/%d: moved while its stall was being checked; not read again",
+            tp.topic,
+            tp.partition,
+        )
+        return True
 
     def lag(self, vendor_of_topic: Mapping[str, str]) -> dict[str, int]:
         """Records beyond each raw partition's position, summed per vendor."""

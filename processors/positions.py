@@ -67,6 +67,7 @@ class _Track:
     # this run's (see :meth:`PositionTracker.floors_for`).
     landed_floors: dict[TopicPartition, int] | None = None
     landed_until: int = -1
+    run: int = 0  # which start() of the partition this is (see PositionTracker.progress)
 
 
 class PositionTracker:
@@ -74,6 +75,7 @@ class PositionTracker:
 
     def __init__(self) -> None:
         self._tracks: dict[TP, _Track] = {}
+        self._runs = 0
 
     def start(
         self,
@@ -92,12 +94,14 @@ class PositionTracker:
         output offsets the read-back started from.
         """
         pending = {o for o in landed if o >= expected}
+        self._runs += 1
         self._tracks[tp] = _Track(
             expected=expected,
             committable=committed,
             landed=pending,
             landed_floors=dict(floors) if floors is not None and pending else None,
             landed_until=max(pending, default=-1),
+            run=self._runs,
         )
 
     def forget(self, tp: TP) -> None:
@@ -109,6 +113,12 @@ class PositionTracker:
     def expected(self, tp: TP) -> int | None:
         track = self._tracks.get(tp)
         return None if track is None else track.expected
+
+    def progress(self, tp: TP) -> tuple[int, int, int] | None:
+        """Where ``tp`` stands, to compare across an await: equal only while no record was
+        processed, no seek or gap moved it and it was not placed again (None: not tracked)."""
+        track = self._tracks.get(tp)
+        return None if track is None else (track.run, track.expected, track.processed)
 
     def admit(self, tp: TP, offset: int) -> Verdict:
         """What to do with the record at ``offset``; a processed record moves the position."""

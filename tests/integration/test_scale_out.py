@@ -25,6 +25,7 @@ from crmstream.topics import create_topics
 from processors.app import changelog_specs
 from tests.integration.harness import (
     Feed,
+    Position,
     WorkerProcess,
     exactness_failures,
     read_outputs,
@@ -110,9 +111,39 @@ def _check(settings: Settings, feed: Feed, group: Group, seed: int, story: list[
     out = read_outputs(settings, feed.expected, timeout=240)
     problems = exactness_failures(out, feed.expected)
     assert not problems, (
-        f"seed={seed}: " + "; ".join(problems) + "\n" + "\n".join(story) + "\n" + group.logs()
+        f"seed={seed}: "
+        + "; ".join(problems)
+        + "\n"
+        + "\n".join(story)
+        + "\n"
+        + _repeated_dead_letters(group, out.dead_letters)
+        + group.logs()
     )
     assert len(feed.expected.event_ids) > 1000 and feed.expected.dead_letters
+
+
+def _repeated_dead_letters(group: Group, dead_letters: list[Position]) -> str:
+    """Every worker's log lines about the raw partitions of the dead letters written twice.
+
+    A second dead letter for one raw record means that record was processed twice and its first
+    dead letter was not known the second time: look for its ``dead letter ... at <position>``
+    lines (which worker, when; ``already written by an earlier run`` when the read-back found
+    it), the partition's placements (``<partition> at <offset> (saved|new, committed ...); <n>
+    read back``: placed at or below the offset, with the first dead letter not read back), and
+    seeks of the partition between the two (``reading from <offset> again``: a stall check or
+    a gap; ``moved while its stall was being checked``). The whole logs stay under the test's
+    tmp_path (``--basetemp=DIR`` keeps them).
+    """
+    repeated = sorted({p for p in dead_letters if dead_letters.count(p) > 1})
+    if not repeated:
+        return ""
+    partitions = {f"{topic}/{partition}" for topic, partition, _ in repeated}
+    lines = [f"dead letters written twice: {repeated}; logs in {group.root}"]
+    for index, worker in group.workers.items():
+        for line in worker.tail(10_000_000).splitlines():
+            if any(f"{p}/" in line or f"{p} " in line or f"{p}:" in line for p in partitions):
+                lines.append(f"worker {index}: {line}")
+    return "\n".join(lines) + "\n"
 
 
 @pytest.mark.slow(seconds=40)

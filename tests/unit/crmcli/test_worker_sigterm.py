@@ -30,3 +30,36 @@ def test_sigterm_during_start_up_exits_0(tmp_path: Path) -> None:
     assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
+
+
+# Runs `python -m crmcli worker` and sends itself SIGTERM at the first import of a module of the
+# command's own (argparse, crmstream, ...): a moment a loaded machine stretches to hundreds of ms.
+_SIGTERM_WHILE_IMPORTING = """
+import os, runpy, signal, sys
+
+class SignalOnImport:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"argparse", "crmstream", "logging", "dataclasses"}:
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return None
+
+sys.argv = ["crm-stream", "worker"]
+sys.meta_path.insert(0, SignalOnImport())
+runpy.run_module("crmcli", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_sigterm_while_the_command_still_imports_exits_0(tmp_path: Path) -> None:
+    """Before main() runs, `python -m crmcli` imports the package (argparse, the settings...),
+    and a SIGTERM then killed the worker (-15), which the scale-out test takes for a crash. The
+    handler is installed before those imports."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRM_")}
+    env.update(CRM_BOOTSTRAP_SERVERS="127.0.0.1:1", CRM_DATA_DIR=str(tmp_path))
+    done = subprocess.run(
+        [sys.executable, "-c", _SIGTERM_WHILE_IMPORTING],
+        env=env,
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr.decode(errors="replace")

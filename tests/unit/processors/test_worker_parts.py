@@ -5,6 +5,7 @@ issue 20 item 6 (seek failures, bounded caches)."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -161,7 +162,10 @@ def test_a_batch_in_flight_holds_its_records_and_marks_until_acknowledged(tmp_pa
     assert parts.engine.fatal_errors == []
 
 
-def test_records_whose_outputs_an_earlier_run_wrote_are_not_written_again(tmp_path: Path) -> None:
+def test_records_whose_outputs_an_earlier_run_wrote_are_not_written_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="crmstream.worker")
     parts = Parts(tmp_path)
     raw_tp = parts.raw_tp()
     parts.positioning.tracker.start(raw_tp, 0, landed={0, 1})
@@ -179,6 +183,11 @@ def test_records_whose_outputs_an_earlier_run_wrote_are_not_written_again(tmp_pa
     asyncio.run(scenario())
     assert events_sent(parts) == [b"SEGMENT:m-3"]
     assert parts.outputs.topics(parts.settings.topic("dead-letter")) == []
+    # The log names the record, and says its dead letter was there already.
+    assert any(
+        m.startswith(f"dead letter invalid_json at {parts.raw_topic}/0/1 (already written")
+        for m in caplog.messages
+    ), caplog.messages
     # Processed all the same: marks written, position past them.
     assert parts.positioning.tracker.expected(raw_tp) == 3
 
@@ -236,6 +245,48 @@ def test_a_stalled_partition_is_sought_back(tmp_path: Path) -> None:
     for _ in range(4):  # the first check only notes what was processed
         asyncio.run(parts.positioning.watch())
     assert parts.engine.seeks == [{raw_tp: 5}]
+
+
+def test_a_stall_check_does_not_rewind_over_records_processed_while_it_asked(
+    tmp_path: Path,
+) -> None:
+    """The stall check asks the broker in a thread; the agent may meanwhile process the records
+    it was about to read again (the fetch caught up). Seeking back then would process them a
+    second time: events are held off by their dedupe marks, but a dead letter has no mark and
+    was written twice (31 dead letters for 30 malformed records in the scale-out test)."""
+    parts = Parts(tmp_path)
+    raw_tp = parts.raw_tp()
+    parts.engine.assigned = {raw_tp}
+    parts.positioning.tracker.start(raw_tp, 5)
+    parts.engine.highwaters = {raw_tp: 9}
+    parts.probe.records = {raw_tp: [5, 6, 7, 8]}
+    asking, answer = threading.Event(), threading.Event()
+    first_offset = parts.probe.first_offset
+
+    def slow_first_offset(tp: Any, offset: int) -> int | None:
+        asking.set()
+        answer.wait(30)
+        return first_offset(tp, offset)
+
+    batch = [raw_event(parts, 5, b"not json"), raw_event(parts, 6, segment("m-6"))]
+
+    async def scenario() -> None:
+        for _ in range(3):  # idle checks: the third one finds the partition stalled
+            await parts.positioning.watch()
+        parts.probe.first_offset = slow_first_offset  # type: ignore[method-assign]
+        check = asyncio.ensure_future(parts.positioning.watch())
+        assert await asyncio.to_thread(asking.wait, 30)
+        await parts.raw.process(batch)  # the records arrive while the broker is asked
+        answer.set()
+        await check
+        await parts.raw.process(batch)  # leftovers of the fetch: below the position now
+        await parts.raw.written()
+
+    asyncio.run(scenario())
+    assert len(parts.outputs.topics(parts.settings.topic("dead-letter"))) == 1
+    assert parts.engine.seeks == []
+    assert parts.positioning.tracker.expected(raw_tp) == 7
+    assert events_sent(parts) == [b"SEGMENT:m-6"]
 
 
 # -- seek failures (issue 20 item 6: never swallowed) -----------------------------------------
