@@ -143,12 +143,19 @@ def test_decode_registry_records_bytes_tombstones_and_garbage(
     # A single-object record on a registry topic is still read: decode looks at the bytes.
     assert single_object["schema"] == "CampaignStats"
     # bytes as Avro's JSON encoding writes them: one character per byte (latin-1)
-    stats = campaign_stats()
-    stats["recipients_sketch"] = stats["recipients_sketch"].decode("latin-1")
-    stats["event_type_sketches"] = {
-        t: sketch.decode("latin-1") for t, sketch in stats["event_type_sketches"].items()
-    }
-    assert single_object["value"] == stats
+    assert single_object["value"] == as_avro_json(campaign_stats())
+
+
+def as_avro_json(value: Any) -> Any:
+    """``value`` with every bytes value as Avro's JSON encoding writes it: one character per
+    byte (latin-1), nested records and arrays included."""
+    if isinstance(value, bytes):
+        return value.decode("latin-1")
+    if isinstance(value, dict):
+        return {k: as_avro_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [as_avro_json(v) for v in value]
+    return value
 
 
 def test_decode_unknown_topic_fails_clearly(settings_factory: Callable[..., Settings]) -> None:

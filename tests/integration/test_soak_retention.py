@@ -50,7 +50,7 @@ from crmstream.serde import AvroSerde
 from crmstream.settings import Settings
 from crmstream.topics import H_APP_ID, H_FORMAT, H_INGESTED_AT, H_SOURCE, H_VENDOR, create_topics
 from processors.app import changelog_specs
-from processors.state.keys import WINDOWS, campaign_entry_key, window_key
+from processors.state.keys import MARKS, WINDOWS, campaign_entry_key, window_key
 from tests.integration.harness import Expected, WorkerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -265,9 +265,9 @@ class Want:
 
 
 def rocksdb_keys(data_dir: Path) -> dict[str, tuple[int, int]]:
-    """Per table (dedupe, stats-1m, stats-1h): (window keys, other keys of ours), over every
-    partition's store, read-only while the worker runs. Faust's own ``__faust`` keys are left
-    out."""
+    """Per table (dedupe, stats-1m, stats-1h): (window keys and dedupe marks, other keys of
+    ours), over every partition's store, read-only while the worker runs. Faust's own
+    ``__faust`` keys are left out."""
     out: dict[str, list[int]] = {}
     for store in sorted(data_dir.glob("**/tables/*.db")):
         table = store.name.rsplit("-", 1)[0]  # <table>-<partition>.db
@@ -279,7 +279,7 @@ def rocksdb_keys(data_dir: Path) -> dict[str, tuple[int, int]]:
         try:
             counts = out.setdefault(table, [0, 0])
             for key in db.keys():  # noqa: SIM118 (an Rdict iterates items)
-                if key in WINDOWS:
+                if key in WINDOWS or key in MARKS:
                     counts[0] += 1
                 elif key.startswith(b"__crm/"):
                     counts[1] += 1
