@@ -41,7 +41,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +48,9 @@ import orjson
 from confluent_kafka import Message
 
 from bench import generate
-from bench.run import REPO, BenchError, OutputReader, _du_bytes, feed, preload
+from bench.run import REPO, BenchError, OutputReader, _broker, _du_bytes, feed, preload
 from crmdemo.demo import scrape
-from crmstream.broker import EmbeddedBroker, free_port
+from crmstream.broker import free_port
 from crmstream.resources import tansu_dev_profile
 from crmstream.settings import Settings
 from crmstream.topics import create_topics
@@ -394,15 +393,6 @@ def takeover(
         }
     finally:
         b.stop()
-
-
-@contextlib.contextmanager
-def _broker(args: argparse.Namespace, out: Path) -> Iterator[str]:
-    if args.bootstrap_servers:
-        yield args.bootstrap_servers
-        return
-    with EmbeddedBroker(log_path=out / "tansu.log") as broker:
-        yield broker.bootstrap_servers
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
