@@ -52,9 +52,6 @@ def test_defaults_are_production_defaults() -> None:
         ({"CRM_STATS_MAX_MESSAGES": "many"}, "CRM_STATS_MAX_MESSAGES"),
         ({"CRM_STATS_MAX_VARIANTS": "0"}, "CRM_STATS_MAX_VARIANTS"),
         ({"CRM_STATS_MAX_VARIANTS": "1001"}, "CRM_STATS_MAX_VARIANTS"),
-        ({"CRM_STATS_FLUSH_INTERVAL": "61s"}, "CRM_STATS_FLUSH_INTERVAL"),
-        ({"CRM_STATS_FLUSH_INTERVAL": "-1"}, "CRM_STATS_FLUSH_INTERVAL"),
-        ({"CRM_STATS_FLUSH_INTERVAL": "often"}, "CRM_STATS_FLUSH_INTERVAL"),
     ],
 )
 def test_bad_value_names_the_variable(env: dict[str, str], variable: str) -> None:
@@ -73,12 +70,6 @@ def test_the_api_url_advertised_to_the_group() -> None:
     assert settings.advertised_api_url.endswith(":9000")
     defaults = Settings.from_env({})
     assert (defaults.api_port, defaults.stats_hll_lg_k) == (8080, 12)
-
-
-def test_the_stats_flush_interval() -> None:
-    assert Settings.from_env({}).stats_flush_interval_s == 1.0
-    assert Settings.from_env({"CRM_STATS_FLUSH_INTERVAL": "250ms"}).stats_flush_interval_s == 0.25
-    assert Settings.from_env({"CRM_STATS_FLUSH_INTERVAL": "0"}).stats_flush_interval_s == 0.0
 
 
 def test_durations() -> None:
