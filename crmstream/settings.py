@@ -359,16 +359,6 @@ class Settings:
         positive(parse_duration),
         "Longest wait to fill a stats batch (how stale campaign-stats may be under load)",
     )
-    stats_flush_interval_s: float = setting(
-        "STATS_FLUSH_INTERVAL",
-        1.0,
-        parse_duration,
-        "How often (0..60 s) the stats windows counted since the last flush are written: one "
-        "changelog record, one campaign-stats upsert and one table write per window, however "
-        "many batches touched it; a stats batch's position is committed once a flush covered "
-        "it. Longer: less CPU per event where campaigns are busy, campaign-stats and the stats "
-        "API that much later. 0 writes every window after each batch",
-    )
     stats_windows: str = setting(
         "STATS_WINDOWS",
         "1m,1h",
@@ -589,8 +579,6 @@ class Settings:
             raise ConfigError(
                 "CRM_CONSUMER_HEARTBEAT_INTERVAL", "must be below CRM_CONSUMER_SESSION_TIMEOUT"
             )
-        if not 0 <= self.stats_flush_interval_s <= 60:
-            raise ConfigError("CRM_STATS_FLUSH_INTERVAL", "must be in 0..60 s")
         if not 4 <= self.stats_hll_lg_k <= 21:
             raise ConfigError("CRM_STATS_HLL_LG_K", "must be in 4..21")
         if not 1 <= self.stats_max_messages <= 10000:

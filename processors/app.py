@@ -253,7 +253,6 @@ class Worker:
             ready=self.ready,
             start_outputs=self.start_outputs,
             clock=self.clock,
-            flush_interval_s=settings.stats_flush_interval_s,
         )
         self.attribution: AttributionTable | None = None
         self.feed: FeedPath | None = None
@@ -342,8 +341,6 @@ class Worker:
             "stats-expire",
             self.stats_path.expire,
         )
-        if settings.stats_flush_interval_s > 0:
-            engine.timer(settings.stats_flush_interval_s, "stats-flush", self.stats_path.flush)
         engine.timer(HEARTBEAT_S, "heartbeat", self._beat)
 
     # -- shared by the parts ---------------------------------------------------------------

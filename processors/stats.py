@@ -5,23 +5,12 @@ The decisions are pure functions of :mod:`processors.plan` (which windows, which
 expires) and :mod:`processors.records` (the window values); this module reads and writes the
 tables (:mod:`processors.state`) and sends the upserts and changelog records.
 
-**Counting** (:meth:`StatsTables.count_open`): the touched windows of each table partition that
-are not open yet are read with one multi-get (with the entries of the campaigns that have a window
-not held) and decoded, then kept *open*: decoded, their sketches live, counted by every later
-batch without being read, decoded or serialized again. **Flushing** (:meth:`StatsTables.
-flush_open`) writes each open window once, however many batches touched it: its changelog record
-and its ``campaign-stats`` upsert are sent, and only once Kafka acknowledged them is it written
-to RocksDB (one write batch per table partition); then the positions of the batches it covers
-become committable (:attr:`StatsTables.on_flushed`). The stats path flushes every
-``CRM_STATS_FLUSH_INTERVAL`` (:mod:`processors.stats_path`); :meth:`StatsTables.count` counts and
-flushes at once.
-
-A crash before a flush is acknowledged and written replays its batches from the committed
-position, which counts nothing twice (``WindowCounts.applied``: counts, sketches and all, are one
-value, written as one) and upserts the windows again: the restored state always corresponds to a
-committed position or one ahead of it, never behind. What a rebalance takes away is dropped
-unwritten (:meth:`StatsTables.drop_open`): the partition is read again from its committed
-position.
+**Counting** (:meth:`StatsTables.count`): the touched windows of each table partition are read
+with one multi-get (with the entries of the campaigns that have a window not held yet), counted,
+and each written once: its changelog record and its ``campaign-stats`` upsert are sent, and only
+once Kafka acknowledged them is it written to RocksDB (one write batch per table partition). A
+crash before that replays the batch, which counts nothing twice (``WindowCounts.applied``: counts,
+sketches and all, are one value) and upserts the windows again.
 
 **Expiry** (:meth:`StatsTables.expire`): a window expires its size's ``CRM_STATS_RETENTION``
 (e.g. ``1m=3d,1h=90d``) after its last update, not by its start, so a backfill of last month's
@@ -32,10 +21,8 @@ an event for an expired window is refused rather than counted into a new, partia
 campaign's entry goes too, its size's retention after its last window expired
 (:func:`processors.plan.plan_expiry`).
 
-Counting, flushing and expiry of one worker never interleave (:attr:`StatsTables.lock`): a flush
-awaits Kafka, then writes; a batch counted meanwhile would read a window before it is written,
-and an expiry in between could delete a window the flush then writes back. An expiry flushes the
-open windows first.
+Counting and expiry of one worker never interleave (:attr:`StatsTables.lock`): a batch reads,
+awaits Kafka and writes; an expiry in between could delete a window the batch then writes back.
 """
 
 from __future__ import annotations
@@ -43,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from crmstream import metrics
@@ -60,7 +47,6 @@ from processors.plan import (
 from processors.records import (
     DEFAULT_MAX_KEYS,
     StatsUpdates,
-    WindowCounts,
     load_window,
     stats_record,
     stats_upsert_key,
@@ -93,24 +79,6 @@ class Counted:
     refused: int
 
 
-@dataclass
-class _Open:
-    """One table partition's windows counted since the last flush, decoded (their sketches
-    live), each with the time it was last counted at; and the campaigns seen for the first time
-    since, with that time (their entries are written with the windows)."""
-
-    windows: dict[tuple[str, int], tuple[WindowCounts, int]] = field(default_factory=dict)
-    campaigns: dict[str, int] = field(default_factory=dict)
-
-
-def _ignore(ends: Mapping[Any, int]) -> None:
-    pass
-
-
-def _always(tp: Any) -> bool:
-    return True
-
-
 class StatsTables:
     """The worker's stats tables, one per window size (``CRM_STATS_WINDOWS``)."""
 
@@ -139,14 +107,6 @@ class StatsTables:
         # per window and dimension (CRM_STATS_MAX_MESSAGES, CRM_STATS_MAX_VARIANTS)
         self.max_keys = max_keys
         self.lock = asyncio.Lock()
-        # Counted, not yet flushed: per (window label, table partition), and the positions of
-        # the batches counted into them (given to on_flushed once written).
-        self._open: dict[tuple[str, int], _Open] = {}
-        self._ends: dict[Any, int] = {}
-        self.on_flushed: Callable[[Mapping[Any, int]], None] = _ignore
-        # Whether a stream partition with positions waiting is still placed as when they were
-        # counted (False: placed again by a rebalance, or gone; its open windows are dropped).
-        self.is_current: Callable[[Any], bool] = _always
 
     # -- counting ------------------------------------------------------------------------
 
@@ -156,105 +116,35 @@ class StatsTables:
         outputs: Outputs,
         now_ms: int,
         cpu: Stages | None = None,
-        ends: Mapping[Any, int] | None = None,
     ) -> Offsets:
         """Count a batch of parsed ``stats-updates`` records (with their partitions) into the
-        windows, then flush every open window (:meth:`flush_open`): each is upserted and written
-        once Kafka acknowledged the upserts and changelog records. Returns the acknowledged
-        offsets. ``cpu``: where the stats stage's CPU time is booked (not the waits)."""
+        windows, upsert each touched window, and write it once Kafka acknowledged the upserts
+        and changelog records. Returns the acknowledged offsets. ``cpu``: where the stats
+        stage's CPU time is booked (not the waits)."""
         cpu = cpu or Stages()
         async with self.lock:
             cpu.resume()
-            self.count_open(parsed, now_ms, ends)
-            return await self.flush_open(outputs, cpu)
-
-    def count_open(
-        self,
-        parsed: Iterable[tuple[int, StatsUpdates]],
-        now_ms: int,
-        ends: Mapping[Any, int] | None = None,
-    ) -> None:
-        """Count a batch into the open windows (the caller holds :attr:`lock`): a window already
-        open is counted as it is, the others are read (one multi-get per table partition, with
-        the entries of the campaigns that have a window not held) and opened. Nothing is written
-        or sent: :meth:`flush_open` does. ``ends``: the batch's stream positions (partition
-        tuple -> next offset), handed to :attr:`on_flushed` once a flush covered the batch."""
-        self._drop_stale()
-        done = Counted({}, 0, 0)
-        for (label, partition), windows in group_increments(parsed, self.windows).items():
-            if windows:
-                self._count_partition(label, partition, windows, now_ms, done)
-        for tp, end in (ends or {}).items():
-            if end > self._ends.get(tp, -1):
-                self._ends[tp] = end
+            touched = group_increments(parsed, self.windows)
+            writes: list[tuple[WindowedTable, int, list[Item]]] = []
+            done = Counted({}, 0, 0)
+            for (label, partition), windows in touched.items():
+                if windows:
+                    items = self._count_partition(label, partition, windows, outputs, now_ms, done)
+                    writes.append((self.tables[label], partition, items))
+            cpu.lap(STATS)
+            offsets = await outputs.seal()
+            cpu.resume()
+            for table, partition, items in writes:
+                table.write(partition, items)
+            for table in self.tables.values():
+                table.set_persisted_offsets(offsets)
+            cpu.lap(STATS)
+        for label, n in done.upserts.items():
+            metrics.STATS_UPSERTS.labels(label).inc(n)
         if done.replayed:
             metrics.STATS_REPLAYED.inc(done.replayed)
         if done.refused:
             metrics.STATS_LATE.inc(done.refused)
-
-    def open_windows(self) -> int:
-        """How many windows are open (counted since the last flush)."""
-        return sum(len(o.windows) for o in self._open.values())
-
-    def open_positions(self) -> list[Any]:
-        """The stream partitions whose positions wait for the next flush."""
-        return list(self._ends)
-
-    def drop_open(self, partitions: Iterable[int]) -> int:
-        """Forget what was counted since the last flush in these table partitions, and their
-        stream positions (the caller holds :attr:`lock`): the partition was placed again (a
-        rebalance), so its batches are read again from its committed position and counted into
-        the tables as the changelog left them. Returns how many windows were dropped."""
-        gone = set(partitions)
-        dropped = 0
-        for key in [k for k in self._open if k[1] in gone]:
-            dropped += len(self._open.pop(key).windows)
-        for tp in [tp for tp in self._ends if tp.partition in gone]:
-            del self._ends[tp]
-        return dropped
-
-    def _drop_stale(self) -> None:
-        stale = {tp.partition for tp in self._ends if not self.is_current(tp)}
-        if stale:
-            dropped = self.drop_open(stale)
-            log.info(
-                "stats partitions %s placed again: %d windows counted since the last flush "
-                "dropped, read again from the committed position",
-                sorted(stale),
-                dropped,
-            )
-
-    async def flush_open(self, outputs: Outputs, cpu: Stages | None = None) -> Offsets:
-        """Write every open window once (the caller holds :attr:`lock`): its value and its
-        campaign's new entry to the changelog, its upsert to ``campaign-stats``, and, once Kafka
-        acknowledged them, to RocksDB (one write batch per table partition). Then the positions
-        of the batches counted into them are handed to :attr:`on_flushed`. Returns the
-        acknowledged offsets (also those of the caller's task's other sends, e.g. dead
-        letters)."""
-        cpu = cpu or Stages()
-        self._drop_stale()
-        opened, self._open = self._open, {}
-        ends, self._ends = self._ends, {}
-        writes: list[tuple[WindowedTable, int, list[Item]]] = []
-        upserts: dict[str, int] = {}
-        for (label, partition), o in opened.items():
-            writes.append(
-                (self.tables[label], partition, self._flush_partition(label, partition, o, outputs))
-            )
-            upserts[label] = upserts.get(label, 0) + len(o.windows)
-        cpu.lap(STATS)
-        offsets = await outputs.seal()
-        cpu.resume()
-        for table, partition, items in writes:
-            table.write(partition, items)
-        if writes:
-            for table in self.tables.values():
-                table.set_persisted_offsets(offsets)
-        if ends:
-            self.on_flushed(ends)
-        cpu.lap(STATS)
-        for label, n in upserts.items():
-            metrics.STATS_UPSERTS.labels(label).inc(n)
         return offsets
 
     def _count_partition(
@@ -262,47 +152,46 @@ class StatsTables:
         label: str,
         partition: int,
         windows: dict[tuple[str, int], Any],
+        outputs: Outputs,
         now_ms: int,
         done: Counted,
-    ) -> None:
+    ) -> list[Item]:
         table = self.tables[label]
-        o = self._open.get((label, partition))
-        if o is None:
-            o = self._open[label, partition] = _Open()
-        held = o.windows
-        unread = [w for w in windows if w not in held]
-        wanted = [window_key(start, campaign.encode()) for campaign, start in unread]
-        stored = dict(zip(unread, table.get_many(partition, wanted), strict=True))
-        unheld = {campaign for (campaign, _), value in stored.items() if value is None}
-        # A campaign opened since the last flush has its entry waiting to be written.
-        entries: dict[str, CampaignEntry | None] = {
-            c: CampaignEntry(-1, o.campaigns[c]) for c in unheld if c in o.campaigns
+        size = self.window_size[label]
+        wanted = [window_key(start, campaign.encode()) for campaign, start in windows]
+        stored = dict(zip(windows, table.get_many(partition, wanted), strict=True))
+        unheld = sorted({campaign for (campaign, _), value in stored.items() if value is None})
+        found = table.get_many(partition, [campaign_entry_key(c) for c in unheld])
+        entries = {
+            campaign: CampaignEntry.decode(value) if value else None
+            for campaign, value in zip(unheld, found, strict=True)
         }
-        unknown = sorted(unheld - entries.keys())
-        found = table.get_many(partition, [campaign_entry_key(c) for c in unknown])
-        for campaign, value in zip(unknown, found, strict=True):
-            entries[campaign] = CampaignEntry.decode(value) if value else None
         admission = admit_windows(
             windows,
-            lambda w: w in held or stored[w] is not None,
+            lambda w: stored[w] is not None,
             entries,
             lambda w: len(windows[w].counted),
         )
-        for window, work in windows.items():
+        items: list[Item] = []
+        upserts = 0
+        for (window, work), key in zip(windows.items(), wanted, strict=True):
             if window in admission.refused:
                 continue
-            found_open = held.get(window)
-            counts = (
-                found_open[0]
-                if found_open is not None
-                else load_window(stored[window], self.lg_k, self.max_keys)
-            )
+            campaign, start = window
+            counts = load_window(stored[window], self.lg_k, self.max_keys)
             done.replayed += apply_increments(counts, work.counted)
             if work.name is not None:
                 counts.named(work.name)
-            held[window] = (counts, now_ms)
+            items.append((key, window_value(counts, now_ms)))
+            record = stats_record(campaign, label, start, size, counts, now_ms)
+            outputs.send(
+                self.stats_topic,
+                stats_upsert_key(campaign, label, start),
+                self.serde.encode("CampaignStats", record, self.stats_topic),
+            )
+            upserts += 1
         for campaign in admission.new_campaigns:
-            o.campaigns[campaign] = now_ms
+            items.append((campaign_entry_key(campaign), CampaignEntry(-1, now_ms).encode()))
         if admission.refused:
             done.refused += sum(admission.refused.values())
             log.warning(
@@ -312,27 +201,8 @@ class StatsTables:
                 len(admission.refused),
                 sorted(admission.refused)[:3],
             )
-
-    def _flush_partition(
-        self, label: str, partition: int, o: _Open, outputs: Outputs
-    ) -> list[Item]:
-        """Send an open table partition's windows (upserts) and its changelog records; returns
-        the items to write once Kafka acknowledged them."""
-        table = self.tables[label]
-        size = self.window_size[label]
-        items: list[Item] = []
-        encode = self.serde.encode
-        for (campaign, start), (counts, at) in o.windows.items():
-            items.append((window_key(start, campaign.encode()), window_value(counts, at)))
-            record = stats_record(campaign, label, start, size, counts, at)
-            outputs.send(
-                self.stats_topic,
-                stats_upsert_key(campaign, label, start),
-                encode("CampaignStats", record, self.stats_topic),
-            )
-        for campaign, at in o.campaigns.items():
-            items.append((campaign_entry_key(campaign), CampaignEntry(-1, at).encode()))
         table.send_changelog(partition, items, outputs)
+        done.upserts[label] = done.upserts.get(label, 0) + upserts
         return items
 
     # -- expiry --------------------------------------------------------------------------
@@ -350,10 +220,6 @@ class StatsTables:
         twice deletes nothing twice."""
         expired = 0
         async with self.lock:
-            # The open windows first: a window counted since the last flush is not idle, and the
-            # scan below reads the tables as written.
-            if self._open or self._ends:
-                await self.flush_open(outputs)
             planned: list[tuple[str, WindowedTable, int, list[Item]]] = []
             tombstones: list[bytes] = []
             for label, table in self.tables.items():
