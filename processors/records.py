@@ -8,6 +8,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
@@ -457,9 +458,27 @@ def _order(bucket: Bucket) -> tuple[str, str]:
 def _sketch_in(sketches: dict[str, Sketch], key: str, lg_k: int) -> Sketch:
     sketch = sketches.get(key)
     if sketch is None:
-        from processors.uniques import Sketch
+        sketch = sketches[key] = _new_sketch(lg_k)
+    return sketch
 
-        sketch = sketches[key] = Sketch(lg_k=lg_k)
+
+_UNIQUES: list[ModuleType] = []  # processors.uniques, once a window needs it
+
+
+def _uniques() -> ModuleType:
+    """:mod:`processors.uniques`, imported when a window first needs it (the raw side and the
+    benchmark's peers do without the sketch library); an import statement in the hot path
+    costs more than the sketch it makes."""
+    if not _UNIQUES:
+        import processors.uniques
+
+        _UNIQUES.append(processors.uniques)
+    return _UNIQUES[0]
+
+
+def _new_sketch(lg_k: int) -> Sketch:
+    """An empty sketch."""
+    sketch: Sketch = _uniques().Sketch(lg_k=lg_k)
     return sketch
 
 
@@ -548,11 +567,9 @@ class WindowCounts:
     def _sketch(self, key: str) -> Sketch:
         sketch = self.sketches.get(key)
         if sketch is None:
-            from processors.uniques import Sketch
-
             if self.lg_k is None:
                 raise ValueError("a window without sketches (lg_k None) keeps no recipients")
-            sketch = self.sketches[key] = Sketch(lg_k=self.lg_k)
+            sketch = self.sketches[key] = _new_sketch(self.lg_k)
         return sketch
 
     def add(self, event_type: str, channel: str) -> None:
@@ -572,8 +589,7 @@ class WindowCounts:
         """The unique recipients: estimates, images and precision (None without sketches)."""
         if self.lg_k is None:
             return None
-        from processors.uniques import error_bound
-
+        error_bound = _uniques().error_bound
         images = {key: sketch.image() for key, sketch in sorted(self.sketches.items())}
         estimates = {key: sketch.estimate() for key, sketch in sorted(self.sketches.items())}
         return {
@@ -666,8 +682,7 @@ def load_window(
         counts.unattributed = counts.total
         counts.max_keys = max_keys
         return counts
-    from processors.uniques import Sketch
-
+    new = _uniques().Sketch
     _, _, length = _WINDOW_HEAD.unpack_from(value)
     start = _WINDOW_HEAD.size
     head = orjson.loads(value[start : start + length])
@@ -675,12 +690,12 @@ def load_window(
     sketches: dict[str, Sketch] = {}
     known = head.get("e") or [None] * len(head["s"])
     for (key, size), guess in zip(head["s"], known, strict=True):
-        sketches[key] = Sketch(value[at : at + size], known_estimate=guess)
+        sketches[key] = new(value[at : at + size], known_estimate=guess)
         at += size
     breakdowns = {key: Breakdown.load(b) for key, b in (head.get("b") or {}).items()}
     for dimension, kind, of_value, key, size in head.get("bs") or ():
         b = breakdowns.setdefault(dimension, Breakdown())
-        b.sketches.setdefault((kind, of_value), {})[key] = Sketch(value[at : at + size])
+        b.sketches.setdefault((kind, of_value), {})[key] = new(value[at : at + size])
         at += size
     name = head.get("m")
     return WindowCounts(
