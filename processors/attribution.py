@@ -58,7 +58,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,7 +66,7 @@ import orjson
 
 from processors.campaigns import campaign_key, split_campaign_key
 from processors.normalize.common import RecordError, iso_to_ms
-from processors.normalize.model import RejectReason
+from processors.normalize.model import CanonicalEvent, RejectReason
 from processors.records import MAX_TIMESTAMP_MS
 
 TOUCH_TYPES = frozenset({"SEND", "DELIVERY", "IMPRESSION", "CONTROL"})
@@ -211,7 +211,10 @@ def encode_items(items: Sequence[Item]) -> bytes:
 def decode_items(user_id: str, value: bytes) -> list[Item]:
     """An ``attribution-inputs`` value; ``ValueError`` (or ``KeyError``/``TypeError``) when it is
     not one."""
-    raw = orjson.loads(value)
+    return _items(user_id, orjson.loads(value))
+
+
+def _items(user_id: str, raw: Any) -> list[Item]:
     if not isinstance(raw, list):
         raise ValueError("not a list of items")
     out: list[Item] = []
@@ -262,6 +265,79 @@ def from_canonical(
     if name is None:
         return None
     return user, Conversion(event["event_id"], user, name, int(event["occurred_at"]), vendor)
+
+
+def from_event(
+    event: CanonicalEvent, conversion_events: Mapping[str, str]
+) -> tuple[str, Item] | None:
+    """:func:`from_canonical` of a canonical event as the raw path holds it (before encoding):
+    the raw path hands its batch's touches and conversions over where it produces them."""
+    user = event.user_id
+    if not user:
+        return None
+    event_type = event.event_type.value
+    if event_type in TOUCH_TYPES:
+        if not event.campaign_id:
+            return None
+        return user, Touch(
+            event.event_id,
+            event.occurred_at,
+            event.vendor.value,
+            event.app_id or "",
+            event.campaign_id,
+            event_type,
+            event.campaign_name,
+            event.message_id,
+            event.variant_id,
+        )
+    vendor = event.vendor.value
+    name: str | None = None
+    if event_type in VENDOR_CONVERSION_TYPES or (vendor, event_type) == LEANPLUM_GOAL_EXIT:
+        name = event.vendor_event_type
+    elif vendor == SEGMENT and conversion_events:
+        name = conversion_events.get(event.vendor_event_type.casefold())
+    if name is None:
+        return None
+    return user, Conversion(event.event_id, user, name, event.occurred_at, vendor)
+
+
+def input_records(
+    found: Iterable[tuple[str, Item]], partition_of: Callable[[bytes], int]
+) -> dict[int, bytes]:
+    """The ``attribution-inputs`` records of one batch's (user, item) pairs: one record per
+    partition (a Kafka record costs more than its items), each user's items in order under the
+    user (:func:`decode_record`). ``partition_of``: a user key's partition (murmur2, so that a
+    user's items from the raw path and from the ``conversions`` feed meet on one partition)."""
+    by_partition: dict[int, dict[str, list[dict[str, Any]]]] = {}
+    partitions: dict[str, int] = {}
+    for user, item in found:
+        partition = partitions.get(user)
+        if partition is None:
+            partition = partitions[user] = partition_of(user.encode())
+        by_partition.setdefault(partition, {}).setdefault(user, []).append(item.to_json())
+    return {p: orjson.dumps({"u": users}) for p, users in by_partition.items()}
+
+
+def decode_record(key: bytes | None, value: bytes) -> list[tuple[str, list[Item]]]:
+    """An ``attribution-inputs`` record as (user, items) pairs: one partition's users
+    (:func:`input_records`: ``{"u": {user: [items]}}``), or, as written before, one user's items
+    keyed by the user (:func:`encode_items`). ``ValueError`` (or ``KeyError``/``TypeError``)
+    when it is neither."""
+    if value[:1] == b"{":
+        body = orjson.loads(value)
+        users = body["u"]
+        if not isinstance(users, dict):
+            raise ValueError("not a map of users")
+        out: list[tuple[str, list[Item]]] = []
+        for user, items in users.items():
+            if not user:
+                raise ValueError("an empty user")
+            out.append((user, _items(user, items)))
+        return out
+    user = (key or b"").decode()
+    if not user:
+        raise ValueError("no user key")
+    return [(user, decode_items(user, value))]
 
 
 def _time(value: Any) -> int:
@@ -643,127 +719,3 @@ def rows(tallies: Iterable[tuple[str, str, Tally]]) -> list[dict[str, Any]]:
 
 def _rounded(sums: Mapping[str, float]) -> dict[str, float]:
     return {cur: round(v, 6) for cur, v in sorted(sums.items())}
-
-
-# --- reading canonical events without decoding all of them ---------------------------------
-
-_PREFIX_FIELDS = (
-    "event_id",
-    "vendor",
-    "vendor_event_id",
-    "vendor_event_type",
-    "event_type",
-    "channel",
-    "occurred_at",
-    "user_id",
-    "device_id",
-    "campaign_id",
-    "campaign_name",
-    "message_id",
-    "message_name",
-    "experiment_id",
-    "variant_id",
-    "link_url",
-    "error",
-    "app_id",
-)
-"""The first fields of ``CanonicalEvent.avsc``, in order (the attribution reads no further)."""
-
-
-class NotOurs(Exception):
-    """A record :class:`CanonicalReader` cannot read: decode it in full instead."""
-
-
-class CanonicalReader:
-    """Reads what the attribution needs from a canonical event's Avro bytes, written with this
-    process's own ``CanonicalEvent`` schema (single-object encoding): its first fields, by
-    hand, stopping as soon as the event is neither a touch nor a conversion (most events: opens,
-    clicks, lifecycle). Decoding every event in full with fastavro was most of the attribution
-    feed's cost. Anything else (another schema version, the Confluent wire format, a field that
-    does not parse) raises :class:`NotOurs`, and the caller decodes it in full."""
-
-    def __init__(
-        self, header: bytes, schema: Mapping[str, Any], conversion_events: Mapping[str, str]
-    ) -> None:
-        fields = schema["fields"]
-        if tuple(f["name"] for f in fields[: len(_PREFIX_FIELDS)]) != _PREFIX_FIELDS:
-            raise ValueError("CanonicalEvent.avsc's first fields are not the ones read here")
-        self.header = header
-        self.vendors: list[str] = list(fields[1]["type"]["symbols"])
-        self.types: list[str] = list(fields[4]["type"]["symbols"])
-        self.conversion_events = conversion_events
-        wanted = TOUCH_TYPES | VENDOR_CONVERSION_TYPES | {LEANPLUM_GOAL_EXIT[1]}
-        self.wanted = {i for i, t in enumerate(self.types) if t in wanted}
-        self.segment = self.vendors.index(SEGMENT)
-
-    def read(self, data: bytes) -> tuple[str, Item] | None:
-        if not data.startswith(self.header):
-            raise NotOurs
-        try:
-            return self._read(data, len(self.header))
-        except (IndexError, ValueError, UnicodeDecodeError) as exc:
-            raise NotOurs from exc
-
-    def _read(self, data: bytes, pos: int) -> tuple[str, Item] | None:
-        def long() -> int:
-            nonlocal pos
-            shift = result = 0
-            while True:
-                b = data[pos]
-                pos += 1
-                result |= (b & 0x7F) << shift
-                if b < 0x80:
-                    return (result >> 1) ^ -(result & 1)
-                shift += 7
-                if shift > 63:
-                    raise ValueError("varint too long")
-
-        def string() -> str:
-            nonlocal pos
-            n = long()
-            if n < 0 or pos + n > len(data):
-                raise ValueError("bad string length")
-            pos += n
-            return data[pos - n : pos].decode()
-
-        def optional() -> str | None:
-            branch = long()
-            if branch == 0:
-                return None
-            if branch != 1:
-                raise ValueError("bad union branch")
-            return string()
-
-        event_id = string()
-        vendor_index = long()
-        string()  # vendor_event_id
-        vendor_event_type = string()
-        type_index = long()
-        if type_index not in self.wanted and not (
-            vendor_index == self.segment and self.conversion_events
-        ):
-            return None
-        long()  # channel
-        occurred_at = long()
-        user = optional()
-        if not user:
-            return None
-        optional()  # device_id
-        event = {
-            "event_id": event_id,
-            "vendor": self.vendors[vendor_index],
-            "vendor_event_type": vendor_event_type,
-            "event_type": self.types[type_index],
-            "occurred_at": occurred_at,
-            "user_id": user,
-            "campaign_id": optional(),
-            "campaign_name": optional(),
-            "message_id": optional(),
-        }
-        optional()  # message_name
-        optional()  # experiment_id
-        event["variant_id"] = optional()
-        optional()  # link_url
-        optional()  # error
-        event["app_id"] = optional()
-        return from_canonical(event, self.conversion_events)

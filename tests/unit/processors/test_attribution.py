@@ -379,20 +379,17 @@ def test_the_attribution_query_defaults_and_refusals() -> None:
         assert err.value.parameter == name
 
 
-def test_the_canonical_reader_reads_what_a_full_decode_reads() -> None:
-    """The feed's hand-written reader of canonical events' first fields against fastavro's full
-    decode, on events of every type and vendor, with and without the optional fields."""
-    import orjson
-
+def test_the_raw_path_reads_what_a_full_decode_of_events_reads() -> None:
+    """The raw path's reading of its canonical events (:func:`from_event`) against what reading
+    them back from ``events`` gives (:func:`from_canonical` of fastavro's decode), on events of
+    every type and vendor, with and without the optional fields."""
     from crmstream.serde import AvroSerde
-    from processors.attribution import CanonicalReader, NotOurs
+    from processors.attribution import from_event
     from processors.normalize.model import Channel, EventType, Vendor, make
     from processors.records import RawPosition, canonical_record
 
     serde = AvroSerde(Settings())
-    info = serde.schema("CanonicalEvent")
     names = conversion_names(["Order Completed"])
-    reader = CanonicalReader(info.single_object_header, orjson.loads(info.text), names)
     rng = random.Random(5)
     pos = RawPosition("raw.x", 0, 0, T0, {})
     vendors = [v for v in Vendor if v.value != "UNKNOWN"]
@@ -421,13 +418,27 @@ def test_the_canonical_reader_reads_what_a_full_decode_reads() -> None:
         )
         data = serde.encode("CanonicalEvent", canonical_record(event, pos, T0), "events")
         _, record = serde.decode(data, "events")
-        assert reader.read(data) == from_canonical(record, names), record
-        checked += reader.read(data) is not None
+        assert from_event(event, names) == from_canonical(record, names), record
+        checked += from_event(event, names) is not None
     assert checked > 50
-    with pytest.raises(NotOurs):
-        reader.read(b"\x00\x00\x00\x00\x01rest")  # the Confluent wire format: decoded in full
-    with pytest.raises(NotOurs):
-        reader.read(info.single_object_header + b"\xff")  # does not parse
+
+
+def test_input_records_are_one_per_partition_with_each_users_items_in_order() -> None:
+    from processors.attribution import decode_record, input_records
+
+    t1 = Touch("AIRSHIP:1", T0, "AIRSHIP", "a", "c1", "SEND", variant_id="2")
+    t2 = Touch("SEGMENT:2", T0 + 1, "SEGMENT", "", "c2", "DELIVERY")
+    c1 = Conversion("SEGMENT:3", "u1", "Order Completed", T0 + 2, "SEGMENT")
+    found = [("u1", t1), ("u2", t2), ("u1", c1), ("u3", t2)]
+    records = input_records(found, lambda key: {b"u1": 0, b"u2": 1, b"u3": 0}[key])
+    assert sorted(records) == [0, 1]
+    assert decode_record(b"0", records[0]) == [("u1", [t1, c1]), ("u3", [t2])]
+    assert decode_record(b"1", records[1]) == [("u2", [t2])]
+    # A record written before (one user's items, keyed by the user) still reads.
+    assert decode_record(b"u1", encode_items([t1, c1])) == [("u1", [t1, c1])]
+    for key, value in ((b"", encode_items([t1])), (b"0", b'{"u":[]}'), (b"0", b'{"u":{"":[]}}')):
+        with pytest.raises((ValueError, KeyError, TypeError)):
+            decode_record(key, value)
 
 
 def test_conversion_event_names_are_read_and_checked() -> None:
