@@ -42,6 +42,9 @@ table (one partition, so one order):
    time (a touch is held for the longest window after the user's newest record, so a conversion
    later than that finds none). A touch arriving after a conversion it precedes never re-attributes
    it: an attribution, once sent, stands;
+   A conversion no touch gets is **unattributed**, counted per conversion name and hour with
+   why: :data:`NO_EXPOSURE` (no touch of the user at or before it) or :data:`OUTSIDE_WINDOW` (a
+   touch before it, none within its window);
 4. a conversion seen before while it is held (same conversion id: a replay after a crash, or a
    customer's ``conversion_id`` sent twice) is not decided again, however many touches arrived
    in between. Its attribution, if it made one that Kafka has not been seen to acknowledge, is
@@ -430,18 +433,22 @@ class UserState:
     """The latest ``occurred_at`` of any item (what holding is measured from)."""
     updated_ms: int = 0
     """Wall clock of the last write (what the expiry of idle users reads)."""
+    first: int | None = None
+    """The earliest ``occurred_at`` of the user's touches (held or no longer): whether an
+    unattributed conversion came after an exposure (:data:`OUTSIDE_WINDOW`)."""
 
     def encode(self) -> bytes:
-        return orjson.dumps(
-            {
-                "t": [t.to_json() for t in self.touches],
-                "s": self.seen,
-                "a": self.sent,
-                "c": self.credits,
-                "n": self.newest,
-                "u": self.updated_ms,
-            }
-        )
+        body: dict[str, Any] = {
+            "t": [t.to_json() for t in self.touches],
+            "s": self.seen,
+            "a": self.sent,
+            "c": self.credits,
+            "n": self.newest,
+            "u": self.updated_ms,
+        }
+        if self.first is not None:
+            body["f"] = self.first
+        return orjson.dumps(body)
 
     @classmethod
     def decode(cls, value: bytes | None) -> UserState:
@@ -455,6 +462,7 @@ class UserState:
             dict(d["c"]),
             int(d["n"]),
             int(d["u"]),
+            None if d.get("f") is None else int(d["f"]),
         )
 
 
@@ -528,6 +536,20 @@ class Outcome:
     """Attributions of replayed conversions, to send again (never counted again)."""
     touches_dropped: int = 0
     """Touches beyond :data:`MAX_TOUCHES` of one user."""
+    misses: list[tuple[Conversion, str]] = field(default_factory=list)
+    """The conversions attributed to nothing, with why (:data:`NO_EXPOSURE` or
+    :data:`OUTSIDE_WINDOW`), counted in the hourly totals (:func:`unattributed_rows`)."""
+
+
+NO_EXPOSURE = "no_exposure"
+"""An unattributed conversion with no touch of the user at or before its time (the user's
+touches are remembered as long as the user's state: a user idle for longer than the longest
+window is forgotten, :meth:`processors.attribution_path.AttributionTable.expire`)."""
+OUTSIDE_WINDOW = "outside_window"
+"""An unattributed conversion whose user had a touch before it, but none within the conversion
+name's window (nor held: a touch is held for the longest window after the user's newest item)."""
+UNATTRIBUTED = ""
+"""The campaign of the hourly totals of unattributed conversions (no campaign key is empty)."""
 
 
 def attribution_id(conversion_id: str, campaign: str) -> str:
@@ -567,6 +589,8 @@ def apply(
     for item in items:
         state.newest = max(state.newest, item.at)
         if isinstance(item, Touch):
+            if state.first is None or item.at < state.first:
+                state.first = item.at
             if item.event_id not in ids:
                 ids.add(item.event_id)
                 state.touches.append(item)
@@ -586,6 +610,8 @@ def apply(
         touch = last_touch(state.touches, item.at, reach) if reach >= 0 else None
         if touch is None:
             outcome.unattributed += 1
+            exposed = state.first is not None and state.first <= item.at
+            outcome.misses.append((item, OUTSIDE_WINDOW if exposed else NO_EXPOSURE))
             continue
         key = credit_key(touch.campaign, item.name)
         if state.credits.get(key, held - 1) >= held:
@@ -638,6 +664,12 @@ class Tally:
     """Per currency (``""``: a value without a currency), the exposed group's values."""
     control_value: dict[str, float] = field(default_factory=dict)
     campaign_name: str | None = None
+    missed: dict[str, int] = field(default_factory=dict)
+    """Of the hour's unattributed conversions (campaign :data:`UNATTRIBUTED`): how many, by
+    why (:data:`NO_EXPOSURE`, :data:`OUTSIDE_WINDOW`)."""
+
+    def miss(self, why: str) -> None:
+        self.missed[why] = self.missed.get(why, 0) + 1
 
     def add(self, a: Attribution) -> None:
         c = a.conversion
@@ -659,24 +691,34 @@ class Tally:
             for cur, v in theirs.items():
                 mine[cur] = mine.get(cur, 0.0) + v
         self.campaign_name = other.campaign_name or self.campaign_name
+        for why, n in other.missed.items():
+            self.missed[why] = self.missed.get(why, 0) + n
 
     def encode(self) -> bytes:
-        return orjson.dumps(
-            {
-                "n": self.conversions,
-                "nc": self.control_conversions,
-                "v": self.value,
-                "vc": self.control_value,
-                "cn": self.campaign_name,
-            }
-        )
+        body: dict[str, Any] = {
+            "n": self.conversions,
+            "nc": self.control_conversions,
+            "v": self.value,
+            "vc": self.control_value,
+            "cn": self.campaign_name,
+        }
+        if self.missed:
+            body["m"] = self.missed
+        return orjson.dumps(body)
 
     @classmethod
     def decode(cls, value: bytes | None) -> Tally:
         if value is None:
             return cls()
         d = orjson.loads(value)
-        return cls(int(d["n"]), int(d["nc"]), dict(d["v"]), dict(d["vc"]), d.get("cn"))
+        return cls(
+            int(d["n"]),
+            int(d["nc"]),
+            dict(d["v"]),
+            dict(d["vc"]),
+            d.get("cn"),
+            {str(k): int(n) for k, n in (d.get("m") or {}).items()},
+        )
 
 
 def bucket_of(at: int) -> int:
@@ -688,6 +730,8 @@ def rows(tallies: Iterable[tuple[str, str, Tally]]) -> list[dict[str, Any]]:
     and campaign (the names summed; ``names`` breaks them down), most conversions first."""
     merged: dict[str, dict[str, Tally]] = {}
     for campaign, name, tally in tallies:
+        if campaign == UNATTRIBUTED:
+            continue
         merged.setdefault(campaign, {}).setdefault(name, Tally()).merge(tally)
     out: list[dict[str, Any]] = []
     for campaign, by_name in merged.items():
@@ -714,6 +758,24 @@ def rows(tallies: Iterable[tuple[str, str, Tally]]) -> list[dict[str, Any]]:
     out.sort(
         key=lambda r: (-r["conversions"], -r["control_conversions"], r["vendor"], r["campaign_id"])
     )
+    return out
+
+
+def unattributed_rows(tallies: Iterable[tuple[str, str, Tally]]) -> list[dict[str, Any]]:
+    """``GET /api/attribution``'s ``unattributed``: per conversion name, the conversions credited
+    to no campaign, and why (:data:`NO_EXPOSURE`, :data:`OUTSIDE_WINDOW`); most first."""
+    by_name: dict[str, dict[str, int]] = {}
+    for campaign, name, tally in tallies:
+        if campaign != UNATTRIBUTED:
+            continue
+        counts = by_name.setdefault(name, {NO_EXPOSURE: 0, OUTSIDE_WINDOW: 0})
+        for why, n in tally.missed.items():
+            counts[why] = counts.get(why, 0) + n
+    out = [
+        {"name": name, "conversions": sum(counts.values()), **counts}
+        for name, counts in by_name.items()
+    ]
+    out.sort(key=lambda r: (-r["conversions"], r["name"]))
     return out
 
 

@@ -10,6 +10,11 @@ Parameters: ``from``, ``to`` (epoch ms; the hours of conversion time whose start
 ``[from rounded down to the hour, to)``; default: the 30 days up to the end of the current hour),
 ``name`` (one conversion name), ``vendor``, ``app_id``. A token limited to some apps sees only
 their campaigns (:mod:`processors.api.auth`).
+
+Besides one row per vendor and campaign (``campaigns``), ``unattributed`` has one row per
+conversion name of the conversions credited to no campaign, with why
+(:data:`processors.attribution.NO_EXPOSURE`, :data:`processors.attribution.OUTSIDE_WINDOW`);
+they belong to no vendor or app, so a query (or a token) for some leaves them out.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from processors.api.query import (
     _time,
 )
 from processors.api.server import app_ids_of, wall_clock_ms
-from processors.attribution import BUCKET_MS, Tally, rows
+from processors.attribution import BUCKET_MS, UNATTRIBUTED, Tally, rows, unattributed_rows
 from processors.campaigns import split_campaign_key
 
 log = logging.getLogger("crmstream.api")
@@ -56,6 +61,10 @@ class AttributionQuery:
     app_ids: frozenset[str] | None
 
     def matches(self, campaign: str) -> bool:
+        if campaign == UNATTRIBUTED:
+            # Credited to no campaign, so of no vendor or app: left out when the query (or the
+            # token) asks for some.
+            return self.vendor is None and self.app_id is None and self.app_ids is None
         vendor, app_id, _ = split_campaign_key(campaign)
         return (
             (self.vendor is None or vendor == self.vendor)
@@ -192,7 +201,9 @@ def public_handler(
             query = parse_query(request.query.items(), now_ms(), app_ids_of(request))
         except QueryError as exc:
             return _json(exc.body(), 400)
-        found = rows(await source.tallies(query)) if source is not None else []
+        tallies = await source.tallies(query) if source is not None else []
+        found = rows(tallies)
+        missed = unattributed_rows(tallies)
         return _json(
             {
                 "enabled": source is not None,
@@ -201,7 +212,9 @@ def public_handler(
                 "name": query.name,
                 "conversions": sum(r["conversions"] for r in found),
                 "control_conversions": sum(r["control_conversions"] for r in found),
+                "unattributed_conversions": sum(r["conversions"] for r in missed),
                 "campaigns": found,
+                "unattributed": missed,
             }
         )
 

@@ -53,6 +53,7 @@ from crmstream import metrics
 from crmstream.errors import SerdeError
 from crmstream.serde import AvroSerde
 from processors.attribution import (
+    UNATTRIBUTED,
     Attribution,
     Conversion,
     Item,
@@ -318,6 +319,7 @@ class AttributionTable:
         states = {u: UserState.decode(v) for u, v in zip(users, stored, strict=True)}
         made: list[Attribution] = []
         outcome.resend.clear()
+        outcome.misses.clear()
         fresh: set[str] = set()
         for user, items in entries:
             made += apply(states[user], items, self.windows, outcome, fresh)
@@ -325,6 +327,8 @@ class AttributionTable:
         for a in made:
             key = tally_key(bucket_of(a.conversion.at), a.touch.campaign, a.conversion.name)
             tallies.setdefault(key, Tally())
+        for c, _ in outcome.misses:
+            tallies.setdefault(tally_key(bucket_of(c.at), UNATTRIBUTED, c.name), Tally())
         held = self.table.get_many(partition, list(tallies))
         for key, value in zip(list(tallies), held, strict=True):
             tallies[key] = Tally.decode(value)
@@ -332,6 +336,8 @@ class AttributionTable:
             tallies[tally_key(bucket_of(a.conversion.at), a.touch.campaign, a.conversion.name)].add(
                 a
             )
+        for c, why in outcome.misses:
+            tallies[tally_key(bucket_of(c.at), UNATTRIBUTED, c.name)].miss(why)
         for a in [*made, *outcome.resend]:
             outputs.send(
                 self.attributions_topic,
