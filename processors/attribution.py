@@ -45,12 +45,18 @@ table (one partition, so one order):
    A conversion no touch gets is **unattributed**, counted per conversion name and hour with
    why: :data:`NO_EXPOSURE` (no touch of the user at or before it) or :data:`OUTSIDE_WINDOW` (a
    touch before it, none within its window);
-4. a conversion seen before while it is held (same conversion id: a replay after a crash, or a
-   customer's ``conversion_id`` sent twice) is not decided again, however many touches arrived
-   in between. Its attribution, if it made one that Kafka has not been seen to acknowledge, is
-   sent again as it was (same id, same content, counted once): a crash can leave the table's
-   changelog with a batch whose attributions never reached Kafka, and the replay then finds the
-   conversion seen. Once acknowledged (:func:`confirm`), a replay sends nothing.
+4. a replay after a crash (an ``attribution-inputs`` record at or below the offset the user's
+   state last applied) decides nothing again; nor does a conversion id seen before (sent again
+   by the raw path or the ``conversions`` feed replaying a batch, or a customer's
+   ``conversion_id`` sent twice) while it is remembered: for the longest window after the
+   user's newest item when it was decided, and among the user's latest
+   :data:`RECENT_CONVERSIONS` conversion ids whatever their time (a replay of a few batches
+   finds them however far the user's time moved in between). It is not decided again,
+   however many touches arrived in between. Its attribution, if it made one that Kafka has not
+   been seen to acknowledge, is sent again as it was (same id, same content, counted once): a
+   crash can leave the table's changelog with a batch whose attributions never reached Kafka,
+   and the replay then finds the conversion seen. Once acknowledged (:func:`confirm`), a replay
+   sends nothing.
 
 The attribution id is a hash of the conversion id and the campaign key, so a replay that sends an
 attribution again sends the same id.
@@ -82,6 +88,8 @@ SEGMENT = "SEGMENT"
 
 MAX_TOUCHES = 200
 """Touches held per user (the newest); a user sent more within the window loses the oldest."""
+RECENT_CONVERSIONS = 64
+"""A user's latest conversion ids kept as seen whatever their time (rule 4)."""
 MAX_NAME = 200
 """Longest conversion name accepted (characters)."""
 
@@ -423,7 +431,8 @@ class UserState:
 
     touches: list[Touch] = field(default_factory=list)
     seen: dict[str, int] = field(default_factory=dict)
-    """Conversion ids processed, with their time."""
+    """Conversion ids processed, with the user's newest time when they were (what holding them
+    is measured from)."""
     sent: dict[str, Any] = field(default_factory=dict)
     """Conversion id -> ``{"a": the attribution it made (:meth:`Attribution.to_json`), "ok":
     whether Kafka acknowledged it}``: one not acknowledged is sent again on a replay."""
@@ -436,6 +445,9 @@ class UserState:
     first: int | None = None
     """The earliest ``occurred_at`` of the user's touches (held or no longer): whether an
     unattributed conversion came after an exposure (:data:`OUTSIDE_WINDOW`)."""
+    offset: int = -1
+    """The ``attribution-inputs`` offset of the last record applied (the user's partition):
+    a record at or below it is a replay (:func:`apply`'s ``replay``)."""
 
     def encode(self) -> bytes:
         body: dict[str, Any] = {
@@ -448,6 +460,8 @@ class UserState:
         }
         if self.first is not None:
             body["f"] = self.first
+        if self.offset >= 0:
+            body["o"] = self.offset
         return orjson.dumps(body)
 
     @classmethod
@@ -463,6 +477,7 @@ class UserState:
             int(d["n"]),
             int(d["u"]),
             None if d.get("f") is None else int(d["f"]),
+            int(d.get("o", -1)),
         )
 
 
@@ -577,14 +592,31 @@ def apply(
     windows: Windows,
     outcome: Outcome,
     fresh: set[str] | None = None,
+    *,
+    replay: bool = False,
 ) -> list[Attribution]:
     """Apply a user's items, in order, to ``state`` (the rule of the module docstring); the
     attributions they make. ``fresh``: the conversion ids attributed earlier in the same batch
-    (their attributions are being sent: a copy is not sent again). ``state`` is pruned
+    (their attributions are being sent: a copy is not sent again). ``replay``: the items were
+    applied to ``state`` before (the attribution table knows it by the input record's offset,
+    :attr:`UserState.offset`), so nothing is decided or counted again however far the user's
+    time moved since. ``state`` is pruned
     afterwards: touches, seen conversions and credits older than the longest window before the
     user's newest item go."""
     out: list[Attribution] = []
     fresh = set() if fresh is None else fresh
+    if replay:
+        # Items the state holds already (a record at or below its offset): every conversion
+        # among them was decided, whatever the times since; only an attribution Kafka was not
+        # seen to acknowledge is sent again (rule 4).
+        for item in items:
+            if isinstance(item, Conversion):
+                outcome.replayed += 1
+                again = state.sent.get(item.conversion_id)
+                if again is not None and not again["ok"] and item.conversion_id not in fresh:
+                    fresh.add(item.conversion_id)
+                    outcome.resend.append(Attribution.from_json(again["a"]))
+        return out
     ids = {t.event_id for t in state.touches}
     for item in items:
         state.newest = max(state.newest, item.at)
@@ -598,13 +630,17 @@ def apply(
         # What is older than the longest window before the newest item is no longer held
         # (pruning only drops it afterwards): the decision does not depend on where batches end.
         held = state.newest - windows.longest_ms
-        if state.seen.get(item.conversion_id, held - 1) >= held:
+        if _remembered(state.seen, item.conversion_id, held):
             outcome.replayed += 1
             again = state.sent.get(item.conversion_id)
             if again is not None and not again["ok"] and item.conversion_id not in fresh:
                 outcome.resend.append(Attribution.from_json(again["a"]))
             continue
-        state.seen[item.conversion_id] = item.at
+        # Remembered for the longest window after the user's newest item now, not after the
+        # conversion's own time: a late conversion (older than what is held) is remembered too,
+        # so that a replay does not count it a second time.
+        state.seen.pop(item.conversion_id, None)  # to the end: the order of decisions
+        state.seen[item.conversion_id] = state.newest
         window = windows.of(item.name)
         reach = min(window, item.at - held)
         touch = last_touch(state.touches, item.at, reach) if reach >= 0 else None
@@ -627,6 +663,18 @@ def apply(
     return out
 
 
+def _remembered(seen: dict[str, int], conversion_id: str, held: int) -> bool:
+    """Whether a conversion id was decided and is still remembered (rule 4): for the longest
+    window after the user's newest time then, or among the latest :data:`RECENT_CONVERSIONS`
+    (what :func:`_prune` keeps; the same whatever the batches)."""
+    when = seen.get(conversion_id)
+    if when is None:
+        return False
+    if when >= held:
+        return True
+    return list(seen).index(conversion_id) >= len(seen) - RECENT_CONVERSIONS
+
+
 def confirm(state: UserState) -> bool:
     """Mark the state's attributions acknowledged by Kafka; whether any was not."""
     changed = False
@@ -643,7 +691,8 @@ def _prune(state: UserState, hold_ms: int, outcome: Outcome) -> None:
         outcome.touches_dropped += len(touches) - MAX_TOUCHES
         touches = touches[-MAX_TOUCHES:]
     state.touches = touches
-    state.seen = {k: v for k, v in state.seen.items() if v >= oldest}
+    recent = len(state.seen) - RECENT_CONVERSIONS  # the dict keeps the order of decisions
+    state.seen = {k: v for n, (k, v) in enumerate(state.seen.items()) if v >= oldest or n >= recent}
     state.sent = {k: v for k, v in state.sent.items() if k in state.seen}
     state.credits = {k: v for k, v in state.credits.items() if v >= oldest}
 
@@ -771,12 +820,10 @@ def unattributed_rows(tallies: Iterable[tuple[str, str, Tally]]) -> list[dict[st
         counts = by_name.setdefault(name, {NO_EXPOSURE: 0, OUTSIDE_WINDOW: 0})
         for why, n in tally.missed.items():
             counts[why] = counts.get(why, 0) + n
-    out = [
-        {"name": name, "conversions": sum(counts.values()), **counts}
-        for name, counts in by_name.items()
+    ranked = sorted(by_name.items(), key=lambda kv: (-sum(kv[1].values()), kv[0]))
+    return [
+        {"name": name, "conversions": sum(counts.values()), **counts} for name, counts in ranked
     ]
-    out.sort(key=lambda r: (-r["conversions"], r["name"]))
-    return out
 
 
 def _rounded(sums: Mapping[str, float]) -> dict[str, float]:

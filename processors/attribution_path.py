@@ -259,14 +259,18 @@ class AttributionTable:
         self.lock = asyncio.Lock()
 
     async def apply(
-        self, parsed: Iterable[tuple[int, str, list[Item]]], outputs: Outputs, now_ms: int
+        self,
+        parsed: Iterable[tuple[int, str, list[Item], int]],
+        outputs: Outputs,
+        now_ms: int,
     ) -> Outcome:
-        """Apply a batch's (partition, user, items), in order; send the attributions and the
-        changelog records, and write the table once Kafka acknowledged them."""
+        """Apply a batch's (partition, user, items, input offset), in order; send the
+        attributions and the changelog records, and write the table once Kafka acknowledged
+        them. A user's record at or below the offset its state last applied is a replay."""
         outcome = Outcome()
-        by_partition: dict[int, list[tuple[str, list[Item]]]] = {}
-        for partition, user, items in parsed:
-            by_partition.setdefault(partition, []).append((user, items))
+        by_partition: dict[int, list[tuple[str, list[Item], int]]] = {}
+        for partition, user, items, offset in parsed:
+            by_partition.setdefault(partition, []).append((user, items, offset))
         async with self.lock:
             writes: list[tuple[int, list[TableItem]]] = []
             crediting: list[tuple[int, dict[str, UserState]]] = []
@@ -307,22 +311,26 @@ class AttributionTable:
     def _apply_partition(
         self,
         partition: int,
-        entries: list[tuple[str, list[Item]]],
+        entries: list[tuple[str, list[Item], int]],
         outputs: Outputs,
         now_ms: int,
         outcome: Outcome,
     ) -> tuple[list[TableItem], dict[str, UserState]]:
         """The partition's changed keys, and the users whose state holds an attribution not
         yet acknowledged."""
-        users = list(dict.fromkeys(user for user, _ in entries))
+        users = list(dict.fromkeys(user for user, _, _ in entries))
         stored = self.table.get_many(partition, [user_key(u) for u in users])
         states = {u: UserState.decode(v) for u, v in zip(users, stored, strict=True)}
         made: list[Attribution] = []
         outcome.resend.clear()
         outcome.misses.clear()
         fresh: set[str] = set()
-        for user, items in entries:
-            made += apply(states[user], items, self.windows, outcome, fresh)
+        for user, items, offset in entries:
+            state = states[user]
+            replay = offset <= state.offset
+            made += apply(state, items, self.windows, outcome, fresh, replay=replay)
+            if not replay:
+                state.offset = offset
         tallies: dict[bytes, Tally] = {}
         for a in made:
             key = tally_key(bucket_of(a.conversion.at), a.touch.campaign, a.conversion.name)
@@ -426,7 +434,7 @@ class AttributionPath:
             await self.ready()
             now_ms = time.time_ns() // 1_000_000
             ends: dict[TP, int] = {}
-            parsed: list[tuple[int, str, list[Item]]] = []
+            parsed: list[tuple[int, str, list[Item], int]] = []
             for event in admitted:
                 message = event.message
                 ends[message.tp] = message.offset + 1
@@ -443,7 +451,9 @@ class AttributionPath:
                         now_ms,
                     )
                     continue
-                parsed += [(message.partition, user, items) for user, items in users]
+                parsed += [
+                    (message.partition, user, items, message.offset) for user, items in users
+                ]
             await self.table.apply(parsed, self.outputs, now_ms)
             self.positioning.durable(ends)
         finally:

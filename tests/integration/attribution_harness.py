@@ -23,6 +23,7 @@ from confluent_kafka import Producer
 from crmstream.kafka import producer_config
 from crmstream.settings import Settings
 from processors.attribution import (
+    UNATTRIBUTED,
     Attribution,
     Conversion,
     Item,
@@ -34,6 +35,7 @@ from processors.attribution import (
     apply,
     from_event,
     rows,
+    unattributed_rows,
 )
 from processors.normalize import normalize
 from processors.normalize.model import (
@@ -199,13 +201,25 @@ class Expected:
                 out[a.attribution_id] = a
         return out
 
+    def tallies(self) -> list[tuple[str, str, Tally]]:
+        out: list[tuple[str, str, Tally]] = []
+        for items in self.items.values():
+            outcome = Outcome()
+            for a in apply(UserState(), items, self.windows, outcome):
+                tally = Tally()
+                tally.add(a)
+                out.append((a.touch.campaign, a.conversion.name, tally))
+            for c, why in outcome.misses:
+                tally = Tally()
+                tally.miss(why)
+                out.append((UNATTRIBUTED, c.name, tally))
+        return out
+
     def rows(self) -> list[dict[str, Any]]:
-        tallies: list[tuple[str, str, Tally]] = []
-        for a in self.attributions().values():
-            tally = Tally()
-            tally.add(a)
-            tallies.append((a.touch.campaign, a.conversion.name, tally))
-        return rows(tallies)
+        return rows(self.tallies())
+
+    def unattributed(self) -> list[dict[str, Any]]:
+        return unattributed_rows(self.tallies())
 
 
 def wait_for(check: Any, timeout: float, what: str) -> None:

@@ -233,6 +233,20 @@ def test_conversions_are_credited_to_the_last_touch_across_vendors(
             body = response.json()
             assert body["campaigns"] == want_rows, f"{port}\n{body['campaigns']}\n{want_rows}"
             assert body["conversions"] == 4 and body["control_conversions"] == 1
+            # u3 converted after the window of its touch, u4 before any exposure.
+            assert (
+                body["unattributed"]
+                == expected.unattributed()
+                == [
+                    {
+                        "name": "Order Completed",
+                        "conversions": 2,
+                        "no_exposure": 1,
+                        "outside_window": 1,
+                    }
+                ]
+            )
+            assert body["unattributed_conversions"] == 2
         first = want_rows[0]
         assert (first["vendor"], first["campaign_id"], first["conversions"]) == (
             "AIRSHIP",

@@ -204,8 +204,9 @@ def test_kill_9_while_attributing_credits_every_conversion_exactly_once(
             assert seen[aid] == a.record(0), (context, seen[aid], a.record(0))
         assert len(want) > 50 and any(a.control for a in want.values())
 
-        rows = _get(api, {"from": t0 - D, "to": t0 + 10 * D})["campaigns"]
-        assert rows == expected.rows(), (context, rows, expected.rows())
+        body = _get(api, {"from": t0 - D, "to": t0 + 10 * D})
+        assert body["campaigns"] == expected.rows(), (context, body["campaigns"], expected.rows())
+        assert body["unattributed"] == expected.unattributed(), (context, body["unattributed"])
     finally:
         worker.stop()
 
