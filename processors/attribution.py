@@ -64,6 +64,7 @@ attribution again sends the same id.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import math
 import re
@@ -77,6 +78,7 @@ from processors.campaigns import campaign_key, split_campaign_key
 from processors.normalize.common import RecordError, iso_to_ms
 from processors.normalize.model import CanonicalEvent, RejectReason
 from processors.records import MAX_TIMESTAMP_MS
+from processors.uniques import DEFAULT_LG_K, Sketch, Union
 
 TOUCH_TYPES = frozenset({"SEND", "DELIVERY", "IMPRESSION", "CONTROL"})
 """Canonical event types that are a touch (see the module docstring)."""
@@ -716,12 +718,19 @@ class Tally:
     missed: dict[str, int] = field(default_factory=dict)
     """Of the hour's unattributed conversions (campaign :data:`UNATTRIBUTED`): how many, by
     why (:data:`NO_EXPOSURE`, :data:`OUTSIDE_WINDOW`)."""
+    converted: dict[str, bytes] = field(default_factory=dict)
+    """Per :func:`variant_key` of the winning touch, the sketch of the users credited
+    (``u:<user_id>``, as the stats' recipients): the lift's converted recipients."""
 
     def miss(self, why: str) -> None:
         self.missed[why] = self.missed.get(why, 0) + 1
 
     def add(self, a: Attribution) -> None:
         c = a.conversion
+        key = variant_key(a.touch)
+        sketch = Sketch(self.converted.get(key), CONVERTED_LG_K)
+        sketch.update("u:" + c.user_id)
+        self.converted[key] = sketch.image()
         if a.control:
             self.control_conversions += 1
         else:
@@ -742,6 +751,8 @@ class Tally:
         self.campaign_name = other.campaign_name or self.campaign_name
         for why, n in other.missed.items():
             self.missed[why] = self.missed.get(why, 0) + n
+        for key, image in other.converted.items():
+            self.converted[key] = _united(self.converted.get(key), image)
 
     def encode(self) -> bytes:
         body: dict[str, Any] = {
@@ -753,6 +764,8 @@ class Tally:
         }
         if self.missed:
             body["m"] = self.missed
+        if self.converted:
+            body["cv"] = {k: base64.b64encode(v).decode() for k, v in self.converted.items()}
         return orjson.dumps(body)
 
     @classmethod
@@ -767,7 +780,47 @@ class Tally:
             dict(d["vc"]),
             d.get("cn"),
             {str(k): int(n) for k, n in (d.get("m") or {}).items()},
+            {str(k): base64.b64decode(v) for k, v in (d.get("cv") or {}).items()},
         )
+
+
+CONVERTED_LG_K = DEFAULT_LG_K
+"""The precision of :attr:`Tally.converted` (exact up to a few hundred users per key, as the
+stats' sketches)."""
+CONTROL_KEY = "g:control"
+"""The :func:`variant_key` of the holdout's CONTROL touches, whatever variant id they carry
+(as the stats' control group, :data:`processors.records.BREAKDOWN_RULES`)."""
+NO_VARIANT_KEY = "n"
+"""The :func:`variant_key` of touches without a variant id."""
+
+
+def variant_key(touch: Touch) -> str:
+    """Which of the campaign's variant rows a credit goes to: the control group for a CONTROL
+    touch, else ``v:<variant_id>`` of the touch, else :data:`NO_VARIANT_KEY`."""
+    if touch.event_type == CONTROL:
+        return CONTROL_KEY
+    if touch.variant_id is not None:
+        return "v:" + touch.variant_id
+    return NO_VARIANT_KEY
+
+
+def _united(a: bytes | None, b: bytes) -> bytes:
+    if a is None:
+        return b
+    union = Union(CONVERTED_LG_K)
+    union.add_all([a, b])
+    return union.image() or b
+
+
+def converted_of(tallies: Iterable[tuple[str, str, Tally]], campaign: str) -> dict[str, bytes]:
+    """The users credited to ``campaign`` (every conversion name) per :func:`variant_key`, over
+    the tallies (hours and partitions): each user once per key."""
+    out: dict[str, bytes] = {}
+    for found, _, tally in tallies:
+        if found == campaign:
+            for key, image in tally.converted.items():
+                out[key] = _united(out.get(key), image)
+    return out
 
 
 def bucket_of(at: int) -> int:

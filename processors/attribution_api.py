@@ -35,13 +35,21 @@ from processors.api.query import (
     MAX_TEXT,
     TIME_END_MS,
     VENDORS,
+    CampaignQuery,
     QueryError,
     _single_values,
     _time,
 )
 from processors.api.server import app_ids_of, wall_clock_ms
-from processors.attribution import BUCKET_MS, UNATTRIBUTED, Tally, rows, unattributed_rows
-from processors.campaigns import split_campaign_key
+from processors.attribution import (
+    BUCKET_MS,
+    UNATTRIBUTED,
+    Tally,
+    converted_of,
+    rows,
+    unattributed_rows,
+)
+from processors.campaigns import campaign_key, split_campaign_key
 
 log = logging.getLogger("crmstream.api")
 
@@ -168,6 +176,23 @@ class AttributionSource:
         for part in remote:
             out.extend(part)
         return out
+
+    async def converted(self, query: CampaignQuery) -> dict[str, bytes]:
+        """The users credited to the campaign of ``query`` per variant
+        (:func:`processors.attribution.converted_of`), for the conversions in the hours of its
+        range, every worker's partitions together."""
+        key = query.key
+        found = await self.tallies(
+            AttributionQuery(
+                query.range.from_ms,
+                min(query.range.to_ms, TIME_END_MS),
+                None,
+                key.vendor,
+                None,
+                None,
+            )
+        )
+        return converted_of(found, campaign_key(key.vendor, key.app_id or "", key.campaign_id))
 
     async def _forward(self, url: str, query: AttributionQuery) -> list[tuple[str, str, Tally]]:
         if urlsplit(url).port == 0:
