@@ -63,7 +63,7 @@ from processors.attribution import BUCKET_MS as ATTRIBUTION_BUCKET_MS
 from processors.attribution import conversion_names, windows_of
 from processors.attribution_api import AttributionSource
 from processors.attribution_path import STREAM as ATTRIBUTION
-from processors.attribution_path import AttributionPath, AttributionTable, FeedPath
+from processors.attribution_path import AttributionPath, AttributionTable, FeedPath, RawFeed
 from processors.cluster import ApiServer
 from processors.faust_engine import FaustEngine, Startable, Upgrade
 from processors.outputs import ConfluentOutputs, DeadLetters
@@ -162,14 +162,7 @@ class Worker:
         # The attribution agents' topics (CRM_ATTRIBUTION), placed like stats-updates.
         self.attribution_inputs_topic = settings.topic("attribution-inputs")
         self.attribution_topics = (
-            {
-                t: ATTRIBUTION
-                for t in (
-                    self.events_topic,
-                    settings.topic("conversions"),
-                    self.attribution_inputs_topic,
-                )
-            }
+            {t: ATTRIBUTION for t in (settings.topic("conversions"), self.attribution_inputs_topic)}
             if settings.attribution
             else {}
         )
@@ -230,6 +223,15 @@ class Worker:
             streams=self.attribution_topics,
         )
         dead_letters = DeadLetters(settings, self.serde, outputs, self._landed)
+        self.raw_feed = (
+            RawFeed(
+                outputs,
+                inputs_topic=self.attribution_inputs_topic,
+                conversion_events=conversion_names(settings.conversion_event_names()),
+            )
+            if settings.attribution
+            else None
+        )
         self.raw = RawPath(
             settings,
             engine,
@@ -242,6 +244,7 @@ class Worker:
             floors,
             vendor_of_topic=self.vendor_of_topic,
             ready=self.ready,
+            attribution=self.raw_feed.send if self.raw_feed is not None else None,
         )
         self.stats_path = StatsPath(
             engine,
@@ -282,10 +285,8 @@ class Worker:
             self.outputs,
             self.positioning,
             dead_letters,
-            events_topic=self.events_topic,
             conversions_topic=settings.topic("conversions"),
             inputs_topic=self.attribution_inputs_topic,
-            conversion_events=conversion_names(settings.conversion_event_names()),
             ready=self.ready,
         )
         self.attribution_path = AttributionPath(
@@ -317,7 +318,7 @@ class Worker:
         )
         if self.feed is not None and self.attribution_path is not None:
             engine.agent(
-                [self.events_topic, settings.topic("conversions")],
+                [settings.topic("conversions")],
                 "attribution-feed",
                 self.feed.process,
                 size=settings.stats_batch_size,

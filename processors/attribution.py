@@ -42,12 +42,21 @@ table (one partition, so one order):
    time (a touch is held for the longest window after the user's newest record, so a conversion
    later than that finds none). A touch arriving after a conversion it precedes never re-attributes
    it: an attribution, once sent, stands;
-4. a conversion seen before while it is held (same conversion id: a replay after a crash, or a
-   customer's ``conversion_id`` sent twice) is not decided again, however many touches arrived
-   in between. Its attribution, if it made one that Kafka has not been seen to acknowledge, is
-   sent again as it was (same id, same content, counted once): a crash can leave the table's
-   changelog with a batch whose attributions never reached Kafka, and the replay then finds the
-   conversion seen. Once acknowledged (:func:`confirm`), a replay sends nothing.
+   A conversion no touch gets is **unattributed**, counted per conversion name and hour with
+   why: :data:`NO_EXPOSURE` (no touch of the user at or before it) or :data:`OUTSIDE_WINDOW` (a
+   touch before it, none within its window);
+4. a replay after a crash (an ``attribution-inputs`` record at or below the offset the user's
+   state last applied) decides nothing again; nor does a conversion id seen before (sent again
+   by the raw path or the ``conversions`` feed replaying a batch, or a customer's
+   ``conversion_id`` sent twice) while it is remembered: for the longest window after the
+   user's newest item when it was decided, and among the user's latest
+   :data:`RECENT_CONVERSIONS` conversion ids whatever their time (a replay of a few batches
+   finds them however far the user's time moved in between). It is not decided again,
+   however many touches arrived in between. Its attribution, if it made one that Kafka has not
+   been seen to acknowledge, is sent again as it was (same id, same content, counted once): a
+   crash can leave the table's changelog with a batch whose attributions never reached Kafka,
+   and the replay then finds the conversion seen. Once acknowledged (:func:`confirm`), a replay
+   sends nothing.
 
 The attribution id is a hash of the conversion id and the campaign key, so a replay that sends an
 attribution again sends the same id.
@@ -55,10 +64,11 @@ attribution again sends the same id.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,8 +76,9 @@ import orjson
 
 from processors.campaigns import campaign_key, split_campaign_key
 from processors.normalize.common import RecordError, iso_to_ms
-from processors.normalize.model import RejectReason
+from processors.normalize.model import CanonicalEvent, RejectReason
 from processors.records import MAX_TIMESTAMP_MS
+from processors.uniques import DEFAULT_LG_K, Sketch, Union
 
 TOUCH_TYPES = frozenset({"SEND", "DELIVERY", "IMPRESSION", "CONTROL"})
 """Canonical event types that are a touch (see the module docstring)."""
@@ -79,6 +90,8 @@ SEGMENT = "SEGMENT"
 
 MAX_TOUCHES = 200
 """Touches held per user (the newest); a user sent more within the window loses the oldest."""
+RECENT_CONVERSIONS = 64
+"""A user's latest conversion ids kept as seen whatever their time (rule 4)."""
 MAX_NAME = 200
 """Longest conversion name accepted (characters)."""
 
@@ -211,7 +224,10 @@ def encode_items(items: Sequence[Item]) -> bytes:
 def decode_items(user_id: str, value: bytes) -> list[Item]:
     """An ``attribution-inputs`` value; ``ValueError`` (or ``KeyError``/``TypeError``) when it is
     not one."""
-    raw = orjson.loads(value)
+    return _items(user_id, orjson.loads(value))
+
+
+def _items(user_id: str, raw: Any) -> list[Item]:
     if not isinstance(raw, list):
         raise ValueError("not a list of items")
     out: list[Item] = []
@@ -262,6 +278,79 @@ def from_canonical(
     if name is None:
         return None
     return user, Conversion(event["event_id"], user, name, int(event["occurred_at"]), vendor)
+
+
+def from_event(
+    event: CanonicalEvent, conversion_events: Mapping[str, str]
+) -> tuple[str, Item] | None:
+    """:func:`from_canonical` of a canonical event as the raw path holds it (before encoding):
+    the raw path hands its batch's touches and conversions over where it produces them."""
+    user = event.user_id
+    if not user:
+        return None
+    event_type = event.event_type.value
+    if event_type in TOUCH_TYPES:
+        if not event.campaign_id:
+            return None
+        return user, Touch(
+            event.event_id,
+            event.occurred_at,
+            event.vendor.value,
+            event.app_id or "",
+            event.campaign_id,
+            event_type,
+            event.campaign_name,
+            event.message_id,
+            event.variant_id,
+        )
+    vendor = event.vendor.value
+    name: str | None = None
+    if event_type in VENDOR_CONVERSION_TYPES or (vendor, event_type) == LEANPLUM_GOAL_EXIT:
+        name = event.vendor_event_type
+    elif vendor == SEGMENT and conversion_events:
+        name = conversion_events.get(event.vendor_event_type.casefold())
+    if name is None:
+        return None
+    return user, Conversion(event.event_id, user, name, event.occurred_at, vendor)
+
+
+def input_records(
+    found: Iterable[tuple[str, Item]], partition_of: Callable[[bytes], int]
+) -> dict[int, bytes]:
+    """The ``attribution-inputs`` records of one batch's (user, item) pairs: one record per
+    partition (a Kafka record costs more than its items), each user's items in order under the
+    user (:func:`decode_record`). ``partition_of``: a user key's partition (murmur2, so that a
+    user's items from the raw path and from the ``conversions`` feed meet on one partition)."""
+    by_partition: dict[int, dict[str, list[dict[str, Any]]]] = {}
+    partitions: dict[str, int] = {}
+    for user, item in found:
+        partition = partitions.get(user)
+        if partition is None:
+            partition = partitions[user] = partition_of(user.encode())
+        by_partition.setdefault(partition, {}).setdefault(user, []).append(item.to_json())
+    return {p: orjson.dumps({"u": users}) for p, users in by_partition.items()}
+
+
+def decode_record(key: bytes | None, value: bytes) -> list[tuple[str, list[Item]]]:
+    """An ``attribution-inputs`` record as (user, items) pairs: one partition's users
+    (:func:`input_records`: ``{"u": {user: [items]}}``), or, as written before, one user's items
+    keyed by the user (:func:`encode_items`). ``ValueError`` (or ``KeyError``/``TypeError``)
+    when it is neither."""
+    if value[:1] == b"{":
+        body = orjson.loads(value)
+        users = body["u"]
+        if not isinstance(users, dict):
+            raise ValueError("not a map of users")
+        out: list[tuple[str, list[Item]]] = []
+        for user, items in users.items():
+            if not user:
+                raise ValueError("an empty user")
+            out.append((user, _items(user, items)))
+        return out
+    user = (key or b"").decode()
+    if not user:
+        raise ValueError("no user key")
+    return [(user, decode_items(user, value))]
 
 
 def _time(value: Any) -> int:
@@ -344,7 +433,8 @@ class UserState:
 
     touches: list[Touch] = field(default_factory=list)
     seen: dict[str, int] = field(default_factory=dict)
-    """Conversion ids processed, with their time."""
+    """Conversion ids processed, with the user's newest time when they were (what holding them
+    is measured from)."""
     sent: dict[str, Any] = field(default_factory=dict)
     """Conversion id -> ``{"a": the attribution it made (:meth:`Attribution.to_json`), "ok":
     whether Kafka acknowledged it}``: one not acknowledged is sent again on a replay."""
@@ -354,18 +444,27 @@ class UserState:
     """The latest ``occurred_at`` of any item (what holding is measured from)."""
     updated_ms: int = 0
     """Wall clock of the last write (what the expiry of idle users reads)."""
+    first: int | None = None
+    """The earliest ``occurred_at`` of the user's touches (held or no longer): whether an
+    unattributed conversion came after an exposure (:data:`OUTSIDE_WINDOW`)."""
+    offset: int = -1
+    """The ``attribution-inputs`` offset of the last record applied (the user's partition):
+    a record at or below it is a replay (:func:`apply`'s ``replay``)."""
 
     def encode(self) -> bytes:
-        return orjson.dumps(
-            {
-                "t": [t.to_json() for t in self.touches],
-                "s": self.seen,
-                "a": self.sent,
-                "c": self.credits,
-                "n": self.newest,
-                "u": self.updated_ms,
-            }
-        )
+        body: dict[str, Any] = {
+            "t": [t.to_json() for t in self.touches],
+            "s": self.seen,
+            "a": self.sent,
+            "c": self.credits,
+            "n": self.newest,
+            "u": self.updated_ms,
+        }
+        if self.first is not None:
+            body["f"] = self.first
+        if self.offset >= 0:
+            body["o"] = self.offset
+        return orjson.dumps(body)
 
     @classmethod
     def decode(cls, value: bytes | None) -> UserState:
@@ -379,6 +478,8 @@ class UserState:
             dict(d["c"]),
             int(d["n"]),
             int(d["u"]),
+            None if d.get("f") is None else int(d["f"]),
+            int(d.get("o", -1)),
         )
 
 
@@ -452,6 +553,20 @@ class Outcome:
     """Attributions of replayed conversions, to send again (never counted again)."""
     touches_dropped: int = 0
     """Touches beyond :data:`MAX_TOUCHES` of one user."""
+    misses: list[tuple[Conversion, str]] = field(default_factory=list)
+    """The conversions attributed to nothing, with why (:data:`NO_EXPOSURE` or
+    :data:`OUTSIDE_WINDOW`), counted in the hourly totals (:func:`unattributed_rows`)."""
+
+
+NO_EXPOSURE = "no_exposure"
+"""An unattributed conversion with no touch of the user at or before its time (the user's
+touches are remembered as long as the user's state: a user idle for longer than the longest
+window is forgotten, :meth:`processors.attribution_path.AttributionTable.expire`)."""
+OUTSIDE_WINDOW = "outside_window"
+"""An unattributed conversion whose user had a touch before it, but none within the conversion
+name's window (nor held: a touch is held for the longest window after the user's newest item)."""
+UNATTRIBUTED = ""
+"""The campaign of the hourly totals of unattributed conversions (no campaign key is empty)."""
 
 
 def attribution_id(conversion_id: str, campaign: str) -> str:
@@ -479,18 +594,37 @@ def apply(
     windows: Windows,
     outcome: Outcome,
     fresh: set[str] | None = None,
+    *,
+    replay: bool = False,
 ) -> list[Attribution]:
     """Apply a user's items, in order, to ``state`` (the rule of the module docstring); the
     attributions they make. ``fresh``: the conversion ids attributed earlier in the same batch
-    (their attributions are being sent: a copy is not sent again). ``state`` is pruned
+    (their attributions are being sent: a copy is not sent again). ``replay``: the items were
+    applied to ``state`` before (the attribution table knows it by the input record's offset,
+    :attr:`UserState.offset`), so nothing is decided or counted again however far the user's
+    time moved since. ``state`` is pruned
     afterwards: touches, seen conversions and credits older than the longest window before the
     user's newest item go."""
     out: list[Attribution] = []
     fresh = set() if fresh is None else fresh
+    if replay:
+        # Items the state holds already (a record at or below its offset): every conversion
+        # among them was decided, whatever the times since; only an attribution Kafka was not
+        # seen to acknowledge is sent again (rule 4).
+        for item in items:
+            if isinstance(item, Conversion):
+                outcome.replayed += 1
+                again = state.sent.get(item.conversion_id)
+                if again is not None and not again["ok"] and item.conversion_id not in fresh:
+                    fresh.add(item.conversion_id)
+                    outcome.resend.append(Attribution.from_json(again["a"]))
+        return out
     ids = {t.event_id for t in state.touches}
     for item in items:
         state.newest = max(state.newest, item.at)
         if isinstance(item, Touch):
+            if state.first is None or item.at < state.first:
+                state.first = item.at
             if item.event_id not in ids:
                 ids.add(item.event_id)
                 state.touches.append(item)
@@ -498,18 +632,24 @@ def apply(
         # What is older than the longest window before the newest item is no longer held
         # (pruning only drops it afterwards): the decision does not depend on where batches end.
         held = state.newest - windows.longest_ms
-        if state.seen.get(item.conversion_id, held - 1) >= held:
+        if _remembered(state.seen, item.conversion_id, held):
             outcome.replayed += 1
             again = state.sent.get(item.conversion_id)
             if again is not None and not again["ok"] and item.conversion_id not in fresh:
                 outcome.resend.append(Attribution.from_json(again["a"]))
             continue
-        state.seen[item.conversion_id] = item.at
+        # Remembered for the longest window after the user's newest item now, not after the
+        # conversion's own time: a late conversion (older than what is held) is remembered too,
+        # so that a replay does not count it a second time.
+        state.seen.pop(item.conversion_id, None)  # to the end: the order of decisions
+        state.seen[item.conversion_id] = state.newest
         window = windows.of(item.name)
         reach = min(window, item.at - held)
         touch = last_touch(state.touches, item.at, reach) if reach >= 0 else None
         if touch is None:
             outcome.unattributed += 1
+            exposed = state.first is not None and state.first <= item.at
+            outcome.misses.append((item, OUTSIDE_WINDOW if exposed else NO_EXPOSURE))
             continue
         key = credit_key(touch.campaign, item.name)
         if state.credits.get(key, held - 1) >= held:
@@ -523,6 +663,18 @@ def apply(
         out.append(made)
     _prune(state, windows.longest_ms, outcome)
     return out
+
+
+def _remembered(seen: dict[str, int], conversion_id: str, held: int) -> bool:
+    """Whether a conversion id was decided and is still remembered (rule 4): for the longest
+    window after the user's newest time then, or among the latest :data:`RECENT_CONVERSIONS`
+    (what :func:`_prune` keeps; the same whatever the batches)."""
+    when = seen.get(conversion_id)
+    if when is None:
+        return False
+    if when >= held:
+        return True
+    return list(seen).index(conversion_id) >= len(seen) - RECENT_CONVERSIONS
 
 
 def confirm(state: UserState) -> bool:
@@ -541,7 +693,8 @@ def _prune(state: UserState, hold_ms: int, outcome: Outcome) -> None:
         outcome.touches_dropped += len(touches) - MAX_TOUCHES
         touches = touches[-MAX_TOUCHES:]
     state.touches = touches
-    state.seen = {k: v for k, v in state.seen.items() if v >= oldest}
+    recent = len(state.seen) - RECENT_CONVERSIONS  # the dict keeps the order of decisions
+    state.seen = {k: v for n, (k, v) in enumerate(state.seen.items()) if v >= oldest or n >= recent}
     state.sent = {k: v for k, v in state.sent.items() if k in state.seen}
     state.credits = {k: v for k, v in state.credits.items() if v >= oldest}
 
@@ -562,9 +715,22 @@ class Tally:
     """Per currency (``""``: a value without a currency), the exposed group's values."""
     control_value: dict[str, float] = field(default_factory=dict)
     campaign_name: str | None = None
+    missed: dict[str, int] = field(default_factory=dict)
+    """Of the hour's unattributed conversions (campaign :data:`UNATTRIBUTED`): how many, by
+    why (:data:`NO_EXPOSURE`, :data:`OUTSIDE_WINDOW`)."""
+    converted: dict[str, bytes] = field(default_factory=dict)
+    """Per :func:`variant_key` of the winning touch, the sketch of the users credited
+    (``u:<user_id>``, as the stats' recipients): the lift's converted recipients."""
+
+    def miss(self, why: str) -> None:
+        self.missed[why] = self.missed.get(why, 0) + 1
 
     def add(self, a: Attribution) -> None:
         c = a.conversion
+        key = variant_key(a.touch)
+        sketch = Sketch(self.converted.get(key), CONVERTED_LG_K)
+        sketch.update("u:" + c.user_id)
+        self.converted[key] = sketch.image()
         if a.control:
             self.control_conversions += 1
         else:
@@ -583,24 +749,78 @@ class Tally:
             for cur, v in theirs.items():
                 mine[cur] = mine.get(cur, 0.0) + v
         self.campaign_name = other.campaign_name or self.campaign_name
+        for why, n in other.missed.items():
+            self.missed[why] = self.missed.get(why, 0) + n
+        for key, image in other.converted.items():
+            self.converted[key] = _united(self.converted.get(key), image)
 
     def encode(self) -> bytes:
-        return orjson.dumps(
-            {
-                "n": self.conversions,
-                "nc": self.control_conversions,
-                "v": self.value,
-                "vc": self.control_value,
-                "cn": self.campaign_name,
-            }
-        )
+        body: dict[str, Any] = {
+            "n": self.conversions,
+            "nc": self.control_conversions,
+            "v": self.value,
+            "vc": self.control_value,
+            "cn": self.campaign_name,
+        }
+        if self.missed:
+            body["m"] = self.missed
+        if self.converted:
+            body["cv"] = {k: base64.b64encode(v).decode() for k, v in self.converted.items()}
+        return orjson.dumps(body)
 
     @classmethod
     def decode(cls, value: bytes | None) -> Tally:
         if value is None:
             return cls()
         d = orjson.loads(value)
-        return cls(int(d["n"]), int(d["nc"]), dict(d["v"]), dict(d["vc"]), d.get("cn"))
+        return cls(
+            int(d["n"]),
+            int(d["nc"]),
+            dict(d["v"]),
+            dict(d["vc"]),
+            d.get("cn"),
+            {str(k): int(n) for k, n in (d.get("m") or {}).items()},
+            {str(k): base64.b64decode(v) for k, v in (d.get("cv") or {}).items()},
+        )
+
+
+CONVERTED_LG_K = DEFAULT_LG_K
+"""The precision of :attr:`Tally.converted` (exact up to a few hundred users per key, as the
+stats' sketches)."""
+CONTROL_KEY = "g:control"
+"""The :func:`variant_key` of the holdout's CONTROL touches, whatever variant id they carry
+(as the stats' control group, :data:`processors.records.BREAKDOWN_RULES`)."""
+NO_VARIANT_KEY = "n"
+"""The :func:`variant_key` of touches without a variant id."""
+
+
+def variant_key(touch: Touch) -> str:
+    """Which of the campaign's variant rows a credit goes to: the control group for a CONTROL
+    touch, else ``v:<variant_id>`` of the touch, else :data:`NO_VARIANT_KEY`."""
+    if touch.event_type == CONTROL:
+        return CONTROL_KEY
+    if touch.variant_id is not None:
+        return "v:" + touch.variant_id
+    return NO_VARIANT_KEY
+
+
+def _united(a: bytes | None, b: bytes) -> bytes:
+    if a is None:
+        return b
+    union = Union(CONVERTED_LG_K)
+    union.add_all([a, b])
+    return union.image() or b
+
+
+def converted_of(tallies: Iterable[tuple[str, str, Tally]], campaign: str) -> dict[str, bytes]:
+    """The users credited to ``campaign`` (every conversion name) per :func:`variant_key`, over
+    the tallies (hours and partitions): each user once per key."""
+    out: dict[str, bytes] = {}
+    for found, _, tally in tallies:
+        if found == campaign:
+            for key, image in tally.converted.items():
+                out[key] = _united(out.get(key), image)
+    return out
 
 
 def bucket_of(at: int) -> int:
@@ -612,6 +832,8 @@ def rows(tallies: Iterable[tuple[str, str, Tally]]) -> list[dict[str, Any]]:
     and campaign (the names summed; ``names`` breaks them down), most conversions first."""
     merged: dict[str, dict[str, Tally]] = {}
     for campaign, name, tally in tallies:
+        if campaign == UNATTRIBUTED:
+            continue
         merged.setdefault(campaign, {}).setdefault(name, Tally()).merge(tally)
     out: list[dict[str, Any]] = []
     for campaign, by_name in merged.items():
@@ -641,129 +863,21 @@ def rows(tallies: Iterable[tuple[str, str, Tally]]) -> list[dict[str, Any]]:
     return out
 
 
+def unattributed_rows(tallies: Iterable[tuple[str, str, Tally]]) -> list[dict[str, Any]]:
+    """``GET /api/attribution``'s ``unattributed``: per conversion name, the conversions credited
+    to no campaign, and why (:data:`NO_EXPOSURE`, :data:`OUTSIDE_WINDOW`); most first."""
+    by_name: dict[str, dict[str, int]] = {}
+    for campaign, name, tally in tallies:
+        if campaign != UNATTRIBUTED:
+            continue
+        counts = by_name.setdefault(name, {NO_EXPOSURE: 0, OUTSIDE_WINDOW: 0})
+        for why, n in tally.missed.items():
+            counts[why] = counts.get(why, 0) + n
+    ranked = sorted(by_name.items(), key=lambda kv: (-sum(kv[1].values()), kv[0]))
+    return [
+        {"name": name, "conversions": sum(counts.values()), **counts} for name, counts in ranked
+    ]
+
+
 def _rounded(sums: Mapping[str, float]) -> dict[str, float]:
     return {cur: round(v, 6) for cur, v in sorted(sums.items())}
-
-
-# --- reading canonical events without decoding all of them ---------------------------------
-
-_PREFIX_FIELDS = (
-    "event_id",
-    "vendor",
-    "vendor_event_id",
-    "vendor_event_type",
-    "event_type",
-    "channel",
-    "occurred_at",
-    "user_id",
-    "device_id",
-    "campaign_id",
-    "campaign_name",
-    "message_id",
-    "message_name",
-    "experiment_id",
-    "variant_id",
-    "link_url",
-    "error",
-    "app_id",
-)
-"""The first fields of ``CanonicalEvent.avsc``, in order (the attribution reads no further)."""
-
-
-class NotOurs(Exception):
-    """A record :class:`CanonicalReader` cannot read: decode it in full instead."""
-
-
-class CanonicalReader:
-    """Reads what the attribution needs from a canonical event's Avro bytes, written with this
-    process's own ``CanonicalEvent`` schema (single-object encoding): its first fields, by
-    hand, stopping as soon as the event is neither a touch nor a conversion (most events: opens,
-    clicks, lifecycle). Decoding every event in full with fastavro was most of the attribution
-    feed's cost. Anything else (another schema version, the Confluent wire format, a field that
-    does not parse) raises :class:`NotOurs`, and the caller decodes it in full."""
-
-    def __init__(
-        self, header: bytes, schema: Mapping[str, Any], conversion_events: Mapping[str, str]
-    ) -> None:
-        fields = schema["fields"]
-        if tuple(f["name"] for f in fields[: len(_PREFIX_FIELDS)]) != _PREFIX_FIELDS:
-            raise ValueError("CanonicalEvent.avsc's first fields are not the ones read here")
-        self.header = header
-        self.vendors: list[str] = list(fields[1]["type"]["symbols"])
-        self.types: list[str] = list(fields[4]["type"]["symbols"])
-        self.conversion_events = conversion_events
-        wanted = TOUCH_TYPES | VENDOR_CONVERSION_TYPES | {LEANPLUM_GOAL_EXIT[1]}
-        self.wanted = {i for i, t in enumerate(self.types) if t in wanted}
-        self.segment = self.vendors.index(SEGMENT)
-
-    def read(self, data: bytes) -> tuple[str, Item] | None:
-        if not data.startswith(self.header):
-            raise NotOurs
-        try:
-            return self._read(data, len(self.header))
-        except (IndexError, ValueError, UnicodeDecodeError) as exc:
-            raise NotOurs from exc
-
-    def _read(self, data: bytes, pos: int) -> tuple[str, Item] | None:
-        def long() -> int:
-            nonlocal pos
-            shift = result = 0
-            while True:
-                b = data[pos]
-                pos += 1
-                result |= (b & 0x7F) << shift
-                if b < 0x80:
-                    return (result >> 1) ^ -(result & 1)
-                shift += 7
-                if shift > 63:
-                    raise ValueError("varint too long")
-
-        def string() -> str:
-            nonlocal pos
-            n = long()
-            if n < 0 or pos + n > len(data):
-                raise ValueError("bad string length")
-            pos += n
-            return data[pos - n : pos].decode()
-
-        def optional() -> str | None:
-            branch = long()
-            if branch == 0:
-                return None
-            if branch != 1:
-                raise ValueError("bad union branch")
-            return string()
-
-        event_id = string()
-        vendor_index = long()
-        string()  # vendor_event_id
-        vendor_event_type = string()
-        type_index = long()
-        if type_index not in self.wanted and not (
-            vendor_index == self.segment and self.conversion_events
-        ):
-            return None
-        long()  # channel
-        occurred_at = long()
-        user = optional()
-        if not user:
-            return None
-        optional()  # device_id
-        event = {
-            "event_id": event_id,
-            "vendor": self.vendors[vendor_index],
-            "vendor_event_type": vendor_event_type,
-            "event_type": self.types[type_index],
-            "occurred_at": occurred_at,
-            "user_id": user,
-            "campaign_id": optional(),
-            "campaign_name": optional(),
-            "message_id": optional(),
-        }
-        optional()  # message_name
-        optional()  # experiment_id
-        event["variant_id"] = optional()
-        optional()  # link_url
-        optional()  # error
-        event["app_id"] = optional()
-        return from_canonical(event, self.conversion_events)

@@ -10,6 +10,11 @@ Parameters: ``from``, ``to`` (epoch ms; the hours of conversion time whose start
 ``[from rounded down to the hour, to)``; default: the 30 days up to the end of the current hour),
 ``name`` (one conversion name), ``vendor``, ``app_id``. A token limited to some apps sees only
 their campaigns (:mod:`processors.api.auth`).
+
+Besides one row per vendor and campaign (``campaigns``), ``unattributed`` has one row per
+conversion name of the conversions credited to no campaign, with why
+(:data:`processors.attribution.NO_EXPOSURE`, :data:`processors.attribution.OUTSIDE_WINDOW`);
+they belong to no vendor or app, so a query (or a token) for some leaves them out.
 """
 
 from __future__ import annotations
@@ -30,13 +35,21 @@ from processors.api.query import (
     MAX_TEXT,
     TIME_END_MS,
     VENDORS,
+    CampaignQuery,
     QueryError,
     _single_values,
     _time,
 )
 from processors.api.server import app_ids_of, wall_clock_ms
-from processors.attribution import BUCKET_MS, Tally, rows
-from processors.campaigns import split_campaign_key
+from processors.attribution import (
+    BUCKET_MS,
+    UNATTRIBUTED,
+    Tally,
+    converted_of,
+    rows,
+    unattributed_rows,
+)
+from processors.campaigns import campaign_key, split_campaign_key
 
 log = logging.getLogger("crmstream.api")
 
@@ -56,6 +69,10 @@ class AttributionQuery:
     app_ids: frozenset[str] | None
 
     def matches(self, campaign: str) -> bool:
+        if campaign == UNATTRIBUTED:
+            # Credited to no campaign, so of no vendor or app: left out when the query (or the
+            # token) asks for some.
+            return self.vendor is None and self.app_id is None and self.app_ids is None
         vendor, app_id, _ = split_campaign_key(campaign)
         return (
             (self.vendor is None or vendor == self.vendor)
@@ -160,6 +177,23 @@ class AttributionSource:
             out.extend(part)
         return out
 
+    async def converted(self, query: CampaignQuery) -> dict[str, bytes]:
+        """The users credited to the campaign of ``query`` per variant
+        (:func:`processors.attribution.converted_of`), for the conversions in the hours of its
+        range, every worker's partitions together."""
+        key = query.key
+        found = await self.tallies(
+            AttributionQuery(
+                query.range.from_ms,
+                min(query.range.to_ms, TIME_END_MS),
+                None,
+                key.vendor,
+                None,
+                None,
+            )
+        )
+        return converted_of(found, campaign_key(key.vendor, key.app_id or "", key.campaign_id))
+
     async def _forward(self, url: str, query: AttributionQuery) -> list[tuple[str, str, Tally]]:
         if urlsplit(url).port == 0:
             raise _unavailable(f"the worker at {url} serves no API (CRM_API_PORT=0)")
@@ -192,7 +226,9 @@ def public_handler(
             query = parse_query(request.query.items(), now_ms(), app_ids_of(request))
         except QueryError as exc:
             return _json(exc.body(), 400)
-        found = rows(await source.tallies(query)) if source is not None else []
+        tallies = await source.tallies(query) if source is not None else []
+        found = rows(tallies)
+        missed = unattributed_rows(tallies)
         return _json(
             {
                 "enabled": source is not None,
@@ -201,7 +237,9 @@ def public_handler(
                 "name": query.name,
                 "conversions": sum(r["conversions"] for r in found),
                 "control_conversions": sum(r["control_conversions"] for r in found),
+                "unattributed_conversions": sum(r["conversions"] for r in missed),
                 "campaigns": found,
+                "unattributed": missed,
             }
         )
 

@@ -41,6 +41,7 @@ class ApiServer:
             self.source,
             settings=self.settings,
             attribution=public_handler(self.attribution) if self.attribution else None,
+            attributed=self.attribution.converted if self.attribution else None,
         )
         add_internal_routes(app, self.source)
         if self.attribution is not None:

@@ -8,7 +8,8 @@ A batch's way, top to bottom (:meth:`RawPath.process`):
    letters (:class:`processors.outputs.DeadLetters`);
 3. **plan**: the dedupe marks already in the table, then :func:`processors.plan.plan_raw_batch`
    decides what is emitted, read back, too large or a duplicate;
-4. **send**: events, too-large dead letters and one stats-updates record per partition;
+4. **send**: events, too-large dead letters and one stats-updates record per partition (and,
+   with ``CRM_ATTRIBUTION``, the touches and conversions: ``attribution``);
 5. **finish** (a task of its own, :meth:`RawPath._finish`): once Kafka acknowledged the batch,
    its marks and positions are written (one RocksDB write batch per partition, with their
    changelog records), its records released to the engine, and once those changelog records
@@ -26,7 +27,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -159,6 +160,7 @@ class RawPath:
         *,
         vendor_of_topic: dict[str, str],
         ready: Callable[[], Awaitable[None]],
+        attribution: Callable[[Iterable[CanonicalEvent]], None] | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -171,6 +173,9 @@ class RawPath:
         self.floors = floors
         self.vendor_of_topic = vendor_of_topic
         self.ready = ready
+        # CRM_ATTRIBUTION: the batch's touches and conversions, sent with its outputs
+        # (processors.attribution_path.RawFeed.send).
+        self.attribution = attribution
         self.events_topic = settings.topic("events")
         self.stats_updates_topic = settings.topic("stats-updates")
         self.max_record_bytes = dead_letters.max_record_bytes
@@ -328,6 +333,8 @@ class RawPath:
                 ),
                 partition=partition,
             )
+        if self.attribution is not None:
+            self.attribution(c.event for c in plan.counted)
         for vendor, n in plan.duplicates.items():
             tally.duplicates[vendor] = tally.duplicates.get(vendor, 0) + n
         for c in plan.counted:

@@ -191,6 +191,7 @@ BREAKDOWN_RULES: dict[str, BreakdownRule] = {
     # (Pinpoint: variant_id = treatment_id, "0" for a standard campaign, TAXONOMY 6.2), which is
     # also the id of the recipients who got the message: kept as a variant, the holdout would be
     # counted among the treated. Airship CONTROL carries the push's variant, if any (6.5).
+    # TAXONOMY has no A-n judgement call for this rule (docs/events.md states it meanwhile).
     "variant": BreakdownRule({"CONTROL": CONTROL_GROUP}, True, VARIANT_SKETCHED),
 }
 """Per dimension of :data:`BREAKDOWNS`, its :class:`BreakdownRule` (none: counts per value only)."""

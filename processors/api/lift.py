@@ -6,6 +6,21 @@ control group with its 95% confidence interval. Pure (no aiohttp, no I/O).
 variant; the control group's = its unique CONTROL recipients; converted = how many of them
 converted in the campaign over the range).
 
+**With attribution on** (``CRM_ATTRIBUTION``), converted comes from the attribution instead
+(:func:`attributed_converted`, ``converted_source: attributed``): a variant's converted users are
+the unique users with a conversion (any name: the ``conversions`` topic, vendors' CONVERSION
+events, Leanplum's single-goal CAMPAIGN_EXIT, listed Segment events) in the range's hours whose
+credit (:mod:`processors.attribution`, last touch) went to a message of the campaign carrying
+that variant id; the control group's, to the campaign's CONTROL event (whatever variant id it
+carries, as its stats row); the ``none`` row's, to a message without a variant id; the overflow
+row's, to the variants beyond the bound. Each user counts once per row however many conversions
+and names. So a conversion counts for the campaign that won its credit: a vendor's own
+conversion event credited to another vendor's later message counts there, not here. The
+vendor-reported overlap stays beside it (``converted_by_source.vendor``). The counts are
+sketches of user ids (exact up to a few hundred per row, ``converted_exact``); a credit's user is
+counted in the variant whose touch won even when that touch lies before the range (the range is
+the conversions').
+
 **Lift** of a variant against the control group, p1 = its conversion rate (n1 recipients, x1
 converted), p0 = the control group's (n0, x0):
 
@@ -34,14 +49,25 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from processors.api.query import rates
-from processors.figures import KEPT
+from processors.attribution import CONTROL_KEY, NO_VARIANT_KEY
+from processors.figures import KEPT, MISSING, OVERFLOW
 from processors.records import CONTROL_GROUP
+from processors.uniques import Union, estimate, is_exact
 
 Z_95 = 1.959963984540054
 """The standard normal's 97.5th percentile: a two-sided 95% interval."""
 
 MIN_OUTCOMES = 5
 """Lift needs at least this many converted and this many not converted recipients each side."""
+
+VENDOR_SOURCE, ATTRIBUTED_SOURCE = "vendor", "attributed"
+"""The sources of ``converted`` (``converted_source``)."""
+
+ATTRIBUTED_CONVERSION_RATE_FORMULA = (
+    "attributed converted users / received recipients (users with a conversion in the range, "
+    "any name, credited by last touch to a message of this variant; of the control group: to "
+    "the campaign's CONTROL event; each user once)"
+)
 
 CONVERSION_RATE_FORMULA = (
     "converted recipients / received recipients (unique SEND, DELIVERY or IMPRESSION "
@@ -91,11 +117,55 @@ def lift(x1: int, n1: int, x0: int, n0: int) -> dict[str, Any] | None:
     }
 
 
-def present_variants(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def attributed_converted(
+    rows: Sequence[Mapping[str, Any]], converted: Mapping[str, bytes]
+) -> list[tuple[int, bool] | None]:
+    """Per row, the users whose conversions were credited to the row's variant (module
+    docstring), and whether that count is exact; None for the row of events counted before
+    windows kept variants. ``converted``: :func:`processors.attribution.converted_of`."""
+    kept = {"v:" + str(r["variant_id"]) for r in rows if r["kind"] == KEPT}
+    out: list[tuple[int, bool] | None] = []
+    for row in rows:
+        kind = row["kind"]
+        if kind == KEPT:
+            keys = ["v:" + str(row["variant_id"])]
+        elif kind == CONTROL_GROUP:
+            keys = [CONTROL_KEY]
+        elif kind == MISSING:
+            keys = [NO_VARIANT_KEY]
+        elif kind == OVERFLOW:
+            keys = [k for k in converted if k.startswith("v:") and k not in kept]
+        else:
+            out.append(None)
+            continue
+        images = [converted[k] for k in keys if k in converted]
+        if not images:
+            out.append((0, True))
+            continue
+        union = Union()
+        union.add_all(images)
+        image = union.image() or images[0]
+        out.append((estimate(image), is_exact(image)))
+    return out
+
+
+def present_variants(
+    rows: Sequence[Mapping[str, Any]], converted: Mapping[str, bytes] | None = None
+) -> list[dict[str, Any]]:
     """The source's variant rows (:func:`processors.figures.merged_breakdown`) with, in each,
     its ``rates`` (:func:`processors.api.query.rates`), ``conversion_rate``, and for a variant
     (kind ``value``) its ``lift`` against the control group and ``significant`` (both null when
-    there is nothing to say: no control group, a side too small)."""
+    there is nothing to say: no control group, a side too small).
+
+    ``converted``: with attribution on, the users credited to the campaign per variant
+    (:func:`processors.attribution.converted_of`): each row's ``converted`` is then theirs
+    (:func:`attributed_converted`), ``converted_by_source`` has them as ``attributed`` beside
+    ``vendor``, and ``converted_source`` says which one the rate and the lift use."""
+    if converted is not None:
+        credited = attributed_converted(rows, converted)
+        rows = [_attributed(row, found) for row, found in zip(rows, credited, strict=True)]
+    else:
+        rows = [{**row, "converted_source": VENDOR_SOURCE} for row in rows]
     control = next((r for r in rows if r["kind"] == CONTROL_GROUP), None)
     out: list[dict[str, Any]] = []
     for row in rows:
@@ -112,6 +182,20 @@ def present_variants(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         shown["lift"] = found
         shown["significant"] = found["significant"] if found is not None else None
         out.append(shown)
+    return out
+
+
+def _attributed(row: Mapping[str, Any], found: tuple[int, bool] | None) -> dict[str, Any]:
+    out = {**row, "converted_source": ATTRIBUTED_SOURCE}
+    by_source = row.get("converted_by_source")
+    if found is None or by_source is None:
+        # Counted before windows kept variants: nothing to compare with.
+        out.update(converted=None, converted_exact=None)
+        return out
+    n, exact = found
+    out["converted_by_source"] = {**by_source, ATTRIBUTED_SOURCE: n}
+    out["converted"] = n
+    out["converted_exact"] = exact
     return out
 
 

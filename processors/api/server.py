@@ -20,7 +20,12 @@ from aiohttp import web
 
 from crmstream.settings import Settings
 from processors.api import auth
-from processors.api.lift import CONVERSION_RATE_FORMULA, LIFT_RULE, present_variants
+from processors.api.lift import (
+    ATTRIBUTED_CONVERSION_RATE_FORMULA,
+    CONVERSION_RATE_FORMULA,
+    LIFT_RULE,
+    present_variants,
+)
 from processors.api.query import (
     CampaignKey,
     CampaignQuery,
@@ -130,8 +135,16 @@ def _cursor_of(campaign: dict[str, Any]) -> str:
     ).encode()
 
 
+Attributed = Callable[[CampaignQuery], Awaitable[dict[str, bytes]]]
+"""The users credited to a campaign per variant over a query's range
+(:meth:`processors.attribution_api.AttributionSource.converted`)."""
+
+
 class _Handlers:
-    def __init__(self, source: CampaignSource, now_ms: Callable[[], int]) -> None:
+    def __init__(
+        self, source: CampaignSource, now_ms: Callable[[], int], attributed: Attributed | None
+    ) -> None:
+        self.attributed = attributed
         self.source = source
         self.now_ms = now_ms
 
@@ -184,10 +197,16 @@ class _Handlers:
             return _json({"error": "no such campaign", "id": campaign_id}, 404)
         out = _present(found)
         if "variants" in out:
-            out["variants"] = present_variants(out["variants"])
+            # With attribution on, the variants' conversions are the credited ones (lift.py).
+            converted = await self.attributed(query) if self.attributed is not None else None
+            out["variants"] = present_variants(out["variants"], converted)
         out["rate_formulas"] = {
             **rate_formulas(),
-            "conversion_rate": CONVERSION_RATE_FORMULA,
+            "conversion_rate": (
+                CONVERSION_RATE_FORMULA
+                if self.attributed is None
+                else ATTRIBUTED_CONVERSION_RATE_FORMULA
+            ),
             "lift": LIFT_RULE,
         }
         out.update(_range_fields(query))
@@ -263,16 +282,19 @@ def make_app(
     now_ms: Callable[[], int] = wall_clock_ms,
     settings: Settings | None = None,
     attribution: Callable[[web.Request], Awaitable[web.StreamResponse]] | None = None,
+    attributed: Attributed | None = None,
 ) -> web.Application:
     """The API (``/api/...``), the page (``/``) and its files (``/static/...``).
 
     ``now_ms`` is the clock of the default range (``to`` = end of the current window).
     ``settings`` give the windows offered (``CRM_STATS_WINDOWS``) and the tokens required
     (``CRM_API_TOKEN``); by default those of the default settings: 1m and 1h, no token.
+    ``attribution`` answers ``GET /api/attribution``, and ``attributed`` gives a campaign's
+    credited users per variant (both only with ``CRM_ATTRIBUTION``).
     """
     settings = settings if settings is not None else Settings()
     tokens = auth.Tokens(settings.api_grants())
-    handlers = _Handlers(source, now_ms)
+    handlers = _Handlers(source, now_ms, attributed)
     app = web.Application(middlewares=[_errors, _authenticate(tokens)])
     app[WINDOWS_KEY] = window_sizes(settings)
     app.router.add_get("/api/campaigns", handlers.list_campaigns)

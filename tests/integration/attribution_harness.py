@@ -1,7 +1,8 @@
 """Inputs and expectations of the attribution tests on the real broker.
 
-Touches are written as canonical events to ``events`` (what the raw path writes there; the
-attribution reads every vendor's events from it), conversions to ``conversions``. What a correct
+Touches are raw vendor records (:func:`raw_touch`: the raw path takes them from its batch),
+vendor conversions canonical events or raw records, customer conversions ``conversions``
+records. What a correct
 pipeline makes of them is computed here, per user, in the order the user's items were published
 (touches first, then conversions), with the pure rule (``processors.attribution.apply``, itself
 checked against a brute-force reference in the unit tests).
@@ -10,17 +11,19 @@ checked against a brute-force reference in the unit tests).
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from confluent_kafka import Producer
 
 from crmstream.kafka import producer_config
-from crmstream.serde import AvroSerde
 from crmstream.settings import Settings
 from processors.attribution import (
+    UNATTRIBUTED,
     Attribution,
     Conversion,
     Item,
@@ -30,40 +33,112 @@ from processors.attribution import (
     UserState,
     Windows,
     apply,
+    from_event,
     rows,
+    unattributed_rows,
 )
-from processors.normalize.model import Channel, EventType, Vendor, make
-from processors.records import RawPosition, canonical_record
+from processors.normalize import normalize
+from processors.normalize.model import (
+    CanonicalEvent,
+    NormalizeContext,
+)
 
 
-def canonical(serde: AvroSerde, topic: str, t: Touch | Conversion, user: str) -> bytes:
-    """A canonical event (Avro, as the raw path writes it) for a touch or a vendor conversion."""
-    vendor, vid = (t.event_id if isinstance(t, Touch) else t.conversion_id).split(":", 1)
-    if isinstance(t, Touch):
-        event = make(
-            Vendor(vendor),
-            vid,
-            vendor_event_type=t.event_type.title(),
-            event_type=EventType(t.event_type),
-            channel=Channel.EMAIL,
-            occurred_at=t.at,
-            user_id=user,
-            campaign_id=t.campaign_id,
-            campaign_name=t.campaign_name,
-            app_id=t.app_id or None,
-        )
+def iso(ms: int) -> str:
+    return (
+        datetime.fromtimestamp(ms / 1000, UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
+
+
+def segment_track(message_id: str, user: str, name: str, at: int, **props: Any) -> bytes:
+    """A Segment webhook track event."""
+    return orjson.dumps(
+        {
+            "type": "track",
+            "event": name,
+            "messageId": message_id,
+            "timestamp": iso(at),
+            "userId": user,
+            "properties": props,
+        }
+    )
+
+
+RAW_TOUCH_TYPES = {"SEGMENT": ("DELIVERY",), "AIRSHIP": ("SEND", "CONTROL")}
+"""The vendors and touch types :func:`raw_touch` writes."""
+
+
+def raw_touch(
+    vendor: str,
+    n: int,
+    user: str,
+    at: int,
+    campaign: str,
+    kind: str,
+    variant: str | None = None,
+) -> tuple[str, bytes, bytes, Touch]:
+    """A touch as the vendor sends it: (raw topic, key, raw record, the touch the raw path takes
+    from it). The touch is what the vendor's normalizer makes of the record (the raw path's own
+    reading, :func:`processors.attribution.from_event`), so the expectation is the pipeline's."""
+    if vendor == "SEGMENT":
+        assert kind == "DELIVERY", kind
+        props: dict[str, Any] = {"campaign_id": campaign, "campaign_name": campaign.title()}
+        if variant is not None:
+            props["variant_id"] = variant
+        raw = segment_track(f"t{n}", user, "Email Delivered", at, **props)
     else:
-        event = make(
-            Vendor(vendor),
-            vid,
-            vendor_event_type=t.name,
-            event_type=EventType.CONVERSION,
-            channel=Channel.NONE,
-            occurred_at=t.at,
-            user_id=user,
+        assert vendor == "AIRSHIP" and kind in ("SEND", "CONTROL"), (vendor, kind)
+        body: dict[str, Any] = {"push_id": f"push-{campaign}", "group_id": campaign}
+        if variant is not None:
+            body["variant_id"] = variant
+        raw = orjson.dumps(
+            {
+                "id": str(uuid.uuid5(uuid.NAMESPACE_OID, f"touch-{n}")),
+                "offset": str(n),
+                "occurred": iso(at),
+                "processed": iso(at),
+                "type": kind,
+                "device": {
+                    "channel": str(uuid.uuid5(uuid.NAMESPACE_OID, f"channel-{user}")),
+                    "device_type": "ANDROID",
+                    "named_user_id": user,
+                },
+                "body": body,
+            }
         )
-    pos = RawPosition(f"raw.{vendor.lower()}", 0, 0, t.at, {})
-    return serde.encode("CanonicalEvent", canonical_record(event, pos, t.at), topic)
+    event = normalize(vendor.lower(), raw, NormalizeContext())
+    assert isinstance(event, CanonicalEvent), event
+    found = from_event(event, {})
+    assert found is not None and found[0] == user and isinstance(found[1], Touch), found
+    return f"raw.{vendor.lower()}", event.vendor_event_id.encode(), raw, found[1]
+
+
+def raw_leanplum_conversion(
+    event_id: str, user: str, at: int, campaign: str
+) -> tuple[str, bytes, bytes, Conversion]:
+    """A Leanplum campaign ``Convert`` event as its feed writes it: (raw topic, key, raw record,
+    the conversion the raw path takes from it)."""
+    stamp = datetime.fromtimestamp(at / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    raw = orjson.dumps(
+        {
+            "event_id": event_id,
+            "name": "(Leanplum) Campaign Convert",
+            "properties": {
+                "user_id": user,
+                "time": stamp,
+                "name": campaign,
+                "campaign_id": campaign,
+                "event_type": "Convert",
+            },
+        }
+    )
+    event = normalize("leanplum", raw, NormalizeContext())
+    assert isinstance(event, CanonicalEvent), event
+    found = from_event(event, {})
+    assert found is not None and isinstance(found[1], Conversion), found
+    return "raw.leanplum", event_id.encode(), raw, found[1]
 
 
 def conversion_json(c: Conversion, with_id: bool) -> bytes:
@@ -126,13 +201,25 @@ class Expected:
                 out[a.attribution_id] = a
         return out
 
+    def tallies(self) -> list[tuple[str, str, Tally]]:
+        out: list[tuple[str, str, Tally]] = []
+        for items in self.items.values():
+            outcome = Outcome()
+            for a in apply(UserState(), items, self.windows, outcome):
+                tally = Tally()
+                tally.add(a)
+                out.append((a.touch.campaign, a.conversion.name, tally))
+            for c, why in outcome.misses:
+                tally = Tally()
+                tally.miss(why)
+                out.append((UNATTRIBUTED, c.name, tally))
+        return out
+
     def rows(self) -> list[dict[str, Any]]:
-        tallies: list[tuple[str, str, Tally]] = []
-        for a in self.attributions().values():
-            tally = Tally()
-            tally.add(a)
-            tallies.append((a.touch.campaign, a.conversion.name, tally))
-        return rows(tallies)
+        return rows(self.tallies())
+
+    def unattributed(self) -> list[dict[str, Any]]:
+        return unattributed_rows(self.tallies())
 
 
 def wait_for(check: Any, timeout: float, what: str) -> None:

@@ -1,10 +1,11 @@
 """Conversions and last-touch attribution on the real broker (issue 24 item 2): two workers in
 one group with ``CRM_ATTRIBUTION=true`` and a bearer token.
 
-Touches of four vendors are canonical events on ``events``; a fifth vendor's (Segment) go the
-whole way, raw webhook records through the raw path, its ``Order Completed`` listed in
-``CRM_CONVERSION_EVENTS``. Conversions arrive on ``conversions`` as JSON and as Avro, with a
-Leanplum ``CONVERSION`` event among them, and four records that are not conversions. Checked:
+Touches of two vendors (Segment deliveries, Airship sends and a holdout's CONTROL) are raw records
+through the raw path, which hands them to the attribution; Segment's ``Order Completed`` is
+listed in ``CRM_CONVERSION_EVENTS``. Conversions arrive on ``conversions`` as JSON and as Avro,
+with a raw Leanplum ``CONVERSION`` event among them, and four records that are not conversions.
+Checked:
 
 * exactly the attributions the rule gives (ids and content), on ``attributions``, keyed by
   campaign: a user touched by two vendors (the later vendor's campaign), a control-group user,
@@ -23,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 from openapi_core import OpenAPI
 from openapi_core.testing import MockRequest, MockResponse
@@ -34,12 +34,14 @@ from crmstream.settings import Settings
 from crmstream.topics import create_topics
 from processors.api.server import OPENAPI
 from processors.app import changelog_specs
-from processors.attribution import Conversion, Touch, windows_of
+from processors.attribution import Conversion, windows_of
 from tests.integration.attribution_harness import (
     Expected,
     Publisher,
-    canonical,
     conversion_json,
+    raw_leanplum_conversion,
+    raw_touch,
+    segment_track,
 )
 from tests.integration.harness import WorkerProcess, require_alive
 from tests.kafka_helpers import read_topic
@@ -50,22 +52,6 @@ H = 3_600_000
 D = 24 * H
 TOKEN = "attribution-api-token-0001"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def segment(message_id: str, user: str, name: str, at: int, **props: Any) -> bytes:
-    from datetime import UTC, datetime
-
-    stamp = datetime.fromtimestamp(at / 1000, UTC).isoformat().replace("+00:00", "Z")
-    return orjson.dumps(
-        {
-            "type": "track",
-            "event": name,
-            "messageId": message_id,
-            "timestamp": stamp,
-            "userId": user,
-            "properties": props,
-        }
-    )
 
 
 SPEC = OpenAPI.from_file_path(str(OPENAPI))
@@ -109,29 +95,27 @@ def test_conversions_are_credited_to_the_last_touch_across_vendors(
     create_topics(settings, extra=changelog_specs(settings))
     serde = AvroSerde(settings)
     out = Publisher(settings)
-    events = settings.topic("events")
     expected = Expected(windows_of(*settings.attribution_windows()))
     t0 = (time.time_ns() // 1_000_000 - 5 * D) // H * H
 
-    def tch(vendor: str, n: int, at: int, campaign: str, kind: str = "DELIVERY") -> Touch:
-        return Touch(f"{vendor}:{n}", at, vendor, f"app-{vendor.lower()}", campaign, kind, campaign)
+    n = 0
 
-    touches = {
-        "u1": [tch("LEANPLUM", 1, t0, "spring"), tch("AIRSHIP", 1, t0 + H, "push-1", "SEND")],
-        "u2": [tch("PINPOINT", 1, t0, "winback", "CONTROL")],
-        "u3": [tch("LEANPLUM", 2, t0, "spring")],
-        "u5": [tch("FLARELANE", 1, t0, "flash", "IMPRESSION")],
-    }
-    for user, items in touches.items():
-        out.publish("events", [(None, canonical(serde, events, t, user)) for t in items])
-        for t in items:
-            expected.add(user, t)
-    # Segment, the whole way: a delivery through the raw path.
-    out.publish(
-        "raw.segment",
-        [(b"s1", segment("s1", "u6", "Email Delivered", t0, campaign_id="news"))],
-    )
-    expected.add("u6", Touch("SEGMENT:s1", t0, "SEGMENT", "", "news", "DELIVERY"))
+    def tch(
+        vendor: str, user: str, at: int, campaign: str, kind: str, variant: str | None = None
+    ) -> None:
+        nonlocal n
+        n += 1
+        topic, key, raw, touch = raw_touch(vendor, n, user, at, campaign, kind, variant)
+        out.publish(topic, [(key, raw)])
+        expected.add(user, touch)
+
+    # Through the raw path, which hands the touches to the attribution.
+    tch("SEGMENT", "u1", t0, "spring", "DELIVERY", "A")
+    tch("AIRSHIP", "u1", t0 + H, "push-1", "SEND", "1")
+    tch("AIRSHIP", "u2", t0, "winback", "CONTROL", "1")
+    tch("SEGMENT", "u3", t0, "spring", "DELIVERY", "B")
+    tch("SEGMENT", "u5", t0, "flash", "DELIVERY")
+    tch("SEGMENT", "u6", t0, "news", "DELIVERY")
 
     workers = [WorkerProcess(env, tmp_path / f"worker-{i}.log") for i, env in enumerate(envs)]
     try:
@@ -184,12 +168,12 @@ def test_conversions_are_credited_to_the_last_touch_across_vendors(
         for c in good:
             expected.add(c.user_id, c)
         # A vendor's own conversion event, and Segment's listed track event (raw path).
-        lp = Conversion("LEANPLUM:c1", "u5", "Campaign Convert", t0 + H, "LEANPLUM")
-        out.publish("events", [(None, canonical(serde, events, lp, "u5"))])
+        topic, key, raw, lp = raw_leanplum_conversion("c1", "u5", t0 + H, "flash-lp")
+        out.publish(topic, [(key, raw)])
         expected.add("u5", lp)
         out.publish(
             "raw.segment",
-            [(b"s2", segment("s2", "u6", "order completed", t0 + H, revenue=12))],
+            [(b"s2", segment_track("s2", "u6", "order completed", t0 + H, revenue=12))],
         )
         expected.add("u6", Conversion("SEGMENT:s2", "u6", "Order Completed", t0 + H, "SEGMENT"))
         bad = {
@@ -249,6 +233,20 @@ def test_conversions_are_credited_to_the_last_touch_across_vendors(
             body = response.json()
             assert body["campaigns"] == want_rows, f"{port}\n{body['campaigns']}\n{want_rows}"
             assert body["conversions"] == 4 and body["control_conversions"] == 1
+            # u3 converted after the window of its touch, u4 before any exposure.
+            assert (
+                body["unattributed"]
+                == expected.unattributed()
+                == [
+                    {
+                        "name": "Order Completed",
+                        "conversions": 2,
+                        "no_exposure": 1,
+                        "outside_window": 1,
+                    }
+                ]
+            )
+            assert body["unattributed_conversions"] == 2
         first = want_rows[0]
         assert (first["vendor"], first["campaign_id"], first["conversions"]) == (
             "AIRSHIP",

@@ -2,12 +2,12 @@
 attributions are exactly those the rule gives, each under its one id, and the totals of
 ``GET /api/attribution`` are exact (issue 24).
 
-Touches of all five vendors (a tenth of them the holdout's CONTROL) are canonical events on
-``events``; once every one is in ``attribution-inputs`` (the rule decides on arrival, so the
-expectation needs them first), the conversions are published, in chunks, while the worker is
-killed again and again, sometimes with its local state deleted. Some conversions repeat a name
-for the same campaign, some repeat a conversion id, some come after the window or before any
-touch.
+Touches are raw Segment and Airship records (some of them the holdout's CONTROL), through the raw
+path, which hands them to the attribution; once every one is in ``attribution-inputs`` (the rule
+decides on arrival, so the expectation needs them first), the conversions are published, in
+chunks, while the worker is killed again and again, sometimes with its local state deleted.
+Some conversions repeat a name for the same campaign, some repeat a conversion id, some come
+after the window or before any touch.
 
 ``CRM_CRASH_SEED=<seed>`` replays a seed; ``CRM_CRASH_SEEDS`` and ``CRM_CRASH_ROUNDS`` run more.
 """
@@ -24,17 +24,21 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 
 from crmstream.broker import free_port
 from crmstream.serde import AvroSerde
 from crmstream.settings import Settings
-from crmstream.topics import VENDORS, create_topics
+from crmstream.topics import create_topics
 from processors.app import changelog_specs
-from processors.attribution import Conversion, Touch, windows_of
-from processors.normalize.model import Vendor
-from tests.integration.attribution_harness import Expected, Publisher, canonical, conversion_json
+from processors.attribution import Conversion, Touch, decode_record, windows_of
+from tests.integration.attribution_harness import (
+    RAW_TOUCH_TYPES,
+    Expected,
+    Publisher,
+    conversion_json,
+    raw_touch,
+)
 from tests.integration.harness import WorkerProcess
 from tests.kafka_helpers import read_topic
 
@@ -48,23 +52,31 @@ H = 3_600_000
 D = 24 * H
 
 
-def history(rng: random.Random, t0: int) -> tuple[dict[str, list[Touch]], list[Conversion]]:
-    """Touches per user, then the conversions in publish order."""
-    symbols = [Vendor(v.upper()).value for v in VENDORS]
+def history(
+    rng: random.Random, t0: int
+) -> tuple[dict[str, list[Touch]], list[tuple[str, bytes, bytes]], list[Conversion]]:
+    """Touches per user, their raw records (shuffled), then the conversions in publish order."""
     touches: dict[str, list[Touch]] = {}
+    raw: list[tuple[str, bytes, bytes]] = []
     conversions: list[Conversion] = []
     n = 0
     for u in range(USERS):
         user = f"user-{u}"
         for _ in range(rng.randint(0, 3)):
             n += 1
-            vendor = rng.choice(symbols).upper()
-            kind = "CONTROL" if rng.random() < 0.1 else rng.choice(["SEND", "DELIVERY"])
-            campaign = f"{vendor.lower()}-{rng.randint(1, 2)}"
-            at = t0 + rng.randint(0, 2 * D)
-            touches.setdefault(user, []).append(
-                Touch(f"{vendor}:t{n}", at, vendor, "app", campaign, kind, campaign.title())
+            vendor = rng.choice(sorted(RAW_TOUCH_TYPES))
+            kind = (
+                "CONTROL"
+                if vendor == "AIRSHIP" and rng.random() < 0.2
+                else RAW_TOUCH_TYPES[vendor][0]
             )
+            campaign = f"{vendor.lower()}-{rng.randint(1, 2)}"
+            variant = rng.choice([None, "1", "2"])
+            at = t0 + rng.randint(0, 2 * D)
+            topic, key, value, touch = raw_touch(vendor, n, user, at, campaign, kind, variant)
+            touches.setdefault(user, []).append(touch)
+            raw.append((topic, key, value))
+    rng.shuffle(raw)
     for u in range(USERS):
         user = f"user-{u}"
         mine: list[Conversion] = []
@@ -87,7 +99,7 @@ def history(rng: random.Random, t0: int) -> tuple[dict[str, list[Touch]], list[C
         conversions += mine
     # Users interleaved; keyed by user, each user's conversions keep this order on the way.
     rng.shuffle(conversions)
-    return touches, conversions
+    return touches, raw, conversions
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -108,17 +120,14 @@ def test_kill_9_while_attributing_credits_every_conversion_exactly_once(
     create_topics(settings, extra=changelog_specs(settings))
     serde = AvroSerde(settings)
     out = Publisher(settings)
-    events = settings.topic("events")
     t0 = (time.time_ns() // 1_000_000 - 8 * D) // H * H
-    touches, conversions = history(rng, t0)
+    touches, raw, conversions = history(rng, t0)
     expected = Expected(windows_of(*settings.attribution_windows()))
-    records = []
     for user, items in touches.items():
         for t in items:
             expected.add(user, t)
-            records.append((t.event_id.encode(), canonical(serde, events, t, user)))
-    rng.shuffle(records)
-    out.publish("events", records)
+    for topic in sorted({topic for topic, _, _ in raw}):
+        out.publish(topic, [(key, value) for t, key, value in raw if t == topic])
     touch_ids = {t.event_id for items in touches.values() for t in items}
 
     worker = WorkerProcess(env, tmp_path / "worker.log")
@@ -195,8 +204,9 @@ def test_kill_9_while_attributing_credits_every_conversion_exactly_once(
             assert seen[aid] == a.record(0), (context, seen[aid], a.record(0))
         assert len(want) > 50 and any(a.control for a in want.values())
 
-        rows = _get(api, {"from": t0 - D, "to": t0 + 10 * D})["campaigns"]
-        assert rows == expected.rows(), (context, rows, expected.rows())
+        body = _get(api, {"from": t0 - D, "to": t0 + 10 * D})
+        assert body["campaigns"] == expected.rows(), (context, body["campaigns"], expected.rows())
+        assert body["unattributed"] == expected.unattributed(), (context, body["unattributed"])
     finally:
         worker.stop()
 
@@ -208,7 +218,8 @@ def _id(serde: AvroSerde, topic: str, msg: Any) -> str:
 def _touches_in(msgs: list[Any]) -> set[str]:
     ids: set[str] = set()
     for m in msgs:
-        ids.update(item["id"] for item in orjson.loads(m.value()) if item["k"] == "t")
+        for _, items in decode_record(m.key(), m.value()):
+            ids.update(item.event_id for item in items if isinstance(item, Touch))
     return ids
 
 

@@ -16,6 +16,9 @@
     ["conversions", "int"], ["control_conversions", "int"], ["value", "money"],
     ["control_value", "money"],
   ];
+  const MISSED = [
+    ["name", "text"], ["conversions", "int"], ["no_exposure", "int"], ["outside_window", "int"],
+  ];
   const names = new Set();
   let timer = null;
 
@@ -64,6 +67,17 @@
     totals.textContent = `${intFmt.format(body.conversions)} conversions credited to a message, ` +
       `${intFmt.format(body.control_conversions)} to a holdout (control) group`;
     $("attr-empty").hidden = rows.length > 0;
+    const missed = (body.unattributed || []).map((r) => {
+      const tr = document.createElement("tr");
+      tr.dataset.name = r.name;
+      for (const [field, type] of MISSED) tr.append(cell(field, type, r[field]));
+      names.add(r.name);
+      return tr;
+    });
+    $("attr-unattributed").querySelector("tbody").replaceChildren(...missed);
+    $("attr-unattributed").dataset.rows = String(missed.length);
+    totals.dataset.unattributed = body.unattributed_conversions;
+    totals.textContent += `; ${intFmt.format(body.unattributed_conversions)} to no campaign`;
     const select = $("attr-name");
     const have = new Set([...select.options].map((o) => o.value));
     for (const name of [...names].sort()) {

@@ -12,6 +12,9 @@ from crmstream.errors import ConfigError
 from crmstream.settings import Settings
 from processors.attribution import (
     MAX_TOUCHES,
+    NO_EXPOSURE,
+    OUTSIDE_WINDOW,
+    RECENT_CONVERSIONS,
     Conversion,
     Outcome,
     Tally,
@@ -184,24 +187,35 @@ def test_the_state_holds_at_most_the_newest_touches_within_the_window() -> None:
 # --- generated histories against a reference ---------------------------------------------
 
 
-def reference(items: list[Any], windows: Windows) -> list[tuple[str, str]]:
-    """The rule, brute force: every touch that arrived before, no pruning."""
+def reference(
+    items: list[Any], windows: Windows, misses: list[tuple[str, str]] | None = None
+) -> list[tuple[str, str]]:
+    """The rule, brute force: every touch that arrived before, no pruning. ``misses`` gets the
+    unattributed conversions (id, why)."""
     arrived: list[Touch] = []
     seen: dict[str, int] = {}
     credits: dict[tuple[str, str], int] = {}
     out = []
-    for item in items:
+    for n, item in enumerate(items):
         if isinstance(item, Touch):
             arrived.append(item)
             continue
         w = windows.of(item.name)
-        newest = max(i.at for i in items[: items.index(item) + 1])
+        newest = max(i.at for i in items[: n + 1])
         held = newest - windows.longest_ms  # older than this is not held
-        if seen.get(item.conversion_id, held - 1) >= held:
+        order = list(seen)
+        if seen.get(item.conversion_id, held - 1) >= held or (
+            item.conversion_id in seen
+            and order.index(item.conversion_id) >= len(order) - RECENT_CONVERSIONS
+        ):
             continue
-        seen[item.conversion_id] = item.at
+        seen.pop(item.conversion_id, None)
+        seen[item.conversion_id] = newest
         fits = [t for t in arrived if max(item.at - w, held) <= t.at <= item.at]
         if not fits:
+            if misses is not None:
+                exposed = any(t.at <= item.at for t in arrived)
+                misses.append((item.conversion_id, OUTSIDE_WINDOW if exposed else NO_EXPOSURE))
             continue
         last = max(fits, key=lambda t: (t.at, t.event_id))
         key = (last.campaign, item.name)
@@ -217,22 +231,59 @@ def test_generated_histories_match_the_reference(seed: int) -> None:
     rng = random.Random(seed)
     windows = Windows(2 * D, {"Signed Up": 6 * H})
     items: list[Any] = []
-    for i in range(rng.randint(5, 60)):
+    for i in range(rng.randint(5, 60) if seed % 4 else rng.randint(150, 300)):
         at = T0 + rng.randint(0, 5 * D)
         if rng.random() < 0.6:
             vendor = rng.choice(["LEANPLUM", "AIRSHIP", "PINPOINT", "SEGMENT", "FLARELANE"])
             items.append(touch(f"{vendor}:{i}", at, vendor, f"c{rng.randint(1, 3)}"))
         else:
             cid = f"o{rng.randint(0, 15)}"  # some ids repeat: replays
+            if rng.random() < 0.5:
+                cid = f"n{i}"  # ... many do not: more than RECENT_CONVERSIONS of them
             items.append(conv(cid, at, rng.choice(["Order Completed", "Signed Up"])))
     # In one batch or split at random: the state carries over.
     state = UserState()
     made = []
+    outcome = Outcome()
     cut = rng.randint(0, len(items))
     for part in (items[:cut], items[cut:]):
         state = UserState.decode(state.encode())
-        made += apply(state, part, windows, Outcome())
-    assert credited(made) == reference(items, windows)
+        made += apply(state, part, windows, outcome)
+    misses: list[tuple[str, str]] = []
+    assert credited(made) == reference(items, windows, misses)
+    assert [(c.conversion_id, why) for c, why in outcome.misses] == misses
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_a_replay_from_any_point_counts_nothing_twice(seed: int) -> None:
+    """A crash replays a user's items from the committed position onto the state after them
+    (restored from the changelog): nothing is attributed or missed a second time, late
+    conversions (older than what is held) included."""
+    rng = random.Random(seed)
+    windows = Windows(2 * D, {"Signed Up": 6 * H})
+    items: list[Any] = []
+    for i in range(rng.randint(5, 40)):
+        at = T0 + rng.randint(0, 8 * D)
+        if rng.random() < 0.5:
+            items.append(touch(f"AIRSHIP:{i}", at, "AIRSHIP", f"c{rng.randint(1, 3)}"))
+        else:
+            items.append(conv(f"o{i}", at, rng.choice(["Order Completed", "Signed Up"])))
+    state, outcome = UserState(), Outcome()
+    apply(state, items, windows, outcome)
+    # A replay covers the batches not yet committed: what the user's newest time was when they
+    # were decided is within the longest window of the newest now (the limit of rule 4).
+    newest = [max(i.at for i in items[: n + 1]) for n in range(len(items))]
+    first = min(n for n in range(len(items)) if newest[n] >= newest[-1] - windows.longest_ms)
+    cut = rng.randint(first, len(items))
+    replayed = Outcome()
+    assert apply(UserState.decode(state.encode()), items[cut:], windows, replayed) == []
+    assert replayed.misses == [] and replayed.attributed == 0
+    # Known as a replay (by its input offset), any part of the history decides nothing again,
+    # however far the user's time moved since.
+    again = Outcome()
+    restored = UserState.decode(state.encode())
+    assert apply(restored, items[rng.randint(0, len(items)) :], windows, again, replay=True) == []
+    assert again.misses == [] and again.attributed == again.unattributed == again.repeats == 0
 
 
 # --- reading the inputs -------------------------------------------------------------------
@@ -379,20 +430,17 @@ def test_the_attribution_query_defaults_and_refusals() -> None:
         assert err.value.parameter == name
 
 
-def test_the_canonical_reader_reads_what_a_full_decode_reads() -> None:
-    """The feed's hand-written reader of canonical events' first fields against fastavro's full
-    decode, on events of every type and vendor, with and without the optional fields."""
-    import orjson
-
+def test_the_raw_path_reads_what_a_full_decode_of_events_reads() -> None:
+    """The raw path's reading of its canonical events (:func:`from_event`) against what reading
+    them back from ``events`` gives (:func:`from_canonical` of fastavro's decode), on events of
+    every type and vendor, with and without the optional fields."""
     from crmstream.serde import AvroSerde
-    from processors.attribution import CanonicalReader, NotOurs
+    from processors.attribution import from_event
     from processors.normalize.model import Channel, EventType, Vendor, make
     from processors.records import RawPosition, canonical_record
 
     serde = AvroSerde(Settings())
-    info = serde.schema("CanonicalEvent")
     names = conversion_names(["Order Completed"])
-    reader = CanonicalReader(info.single_object_header, orjson.loads(info.text), names)
     rng = random.Random(5)
     pos = RawPosition("raw.x", 0, 0, T0, {})
     vendors = [v for v in Vendor if v.value != "UNKNOWN"]
@@ -421,13 +469,27 @@ def test_the_canonical_reader_reads_what_a_full_decode_reads() -> None:
         )
         data = serde.encode("CanonicalEvent", canonical_record(event, pos, T0), "events")
         _, record = serde.decode(data, "events")
-        assert reader.read(data) == from_canonical(record, names), record
-        checked += reader.read(data) is not None
+        assert from_event(event, names) == from_canonical(record, names), record
+        checked += from_event(event, names) is not None
     assert checked > 50
-    with pytest.raises(NotOurs):
-        reader.read(b"\x00\x00\x00\x00\x01rest")  # the Confluent wire format: decoded in full
-    with pytest.raises(NotOurs):
-        reader.read(info.single_object_header + b"\xff")  # does not parse
+
+
+def test_input_records_are_one_per_partition_with_each_users_items_in_order() -> None:
+    from processors.attribution import decode_record, input_records
+
+    t1 = Touch("AIRSHIP:1", T0, "AIRSHIP", "a", "c1", "SEND", variant_id="2")
+    t2 = Touch("SEGMENT:2", T0 + 1, "SEGMENT", "", "c2", "DELIVERY")
+    c1 = Conversion("SEGMENT:3", "u1", "Order Completed", T0 + 2, "SEGMENT")
+    found = [("u1", t1), ("u2", t2), ("u1", c1), ("u3", t2)]
+    records = input_records(found, lambda key: {b"u1": 0, b"u2": 1, b"u3": 0}[key])
+    assert sorted(records) == [0, 1]
+    assert decode_record(b"0", records[0]) == [("u1", [t1, c1]), ("u3", [t2])]
+    assert decode_record(b"1", records[1]) == [("u2", [t2])]
+    # A record written before (one user's items, keyed by the user) still reads.
+    assert decode_record(b"u1", encode_items([t1, c1])) == [("u1", [t1, c1])]
+    for key, value in ((b"", encode_items([t1])), (b"0", b'{"u":[]}'), (b"0", b'{"u":{"":[]}}')):
+        with pytest.raises((ValueError, KeyError, TypeError)):
+            decode_record(key, value)
 
 
 def test_conversion_event_names_are_read_and_checked() -> None:

@@ -402,3 +402,66 @@ def test_the_worker_caches_stay_bounded(tmp_path: Path, monkeypatch: pytest.Monk
 
     asyncio.run(scenario())
     assert len(parts.raw.contexts) <= 5
+
+
+# -- the attribution's part of the raw path ----------------------------------------------------
+
+
+def track(message_id: str, event: str, user: str = "user-42") -> bytes:
+    return orjson.dumps(
+        {
+            "type": "track",
+            "event": event,
+            "messageId": message_id,
+            "timestamp": "2026-05-01T10:00:00.123Z",
+            "userId": user,
+            "properties": {"campaign_id": "c-1", "variant_id": "B"},
+        }
+    )
+
+
+def test_the_raw_path_hands_its_touches_and_conversions_over_with_its_outputs(
+    tmp_path: Path,
+) -> None:
+    """The batch's first-seen events, written now or by an earlier run (read back), go to
+    attribution-inputs in the batch's own outputs (one record per partition, each user's items in
+    order); duplicates, opens and events without a user do not; nothing is acknowledged apart."""
+    from processors.attribution import Conversion, Touch, decode_record
+    from processors.attribution_path import RawFeed
+
+    parts = Parts(tmp_path)
+    inputs = parts.settings.topic("attribution-inputs")
+    parts.raw.attribution = RawFeed(
+        parts.outputs, inputs_topic=inputs, conversion_events={"order completed": "Order Completed"}
+    ).send
+    raw_tp = parts.raw_tp()
+    parts.positioning.tracker.start(raw_tp, 0, landed={1})
+
+    async def scenario() -> None:
+        await parts.raw.process(
+            [
+                raw_event(parts, 0, track("d-1", "Email Delivered")),
+                raw_event(parts, 1, track("d-2", "Email Delivered", "user-7")),  # read back
+                raw_event(parts, 2, track("d-1", "Email Delivered")),  # a duplicate
+                raw_event(parts, 3, track("o-1", "Email Opened")),  # not a touch
+                raw_event(parts, 4, track("p-1", "Order Completed")),  # a listed conversion
+                raw_event(parts, 5, segment("n-1")),
+            ]
+        )
+        await parts.raw.written()
+
+    asyncio.run(scenario())
+    assert events_sent(parts) == [b"SEGMENT:d-1", b"SEGMENT:o-1", b"SEGMENT:p-1", b"SEGMENT:n-1"]
+    got: dict[str, list[Any]] = {}
+    for key, value in parts.outputs.topics(inputs):
+        for user, items in decode_record(key, value):
+            got.setdefault(user, []).extend(items)
+    assert {u: [type(i).__name__ for i in items] for u, items in got.items()} == {
+        "user-42": ["Touch", "Conversion"],
+        "user-7": ["Touch"],
+    }
+    first, conversion = got["user-42"]
+    assert isinstance(first, Touch) and isinstance(conversion, Conversion)
+    assert (first.event_id, first.campaign_id, first.variant_id) == ("SEGMENT:d-1", "c-1", "B")
+    assert (conversion.conversion_id, conversion.name) == ("SEGMENT:p-1", "Order Completed")
+    assert parts.engine.fatal_errors == []

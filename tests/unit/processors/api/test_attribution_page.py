@@ -12,7 +12,16 @@ import orjson
 import pytest
 
 from processors.api.server import make_app
-from processors.attribution import Conversion, Outcome, Tally, Touch, UserState, Windows, apply
+from processors.attribution import (
+    UNATTRIBUTED,
+    Conversion,
+    Outcome,
+    Tally,
+    Touch,
+    UserState,
+    Windows,
+    apply,
+)
 from processors.attribution_api import AttributionSource, public_handler
 from tests.unit.processors.api.conftest import ServerThread
 from tests.unit.processors.api.fake_source import FakeSource
@@ -26,6 +35,10 @@ READ = """() => ({
   hidden: document.getElementById('attribution-view').hidden,
   conversions: document.getElementById('attr-totals').dataset.conversions,
   control: document.getElementById('attr-totals').dataset.controlConversions,
+  unattributed: document.getElementById('attr-totals').dataset.unattributed,
+  missed: [...document.querySelectorAll('#attr-unattributed tbody tr')].map((tr) =>
+    Object.fromEntries([...tr.querySelectorAll('td')].map(
+      (td) => [td.dataset.field, td.dataset.value ?? td.textContent]))),
   rows: [...document.querySelectorAll('#attribution tbody tr')].map((tr) =>
     Object.fromEntries([...tr.querySelectorAll('td')].map(
       (td) => [td.dataset.field, td.dataset.value ?? td.textContent]))),
@@ -46,6 +59,17 @@ class Table:
         tally = Tally()
         tally.add(made)
         self.held.append((touch.campaign, name, tally))
+
+    def miss(self, name: str, exposed: bool) -> None:
+        """A conversion no touch gets: before any exposure, or after the window of one."""
+        touch = Touch(f"X:{len(self.held)}", self.now_ms - 5 * 24 * H, "AIRSHIP", "", "c", "SEND")
+        conv = Conversion(f"c{len(self.held)}", "u", name, self.now_ms, "conversions")
+        outcome = Outcome()
+        assert apply(UserState(), [touch] * exposed + [conv], Windows(3 * 24 * H), outcome) == []
+        tally = Tally()
+        for _, why in outcome.misses:
+            tally.miss(why)
+        self.held.append((UNATTRIBUTED, name, tally))
 
     def tallies(
         self, partitions: Iterable[int], from_ms: int, to_ms: int, name: str | None
@@ -95,10 +119,13 @@ def shown_matches(page: Any, body: dict[str, Any]) -> bool:
     got = [
         {k: orjson.loads(v) if k in money else v for k, v in row.items()} for row in shown["rows"]
     ]
+    missed = [{k: str(v) if k != "name" else v for k, v in r.items()} for r in body["unattributed"]]
     return (
         got == want
         and shown["conversions"] == str(body["conversions"])
         and shown["control"] == str(body["control_conversions"])
+        and shown["unattributed"] == str(body["unattributed_conversions"])
+        and shown["missed"] == missed
     )
 
 
@@ -130,12 +157,21 @@ def test_the_attribution_table_shows_the_apis_numbers_and_follows_them(
         # More conversions arrive: the table follows without a reload.
         table.credit("PINPOINT", "winback", "Signed Up", "DELIVERY", None)
         table.credit("AIRSHIP", "push-1", "Signed Up", "SEND", 5.0)
+        table.miss("Signed Up", exposed=False)
+        table.miss("Signed Up", exposed=True)
+        table.miss("Order Completed", exposed=False)
         body = wait_equal(page, url, **{"from": "0"})
         assert body["conversions"] == 3 and body["control_conversions"] == 1
+        assert body["unattributed_conversions"] == 3
+        assert body["unattributed"] == [
+            {"name": "Signed Up", "conversions": 2, "no_exposure": 1, "outside_window": 1},
+            {"name": "Order Completed", "conversions": 1, "no_exposure": 1, "outside_window": 0},
+        ]
         # One conversion name only.
         page.select_option("#attr-name", "Signed Up")
         body = wait_equal(page, url, name="Signed Up", **{"from": "0"})
         assert [r["campaign_id"] for r in body["campaigns"]] == ["push-1", "winback"]
+        assert [r["name"] for r in body["unattributed"]] == ["Signed Up"]
         assert errors == []
     finally:
         page.close()
