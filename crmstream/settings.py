@@ -507,6 +507,15 @@ class Settings:
         "table_standby_replicas): a partition moving to a worker that holds one restores only "
         "the tail of its changelog. 0 saves CPU and disk with a single worker",
     )
+    standby_follower: bool = setting(
+        "STANDBY_FOLLOWER",
+        True,
+        parse_bool,
+        "Follow the standby table partitions with the worker's own changelog reader (librdkafka, "
+        "RocksDB write batches, on its own thread) instead of Faust's recovery, which applies "
+        "them record by record on the event loop (~90 us of CPU each: with two workers, the "
+        "half-rate p50 went from 0.15 s to 2.2 s); false leaves them to Faust",
+    )
     allow_state_reset: bool = setting(
         "ALLOW_STATE_RESET",
         False,

@@ -91,6 +91,7 @@ from aiokafka.errors import IllegalStateError
 from faust.exceptions import ConsumerNotStarted
 from faust.sensors import Monitor
 from faust.stores.rocksdb import Store as RocksDBStore
+from faust.tables.manager import TableManager
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import Consumer
 from faust.types import TP as FaustTP
@@ -103,6 +104,7 @@ from crmstream.stopping import watch_stop_signals
 from processors.campaigns import stats_partition
 from processors.engine import BatchHandler, Event, Positions, SeekError
 from processors.positions import TP
+from processors.standby import Followed, StandbyFollower
 
 log = logging.getLogger("crmstream.worker")
 
@@ -355,6 +357,7 @@ def apply() -> None:
         (Recovery, "_resume_streams"): _hold_resumes(Recovery._resume_streams),
         (Recovery, "on_recovery_completed"): _hold_resumes(Recovery.on_recovery_completed),
     }
+    patches.update(standby_patches())
     for (cls, name), replacement in patches.items():
         setattr(cls, name, replacement)
     setattr(Consumer, _APPLIED, True)
@@ -518,6 +521,115 @@ def restore_changelogs(
     finally:
         consumer.close()
     return done
+
+
+# --- standby partitions (the module's docstring, 8.) ----------------------------------------
+
+
+class _Standbys:
+    """What the patched table manager keeps about its standby partitions: the standbys of the
+    current generation (changelog partition -> table), and their follower."""
+
+    def __init__(self) -> None:
+        self.tables: dict[Any, Any] = {}
+        self.generation: int | None = None
+        self.follower: StandbyFollower | None = None
+
+    async def stop(self) -> None:
+        follower, self.follower = self.follower, None
+        if follower is not None:
+            follower.stop()
+            await asyncio.get_running_loop().run_in_executor(None, follower.join)
+
+
+def _standbys(manager: Any) -> _Standbys:
+    state = manager.__dict__.get("_crm_standbys")
+    if state is None:
+        state = manager.__dict__["_crm_standbys"] = _Standbys()
+    return cast(_Standbys, state)
+
+
+def _follows_standbys(app: Any) -> bool:
+    settings = getattr(app, "crm_settings", None)
+    return bool(settings is not None and settings.standby_follower)
+
+
+def follow_standbys(settings: Settings, tables: Mapping[Any, Any]) -> StandbyFollower:
+    """Start following the standby changelog partitions ``tables`` (partition -> Faust table),
+    each from the offset after the one persisted in its store."""
+    partitions: dict[tuple[str, int], Followed] = {}
+    for tp, table in tables.items():
+        store = table.data
+        persisted = store.persisted_offset(tp)  # opens the partition's store on this thread
+        partitions[(tp.topic, tp.partition)] = Followed(
+            None if persisted is None else int(persisted) + 1,
+            store._db_for_partition(tp.partition),
+            _record(store),
+            store.offset_key,
+        )
+    follower = StandbyFollower(settings, partitions)
+    follower.start()
+    log.info(
+        "standby follower: %s",
+        ", ".join(
+            f"{t}/{p}@{'start' if f.start is None else f.start}"
+            for (t, p), f in sorted(partitions.items())
+        ),
+    )
+    return follower
+
+
+def standby_patches() -> dict[tuple[type, str], Any]:
+    """The patches of the standby follower (the module's docstring, 8.)."""
+    add_standby = Recovery.add_standby
+    on_rebalance_start = TableManager.on_rebalance_start
+    on_rebalance = TableManager.on_rebalance
+    on_actives_ready = TableManager.on_actives_ready
+    on_stop = TableManager.on_stop
+
+    def add_standby_to_follow(self: Any, table: Any, tp: Any) -> None:
+        if not _follows_standbys(self.app):
+            add_standby(self, table, tp)
+            return
+        _standbys(self.tables).tables[tp] = table
+
+    def stop_following_on_rebalance_start(self: Any) -> None:
+        follower = _standbys(self).follower
+        if follower is not None:
+            follower.stop()  # writes nothing more; waited for in on_rebalance
+        on_rebalance_start(self)
+
+    async def stop_following_then_rebalance(
+        self: Any, assigned: Any, revoked: Any, newly_assigned: Any, generation_id: int = 0
+    ) -> None:
+        state = _standbys(self)
+        state.generation = None
+        state.tables = {}
+        await state.stop()
+        await on_rebalance(self, assigned, revoked, newly_assigned, generation_id)
+        state.generation = generation_id
+
+    def follow_once_actives_ready(self: Any) -> None:
+        on_actives_ready(self)
+        state = _standbys(self)
+        if (
+            state.follower is None
+            and state.tables
+            and state.generation == self.app.consumer_generation_id
+        ):
+            state.follower = follow_standbys(self.app.crm_settings, state.tables)
+
+    async def stop_following_then_stop(self: Any) -> None:
+        await _standbys(self).stop()
+        await on_stop(self)
+
+    return {
+        (Recovery, "add_standby"): add_standby_to_follow,
+        (TableManager, "on_rebalance_start"): stop_following_on_rebalance_start,
+        (TableManager, "on_rebalance"): stop_following_then_rebalance,
+        (TableManager, "on_actives_ready"): follow_once_actives_ready,
+        (TableManager, "on_stop"): stop_following_then_stop,
+    }
 
 
 # --- table storage ----------------------------------------------------------------------------
