@@ -516,6 +516,14 @@ class Settings:
         "them record by record on the event loop (~90 us of CPU each: with two workers, the "
         "half-rate p50 went from 0.15 s to 2.2 s); false leaves them to Faust",
     )
+    rocksdb_memory_mb: int = setting(
+        "ROCKSDB_MEMORY_MB",
+        128,
+        positive(parse_int),
+        "Memory all table partitions of a worker share, in MB: half a RocksDB block cache, half "
+        "their memtables (a write buffer manager), however many partitions and standbys the "
+        "worker holds. Less flushes smaller files more often (more compaction CPU)",
+    )
     allow_state_reset: bool = setting(
         "ALLOW_STATE_RESET",
         False,

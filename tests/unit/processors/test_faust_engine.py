@@ -117,6 +117,26 @@ def test_rocksdb_partitions_are_reached_through_the_table(app: faust.App) -> Non
     assert set(faust_engine.rocksdb_partitions(table)) == {1}
 
 
+def test_every_partition_shares_one_memory_budget_from_the_setting(
+    app: faust.App, tmp_path: Path
+) -> None:
+    app.crm_settings = Settings.from_env(  # type: ignore[attr-defined]
+        {"CRM_DATA_DIR": str(tmp_path), "CRM_ROCKSDB_MEMORY_MB": "24"}
+    )
+    cache, write_buffers = faust_engine.rocksdb_memory(24 * 2**20)
+    assert write_buffers.enabled() and write_buffers.get_buffer_size() == 12 * 2**20
+    before = write_buffers.get_usage()
+    a = app.Table("a", partitions=2, key_type=bytes, value_type=bytes)
+    b = app.Table("b", partitions=2, key_type=bytes, value_type=bytes)
+    for table, partition in ((a, 0), (a, 1), (b, 1)):
+        db = faust_engine.rocksdb_partition(table, partition)
+        for i in range(2000):
+            db[b"k%d" % i] = b"v" * 100
+    # The memtables of all three partitions are counted by the one manager the setting sized.
+    assert write_buffers.get_usage() > before
+    assert faust_engine.rocksdb_memory(24 * 2**20) == (cache, write_buffers)
+
+
 def test_other_library_versions_stop_the_worker_with_a_clear_message(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
