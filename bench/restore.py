@@ -347,9 +347,10 @@ def takeover(
     try:
         b.wait_ready(args.timeout)
         active.wait_ready(args.timeout, since=time.monotonic())
-        # The standbys restore in the background once the group settled (through Faust, record
-        # by record): wait until the new worker's dedupe table (actives and standbys) holds
-        # about every mark (RocksDB's estimate), for --standby-wait seconds at most.
+        # The standbys restore in the background once the group settled (the standby follower,
+        # or Faust record by record with CRM_STANDBY_FOLLOWER=false): wait until the new worker's
+        # dedupe table (actives and standbys) holds about every mark (RocksDB's estimate), for
+        # --standby-wait seconds at most.
         joined = time.monotonic()
         caught_up = False
         while time.monotonic() - joined < args.standby_wait:

@@ -507,6 +507,23 @@ class Settings:
         "table_standby_replicas): a partition moving to a worker that holds one restores only "
         "the tail of its changelog. 0 saves CPU and disk with a single worker",
     )
+    standby_follower: bool = setting(
+        "STANDBY_FOLLOWER",
+        True,
+        parse_bool,
+        "Follow the standby table partitions with the worker's own changelog reader (librdkafka, "
+        "RocksDB write batches, on its own thread) instead of Faust's recovery, which applies "
+        "them record by record on the event loop (~90 us of CPU each: with two workers, the "
+        "half-rate p50 went from 0.15 s to 2.2 s); false leaves them to Faust",
+    )
+    rocksdb_memory_mb: int = setting(
+        "ROCKSDB_MEMORY_MB",
+        128,
+        positive(parse_int),
+        "Memory all table partitions of a worker share, in MB: half a RocksDB block cache, half "
+        "their memtables (a write buffer manager), however many partitions and standbys the "
+        "worker holds. Less flushes smaller files more often (more compaction CPU)",
+    )
     allow_state_reset: bool = setting(
         "ALLOW_STATE_RESET",
         False,

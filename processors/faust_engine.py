@@ -66,7 +66,8 @@ the ones this was written for (``check_versions``).
 
 7. **Table storage.** Every table partition opens with the RocksDB options of
    :func:`rocksdb_options` (Faust's own: no compression set, 3-bit bloom filters, a 2 GB block
-   cache and 64 MB write buffers per partition). A table built with an ``upgrade`` (the dedupe
+   cache and 64 MB write buffers per partition), the block cache and the memtables of all of them
+   within one budget (``CRM_ROCKSDB_MEMORY_MB``). A table built with an ``upgrade`` (the dedupe
    table: :func:`processors.state.keys.upgrade_mark`) rewrites every record it restores from its
    changelog through it, and a local store on opening (records an earlier version wrote, in
    write batches): the state of an earlier layout is read in the current one.
@@ -91,6 +92,7 @@ from aiokafka.errors import IllegalStateError
 from faust.exceptions import ConsumerNotStarted
 from faust.sensors import Monitor
 from faust.stores.rocksdb import Store as RocksDBStore
+from faust.tables.manager import TableManager
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import Consumer
 from faust.types import TP as FaustTP
@@ -103,6 +105,7 @@ from crmstream.stopping import watch_stop_signals
 from processors.campaigns import stats_partition
 from processors.engine import BatchHandler, Event, Positions, SeekError
 from processors.positions import TP
+from processors.standby import Followed, StandbyFollower
 
 log = logging.getLogger("crmstream.worker")
 
@@ -355,6 +358,7 @@ def apply() -> None:
         (Recovery, "_resume_streams"): _hold_resumes(Recovery._resume_streams),
         (Recovery, "on_recovery_completed"): _hold_resumes(Recovery.on_recovery_completed),
     }
+    patches.update(standby_patches())
     for (cls, name), replacement in patches.items():
         setattr(cls, name, replacement)
     setattr(Consumer, _APPLIED, True)
@@ -520,6 +524,115 @@ def restore_changelogs(
     return done
 
 
+# --- standby partitions (the module's docstring, 8.) ----------------------------------------
+
+
+class _Standbys:
+    """What the patched table manager keeps about its standby partitions: the standbys of the
+    current generation (changelog partition -> table), and their follower."""
+
+    def __init__(self) -> None:
+        self.tables: dict[Any, Any] = {}
+        self.generation: int | None = None
+        self.follower: StandbyFollower | None = None
+
+    async def stop(self) -> None:
+        follower, self.follower = self.follower, None
+        if follower is not None:
+            follower.stop()
+            await asyncio.get_running_loop().run_in_executor(None, follower.join)
+
+
+def _standbys(manager: Any) -> _Standbys:
+    state = manager.__dict__.get("_crm_standbys")
+    if state is None:
+        state = manager.__dict__["_crm_standbys"] = _Standbys()
+    return cast(_Standbys, state)
+
+
+def _follows_standbys(app: Any) -> bool:
+    settings = getattr(app, "crm_settings", None)
+    return bool(settings is not None and settings.standby_follower)
+
+
+def follow_standbys(settings: Settings, tables: Mapping[Any, Any]) -> StandbyFollower:
+    """Start following the standby changelog partitions ``tables`` (partition -> Faust table),
+    each from the offset after the one persisted in its store."""
+    partitions: dict[tuple[str, int], Followed] = {}
+    for tp, table in tables.items():
+        store = table.data
+        persisted = store.persisted_offset(tp)  # opens the partition's store on this thread
+        partitions[(tp.topic, tp.partition)] = Followed(
+            None if persisted is None else int(persisted) + 1,
+            store._db_for_partition(tp.partition),
+            _record(store),
+            store.offset_key,
+        )
+    follower = StandbyFollower(settings, partitions)
+    follower.start()
+    log.info(
+        "standby follower: %s",
+        ", ".join(
+            f"{t}/{p}@{'start' if f.start is None else f.start}"
+            for (t, p), f in sorted(partitions.items())
+        ),
+    )
+    return follower
+
+
+def standby_patches() -> dict[tuple[type, str], Any]:
+    """The patches of the standby follower (the module's docstring, 8.)."""
+    add_standby = Recovery.add_standby
+    on_rebalance_start = TableManager.on_rebalance_start
+    on_rebalance = TableManager.on_rebalance
+    on_actives_ready = TableManager.on_actives_ready
+    on_stop = TableManager.on_stop
+
+    def add_standby_to_follow(self: Any, table: Any, tp: Any) -> None:
+        if not _follows_standbys(self.app):
+            add_standby(self, table, tp)
+            return
+        _standbys(self.tables).tables[tp] = table
+
+    def stop_following_on_rebalance_start(self: Any) -> None:
+        follower = _standbys(self).follower
+        if follower is not None:
+            follower.stop()  # writes nothing more; waited for in on_rebalance
+        on_rebalance_start(self)
+
+    async def stop_following_then_rebalance(
+        self: Any, assigned: Any, revoked: Any, newly_assigned: Any, generation_id: int = 0
+    ) -> None:
+        state = _standbys(self)
+        state.generation = None
+        state.tables = {}
+        await state.stop()
+        await on_rebalance(self, assigned, revoked, newly_assigned, generation_id)
+        state.generation = generation_id
+
+    def follow_once_actives_ready(self: Any) -> None:
+        on_actives_ready(self)
+        state = _standbys(self)
+        if (
+            state.follower is None
+            and state.tables
+            and state.generation == self.app.consumer_generation_id
+        ):
+            state.follower = follow_standbys(self.app.crm_settings, state.tables)
+
+    async def stop_following_then_stop(self: Any) -> None:
+        await _standbys(self).stop()
+        await on_stop(self)
+
+    return {
+        (Recovery, "add_standby"): add_standby_to_follow,
+        (TableManager, "on_rebalance_start"): stop_following_on_rebalance_start,
+        (TableManager, "on_rebalance"): stop_following_then_rebalance,
+        (TableManager, "on_actives_ready"): follow_once_actives_ready,
+        (TableManager, "on_stop"): stop_following_then_stop,
+    }
+
+
 # --- table storage ----------------------------------------------------------------------------
 
 
@@ -539,27 +652,47 @@ ROCKSDB_WRITE_BUFFER_BYTES = 8 * 2**20
 write-ahead log (uncompressed, a header per write batch) rather than in compressed, prefix-encoded
 SST files; 8 MB flushes them while they are still few."""
 
-ROCKSDB_BLOCK_CACHE_BYTES = 256 * 2**20
-"""One block cache shared by every table partition of the process (Faust: 2 GB each)."""
+ROCKSDB_MEMORY_BYTES = 128 * 2**20
+"""What all table partitions of a process may hold in memory (``CRM_ROCKSDB_MEMORY_MB``'s
+default): half of it one block cache, half the memtables (a write buffer manager), both shared by
+every partition, active and standby. Before, each partition had up to two 8 MB memtables of its
+own next to a 256 MB cache (Faust: 2 GB of cache and 3 x 64 MB per partition), and the memory grew
+with the partitions a worker holds: 4 partitions x 3 tables, twice that with standbys."""
 
-_block_cache: Any = None
+_memory: tuple[int, Any, Any] | None = None
 
 
-def rocksdb_options(max_open_files: int | None) -> rocksdict.Options:
+def rocksdb_memory(budget: int) -> tuple[Any, Any]:
+    """The block cache and the write buffer manager every table partition of the process shares
+    (made once, of ``budget`` bytes in all)."""
+    global _memory
+    if _memory is None or _memory[0] != budget:
+        _memory = (
+            budget,
+            rocksdict.Cache(budget // 2),
+            # No stall: past the limit, RocksDB flushes the memtable being written to.
+            rocksdict.WriteBufferManager(budget // 2, False),
+        )
+    return _memory[1], _memory[2]
+
+
+def rocksdb_options(
+    max_open_files: int | None, memory: int = ROCKSDB_MEMORY_BYTES
+) -> rocksdict.Options:
     """The options every table partition opens with (measured in bench/README.md, "state MB per
     million keys"): LZ4 on the upper levels and ZSTD at the bottom, where most of the data ends;
     16 KB blocks (a mark is ~30 bytes: fewer index entries); full 10-bit bloom filters (a lookup of
     an unseen id, the common case, rarely reads a block), whole-key as the keys are looked up
-    whole; small write buffers (:data:`ROCKSDB_WRITE_BUFFER_BYTES`)."""
-    global _block_cache
-    if _block_cache is None:
-        _block_cache = rocksdict.Cache(ROCKSDB_BLOCK_CACHE_BYTES)
+    whole; small write buffers (:data:`ROCKSDB_WRITE_BUFFER_BYTES`); the block cache and the
+    memtables within ``memory`` bytes for the whole process (:func:`rocksdb_memory`)."""
+    cache, write_buffers = rocksdb_memory(memory)
     options = rocksdict.Options(raw_mode=True)
     options.create_if_missing(True)
     if max_open_files is not None:
         options.set_max_open_files(max_open_files)
     options.set_write_buffer_size(ROCKSDB_WRITE_BUFFER_BYTES)
     options.set_max_write_buffer_number(2)
+    options.set_write_buffer_manager(write_buffers)
     options.set_target_file_size_base(32 * 2**20)
     options.set_max_bytes_for_level_base(64 * 2**20)
     options.set_level_compaction_dynamic_level_bytes(True)
@@ -569,7 +702,7 @@ def rocksdb_options(max_open_files: int | None) -> rocksdict.Options:
     table.set_block_size(16 * 1024)
     table.set_bloom_filter(10, False)
     table.set_format_version(5)
-    table.set_block_cache(_block_cache)
+    table.set_block_cache(cache)
     table.set_index_type(rocksdict.BlockBasedIndexType.binary_search())
     options.set_block_based_table_factory(table)
     return options
@@ -588,6 +721,11 @@ def _record(store: Any) -> Callable[[bytes, bytes | None], tuple[bytes, bytes | 
     return None if upgrade is None else upgrade.record
 
 
+def _memory_budget(app: Any) -> int:
+    settings = getattr(app, "crm_settings", None)
+    return ROCKSDB_MEMORY_BYTES if settings is None else settings.rocksdb_memory_mb * 2**20
+
+
 def _open_for_partition(self: Any, partition: int) -> Any:
     """Faust's ``Store._open_for_partition`` with :func:`rocksdb_options`; a table with an
     upgrade rewrites the records of an earlier layout it holds (idempotent: a crash halfway
@@ -597,7 +735,7 @@ def _open_for_partition(self: Any, partition: int) -> Any:
     access = rocksdict.AccessType.read_only() if read_only else rocksdict.AccessType.read_write()
     db = rocksdict.Rdict(
         str(path),
-        options=rocksdb_options(self.rocksdb_options.max_open_files),
+        options=rocksdb_options(self.rocksdb_options.max_open_files, _memory_budget(self.app)),
         access_type=access,
     )
     db.set_read_options(rocksdict.ReadOptions())

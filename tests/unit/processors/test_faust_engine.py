@@ -11,12 +11,14 @@ import faust
 import pytest
 import rocksdict
 from faust.stores.rocksdb import Store as RocksDBStore
+from faust.tables.manager import TableManager
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import Consumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import TP
 
 from crmstream.errors import CrmStreamError
+from crmstream.settings import Settings
 from processors import faust_engine
 from processors.state import keys
 
@@ -56,6 +58,31 @@ def test_the_patches_replace_the_methods_they_were_written_for() -> None:
     assert Recovery._build_offsets.__name__ == faust_engine.FAST_RESTORE_STEP
     assert Recovery._wait.__name__ == "wait_without_limit_for_the_fast_restore"
     assert RocksDBStore._open_for_partition.__name__ == "_open_for_partition"
+    assert Recovery.add_standby.__name__ == "add_standby_to_follow"
+    assert TableManager.on_rebalance.__name__ == "stop_following_then_rebalance"
+    assert TableManager.on_rebalance_start.__name__ == "stop_following_on_rebalance_start"
+    assert TableManager.on_actives_ready.__name__ == "follow_once_actives_ready"
+    assert TableManager.on_stop.__name__ == "stop_following_then_stop"
+
+
+@pytest.mark.parametrize("follow", [True, False])
+def test_standbys_go_to_the_follower_not_to_faust_recovery(
+    app: faust.App, tmp_path: Path, follow: bool
+) -> None:
+    app.crm_settings = Settings.from_env(  # type: ignore[attr-defined]
+        {"CRM_DATA_DIR": str(tmp_path), "CRM_STANDBY_FOLLOWER": str(follow).lower()}
+    )
+    table = app.Table("marks", partitions=2, key_type=bytes, value_type=bytes)
+    tp = TP(table.changelog_topic.get_topic_name(), 1)
+    recovery = app.tables.recovery
+    recovery.add_standby(table, tp)
+    standbys = faust_engine._standbys(app.tables).tables
+    if follow:
+        # Faust's consumer never reads it (nothing resumes it); the follower will.
+        assert recovery.standby_tps == set() and not recovery.standbys_for_table
+        assert standbys == {tp: table}
+    else:
+        assert recovery.standby_tps == {tp} and standbys == {}
 
 
 def test_commits_come_from_the_positions_and_faust_bookkeeping_is_cleared(
@@ -88,6 +115,26 @@ def test_rocksdb_partitions_are_reached_through_the_table(app: faust.App) -> Non
     db[b"k"] = b"v"
     assert faust_engine.rocksdb_partition(table, 1)[b"k"] == b"v"
     assert set(faust_engine.rocksdb_partitions(table)) == {1}
+
+
+def test_every_partition_shares_one_memory_budget_from_the_setting(
+    app: faust.App, tmp_path: Path
+) -> None:
+    app.crm_settings = Settings.from_env(  # type: ignore[attr-defined]
+        {"CRM_DATA_DIR": str(tmp_path), "CRM_ROCKSDB_MEMORY_MB": "24"}
+    )
+    cache, write_buffers = faust_engine.rocksdb_memory(24 * 2**20)
+    assert write_buffers.enabled() and write_buffers.get_buffer_size() == 12 * 2**20
+    before = write_buffers.get_usage()
+    a = app.Table("a", partitions=2, key_type=bytes, value_type=bytes)
+    b = app.Table("b", partitions=2, key_type=bytes, value_type=bytes)
+    for table, partition in ((a, 0), (a, 1), (b, 1)):
+        db = faust_engine.rocksdb_partition(table, partition)
+        for i in range(2000):
+            db[b"k%d" % i] = b"v" * 100
+    # The memtables of all three partitions are counted by the one manager the setting sized.
+    assert write_buffers.get_usage() > before
+    assert faust_engine.rocksdb_memory(24 * 2**20) == (cache, write_buffers)
 
 
 def test_other_library_versions_stop_the_worker_with_a_clear_message(

@@ -1,0 +1,165 @@
+"""Standby table partitions, followed by the worker's own changelog reader (issue 21).
+
+A standby replica (``CRM_TABLE_STANDBY_REPLICAS``) is a copy of another worker's table partition,
+kept up to date from its changelog so that a takeover restores only the tail. Faust follows it
+through its recovery path: each changelog record through its consumer, conductor, an event, a
+queue and per-record bookkeeping on the event loop, ~90 us of CPU per record (issue 23). Every
+dedupe mark and window the active worker writes is one such record, so with two workers each
+spent about as much CPU following the other as processing its own records, and the half-rate
+p50 went from 0.15 s to 2.2 s.
+
+:class:`StandbyFollower` reads the standby changelog partitions on its own thread with librdkafka
+and applies what each poll returns as one RocksDB write batch per partition, with the partition's
+persisted offset (the offset of its last record applied, where Faust keeps it) in the same batch:
+a kill -9 leaves the offset with the data it covers. When the partition becomes active, Faust
+reads that offset and the fast restore (``processors.faust_engine``, patch 6) reads only what came
+after it. The engine stops the follower, and waits for it, before a rebalance touches the stores.
+
+Nothing here knows Faust: the engine hands over the stores, their offset key and the offset to
+start from.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import rocksdict
+
+from crmstream.settings import Settings
+
+log = logging.getLogger("crmstream.worker")
+
+FOLLOW_POLL_S = 0.1
+"""Longest one poll waits for records, and so about the longest a rebalance waits for the thread
+to stop (plus one write batch); 10 empty polls a second cost next to nothing."""
+
+FOLLOW_MAX_RECORDS = 10_000
+"""Most records one poll returns (one write batch per partition per poll)."""
+
+FETCH_WAIT_MS = 500
+"""How long a fetch waits on the broker for new records: a standby may lag by this much (what it
+lags is read by the fast restore when it takes over), and fewer empty fetches cost less CPU."""
+
+QUEUED_KBYTES = 16 * 1024
+"""librdkafka's prefetch queue of the follower (its default: 64 MB)."""
+
+
+class Followed(NamedTuple):
+    """A standby table partition: its changelog is read from ``start`` (None: its first record)
+    and applied to ``db``, each record through ``upgrade`` (if any); ``offset_key``: where the
+    partition's persisted offset is kept."""
+
+    start: int | None
+    db: Any
+    upgrade: Callable[[bytes, bytes | None], tuple[bytes, bytes | None]] | None
+    offset_key: bytes
+
+
+class StandbyFollower:
+    """Follows standby changelog partitions (keyed by ``(topic, partition)``) on one thread until
+    :meth:`stop`. A failure is logged and stops the following, never the worker: the standby then
+    lags, and a takeover restores what it misses from the changelog."""
+
+    def __init__(self, settings: Settings, partitions: Mapping[tuple[str, int], Followed]) -> None:
+        self.settings = settings
+        self.partitions = dict(partitions)
+        self.applied: dict[tuple[str, int], int] = {}
+        self.records = 0
+        self.failed: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="crm-standby", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ask the thread to stop; it writes nothing more after its current write."""
+        self._stop.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        try:
+            self._follow()
+        except Exception as exc:  # a standby that lags is recovered from at takeover
+            self.failed = exc
+            log.error("standby follower stopped: %r", exc, exc_info=exc)
+
+    def _follow(self) -> None:
+        from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+        from confluent_kafka import Consumer as KafkaConsumer
+
+        from crmstream.kafka import consumer_config
+
+        consumer = KafkaConsumer(
+            consumer_config(
+                self.settings,
+                group_id=f"{self.settings.app_id}-standby",
+                **{
+                    "enable.partition.eof": False,
+                    "fetch.wait.max.ms": FETCH_WAIT_MS,
+                    "queued.max.messages.kbytes": QUEUED_KBYTES,
+                },
+            )
+        )
+        partitions = self.partitions
+        stop = self._stop
+        try:
+            consumer.assign(
+                [
+                    TopicPartition(t, p, OFFSET_BEGINNING if f.start is None else f.start)
+                    for (t, p), f in partitions.items()
+                ]
+            )
+            started = time.monotonic()
+            while not stop.is_set():
+                messages = consumer.consume(FOLLOW_MAX_RECORDS, FOLLOW_POLL_S)
+                if not messages:
+                    continue
+                batches: dict[tuple[str, int], Any] = {}
+                last: dict[tuple[str, int], int] = {}
+                n = 0
+                for message in messages:
+                    error = message.error()
+                    if error is not None:
+                        if error.fatal():
+                            raise RuntimeError(f"following a standby changelog: {error.str()}")
+                        if error.code() != KafkaError._PARTITION_EOF:
+                            log.warning("following a standby changelog: %s", error.str())
+                        continue
+                    key_tp = (str(message.topic()), int(message.partition() or 0))
+                    spec = partitions[key_tp]
+                    key, value = message.key() or b"", message.value()
+                    if spec.upgrade is not None:
+                        key, value = spec.upgrade(key, value)
+                    batch = batches.get(key_tp)
+                    if batch is None:
+                        batch = batches[key_tp] = rocksdict.WriteBatch(raw_mode=True)
+                    if value is None:
+                        batch.delete(key)
+                    else:
+                        batch.put(key, value)
+                    last[key_tp] = int(message.offset() or 0)
+                    n += 1
+                for key_tp, batch in batches.items():
+                    if stop.is_set():  # a rebalance: nothing written behind its back
+                        return
+                    spec = partitions[key_tp]
+                    batch.put(spec.offset_key, str(last[key_tp]).encode())
+                    spec.db.write(batch)
+                    self.applied[key_tp] = last[key_tp]
+                self.records += n
+            log.info(
+                "standby follower: %d changelog records of %d partitions in %.1f s",
+                self.records,
+                len(partitions),
+                time.monotonic() - started,
+            )
+        finally:
+            consumer.close()
