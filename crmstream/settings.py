@@ -473,8 +473,9 @@ class Settings:
         "CONSUMER_FETCH_MAX_WAIT",
         1.5,
         positive(parse_duration),
-        "Longest a worker fetch waits on the broker for new records (Faust's 1.5s; Tansu dev "
-        "profile: 50ms, as Tansu holds a fetch for the whole wait)",
+        "Longest a worker fetch waits on the broker for new records (Faust's 1.5s; also the "
+        "stream readers' fetch.wait.max.ms; Tansu dev profile: 50ms, as Tansu holds a fetch for "
+        "the whole wait)",
     )
     stream_reader: str = setting(
         "STREAM_READER",

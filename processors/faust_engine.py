@@ -70,6 +70,31 @@ the ones this was written for (``check_versions``).
    table: :func:`processors.state.keys.upgrade_mark`) rewrites every record it restores from its
    changelog through it, and a local store on opening (records an earlier version wrote, in
    write batches): the state of an earlier layout is read in the current one.
+
+8. **The stream topics are read by librdkafka** (``CRM_STREAM_READER=librdkafka``, the
+   default; issue 21). Faust's per-record path (aiokafka's fetcher, a message and an event per
+   record, the conductor, a queue, the stream, the acks) cost ~110 us of CPU per record; a
+   :class:`processors.reader.Reader` (one librdkafka consumer per agent, no group) reads a batch
+   for a few. Faust keeps what it is needed for: the group and its assignor (the stream topics
+   stay subscribed, so stream partitions and table changelogs are co-partitioned as before),
+   table restore and standbys (changelogs are fetched by Faust as before), commits (4. above)
+   and agent supervision. The patches around it:
+
+   * aiokafka pauses the readers' partitions as soon as they are assigned (its fetcher would
+     prefetch them), and ``_fetch_records`` leaves them out: Faust never fetches them;
+   * their resume, held until the worker has placed them (1. and 2.), goes to the readers, at the
+     placed offsets (a partition is fetched by nothing before that); Faust's ``pause_partitions``
+     pauses them in the readers too, and a revoke drops their positions;
+   * ``wait_empty`` (a rebalance, after pausing everything, and the stop) first waits until the
+     agents hold none of the readers' records (handed to a handler and not yet released),
+     committing meanwhile as Faust does, and until the readers stopped fetching;
+   * the livelock check skips them (aiokafka has no high watermark for them).
+
+   Each agent stays a Faust agent (supervised, started and stopped with the others, its
+   ``stopping`` run when it stops) whose body takes the reader's batches instead of iterating
+   its stream; a Faust channel in between would bring back an event per batch and a queue for
+   nothing. ``CRM_STREAM_READER=faust`` leaves the reading to Faust (these patches then do
+   nothing).
 """
 
 from __future__ import annotations
