@@ -275,6 +275,14 @@ def apply() -> None:
         if readers is not None:
             readers.pause(tps)
 
+    partitions_assigned_here = Consumer.on_partitions_assigned
+
+    async def assigned_in_readers_first(self: Any, assigned: Any, generation_id: int = 0) -> None:
+        readers = _readers(self)
+        if readers is not None:
+            readers.assign(assigned)
+        await partitions_assigned_here(self, assigned, generation_id)
+
     async def revoked_in_readers_first(self: Any, revoked: Any) -> None:
         readers = _readers(self)
         if readers is not None:
@@ -455,6 +463,7 @@ def apply() -> None:
         (Consumer, "resume_partitions"): held_resume_partitions,
         (Consumer, "pause_partitions"): pause_in_readers_too,
         (Consumer, "on_partitions_revoked"): revoked_in_readers_first,
+        (Consumer, "on_partitions_assigned"): assigned_in_readers_first,
         (Consumer, "wait_empty"): wait_for_the_readers_records,
         (Consumer, "perform_seek"): seek_then_resume,
         (Consumer, "_new_offset"): position_offset,
@@ -1093,6 +1102,11 @@ class FaustEngine:
     # -- Engine --------------------------------------------------------------------------
 
     def assignment(self) -> set[TP]:
+        readers = self.readers
+        if readers is not None:
+            # As the event loop handled the rebalances (the group client's own can already be
+            # the next one's: a seek checked against it failed while placing the partitions).
+            return set(readers.assigned)
         consumer = self.app.consumer
         return {tp for tp in consumer.assignment() if not is_changelog_tp(consumer, tp)}
 
@@ -1116,10 +1130,7 @@ class FaustEngine:
         and aiokafka then failed with a ``KeyError`` on a partition it was serving."""
         readers = self.readers
         if readers is not None and all(readers.handles(tp) for tp in offsets):
-            try:
-                assigned = self.app.consumer.assignment()
-            except (IllegalStateError, ConsumerNotStarted) as exc:
-                raise SeekError(f"seeking {_names(offsets)}: {exc!r}") from exc
+            assigned = readers.assigned
             missing = [tp for tp in offsets if tp not in assigned]
             if missing:
                 raise SeekError(

@@ -359,6 +359,10 @@ class Readers:
 
     def __init__(self) -> None:
         self.readers: list[Reader] = []
+        # The readers' partitions assigned to this worker as the event loop learnt it (the last
+        # assignment handled, less what was revoked since): what may be sought. Read from the
+        # group client, it can already be the next rebalance's.
+        self.assigned: set[TopicPartition] = set()
         self._by_topic: dict[str, Reader] = {}
         self.in_hand = 0
         self._released: asyncio.Event | None = None
@@ -395,8 +399,17 @@ class Readers:
             reader.resume(some, start)
 
     def forget(self, tps: Iterable[TP]) -> None:
+        """Revoked partitions: no longer assigned, paused, their positions dropped."""
+        tps = list(tps)
+        self.assigned.difference_update(TopicPartition(tp.topic, tp.partition) for tp in tps)
         for reader, some in self._split(tps).items():
             reader.forget(some)
+
+    def assign(self, tps: Iterable[TP]) -> None:
+        """A new assignment (every partition of this worker): the readers' ones may be sought."""
+        self.assigned = {
+            TopicPartition(tp.topic, tp.partition) for tp in tps if tp.topic in self._by_topic
+        }
 
     def highwater(self, tp: TP) -> int | None:
         reader = self._by_topic.get(tp.topic)
