@@ -6,9 +6,8 @@ commits, fetch positions and table I/O, and reads the stream topics with librdka
 subscribes to them for the assignor but never fetches them). So the worker's parts (placement,
 the raw path, the stats path, state) depend on this small protocol, never on Faust:
 :mod:`processors.faust_engine` implements it once over Faust, and the unit tests implement it
-with a fake
-(``tests/unit/processors/fake_engine.py``). An import-linter contract keeps ``faust``, ``mode``
-and ``aiokafka`` out of every other worker module.
+with a fake (``tests/unit/processors/fake_engine.py``). An import-linter contract keeps
+``faust``, ``mode`` and ``aiokafka`` out of every other worker module.
 
 What the protocol holds:
 

@@ -111,3 +111,11 @@ def test_the_reader_setting(tmp_path: Path) -> None:
     assert engine.readers is None
     with pytest.raises(ConfigError, match="CRM_STREAM_READER"):
         Settings.from_env({"CRM_STREAM_READER": "aiokafka"})
+
+
+def test_what_may_be_sought_is_the_assignment_the_loop_handled() -> None:
+    _, readers = _reader()
+    readers.assign([T0, T1, TopicPartition("app-dedupe-changelog", 0)])
+    assert readers.assigned == {T0, T1}  # the readers' partitions only
+    readers.forget([T1])  # revoked
+    assert readers.assigned == {T0}
