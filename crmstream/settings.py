@@ -479,12 +479,12 @@ class Settings:
     )
     stream_reader: str = setting(
         "STREAM_READER",
-        "librdkafka",
+        "faust",
         lower_choice("librdkafka", "faust"),
-        "What reads the worker's stream topics (raw, stats-updates, attribution): librdkafka "
-        "(a consumer per agent, whole batches to the agents; Faust keeps the group, the tables "
-        "and the commits) or faust (Faust's own consumer, record by record; ~110 us of CPU more "
-        "per record, issue 21)",
+        "What reads the worker's stream topics (raw, stats-updates, attribution): faust (Faust's "
+        "own consumer, record by record) or librdkafka (experimental: a consumer per agent, whole "
+        "batches to the agents, Faust keeping the group, the tables and the commits; less CPU "
+        "per record, but a rebalance test still repeats dead letters with it, issue 21)",
     )
     changelog_max_batch_bytes: int = setting(
         "CHANGELOG_MAX_BATCH_BYTES",

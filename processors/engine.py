@@ -1,9 +1,10 @@
 """The engine boundary: what the worker needs from a stream engine, and nothing more.
 
 Faust supplies group assignment, table restore and agent scheduling; the worker replaces its
-commits, fetch positions and table I/O, and reads the stream topics with librdkafka
-(:mod:`processors.reader`, one consumer per agent handing it whole batches; Faust's consumer
-subscribes to them for the assignor but never fetches them). So the worker's parts (placement,
+commits, fetch positions and table I/O, and can read the stream topics with librdkafka
+(``CRM_STREAM_READER=librdkafka``, experimental: :mod:`processors.reader`, one consumer per agent
+handing it whole batches; Faust's consumer subscribes to them for the assignor but never fetches
+them). So the worker's parts (placement,
 the raw path, the stats path, state) depend on this small protocol, never on Faust:
 :mod:`processors.faust_engine` implements it once over Faust, and the unit tests implement it
 with a fake (``tests/unit/processors/fake_engine.py``). An import-linter contract keeps

@@ -102,13 +102,13 @@ def test_a_rebalance_waits_until_no_record_is_in_hand() -> None:
 def test_the_reader_setting(tmp_path: Path) -> None:
     from processors.faust_engine import FaustEngine
 
-    assert Settings.from_env({}).stream_reader == "librdkafka"
+    assert Settings.from_env({}).stream_reader == "faust"
     engine = FaustEngine(Settings.from_env({"CRM_DATA_DIR": str(tmp_path / "a")}))
-    assert engine.readers is not None
-    engine = FaustEngine(
-        Settings.from_env({"CRM_DATA_DIR": str(tmp_path / "b"), "CRM_STREAM_READER": "Faust"})
-    )
     assert engine.readers is None
+    engine = FaustEngine(
+        Settings.from_env({"CRM_DATA_DIR": str(tmp_path / "b"), "CRM_STREAM_READER": "librdkafka"})
+    )
+    assert engine.readers is not None
     with pytest.raises(ConfigError, match="CRM_STREAM_READER"):
         Settings.from_env({"CRM_STREAM_READER": "aiokafka"})
 
