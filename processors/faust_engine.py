@@ -75,10 +75,10 @@ the ones this was written for (``check_versions``).
    off by default: with it the scale-out test with kills still wrote some dead letters twice
    after a rebalance, cause not found yet; issue 21). Faust's per-record path (aiokafka's
    fetcher, a message and an event per record, the conductor, a queue, the stream, the acks)
-   cost ~110 us of CPU per record; a
-   :class:`processors.reader.Reader` (one librdkafka consumer per agent, no group) reads a batch
-   for a few. Faust keeps what it is needed for: the group and its assignor (the stream topics
-   stay subscribed, so stream partitions and table changelogs are co-partitioned as before),
+   cost ~110 us of CPU per record; a :class:`processors.reader.Reader` (one librdkafka consumer
+   per agent, no group) reads a batch for a few. Faust keeps what it is needed for: the group
+   and its assignor (the stream topics stay subscribed, so stream partitions and table
+   changelogs are co-partitioned as before),
    table restore and standbys (changelogs are fetched by Faust as before), commits (4. above)
    and agent supervision. The patches around it:
 
