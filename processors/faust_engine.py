@@ -239,7 +239,11 @@ def _resume(consumer: Any, resume_partitions: Callable[..., None], tps: Iterable
     tps = list(tps)
     read = [tp for tp in tps if readers.handles(tp)]
     if read:
-        readers.resume(read, lambda tp: committed_offset(consumer, tp))
+        readers.resume(
+            read,
+            lambda tp: committed_offset(consumer, tp),
+            placed_only=_positioned(consumer) is not None,
+        )
     rest = [tp for tp in tps if not readers.handles(tp)]
     if rest:
         resume_partitions(consumer, rest)

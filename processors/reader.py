@@ -363,6 +363,8 @@ class Readers:
         # assignment handled, less what was revoked since): what may be sought. Read from the
         # group client, it can already be the next rebalance's.
         self.assigned: set[TopicPartition] = set()
+        # Those of them sought since that assignment (placed by the worker).
+        self.placed: set[TopicPartition] = set()
         self._by_topic: dict[str, Reader] = {}
         self.in_hand = 0
         self._released: asyncio.Event | None = None
@@ -387,6 +389,7 @@ class Readers:
         return out
 
     def seek(self, offsets: Mapping[TP, int]) -> None:
+        self.placed.update(TopicPartition(tp.topic, tp.partition) for tp in offsets)
         for reader, tps in self._split(offsets).items():
             reader.seek({tp: offsets[tp] for tp in tps})
 
@@ -394,14 +397,28 @@ class Readers:
         for reader, some in self._split(tps).items():
             reader.pause(some)
 
-    def resume(self, tps: Iterable[TP], start: Callable[[TP], int | None]) -> None:
-        for reader, some in self._split(tps).items():
+    def resume(
+        self, tps: Iterable[TP], start: Callable[[TP], int | None], *, placed_only: bool
+    ) -> None:
+        """Resume the partitions assigned as the event loop knows it; with ``placed_only``,
+        only those sought since (a resume Faust's recovery computed from the group client's
+        assignment can come after a revoke, or before the placement: such a partition was
+        read from its committed offset by a worker that no longer owned it)."""
+        assigned, placed = self.assigned, self.placed
+        keep = []
+        for tp in tps:
+            key = TopicPartition(tp.topic, tp.partition)
+            if key in assigned and (not placed_only or key in placed):
+                keep.append(tp)
+        for reader, some in self._split(keep).items():
             reader.resume(some, start)
 
     def forget(self, tps: Iterable[TP]) -> None:
         """Revoked partitions: no longer assigned, paused, their positions dropped."""
         tps = list(tps)
-        self.assigned.difference_update(TopicPartition(tp.topic, tp.partition) for tp in tps)
+        keys = {TopicPartition(tp.topic, tp.partition) for tp in tps}
+        self.assigned.difference_update(keys)
+        self.placed.difference_update(keys)
         for reader, some in self._split(tps).items():
             reader.forget(some)
 
@@ -410,6 +427,7 @@ class Readers:
         self.assigned = {
             TopicPartition(tp.topic, tp.partition) for tp in tps if tp.topic in self._by_topic
         }
+        self.placed = set()
 
     def highwater(self, tp: TP) -> int | None:
         reader = self._by_topic.get(tp.topic)

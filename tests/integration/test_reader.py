@@ -76,12 +76,13 @@ def test_seek_pause_resume_hand_over_exactly(
         readers = Readers()
         reader = Reader(settings, [topic], "test", size=7, within=0.05, readers=readers)
         readers.add(reader)
+        readers.assign([TopicPartition(topic, 0), TopicPartition(topic, 1)])
         reader.start()
         try:
             # Placed while paused: nothing handed over before the resume.
             readers.seek({p0: 10, p1: 50})
             assert await _quiet(reader, 1.0) == []
-            readers.resume([p0, p1], lambda tp: None)
+            readers.resume([p0, p1], lambda tp: None, placed_only=False)
             got = await _take(reader, 90 + 50)
             assert _offsets(got, 0) == list(range(10, 100))
             assert _offsets(got, 1) == list(range(50, 100))
@@ -104,13 +105,18 @@ def test_seek_pause_resume_hand_over_exactly(
             await readers.applied()
             assert readers.highwater(p1) is None
             assert await _quiet(reader, 1.0) == []
-            readers.resume([p1], lambda tp: 99)
+            readers.resume([p1], lambda tp: 99, placed_only=False)
             got = await _take(reader, 100)
             assert _offsets(got, 1) == list(range(100))
 
-            # Forgotten (revoked): resumed from the start it is given.
+            # Revoked: not resumed. Assigned again: from the start it is given (not placed).
             readers.forget([p1])
-            readers.resume([p1], lambda tp: 97)
+            readers.resume([p1], lambda tp: 0, placed_only=False)
+            assert await _quiet(reader, 1.0) == []
+            readers.assign([p0, p1])
+            readers.resume([p1], lambda tp: 97, placed_only=True)  # not placed yet
+            assert await _quiet(reader, 1.0) == []
+            readers.resume([p1], lambda tp: 97, placed_only=False)
             got = await _take(reader, 3)
             assert _offsets(got, 1) == [97, 98, 99]
             assert await _quiet(reader, 1.0) == []
@@ -130,10 +136,11 @@ def test_a_rebalance_waits_for_the_records_in_hand(
         readers = Readers()
         reader = Reader(settings, [topic], "test", size=500, within=0.05, readers=readers)
         readers.add(reader)
+        readers.assign([TopicPartition(topic, 0), TopicPartition(topic, 1)])
         reader.start()
         try:
             readers.seek({p0: 0})
-            readers.resume([p0], lambda tp: None)
+            readers.resume([p0], lambda tp: None, placed_only=False)
             got = await _take(reader, PER_PARTITION)
             readers.take(len(got))  # held by the worker
             readers.pause([p0])

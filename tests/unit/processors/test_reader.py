@@ -45,7 +45,7 @@ def test_a_batch_fetched_before_a_seek_or_pause_loses_those_partitions_records()
         reader, readers = _reader()
         reader._queue = asyncio.Queue()
         readers.seek({T0: 0, T1: 0})
-        readers.resume([T0, T1], lambda tp: None)
+        readers.resume([T0, T1], lambda tp: None, placed_only=True)
 
         _fetched(reader, _record(T0, 0), _record(T1, 0), _record(T0, 1))
         assert _offsets(await reader.get()) == [(0, 0), (1, 0), (0, 1)]
@@ -64,15 +64,23 @@ def test_a_batch_fetched_before_a_seek_or_pause_loses_those_partitions_records()
 
 def test_resume_starts_where_the_partition_was_or_where_it_is_told() -> None:
     reader, readers = _reader()
+    readers.assign([T0, T1])
     readers.seek({T0: 40})
-    readers.resume([T0, T1], lambda tp: 7)
+    readers.resume([T0, T1], lambda tp: 7, placed_only=False)
     # The thread is told: T0 from its seek, T1 (never sought) from the start it was given.
     assert sorted(reader._ops) == [("assign", T0, 40), ("assign", T1, 7)]
     reader._ops.clear()
-    readers.resume([T0], lambda tp: 0)  # already reading: nothing to do
+    readers.resume([T0], lambda tp: 0, placed_only=False)  # already reading: nothing to do
     assert reader._ops == []
     readers.forget([T0])
-    readers.resume([T0], lambda tp: None)  # no position any more, no committed offset
+    assert reader._ops == [("unassign", T0, -1)]
+    reader._ops.clear()
+    readers.resume([T0], lambda tp: None, placed_only=False)  # revoked: not resumed
+    assert reader._ops == []
+    readers.assign([T0])
+    readers.resume([T0], lambda tp: None, placed_only=True)  # not placed yet: not resumed
+    assert reader._ops == []
+    readers.resume([T0], lambda tp: None, placed_only=False)  # no position, no committed offset
     assert reader._ops[-1][0:2] == ("assign", T0) and reader._ops[-1][2] < 0  # the beginning
 
 
@@ -117,5 +125,8 @@ def test_what_may_be_sought_is_the_assignment_the_loop_handled() -> None:
     _, readers = _reader()
     readers.assign([T0, T1, TopicPartition("app-dedupe-changelog", 0)])
     assert readers.assigned == {T0, T1}  # the readers' partitions only
+    readers.seek({T0: 3, T1: 4})
     readers.forget([T1])  # revoked
-    assert readers.assigned == {T0}
+    assert readers.assigned == {T0} and readers.placed == {T0}
+    readers.assign([T0, T1])  # a new assignment: placed again before it is read
+    assert readers.placed == set()
