@@ -484,7 +484,7 @@ class Settings:
         "What reads the worker's stream topics (raw, stats-updates, attribution): faust (Faust's "
         "own consumer, record by record) or librdkafka (experimental: a consumer per agent, whole "
         "batches to the agents, Faust keeping the group, the tables and the commits; less CPU "
-        "per record, but a rebalance test still repeats dead letters with it, issue 21)",
+        "per record; not yet through every guarantee test with several seeds, issue 21)",
     )
     changelog_max_batch_bytes: int = setting(
         "CHANGELOG_MAX_BATCH_BYTES",

@@ -72,11 +72,11 @@ the ones this was written for (``check_versions``).
    write batches): the state of an earlier layout is read in the current one.
 
 8. **The stream topics read by librdkafka** (``CRM_STREAM_READER=librdkafka``, experimental,
-   off by default: with it the scale-out test with kills still wrote some dead letters twice
-   after a rebalance, cause not found yet; issue 21). Faust's per-record path (aiokafka's
-   fetcher, a message and an event per record, the conductor, a queue, the stream, the acks)
-   cost ~110 us of CPU per record; a :class:`processors.reader.Reader` (one librdkafka consumer
-   per agent, no group) reads a batch for a few. Faust keeps what it is needed for: the group
+   off by default until the guarantee tests have passed with it with several seeds; issue 21).
+   Faust's per-record path (aiokafka's fetcher, a message and an event per record, the
+   conductor, a queue, the stream, the acks) cost ~110 us of CPU per record; a
+   :class:`processors.reader.Reader` (one librdkafka consumer per agent, no group) reads a
+   batch for a few. Faust keeps what it is needed for: the group
    and its assignor (the stream topics stay subscribed, so stream partitions and table
    changelogs are co-partitioned as before),
    table restore and standbys (changelogs are fetched by Faust as before), commits (4. above)
@@ -85,8 +85,12 @@ the ones this was written for (``check_versions``).
    * aiokafka pauses the readers' partitions as soon as they are assigned (its fetcher would
      prefetch them), and ``_fetch_records`` leaves them out: Faust never fetches them;
    * their resume, held until the worker has placed them (1. and 2.), goes to the readers, at the
-     placed offsets (a partition is fetched by nothing before that); Faust's ``pause_partitions``
-     pauses them in the readers too, and a revoke drops their positions;
+     placed offsets (a partition is fetched by nothing before that), and only for partitions
+     the event loop has assigned and the worker placed since: Faust's recovery computes the
+     resume from the group client's assignment, which can already be the next rebalance's (a
+     revoked partition was read again from its committed offset, and dead letters written
+     twice); Faust's ``pause_partitions`` pauses them in the readers too, and a revoke drops
+     their positions;
    * ``wait_empty`` (a rebalance, after pausing everything, and the stop) first waits until the
      agents hold none of the readers' records (handed to a handler and not yet released),
      committing meanwhile as Faust does, and until the readers stopped fetching;
