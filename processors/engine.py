@@ -1,11 +1,14 @@
 """The engine boundary: what the worker needs from a stream engine, and nothing more.
 
 Faust supplies group assignment, table restore and agent scheduling; the worker replaces its
-commits, fetch positions and table I/O. So the worker's parts (placement, the raw path, the stats
-path, state) depend on this small protocol, never on Faust: :mod:`processors.faust_engine`
-implements it once over Faust, and the unit tests implement it with a fake
-(``tests/unit/processors/fake_engine.py``). An import-linter contract keeps ``faust``, ``mode``
-and ``aiokafka`` out of every other worker module.
+commits, fetch positions and table I/O, and can read the stream topics with librdkafka
+(``CRM_STREAM_READER=librdkafka``, experimental: :mod:`processors.reader`, one consumer per agent
+handing it whole batches; Faust's consumer subscribes to them for the assignor but never fetches
+them). So the worker's parts (placement,
+the raw path, the stats path, state) depend on this small protocol, never on Faust:
+:mod:`processors.faust_engine` implements it once over Faust, and the unit tests implement it
+with a fake (``tests/unit/processors/fake_engine.py``). An import-linter contract keeps
+``faust``, ``mode`` and ``aiokafka`` out of every other worker module.
 
 What the protocol holds:
 
@@ -13,10 +16,11 @@ What the protocol holds:
   settled (joined, tables restored, not rebalancing): the readiness of the worker and of its
   query API;
 * **positions**: the group's committed offset as the last seek found it, ``seek`` (fetch
-  positions move; raises :class:`SeekError` when they cannot), the high watermark of the latest
-  fetch;
-* **records**: ``hold`` keeps a record's reference (a rebalance waits for it) until ``release``
-  acknowledges it;
+  positions move, and nothing fetched before the seek is handed over after it; raises
+  :class:`SeekError` when they cannot), the high watermark of the latest fetch;
+* **records**: ``hold`` keeps a record in hand (a rebalance waits for it, after it has stopped
+  the partitions' fetching) until ``release`` acknowledges it; a batch is in hand while its
+  handler runs, too;
 * **the on-assigned hook** (:class:`Positions`): after every seek the engine asks the worker to
   place its partitions, and it commits only what the worker calls committable;
 * **table stores** (:class:`TableStore`): the local RocksDB partitions of a table, restored by

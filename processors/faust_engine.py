@@ -71,6 +71,46 @@ the ones this was written for (``check_versions``).
    table: :func:`processors.state.keys.upgrade_mark`) rewrites every record it restores from its
    changelog through it, and a local store on opening (records an earlier version wrote, in
    write batches): the state of an earlier layout is read in the current one.
+
+8. **The stream topics read by librdkafka** (``CRM_STREAM_READER=librdkafka``, experimental,
+   off by default until the guarantee tests have passed with it with several seeds; issue 21).
+   Faust's per-record path (aiokafka's fetcher, a message and an event per record, the
+   conductor, a queue, the stream, the acks) cost ~110 us of CPU per record; a
+   :class:`processors.reader.Reader` (one librdkafka consumer per agent, no group) reads a
+   batch for a few. Faust keeps what it is needed for: the group
+   and its assignor (the stream topics stay subscribed, so stream partitions and table
+   changelogs are co-partitioned as before),
+   table restore (changelogs are fetched by Faust as before; standbys: 9. below), commits (4. above)
+   and agent supervision. The patches around it:
+
+   * aiokafka pauses the readers' partitions as soon as they are assigned (its fetcher would
+     prefetch them), and ``_fetch_records`` leaves them out: Faust never fetches them;
+   * their resume, held until the worker has placed them (1. and 2.), goes to the readers, at the
+     placed offsets (a partition is fetched by nothing before that), and only for partitions
+     the event loop has assigned and the worker placed since: Faust's recovery computes the
+     resume from the group client's assignment, which can already be the next rebalance's (a
+     revoked partition was read again from its committed offset, and dead letters written
+     twice); Faust's ``pause_partitions`` pauses them in the readers too, and a revoke drops
+     their positions;
+   * ``wait_empty`` (a rebalance, after pausing everything, and the stop) first waits until the
+     agents hold none of the readers' records (handed to a handler and not yet released),
+     committing meanwhile as Faust does, and until the readers stopped fetching;
+   * the livelock check skips them (aiokafka has no high watermark for them).
+
+   Each agent stays a Faust agent (supervised, started and stopped with the others, its
+   ``stopping`` run when it stops) whose body takes the reader's batches instead of iterating
+   its stream; a Faust channel in between would bring back an event per batch and a queue for
+   nothing. ``CRM_STREAM_READER=faust`` (the default) leaves the reading to Faust (these
+   patches then do nothing).
+
+9. **Standby partitions** (``CRM_STANDBY_FOLLOWER``, default on; issue 21). Faust applies a
+   standby's changelog records one by one on the event loop (~90 us of CPU each), which with two
+   workers on two cores took the half-rate p50 from 0.15 s to 2.2 s. Here ``Recovery.add_standby``
+   keeps them from Faust, and a :class:`processors.standby.StandbyFollower` (librdkafka, its own
+   thread) follows them from each store's persisted offset + 1, a RocksDB write batch per
+   partition per poll with the persisted offset in it. A rebalance stops it (and waits for it)
+   before the stores are reassigned, so a standby that becomes active is restored from that
+   offset by the fast restore (6.).
 """
 
 from __future__ import annotations
@@ -105,6 +145,7 @@ from crmstream.stopping import watch_stop_signals
 from processors.campaigns import stats_partition
 from processors.engine import BatchHandler, Event, Positions, SeekError
 from processors.positions import TP
+from processors.reader import Reader, ReaderError, Readers
 from processors.standby import Followed, StandbyFollower
 
 log = logging.getLogger("crmstream.worker")
@@ -198,6 +239,32 @@ def _positioned(consumer: Any) -> Positions | None:
     return getattr(consumer.app, "crm_positions", None)
 
 
+def _readers(consumer: Any) -> Readers | None:
+    """The worker's librdkafka readers of the stream topics, or None (``CRM_STREAM_READER=faust``:
+    Faust reads them)."""
+    return getattr(consumer.app, "crm_readers", None)
+
+
+def _resume(consumer: Any, resume_partitions: Callable[..., None], tps: Iterable[Any]) -> None:
+    """Resume ``tps``: the stream partitions in the readers (from where the worker placed them),
+    the rest in Faust's consumer."""
+    readers = _readers(consumer)
+    if readers is None:
+        resume_partitions(consumer, tps)
+        return
+    tps = list(tps)
+    read = [tp for tp in tps if readers.handles(tp)]
+    if read:
+        readers.resume(
+            read,
+            lambda tp: committed_offset(consumer, tp),
+            placed_only=_positioned(consumer) is not None,
+        )
+    rest = [tp for tp in tps if not readers.handles(tp)]
+    if rest:
+        resume_partitions(consumer, rest)
+
+
 def apply() -> None:
     """Install the patches once per process, after checking the versions they were written
     for."""
@@ -205,13 +272,16 @@ def apply() -> None:
         return
     check_versions()
     resume_partitions = Consumer.resume_partitions
+    pause_partitions = Consumer.pause_partitions
     perform_seek = Consumer.perform_seek
     new_offset = Consumer._new_offset
+    wait_empty = Consumer.wait_empty
+    partitions_revoked = Consumer.on_partitions_revoked
 
     def held_resume_partitions(self: Any, tps: Iterable[Any]) -> None:
         held = getattr(self, "_crm_held_resumes", None)
         if held is None:
-            resume_partitions(self, tps)
+            _resume(self, resume_partitions, tps)
             return
         # Only stream partitions wait for the seek; table changelogs resume as usual.
         tps = list(tps)
@@ -219,6 +289,38 @@ def apply() -> None:
         changelogs = [tp for tp in tps if self._is_changelog_tp(tp)]
         if changelogs:
             resume_partitions(self, changelogs)
+
+    def pause_in_readers_too(self: Any, tps: Iterable[Any]) -> None:
+        tps = list(tps)
+        pause_partitions(self, tps)
+        readers = _readers(self)
+        if readers is not None:
+            readers.pause(tps)
+
+    partitions_assigned_here = Consumer.on_partitions_assigned
+
+    async def assigned_in_readers_first(self: Any, assigned: Any, generation_id: int = 0) -> None:
+        readers = _readers(self)
+        if readers is not None:
+            readers.assign(assigned)
+        await partitions_assigned_here(self, assigned, generation_id)
+
+    async def revoked_in_readers_first(self: Any, revoked: Any) -> None:
+        readers = _readers(self)
+        if readers is not None:
+            readers.forget(revoked)
+        await partitions_revoked(self, revoked)
+
+    async def wait_for_the_readers_records(self: Any) -> None:
+        # A rebalance (or the stop) waits for the records the agents have in hand, as Faust
+        # waits for its unacknowledged messages; the readers have stopped fetching meanwhile.
+        readers = _readers(self)
+        if readers is not None:
+            while not self.should_stop and readers.in_hand > 0:
+                await self.commit()
+                await readers.wait_released(timeout=1.0)
+            await readers.applied()
+        await wait_empty(self)
 
     async def seek_then_resume(self: Any) -> None:
         in_recovery = getattr(self, "_crm_held_resumes", None) is not None
@@ -229,7 +331,7 @@ def apply() -> None:
         held = getattr(self, "_crm_held_resumes", None)
         if held:
             self._crm_held_resumes = set()
-            resume_partitions(self, held)
+            _resume(self, resume_partitions, held)
 
     def position_offset(self: Any, tp: Any) -> int | None:
         positioned = _positioned(self)
@@ -244,7 +346,7 @@ def apply() -> None:
         self._gap.pop(tp, None)
         return offset
 
-    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, ensure_aiokafka_TP
 
     fetch_records = AIOKafkaConsumerThread._fetch_records
 
@@ -253,9 +355,35 @@ def apply() -> None:
     ) -> Any:
         if active_partitions is not None:
             active_partitions = frozenset(active_partitions)
+            readers = _readers(self.consumer)
+            if readers is not None:  # the readers' partitions are never fetched here
+                active_partitions = frozenset(
+                    tp for tp in active_partitions if not readers.handles(tp)
+                )
             if not active_partitions:
                 return {}
         return await fetch_records(self, consumer, active_partitions, *args, **kwargs)
+
+    partitions_assigned = AIOKafkaConsumerThread.on_partitions_assigned
+
+    async def pause_the_readers_partitions(
+        self: Any, assigned: Any, generation_id: int = 0
+    ) -> None:
+        # aiokafka's fetcher prefetches every assigned partition that is not paused in it.
+        readers = _readers(self.consumer)
+        if readers is not None:
+            read = [tp for tp in assigned if readers.handles(tp)]
+            if read:
+                self._ensure_consumer().pause(*(ensure_aiokafka_TP(tp) for tp in read))
+        await partitions_assigned(self, assigned, generation_id)
+
+    verify_event_path = AIOKafkaConsumerThread.verify_event_path
+
+    def verify_unless_read(self: Any, now: float, tp: Any) -> None:
+        readers = _readers(self.consumer)
+        if readers is not None and readers.handles(tp):
+            return None  # never fetched here: no highwater to compare with
+        return cast(None, verify_event_path(self, now, tp))
 
     build_highwaters = Recovery._build_highwaters
 
@@ -352,7 +480,13 @@ def apply() -> None:
         (RocksDBStore, "apply_changelog_batch"): _apply_changelog_batch,
         (RocksDBStore, "_open_for_partition"): _open_for_partition,
         (AIOKafkaConsumerThread, "_fetch_records"): fetch_active_only,
+        (AIOKafkaConsumerThread, "on_partitions_assigned"): pause_the_readers_partitions,
+        (AIOKafkaConsumerThread, "verify_event_path"): verify_unless_read,
         (Consumer, "resume_partitions"): held_resume_partitions,
+        (Consumer, "pause_partitions"): pause_in_readers_too,
+        (Consumer, "on_partitions_revoked"): revoked_in_readers_first,
+        (Consumer, "on_partitions_assigned"): assigned_in_readers_first,
+        (Consumer, "wait_empty"): wait_for_the_readers_records,
         (Consumer, "perform_seek"): seek_then_resume,
         (Consumer, "_new_offset"): position_offset,
         (Recovery, "_resume_streams"): _hold_resumes(Recovery._resume_streams),
@@ -524,7 +658,7 @@ def restore_changelogs(
     return done
 
 
-# --- standby partitions (the module's docstring, 8.) ----------------------------------------
+# --- standby partitions (the module's docstring, 9.) ----------------------------------------
 
 
 class _Standbys:
@@ -581,7 +715,7 @@ def follow_standbys(settings: Settings, tables: Mapping[Any, Any]) -> StandbyFol
 
 
 def standby_patches() -> dict[tuple[type, str], Any]:
-    """The patches of the standby follower (the module's docstring, 8.)."""
+    """The patches of the standby follower (the module's docstring, 9.)."""
     add_standby = Recovery.add_standby
     on_rebalance_start = TableManager.on_rebalance_start
     on_rebalance = TableManager.on_rebalance
@@ -985,6 +1119,9 @@ class FaustEngine:
             **faust_broker_kwargs(settings),
         )
         app.crm_settings = settings  # type: ignore[attr-defined]  # read by the patches
+        # The stream topics' readers (CRM_STREAM_READER=librdkafka), read by the patches too.
+        self.readers = Readers() if settings.stream_reader == "librdkafka" else None
+        app.crm_readers = self.readers  # type: ignore[attr-defined]
 
     # -- building ------------------------------------------------------------------------
 
@@ -1021,6 +1158,11 @@ class FaustEngine:
             value_serializer="raw",
             partitions=self.settings.partitions,
         )
+        if self.readers is not None:
+            self._reading_agent(
+                self.readers, topic, topics, name, handler, size, within, what, stopping
+            )
+            return
 
         async def run(stream: Any) -> None:
             try:
@@ -1033,6 +1175,54 @@ class FaustEngine:
                 if stopping is not None:
                     await stopping()
 
+        self.app.agent(topic, name=name)(run)
+
+    def _reading_agent(
+        self,
+        readers: Readers,
+        topic: Any,
+        topics: Sequence[str],
+        name: str,
+        handler: BatchHandler,
+        size: int,
+        within: float,
+        what: str,
+        stopping: Callable[[], Awaitable[None]] | None,
+    ) -> None:
+        """The agent fed by a :class:`~processors.reader.Reader`: a Faust agent (supervised,
+        started and stopped with the others) whose body takes the reader's batches, not its
+        stream's events. The topic is still given to Faust's conductor, so that the consumer
+        subscribes to it and the assignor assigns its partitions; the patches keep Faust's
+        consumer from fetching them."""
+        reader = Reader(self.settings, topics, name, size=size, within=within, readers=readers)
+        readers.add(reader)
+        self.app.topics.add(topic.clone(is_iterator=True))
+
+        async def run(stream: Any) -> None:
+            reader.start()
+            try:
+                while True:
+                    batch = await reader.get()
+                    if not batch:
+                        continue
+                    n = len(batch)
+                    readers.take(n)
+                    try:
+                        await handler(batch)
+                    except Exception as exc:
+                        die(exc, what)
+                    finally:
+                        readers.done(n)
+            except ReaderError as exc:
+                die(exc, what)
+            finally:
+                try:
+                    if stopping is not None:
+                        await stopping()
+                finally:
+                    await reader.stop()
+
+        run.__name__ = run.__qualname__ = name
         self.app.agent(topic, name=name)(run)
 
     def timer(self, interval: float, name: str, tick: Callable[[], Awaitable[None]]) -> None:
@@ -1069,6 +1259,11 @@ class FaustEngine:
     # -- Engine --------------------------------------------------------------------------
 
     def assignment(self) -> set[TP]:
+        readers = self.readers
+        if readers is not None:
+            # As the event loop handled the rebalances (the group client's own can already be
+            # the next one's: a seek checked against it failed while placing the partitions).
+            return set(readers.assigned)
         consumer = self.app.consumer
         return {tp for tp in consumer.assignment() if not is_changelog_tp(consumer, tp)}
 
@@ -1090,6 +1285,16 @@ class FaustEngine:
         """Through Faust's ``seek_wait``, which seeks on the consumer's own thread: ``seek`` does
         it from the event loop's thread while the consumer thread reads the fetcher's records,
         and aiokafka then failed with a ``KeyError`` on a partition it was serving."""
+        readers = self.readers
+        if readers is not None and all(readers.handles(tp) for tp in offsets):
+            assigned = readers.assigned
+            missing = [tp for tp in offsets if tp not in assigned]
+            if missing:
+                raise SeekError(
+                    f"seeking {_names(offsets)}: not assigned: {_names({tp: 0 for tp in missing})}"
+                )
+            readers.seek(offsets)
+            return
         try:
             await self.app.consumer.seek_wait(cast(Any, dict(offsets)))
         except (IllegalStateError, AssertionError, ConsumerNotStarted) as exc:
@@ -1097,6 +1302,9 @@ class FaustEngine:
             raise SeekError(f"seeking {_names(offsets)}: {exc!r}") from exc
 
     def highwater(self, tp: TP) -> int | None:
+        readers = self.readers
+        if readers is not None and readers.handles(tp):
+            return readers.highwater(tp)
         try:
             highwater = self.app.consumer.highwater(cast(Any, tp))
         except (AssertionError, IllegalStateError, ConsumerNotStarted):
@@ -1105,10 +1313,23 @@ class FaustEngine:
         return None if highwater is None else int(highwater)
 
     def hold(self, events: Iterable[Event]) -> None:
+        readers = self.readers
+        if readers is not None:
+            readers.take(len(_sequence(events)))
+            return
         for event in events:
             event.message.incref()  # type: ignore[attr-defined]
 
     def release(self, events: Iterable[Event]) -> None:
+        readers = self.readers
+        if readers is not None:
+            events = _sequence(events)
+            # Faust commits the partitions it holds acknowledgements for: these.
+            acked = cast(Any, self.app.consumer)._acked
+            for tp in {event.message.tp for event in events}:
+                acked[FaustTP(tp.topic, tp.partition)]
+            readers.done(len(events))
+            return
         on_message_out = self.app.sensors.on_message_out
         for event in events:
             if event.ack():  # type: ignore[attr-defined]
@@ -1138,6 +1359,10 @@ class _Hook:
 
     def committable(self, tp: Any) -> int | None:
         return self.positions.committable(tp)
+
+
+def _sequence(events: Iterable[Event]) -> Sequence[Event]:
+    return events if isinstance(events, Sequence) else list(events)
 
 
 def _names(offsets: Mapping[Any, int]) -> str:

@@ -1,9 +1,10 @@
 """Test-only fault injection, loaded by a worker process whose PYTHONPATH starts with this folder.
 
-``CRM_TEST_DROP=<topic suffix>:<partition>:<first>:<last>`` makes Faust's consumer silently drop
-the records at offsets first..last of that partition the first time they are fetched, after
-aiokafka has moved its fetch position past them: the failure issue 11 traced (records of paused
-partitions handed over and discarded). The worker must notice and read them again.
+``CRM_TEST_DROP=<topic suffix>:<partition>:<first>:<last>`` makes the worker's consumer (Faust's,
+or the librdkafka reader) silently drop the records at offsets first..last of that partition the
+first time they are fetched, after its fetch position has moved past them: the failure issue 11
+traced (records of paused partitions handed over and discarded). The worker must notice and read
+them again.
 """
 
 from __future__ import annotations
@@ -35,3 +36,28 @@ if _SPEC:
             yield tp, message
 
     Consumer.getmany = _dropping_getmany  # type: ignore[method-assign]
+
+    # The librdkafka reader (CRM_STREAM_READER=librdkafka): the same records dropped from the
+    # batches it hands over, its position already past them.
+    from processors.reader import Reader
+
+    _get = Reader.get
+
+    async def _dropping_get(self: Any) -> Any:
+        records = await _get(self)
+        kept = []
+        for record in records:
+            if (
+                record.topic.endswith(_suffix)
+                and record.partition == int(_partition)
+                and int(_first) <= record.offset <= int(_last)
+                and record.offset not in _dropped
+            ):
+                _dropped.add(record.offset)
+                if len(_dropped) == 1:
+                    print(f"FAULT: dropping {_SPEC}", flush=True)
+                continue
+            kept.append(record)
+        return kept
+
+    Reader.get = _dropping_get  # type: ignore[method-assign]

@@ -1,0 +1,132 @@
+"""The stream reader's bookkeeping on the event loop's side (processors/reader.py), without a
+broker: which records of a fetched batch it hands over after a seek, a pause or a resume; the
+records in hand; and the engine choosing it (CRM_STREAM_READER). Against the broker:
+tests/integration/test_reader.py."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from crmstream.errors import ConfigError
+from crmstream.settings import Settings
+from processors.positions import TopicPartition
+from processors.reader import Reader, Readers, Record, _Batch
+
+T0, T1 = TopicPartition("raw.a", 0), TopicPartition("raw.a", 1)
+
+
+def _reader() -> tuple[Reader, Readers]:
+    readers = Readers()
+    reader = Reader(Settings.from_env({}), ["raw.a"], "t", size=10, within=0.01, readers=readers)
+    readers.add(reader)
+    return reader, readers
+
+
+def _record(tp: TopicPartition, offset: int) -> Record:
+    return Record(tp, offset, b"k", b"v", 1.5, None)
+
+
+def _fetched(reader: Reader, *records: Record) -> None:
+    """A batch as the thread would hand it over: read with the epochs of now."""
+    epochs = {tp: reader._epochs.get(tp, 0) for tp in {r.tp for r in records}}
+    assert reader._queue is not None
+    reader._queue.put_nowait(_Batch(list(records), epochs))
+
+
+def _offsets(records: list[Record]) -> list[tuple[int, int]]:
+    return [(r.partition, r.offset) for r in records]
+
+
+def test_a_batch_fetched_before_a_seek_or_pause_loses_those_partitions_records() -> None:
+    async def run() -> None:
+        reader, readers = _reader()
+        reader._queue = asyncio.Queue()
+        readers.seek({T0: 0, T1: 0})
+        readers.resume([T0, T1], lambda tp: None, placed_only=True)
+
+        _fetched(reader, _record(T0, 0), _record(T1, 0), _record(T0, 1))
+        assert _offsets(await reader.get()) == [(0, 0), (1, 0), (0, 1)]
+
+        _fetched(reader, _record(T0, 2), _record(T1, 1))
+        readers.seek({T0: 0})  # after the fetch: its records of T0 are from before the seek
+        assert _offsets(await reader.get()) == [(1, 1)]
+
+        _fetched(reader, _record(T0, 0), _record(T1, 2))
+        readers.pause([T1])
+        assert _offsets(await reader.get()) == [(0, 0)]
+        assert readers.highwater(T1) is None  # paused: none
+
+    asyncio.run(run())
+
+
+def test_resume_starts_where_the_partition_was_or_where_it_is_told() -> None:
+    reader, readers = _reader()
+    readers.assign([T0, T1])
+    readers.seek({T0: 40})
+    readers.resume([T0, T1], lambda tp: 7, placed_only=False)
+    # The thread is told: T0 from its seek, T1 (never sought) from the start it was given.
+    assert sorted(reader._ops) == [("assign", T0, 40), ("assign", T1, 7)]
+    reader._ops.clear()
+    readers.resume([T0], lambda tp: 0, placed_only=False)  # already reading: nothing to do
+    assert reader._ops == []
+    readers.forget([T0])
+    assert reader._ops == [("unassign", T0, -1)]
+    reader._ops.clear()
+    readers.resume([T0], lambda tp: None, placed_only=False)  # revoked: not resumed
+    assert reader._ops == []
+    readers.assign([T0])
+    readers.resume([T0], lambda tp: None, placed_only=True)  # not placed yet: not resumed
+    assert reader._ops == []
+    readers.resume([T0], lambda tp: None, placed_only=False)  # no position, no committed offset
+    assert reader._ops[-1][0:2] == ("assign", T0) and reader._ops[-1][2] < 0  # the beginning
+
+
+def test_records_adapt_to_the_engine_message() -> None:
+    record = _record(T1, 5)
+    assert record.message is record
+    assert (record.topic, record.partition, record.offset, record.tp) == ("raw.a", 1, 5, T1)
+    assert record.timestamp == 1.5 and record.headers is None
+
+
+def test_a_rebalance_waits_until_no_record_is_in_hand() -> None:
+    async def run() -> None:
+        _, readers = _reader()
+        readers.take(3)
+        waiting = asyncio.ensure_future(readers.wait_released(timeout=30))
+        await asyncio.sleep(0)
+        readers.done(2)
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        readers.done(1)
+        await asyncio.wait_for(waiting, 5)
+        assert readers.in_hand == 0
+
+    asyncio.run(run())
+
+
+def test_the_reader_setting(tmp_path: Path) -> None:
+    from processors.faust_engine import FaustEngine
+
+    assert Settings.from_env({}).stream_reader == "faust"
+    engine = FaustEngine(Settings.from_env({"CRM_DATA_DIR": str(tmp_path / "a")}))
+    assert engine.readers is None
+    engine = FaustEngine(
+        Settings.from_env({"CRM_DATA_DIR": str(tmp_path / "b"), "CRM_STREAM_READER": "librdkafka"})
+    )
+    assert engine.readers is not None
+    with pytest.raises(ConfigError, match="CRM_STREAM_READER"):
+        Settings.from_env({"CRM_STREAM_READER": "aiokafka"})
+
+
+def test_what_may_be_sought_is_the_assignment_the_loop_handled() -> None:
+    _, readers = _reader()
+    readers.assign([T0, T1, TopicPartition("app-dedupe-changelog", 0)])
+    assert readers.assigned == {T0, T1}  # the readers' partitions only
+    readers.seek({T0: 3, T1: 4})
+    readers.forget([T1])  # revoked
+    assert readers.assigned == {T0} and readers.placed == {T0}
+    readers.assign([T0, T1])  # a new assignment: placed again before it is read
+    assert readers.placed == set()
