@@ -479,12 +479,12 @@ class Settings:
     )
     stream_reader: str = setting(
         "STREAM_READER",
-        "faust",
+        "librdkafka",
         lower_choice("librdkafka", "faust"),
-        "What reads the worker's stream topics (raw, stats-updates, attribution): faust (Faust's "
-        "own consumer, record by record) or librdkafka (experimental: a consumer per agent, whole "
-        "batches to the agents, Faust keeping the group, the tables and the commits; less CPU "
-        "per record; not yet through every guarantee test with several seeds, issue 21)",
+        "What reads the worker's stream topics (raw, stats-updates, attribution): librdkafka (a "
+        "consumer per agent, whole batches to the agents, Faust keeping the group, the tables "
+        "and the commits; about a third of the consume CPU per record, issue 21) or faust "
+        "(Faust's own consumer, record by record: the path before issue 21)",
     )
     changelog_max_batch_bytes: int = setting(
         "CHANGELOG_MAX_BATCH_BYTES",

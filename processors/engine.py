@@ -2,7 +2,7 @@
 
 Faust supplies group assignment, table restore and agent scheduling; the worker replaces its
 commits, fetch positions and table I/O, and can read the stream topics with librdkafka
-(``CRM_STREAM_READER=librdkafka``, experimental: :mod:`processors.reader`, one consumer per agent
+(``CRM_STREAM_READER=librdkafka``, the default: :mod:`processors.reader`, one consumer per agent
 handing it whole batches; Faust's consumer subscribes to them for the assignor but never fetches
 them). So the worker's parts (placement,
 the raw path, the stats path, state) depend on this small protocol, never on Faust:

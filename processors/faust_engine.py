@@ -72,8 +72,8 @@ the ones this was written for (``check_versions``).
    changelog through it, and a local store on opening (records an earlier version wrote, in
    write batches): the state of an earlier layout is read in the current one.
 
-8. **The stream topics read by librdkafka** (``CRM_STREAM_READER=librdkafka``, experimental,
-   off by default until the guarantee tests have passed with it with several seeds; issue 21).
+8. **The stream topics read by librdkafka** (``CRM_STREAM_READER=librdkafka``, the default;
+   issue 21).
    Faust's per-record path (aiokafka's fetcher, a message and an event per record, the
    conductor, a queue, the stream, the acks) cost ~110 us of CPU per record; a
    :class:`processors.reader.Reader` (one librdkafka consumer per agent, no group) reads a
@@ -100,8 +100,8 @@ the ones this was written for (``check_versions``).
    Each agent stays a Faust agent (supervised, started and stopped with the others, its
    ``stopping`` run when it stops) whose body takes the reader's batches instead of iterating
    its stream; a Faust channel in between would bring back an event per batch and a queue for
-   nothing. ``CRM_STREAM_READER=faust`` (the default) leaves the reading to Faust (these
-   patches then do nothing).
+   nothing. ``CRM_STREAM_READER=faust`` leaves the reading to Faust (these patches then do
+   nothing).
 
 9. **Standby partitions** (``CRM_STANDBY_FOLLOWER``, default on; issue 21). Faust applies a
    standby's changelog records one by one on the event loop (~90 us of CPU each), which with two

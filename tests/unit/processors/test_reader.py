@@ -110,12 +110,12 @@ def test_a_rebalance_waits_until_no_record_is_in_hand() -> None:
 def test_the_reader_setting(tmp_path: Path) -> None:
     from processors.faust_engine import FaustEngine
 
-    assert Settings.from_env({}).stream_reader == "faust"
-    engine = FaustEngine(Settings.from_env({"CRM_DATA_DIR": str(tmp_path / "a")}))
-    assert engine.readers is None
+    assert Settings.from_env({}).stream_reader == "librdkafka"
     engine = FaustEngine(
-        Settings.from_env({"CRM_DATA_DIR": str(tmp_path / "b"), "CRM_STREAM_READER": "librdkafka"})
+        Settings.from_env({"CRM_DATA_DIR": str(tmp_path / "a"), "CRM_STREAM_READER": "faust"})
     )
+    assert engine.readers is None
+    engine = FaustEngine(Settings.from_env({"CRM_DATA_DIR": str(tmp_path / "b")}))
     assert engine.readers is not None
     with pytest.raises(ConfigError, match="CRM_STREAM_READER"):
         Settings.from_env({"CRM_STREAM_READER": "aiokafka"})
