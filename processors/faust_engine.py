@@ -1273,7 +1273,23 @@ class FaustEngine:
             return False, "joining the group / restoring tables"
         if app.rebalancing or app.in_recovery:
             return False, "rebalancing"
+        readers = self.readers
+        if readers is not None and not readers.in_step(self._group_assignment()):
+            # Between a revoke and the next assignment the readers hold none of the partitions
+            # the group client still lists, and a recovery finishing late can clear Faust's
+            # rebalancing flag meanwhile: the query API answered a whole campaign list empty.
+            return False, "rebalancing"
         return True, "in the group"
+
+    def _group_assignment(self) -> set[TP]:
+        consumer = self.app.consumer
+        try:
+            assigned = consumer.assignment()
+        except (AssertionError, IllegalStateError, ConsumerNotStarted, RuntimeError):
+            # Not started, or read while the consumer thread changed it (/readyz reads it from
+            # the metrics thread): not in step for now.
+            return set()
+        return {tp for tp in assigned if not is_changelog_tp(consumer, tp)}
 
     def rebalancing(self) -> bool:
         return bool(self.app.rebalancing)

@@ -380,6 +380,12 @@ class Readers:
     def handles(self, tp: TP) -> bool:
         return tp.topic in self._by_topic
 
+    def in_step(self, group: Iterable[TP]) -> bool:
+        """Whether the readers' assignment is the group client's ``group`` (its partitions of
+        the readers' topics): not so from a revoke until the next assignment is handled."""
+        listed = {TopicPartition(tp.topic, tp.partition) for tp in group if self.handles(tp)}
+        return listed == self.assigned
+
     def _split(self, tps: Iterable[TP]) -> dict[Reader, list[TP]]:
         out: dict[Reader, list[TP]] = {}
         for tp in tps:

@@ -130,3 +130,17 @@ def test_what_may_be_sought_is_the_assignment_the_loop_handled() -> None:
     assert readers.assigned == {T0} and readers.placed == {T0}
     readers.assign([T0, T1])  # a new assignment: placed again before it is read
     assert readers.placed == set()
+
+
+def test_in_step_with_the_group_only_once_the_loop_handled_its_assignment() -> None:
+    _, readers = _reader()
+    changelog = TopicPartition("app-dedupe-changelog", 0)
+    group = [T0, T1, changelog]
+    assert not readers.in_step(group)  # assigned by the group, not handled yet
+    readers.assign(group)
+    assert readers.in_step(group)  # other topics' partitions do not count
+    readers.forget([T0, T1])  # a revoke: the group client still lists them until it re-joins
+    assert not readers.in_step(group)  # the worker's query API answers 503, not an empty list
+    readers.assign([T1])
+    assert not readers.in_step(group)
+    assert readers.in_step([T1, changelog])
