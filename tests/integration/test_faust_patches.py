@@ -74,7 +74,8 @@ def test_the_patched_fetch_takes_nothing_while_no_partition_is_active(
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
     faust_engine.apply()
-    thread: Any = SimpleNamespace(consumer=SimpleNamespace(flow_active=True))
+    # The Faust path: an app without the librdkafka readers (CRM_STREAM_READER=faust).
+    thread: Any = SimpleNamespace(consumer=SimpleNamespace(flow_active=True, app=SimpleNamespace()))
 
     async def run() -> tuple[dict[Any, Any], dict[int, int], int]:
         consumer = await _buffered_consumer(kafka_bootstrap, two_partitions)
