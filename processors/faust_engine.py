@@ -146,7 +146,7 @@ from processors.campaigns import stats_partition
 from processors.engine import BatchHandler, Event, Positions, SeekError
 from processors.positions import TP
 from processors.reader import Reader, ReaderError, Readers
-from processors.standby import Followed, StandbyFollower
+from processors.standby import Followed, StandbyFollower, stage
 
 log = logging.getLogger("crmstream.worker")
 
@@ -632,16 +632,7 @@ def restore_changelogs(
                     done[tp] = last.get(tp, spec.start - 1)
                     consumer.pause([TopicPartition(tp.topic, tp.partition)])
                     continue
-                key, value = message.key() or b"", message.value()
-                if spec.upgrade is not None:
-                    key, value = spec.upgrade(key, value)
-                batch = batches.get(tp)
-                if batch is None:
-                    batch = batches[tp] = rocksdict.WriteBatch(raw_mode=True)
-                if value is None:
-                    batch.delete(key)
-                else:
-                    batch.put(key, value)
+                stage(batches, tp, message.key() or b"", message.value(), spec.upgrade)
                 last[tp] = offset
                 counts[tp] = counts.get(tp, 0) + 1
                 if offset >= spec.end:

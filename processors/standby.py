@@ -48,6 +48,30 @@ QUEUED_KBYTES = 16 * 1024
 """librdkafka's prefetch queue of the follower (its default: 64 MB)."""
 
 
+Upgrade = Callable[[bytes, bytes | None], tuple[bytes, bytes | None]]
+
+
+def stage(
+    batches: dict[Any, rocksdict.WriteBatch],
+    tp: Any,
+    key: bytes,
+    value: bytes | None,
+    upgrade: Upgrade | None,
+) -> None:
+    """One changelog record into its partition's write batch (a null value deletes the key),
+    through the table's ``upgrade`` if it has one: the standby follower's and the fast
+    restore's way of applying a record."""
+    if upgrade is not None:
+        key, value = upgrade(key, value)
+    batch = batches.get(tp)
+    if batch is None:
+        batch = batches[tp] = rocksdict.WriteBatch(raw_mode=True)
+    if value is None:
+        batch.delete(key)
+    else:
+        batch.put(key, value)
+
+
 class Followed(NamedTuple):
     """A standby table partition: its changelog is read from ``start`` (None: its first record)
     and applied to ``db``, each record through ``upgrade`` (if any); ``offset_key``: where the
@@ -55,7 +79,7 @@ class Followed(NamedTuple):
 
     start: int | None
     db: Any
-    upgrade: Callable[[bytes, bytes | None], tuple[bytes, bytes | None]] | None
+    upgrade: Upgrade | None
     offset_key: bytes
 
 
@@ -135,16 +159,7 @@ class StandbyFollower:
                         continue
                     key_tp = (str(message.topic()), int(message.partition() or 0))
                     spec = partitions[key_tp]
-                    key, value = message.key() or b"", message.value()
-                    if spec.upgrade is not None:
-                        key, value = spec.upgrade(key, value)
-                    batch = batches.get(key_tp)
-                    if batch is None:
-                        batch = batches[key_tp] = rocksdict.WriteBatch(raw_mode=True)
-                    if value is None:
-                        batch.delete(key)
-                    else:
-                        batch.put(key, value)
+                    stage(batches, key_tp, message.key() or b"", message.value(), spec.upgrade)
                     last[key_tp] = int(message.offset() or 0)
                     n += 1
                 for key_tp, batch in batches.items():
