@@ -49,11 +49,17 @@ DETAIL_VALUE_CHARS = 80
 small even when the value is 400,000 characters long (the dead letter already keeps the raw
 record)."""
 
-# 19 or more digits in a row: an integer literal that may not fit 64 bits, which orjson would
-# read as a double. Only such records take the slower exact parser. Found by mapping every digit
-# to "0" and anything else to "." and looking for nineteen "0": a tenth of a regex's time.
-_DIGITS_AS_ZERO = bytes(0x30 if 0x30 <= byte <= 0x39 else 0x2E for byte in range(256))
-_LONG_DIGIT_RUN = b"0" * 19
+# An integer literal orjson may read as a double: it reads every integer of 64 bits exactly,
+# signed or not, so only 20 or more digits in a row (above 2**64 - 1 from 20 digits on) or a
+# minus and 19 digits (below -2**63 from 19 digits on) can be one. Only records with such a run
+# take the slower exact parser; ids of 19 digits (Leanplum's) do not. Found by mapping every
+# digit to "0", the minus to "-" and anything else to "." and looking for the two runs: a
+# tenth of a regex's time.
+_DIGITS_AS_ZERO = bytes(
+    0x30 if 0x30 <= byte <= 0x39 else 0x2D if byte == 0x2D else 0x2E for byte in range(256)
+)
+_LONG_DIGIT_RUN = b"0" * 20
+_LONG_NEGATIVE_RUN = b"-" + b"0" * 19
 
 
 class RecordError(Exception):
@@ -80,13 +86,14 @@ def parse_json(raw: bytes | str, what: str = "record") -> Any:
     """A JSON document within :data:`MAX_DEPTH` and :data:`MAX_INT_DIGITS`, integers exact.
 
     orjson reads nearly every record. It reads an integer beyond 64 bits as a double, so a
-    record with a run of 19+ digits is read by :func:`_parse_exact` instead; both accept the
-    same documents and give the same values (a property test holds them to it). Anything else
-    is ``RecordError(invalid_json)``: not UTF-8, not JSON, NaN/Infinity, a lone surrogate, a
-    number beyond a double's range, or either limit exceeded.
+    record with a run of 20+ digits, or a minus and 19, is read by :func:`_parse_exact`
+    instead; both accept the same documents and give the same values (a property test holds
+    them to it). Anything else is ``RecordError(invalid_json)``: not UTF-8, not JSON,
+    NaN/Infinity, a lone surrogate, a number beyond a double's range, or either limit exceeded.
     """
     scanned = raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")
-    if _LONG_DIGIT_RUN in scanned.translate(_DIGITS_AS_ZERO):
+    shape = scanned.translate(_DIGITS_AS_ZERO)
+    if _LONG_DIGIT_RUN in shape or _LONG_NEGATIVE_RUN in shape:
         value = _parse_exact(raw, what)
         _check_tree(value, what, check_strings=True)
         return value

@@ -116,16 +116,37 @@ def test_integers_longer_than_the_limit_are_invalid_json() -> None:
 )
 @pytest.mark.parametrize("digits", [False, True])
 def test_what_orjson_refuses_the_exact_parser_refuses(raw: bytes, digits: bool) -> None:
-    if digits:  # a run of 19 digits sends the record to the exact parser
-        raw = raw.replace(b"[", b'["1234567890123456789",', 1)
+    if digits:  # a run of 20 digits sends the record to the exact parser
+        raw = raw.replace(b"[", b'["12345678901234567890",', 1)
     assert error(parse_json, raw).reason is RejectReason.INVALID_JSON
 
 
 def test_both_parsers_give_the_same_values() -> None:
     doc = {"s": "é\u2028\x00", "f": [0.1, -0.0, 1e308, 5e-324], "n": None, "b": [True, False]}
     raw = json.dumps(doc).encode()
-    padded = json.dumps({**doc, "pad": "1" * 19}).encode()
-    assert {**parse_json(raw), "pad": "1" * 19} == parse_json(padded)
+    padded = json.dumps({**doc, "pad": "1" * 20}).encode()
+    assert {**parse_json(raw), "pad": "1" * 20} == parse_json(padded)
+
+
+@pytest.mark.parametrize(
+    "literal",
+    [
+        "9223372036854775807",  # 2**63 - 1
+        "9999999999999999999",  # the largest of 19 digits: orjson reads it as an unsigned int
+        "18446744073709551615",  # 2**64 - 1
+        "18446744073709551616",  # 2**64: beyond orjson, the exact parser's
+        "-9223372036854775808",  # -2**63
+        "-9223372036854775809",  # below -2**63: the exact parser's
+        "-999999999999999999",
+        "123456789012345678901234567890",
+    ],
+)
+def test_integers_around_64_bits_are_exact(literal: str) -> None:
+    assert parse_json(f'{{"n": {literal}, "id": "{literal}"}}'.encode()) == {
+        "n": int(literal),
+        "id": literal,
+    }
+    assert parse_json(f"[{literal}.0]".encode()) == [float(literal)]
 
 
 def test_integral_floats_keep_their_integer_text() -> None:
