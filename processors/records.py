@@ -294,7 +294,16 @@ def parse_stats_updates(key: bytes | None, value: bytes) -> StatsUpdates:
                     raise ValueError(f"{len(who)} recipients for {len(increments)} increments")
                 values = _dimension_values(dimensions, campaign, source, len(increments))
                 for inc, person, dims in zip(increments, who, values, strict=True):
-                    _check(inc[1:], inc[0])
+                    # _check, inline (this runs for every increment)
+                    raw_offset, occurred, event_type, channel = inc
+                    if (
+                        type(occurred) is not int
+                        or not 0 <= occurred <= MAX_TIMESTAMP_MS
+                        or not isinstance(event_type, str)
+                        or not isinstance(channel, str)
+                        or (raw_offset is not None and type(raw_offset) is not int)
+                    ):
+                        _check(inc[1:], inc[0])  # raises, naming what is wrong
                     if person is not None and not isinstance(person, str):
                         raise ValueError(f"not a recipient: {person!r}")
                     inc.append(person)
@@ -431,11 +440,12 @@ class Breakdown:
 
     @classmethod
     def load(cls, value: Mapping[str, Any]) -> Breakdown:
+        """From :meth:`dump`, freshly decoded: its dicts are kept as they are (not copied)."""
         return cls(
-            {key: dict(counts) for key, counts in value.get("k", {}).items()},
-            dict(value.get("o") or {}),
-            dict(value.get("x") or {}),
-            {key: dict(counts) for key, counts in (value.get("g") or {}).items()},
+            value.get("k") or {},
+            value.get("o") or {},
+            value.get("x") or {},
+            value.get("g") or {},
         )
 
     def images(self) -> list[tuple[Bucket, str, bytes]]:
@@ -542,22 +552,28 @@ class WindowCounts:
         ``dimensions``: its value of each dimension it is broken down by (a dimension absent:
         counted in the totals only)."""
         if source is not None and raw_offset is not None:
-            if raw_offset <= self.applied.get(source, -1):
+            applied = self.applied
+            if raw_offset <= applied.get(source, -1):
                 return False
-            self.applied[source] = raw_offset
-        self.add(event_type, channel)
-        for name, value in (dimensions or {}).items():
-            breakdown = self.breakdowns.get(name)
-            if breakdown is None:
-                breakdown = self.breakdowns[name] = Breakdown()
-            breakdown.add(
-                value,
-                event_type,
-                bound_of(self.max_keys, name),
-                recipient,
-                BREAKDOWN_RULES.get(name, NO_RULE),
-                self.lg_k,
-            )
+            applied[source] = raw_offset
+        self.total += 1
+        by_type, by_channel = self.by_type, self.by_channel
+        by_type[event_type] = by_type.get(event_type, 0) + 1
+        by_channel[channel] = by_channel.get(channel, 0) + 1
+        if dimensions:
+            breakdowns = self.breakdowns
+            for name, value in dimensions.items():
+                breakdown = breakdowns.get(name)
+                if breakdown is None:
+                    breakdown = breakdowns[name] = Breakdown()
+                breakdown.add(
+                    value,
+                    event_type,
+                    bound_of(self.max_keys, name),
+                    recipient,
+                    BREAKDOWN_RULES.get(name, NO_RULE),
+                    self.lg_k,
+                )
         if self.lg_k is not None:
             if recipient is None:
                 self.unattributed += 1
