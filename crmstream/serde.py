@@ -255,6 +255,11 @@ def _zigzag_varint(n: int) -> bytes:
     z = (n << 1) ^ (n >> 63)
     if z < 1 << 14:
         return _VARINTS[z]
+    # Up to 42 bits (an epoch-ms timestamp until 2039) without the loop.
+    if z < 1 << 28:
+        return _VARINT_PAIRS[z & 0x3FFF] + _VARINTS[z >> 14]
+    if z < 1 << 42:
+        return _VARINT_PAIRS[z & 0x3FFF] + _VARINT_PAIRS[(z >> 14) & 0x3FFF] + _VARINTS[z >> 28]
     parts = []
     while z >= 1 << 14:
         parts.append(_VARINT_PAIRS[z & 0x3FFF])
