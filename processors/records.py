@@ -5,6 +5,7 @@ Kept apart from the Faust agents so that what the worker writes can be tested wi
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -293,7 +294,16 @@ def parse_stats_updates(key: bytes | None, value: bytes) -> StatsUpdates:
                     raise ValueError(f"{len(who)} recipients for {len(increments)} increments")
                 values = _dimension_values(dimensions, campaign, source, len(increments))
                 for inc, person, dims in zip(increments, who, values, strict=True):
-                    _check(inc[1:], inc[0])
+                    # _check, inline (this runs for every increment)
+                    raw_offset, occurred, event_type, channel = inc
+                    if (
+                        type(occurred) is not int
+                        or not 0 <= occurred <= MAX_TIMESTAMP_MS
+                        or not isinstance(event_type, str)
+                        or not isinstance(channel, str)
+                        or (raw_offset is not None and type(raw_offset) is not int)
+                    ):
+                        _check(inc[1:], inc[0])  # raises, naming what is wrong
                     if person is not None and not isinstance(person, str):
                         raise ValueError(f"not a recipient: {person!r}")
                     inc.append(person)
@@ -430,11 +440,12 @@ class Breakdown:
 
     @classmethod
     def load(cls, value: Mapping[str, Any]) -> Breakdown:
+        """From :meth:`dump`, freshly decoded: its dicts are kept as they are (not copied)."""
         return cls(
-            {key: dict(counts) for key, counts in value.get("k", {}).items()},
-            dict(value.get("o") or {}),
-            dict(value.get("x") or {}),
-            {key: dict(counts) for key, counts in (value.get("g") or {}).items()},
+            value.get("k") or {},
+            value.get("o") or {},
+            value.get("x") or {},
+            value.get("g") or {},
         )
 
     def images(self) -> list[tuple[Bucket, str, bytes]]:
@@ -541,22 +552,28 @@ class WindowCounts:
         ``dimensions``: its value of each dimension it is broken down by (a dimension absent:
         counted in the totals only)."""
         if source is not None and raw_offset is not None:
-            if raw_offset <= self.applied.get(source, -1):
+            applied = self.applied
+            if raw_offset <= applied.get(source, -1):
                 return False
-            self.applied[source] = raw_offset
-        self.add(event_type, channel)
-        for name, value in (dimensions or {}).items():
-            breakdown = self.breakdowns.get(name)
-            if breakdown is None:
-                breakdown = self.breakdowns[name] = Breakdown()
-            breakdown.add(
-                value,
-                event_type,
-                bound_of(self.max_keys, name),
-                recipient,
-                BREAKDOWN_RULES.get(name, NO_RULE),
-                self.lg_k,
-            )
+            applied[source] = raw_offset
+        self.total += 1
+        by_type, by_channel = self.by_type, self.by_channel
+        by_type[event_type] = by_type.get(event_type, 0) + 1
+        by_channel[channel] = by_channel.get(channel, 0) + 1
+        if dimensions:
+            breakdowns = self.breakdowns
+            for name, value in dimensions.items():
+                breakdown = breakdowns.get(name)
+                if breakdown is None:
+                    breakdown = breakdowns[name] = Breakdown()
+                breakdown.add(
+                    value,
+                    event_type,
+                    bound_of(self.max_keys, name),
+                    recipient,
+                    BREAKDOWN_RULES.get(name, NO_RULE),
+                    self.lg_k,
+                )
         if self.lg_k is not None:
             if recipient is None:
                 self.unattributed += 1
@@ -627,13 +644,9 @@ def window_value(counts: WindowCounts, updated_ms: int) -> bytes:
     reads without parsing the rest), its counts as JSON, then its sketches' compact images, then
     its breakdowns' (``bs``: ``[dimension, bucket kind, bucket value, sketch key, length]`` each,
     in the order of the images; absent in a window stored before breakdowns kept sketches)."""
-    images = [(key, sketch.image()) for key, sketch in sorted(counts.sketches.items())]
-    extra: list[list[Any]] = []
-    extra_images: list[bytes] = []
-    for dimension, b in sorted(counts.breakdowns.items()):
-        for (kind, value), key, image in b.images():
-            extra.append([dimension, kind, value, key, len(image)])
-            extra_images.append(image)
+    sketches = counts.sketches
+    keys = sorted(sketches)
+    images = [sketches[key].image() for key in keys]
     head: dict[str, Any] = {
         "n": counts.total,
         "t": counts.by_type,
@@ -641,22 +654,28 @@ def window_value(counts: WindowCounts, updated_ms: int) -> bytes:
         "w": counts.applied,
         "u": counts.unattributed,
         "k": counts.lg_k,
-        "s": [[key, len(image)] for key, image in images],
+        "s": [[key, len(image)] for key, image in zip(keys, images, strict=True)],
         # The estimates, so that a window's unchanged sketches are not estimated again.
-        "e": [counts.sketches[key].estimate() for key, _ in images],
+        "e": [sketches[key].estimate() for key in keys],
     }
     if counts.name is not None:
         head["m"] = counts.name
-    if counts.breakdowns:
-        head["b"] = {name: b.dump() for name, b in sorted(counts.breakdowns.items())}
-    if extra:
-        head["bs"] = extra
+    breakdowns = counts.breakdowns
+    if breakdowns:
+        names = sorted(breakdowns)
+        head["b"] = {name: breakdowns[name].dump() for name in names}
+        extra: list[list[Any]] = []
+        for name in names:
+            b = breakdowns[name]
+            if b.sketches:
+                for (kind, value), key, image in b.images():
+                    extra.append([name, kind, value, key, len(image)])
+                    images.append(image)  # after the window's own, in this order
+        if extra:
+            head["bs"] = extra
     body = orjson.dumps(head)
-    return b"".join(
-        [_WINDOW_HEAD.pack(WINDOW_VALUE_MAGIC, updated_ms, len(body)), body]
-        + [image for _, image in images]
-        + extra_images
-    )
+    images.insert(0, body)
+    return _WINDOW_HEAD.pack(WINDOW_VALUE_MAGIC, updated_ms, len(body)) + b"".join(images)
 
 
 def window_updated_ms(value: bytes) -> int | None:
@@ -713,6 +732,14 @@ def load_window(
     )
 
 
+@functools.lru_cache(maxsize=4096)
+def _campaign_fields(campaign: str) -> tuple[str, str | None, str | None]:
+    """(vendor, app id or None, campaign id or None) of a campaign key, as an upsert holds them
+    (kept for the campaigns seen last: each window a batch touches asks)."""
+    vendor, app_id, campaign_id = (campaigns.unescape(part) for part in campaign.split("|"))
+    return vendor, app_id or None, campaign_id or None
+
+
 def stats_record(
     campaign: str,
     window_label: str,
@@ -721,32 +748,42 @@ def stats_record(
     counts: WindowCounts,
     now_ms: int,
 ) -> dict[str, Any]:
-    vendor, app_id, campaign_id = (campaigns.unescape(part) for part in campaign.split("|"))
+    """A window's ``CampaignStats`` upsert (the figures of :meth:`WindowCounts.uniques`, built
+    here without its intermediate dicts: this runs for every window a batch touches). The
+    counts' dicts go in as they are: the record is encoded before they change."""
+    vendor, app_id, campaign_id = _campaign_fields(campaign)
     record: dict[str, Any] = {
         "vendor": vendor,
-        "app_id": app_id or None,
-        "campaign_id": campaign_id or None,
+        "app_id": app_id,
+        "campaign_id": campaign_id,
         "window": window_label,
         "window_start": start_ms,
         "window_end": start_ms + size_s * 1000,
         "total": counts.total,
-        "event_type_counts": dict(counts.by_type or {}),
-        "channel_counts": dict(counts.by_channel or {}),
+        "event_type_counts": counts.by_type,
+        "channel_counts": counts.by_channel,
         "updated_at": now_ms,
         "campaign_name": counts.name[1] if counts.name else None,
         "schema_version": STATS_SCHEMA_VERSION,
     }
-    uniques = counts.uniques()
-    if uniques is not None:
-        record.update(
-            unique_recipients=uniques["recipients"],
-            unique_event_type_counts=uniques["by_event_type"],
-            unattributed=uniques["unattributed"],
-            hll_lg_k=uniques["lg_k"],
-            error_bound=uniques["error_bound"],
-            recipients_sketch=uniques["sketch"],
-            event_type_sketches=uniques["sketches"],
-        )
+    lg_k = counts.lg_k
+    if lg_k is not None:
+        sketches = counts.sketches
+        estimates: dict[str, int] = {}
+        images: dict[str, bytes] = {}
+        for key in sorted(sketches):
+            if key != ALL_RECIPIENTS:
+                sketch = sketches[key]
+                images[key] = sketch.image()
+                estimates[key] = sketch.estimate()
+        everyone = sketches.get(ALL_RECIPIENTS)
+        record["unique_recipients"] = everyone.estimate() if everyone is not None else 0
+        record["unique_event_type_counts"] = estimates
+        record["unattributed"] = counts.unattributed
+        record["hll_lg_k"] = lg_k
+        record["error_bound"] = _uniques().error_bound(lg_k)
+        record["recipients_sketch"] = everyone.image() if everyone is not None else None
+        record["event_type_sketches"] = images
     variants = counts.breakdowns.get("variant")
     # A window of a campaign without variants and control group has none (its events are all
     # in the "none" bucket, which would repeat its counts in every upsert).

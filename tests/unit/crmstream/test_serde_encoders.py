@@ -12,6 +12,7 @@ import pytest
 
 from crmstream.errors import SerdeError
 from crmstream.serde import (
+    _MAX_CACHED_KEYS,
     AvroSerde,
     SchemaInfo,
     compiled_encoder,
@@ -47,8 +48,15 @@ LONGS = [
     16383,
     16384,
     -16384,
+    2**27 - 1,
+    2**27,
+    -(2**27) - 1,
     2**31,
     -(2**31),
+    1_780_000_000_000,
+    2**41 - 1,
+    2**41,
+    -(2**41) - 1,
     2**62,
     2**63 - 1,
     -(2**63),
@@ -165,3 +173,23 @@ def test_encode_uses_the_generated_encoder_with_the_header() -> None:
         "CanonicalEvent", record
     )
     assert serde.decode(value)[1] == record
+
+
+def test_map_keys_past_the_cached_ones_and_repeated_ones_are_written_as_fastavro_does() -> None:
+    """The generated encoders keep the encoded form of a bounded number of map keys: keys past
+    the bound, and the kept ones again, are written the same."""
+    encode = compiled_encoder(SCHEMAS["CanonicalEvent"].parsed)
+    assert encode is not None
+    many = canonical_event(attributes={f"key-{i}": str(i) for i in range(_MAX_CACHED_KEYS + 50)})
+    for record in (many, many, canonical_event(attributes={"key-1": "x", "ü-new": "y"})):
+        assert encode(record, b"") == fastavro_bytes("CanonicalEvent", record)
+    stats = campaign_stats()
+    for counts in ({"OPEN": 2**40, "SEND": 0}, {"OPEN": -1}, {"OPEN": 8191, "CLICK": 8192}):
+        record = {**stats, "event_type_counts": counts, "unique_event_type_counts": counts}
+        assert generated_bytes("CampaignStats", record) == fastavro_bytes("CampaignStats", record)
+
+
+def test_a_map_key_that_is_not_a_string_is_refused() -> None:
+    record = {**campaign_stats(), "event_type_counts": {1: 2}}
+    with pytest.raises(SerdeError, match="does not fit schema CampaignStats"):
+        AvroSerde(Settings.from_env({})).encode("CampaignStats", record, "t")

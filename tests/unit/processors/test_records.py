@@ -71,6 +71,10 @@ def test_stats_updates_round_trip_and_earlier_formats() -> None:
         b'{"v":2,"c":{"K|a|c":{"s/0":[[1,2,"OPEN"]]}}}',  # an increment lacks a field
         b'{"v":2,"c":{"K|a|c":{"s/0":[["1",2,"OPEN","PUSH"]]}}}',  # offset not an int
         b'{"v":2,"c":{"K|a|c":{"s/0":[[1,99999999999999999,"OPEN","PUSH"]]}}}',  # year > 9999
+        b'{"v":2,"c":{"K|a|c":{"s/0":[[1,2,"OPEN",3]]}}}',  # channel not a string
+        b'{"v":2,"c":{"K|a|c":{"s/0":[[1,2,"OPEN","PUSH","x"]]}}}',  # a field too many
+        b'{"v":2,"c":{"K|a|c":{"s/0":[7]}}}',  # an increment that is a number
+        b'{"v":2,"c":{"K|a|c":{"s/0":[{"a":1,"b":2,"c":3,"d":4}]}}}',  # an object
         b'{"v":2,"c":{"K|a|c":[]}}',
         b'{"K|a|c":[[1.5,"OPEN","PUSH"]]}',
         b'{"v":2,"c":{"K|a|c":{"s/0":[[1,2,"OPEN","PUSH"]]}},"r":{"K|a|c":{"s/0":[]}}}',
