@@ -341,7 +341,8 @@ class AttributionTable:
                 # The user's records below its first one here were processed by batches Kafka
                 # acknowledged (totals included): their contributions need not be kept.
                 trimmed.add(user)
-                state.kept = [c for c in state.kept if c.offset >= offset]
+                if state.kept:
+                    state.kept = [c for c in state.kept if c.offset >= offset]
             if offset <= state.offset:
                 # A replay: decided before, its contributions kept; added below to the totals
                 # that do not hold them (the changelog can hold a batch's user states without
@@ -351,11 +352,12 @@ class AttributionTable:
                 continue
             missed = len(outcome.misses)
             now = apply(state, items, self.windows, outcome, fresh)
-            mine = contributions(offset, now, outcome.misses[missed:])
-            state.kept += mine
-            added += mine
-            made += now
             state.offset = offset
+            if now or len(outcome.misses) > missed:
+                mine = contributions(offset, now, outcome.misses[missed:])
+                state.kept += mine
+                added += mine
+                made += now
         totals = {tally_key(*c.total): c for c in added}
         held = self.table.get_many(partition, list(totals))
         tallies = {key: Tally.decode(value) for key, value in zip(totals, held, strict=True)}
