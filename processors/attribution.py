@@ -56,7 +56,9 @@ table (one partition, so one order):
    been seen to acknowledge, is sent again as it was (same id, same content, counted once): a
    crash can leave the table's changelog with a batch whose attributions never reached Kafka,
    and the replay then finds the conversion seen. Once acknowledged (:func:`confirm`), a replay
-   sends nothing.
+   sends nothing. What a decision adds to the hourly totals is counted once as well, however
+   much of a batch a crash left on the table's changelog
+   (:class:`Contribution`, :meth:`Tally.count`).
 
 The attribution id is a hash of the conversion id and the campaign key, so a replay that sends an
 attribution again sends the same id.
@@ -70,7 +72,8 @@ import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from functools import cached_property
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -111,7 +114,7 @@ class Windows:
     def of(self, name: str) -> int:
         return self.by_name.get(name, self.default_ms)
 
-    @property
+    @cached_property
     def longest_ms(self) -> int:
         return max([self.default_ms, *self.by_name.values()])
 
@@ -132,8 +135,10 @@ def conversion_names(names: Iterable[str]) -> dict[str, str]:
 # --- the items of a user's stream ---------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Touch:
+class Touch(NamedTuple):
+    """A touch (a named tuple: a user's state holds up to :data:`MAX_TOUCHES` of them, decoded
+    and encoded with every batch that touches the user, :meth:`UserState.encode`)."""
+
     event_id: str
     at: int
     vendor: str
@@ -175,6 +180,14 @@ class Touch:
             d.get("m"),
             d.get("x"),
         )
+
+    @classmethod
+    def from_row(cls, row: Any) -> Touch:
+        """A touch of a user state's ``t`` (:meth:`UserState.encode`): its fields in order, as a
+        JSON array; an object as written before (:meth:`from_json`)."""
+        if type(row) is list:
+            return cls._make(row)
+        return cls.from_json(row)
 
 
 @dataclass(frozen=True, slots=True)
@@ -450,10 +463,15 @@ class UserState:
     offset: int = -1
     """The ``attribution-inputs`` offset of the last record applied (the user's partition):
     a record at or below it is a replay (:func:`apply`'s ``replay``)."""
+    kept: list[Contribution] = field(default_factory=list)
+    """What the user's records of the batch that last wrote the state (and of a replayed batch
+    not yet processed again) added to the hourly totals, by input offset: a replay of such a
+    record adds them again where its total lacks them (:attr:`Tally.offset`)."""
 
     def encode(self) -> bytes:
+        # A touch as the array of its fields: cheaper to write and read back than an object.
         body: dict[str, Any] = {
-            "t": [t.to_json() for t in self.touches],
+            "t": [tuple(t) for t in self.touches],
             "s": self.seen,
             "a": self.sent,
             "c": self.credits,
@@ -464,6 +482,8 @@ class UserState:
             body["f"] = self.first
         if self.offset >= 0:
             body["o"] = self.offset
+        if self.kept:
+            body["k"] = [c.to_json() for c in self.kept]
         return orjson.dumps(body)
 
     @classmethod
@@ -472,7 +492,7 @@ class UserState:
             return cls()
         d = orjson.loads(value)
         return cls(
-            [Touch.from_json(t) for t in d["t"]],
+            [Touch.from_row(t) for t in d["t"]],
             dict(d["s"]),
             dict(d["a"]),
             dict(d["c"]),
@@ -480,6 +500,7 @@ class UserState:
             int(d["u"]),
             None if d.get("f") is None else int(d["f"]),
             int(d.get("o", -1)),
+            [Contribution.from_json(c) for c in d.get("k") or ()],
         )
 
 
@@ -539,6 +560,51 @@ class Attribution:
             "window_ms": self.window_ms,
             "processed_at": processed_at,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Contribution:
+    """What one input record of a user added to one hourly total: an attribution (counted in
+    its campaign's total) or a miss (``missed``: the conversion's time, name and why, counted
+    in the unattributed total). ``offset``: the record's ``attribution-inputs`` offset, what
+    makes adding it idempotent (:attr:`Tally.offset`)."""
+
+    offset: int
+    attribution: Attribution | None = None
+    missed: tuple[int, str, str] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        if self.attribution is not None:
+            return {"o": self.offset, "a": self.attribution.to_json()}
+        assert self.missed is not None
+        at, name, why = self.missed
+        return {"o": self.offset, "at": at, "n": name, "w": why}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Contribution:
+        if "a" in d:
+            return cls(int(d["o"]), Attribution.from_json(d["a"]))
+        return cls(int(d["o"]), None, (int(d["at"]), str(d["n"]), str(d["w"])))
+
+    @property
+    def total(self) -> tuple[int, str, str]:
+        """(hour, campaign key, conversion name) of the total it goes to
+        (:data:`UNATTRIBUTED` for a miss)."""
+        if self.attribution is not None:
+            c = self.attribution.conversion
+            return bucket_of(c.at), self.attribution.touch.campaign, c.name
+        assert self.missed is not None
+        at, name, _ = self.missed
+        return bucket_of(at), UNATTRIBUTED, name
+
+
+def contributions(
+    offset: int, made: Iterable[Attribution], misses: Iterable[tuple[Conversion, str]]
+) -> list[Contribution]:
+    """The contributions of a record's :func:`apply`: its attributions and misses."""
+    out = [Contribution(offset, a) for a in made]
+    out += [Contribution(offset, None, (c.at, c.name, why)) for c, why in misses]
+    return out
 
 
 @dataclass
@@ -686,17 +752,29 @@ def confirm(state: UserState) -> bool:
     return changed
 
 
+def _touch_order(t: Touch) -> tuple[int, str]:
+    return t.at, t.event_id
+
+
 def _prune(state: UserState, hold_ms: int, outcome: Outcome) -> None:
     oldest = state.newest - hold_ms
-    touches = sorted((t for t in state.touches if t.at >= oldest), key=lambda t: (t.at, t.event_id))
+    touches = [t for t in state.touches if t.at >= oldest]
+    if len(touches) > 1:
+        touches.sort(key=_touch_order)
     if len(touches) > MAX_TOUCHES:
         outcome.touches_dropped += len(touches) - MAX_TOUCHES
         touches = touches[-MAX_TOUCHES:]
     state.touches = touches
-    recent = len(state.seen) - RECENT_CONVERSIONS  # the dict keeps the order of decisions
-    state.seen = {k: v for n, (k, v) in enumerate(state.seen.items()) if v >= oldest or n >= recent}
-    state.sent = {k: v for k, v in state.sent.items() if k in state.seen}
-    state.credits = {k: v for k, v in state.credits.items() if v >= oldest}
+    # (Most users hold no conversion: nothing more to look at.)
+    if state.seen:
+        recent = len(state.seen) - RECENT_CONVERSIONS  # the dict keeps the order of decisions
+        state.seen = {
+            k: v for n, (k, v) in enumerate(state.seen.items()) if v >= oldest or n >= recent
+        }
+    if state.sent:
+        state.sent = {k: v for k, v in state.sent.items() if k in state.seen}
+    if state.credits:
+        state.credits = {k: v for k, v in state.credits.items() if v >= oldest}
 
 
 # --- the aggregates the API reads ---------------------------------------------------------
@@ -721,6 +799,24 @@ class Tally:
     converted: dict[str, bytes] = field(default_factory=dict)
     """Per :func:`variant_key` of the winning touch, the sketch of the users credited
     (``u:<user_id>``, as the stats' recipients): the lift's converted recipients."""
+    offset: int = -1
+    """The highest ``attribution-inputs`` offset (of the table partition's) whose contributions
+    the total holds: every record at or below it that contributed to it is counted in it. A
+    contribution of a record at or below it is not added again (:meth:`count`)."""
+
+    def count(self, contribution: Contribution, held: int) -> bool:
+        """Add ``contribution`` unless the total held it already: its offset is at or below
+        ``held``, the total's :attr:`offset` before the batch (a batch adds every contribution
+        of its records, several of one offset included). Whether it was added."""
+        if contribution.offset <= held:
+            return False
+        if contribution.attribution is not None:
+            self.add(contribution.attribution)
+        else:
+            assert contribution.missed is not None
+            self.miss(contribution.missed[2])
+        self.offset = max(self.offset, contribution.offset)
+        return True
 
     def miss(self, why: str) -> None:
         self.missed[why] = self.missed.get(why, 0) + 1
@@ -766,6 +862,8 @@ class Tally:
             body["m"] = self.missed
         if self.converted:
             body["cv"] = {k: base64.b64encode(v).decode() for k, v in self.converted.items()}
+        if self.offset >= 0:
+            body["o"] = self.offset
         return orjson.dumps(body)
 
     @classmethod
@@ -781,6 +879,7 @@ class Tally:
             d.get("cn"),
             {str(k): int(n) for k, n in (d.get("m") or {}).items()},
             {str(k): base64.b64decode(v) for k, v in (d.get("cv") or {}).items()},
+            int(d.get("o", -1)),
         )
 
 

@@ -27,9 +27,16 @@ repeated is harmless:
 * the attribution agent writes a batch's user states and totals to RocksDB, in one write batch
   per partition, only after Kafka acknowledged the batch's attributions and changelog records
   (the stats path's pattern, :mod:`processors.stats`). A replay from the committed position
-  starts from the state before the batch, or from the state after it when the changelog
-  restored it; either way each conversion is decided once and counted once in the totals. The
-  changelog may hold a batch whose attributions never reached Kafka (killed between the two):
+  starts from the state before the batch, from the state after it when the changelog restored
+  it, or from part of it: a kill -9 during the seal can leave any prefix of the batch's
+  changelog records (its user states without its totals, sent after them). Each conversion is
+  decided once (a record at or below the offset a user's state applied is a replay), and
+  counted once in the totals, whatever landed: what a record adds to a total (an attribution,
+  a miss: :class:`processors.attribution.Contribution`) carries the record's input offset; a
+  total keeps the highest offset it holds (:attr:`processors.attribution.Tally.offset`) and
+  takes a contribution only above it; a user's state keeps its records' contributions of the
+  batch that last wrote it, which a replayed record adds again (where the total lacks them).
+  The changelog may hold a batch whose attributions never reached Kafka (killed between the two):
   the replay finds those conversions seen and sends their attributions again, as they were
   (:func:`processors.attribution.apply`, rule 4). So an attribution may be written to
   ``attributions`` more than once, always with the same ``attribution_id`` and content, never a
@@ -53,8 +60,8 @@ from crmstream import metrics
 from crmstream.errors import SerdeError
 from crmstream.serde import AvroSerde
 from processors.attribution import (
-    UNATTRIBUTED,
     Attribution,
+    Contribution,
     Conversion,
     Item,
     Outcome,
@@ -64,6 +71,7 @@ from processors.attribution import (
     apply,
     bucket_of,
     confirm,
+    contributions,
     conversion_from_fields,
     conversion_id_of,
     decode_record,
@@ -322,30 +330,43 @@ class AttributionTable:
         stored = self.table.get_many(partition, [user_key(u) for u in users])
         states = {u: UserState.decode(v) for u, v in zip(users, stored, strict=True)}
         made: list[Attribution] = []
+        added: list[Contribution] = []
         outcome.resend.clear()
         outcome.misses.clear()
         fresh: set[str] = set()
+        trimmed: set[str] = set()
         for user, items, offset in entries:
             state = states[user]
-            replay = offset <= state.offset
-            made += apply(state, items, self.windows, outcome, fresh, replay=replay)
-            if not replay:
-                state.offset = offset
-        tallies: dict[bytes, Tally] = {}
-        for a in made:
-            key = tally_key(bucket_of(a.conversion.at), a.touch.campaign, a.conversion.name)
-            tallies.setdefault(key, Tally())
-        for c, _ in outcome.misses:
-            tallies.setdefault(tally_key(bucket_of(c.at), UNATTRIBUTED, c.name), Tally())
-        held = self.table.get_many(partition, list(tallies))
-        for key, value in zip(list(tallies), held, strict=True):
-            tallies[key] = Tally.decode(value)
-        for a in made:
-            tallies[tally_key(bucket_of(a.conversion.at), a.touch.campaign, a.conversion.name)].add(
-                a
-            )
-        for c, why in outcome.misses:
-            tallies[tally_key(bucket_of(c.at), UNATTRIBUTED, c.name)].miss(why)
+            if user not in trimmed:
+                # The user's records below its first one here were processed by batches Kafka
+                # acknowledged (totals included): their contributions need not be kept.
+                trimmed.add(user)
+                if state.kept:
+                    state.kept = [c for c in state.kept if c.offset >= offset]
+            if offset <= state.offset:
+                # A replay: decided before, its contributions kept; added below to the totals
+                # that do not hold them (the changelog can hold a batch's user states without
+                # its totals, when a crash cut the batch short).
+                apply(state, items, self.windows, outcome, fresh, replay=True)
+                added += [c for c in state.kept if c.offset == offset]
+                continue
+            missed = len(outcome.misses)
+            now = apply(state, items, self.windows, outcome, fresh)
+            state.offset = offset
+            if now or len(outcome.misses) > missed:
+                mine = contributions(offset, now, outcome.misses[missed:])
+                state.kept += mine
+                added += mine
+                made += now
+        totals = {tally_key(*c.total): c for c in added}
+        held = self.table.get_many(partition, list(totals))
+        tallies = {key: Tally.decode(value) for key, value in zip(totals, held, strict=True)}
+        before = {key: tally.offset for key, tally in tallies.items()}
+        changed: set[bytes] = set()
+        for c in added:
+            key = tally_key(*c.total)
+            if tallies[key].count(c, before[key]):
+                changed.add(key)
         for a in [*made, *outcome.resend]:
             outputs.send(
                 self.attributions_topic,
@@ -357,7 +378,7 @@ class AttributionTable:
             state = states[user]
             state.updated_ms = now_ms
             out.append((user_key(user), state.encode()))
-        out += [(key, tally.encode()) for key, tally in tallies.items()]
+        out += [(key, tallies[key].encode()) for key in tallies if key in changed]
         credited = {a.conversion.user_id: states[a.conversion.user_id] for a in made}
         credited.update(
             {a.conversion.user_id: states[a.conversion.user_id] for a in outcome.resend}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -229,3 +229,20 @@ def wait_for(check: Any, timeout: float, what: str) -> None:
             return
         time.sleep(0.5)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def settled_totals(get: Callable[[], Any], expected: Expected, timeout: float = 120) -> Any:
+    """``GET /api/attribution``'s answer (``get``) once its totals equal ``expected``'s, read
+    again 3 s later so that a count still growing shows; or the last answer after ``timeout``.
+    Unattributed conversions make no ``attributions`` record to wait for, and after a last
+    kill -9 the worker replays the batch it was killed in while the API already answers."""
+    rows_, unattributed = expected.rows(), expected.unattributed()
+    deadline = time.monotonic() + timeout
+    while True:
+        body = get()
+        if body["campaigns"] == rows_ and body["unattributed"] == unattributed:
+            time.sleep(3)
+            return get()
+        if time.monotonic() > deadline:
+            return body
+        time.sleep(1)

@@ -38,6 +38,7 @@ from tests.integration.attribution_harness import (
     Publisher,
     conversion_json,
     raw_touch,
+    settled_totals,
 )
 from tests.integration.harness import WorkerProcess
 from tests.kafka_helpers import read_topic
@@ -204,7 +205,7 @@ def test_kill_9_while_attributing_credits_every_conversion_exactly_once(
             assert seen[aid] == a.record(0), (context, seen[aid], a.record(0))
         assert len(want) > 50 and any(a.control for a in want.values())
 
-        body = _get(api, {"from": t0 - D, "to": t0 + 10 * D})
+        body = settled_totals(lambda: _get(api, {"from": t0 - D, "to": t0 + 10 * D}), expected)
         assert body["campaigns"] == expected.rows(), (context, body["campaigns"], expected.rows())
         assert body["unattributed"] == expected.unattributed(), (context, body["unattributed"])
     finally:

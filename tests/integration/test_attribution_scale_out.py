@@ -31,7 +31,12 @@ from crmstream.settings import Settings
 from crmstream.topics import create_topics
 from processors.app import changelog_specs
 from processors.attribution import windows_of
-from tests.integration.attribution_harness import Expected, Publisher, conversion_json
+from tests.integration.attribution_harness import (
+    Expected,
+    Publisher,
+    conversion_json,
+    settled_totals,
+)
 from tests.integration.harness import WorkerProcess
 from tests.integration.test_attribution_crash import D, H, _get, _id, _touches_in, history
 from tests.kafka_helpers import read_topic
@@ -182,7 +187,10 @@ def test_two_workers_one_killed_at_random_moments_credit_every_conversion_exactl
 
         # Each worker holds some of the users: either answers the sums of both.
         for port in ports:
-            body = _get(f"http://127.0.0.1:{port}", {"from": t0 - D, "to": t0 + 10 * D})
+            body = settled_totals(
+                lambda p=port: _get(f"http://127.0.0.1:{p}", {"from": t0 - D, "to": t0 + 10 * D}),
+                expected,
+            )
             assert body["campaigns"] == expected.rows(), (context, port, body["campaigns"])
             assert body["unattributed"] == expected.unattributed(), (context, port, body)
             assert body["conversions"] == sum(r["conversions"] for r in expected.rows())

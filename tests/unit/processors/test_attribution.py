@@ -3,18 +3,23 @@ histories against a reference written here from the rule's words."""
 
 from __future__ import annotations
 
+import asyncio
 import random
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from crmstream.errors import ConfigError
+from crmstream.serde import AvroSerde
 from crmstream.settings import Settings
 from processors.attribution import (
+    BUCKET_MS,
     MAX_TOUCHES,
     NO_EXPOSURE,
     OUTSIDE_WINDOW,
     RECENT_CONVERSIONS,
+    UNATTRIBUTED,
     Conversion,
     Outcome,
     Tally,
@@ -31,10 +36,17 @@ from processors.attribution import (
     from_canonical,
     parse_conversion_json,
     rows,
+    unattributed_rows,
     windows_of,
 )
+from processors.attribution_path import AttributionTable
 from processors.campaigns import campaign_key
 from processors.normalize.common import RecordError
+from processors.outputs import Offsets
+from processors.state import keys
+from processors.state.table import WindowedTable
+from processors.uniques import estimate
+from tests.unit.processors.fake_engine import FakeOutputs, FakeStore
 
 H = 3_600_000
 D = 24 * H
@@ -504,3 +516,200 @@ def test_conversion_event_names_are_read_and_checked() -> None:
     with pytest.raises(ConfigError) as err:
         Settings.from_env({"CRM_CONVERSION_EVENTS": "x" * 201})
     assert "CRM_CONVERSION_EVENTS" in str(err.value)
+
+
+# --- the attribution table through a partial changelog ------------------------------------
+#
+# A kill -9 during a batch's seal can leave any prefix of the batch's changelog records on the
+# changelog (the user states land, the hourly totals after them do not, or part of either). A
+# restore then starts from that prefix and the batch is processed again from the committed
+# position: the totals must come out exactly as without the crash.
+
+W2 = Windows(2 * D, {"Signed Up": 6 * H})
+NOW = 1_790_000_000_000
+
+
+class SealedOutputs(FakeOutputs):
+    """The fake outputs, noting where each seal ends in the changelog."""
+
+    def __init__(self) -> None:
+        super().__init__(partitions=1)
+        self.seals: list[int] = []
+
+    def seal(self) -> asyncio.Future[Offsets]:
+        self.seals.append(len(self.changelog))
+        return super().seal()
+
+
+Records = list[list[tuple[str, list[Any]]]]
+"""Per ``attribution-inputs`` offset (partition 0), the record's users and their items."""
+
+
+def generated_records(rng: random.Random, n: int = 14) -> Records:
+    records: Records = []
+    decided: dict[str, list[str]] = {}
+    for offset in range(n):
+        record = []
+        for user in rng.sample([f"u{i}" for i in range(6)], rng.randint(1, 4)):
+            items: list[Any] = []
+            for _ in range(rng.randint(1, 3)):
+                at = T0 + rng.randint(0, 4 * D)
+                if rng.random() < 0.45:
+                    vendor = rng.choice(["AIRSHIP", "SEGMENT"])
+                    kind = "CONTROL" if vendor == "AIRSHIP" and rng.random() < 0.3 else "SEND"
+                    eid = f"{vendor}:{offset}:{len(items)}:{user}"
+                    items.append(
+                        Touch(eid, at, vendor, "app", f"c{rng.randint(1, 2)}", kind, None, None,
+                              rng.choice([None, "1", "2"]))
+                    )  # fmt: skip
+                    continue
+                mine = decided.setdefault(user, [])
+                if mine and rng.random() < 0.15:
+                    cid = rng.choice(mine)  # the raw path or the feed sending it again
+                else:
+                    cid = f"{user}-o{offset}-{len(items)}"
+                    mine.append(cid)
+                value = rng.choice([None, 10.5, 3.25])
+                name = rng.choice(["Order Completed", "Signed Up"])
+                items.append(Conversion(cid, user, name, at, "conversions", value, value and "USD"))
+            record.append((user, items))
+        records.append(record)
+    return records
+
+
+def split(rng: random.Random, offsets: range) -> list[range]:
+    """``offsets`` as consecutive batches of random sizes (several records in most)."""
+    out: list[range] = []
+    start = offsets.start
+    while start < offsets.stop:
+        end = min(offsets.stop, start + rng.randint(1, 4))
+        out.append(range(start, end))
+        start = end
+    return out
+
+
+def table_of(root: Path, changelog: list[tuple[str, int, bytes, bytes | None]]) -> WindowedTable:
+    """A table restored from ``changelog`` into an empty store (the local state wiped)."""
+    table = WindowedTable(FakeStore(root, "attribution-changelog"), BUCKET_MS, 365 * D)
+    table.write(0, [(key, value) for _, _, key, value in changelog])
+    return table
+
+
+def attribution_of(table: WindowedTable) -> AttributionTable:
+    return AttributionTable(table, W2, AvroSerde(Settings.from_env({})), "attributions")
+
+
+def process(table: WindowedTable, records: Records, batches: list[range]) -> SealedOutputs:
+    outputs = SealedOutputs()
+    attribution = attribution_of(table)
+
+    async def run() -> None:
+        for batch in batches:
+            parsed = [(0, u, items, offset) for offset in batch for u, items in records[offset]]
+            await attribution.apply(parsed, outputs, NOW)
+
+    asyncio.run(run())
+    return outputs
+
+
+def totals(table: WindowedTable) -> dict[bytes, tuple[Any, ...]]:
+    """Every hourly total of the table as the API reads it."""
+    out: dict[bytes, tuple[Any, ...]] = {}
+    for key, value in table.scan(0, keys.WINDOWS):
+        t = Tally.decode(value)
+        converted = {k: estimate(v) for k, v in t.converted.items()}
+        rounded = [{c: round(v, 6) for c, v in s.items()} for s in (t.value, t.control_value)]
+        out[key] = (t.conversions, t.control_conversions, *rounded, t.missed, converted)
+    return out
+
+
+def pure_rows(records: Records) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The API's rows of the rule applied to each user's items in order, without a table."""
+    per_user: dict[str, list[Any]] = {}
+    for record in records:
+        for user, items in record:
+            per_user.setdefault(user, []).extend(items)
+    found: list[tuple[str, str, Tally]] = []
+    for items in per_user.values():
+        outcome = Outcome()
+        for a in apply(UserState(), items, W2, outcome):
+            tally = Tally()
+            tally.add(a)
+            found.append((a.touch.campaign, a.conversion.name, tally))
+        for c, why in outcome.misses:
+            tally = Tally()
+            tally.miss(why)
+            found.append((UNATTRIBUTED, c.name, tally))
+    return rows(found), unattributed_rows(found)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_restore_from_any_prefix_of_a_batchs_changelog_counts_the_totals_exactly(
+    seed: int, tmp_path: Path
+) -> None:
+    """Kill -9 during any batch's seal, leaving any prefix of its changelog records (users
+    without totals, part of the totals, ...): the restored table, given the batch again from
+    the committed position (and what follows, batched differently), ends with exactly the
+    totals of a run without the crash. The same when only the totals landed."""
+    rng = random.Random(seed)
+    records = generated_records(rng)
+    everything = range(len(records))
+    batches = split(rng, everything)
+    clean = table_of(tmp_path / "clean", [])
+    first = process(clean, records, batches)
+    want = totals(clean)
+    found = attribution_of(clean).tallies([0], 0, NOW, None)
+    assert (rows(found), unattributed_rows(found)) == pure_rows(records)
+    assert any(t[4] for t in want.values()) and any(t[0] for t in want.values())
+
+    n = 0
+    for k, batch in enumerate(batches):
+        start = first.seals[k - 1] if k else 0
+        end = first.seals[k]
+        landed = [first.changelog[:j] for j in range(start, end + 1)]
+        # Not a prefix, but what writing the totals first would leave: the totals without users.
+        landed.append(
+            first.changelog[:start]
+            + [r for r in first.changelog[start:end] if not r[2].startswith(keys.USER_KEY_PREFIX)]
+        )
+        for changelog in landed:
+            n += 1
+            restored = table_of(tmp_path / f"r{n}", changelog)
+            again = process(restored, records, split(rng, range(batch.start, len(records))))
+            assert totals(restored) == want, (seed, k, len(changelog) - start, end - start)
+            # ... and a second crash while the replay's first batch is sealed.
+            cut = rng.randint(0, again.seals[0])
+            twice = table_of(tmp_path / f"r{n}b", changelog + again.changelog[:cut])
+            process(twice, records, split(rng, range(batch.start, len(records))))
+            assert totals(twice) == want, (seed, k, len(changelog) - start, cut)
+
+
+def test_a_batch_whose_user_states_landed_without_its_totals_is_counted_once(
+    tmp_path: Path,
+) -> None:
+    """The case a kill -9 left behind: one batch of two input records (u1 and u2 in both), its
+    user states on the changelog, its hourly totals not. Given the batch again, the totals count
+    its attribution and its two misses once; and once, too, when only the totals landed."""
+    t1 = Touch("AIRSHIP:1", T0, "AIRSHIP", "app", "c1", "SEND")
+    records: Records = [
+        [("u1", [t1]), ("u2", [Conversion("o1", "u2", "Signed Up", T0, "conversions")])],
+        [
+            ("u1", [Conversion("c1", "u1", "Order Completed", T0 + H, "conversions", 5.0, "USD")]),
+            ("u2", [Conversion("o2", "u2", "Signed Up", T0 + 2 * H, "conversions")]),
+        ],
+    ]
+    first = process(table_of(tmp_path / "clean", []), records, [range(2)])
+    sealed = first.changelog[: first.seals[0]]
+    users = [r for r in sealed if r[2].startswith(keys.USER_KEY_PREFIX)]
+    assert sealed[: len(users)] == users and len(users) == 2 < len(sealed)
+    for n, landed in enumerate([users, sealed[len(users) :]]):
+        for batches in ([range(2)], [range(1), range(1, 2)]):
+            restored = table_of(tmp_path / f"r{n}-{len(batches)}", landed)
+            process(restored, records, batches)
+            found = attribution_of(restored).tallies([0], 0, NOW, None)
+            assert unattributed_rows(found) == [
+                {"name": "Signed Up", "conversions": 2, NO_EXPOSURE: 2, OUTSIDE_WINDOW: 0}
+            ]
+            assert [(r["campaign_id"], r["conversions"], r["value"]) for r in rows(found)] == [
+                ("c1", 1, {"USD": 5.0})
+            ]
