@@ -343,9 +343,11 @@ class Settings:
     )
     worker_max_inflight: int = setting(
         "WORKER_MAX_INFLIGHT",
-        2,
+        4,
         positive(parse_int),
-        "Raw batches whose outputs may await Kafka's acknowledgement while the next is processed",
+        "Raw batches whose outputs may await Kafka's acknowledgement while the next is processed "
+        "(at 2, a batch waited for an earlier one's acknowledgement up to 0.27 s on a loaded "
+        "machine: bench/README.md, issue 21)",
     )
     stats_batch_size: int = setting(
         "STATS_BATCH_SIZE",
