@@ -16,6 +16,9 @@ the ones this was written for (``check_versions``).
    records come again (seen on Tansu: 320 raw records read for 160 published; the family of
    faust-streaming #216 and #221, fixed upstream for other paths in #216/#217). A stream
    partition's resume is held here until the seek is done (changelog partitions are not held).
+   Only that seek, the recovery's own (told by its task's context), places the partitions and
+   releases the resumes: Faust's fetcher also seeks when a fetch returns while the flow is
+   stopped, and its seek can end while a recovery (even the next generation's) is under way.
 
 2. **Positions.** After every seek, the worker (:class:`processors.engine.Positions`) places
    each stream partition itself: raw partitions at the position saved with their dedupe marks,
@@ -116,6 +119,7 @@ the ones this was written for (``check_versions``).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 import os
@@ -155,14 +159,25 @@ EXIT_BUG = 70  # EX_SOFTWARE: an unexpected error stopped the worker
 _APPLIED = "_crmstream_seek_before_resume"
 
 
+_RECOVERY_SEEK: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "crmstream_recovery_seek", default=False
+)
+"""True in the recovery step that resumes the stream partitions (and in the tasks it starts, its
+``perform_seek`` among them): the one seek that places the partitions after a rebalance. Faust's
+fetcher calls ``perform_seek`` too (a fetch returned while the flow was stopped), from its own
+task, at any time of a rebalance: that one must neither place nor resume them (see 1.)."""
+
+
 def _hold_resumes(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     @functools.wraps(method)
     async def wrapper(self: Recovery, *args: Any, **kwargs: Any) -> Any:
         consumer: Any = self.app.consumer
         consumer._crm_held_resumes = set()
+        recovering = _RECOVERY_SEEK.set(True)
         try:
             return await method(self, *args, **kwargs)
         finally:
+            _RECOVERY_SEEK.reset(recovering)
             held = consumer._crm_held_resumes
             consumer._crm_held_resumes = None
             if held:
@@ -323,11 +338,25 @@ def apply() -> None:
         await wait_empty(self)
 
     async def seek_then_resume(self: Any) -> None:
-        in_recovery = getattr(self, "_crm_held_resumes", None) is not None
+        # Whose seek this is comes from the caller's task, not from the consumer's state: the
+        # fetcher's seek, begun when a revoke stopped the flow mid-fetch, can still be waiting
+        # for the committed offsets when the next generation's recovery holds its resumes.
+        # Taken for the recovery's, it placed every partition a second time while the agents
+        # were already processing them (resumed by the first placement): the outputs written
+        # after the second one's read-back were written again (dead letters twice).
+        in_recovery = _RECOVERY_SEEK.get()
         await perform_seek(self)
         positioned = _positioned(self)
+        if not in_recovery:
+            # Faust's seek moved its consumer's partitions back to their committed offsets:
+            # the stream partitions go back to their positions. Not the readers': Faust's
+            # consumer never fetches them, nor moves them, and its seek can end after the next
+            # assignment, when the tracker's positions are still the previous generation's.
+            if positioned is not None and _readers(self) is None:
+                await positioned.on_positioned(after_rebalance=False)
+            return
         if positioned is not None:
-            await positioned.on_positioned(after_rebalance=in_recovery)
+            await positioned.on_positioned(after_rebalance=True)
         held = getattr(self, "_crm_held_resumes", None)
         if held:
             self._crm_held_resumes = set()
