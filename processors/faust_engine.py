@@ -19,6 +19,8 @@ the ones this was written for (``check_versions``).
    Only that seek, the recovery's own (told by its task's context), places the partitions and
    releases the resumes: Faust's fetcher also seeks when a fetch returns while the flow is
    stopped, and its seek can end while a recovery (even the next generation's) is under way.
+   And a placement that ends after a revoke or the next assignment (a slow read-back) resumes
+   nothing: the next recovery places the partitions again, then resumes them.
 
 2. **Positions.** After every seek, the worker (:class:`processors.engine.Positions`) places
    each stream partition itself: raw partitions at the position saved with their dedupe marks,
@@ -174,12 +176,17 @@ def _hold_resumes(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaita
         consumer: Any = self.app.consumer
         consumer._crm_held_resumes = set()
         recovering = _RECOVERY_SEEK.set(True)
+        rebalances = _rebalances(consumer)
         try:
             return await method(self, *args, **kwargs)
         finally:
             _RECOVERY_SEEK.reset(recovering)
             held = consumer._crm_held_resumes
             consumer._crm_held_resumes = None
+            if held and _rebalances(consumer) != rebalances:
+                # A revoke or the next assignment came meanwhile: the next recovery places
+                # and resumes the partitions.
+                held = set()
             if held:
                 # No seek ran (or it failed): resume as Faust would have.
                 Consumer.resume_partitions(consumer, held)
@@ -258,6 +265,12 @@ def _readers(consumer: Any) -> Readers | None:
     """The worker's librdkafka readers of the stream topics, or None (``CRM_STREAM_READER=faust``:
     Faust reads them)."""
     return getattr(consumer.app, "crm_readers", None)
+
+
+def _rebalances(consumer: Any) -> int | None:
+    """The revokes and assignments the readers have handled (None without readers)."""
+    readers = _readers(consumer)
+    return None if readers is None else readers.rebalances
 
 
 def _resume(consumer: Any, resume_partitions: Callable[..., None], tps: Iterable[Any]) -> None:
@@ -345,6 +358,7 @@ def apply() -> None:
         # were already processing them (resumed by the first placement): the outputs written
         # after the second one's read-back were written again (dead letters twice).
         in_recovery = _RECOVERY_SEEK.get()
+        rebalances = _rebalances(self)
         await perform_seek(self)
         positioned = _positioned(self)
         if not in_recovery:
@@ -358,6 +372,12 @@ def apply() -> None:
         if positioned is not None:
             await positioned.on_positioned(after_rebalance=True)
         held = getattr(self, "_crm_held_resumes", None)
+        if held and _rebalances(self) != rebalances:
+            # The placement ended after a revoke (its seeks failed: no longer assigned) or
+            # after the next assignment (they succeeded, at this generation's positions):
+            # resumed, the partitions would be processed until the next recovery placed them
+            # again. That recovery resumes them.
+            held.clear()
         if held:
             self._crm_held_resumes = set()
             _resume(self, resume_partitions, held)

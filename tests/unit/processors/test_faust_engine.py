@@ -364,3 +364,53 @@ def test_a_seek_of_faust_s_fetcher_during_a_recovery_neither_places_nor_resumes_
         assert reader._positions[TopicPartition("crm.raw.airship", 3)] == 5
 
     asyncio.run(run())
+
+
+def test_a_placement_that_ends_after_the_next_assignment_resumes_nothing(
+    app: faust.App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The recovery's placement can end late (its read-back waits for a loaded broker): after a
+    revoke and the next assignment of the same partitions, before the next recovery places
+    them. Its seek then succeeds; resumed, the partitions were processed from that placement
+    until the next one placed them again (the outputs written meanwhile, twice)."""
+    from processors.reader import Reader, Readers
+
+    readers = Readers()
+    reader = Reader(
+        Settings.from_env({}), ["crm.raw.airship"], "raw", size=10, within=0.01, readers=readers
+    )
+    readers.add(reader)
+    app.crm_readers = readers  # type: ignore[attr-defined]
+    tp = TP("crm.raw.airship", 3)
+    placements = _Placements(readers, {tp: 5})
+    app.crm_positions = placements  # type: ignore[attr-defined]
+    consumer = app.consumer
+
+    async def seek_to_committed() -> dict[Any, int]:
+        return {}
+
+    monkeypatch.setattr(consumer, "seek_to_committed", seek_to_committed)
+
+    class _Recovery:
+        pass
+
+    recovery = _Recovery()
+    recovery.app = app  # type: ignore[attr-defined]
+
+    async def recovery_step(self: Any) -> None:  # as Recovery.on_recovery_completed does
+        consumer.resume_partitions({tp})
+        await consumer.perform_seek()
+
+    async def run() -> None:
+        readers.assign([tp])
+        step = asyncio.ensure_future(faust_engine._hold_resumes(recovery_step)(recovery))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert placements.calls == [True]
+        readers.forget([tp])  # the next rebalance: revoked, and assigned again
+        readers.assign([tp])
+        placements.read_back.set()
+        await asyncio.wait_for(step, 5)
+        assert reader._active == set()  # the next recovery places it, then resumes it
+
+    asyncio.run(run())
