@@ -161,13 +161,15 @@ EXIT_BUG = 70  # EX_SOFTWARE: an unexpected error stopped the worker
 _APPLIED = "_crmstream_seek_before_resume"
 
 
-_RECOVERY_SEEK: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "crmstream_recovery_seek", default=False
+_RECOVERY_STEP: contextvars.ContextVar[object | None] = contextvars.ContextVar(
+    "crmstream_recovery_step", default=None
 )
-"""True in the recovery step that resumes the stream partitions (and in the tasks it starts, its
-``perform_seek`` among them): the one seek that places the partitions after a rebalance. Faust's
-fetcher calls ``perform_seek`` too (a fetch returned while the flow was stopped), from its own
-task, at any time of a rebalance: that one must neither place nor resume them (see 1.)."""
+"""The recovery step that resumes the stream partitions, in its task and the tasks it starts
+(its ``perform_seek`` among them): the one seek that places the partitions after a rebalance is
+made there, once. Faust's fetcher calls ``perform_seek`` too (a fetch returned while the flow was
+stopped), at any time of a rebalance; its task is started by a recovery step too (the first one's
+``_fetcher.maybe_start``), after that step's seek. So a seek is the step's own only in the step
+the consumer is in (``_crm_recovery_step``) and only the first one there (see 1.)."""
 
 
 def _hold_resumes(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
@@ -175,12 +177,16 @@ def _hold_resumes(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaita
     async def wrapper(self: Recovery, *args: Any, **kwargs: Any) -> Any:
         consumer: Any = self.app.consumer
         consumer._crm_held_resumes = set()
-        recovering = _RECOVERY_SEEK.set(True)
+        step = object()
+        consumer._crm_recovery_step = step
+        in_step = _RECOVERY_STEP.set(step)
         rebalances = _rebalances(consumer)
         try:
             return await method(self, *args, **kwargs)
         finally:
-            _RECOVERY_SEEK.reset(recovering)
+            _RECOVERY_STEP.reset(in_step)
+            if getattr(consumer, "_crm_recovery_step", None) is step:
+                consumer._crm_recovery_step = None
             held = consumer._crm_held_resumes
             consumer._crm_held_resumes = None
             if held and _rebalances(consumer) != rebalances:
@@ -357,7 +363,11 @@ def apply() -> None:
         # Taken for the recovery's, it placed every partition a second time while the agents
         # were already processing them (resumed by the first placement): the outputs written
         # after the second one's read-back were written again (dead letters twice).
-        in_recovery = _RECOVERY_SEEK.get()
+        step = _RECOVERY_STEP.get()
+        in_recovery = step is not None and getattr(self, "_crm_recovery_step", None) is step
+        if in_recovery:
+            self._crm_recovery_step = None  # the step's one seek: any other is not its own
+        held = getattr(self, "_crm_held_resumes", None)
         rebalances = _rebalances(self)
         await perform_seek(self)
         positioned = _positioned(self)
@@ -371,7 +381,8 @@ def apply() -> None:
             return
         if positioned is not None:
             await positioned.on_positioned(after_rebalance=True)
-        held = getattr(self, "_crm_held_resumes", None)
+        if held is None or held is not getattr(self, "_crm_held_resumes", None):
+            return  # the step is over: it resumed what it held, or the next one holds them
         if held and _rebalances(self) != rebalances:
             # The placement ended after a revoke (its seeks failed: no longer assigned) or
             # after the next assignment (they succeeded, at this generation's positions):

@@ -346,20 +346,46 @@ def test_a_seek_of_faust_s_fetcher_during_a_recovery_neither_places_nor_resumes_
         await consumer.perform_seek()
 
     async def run() -> None:
+        hold = faust_engine._hold_resumes
+        flow_stopped = asyncio.Event()
+
+        async def fetcher_service() -> None:
+            await flow_stopped.wait()
+            await consumer.perform_seek()  # a fetch returned while the flow was stopped
+
+        fetcher: asyncio.Future[None] | None = None
+
+        async def first_step(self: Any) -> None:
+            nonlocal fetcher
+            await recovery_step(self)
+            # Faust's recovery starts the fetcher at the end of its step (_fetcher.maybe_start):
+            # its task is the step's child.
+            fetcher = asyncio.ensure_future(fetcher_service())
+
         readers.assign([tp])
-        step = asyncio.ensure_future(faust_engine._hold_resumes(recovery_step)(recovery))
+        placements.read_back.set()
+        await asyncio.wait_for(hold(first_step)(recovery), 5)
+        assert placements.calls == [True]
+        assert reader._active == {TopicPartition("crm.raw.airship", 3)}
+
+        # The next generation: revoked, assigned again, its recovery waits for its read-back.
+        readers.forget([tp])
+        readers.assign([tp])
+        placements.read_back.clear()
+        step = asyncio.ensure_future(hold(recovery_step)(recovery))
         for _ in range(3):
             await asyncio.sleep(0)
-        assert placements.calls == [True]  # the recovery waits for its read-back
-        fetcher = asyncio.ensure_future(consumer.perform_seek())  # Faust's fetcher's seek
+        assert placements.calls == [True, True]
+        flow_stopped.set()  # Faust's fetcher seeks meanwhile
         for _ in range(3):
             await asyncio.sleep(0)
         # Nothing placed again, nothing resumed before the recovery placed it.
-        assert placements.calls == [True]
+        assert placements.calls == [True, True]
         assert reader._active == set()
         placements.read_back.set()
+        assert fetcher is not None
         await asyncio.wait_for(asyncio.gather(step, fetcher), 5)
-        assert placements.calls == [True]
+        assert placements.calls == [True, True]
         assert reader._active == {TopicPartition("crm.raw.airship", 3)}
         assert reader._positions[TopicPartition("crm.raw.airship", 3)] == 5
 
