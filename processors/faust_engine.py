@@ -16,6 +16,11 @@ the ones this was written for (``check_versions``).
    records come again (seen on Tansu: 320 raw records read for 160 published; the family of
    faust-streaming #216 and #221, fixed upstream for other paths in #216/#217). A stream
    partition's resume is held here until the seek is done (changelog partitions are not held).
+   Only that seek, the recovery's own (told by its task's context), places the partitions and
+   releases the resumes: Faust's fetcher also seeks when a fetch returns while the flow is
+   stopped, and its seek can end while a recovery (even the next generation's) is under way.
+   And a placement that ends after a revoke or the next assignment (a slow read-back) resumes
+   nothing: the next recovery places the partitions again, then resumes them.
 
 2. **Positions.** After every seek, the worker (:class:`processors.engine.Positions`) places
    each stream partition itself: raw partitions at the position saved with their dedupe marks,
@@ -116,6 +121,7 @@ the ones this was written for (``check_versions``).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 import os
@@ -155,16 +161,38 @@ EXIT_BUG = 70  # EX_SOFTWARE: an unexpected error stopped the worker
 _APPLIED = "_crmstream_seek_before_resume"
 
 
+_RECOVERY_STEP: contextvars.ContextVar[object | None] = contextvars.ContextVar(
+    "crmstream_recovery_step", default=None
+)
+"""The recovery step that resumes the stream partitions, in its task and the tasks it starts
+(its ``perform_seek`` among them): the one seek that places the partitions after a rebalance is
+made there, once. Faust's fetcher calls ``perform_seek`` too (a fetch returned while the flow was
+stopped), at any time of a rebalance; its task is started by a recovery step too (the first one's
+``_fetcher.maybe_start``), after that step's seek. So a seek is the step's own only in the step
+the consumer is in (``_crm_recovery_step``) and only the first one there (see 1.)."""
+
+
 def _hold_resumes(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     @functools.wraps(method)
     async def wrapper(self: Recovery, *args: Any, **kwargs: Any) -> Any:
         consumer: Any = self.app.consumer
         consumer._crm_held_resumes = set()
+        step = object()
+        consumer._crm_recovery_step = step
+        in_step = _RECOVERY_STEP.set(step)
+        rebalances = _rebalances(consumer)
         try:
             return await method(self, *args, **kwargs)
         finally:
+            _RECOVERY_STEP.reset(in_step)
+            if getattr(consumer, "_crm_recovery_step", None) is step:
+                consumer._crm_recovery_step = None
             held = consumer._crm_held_resumes
             consumer._crm_held_resumes = None
+            if held and _rebalances(consumer) != rebalances:
+                # A revoke or the next assignment came meanwhile: the next recovery places
+                # and resumes the partitions.
+                held = set()
             if held:
                 # No seek ran (or it failed): resume as Faust would have.
                 Consumer.resume_partitions(consumer, held)
@@ -245,6 +273,12 @@ def _readers(consumer: Any) -> Readers | None:
     return getattr(consumer.app, "crm_readers", None)
 
 
+def _rebalances(consumer: Any) -> int | None:
+    """The revokes and assignments the readers have handled (None without readers)."""
+    readers = _readers(consumer)
+    return None if readers is None else readers.rebalances
+
+
 def _resume(consumer: Any, resume_partitions: Callable[..., None], tps: Iterable[Any]) -> None:
     """Resume ``tps``: the stream partitions in the readers (from where the worker placed them),
     the rest in Faust's consumer."""
@@ -323,12 +357,38 @@ def apply() -> None:
         await wait_empty(self)
 
     async def seek_then_resume(self: Any) -> None:
-        in_recovery = getattr(self, "_crm_held_resumes", None) is not None
+        # Whose seek this is comes from the caller's task, not from the consumer's state: the
+        # fetcher's seek, begun when a revoke stopped the flow mid-fetch, can still be waiting
+        # for the committed offsets when the next generation's recovery holds its resumes.
+        # Taken for the recovery's, it placed every partition a second time while the agents
+        # were already processing them (resumed by the first placement): the outputs written
+        # after the second one's read-back were written again (dead letters twice).
+        step = _RECOVERY_STEP.get()
+        in_recovery = step is not None and getattr(self, "_crm_recovery_step", None) is step
+        if in_recovery:
+            self._crm_recovery_step = None  # the step's one seek: any other is not its own
+        held = getattr(self, "_crm_held_resumes", None)
+        rebalances = _rebalances(self)
         await perform_seek(self)
         positioned = _positioned(self)
+        if not in_recovery:
+            # Faust's seek moved its consumer's partitions back to their committed offsets:
+            # the stream partitions go back to their positions. Not the readers': Faust's
+            # consumer never fetches them, nor moves them, and its seek can end after the next
+            # assignment, when the tracker's positions are still the previous generation's.
+            if positioned is not None and _readers(self) is None:
+                await positioned.on_positioned(after_rebalance=False)
+            return
         if positioned is not None:
-            await positioned.on_positioned(after_rebalance=in_recovery)
-        held = getattr(self, "_crm_held_resumes", None)
+            await positioned.on_positioned(after_rebalance=True)
+        if held is None or held is not getattr(self, "_crm_held_resumes", None):
+            return  # the step is over: it resumed what it held, or the next one holds them
+        if held and _rebalances(self) != rebalances:
+            # The placement ended after a revoke (its seeks failed: no longer assigned) or
+            # after the next assignment (they succeeded, at this generation's positions):
+            # resumed, the partitions would be processed until the next recovery placed them
+            # again. That recovery resumes them.
+            held.clear()
         if held:
             self._crm_held_resumes = set()
             _resume(self, resume_partitions, held)

@@ -365,6 +365,9 @@ class Readers:
         self.assigned: set[TopicPartition] = set()
         # Those of them sought since that assignment (placed by the worker).
         self.placed: set[TopicPartition] = set()
+        # Revokes and assignments handled so far: a placement begun before the latest of them
+        # may have sought partitions the next recovery has not placed yet.
+        self.rebalances = 0
         self._by_topic: dict[str, Reader] = {}
         self.in_hand = 0
         self._released: asyncio.Event | None = None
@@ -425,6 +428,7 @@ class Readers:
         keys = {TopicPartition(tp.topic, tp.partition) for tp in tps}
         self.assigned.difference_update(keys)
         self.placed.difference_update(keys)
+        self.rebalances += 1
         for reader, some in self._split(tps).items():
             reader.forget(some)
 
@@ -434,6 +438,7 @@ class Readers:
             TopicPartition(tp.topic, tp.partition) for tp in tps if tp.topic in self._by_topic
         }
         self.placed = set()
+        self.rebalances += 1
 
     def highwater(self, tp: TP) -> int | None:
         reader = self._by_topic.get(tp.topic)

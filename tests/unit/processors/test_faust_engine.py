@@ -3,6 +3,7 @@ if an upgrade renames or reshapes what it touches, these fail before a worker do
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from pathlib import Path
 from typing import Any
@@ -284,3 +285,158 @@ def test_a_worker_upgraded_over_state_and_changelogs_of_the_earlier_layout_finds
     assert len([k for k in dict(db.items()) if k in keys.MARKS]) == len(old)
     assert db[keys.position_key("crm.raw.segment")] == b"{}"
     assert store.persisted_offset(TP("compat-test-dedupe-changelog", 1)) == len(old)
+
+
+class _Placements:
+    """The worker's placement as the patched consumer sees it: each call noted; one after a
+    rebalance waits for ``read_back`` (the broker's answer, in a thread in the worker) and then
+    seeks the partitions, as :meth:`processors.positioning.Positioning.on_positioned` does."""
+
+    def __init__(self, readers: Any, offsets: dict[Any, int]) -> None:
+        self.readers = readers
+        self.offsets = offsets
+        self.calls: list[bool] = []
+        self.read_back = asyncio.Event()
+
+    async def on_positioned(self, *, after_rebalance: bool) -> None:
+        self.calls.append(after_rebalance)
+        if after_rebalance:
+            await self.read_back.wait()
+            self.readers.seek(self.offsets)
+
+    def committable(self, tp: Any) -> int | None:
+        return None
+
+
+def test_a_seek_of_faust_s_fetcher_during_a_recovery_neither_places_nor_resumes_the_partitions(
+    app: faust.App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Faust's fetcher seeks to the committed offsets when a fetch returns while the flow is
+    stopped (a rebalance began). Taken for the recovery's own seek, it placed every partition a
+    second time while the recovery placed them, and resumed them: the agents processed records
+    under one placement that the other then placed again, and the outputs written after its
+    read-back were written twice (dead letters: nothing else holds them off)."""
+    from processors.positions import TopicPartition
+    from processors.reader import Reader, Readers
+
+    readers = Readers()
+    reader = Reader(
+        Settings.from_env({}), ["crm.raw.airship"], "raw", size=10, within=0.01, readers=readers
+    )
+    readers.add(reader)
+    app.crm_readers = readers  # type: ignore[attr-defined]
+    tp = TP("crm.raw.airship", 3)
+    placements = _Placements(readers, {tp: 5})
+    app.crm_positions = placements  # type: ignore[attr-defined]
+    consumer = app.consumer
+
+    async def seek_to_committed() -> dict[Any, int]:
+        return {}
+
+    monkeypatch.setattr(consumer, "seek_to_committed", seek_to_committed)
+
+    class _Recovery:
+        pass
+
+    recovery = _Recovery()
+    recovery.app = app  # type: ignore[attr-defined]
+
+    async def recovery_step(self: Any) -> None:  # as Recovery.on_recovery_completed does
+        consumer.resume_partitions({tp})
+        await consumer.perform_seek()
+
+    async def run() -> None:
+        hold = faust_engine._hold_resumes
+        flow_stopped = asyncio.Event()
+
+        async def fetcher_service() -> None:
+            await flow_stopped.wait()
+            await consumer.perform_seek()  # a fetch returned while the flow was stopped
+
+        fetcher: asyncio.Future[None] | None = None
+
+        async def first_step(self: Any) -> None:
+            nonlocal fetcher
+            await recovery_step(self)
+            # Faust's recovery starts the fetcher at the end of its step (_fetcher.maybe_start):
+            # its task is the step's child.
+            fetcher = asyncio.ensure_future(fetcher_service())
+
+        readers.assign([tp])
+        placements.read_back.set()
+        await asyncio.wait_for(hold(first_step)(recovery), 5)
+        assert placements.calls == [True]
+        assert reader._active == {TopicPartition("crm.raw.airship", 3)}
+
+        # The next generation: revoked, assigned again, its recovery waits for its read-back.
+        readers.forget([tp])
+        readers.assign([tp])
+        placements.read_back.clear()
+        step = asyncio.ensure_future(hold(recovery_step)(recovery))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert placements.calls == [True, True]
+        flow_stopped.set()  # Faust's fetcher seeks meanwhile
+        for _ in range(3):
+            await asyncio.sleep(0)
+        # Nothing placed again, nothing resumed before the recovery placed it.
+        assert placements.calls == [True, True]
+        assert reader._active == set()
+        placements.read_back.set()
+        assert fetcher is not None
+        await asyncio.wait_for(asyncio.gather(step, fetcher), 5)
+        assert placements.calls == [True, True]
+        assert reader._active == {TopicPartition("crm.raw.airship", 3)}
+        assert reader._positions[TopicPartition("crm.raw.airship", 3)] == 5
+
+    asyncio.run(run())
+
+
+def test_a_placement_that_ends_after_the_next_assignment_resumes_nothing(
+    app: faust.App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The recovery's placement can end late (its read-back waits for a loaded broker): after a
+    revoke and the next assignment of the same partitions, before the next recovery places
+    them. Its seek then succeeds; resumed, the partitions were processed from that placement
+    until the next one placed them again (the outputs written meanwhile, twice)."""
+    from processors.reader import Reader, Readers
+
+    readers = Readers()
+    reader = Reader(
+        Settings.from_env({}), ["crm.raw.airship"], "raw", size=10, within=0.01, readers=readers
+    )
+    readers.add(reader)
+    app.crm_readers = readers  # type: ignore[attr-defined]
+    tp = TP("crm.raw.airship", 3)
+    placements = _Placements(readers, {tp: 5})
+    app.crm_positions = placements  # type: ignore[attr-defined]
+    consumer = app.consumer
+
+    async def seek_to_committed() -> dict[Any, int]:
+        return {}
+
+    monkeypatch.setattr(consumer, "seek_to_committed", seek_to_committed)
+
+    class _Recovery:
+        pass
+
+    recovery = _Recovery()
+    recovery.app = app  # type: ignore[attr-defined]
+
+    async def recovery_step(self: Any) -> None:  # as Recovery.on_recovery_completed does
+        consumer.resume_partitions({tp})
+        await consumer.perform_seek()
+
+    async def run() -> None:
+        readers.assign([tp])
+        step = asyncio.ensure_future(faust_engine._hold_resumes(recovery_step)(recovery))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert placements.calls == [True]
+        readers.forget([tp])  # the next rebalance: revoked, and assigned again
+        readers.assign([tp])
+        placements.read_back.set()
+        await asyncio.wait_for(step, 5)
+        assert reader._active == set()  # the next recovery places it, then resumes it
+
+    asyncio.run(run())
