@@ -411,6 +411,11 @@ class Pipeline:
             self._last_progress[index] = sum(a.accounted for a in accounts.values())
         return list(self._last_progress)
 
+    @property
+    def has_stages(self) -> bool:
+        """Whether the pipeline reports CPU by stage (crm-stream's workers)."""
+        return bool(self._metrics_urls)
+
     def stage_cpu(self) -> dict[str, float] | None:
         """CPU seconds by stage, its workers together (``crm_worker_stage_cpu_seconds_total``);
         None for a pipeline without them (the peers)."""
@@ -723,12 +728,18 @@ def measure(
             pipe.profilers.append(Profiler(proc.pid, out / f"profile-{pipe.key}{suffix}.txt"))
     started, started_wall = time.monotonic(), time.time()
     first = 0
-    while (first := pipe.progress()) == 0:
+    while True:
+        # The CPU and stage readings are taken before the progress that ends the wait: read
+        # after it, a loaded machine could let the worker finish a small input in between (one
+        # scrape waits for its GIL), and every stage would then read zero.
+        t0, t0_wall, cpu0 = time.monotonic(), time.time(), _cpu_seconds(procs)
+        stages0 = pipe.stage_cpu()
+        # (A stage scrape that failed is taken again: a run without its breakdown says less.)
+        if (first := pipe.progress()) > 0 and (stages0 is not None or not pipe.has_stages):
+            break
         if time.monotonic() - started > args.startup_timeout:
             raise BenchError(f"{pipe.key} processed nothing in {args.startup_timeout} s")
         time.sleep(0.02)
-    t0, t0_wall, cpu0 = time.monotonic(), time.time(), _cpu_seconds(procs)
-    stages0 = pipe.stage_cpu()
     result["startup_s"] = round(t0 - started, 2)
     done = first
     # Several workers: when did the last of them account for its first record (the group has

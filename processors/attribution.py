@@ -573,11 +573,16 @@ class Contribution:
     attribution: Attribution | None = None
     missed: tuple[int, str, str] | None = None
 
+    def miss(self) -> tuple[int, str, str]:
+        """``missed``, of a contribution that is not an attribution."""
+        if self.missed is None:
+            raise ValueError("a contribution is neither an attribution nor a miss")
+        return self.missed
+
     def to_json(self) -> dict[str, Any]:
         if self.attribution is not None:
             return {"o": self.offset, "a": self.attribution.to_json()}
-        assert self.missed is not None
-        at, name, why = self.missed
+        at, name, why = self.miss()
         return {"o": self.offset, "at": at, "n": name, "w": why}
 
     @classmethod
@@ -593,8 +598,7 @@ class Contribution:
         if self.attribution is not None:
             c = self.attribution.conversion
             return bucket_of(c.at), self.attribution.touch.campaign, c.name
-        assert self.missed is not None
-        at, name, _ = self.missed
+        at, name, _ = self.miss()
         return bucket_of(at), UNATTRIBUTED, name
 
 
@@ -813,8 +817,7 @@ class Tally:
         if contribution.attribution is not None:
             self.add(contribution.attribution)
         else:
-            assert contribution.missed is not None
-            self.miss(contribution.missed[2])
+            self.miss(contribution.miss()[2])
         self.offset = max(self.offset, contribution.offset)
         return True
 
