@@ -308,15 +308,10 @@ class _Placements:
         return None
 
 
-def test_a_seek_of_faust_s_fetcher_during_a_recovery_neither_places_nor_resumes_the_partitions(
-    app: faust.App, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Faust's fetcher seeks to the committed offsets when a fetch returns while the flow is
-    stopped (a rebalance began). Taken for the recovery's own seek, it placed every partition a
-    second time while the recovery placed them, and resumed them: the agents processed records
-    under one placement that the other then placed again, and the outputs written after its
-    read-back were written twice (dead letters: nothing else holds them off)."""
-    from processors.positions import TopicPartition
+def _recovery_rig(app: faust.App, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, ...]:
+    """One reader of raw.airship/3, the placements recorded (read back into offset 5), and a
+    recovery step that resumes the partition and seeks as ``Recovery.on_recovery_completed``
+    does: (readers, reader, tp, placements, consumer, recovery, recovery_step)."""
     from processors.reader import Reader, Readers
 
     readers = Readers()
@@ -344,6 +339,23 @@ def test_a_seek_of_faust_s_fetcher_during_a_recovery_neither_places_nor_resumes_
     async def recovery_step(self: Any) -> None:  # as Recovery.on_recovery_completed does
         consumer.resume_partitions({tp})
         await consumer.perform_seek()
+
+    return readers, reader, tp, placements, consumer, recovery, recovery_step
+
+
+def test_a_seek_of_faust_s_fetcher_during_a_recovery_neither_places_nor_resumes_the_partitions(
+    app: faust.App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Faust's fetcher seeks to the committed offsets when a fetch returns while the flow is
+    stopped (a rebalance began). Taken for the recovery's own seek, it placed every partition a
+    second time while the recovery placed them, and resumed them: the agents processed records
+    under one placement that the other then placed again, and the outputs written after its
+    read-back were written twice (dead letters: nothing else holds them off)."""
+    from processors.positions import TopicPartition
+
+    readers, reader, tp, placements, consumer, recovery, recovery_step = _recovery_rig(
+        app, monkeypatch
+    )
 
     async def run() -> None:
         hold = faust_engine._hold_resumes
@@ -399,33 +411,9 @@ def test_a_placement_that_ends_after_the_next_assignment_resumes_nothing(
     revoke and the next assignment of the same partitions, before the next recovery places
     them. Its seek then succeeds; resumed, the partitions were processed from that placement
     until the next one placed them again (the outputs written meanwhile, twice)."""
-    from processors.reader import Reader, Readers
-
-    readers = Readers()
-    reader = Reader(
-        Settings.from_env({}), ["crm.raw.airship"], "raw", size=10, within=0.01, readers=readers
+    readers, reader, tp, placements, _consumer, recovery, recovery_step = _recovery_rig(
+        app, monkeypatch
     )
-    readers.add(reader)
-    app.crm_readers = readers  # type: ignore[attr-defined]
-    tp = TP("crm.raw.airship", 3)
-    placements = _Placements(readers, {tp: 5})
-    app.crm_positions = placements  # type: ignore[attr-defined]
-    consumer = app.consumer
-
-    async def seek_to_committed() -> dict[Any, int]:
-        return {}
-
-    monkeypatch.setattr(consumer, "seek_to_committed", seek_to_committed)
-
-    class _Recovery:
-        pass
-
-    recovery = _Recovery()
-    recovery.app = app  # type: ignore[attr-defined]
-
-    async def recovery_step(self: Any) -> None:  # as Recovery.on_recovery_completed does
-        consumer.resume_partitions({tp})
-        await consumer.perform_seek()
 
     async def run() -> None:
         readers.assign([tp])
