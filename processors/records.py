@@ -604,19 +604,27 @@ class WindowCounts:
         return {"n": self.total, "t": self.by_type, "c": self.by_channel, "w": self.applied}
 
     def uniques(self) -> dict[str, Any] | None:
-        """The unique recipients: estimates, images and precision (None without sketches)."""
-        if self.lg_k is None:
+        """The unique recipients: estimates, images and precision (None without sketches).
+        One pass over the sketches: every upsert asks (:func:`stats_record`)."""
+        lg_k = self.lg_k
+        if lg_k is None:
             return None
-        error_bound = _uniques().error_bound
-        images = {key: sketch.image() for key, sketch in sorted(self.sketches.items())}
-        estimates = {key: sketch.estimate() for key, sketch in sorted(self.sketches.items())}
+        sketches = self.sketches
+        estimates: dict[str, int] = {}
+        images: dict[str, bytes] = {}
+        for key in sorted(sketches):
+            if key != ALL_RECIPIENTS:
+                sketch = sketches[key]
+                images[key] = sketch.image()
+                estimates[key] = sketch.estimate()
+        everyone = sketches.get(ALL_RECIPIENTS)
         return {
-            "recipients": estimates.pop(ALL_RECIPIENTS, 0),
+            "recipients": everyone.estimate() if everyone is not None else 0,
             "by_event_type": estimates,
             "unattributed": self.unattributed,
-            "lg_k": self.lg_k,
-            "error_bound": error_bound(self.lg_k),
-            "sketch": images.pop(ALL_RECIPIENTS, None),
+            "lg_k": lg_k,
+            "error_bound": _uniques().error_bound(lg_k),
+            "sketch": everyone.image() if everyone is not None else None,
             "sketches": images,
         }
 
@@ -748,8 +756,7 @@ def stats_record(
     counts: WindowCounts,
     now_ms: int,
 ) -> dict[str, Any]:
-    """A window's ``CampaignStats`` upsert (the figures of :meth:`WindowCounts.uniques`, built
-    here without its intermediate dicts: this runs for every window a batch touches). The
+    """A window's ``CampaignStats`` upsert (this runs for every window a batch touches). The
     counts' dicts go in as they are: the record is encoded before they change."""
     vendor, app_id, campaign_id = _campaign_fields(campaign)
     record: dict[str, Any] = {
@@ -766,24 +773,15 @@ def stats_record(
         "campaign_name": counts.name[1] if counts.name else None,
         "schema_version": STATS_SCHEMA_VERSION,
     }
-    lg_k = counts.lg_k
-    if lg_k is not None:
-        sketches = counts.sketches
-        estimates: dict[str, int] = {}
-        images: dict[str, bytes] = {}
-        for key in sorted(sketches):
-            if key != ALL_RECIPIENTS:
-                sketch = sketches[key]
-                images[key] = sketch.image()
-                estimates[key] = sketch.estimate()
-        everyone = sketches.get(ALL_RECIPIENTS)
-        record["unique_recipients"] = everyone.estimate() if everyone is not None else 0
-        record["unique_event_type_counts"] = estimates
-        record["unattributed"] = counts.unattributed
-        record["hll_lg_k"] = lg_k
-        record["error_bound"] = _uniques().error_bound(lg_k)
-        record["recipients_sketch"] = everyone.image() if everyone is not None else None
-        record["event_type_sketches"] = images
+    uniques = counts.uniques()
+    if uniques is not None:
+        record["unique_recipients"] = uniques["recipients"]
+        record["unique_event_type_counts"] = uniques["by_event_type"]
+        record["unattributed"] = uniques["unattributed"]
+        record["hll_lg_k"] = uniques["lg_k"]
+        record["error_bound"] = uniques["error_bound"]
+        record["recipients_sketch"] = uniques["sketch"]
+        record["event_type_sketches"] = uniques["sketches"]
     variants = counts.breakdowns.get("variant")
     # A window of a campaign without variants and control group has none (its events are all
     # in the "none" bucket, which would repeat its counts in every upsert).
