@@ -4,6 +4,8 @@ if an upgrade renames or reshapes what it touches, these fail before a worker do
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -136,6 +138,71 @@ def test_every_partition_shares_one_memory_budget_from_the_setting(
     # The memtables of all three partitions are counted by the one manager the setting sized.
     assert write_buffers.get_usage() > before
     assert faust_engine.rocksdb_memory(24 * 2**20) == (cache, write_buffers)
+
+
+def _applied_options(store: Path) -> dict[str, str]:
+    """The options RocksDB itself applied to ``store``: its newest OPTIONS file."""
+    newest = max(store.glob("OPTIONS-*"), key=lambda f: int(f.name.split("-")[1]))
+    options: dict[str, str] = {}
+    for line in newest.read_text().splitlines():
+        name, sep, value = line.strip().partition("=")
+        if sep and name not in options:  # [DBOptions] first, then the default column family
+            options[name] = value
+    return options
+
+
+def test_table_partitions_compress_with_zstd_and_bound_their_info_logs(tmp_path: Path) -> None:
+    store = tmp_path / "t-0.db"
+    for i in range(5):  # every opening rolls the info log over
+        db = rocksdict.Rdict(str(store), options=faust_engine.rocksdb_options(None))
+        db[b"k%d" % i] = b"v" * 100
+        db.close()
+    applied = _applied_options(store)
+    assert applied["compression"] == "kZSTD"
+    assert applied["bottommost_compression"] == "kZSTD"
+    assert applied["wal_compression"] == "kZSTD"
+    assert applied["max_log_file_size"] == str(faust_engine.ROCKSDB_INFO_LOG_BYTES)
+    assert applied["keep_log_file_num"] == str(faust_engine.ROCKSDB_INFO_LOGS_KEPT)
+    assert applied["write_buffer_size"] == str(faust_engine.ROCKSDB_WRITE_BUFFER_BYTES)
+    info_logs = sorted(f.name for f in store.iterdir() if f.name.startswith("LOG"))
+    assert len(info_logs) == faust_engine.ROCKSDB_INFO_LOGS_KEPT and "LOG" in info_logs
+    # Raw keys and values, as every other reader of the stores opens them.
+    db = rocksdict.Rdict(
+        str(store),
+        options=rocksdict.Options(raw_mode=True),
+        access_type=rocksdict.AccessType.read_only(),
+    )
+    assert list(db.items()) == [(b"k%d" % i, b"v" * 100) for i in range(5)]
+    db.close()
+
+
+_KILLED_WRITER = """
+import os, sys, rocksdict
+from processors import faust_engine
+db = rocksdict.Rdict(sys.argv[1], options=faust_engine.rocksdb_options(None))
+for batch in range(200):
+    writes = rocksdict.WriteBatch(raw_mode=True)
+    for i in range(50):
+        writes.put(b"%05d:%02d" % (batch, i), b'{"n":%d,"t":{"OPEN":1}}' % batch)
+    db.write(writes)
+os.kill(os.getpid(), 9)
+"""
+
+
+def test_writes_in_the_compressed_write_ahead_log_survive_a_kill_9(tmp_path: Path) -> None:
+    """Nothing flushed: every write is only in the (compressed) write-ahead log when the process
+    is killed, and all of it is read back."""
+    store = tmp_path / "t-0.db"
+    done = subprocess.run(
+        [sys.executable, "-c", _KILLED_WRITER, str(store)], capture_output=True, timeout=120
+    )
+    assert done.returncode == -9, done.stderr.decode()
+    assert not list(store.glob("*.sst"))
+    db = rocksdict.Rdict(str(store), options=faust_engine.rocksdb_options(None))
+    items = list(db.items())
+    db.close()
+    assert len(items) == 200 * 50
+    assert items[-1] == (b"00199:49", b'{"n":199,"t":{"OPEN":1}}')
 
 
 def test_other_library_versions_stop_the_worker_with_a_clear_message(
