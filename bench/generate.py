@@ -407,8 +407,10 @@ def generate(
     id_salt: int = 0,
     duplicate_rate: float = DUPLICATE_RATE,
     malformed_rate: float = MALFORMED_RATE,
+    span_ms: int = SPAN_MS,
 ) -> Dataset:
-    """``n`` raw records split evenly over the five vendors.
+    """``n`` raw records split evenly over the five vendors, their ``occurred_at`` spread evenly
+    over the ``span_ms`` before ``base_ms``.
 
     ``id_salt`` gives disjoint event ids (the latency phases must not collide with the preload).
     Duplicates repeat an earlier good record of the same vendor byte for byte, with its key.
@@ -423,7 +425,7 @@ def generate(
         salt = id_salt * 10 + index + 1
         out: list[Record] = []
         good: list[Record] = []
-        step = max(1, SPAN_MS // max(1, count))
+        step = max(1, span_ms // max(1, count))
         seq = 0
         malformed_due = 0.0
         for _ in range(count):
@@ -433,7 +435,7 @@ def generate(
                 data.duplicates += 1
                 continue
             seq += 1
-            ms = base_ms - SPAN_MS + seq * step
+            ms = base_ms - span_ms + seq * step
             key, record = build(seq, ms, rng.randrange(campaigns), salt, rng)
             value = orjson.dumps(record)
             malformed_due += malformed_rate / (1 - duplicate_rate)

@@ -861,14 +861,27 @@ def measure(
     result["latency"] = {}
     accounted = pipe.progress()
     counted = data.expected_events  # canonical events the campaign stats count by now
-    for label, share in (("full", 1.0), ("half", 0.5)):
+    phases: list[tuple[str, float]] = [
+        ("full", result["events_per_s"]),
+        ("half", result["events_per_s"] * 0.5),
+    ] + [(f"{rate:g}/s", rate) for rate in args.latency_rates]
+    for salt, (label, wanted) in enumerate(phases, start=1):
         if serde is not None and label != "full":
             wait_for_stats(pipe, serde, counted, args)
-        rate = max(50.0, result["events_per_s"] * share)
+        rate = max(50.0, wanted)
         n = int(min(args.latency_max_events, max(200, rate * args.latency_seconds)))
-        salt = {"full": 1, "half": 2}[label]
+        cpu_before, phase_t0 = _cpu_seconds(procs), time.monotonic()
+        # Live records: their occurred_at spread over the phase's own length before it starts
+        # (each one occurred that long before it is sent), unless --latency-event-span says
+        # otherwise (3600: an hour of event time in each phase, as before issue 21's last stop).
+        span_s = args.latency_event_span if args.latency_event_span else n / rate
         phase = generate.generate(
-            n, seed=args.seed + salt, campaigns=args.campaigns, base_ms=now_ms(), id_salt=salt
+            n,
+            seed=args.seed + salt,
+            campaigns=args.campaigns,
+            base_ms=now_ms(),
+            id_salt=salt,
+            span_ms=max(1, int(span_s * 1000)),
         )
         phase_start = now_ms()
         fed = feed(pipe.bootstrap, pipe.prefix, phase, rate, producer)
@@ -878,6 +891,10 @@ def measure(
             if time.monotonic() > deadline:
                 raise BenchError(f"{pipe.key}: latency phase {label} did not finish")
             time.sleep(poll)
+        # The pipeline's CPU while the phase was fed and drained: its share (1.0 is one core
+        # busy) and per record (a live feed arrives in smaller batches than a backlog).
+        phase_cpu_s = _cpu_seconds(procs) - cpu_before
+        phase_cpu = phase_cpu_s / max(1e-9, time.monotonic() - phase_t0)
         latencies: list[int] = []
 
         def on_output(msg: Message, _start: int = phase_start, _out: list[int] = latencies) -> None:
@@ -898,11 +915,15 @@ def measure(
             "p50_ms": _percentile(latencies, 0.50),
             "p99_ms": _percentile(latencies, 0.99),
             "max_ms": float(max(latencies)) if latencies else math.nan,
+            "cpu_utilisation": round(phase_cpu, 2),
+            "cpu_s_per_million": round(phase_cpu_s / (phase.total / 1e6), 1),
         }
         print(
             f"[{pipe.key}] latency at {label} rate ({rate:.0f}/s): "
             f"p50 {result['latency'][label]['p50_ms']:.0f} ms, "
-            f"p99 {result['latency'][label]['p99_ms']:.0f} ms",
+            f"p99 {result['latency'][label]['p99_ms']:.0f} ms, "
+            f"CPU {phase_cpu:.2f} cores, "
+            f"{result['latency'][label]['cpu_s_per_million']:.0f} CPU s per million",
             flush=True,
         )
     reader.close()
@@ -1153,6 +1174,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=20261125)
     p.add_argument("--latency-seconds", type=float, default=10.0, help="length of each phase")
     p.add_argument("--latency-max-events", type=int, default=200_000)
+    p.add_argument(
+        "--latency-event-span",
+        type=float,
+        default=0.0,
+        help="seconds of event time (occurred_at) the records of one latency phase span; "
+        "default: the phase's own length (a live feed). 3600 compresses an hour of event time "
+        "into each phase, which touches ~360x more 1-minute windows per second",
+    )
+    p.add_argument(
+        "--latency-rates",
+        default="",
+        help="comma-separated fixed rates (records/s) of further latency phases after the full "
+        "and half rate ones, e.g. 2000,4000: the latency at the rate a deployment's peak needs",
+    )
     p.add_argument("--phase-timeout", type=float, default=1800.0)
     p.add_argument("--startup-timeout", type=float, default=180.0)
     p.add_argument(
@@ -1173,6 +1208,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown or not args.pipelines:
         p.error(f"--pipelines: unknown {sorted(unknown)}; choose from {', '.join(PIPELINES)}")
     args.profile = [n.strip() for n in args.profile.split(",") if n.strip()]
+    try:
+        args.latency_rates = [float(r) for r in args.latency_rates.split(",") if r.strip()]
+    except ValueError:
+        p.error(f"--latency-rates wants rates like 2000,4000, got {args.latency_rates!r}")
+    if any(r <= 0 for r in args.latency_rates):
+        p.error(f"--latency-rates wants positive rates, got {args.latency_rates!r}")
     try:
         workers = [int(n) for n in args.workers.split(",") if n.strip()]
     except ValueError:

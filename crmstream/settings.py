@@ -496,12 +496,14 @@ class Settings:
     )
     output_linger_s: float = setting(
         "OUTPUT_LINGER",
-        0.005,
+        0.02,
         positive(parse_duration),
         "How long the worker's producers (outputs, table changelogs) gather records before "
-        "sending them: longer means fuller requests and less CPU per event (20ms: about half "
-        "the producers' librdkafka CPU in the benchmark), but every batch's acknowledgement, "
-        "and so the end-to-end latency, waits that much longer",
+        "sending them: longer means fuller requests and less CPU per event, but every batch's "
+        "acknowledgement, and a downstream consumer's view of its records, waits that much "
+        "longer. At 5ms a live feed woke the producers' librdkafka threads for a few records "
+        "at a time: 20ms took ~15% off the worker's CPU per event at 3,500 records/s and its "
+        "half-rate p99 from 0.6-0.8 s to 0.26-0.43 s (bench/README.md, issue 21)",
     )
     fast_restore: bool = setting(
         "FAST_RESTORE",

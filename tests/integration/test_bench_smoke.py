@@ -38,6 +38,8 @@ def test_bench_smoke(kafka_bootstrap: str, tmp_path: Path) -> None:
             kafka_bootstrap,
             "--latency-seconds",
             "1",
+            "--latency-rates",
+            "200",
             "--out",
             str(out),
         ]
@@ -82,10 +84,13 @@ def test_bench_smoke(kafka_bootstrap: str, tmp_path: Path) -> None:
         assert result["events_per_s"] > 0, name
         assert result["cpu_s_per_million"] > 0, name
         assert result["peak_rss_mb"] > 10, name
-        for phase in ("full", "half"):
+        assert list(result["latency"]) == ["full", "half", "200/s"], name
+        assert result["latency"]["200/s"]["target_rate"] == 200.0, name
+        for phase in ("full", "half", "200/s"):
             latency = result["latency"][phase]
             assert latency["measured"] == latency["expected"] > 0, (name, phase)
             assert 0 <= latency["p50_ms"] <= latency["p99_ms"] <= latency["max_ms"], (name, phase)
+            assert latency["cpu_s_per_million"] > 0, (name, phase)
     for name in ("crm-stream", "crm-stream-2w", "bytewax"):
         assert pipelines[name]["rocksdb_mb_per_million_keys"] > 0, name
         assert pipelines[name]["outputs"]["stats_total_1h"] == run["expected_canonical_events"]

@@ -72,3 +72,21 @@ def test_id_salt_gives_disjoint_ids_and_seed_repeats() -> None:
 def test_too_few_events_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="at least 5"):
         generate(3)
+
+
+@pytest.mark.parametrize("span_ms", [10_000, 3_600_000])
+def test_occurred_times_span_the_given_time_before_the_base(span_ms: int) -> None:
+    """A latency phase's records occur over its own length (a live feed), the preload's over an
+    hour: every event's occurred_at lies in the span, and the events reach both of its ends."""
+    base = 1_800_000_000_000
+    data = generate(2000, seed=5, base_ms=base, span_ms=span_ms, malformed_rate=0.0)
+    ctx = NormalizeContext()
+    times = []
+    for vendor, records in data.records.items():
+        for _, value in records:
+            outcome = NORMALIZERS[vendor](value, ctx)
+            assert isinstance(outcome, CanonicalEvent), vendor
+            times.append(outcome.occurred_at)
+    assert base - span_ms <= min(times) < base - span_ms * 0.9
+    # Pinpoint's occurred_at is its arrival_timestamp, generated up to 0.9 s after the event.
+    assert base - span_ms * 0.1 < max(times) <= base + 900

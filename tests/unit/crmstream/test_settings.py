@@ -19,7 +19,7 @@ def test_defaults_are_production_defaults() -> None:
     assert s.dedupe_window_s == 7 * 86400
     assert s.consumer_session_timeout_s == 45.0
     assert s.changelog_max_batch_bytes == 16384
-    assert s.output_linger_s == 0.005
+    assert s.output_linger_s == 0.02
     assert s.topic("events") == "crm.events"
     assert s.stats_window_seconds() == [("1m", 60), ("1h", 3600)]
 
