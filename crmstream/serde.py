@@ -268,12 +268,26 @@ def _zigzag_varint(n: int) -> bytes:
     return b"".join(parts)
 
 
+_MAX_KEPT_LONGS = 1024
+_KEPT_LONGS: dict[int, bytes] = {}
+"""The Avro ``long`` of the larger values written last (emptied when full): timestamps repeat
+from record to record (a batch's ``updated_at`` and ``processed_at``, its windows' starts and
+ends)."""
+
+
 def _long(n: int) -> bytes:
     if 0 <= n < _ZIGZAG_CACHED:
         return _VARINTS[n << 1]  # zig-zag of n >= 0 is 2n
+    found = _KEPT_LONGS.get(n)
+    if found is not None:
+        return found
     if not -(1 << 63) <= n < 1 << 63:
         raise OverflowError(f"{n} does not fit an Avro long")
-    return _zigzag_varint(n)
+    out = _zigzag_varint(n)
+    if len(_KEPT_LONGS) >= _MAX_KEPT_LONGS:
+        _KEPT_LONGS.clear()
+    _KEPT_LONGS[n] = out
+    return out
 
 
 _SMALL_LONGS: dict[int, bytes] = {n: _VARINTS[n << 1] for n in range(_ZIGZAG_CACHED)}

@@ -33,7 +33,6 @@ from processors.records import (
     raw_source,
     recipient_of,
     stats_increment,
-    window_start,
     window_updated_ms,
 )
 from processors.state.codecs import CampaignEntry
@@ -205,18 +204,22 @@ def group_increments(
     that carried it."""
     touched: Touched = {}
     for partition, parsed in updates:
-        tables = [(touched.setdefault((label, partition), {}), size) for label, size in windows]
+        # (window_start, inline: this runs for every increment and window size)
+        tables = [
+            (touched.setdefault((label, partition), {}), size * 1000) for label, size in windows
+        ]
         for campaign, source, increments in parsed.increments:
             for raw_offset, occurred, event_type, channel, recipient, dims in increments:
-                for by_window, size in tables:
-                    key = (campaign, window_start(occurred, size))
+                counted = (source, raw_offset, event_type, channel, recipient, dims)
+                for by_window, size_ms in tables:
+                    key = (campaign, occurred - occurred % size_ms)
                     work = by_window.get(key)
                     if work is None:
                         work = by_window[key] = WindowWork()
-                    work.counted.append((source, raw_offset, event_type, channel, recipient, dims))
+                    work.counted.append(counted)
         for campaign, named in parsed.names.items():
-            for by_window, size in tables:
-                work = by_window.get((campaign, window_start(named[0], size)))
+            for by_window, size_ms in tables:
+                work = by_window.get((campaign, named[0] - named[0] % size_ms))
                 if work is not None and (work.name is None or named > work.name):
                     work.name = named
     return touched

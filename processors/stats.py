@@ -182,20 +182,23 @@ class StatsTables:
         )
         items: list[Item] = []
         upserts = 0
+        refused = admission.refused
+        lg_k, max_keys = self.lg_k, self.max_keys
+        topic, send, encode = self.stats_topic, outputs.send, self.serde.encode
         for (window, work), key in zip(windows.items(), wanted, strict=True):
-            if window in admission.refused:
+            if refused and window in refused:
                 continue
             campaign, start = window
-            counts = load_window(stored[window], self.lg_k, self.max_keys)
+            counts = load_window(stored[window], lg_k, max_keys)
             done.replayed += apply_increments(counts, work.counted)
             if work.name is not None:
                 counts.named(work.name)
             items.append((key, window_value(counts, now_ms)))
             record = stats_record(campaign, label, start, size, counts, now_ms)
-            outputs.send(
-                self.stats_topic,
+            send(
+                topic,
                 stats_upsert_key(campaign, label, start),
-                self.serde.encode("CampaignStats", record, self.stats_topic),
+                encode("CampaignStats", record, topic),
             )
             upserts += 1
         for campaign in admission.new_campaigns:

@@ -88,9 +88,15 @@ def _empty_image(lg_k: int) -> bytes:
 class Sketch:
     """One HLL sketch, kept as its compact image until it is updated. ``known_estimate``: the
     image's estimate when the caller stored it with the image (a window value does), so that
-    a sketch that is not updated is never deserialized to be estimated again."""
+    a sketch that is not updated is never deserialized to be estimated again.
 
-    __slots__ = ("_estimate", "_image", "_sketch")
+    A new sketch keeps its first recipient as it is (``_first``) until a second one comes or
+    its image is asked for: most windows of a high-cardinality deployment see one recipient
+    (each of a window's sketches the same one), and the image and estimate of a one-recipient
+    sketch are taken from :func:`_single`, made once by DataSketches itself for that recipient.
+    The same calls as updating at once, in the same order, so the same bytes."""
+
+    __slots__ = ("_estimate", "_first", "_fresh", "_image", "_sketch")
 
     def __init__(
         self,
@@ -101,16 +107,36 @@ class Sketch:
         self._image = image if image is not None else _empty_image(lg_k)
         self._sketch: ds.hll_sketch | None = None
         self._estimate = known_estimate if image is not None else 0
+        # A new sketch without a recipient yet; then its first recipient, not yet in ``_image``.
+        # Only a new sketch defers (an image's sketch may hold the recipient already).
+        self._fresh = image is None
+        self._first: str | None = None
 
     def update(self, item: str) -> None:
-        if self._sketch is None:
+        if self._fresh:
+            self._fresh = False
+            self._first = item
+            self._estimate = None
+            return
+        first = self._first
+        if first is not None:
+            if item == first:
+                return  # a recipient it holds: changes nothing
+            self._first = None
+            self._sketch = ds.hll_sketch.deserialize(self._image)
+            self._sketch.update(first)
+        elif self._sketch is None:
             self._sketch = ds.hll_sketch.deserialize(self._image)
         self._sketch.update(item)
         self._estimate = None
 
     def image(self) -> bytes:
         """The compact image, flagged: what is stored and published."""
-        if self._sketch is not None:
+        first = self._first
+        if first is not None:
+            self._image, self._estimate = _single(self._image, first)
+            self._first = None
+        elif self._sketch is not None:
             self._image = _flagged(self._sketch.serialize_compact())
             # Read back flagged: later updates keep the composite estimator in HLL mode.
             self._sketch = None
@@ -120,12 +146,37 @@ class Sketch:
         """The estimate of the (flagged) image: the composite estimator, whatever the order of
         the updates (the live sketch's own estimate may differ after a mode change)."""
         if self._estimate is None:
-            self._estimate = round(ds.hll_sketch.deserialize(self.image()).get_estimate())
+            image = self.image()
+            if self._estimate is None:
+                self._estimate = round(ds.hll_sketch.deserialize(image).get_estimate())
         return self._estimate
 
     @property
     def lg_k(self) -> int:
         return int(self._image[3])
+
+
+_SINGLES: dict[tuple[bytes, str], tuple[bytes, int]] = {}
+_MAX_SINGLES = 8192
+"""Bound of :func:`_single`'s cache (the recipients seen last; emptied when full)."""
+
+
+def _single(empty: bytes, item: str) -> tuple[bytes, int]:
+    """The image (flagged) and estimate of the empty sketch ``empty`` updated with ``item``,
+    as :meth:`Sketch.update` then :meth:`Sketch.image` and :meth:`Sketch.estimate` make them;
+    kept for the recipients seen last (a window's sketches share its recipient, and one
+    recipient's events touch many campaigns' windows)."""
+    key = (empty, item)
+    found = _SINGLES.get(key)
+    if found is None:
+        sketch = ds.hll_sketch.deserialize(empty)
+        sketch.update(item)
+        image = _flagged(sketch.serialize_compact())
+        found = (image, round(ds.hll_sketch.deserialize(image).get_estimate()))
+        if len(_SINGLES) >= _MAX_SINGLES:
+            _SINGLES.clear()
+        _SINGLES[key] = found
+    return found
 
 
 def estimate(image: bytes) -> int:

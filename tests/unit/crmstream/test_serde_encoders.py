@@ -13,6 +13,7 @@ import pytest
 from crmstream.errors import SerdeError
 from crmstream.serde import (
     _MAX_CACHED_KEYS,
+    _MAX_KEPT_LONGS,
     AvroSerde,
     SchemaInfo,
     compiled_encoder,
@@ -193,3 +194,19 @@ def test_a_map_key_that_is_not_a_string_is_refused() -> None:
     record = {**campaign_stats(), "event_type_counts": {1: 2}}
     with pytest.raises(SerdeError, match="does not fit schema CampaignStats"):
         AvroSerde(Settings.from_env({})).encode("CampaignStats", record, "t")
+
+
+def test_larger_longs_written_again_and_past_the_kept_ones_are_written_as_fastavro_does() -> None:
+    """The encoding of the larger longs written last is kept (timestamps repeat): the same value
+    again, values past the bound (the kept ones are then dropped), negative ones and the
+    limits of a long are written the same."""
+    stats = campaign_stats()
+    values = [1_764_000_000_000, -(2**63), 2**63 - 1, -8193, 8192, 2**42, 2**42 - 1]
+    values += [1_764_000_000_000 + i * 60_000 for i in range(_MAX_KEPT_LONGS + 10)]
+    for value in [*values, *values[:20]]:
+        record = {**stats, "window_start": value, "updated_at": value, "total": value}
+        assert generated_bytes("CampaignStats", record) == fastavro_bytes("CampaignStats", record)
+    with pytest.raises(SerdeError):
+        AvroSerde(Settings.from_env({})).encode(
+            "CampaignStats", {**stats, "window_start": 2**63}, "t"
+        )

@@ -46,6 +46,38 @@ def test_order_batches_and_replays_give_the_same_image() -> None:
     assert estimate(a) == pytest.approx(20_000, rel=3 * error_bound(12))
 
 
+def _at_once(items: list[str], lg_k: int = 12) -> tuple[bytes, int]:
+    """The image and estimate DataSketches gives ``items`` updated into one sketch at once."""
+    sketch = ds.hll_sketch(lg_k, ds.tgt_hll_type.HLL_4)
+    for item in items:
+        sketch.update(item)
+    image = bytearray(sketch.serialize_compact())
+    image[5] |= 0x10  # out of order, as every stored image
+    return bytes(image), round(ds.hll_sketch.deserialize(bytes(image)).get_estimate())
+
+
+@pytest.mark.parametrize(
+    "items",
+    [[], ["u:a"], ["u:a", "u:a"], ["u:a", "d:b"], ["u:a", "u:a", "d:b", "u:a"], ["u:b", "u:a"]],
+)
+def test_a_new_sketch_defers_its_first_recipient_to_the_same_image(items: list[str]) -> None:
+    """A new sketch keeps its first recipient aside (most windows see one): the image and the
+    estimate are still what DataSketches makes of the recipients, and so are later updates."""
+    for lg_k in (4, 12):
+        sketch = Sketch(lg_k=lg_k)
+        for item in items:
+            sketch.update(item)
+        assert (sketch.image(), sketch.estimate()) == _at_once(items, lg_k)
+        sketch.update("u:later")
+        assert (sketch.image(), sketch.estimate()) == _at_once([*items, "u:later"], lg_k)
+        # estimate first, image after: the same
+        again = Sketch(lg_k=lg_k)
+        for item in items:
+            again.update(item)
+        assert again.estimate() == _at_once(items, lg_k)[1]
+        assert again.image() == _at_once(items, lg_k)[0]
+
+
 def test_a_union_of_windows_is_the_sketch_of_all_their_recipients() -> None:
     hour = [_sketch([f"u:{i}" for i in range(m * 100, m * 100 + 150)]) for m in range(60)]
     union = Union()
