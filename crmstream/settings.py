@@ -542,10 +542,10 @@ class Settings:
         0.5,
         positive(parse_duration),
         "How often the standby follower (CRM_STANDBY_FOLLOWER) applies what it fetched, and how "
-        "long one of its fetches waits on the broker for more: a standby lags its changelog by "
-        "about twice this (a takeover restores that tail), and a longer one costs less CPU per "
-        "record (fewer fetches and write batches; a key written several times meanwhile is "
-        "written once)",
+        "long one of its fetches waits on the broker when there is nothing new: a standby lags "
+        "its changelog by up to about twice this (a takeover restores that tail); a longer one "
+        "makes fewer, fuller write batches (a key written several times meanwhile is written "
+        "once)",
     )
     rocksdb_memory_mb: int = setting(
         "ROCKSDB_MEMORY_MB",

@@ -44,10 +44,6 @@ FOLLOW_MAX_RECORDS = 10_000
 """Most records one poll returns (one write batch per partition per poll); a poll that returns
 this many (a backlog) is followed by the next one at once."""
 
-FETCH_MIN_BYTES = 1 << 20
-"""What a fetch waits for on the broker (at most the apply interval): fewer, fuller fetches cost
-the broker and librdkafka less per record than one per producer batch."""
-
 QUEUED_KBYTES = 16 * 1024
 """librdkafka's prefetch queue of the follower (its default: 64 MB)."""
 
@@ -132,10 +128,10 @@ class StandbyFollower:
                 group_id=f"{self.settings.app_id}-standby",
                 **{
                     "enable.partition.eof": False,
-                    # A fetch waits on the broker until it has FETCH_MIN_BYTES or the interval
-                    # passed: fewer, fuller fetches for the broker and librdkafka to serve.
+                    # A fetch with nothing to return waits on the broker up to the interval.
+                    # (fetch.min.bytes at 1 MB: 60% fewer fetches, but Tansu then spent more CPU
+                    # holding them than the follower saved.)
                     "fetch.wait.max.ms": max(1, int(interval * 1000)),
-                    "fetch.min.bytes": FETCH_MIN_BYTES,
                     "queued.max.messages.kbytes": QUEUED_KBYTES,
                 },
             )
