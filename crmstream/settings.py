@@ -539,6 +539,16 @@ class Settings:
         "them record by record on the event loop (~90 us of CPU each: with two workers, the "
         "half-rate p50 went from 0.15 s to 2.2 s); false leaves them to Faust",
     )
+    standby_apply_interval_s: float = setting(
+        "STANDBY_APPLY_INTERVAL",
+        0.5,
+        positive(parse_duration),
+        "How often the standby follower (CRM_STANDBY_FOLLOWER) applies what it fetched, and how "
+        "long one of its fetches waits on the broker when there is nothing new: a standby lags "
+        "its changelog by up to about twice this (a takeover restores that tail); a longer one "
+        "makes fewer, fuller write batches (a key written several times meanwhile is written "
+        "once)",
+    )
     rocksdb_memory_mb: int = setting(
         "ROCKSDB_MEMORY_MB",
         128,

@@ -11,9 +11,12 @@ p50 went from 0.15 s to 2.2 s.
 :class:`StandbyFollower` reads the standby changelog partitions on its own thread with librdkafka
 and applies what each poll returns as one RocksDB write batch per partition, with the partition's
 persisted offset (the offset of its last record applied, where Faust keeps it) in the same batch:
-a kill -9 leaves the offset with the data it covers. When the partition becomes active, Faust
-reads that offset and the fast restore (``processors.faust_engine``, patch 6) reads only what came
-after it. The engine stops the follower, and waits for it, before a rebalance touches the stores.
+a kill -9 leaves the offset with the data it covers. It polls every
+``CRM_STANDBY_APPLY_INTERVAL`` (what arrived meanwhile, at once) and writes the last value of each
+key of a poll only: a standby lags by about twice that interval, which a takeover restores. When
+the partition becomes active, Faust reads that offset and the fast restore
+(``processors.faust_engine``, patch 6) reads only what came after it. The engine stops the
+follower, and waits for it, before a rebalance touches the stores.
 
 Nothing here knows Faust: the engine hands over the stores, their offset key and the offset to
 start from.
@@ -33,16 +36,13 @@ from crmstream.settings import Settings
 
 log = logging.getLogger("crmstream.worker")
 
-FOLLOW_POLL_S = 0.1
-"""Longest one poll waits for records, and so about the longest a rebalance waits for the thread
-to stop (plus one write batch); 10 empty polls a second cost next to nothing."""
+FOLLOW_POLL_S = 0.0
+"""How long one poll waits for records: none, it takes what librdkafka has fetched; the follower
+waits between polls (``CRM_STANDBY_APPLY_INTERVAL``), and a stop ends that wait at once."""
 
 FOLLOW_MAX_RECORDS = 10_000
-"""Most records one poll returns (one write batch per partition per poll)."""
-
-FETCH_WAIT_MS = 500
-"""How long a fetch waits on the broker for new records: a standby may lag by this much (what it
-lags is read by the fast restore when it takes over), and fewer empty fetches cost less CPU."""
+"""Most records one poll returns (one write batch per partition per poll); a poll that returns
+this many (a backlog) is followed by the next one at once."""
 
 QUEUED_KBYTES = 16 * 1024
 """librdkafka's prefetch queue of the follower (its default: 64 MB)."""
@@ -121,13 +121,17 @@ class StandbyFollower:
 
         from crmstream.kafka import consumer_config
 
+        interval = self.settings.standby_apply_interval_s
         consumer = KafkaConsumer(
             consumer_config(
                 self.settings,
                 group_id=f"{self.settings.app_id}-standby",
                 **{
                     "enable.partition.eof": False,
-                    "fetch.wait.max.ms": FETCH_WAIT_MS,
+                    # A fetch with nothing to return waits on the broker up to the interval.
+                    # (fetch.min.bytes at 1 MB: 60% fewer fetches, but Tansu then spent more CPU
+                    # holding them than the follower saved.)
+                    "fetch.wait.max.ms": max(1, int(interval * 1000)),
                     "queued.max.messages.kbytes": QUEUED_KBYTES,
                 },
             )
@@ -142,34 +146,18 @@ class StandbyFollower:
                 ]
             )
             started = time.monotonic()
+            due = started
             while not stop.is_set():
+                # What arrived since the last apply is applied at once, every ``interval`` at
+                # most (a stop ends the wait): fewer, fuller write batches, and a key written
+                # several times meanwhile is written once.
+                wait = due - time.monotonic()
+                if wait > 0 and stop.wait(wait):
+                    break
                 messages = consumer.consume(FOLLOW_MAX_RECORDS, FOLLOW_POLL_S)
-                if not messages:
-                    continue
-                batches: dict[tuple[str, int], Any] = {}
-                last: dict[tuple[str, int], int] = {}
-                n = 0
-                for message in messages:
-                    error = message.error()
-                    if error is not None:
-                        if error.fatal():
-                            raise RuntimeError(f"following a standby changelog: {error.str()}")
-                        if error.code() != KafkaError._PARTITION_EOF:
-                            log.warning("following a standby changelog: %s", error.str())
-                        continue
-                    key_tp = (str(message.topic()), int(message.partition() or 0))
-                    spec = partitions[key_tp]
-                    stage(batches, key_tp, message.key() or b"", message.value(), spec.upgrade)
-                    last[key_tp] = int(message.offset() or 0)
-                    n += 1
-                for key_tp, batch in batches.items():
-                    if stop.is_set():  # a rebalance: nothing written behind its back
-                        return
-                    spec = partitions[key_tp]
-                    batch.put(spec.offset_key, str(last[key_tp]).encode())
-                    spec.db.write(batch)
-                    self.applied[key_tp] = last[key_tp]
-                self.records += n
+                due = time.monotonic() + (0 if len(messages) >= FOLLOW_MAX_RECORDS else interval)
+                if messages and not self._apply(messages, KafkaError):
+                    return
             log.info(
                 "standby follower: %d changelog records of %d partitions in %.1f s",
                 self.records,
@@ -178,3 +166,60 @@ class StandbyFollower:
             )
         finally:
             consumer.close()
+
+    def _apply(self, messages: list[Any], kafka_error: Any) -> bool:
+        """One poll's records, the last value of each key (after the table's upgrade), as one
+        write batch per partition with the offset of its last record. False: stopped first.
+
+        A poll returns each partition's records in runs, so the partition is looked up once per
+        run, not per record (with the poll itself and the writes, the follower's CPU)."""
+        partitions = self.partitions
+        latest: dict[tuple[str, int], dict[bytes, bytes | None]] = {}
+        last: dict[tuple[str, int], Any] = {}
+        topic: str | None = None
+        partition: int | None = None
+        values: dict[bytes, bytes | None] = {}
+        upgrade: Upgrade | None = None
+        previous: Any = None
+        n = 0
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.fatal():
+                    raise RuntimeError(f"following a standby changelog: {error.str()}")
+                if error.code() != kafka_error._PARTITION_EOF:
+                    log.warning("following a standby changelog: %s", error.str())
+                continue
+            t, p = message.topic(), message.partition()
+            if p != partition or t != topic:
+                if previous is not None:
+                    last[(topic, partition)] = previous  # type: ignore[index]
+                topic, partition = t, p
+                values = latest.setdefault((t, p), {})
+                upgrade = partitions[(t, p)].upgrade
+            if upgrade is None:
+                values[message.key() or b""] = message.value()
+            else:
+                key, value = upgrade(message.key() or b"", message.value())
+                values[key] = value
+            previous = message
+            n += 1
+        if previous is not None:
+            last[(topic, partition)] = previous  # type: ignore[index]
+        for tp, values in latest.items():
+            if self._stop.is_set():  # a rebalance: nothing written behind its back
+                return False
+            spec = partitions[tp]
+            offset = int(last[tp].offset())
+            batch = rocksdict.WriteBatch(raw_mode=True)
+            put, delete = batch.put, batch.delete
+            for key, value in values.items():
+                if value is None:
+                    delete(key)
+                else:
+                    put(key, value)
+            put(spec.offset_key, str(offset).encode())
+            spec.db.write(batch)
+            self.applied[tp] = offset
+        self.records += n
+        return True
