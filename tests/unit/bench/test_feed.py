@@ -29,11 +29,18 @@ class RecordingProducer:
         return 0
 
 
-def test_the_feed_uses_the_producer_it_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
-    def no_new_producer(bootstrap: str) -> Any:
-        raise AssertionError("the feed made a producer of its own")
+@pytest.fixture
+def no_new_producer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bench step that makes a producer of its own (not the one it is given) fails."""
 
-    monkeypatch.setattr(bench_run, "_producer", no_new_producer)
+    def refuse(bootstrap: str) -> Any:
+        raise AssertionError("a producer of its own was made")
+
+    monkeypatch.setattr(bench_run, "_producer", refuse)
+
+
+@pytest.mark.usefixtures("no_new_producer")
+def test_the_feed_uses_the_producer_it_is_given() -> None:
     data = generate(200, seed=1, campaigns=10)
     producer = RecordingProducer()
     before = bench_run.now_ms()
@@ -47,11 +54,8 @@ def test_the_feed_uses_the_producer_it_is_given(monkeypatch: pytest.MonkeyPatch)
     assert stamps == sorted(stamps)
 
 
-def test_the_preload_uses_the_producer_it_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
-    def no_new_producer(bootstrap: str) -> Any:
-        raise AssertionError("the preload made a producer of its own")
-
-    monkeypatch.setattr(bench_run, "_producer", no_new_producer)
+@pytest.mark.usefixtures("no_new_producer")
+def test_the_preload_uses_the_producer_it_is_given() -> None:
     data = generate(100, seed=2, campaigns=10)
     producer = RecordingProducer()
     bench_run.preload("unused:9092", "p.", data, producer)  # type: ignore[arg-type]
