@@ -623,7 +623,7 @@ class WindowCounts:
             "by_event_type": estimates,
             "unattributed": self.unattributed,
             "lg_k": lg_k,
-            "error_bound": _uniques().error_bound(lg_k),
+            "error_bound": _error_bound(lg_k),
             "sketch": everyone.image() if everyone is not None else None,
             "sketches": images,
         }
@@ -779,27 +779,15 @@ def stats_record(
         "campaign_name": counts.name[1] if counts.name else None,
         "schema_version": STATS_SCHEMA_VERSION,
     }
-    lg_k = counts.lg_k
-    if lg_k is not None:
-        # WindowCounts.uniques, inline (this runs for every window a batch touches)
-        sketches = counts.sketches
-        estimates: dict[str, int] = {}
-        images: dict[str, bytes] = {}
-        everyone = None
-        for key in sorted(sketches):
-            sketch = sketches[key]
-            if key == ALL_RECIPIENTS:
-                everyone = sketch
-            else:
-                images[key] = sketch.image()
-                estimates[key] = sketch.estimate()
-        record["unique_recipients"] = everyone.estimate() if everyone is not None else 0
-        record["unique_event_type_counts"] = estimates
-        record["unattributed"] = counts.unattributed
-        record["hll_lg_k"] = lg_k
-        record["error_bound"] = _error_bound(lg_k)
-        record["recipients_sketch"] = everyone.image() if everyone is not None else None
-        record["event_type_sketches"] = images
+    uniques = counts.uniques()
+    if uniques is not None:
+        record["unique_recipients"] = uniques["recipients"]
+        record["unique_event_type_counts"] = uniques["by_event_type"]
+        record["unattributed"] = uniques["unattributed"]
+        record["hll_lg_k"] = uniques["lg_k"]
+        record["error_bound"] = uniques["error_bound"]
+        record["recipients_sketch"] = uniques["sketch"]
+        record["event_type_sketches"] = uniques["sketches"]
     variants = counts.breakdowns.get("variant")
     # A window of a campaign without variants and control group has none (its events are all
     # in the "none" bucket, which would repeat its counts in every upsert).
