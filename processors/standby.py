@@ -59,8 +59,9 @@ def stage(
     upgrade: Upgrade | None,
 ) -> None:
     """One changelog record into its partition's write batch (a null value deletes the key),
-    through the table's ``upgrade`` if it has one: the standby follower's and the fast
-    restore's way of applying a record."""
+    through the table's ``upgrade`` if it has one: the fast restore's way of applying a record
+    (the follower keeps the last value of each key of a poll, :meth:`StandbyFollower._apply`,
+    the same upgrade and the same delete for a null value)."""
     if upgrade is not None:
         key, value = upgrade(key, value)
     batch = batches.get(tp)
