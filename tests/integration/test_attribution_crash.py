@@ -53,6 +53,9 @@ H = 3_600_000
 D = 24 * H
 
 
+CONTROL_USER = "user-control"
+
+
 def history(
     rng: random.Random, t0: int
 ) -> tuple[dict[str, list[Touch]], list[tuple[str, bytes, bytes]], list[Conversion]]:
@@ -77,6 +80,15 @@ def history(
             topic, key, value, touch = raw_touch(vendor, n, user, at, campaign, kind, variant)
             touches.setdefault(user, []).append(touch)
             raw.append((topic, key, value))
+    # One user whose only touch is a control-group one, converting an hour later: the random
+    # users alone credited no control touch with some seeds (3143), and the test asks for one.
+    n += 1
+    at = t0 + D
+    topic, key, value, touch = raw_touch(
+        "AIRSHIP", n, CONTROL_USER, at, "airship-1", "CONTROL", None
+    )
+    touches[CONTROL_USER] = [touch]
+    raw.append((topic, key, value))
     rng.shuffle(raw)
     for u in range(USERS):
         user = f"user-{u}"
@@ -98,6 +110,9 @@ def history(
                 )
             )
         conversions += mine
+    conversions.append(
+        Conversion(f"{CONTROL_USER}-o0", CONTROL_USER, "Order Completed", at + H, "conversions")
+    )
     # Users interleaved; keyed by user, each user's conversions keep this order on the way.
     rng.shuffle(conversions)
     return touches, raw, conversions
