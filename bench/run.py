@@ -708,8 +708,15 @@ def wait_for_stats(
 
 
 def measure(
-    pipe: Pipeline, data: generate.Dataset, args: argparse.Namespace, out: Path
+    pipe: Pipeline,
+    data: generate.Dataset,
+    args: argparse.Namespace,
+    out: Path,
+    one_worker_rate: float | None = None,
 ) -> dict[str, Any]:
+    """One pipeline's throughput, CPU, memory, state and latency phases. ``one_worker_rate``
+    (a crm-stream run of several workers): the 1-worker run's events/s, so that one more phase
+    feeds this run at the 1-worker run's half rate, the same load its half-rate phase had."""
     total = data.total
     result: dict[str, Any] = {"pipeline": pipe.name, "workers": pipe.workers, "prefix": pipe.prefix}
     pipe.create_topics()
@@ -865,6 +872,10 @@ def measure(
         ("full", result["events_per_s"]),
         ("half", result["events_per_s"] * 0.5),
     ] + [(f"{rate:g}/s", rate) for rate in args.latency_rates]
+    if one_worker_rate is not None:
+        # Two workers' own half rate is more records a second than one worker's: at the same
+        # load, which of the two is faster is a question of latency alone.
+        phases.append((SAME_LOAD, one_worker_rate * 0.5))
     for salt, (label, wanted) in enumerate(phases, start=1):
         if serde is not None and label != "full":
             wait_for_stats(pipe, serde, counted, args)
@@ -997,6 +1008,8 @@ def _ratio_row(crm: dict[str, Any], peer: dict[str, Any]) -> dict[str, float | N
         "p99_ms_half_rate": _ratio(
             crm["latency"]["half"]["p99_ms"], peer["latency"]["half"]["p99_ms"]
         ),
+        # crm-stream runs only: at the 1-worker run's half rate (the same load for both)
+        "p99_ms_1w_half_rate": _ratio(_same_load(crm, "p99_ms"), _same_load(peer, "p99_ms")),
     }
 
 
@@ -1040,6 +1053,19 @@ def run_order(results: dict[str, dict[str, Any]]) -> list[str]:
     return order + [k for k in PEERS if k in results]
 
 
+# The latency phase of a several-worker crm-stream run at the 1-worker run's half rate.
+SAME_LOAD = "half of 1 worker"
+
+
+def _same_load(r: dict[str, Any], stat: str) -> Any:
+    """A crm-stream run's latency at the 1-worker run's half rate: its own half-rate phase for
+    the 1-worker run, the same-load phase for several workers; none for the other pipelines."""
+    if r["pipeline"] != "crm-stream":
+        return None
+    phase = r["latency"].get(SAME_LOAD) if r["workers"] > 1 else r["latency"].get("half")
+    return phase[stat] if phase else None
+
+
 def table(report: dict[str, Any]) -> str:
     results = report["pipelines"]
     names = run_order(results)
@@ -1051,6 +1077,8 @@ def table(report: dict[str, Any]) -> str:
         ("p99 ms, full rate", lambda r: r["latency"]["full"]["p99_ms"], 0),
         ("p50 ms, half rate", lambda r: r["latency"]["half"]["p50_ms"], 0),
         ("p99 ms, half rate", lambda r: r["latency"]["half"]["p99_ms"], 0),
+        ("p50 ms, 1 worker's half", functools.partial(_same_load, stat="p50_ms"), 0),
+        ("p99 ms, 1 worker's half", functools.partial(_same_load, stat="p99_ms"), 0),
         ("state MB / M keys", lambda r: r["rocksdb_mb_per_million_keys"], 1),
         ("output records", lambda r: r["outputs"]["records"], 0),
     ]
@@ -1281,8 +1309,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 workers=workers,
                 env_overrides=overrides if name == "crm-stream" else {},
             )
+            base = base_crm_run(results) if name == "crm-stream" and workers > 1 else None
+            one_worker_rate = (
+                results[base]["events_per_s"]
+                if base is not None and results[base]["workers"] == 1
+                else None
+            )
             try:
-                results[key] = measure(pipe, data, args, out)
+                results[key] = measure(pipe, data, args, out, one_worker_rate)
             finally:
                 pipe.stop()
 

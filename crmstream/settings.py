@@ -490,9 +490,12 @@ class Settings:
     )
     changelog_max_batch_bytes: int = setting(
         "CHANGELOG_MAX_BATCH_BYTES",
-        16384,
+        1_000_000,
         positive(parse_int),
-        "Max batch bytes of table changelog records (Tansu dev profile: 1, so restores are exact)",
+        "Max bytes of one partition's batch of table changelog records (librdkafka's own "
+        "default). At Faust's 16,384 the changelog producer sent a request per partition every "
+        "few records' worth: ~2.5x the requests of the outputs producer, its librdkafka thread "
+        "spinning at the in-flight limit and the broker's CPU with it (bench/README.md, issue 21)",
     )
     output_linger_s: float = setting(
         "OUTPUT_LINGER",
@@ -504,6 +507,16 @@ class Settings:
         "longer. At 5ms a live feed woke the producers' librdkafka threads for a few records "
         "at a time: 20ms took ~15% off the worker's CPU per event at 3,500 records/s and its "
         "half-rate p99 from 0.6-0.8 s to 0.26-0.43 s (bench/README.md, issue 21)",
+    )
+    changelog_linger_s: float = setting(
+        "CHANGELOG_LINGER",
+        0.1,
+        positive(parse_duration),
+        "How long the worker's table changelog producer gathers records before sending them "
+        "(librdkafka sends one partition per produce request: each changelog partition costs up "
+        "to a request per linger, paid by the producer's thread and the broker). A changelog "
+        "record's acknowledgement delays no output record: it gates a raw batch's positions "
+        "becoming committable and a stats batch's table write (so the next stats batch)",
     )
     fast_restore: bool = setting(
         "FAST_RESTORE",

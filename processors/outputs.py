@@ -155,13 +155,16 @@ class ConfluentOutputs:
                 },
             )
         )
-        # Table changelog records get their own producer, batched by CRM_CHANGELOG_MAX_BATCH_BYTES
-        # like Faust's (on Tansu, 1: one record per batch keeps restores exact, because its
-        # ListOffsets LATEST is the newest batch's base offset + 1).
+        # Table changelog records get their own producer (CRM_CHANGELOG_LINGER,
+        # CRM_CHANGELOG_MAX_BATCH_BYTES). librdkafka sends one partition per produce request, so
+        # small batches or a short linger cost a request per changelog partition every few ms.
         self._changelog_producer = Producer(
             producer_config(
                 settings,
-                **{"linger.ms": linger_ms, "batch.size": settings.changelog_max_batch_bytes},
+                **{
+                    "linger.ms": settings.changelog_linger_s * 1000,
+                    "batch.size": settings.changelog_max_batch_bytes,
+                },
             )
         )
         self._producers = (self._producer, self._changelog_producer)

@@ -84,9 +84,11 @@ def test_bench_smoke(kafka_bootstrap: str, tmp_path: Path) -> None:
         assert result["events_per_s"] > 0, name
         assert result["cpu_s_per_million"] > 0, name
         assert result["peak_rss_mb"] > 10, name
-        assert list(result["latency"]) == ["full", "half", "200/s"], name
+        # The two-worker run also has a phase at the 1-worker run's half rate (the same load).
+        same_load = [bench_run.SAME_LOAD] if name == "crm-stream-2w" else []
+        assert list(result["latency"]) == ["full", "half", "200/s", *same_load], name
         assert result["latency"]["200/s"]["target_rate"] == 200.0, name
-        for phase in ("full", "half", "200/s"):
+        for phase in ("full", "half", "200/s", *same_load):
             latency = result["latency"][phase]
             assert latency["measured"] == latency["expected"] > 0, (name, phase)
             assert 0 <= latency["p50_ms"] <= latency["p99_ms"] <= latency["max_ms"], (name, phase)
@@ -110,6 +112,13 @@ def test_bench_smoke(kafka_bootstrap: str, tmp_path: Path) -> None:
         sum(two["peak_rss_mb_per_worker"]), abs=0.1 * len(two["peak_rss_mb_per_worker"]) + 0.1
     )  # each rounded to 0.1
 
+    assert two["latency"][bench_run.SAME_LOAD]["target_rate"] == pytest.approx(
+        max(50.0, crm["events_per_s"] * 0.5), rel=1e-3
+    )
+    assert bench_run._same_load(two, "p99_ms") == two["latency"][bench_run.SAME_LOAD]["p99_ms"]
+    assert bench_run._same_load(crm, "p99_ms") == crm["latency"]["half"]["p99_ms"]
+    assert bench_run._same_load(pipelines["bytewax"], "p99_ms") is None
+
     ratios = report["ratios"]
     assert set(ratios) == {"crm_over_passthrough", "crm_over_bytewax", "crm_2w_over_1w"}
     assert ratios["crm_over_passthrough"]["events_per_s"] == pytest.approx(
@@ -119,7 +128,14 @@ def test_bench_smoke(kafka_bootstrap: str, tmp_path: Path) -> None:
         two["events_per_s"] / crm["events_per_s"], rel=1e-2
     )
     table = bench_run.table(report)
-    for label in ("crm-stream x2", "Bytewax", "crm/bwax", "2w/1w", "agreement: PASSED"):
+    for label in (
+        "crm-stream x2",
+        "Bytewax",
+        "crm/bwax",
+        "2w/1w",
+        "1 worker's half",
+        "agreement: PASSED",
+    ):
         assert label in table
     assert (out / "results.png").stat().st_size > 10_000
 

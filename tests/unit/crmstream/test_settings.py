@@ -18,7 +18,8 @@ def test_defaults_are_production_defaults() -> None:
     assert s.replication_factor == -1
     assert s.dedupe_window_s == 7 * 86400
     assert s.consumer_session_timeout_s == 45.0
-    assert s.changelog_max_batch_bytes == 16384
+    assert s.changelog_max_batch_bytes == 1_000_000
+    assert s.changelog_linger_s == 0.1
     assert s.output_linger_s == 0.02
     assert s.topic("events") == "crm.events"
     assert s.stats_window_seconds() == [("1m", 60), ("1h", 3600)]
@@ -41,6 +42,8 @@ def test_defaults_are_production_defaults() -> None:
         ({"CRM_LOG_FORMAT": "xml"}, "CRM_LOG_FORMAT"),
         ({"CRM_OUTPUT_LINGER": "soon"}, "CRM_OUTPUT_LINGER"),
         ({"CRM_OUTPUT_LINGER": "0"}, "CRM_OUTPUT_LINGER"),
+        ({"CRM_CHANGELOG_LINGER": "0"}, "CRM_CHANGELOG_LINGER"),
+        ({"CRM_CHANGELOG_LINGER": "later"}, "CRM_CHANGELOG_LINGER"),
         ({"CRM_MAX_MESSAGE_BYTES": "0"}, "CRM_MAX_MESSAGE_BYTES"),
         ({"CRM_SASL_PASSWORD_FILE": "/nonexistent/pw"}, "CRM_SASL_PASSWORD_FILE"),
         ({"CRM_API_PORT": "70000"}, "CRM_API_PORT"),
