@@ -431,6 +431,33 @@ class Worker:
             return False, why
         return True, f"in the group, {len(self.positioning.tracker.tracked())} partitions assigned"
 
+    # -- running ---------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Run the engine until it stops (a signal: the engine's clean stop; it leaves by
+        ``SystemExit``), then flush and close the outputs.
+
+        The close comes after the engine has stopped the agents and made its last commit, so no
+        agent sends after it, and a batch it cuts short was never committed: only positions
+        whose outputs Kafka acknowledged are committable (:mod:`processors.positioning`). A
+        record still unacknowledged after the flush is purged (the next start processes it
+        again, and reads it back if it landed). Without the close, records in the producers'
+        queues at exit were dropped unsent, and librdkafka's threads were still running while
+        the interpreter shut down.
+        """
+        try:
+            self.engine.run(self.services())
+        finally:
+            left = self.outputs.close()
+            if left:
+                log.warning(
+                    "outputs closed with %d records unacknowledged (their batches were not "
+                    "committed: the next start processes them again)",
+                    left,
+                )
+            else:
+                log.info("outputs flushed and closed: every record sent was acknowledged")
+
     # -- services --------------------------------------------------------------------------
 
     def services(self) -> list[Startable]:
@@ -500,5 +527,5 @@ def run_worker(settings: Settings) -> int:
     # /metrics, /livez and /readyz (the chart's probes).
     metrics.serve(settings.metrics_port, worker.health())
     log.info("worker starting on the %s event loop", settings.event_loop)
-    worker.engine.run(worker.services())
+    worker.run()
     return 0

@@ -181,8 +181,8 @@ class FakeOutputs:
     def reachable(self, timeout: float = 3.0) -> tuple[bool, str]:
         return True, "reachable"
 
-    def close(self) -> None:
-        pass
+    def close(self) -> int:
+        return 0
 
     def topics(self, topic: str) -> list[tuple[bytes | None, bytes]]:
         return [(key, value) for t, key, value, _, _ in self.sent if t == topic]
