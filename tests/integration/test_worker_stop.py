@@ -1,10 +1,14 @@
 """A SIGTERM is a clean stop, on the real broker: mid-stream, the worker flushes and closes its
-outputs after its agents stopped, and the restarted worker's outputs are exact: nothing was
-committed that Kafka had not acknowledged, nothing is lost or written twice."""
+outputs after its agents stopped; at any moment of its start-up (from the interpreter's own
+start on), it exits 0. In both cases the restarted worker's outputs are exact: nothing was
+committed that Kafka had not acknowledged, nothing is lost or written twice.
+
+``CRM_STOP_SEED=<seed>`` replays the start-up moments of one seed."""
 
 from __future__ import annotations
 
 import os
+import random
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -85,3 +89,26 @@ def test_sigterm_mid_stream_closes_the_outputs_after_the_agents(
     stopped = log.rfind("Closing event loop")
     assert 0 <= stopped < closed, log[-6000:]
     _exact_after_a_restart(worker, settings, feed, ["SIGTERM mid-stream"])
+
+
+@pytest.mark.slow(seconds=150)
+def test_sigterm_at_any_moment_of_start_up_is_a_clean_stop(
+    crm_env_factory: Callable[..., dict[str, str]], tmp_path: Path
+) -> None:
+    """Right after the process exists (the interpreter's own start: it died of the signal,
+    -15), then at seeded random moments of the first 3 s (imports, topics, Faust's start,
+    recovery)."""
+    seed = BASE_SEED
+    rng = random.Random(seed)
+    moments = [0.0, *sorted(round(rng.uniform(0, 3), 2) for _ in range(5))]
+    env = _worker_env(crm_env_factory, tmp_path)
+    settings, feed = _published(env, seed)
+    worker = WorkerProcess(env, tmp_path / "worker.log")
+    story: list[str] = [f"seed={seed} (replay with CRM_STOP_SEED={seed})"]
+    for at in moments:
+        worker.start()
+        time.sleep(at)
+        code = worker.stop(timeout=60)
+        story.append(f"SIGTERM {at:.2f}s after the start: exit {code}")
+        assert code == 0, "\n".join(story) + "\n" + worker.tail()
+    _exact_after_a_restart(worker, settings, feed, story)
