@@ -66,6 +66,7 @@ from processors.attribution_api import AttributionSource
 from processors.attribution_path import STREAM as ATTRIBUTION
 from processors.attribution_path import AttributionPath, AttributionTable, FeedPath, RawFeed
 from processors.cluster import ApiServer
+from processors.engine import TableStore
 from processors.faust_engine import FaustEngine, Startable, Upgrade
 from processors.outputs import ConfluentOutputs, DeadLetters
 from processors.positioning import EXIT_STATE_LOST, Floors, Positioning
@@ -134,6 +135,35 @@ def changelog_specs(settings: Settings) -> list[TopicSpec]:
     return specs
 
 
+def build_stats(
+    settings: Settings, serde: AvroSerde, table: Callable[[str], TableStore]
+) -> tuple[dict[str, WindowedTable], StatsTables]:
+    """The stats tables, one per ``CRM_STATS_WINDOWS`` size (``table(name)`` makes each one's
+    store), and the :class:`StatsTables` over them, with the retention and limits of
+    ``settings``: what the worker counts with (the unit tests' fake engine builds them here
+    too)."""
+    windows = settings.stats_window_seconds()
+    retention_ms = {
+        label: int(seconds * 1000) for label, seconds in settings.stats_retention_seconds().items()
+    }
+    tables = {
+        label: WindowedTable(
+            table(f"stats-{label}"), size_ms=size * 1000, keep_ms=retention_ms[label]
+        )
+        for label, size in windows
+    }
+    stats = StatsTables(
+        tables,
+        windows,
+        serde,
+        settings.topic("campaign-stats"),
+        retention_ms,
+        settings.stats_hll_lg_k,
+        {"message": settings.stats_max_messages, "variant": settings.stats_max_variants},
+    )
+    return tables, stats
+
+
 def wall_clock_ms() -> int:
     """Epoch milliseconds now: what a window's last update and the expiries are measured on."""
     return time.time_ns() // 1_000_000
@@ -188,25 +218,8 @@ class Worker:
             # The current window and the previous one are read; older ones are deleted.
             keep_ms=int(2 * window_s * 1000),
         )
-        windows = settings.stats_window_seconds()
-        retention_ms = {
-            label: int(seconds * 1000)
-            for label, seconds in settings.stats_retention_seconds().items()
-        }
-        self.stats_tables = {
-            label: WindowedTable(
-                engine.table(f"stats-{label}"), size_ms=size * 1000, keep_ms=retention_ms[label]
-            )
-            for label, size in windows
-        }
-        self.stats = StatsTables(
-            self.stats_tables,
-            windows,
-            self.serde,
-            settings.topic("campaign-stats"),
-            retention_ms,
-            settings.stats_hll_lg_k,
-            {"message": settings.stats_max_messages, "variant": settings.stats_max_variants},
+        self.stats_tables, self.stats = build_stats(
+            settings, self.serde, lambda name: engine.table(name)
         )
         floors = Floors([self.events_topic, settings.topic("dead-letter")])
         self.positioning = positioning = Positioning(
