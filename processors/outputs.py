@@ -209,6 +209,8 @@ class ConfluentOutputs:
             self._producer.list_topics(self._probe_topic, timeout=timeout)
         except KafkaException as exc:
             return False, f"Kafka unreachable: {exc}"
+        except RuntimeError:  # closed meanwhile (a probe on the metrics thread during the stop)
+            return False, "the outputs are closed (the worker is stopping)"
         return True, "Kafka reachable"
 
     def _poll(self) -> None:
