@@ -50,11 +50,18 @@ def _stop_cleanly_until_started(given: list[str]) -> None:
     elif given[:1] == ["worker"]:
         signal.signal(signal.SIGTERM, _stop_before_start(0))
         signal.signal(signal.SIGINT, _stop_before_start(130))
+    else:
+        return
+    # Started by crmstream.stopping.start_command, the process has them blocked: one sent while
+    # the interpreter itself started (before any of this ran) waited, and is handled now.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
 # Before this module's own imports (argparse, logging, the settings): on a loaded machine
 # `python -m crmcli worker` spends hundreds of milliseconds in them, and a SIGTERM then killed
-# the worker (-15). What remains unguarded is the interpreter's own start (site). Only when
+# the worker (-15). What no code of the process can guard is the interpreter's own start (site):
+# a launcher that starts the command with the signals blocked (crmstream.stopping.start_command:
+# the demo's, the tests') has a signal of that moment wait for these handlers. Only when
 # this process is the command (``-m`` while Python imports the package to run it, or the
 # ``crm-stream`` script); main() installs them too, for its own argv.
 if os.path.basename(sys.argv[0]) in {"-m", "crm-stream"}:

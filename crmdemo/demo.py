@@ -55,6 +55,7 @@ from crmstream.kafka import consumer_config, quiet_librdkafka, wait_for_kafka
 from crmstream.resources import tansu_dev_profile
 from crmstream.serde import AvroSerde
 from crmstream.settings import Settings
+from crmstream.stopping import start_command
 from crmstream.topics import VENDORS, create_topics
 from processors.normalize import EVENT_IDS
 from processors.uniques import Union, estimate
@@ -544,7 +545,7 @@ def start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("CRM_")}
     full_env.update(env)
     log = open(log_path, "ab")  # noqa: SIM115 - closed with the process
-    return subprocess.Popen(
+    return start_command(
         [sys.executable, "-m", "crmcli", "worker"],
         env=full_env,
         stdout=log,

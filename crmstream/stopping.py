@@ -18,10 +18,11 @@ import contextlib
 import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
@@ -101,6 +102,25 @@ class StopWatch:
             with contextlib.suppress(OSError, ValueError):
                 stream.flush()
         self.exit(code)
+
+
+STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
+
+
+def start_command(args: Sequence[str], **popen: Any) -> subprocess.Popen[bytes]:
+    """Start a long-running ``crm-stream`` command (``worker``, ``connect``) in a child
+    process with SIGINT and SIGTERM blocked; the command unblocks them once its first handlers
+    are installed (``crmcli``, before its own imports).
+
+    A signal sent meanwhile waits instead of killing the child: without it, a SIGTERM during
+    the interpreter's own start (before any code of the command runs; tens of milliseconds, a
+    second or more on a loaded machine) ended the worker with -15, which a supervisor takes for
+    a crash. Only for commands that unblock them: any other would never see the signals."""
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        return subprocess.Popen(list(args), **popen)  # the child inherits the mask
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def watch_stop_signals(settings: Settings, watch: StopWatch | None = None) -> StopWatch:

@@ -66,6 +66,7 @@ from processors.attribution_api import AttributionSource
 from processors.attribution_path import STREAM as ATTRIBUTION
 from processors.attribution_path import AttributionPath, AttributionTable, FeedPath, RawFeed
 from processors.cluster import ApiServer
+from processors.engine import TableStore
 from processors.faust_engine import FaustEngine, Startable, Upgrade
 from processors.outputs import ConfluentOutputs, DeadLetters
 from processors.positioning import EXIT_STATE_LOST, Floors, Positioning
@@ -134,6 +135,35 @@ def changelog_specs(settings: Settings) -> list[TopicSpec]:
     return specs
 
 
+def build_stats(
+    settings: Settings, serde: AvroSerde, table: Callable[[str], TableStore]
+) -> tuple[dict[str, WindowedTable], StatsTables]:
+    """The stats tables, one per ``CRM_STATS_WINDOWS`` size (``table(name)`` makes each one's
+    store), and the :class:`StatsTables` over them, with the retention and limits of
+    ``settings``: what the worker counts with (the unit tests' fake engine builds them here
+    too)."""
+    windows = settings.stats_window_seconds()
+    retention_ms = {
+        label: int(seconds * 1000) for label, seconds in settings.stats_retention_seconds().items()
+    }
+    tables = {
+        label: WindowedTable(
+            table(f"stats-{label}"), size_ms=size * 1000, keep_ms=retention_ms[label]
+        )
+        for label, size in windows
+    }
+    stats = StatsTables(
+        tables,
+        windows,
+        serde,
+        settings.topic("campaign-stats"),
+        retention_ms,
+        settings.stats_hll_lg_k,
+        {"message": settings.stats_max_messages, "variant": settings.stats_max_variants},
+    )
+    return tables, stats
+
+
 def wall_clock_ms() -> int:
     """Epoch milliseconds now: what a window's last update and the expiries are measured on."""
     return time.time_ns() // 1_000_000
@@ -188,25 +218,8 @@ class Worker:
             # The current window and the previous one are read; older ones are deleted.
             keep_ms=int(2 * window_s * 1000),
         )
-        windows = settings.stats_window_seconds()
-        retention_ms = {
-            label: int(seconds * 1000)
-            for label, seconds in settings.stats_retention_seconds().items()
-        }
-        self.stats_tables = {
-            label: WindowedTable(
-                engine.table(f"stats-{label}"), size_ms=size * 1000, keep_ms=retention_ms[label]
-            )
-            for label, size in windows
-        }
-        self.stats = StatsTables(
-            self.stats_tables,
-            windows,
-            self.serde,
-            settings.topic("campaign-stats"),
-            retention_ms,
-            settings.stats_hll_lg_k,
-            {"message": settings.stats_max_messages, "variant": settings.stats_max_variants},
+        self.stats_tables, self.stats = build_stats(
+            settings, self.serde, lambda name: engine.table(name)
         )
         floors = Floors([self.events_topic, settings.topic("dead-letter")])
         self.positioning = positioning = Positioning(
@@ -431,6 +444,33 @@ class Worker:
             return False, why
         return True, f"in the group, {len(self.positioning.tracker.tracked())} partitions assigned"
 
+    # -- running ---------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Run the engine until it stops (a signal: the engine's clean stop; it leaves by
+        ``SystemExit``), then flush and close the outputs.
+
+        The close comes after the engine has stopped the agents and made its last commit, so no
+        agent sends after it, and a batch it cuts short was never committed: only positions
+        whose outputs Kafka acknowledged are committable (:mod:`processors.positioning`). A
+        record still unacknowledged after the flush is purged (the next start processes it
+        again, and reads it back if it landed). Without the close, records in the producers'
+        queues at exit were dropped unsent, and librdkafka's threads were still running while
+        the interpreter shut down.
+        """
+        try:
+            self.engine.run(self.services())
+        finally:
+            left = self.outputs.close()
+            if left:
+                log.warning(
+                    "outputs closed with %d records unacknowledged (their batches were not "
+                    "committed: the next start processes them again)",
+                    left,
+                )
+            else:
+                log.info("outputs flushed and closed: every record sent was acknowledged")
+
     # -- services --------------------------------------------------------------------------
 
     def services(self) -> list[Startable]:
@@ -500,5 +540,5 @@ def run_worker(settings: Settings) -> int:
     # /metrics, /livez and /readyz (the chart's probes).
     metrics.serve(settings.metrics_port, worker.health())
     log.info("worker starting on the %s event loop", settings.event_loop)
-    worker.engine.run(worker.services())
+    worker.run()
     return 0

@@ -125,10 +125,12 @@ import contextvars
 import functools
 import logging
 import os
+import shutil
 import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from time import monotonic as _monotonic
 from typing import Any, NamedTuple, Protocol, cast
 
@@ -872,28 +874,31 @@ def rocksdb_memory(budget: int) -> tuple[Any, Any]:
 
 
 _WAL_COMPRESSION_LINE = ("wal_compression=kNoCompression", "wal_compression=kZSTD")
-_options_template: str | None = None
+OPTIONS_TEMPLATE_DIR = "rocksdb-options"
+"""Where, in the worker's state directory (``CRM_DATA_DIR``, next to Faust's ``faust/``), the
+options template of :func:`_options_with_wal_compression` is written: made again by every
+process's first table opening, so nothing of it is ever left elsewhere (it was in the system
+temp dir, removed at exit: a kill -9 left it there)."""
+_options_templates: dict[str, str] = {}
 _options_template_lock = threading.Lock()
 
 
-def _options_with_wal_compression() -> rocksdict.Options:
+def _options_with_wal_compression(template_dir: Path) -> rocksdict.Options:
     """``rocksdict.Options(raw_mode=True)`` with ``wal_compression=kZSTD``. rocksdict (0.3) has
     no setter for it, so RocksDB reads it from an options file: the one RocksDB wrote for a
-    throwaway store opened once per process with ``rocksdict.Options(raw_mode=True)``, that line
-    changed (every other option is then that store's, and :func:`rocksdb_options` sets its own on
-    top). The write-ahead log keeps every write batch's stats windows, uncompressed without it:
-    most of a busy store's bytes between two memtable flushes. Recovery reads it as before (the
-    compression is per log record; tests/integration/test_crash.py kills workers mid-write)."""
-    global _options_template
-    import atexit
-    import shutil
-    import tempfile
-
+    throwaway store (in ``template_dir``, emptied and made again once per process) opened with
+    ``rocksdict.Options(raw_mode=True)``, that line changed (every other option is then that
+    store's, and :func:`rocksdb_options` sets its own on top). The write-ahead log keeps every
+    write batch's stats windows, uncompressed without it: most of a busy store's bytes between
+    two memtable flushes. Recovery reads it as before (the compression is per log record;
+    tests/integration/test_crash.py kills workers mid-write)."""
+    key = str(template_dir)
     with _options_template_lock:  # partitions open on the event loop and the follower thread
-        if _options_template is None or not os.path.isdir(_options_template):
-            template = tempfile.mkdtemp(prefix="crm-rocksdb-options-")
-            atexit.register(shutil.rmtree, template, True)
-            store = os.path.join(template, "store")
+        store = _options_templates.get(key)
+        if store is None or not os.path.isdir(store):
+            store = str(template_dir / "store")
+            shutil.rmtree(store, ignore_errors=True)  # an earlier run's, maybe half made
+            template_dir.mkdir(parents=True, exist_ok=True)
             rocksdict.Rdict(store, options=rocksdict.Options(raw_mode=True)).close()
             written = [f for f in os.listdir(store) if f.startswith("OPTIONS-")]
             path = os.path.join(store, max(written, key=lambda f: int(f.split("-")[1])))
@@ -907,13 +912,13 @@ def _options_with_wal_compression() -> rocksdict.Options:
                 )
             with open(path, "w", encoding="utf-8") as f:
                 f.write(text.replace(default, wanted))
-            _options_template = store
-        options, _ = rocksdict.Options.load_latest(_options_template)
+            _options_templates[key] = store
+        options, _ = rocksdict.Options.load_latest(store)
     return cast(rocksdict.Options, options)
 
 
 def rocksdb_options(
-    max_open_files: int | None, memory: int = ROCKSDB_MEMORY_BYTES
+    max_open_files: int | None, template_dir: Path, memory: int = ROCKSDB_MEMORY_BYTES
 ) -> rocksdict.Options:
     """The options every table partition opens with (measured in bench/README.md, "state MB per
     million keys"): ZSTD on every level (the stats windows' JSON takes a third less room than
@@ -925,7 +930,7 @@ def rocksdb_options(
     write buffers (:data:`ROCKSDB_WRITE_BUFFER_BYTES`); the block cache and the memtables within
     ``memory`` bytes for the whole process (:func:`rocksdb_memory`)."""
     cache, write_buffers = rocksdb_memory(memory)
-    options = _options_with_wal_compression()
+    options = _options_with_wal_compression(template_dir)
     options.create_if_missing(True)
     if max_open_files is not None:
         options.set_max_open_files(max_open_files)
@@ -962,6 +967,14 @@ def _record(store: Any) -> Callable[[bytes, bytes | None], tuple[bytes, bytes | 
     return None if upgrade is None else upgrade.record
 
 
+def _template_dir(app: Any) -> Path:
+    """The options template's directory: in the worker's state directory (an app built without
+    the worker's settings: in its own data directory)."""
+    settings = getattr(app, "crm_settings", None)
+    root = Path(app.conf.datadir) if settings is None else settings.data_path
+    return root / OPTIONS_TEMPLATE_DIR
+
+
 def _memory_budget(app: Any) -> int:
     settings = getattr(app, "crm_settings", None)
     return ROCKSDB_MEMORY_BYTES if settings is None else settings.rocksdb_memory_mb * 2**20
@@ -976,7 +989,9 @@ def _open_for_partition(self: Any, partition: int) -> Any:
     access = rocksdict.AccessType.read_only() if read_only else rocksdict.AccessType.read_write()
     db = rocksdict.Rdict(
         str(path),
-        options=rocksdb_options(self.rocksdb_options.max_open_files, _memory_budget(self.app)),
+        options=rocksdb_options(
+            self.rocksdb_options.max_open_files, _template_dir(self.app), _memory_budget(self.app)
+        ),
         access_type=access,
     )
     db.set_read_options(rocksdict.ReadOptions())

@@ -20,6 +20,7 @@ partition's records is a prefix of what was sent, in order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Awaitable, Callable
@@ -73,7 +74,9 @@ class Outputs(Protocol):
 
     def reachable(self, timeout: float = 3.0) -> tuple[bool, str]: ...
 
-    def close(self) -> None: ...
+    def close(self) -> int:
+        """Flush and close: the records left unacknowledged (dropped)."""
+        ...
 
 
 async def _no_offsets() -> Offsets:
@@ -85,6 +88,10 @@ def _partitions(metadata: Any, topic: str) -> int:
     if meta is None or meta.error is not None or not meta.partitions:
         raise BrokerError(f"topic {topic} is missing: {getattr(meta, 'error', None)}")
     return len(meta.partitions)
+
+
+CLOSE_TIMEOUT_S = 30.0
+"""How long :meth:`ConfluentOutputs.close` waits for each producer's acknowledgements."""
 
 
 class _Batch:
@@ -115,7 +122,9 @@ class _Batch:
                 self.offsets[tp] = offset
             finished = self.expected is not None and self.done >= self.expected
         if finished:
-            self.loop.call_soon_threadsafe(self._resolve)
+            # RuntimeError: the event loop is closed (the outputs' last flush): nobody awaits it.
+            with contextlib.suppress(RuntimeError):
+                self.loop.call_soon_threadsafe(self._resolve)
 
     def close(self) -> None:
         with self.lock:
@@ -172,6 +181,7 @@ class ConfluentOutputs:
         self._thread = threading.Thread(target=self._poll, name="outputs-poll", daemon=True)
         self._batches: dict[asyncio.Task[Any] | None, _Batch] = {}
         self._started = False
+        self._closed = False
 
     async def start(self) -> None:
         if not self._thread.is_alive():
@@ -187,6 +197,8 @@ class ConfluentOutputs:
         (after which it never delivers again: the worker exits 70 on the next batch)."""
         if self._fatal is not None:
             return False, f"producer fatal error: {self._fatal}"
+        if self._closed:
+            return True, "closed: the worker is stopping"
         if self._started and not self._thread.is_alive():
             return False, "the delivery-report thread stopped"
         return True, "producing"
@@ -194,10 +206,14 @@ class ConfluentOutputs:
     def reachable(self, timeout: float = 3.0) -> tuple[bool, str]:
         """Readiness: the cluster answers a metadata request (for one of our topics: a request
         for every topic grows with the cluster, and this runs on each probe)."""
+        if self._closed:
+            return False, "the outputs are closed (the worker is stopping)"
         try:
             self._producer.list_topics(self._probe_topic, timeout=timeout)
         except KafkaException as exc:
             return False, f"Kafka unreachable: {exc}"
+        except RuntimeError:  # closed meanwhile (a probe on the metrics thread during the stop)
+            return False, "the outputs are closed (the worker is stopping)"
         return True, "Kafka reachable"
 
     def _poll(self) -> None:
@@ -267,12 +283,28 @@ class ConfluentOutputs:
         batch.close()
         return batch.wait()
 
-    def close(self) -> None:
+    def close(self, timeout: float = CLOSE_TIMEOUT_S) -> int:
+        """Flush both producers (``timeout`` seconds at most each) and close them: their
+        librdkafka threads end. What is still unacknowledged then is purged, and its number
+        returned. The worker calls it once its agents have stopped (:meth:`Worker.run
+        <processors.app.Worker.run>`): a batch that was not acknowledged is not committed, so a
+        purged record is one that the next start processes again (and reads back if it landed).
+        """
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(5)
+        if self._closed:
+            return 0
+        self._closed = True
+        left = 0
         for producer in self._producers:
-            producer.flush(30)
+            remaining = producer.flush(timeout)
+            if remaining:
+                left += remaining
+                producer.purge()
+                producer.poll(0)  # the purged records' delivery reports
+            producer.close()
+        return left
 
 
 # --- dead letters -------------------------------------------------------------------------------

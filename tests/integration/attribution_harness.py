@@ -1,4 +1,6 @@
-"""Inputs and expectations of the attribution tests on the real broker.
+"""Inputs and expectations of the attribution tests on the real broker (and the fixtures the
+crash and scale-out tests share: the generated history, the check of the ``attributions`` topic,
+the API's answers).
 
 Touches are raw vendor records (:func:`raw_touch`: the raw path takes them from its batch),
 vendor conversions canonical events or raw records, customer conversions ``conversions``
@@ -10,17 +12,20 @@ checked against a brute-force reference in the unit tests).
 
 from __future__ import annotations
 
+import random
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 import orjson
 from confluent_kafka import Producer
 
 from crmstream.kafka import producer_config
+from crmstream.serde import AvroSerde
 from crmstream.settings import Settings
 from processors.attribution import (
     UNATTRIBUTED,
@@ -33,6 +38,7 @@ from processors.attribution import (
     UserState,
     Windows,
     apply,
+    decode_record,
     from_event,
     rows,
     unattributed_rows,
@@ -42,6 +48,10 @@ from processors.normalize.model import (
     CanonicalEvent,
     NormalizeContext,
 )
+from tests.kafka_helpers import read_topic
+
+H = 3_600_000
+D = 24 * H
 
 
 def iso(ms: int) -> str:
@@ -246,3 +256,182 @@ def settled_totals(get: Callable[[], Any], expected: Expected, timeout: float = 
         if time.monotonic() > deadline:
             return body
         time.sleep(1)
+
+
+# --- the crash and scale-out tests' history and checks ------------------------------------------
+
+CONTROL_USER = "user-control"
+RawRecord = tuple[str, bytes, bytes]  # topic, key, value
+
+
+def history(
+    rng: random.Random, t0: int, users: int = 120
+) -> tuple[dict[str, list[Touch]], list[RawRecord], list[Conversion]]:
+    """Touches per user, their raw records (shuffled), then the conversions in publish order.
+    Some conversions repeat a name for the same campaign, some repeat a conversion id, some come
+    after the window or before any touch."""
+    touches: dict[str, list[Touch]] = {}
+    raw: list[RawRecord] = []
+    conversions: list[Conversion] = []
+    n = 0
+    for u in range(users):
+        user = f"user-{u}"
+        for _ in range(rng.randint(0, 3)):
+            n += 1
+            vendor = rng.choice(sorted(RAW_TOUCH_TYPES))
+            kind = (
+                "CONTROL"
+                if vendor == "AIRSHIP" and rng.random() < 0.2
+                else RAW_TOUCH_TYPES[vendor][0]
+            )
+            campaign = f"{vendor.lower()}-{rng.randint(1, 2)}"
+            variant = rng.choice([None, "1", "2"])
+            at = t0 + rng.randint(0, 2 * D)
+            topic, key, value, touch = raw_touch(vendor, n, user, at, campaign, kind, variant)
+            touches.setdefault(user, []).append(touch)
+            raw.append((topic, key, value))
+    # One user whose only touch is a control-group one, converting an hour later: the random
+    # users alone credited no control touch with some seeds (3143), and the tests ask for one.
+    n += 1
+    at = t0 + D
+    topic, key, value, touch = raw_touch(
+        "AIRSHIP", n, CONTROL_USER, at, "airship-1", "CONTROL", None
+    )
+    touches[CONTROL_USER] = [touch]
+    raw.append((topic, key, value))
+    rng.shuffle(raw)
+    for u in range(users):
+        user = f"user-{u}"
+        mine: list[Conversion] = []
+        for i in range(rng.randint(1, 4)):
+            if mine and rng.random() < 0.1:
+                mine.append(rng.choice(mine))  # the same conversion id again
+                continue
+            value = round(rng.uniform(1, 100), 2) if rng.random() < 0.7 else None
+            mine.append(
+                Conversion(
+                    f"{user}-o{i}",
+                    user,
+                    rng.choice(["Order Completed", "Signed Up"]),
+                    t0 + rng.randint(-H, 6 * D),
+                    "conversions",
+                    value,
+                    rng.choice(["USD", "EUR"]) if value is not None else None,
+                )
+            )
+        conversions += mine
+    conversions.append(
+        Conversion(f"{CONTROL_USER}-o0", CONTROL_USER, "Order Completed", at + H, "conversions")
+    )
+    # Users interleaved; keyed by user, each user's conversions keep this order on the way.
+    rng.shuffle(conversions)
+    return touches, raw, conversions
+
+
+def expected_of(windows: Windows, touches: dict[str, list[Touch]]) -> Expected:
+    """The expectation once every touch is in (the conversions are added when published)."""
+    expected = Expected(windows)
+    for user, items in touches.items():
+        for t in items:
+            expected.add(user, t)
+    return expected
+
+
+def conversion_records(conversions: Iterable[Conversion]) -> list[tuple[str, bytes, bytes]]:
+    """``conversions`` records (topic without its prefix, key, value), keyed by user."""
+    return [
+        ("conversions", c.user_id.encode(), conversion_json(c, with_id=True)) for c in conversions
+    ]
+
+
+def publish_in_chunks(
+    out: Publisher, records: Sequence[tuple[str, bytes | None, bytes]], step: int
+) -> None:
+    """``step`` records at a time, 0.3 s apart (kills land among them)."""
+    for start in range(0, len(records), step):
+        chunk = records[start : start + step]
+        for topic in sorted({topic for topic, _, _ in chunk}):
+            out.publish(topic, [(k, v) for t, k, v in chunk if t == topic])
+        time.sleep(0.3)
+
+
+def touches_in(msgs: list[Any]) -> set[str]:
+    """The touch ids in ``attribution-inputs`` records."""
+    ids: set[str] = set()
+    for m in msgs:
+        for _, items in decode_record(m.key(), m.value()):
+            ids.update(item.event_id for item in items if isinstance(item, Touch))
+    return ids
+
+
+def wait_for_touches(settings: Settings, touches: dict[str, list[Touch]]) -> None:
+    """Until every touch is in ``attribution-inputs`` (the rule decides on arrival, so the
+    expectation needs them before the conversions)."""
+    ids = {t.event_id for items in touches.values() for t in items}
+    read_topic(
+        settings,
+        settings.topic("attribution-inputs"),
+        until=lambda got: touches_in(got) >= ids,
+        timeout=240,
+    )
+
+
+def check_attributions(
+    settings: Settings, expected: Expected, context: Callable[[], str]
+) -> dict[str, Attribution]:
+    """Read ``attributions`` until it holds every expected id; each id's records (written again
+    after a crash) must all be the same, and exactly the expected attribution; no other id.
+    ``context()`` (the seed, the story, the logs) is added to a failure. Returns the expected
+    attributions."""
+    serde = AvroSerde(settings)
+    topic = settings.topic("attributions")
+    want = expected.attributions()
+
+    def attribution_id_of(msg: Any) -> str:
+        return str(serde.decode(msg.value(), topic)[1]["attribution_id"])
+
+    got = read_topic(
+        settings,
+        topic,
+        until=lambda msgs: len({attribution_id_of(m) for m in msgs}) >= len(want),
+        timeout=240,
+    )
+
+    def why() -> str:
+        return f"{len(got)} records read; {context()}"
+
+    seen: dict[str, dict[str, Any]] = {}
+    for msg in got:
+        _, record = serde.decode(msg.value(), topic)
+        record["processed_at"] = 0
+        aid = record["attribution_id"]
+        # Written again after a crash: the same attribution, never another one.
+        assert seen.setdefault(aid, record) == record, (why(), record, seen[aid])
+    assert set(seen) == set(want), (
+        why(),
+        sorted(set(want) - set(seen))[:5],
+        sorted(set(seen) - set(want))[:5],
+    )
+    for aid, a in want.items():
+        assert seen[aid] == a.record(0), (why(), seen[aid], a.record(0))
+    assert len(want) > 50 and any(a.control for a in want.values())
+    return want
+
+
+def get_attribution(base: str, params: dict[str, Any]) -> Any:
+    """``GET /api/attribution``'s 200 answer, waiting out a worker still starting (refused
+    connections, 503s) for up to 120 s."""
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            response = httpx.get(base + "/api/attribution", params=params, timeout=30)
+        except httpx.ConnectError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)  # the worker's last restart is still starting
+            continue
+        if response.status_code != 503 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert response.status_code == 200, response.text
+    return response.json()

@@ -44,6 +44,7 @@ from crmdemo.samples import SampleSet, campaigns
 from crmstream.kafka import producer_config
 from crmstream.serde import AvroSerde
 from crmstream.settings import Settings
+from crmstream.stopping import start_command
 from crmstream.topics import (
     H_APP_ID,
     H_FORMAT,
@@ -480,7 +481,9 @@ class WorkerProcess:
         env.update(self.env)
         with self.log.open("ab") as log:
             log.write(f"\n===== start {time.strftime('%H:%M:%S')} =====\n".encode())
-        self.proc = subprocess.Popen(
+        # With the stop signals blocked until the command installs its handlers: a SIGTERM at
+        # any moment of the start is a clean stop, even during the interpreter's own start.
+        self.proc = start_command(
             [sys.executable, "-m", "crmcli", "worker"],
             env=env,
             stdout=self.log.open("ab"),

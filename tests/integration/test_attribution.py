@@ -36,7 +36,9 @@ from processors.api.server import OPENAPI
 from processors.app import changelog_specs
 from processors.attribution import Conversion, windows_of
 from tests.integration.attribution_harness import (
+    D,
     Expected,
+    H,
     Publisher,
     conversion_json,
     raw_leanplum_conversion,
@@ -48,8 +50,6 @@ from tests.kafka_helpers import read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow(seconds=90)]
 
-H = 3_600_000
-D = 24 * H
 TOKEN = "attribution-api-token-0001"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 

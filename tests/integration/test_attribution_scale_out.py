@@ -21,25 +21,28 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from crmstream.broker import free_port
-from crmstream.serde import AvroSerde
 from crmstream.settings import Settings
 from crmstream.topics import create_topics
 from processors.app import changelog_specs
 from processors.attribution import windows_of
 from tests.integration.attribution_harness import (
-    Expected,
+    D,
+    H,
     Publisher,
-    conversion_json,
+    check_attributions,
+    conversion_records,
+    expected_of,
+    get_attribution,
+    history,
+    publish_in_chunks,
     settled_totals,
+    wait_for_touches,
 )
 from tests.integration.harness import WorkerProcess
-from tests.integration.test_attribution_crash import D, H, _get, _id, _touches_in, history
-from tests.kafka_helpers import read_topic
 
 # Two workers restarted five times, each restart a rebalance and a table restore: on a loaded
 # two-core machine this outlasts the default 300 s timeout.
@@ -80,15 +83,10 @@ def test_two_workers_one_killed_at_random_moments_credit_every_conversion_exactl
     ]
     settings = Settings.from_env(envs[0])
     create_topics(settings, extra=changelog_specs(settings))
-    serde = AvroSerde(settings)
     out = Publisher(settings)
     t0 = (time.time_ns() // 1_000_000 - 8 * D) // H * H
     touches, raw, conversions = history(rng, t0)
-    expected = Expected(windows_of(*settings.attribution_windows()))
-    for user, items in touches.items():
-        for t in items:
-            expected.add(user, t)
-    touch_ids = {t.event_id for items in touches.values() for t in items}
+    expected = expected_of(windows_of(*settings.attribution_windows()), touches)
     workers = [WorkerProcess(env, tmp_path / f"worker-{i}.log") for i, env in enumerate(envs)]
     story: list[str] = []
 
@@ -113,86 +111,46 @@ def test_two_workers_one_killed_at_random_moments_credit_every_conversion_exactl
         time.sleep(pause)
         workers[victim].start()
 
-    def publish_in_chunks(records: list[tuple[str, bytes | None, bytes]], step: int) -> None:
-        for start in range(0, len(records), step):
-            chunk = records[start : start + step]
-            for topic in sorted({topic for topic, _, _ in chunk}):
-                out.publish(topic, [(k, v) for t, k, v in chunk if t == topic])
-            time.sleep(0.3)
-
     try:
         for worker in workers:
             worker.start()
-        feeding = threading.Thread(
-            target=publish_in_chunks, args=([(t, k, v) for t, k, v in raw], 25), daemon=True
-        )
+        feeding = threading.Thread(target=publish_in_chunks, args=(out, raw, 25), daemon=True)
         feeding.start()
         kill_one(rng.uniform(2.0, 8.0))  # while the raw path hands the touches over
         feeding.join(timeout=120)
-        read_topic(
-            settings,
-            settings.topic("attribution-inputs"),
-            until=lambda got: _touches_in(got) >= touch_ids,
-            timeout=240,
-        )
+        wait_for_touches(settings, touches)
         for c in conversions:
             expected.add(c.user_id, c)
         publisher = threading.Thread(
-            target=publish_in_chunks,
-            args=(
-                [
-                    ("conversions", c.user_id.encode(), conversion_json(c, with_id=True))
-                    for c in conversions
-                ],
-                20,
-            ),
-            daemon=True,
+            target=publish_in_chunks, args=(out, conversion_records(conversions), 20), daemon=True
         )
         publisher.start()
         for _ in range(ROUNDS):
             kill_one(rng.uniform(0.5, 6.0))
         publisher.join(timeout=120)
 
-        want = expected.attributions()
-        topic = settings.topic("attributions")
-        got = read_topic(
-            settings,
-            topic,
-            until=lambda msgs: len({_id(serde, topic, m) for m in msgs}) >= len(want),
-            timeout=240,
-        )
-        seen: dict[str, dict[str, Any]] = {}
-        for msg in got:
-            _, record = serde.decode(msg.value(), topic)
-            record["processed_at"] = 0
-            aid = record["attribution_id"]
-            # Written again after a crash: the same attribution, never another one.
-            assert seen.setdefault(aid, record) == record, (seed, record, seen[aid])
-        context = (
-            f"seed={seed} (replay with CRM_SCALE_SEED={seed}): "
-            + "; ".join(story)
-            + f"; {len(got)} records read\n"
-            + "\n".join(f"--- worker {i} ---\n{w.tail(10000)}" for i, w in enumerate(workers))
-        )
-        assert set(seen) == set(want), (
-            context,
-            sorted(set(want) - set(seen))[:5],
-            sorted(set(seen) - set(want))[:5],
-        )
-        for aid, a in want.items():
-            assert seen[aid] == a.record(0), (context, seen[aid], a.record(0))
-        assert len(want) > 50 and any(a.control for a in want.values())
+        def context() -> str:
+            return (
+                f"seed={seed} (replay with CRM_SCALE_SEED={seed}): "
+                + "; ".join(story)
+                + "\n"
+                + "\n".join(f"--- worker {i} ---\n{w.tail(10000)}" for i, w in enumerate(workers))
+            )
+
+        check_attributions(settings, expected, context)
         assert any(r["outside_window"] for r in expected.unattributed())
         assert any(r["no_exposure"] for r in expected.unattributed())
 
         # Each worker holds some of the users: either answers the sums of both.
         for port in ports:
             body = settled_totals(
-                lambda p=port: _get(f"http://127.0.0.1:{p}", {"from": t0 - D, "to": t0 + 10 * D}),
+                lambda p=port: get_attribution(
+                    f"http://127.0.0.1:{p}", {"from": t0 - D, "to": t0 + 10 * D}
+                ),
                 expected,
             )
-            assert body["campaigns"] == expected.rows(), (context, port, body["campaigns"])
-            assert body["unattributed"] == expected.unattributed(), (context, port, body)
+            assert body["campaigns"] == expected.rows(), (context(), port, body["campaigns"])
+            assert body["unattributed"] == expected.unattributed(), (context(), port, body)
             assert body["conversions"] == sum(r["conversions"] for r in expected.rows())
     finally:
         for worker in workers:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -89,3 +91,43 @@ def test_a_sealed_batch_is_awaited_while_the_next_is_sent(
     offsets = [r[(log, 0)] for r in reports]
     assert len(set(offsets)) == 3 and offsets == sorted(offsets)
     assert len(read_topic(settings, out, until=lambda r: len(r) >= 60)) == 60
+
+
+def _librdkafka_threads() -> int:
+    """This process's librdkafka threads (``rdk:main``, ``rdk:broker...``)."""
+    names = (p.read_text().strip() for p in Path("/proc/self/task").glob("*/comm"))
+    return sum(1 for name in names if name.startswith("rdk:"))
+
+
+def test_close_delivers_what_nobody_awaits_and_ends_the_producers_threads(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    """The worker's last step (processors.app.Worker.run): its agents stopped, its event loop
+    closed, records whose acknowledgement nobody awaits any more still reach Kafka, and the
+    producers' librdkafka threads end."""
+    settings = settings_factory(CRM_PARTITIONS="1")
+    create_topics(settings, extra=[TopicSpec("out", "test output"), TopicSpec("log", "log")])
+    out, log = settings.topic("out"), settings.topic("log")
+    before = _librdkafka_threads()
+    outputs = ConfluentOutputs(settings)
+
+    waiting: list[asyncio.Future[Any]] = []
+
+    async def cut_short() -> None:
+        # An agent stopped mid-batch: its records sent and sealed, the acknowledgement never
+        # awaited (asyncio.run cancels the wait). The poll thread is not started, so every
+        # delivery report comes after the loop closed, in close()'s flush.
+        for i in range(200):
+            outputs.send(out, f"k{i}".encode(), b"v")
+        outputs.send_changelog(log, 0, b"k", b"1")
+        waiting.append(asyncio.ensure_future(outputs.seal()))
+
+    asyncio.run(cut_short())
+    assert waiting[0].cancelled()
+    assert _librdkafka_threads() > before
+    assert outputs.close() == 0
+    assert _librdkafka_threads() == before
+    assert outputs.reachable()[0] is False
+    assert outputs.close() == 0  # a second close does nothing
+    assert len(read_topic(settings, out, until=lambda r: len(r) >= 200)) == 200
+    assert len(read_topic(settings, log, until=lambda r: len(r) >= 1)) == 1

@@ -29,6 +29,7 @@ from crmstream.broker import free_port
 from crmstream.kafka import client_config
 from crmstream.serde import AvroSerde
 from crmstream.settings import Settings
+from crmstream.stopping import start_command
 from crmstream.topics import VENDORS, create_topics
 from processors.app import changelog_specs
 from tests.kafka_helpers import read_topic
@@ -55,7 +56,9 @@ class WorkerProcess:
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CRM_")}
         env.update(self.env)
-        self.proc = subprocess.Popen(
+        # With the stop signals blocked until the command installs its handlers: a SIGTERM at
+        # any moment of the start is a clean stop, even during the interpreter's own start.
+        self.proc = start_command(
             [sys.executable, "-m", "crmcli", "worker"],
             env=env,
             stdout=self.log.open("ab"),

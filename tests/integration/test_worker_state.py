@@ -105,3 +105,26 @@ def test_lost_dedupe_state_stops_the_worker_unless_the_operator_accepts_it(
         assert accepting.alive()
     finally:
         assert accepting.stop() == 0, accepting.tail()
+
+
+def test_a_killed_worker_leaves_nothing_in_the_temp_dir(
+    crm_env_factory: Callable[..., dict[str, str]], tmp_path: Path
+) -> None:
+    """The RocksDB options template (ZSTD on the write-ahead log) is made in the worker's state
+    directory, not the system temp dir (from which a kill -9 left it undeleted), and is made
+    again at the next start."""
+    env, settings, feed, sets = _setup(crm_env_factory, tmp_path)
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env["TMPDIR"] = str(temp)
+    feed.publish_all(sets, slice(0, 60))
+    template = Path(env["CRM_DATA_DIR"]) / "rocksdb-options" / "store"
+    worker = WorkerProcess(env, tmp_path / "worker.log")
+    for _ in range(2):
+        worker.start()
+        assert not exactness_failures(read_outputs(settings, feed.expected), feed.expected)
+        worker.kill()
+        assert worker.proc is not None and worker.proc.returncode == -9
+        assert sorted(p.name for p in temp.iterdir()) == []
+        assert list(template.glob("OPTIONS-*")), "the template is in the state directory"
+        feed.publish_all(sets, slice(60, 120))

@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from crmstream.stopping import start_command
+
 
 def test_sigterm_during_start_up_exits_0(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRM_")}
@@ -63,3 +65,21 @@ def test_sigterm_while_the_command_still_imports_exits_0(tmp_path: Path) -> None
         timeout=60,
     )
     assert done.returncode == 0, done.stderr.decode(errors="replace")
+
+
+def test_sigterm_during_the_interpreters_own_start_exits_0(tmp_path: Path) -> None:
+    """Sent as soon as the process exists, before any code of the command runs: started with
+    the stop signals blocked (crmstream.stopping.start_command), the signal waits for the
+    command's handler instead of killing it (-15)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRM_")}
+    env.update(CRM_BOOTSTRAP_SERVERS="127.0.0.1:1", CRM_DATA_DIR=str(tmp_path))
+    proc = start_command(
+        [sys.executable, "-m", "crmcli", "worker"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode(errors="replace")
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == set(), "the parent's mask is back"

@@ -18,6 +18,7 @@ import rocksdict
 
 from crmstream.serde import AvroSerde
 from crmstream.settings import Settings
+from processors.app import build_stats
 from processors.engine import Event, Positions, SeekError
 from processors.outputs import DeadLetters, Headers, Offsets
 from processors.positioning import Floors, Positioning
@@ -25,7 +26,6 @@ from processors.positions import TP, TopicPartition
 from processors.raw import RawPath, StatsPartitions
 from processors.records import RawPosition
 from processors.state.table import WindowedTable
-from processors.stats import StatsTables
 from processors.stats_path import StatsPath
 
 
@@ -181,8 +181,8 @@ class FakeOutputs:
     def reachable(self, timeout: float = 3.0) -> tuple[bool, str]:
         return True, "reachable"
 
-    def close(self) -> None:
-        pass
+    def close(self) -> int:
+        return 0
 
     def topics(self, topic: str) -> list[tuple[bytes | None, bytes]]:
         return [(key, value) for t, key, value, _, _ in self.sent if t == topic]
@@ -238,25 +238,9 @@ class Parts:
             size_ms=int(settings.dedupe_window_s * 1000),
             keep_ms=int(2 * settings.dedupe_window_s * 1000),
         )
-        windows = settings.stats_window_seconds()
-        retention_ms = {
-            label: int(s * 1000) for label, s in settings.stats_retention_seconds().items()
-        }
-        self.stats_tables = {
-            label: WindowedTable(
-                FakeStore(root / f"stats-{label}", f"stats-{label}-changelog"),
-                size_ms=size * 1000,
-                keep_ms=retention_ms[label],
-            )
-            for label, size in windows
-        }
-        self.stats = StatsTables(
-            self.stats_tables,
-            windows,
-            self.serde,
-            settings.topic("campaign-stats"),
-            retention_ms,
-            settings.stats_hll_lg_k,
+        # The stats tables as the worker wires them, on stores of the fake engine.
+        self.stats_tables, self.stats = build_stats(
+            settings, self.serde, lambda name: FakeStore(root / name, f"{name}-changelog")
         )
         self.floors = Floors([settings.topic("events"), settings.topic("dead-letter")])
         self.drained = 0

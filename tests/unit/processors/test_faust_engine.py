@@ -154,7 +154,9 @@ def _applied_options(store: Path) -> dict[str, str]:
 def test_table_partitions_compress_with_zstd_and_bound_their_info_logs(tmp_path: Path) -> None:
     store = tmp_path / "t-0.db"
     for i in range(5):  # every opening rolls the info log over
-        db = rocksdict.Rdict(str(store), options=faust_engine.rocksdb_options(None))
+        db = rocksdict.Rdict(
+            str(store), options=faust_engine.rocksdb_options(None, tmp_path / "options")
+        )
         db[b"k%d" % i] = b"v" * 100
         db.close()
     applied = _applied_options(store)
@@ -179,7 +181,8 @@ def test_table_partitions_compress_with_zstd_and_bound_their_info_logs(tmp_path:
 _KILLED_WRITER = """
 import os, sys, rocksdict
 from processors import faust_engine
-db = rocksdict.Rdict(sys.argv[1], options=faust_engine.rocksdb_options(None))
+from pathlib import Path
+db = rocksdict.Rdict(sys.argv[1], options=faust_engine.rocksdb_options(None, Path(sys.argv[2])))
 for batch in range(200):
     writes = rocksdict.WriteBatch(raw_mode=True)
     for i in range(50):
@@ -194,11 +197,15 @@ def test_writes_in_the_compressed_write_ahead_log_survive_a_kill_9(tmp_path: Pat
     is killed, and all of it is read back."""
     store = tmp_path / "t-0.db"
     done = subprocess.run(
-        [sys.executable, "-c", _KILLED_WRITER, str(store)], capture_output=True, timeout=120
+        [sys.executable, "-c", _KILLED_WRITER, str(store), str(tmp_path / "options")],
+        capture_output=True,
+        timeout=120,
     )
     assert done.returncode == -9, done.stderr.decode()
     assert not list(store.glob("*.sst"))
-    db = rocksdict.Rdict(str(store), options=faust_engine.rocksdb_options(None))
+    db = rocksdict.Rdict(
+        str(store), options=faust_engine.rocksdb_options(None, tmp_path / "options")
+    )
     items = list(db.items())
     db.close()
     assert len(items) == 200 * 50

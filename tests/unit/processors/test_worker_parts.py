@@ -465,3 +465,21 @@ def test_the_raw_path_hands_its_touches_and_conversions_over_with_its_outputs(
     assert (first.event_id, first.campaign_id, first.variant_id) == ("SEGMENT:d-1", "c-1", "B")
     assert (conversion.conversion_id, conversion.name) == ("SEGMENT:p-1", "Order Completed")
     assert parts.engine.fatal_errors == []
+
+
+def test_the_parts_count_with_the_workers_stats_wiring(tmp_path: Path) -> None:
+    """The fake engine's stats tables are built by the worker's own wiring (build_stats): the
+    settings' windows, retention and limits reach them as they reach the worker's."""
+    parts = Parts(
+        tmp_path,
+        {
+            "CRM_STATS_WINDOWS": "1m,1h",
+            "CRM_STATS_RETENTION": "1m=2d,1h=30d",
+            "CRM_STATS_MAX_MESSAGES": "7",
+            "CRM_STATS_MAX_VARIANTS": "3",
+        },
+    )
+    assert parts.stats.max_keys == {"message": 7, "variant": 3}
+    assert parts.stats.windows == [("1m", 60), ("1h", 3600)]
+    assert parts.stats.retention_ms == {"1m": 2 * 86_400_000, "1h": 30 * 86_400_000}
+    assert {label: t.keep_ms for label, t in parts.stats_tables.items()} == parts.stats.retention_ms
