@@ -478,6 +478,10 @@ class WorkerProcess:
 
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CRM_")}
+        # No query API unless the test asks for one on a port of its own: the default 8080 is
+        # one port for every worker of every test running side by side (a worker found it taken
+        # and refused to start, naming CRM_API_PORT).
+        env["CRM_API_PORT"] = "0"
         env.update(self.env)
         with self.log.open("ab") as log:
             log.write(f"\n===== start {time.strftime('%H:%M:%S')} =====\n".encode())
