@@ -300,6 +300,22 @@ _MAX_CACHED_KEYS = 4096
 a handful; a canonical event's attribute names: whatever the vendors send, hence the bound)."""
 
 
+AVRO_SMALL_LONGS = _SMALL_LONGS
+"""The Avro ``long`` of every n in ``[0, 2**13)``, by n (read-only)."""
+
+
+def avro_long(n: int) -> bytes:
+    """An Avro ``long`` (or ``int``) as the generated encoders write it: for a writer of one
+    record type by hand (:class:`processors.records.StatsUpserts`)."""
+    return _long(n)
+
+
+def avro_string(value: str) -> bytes:
+    """An Avro ``string``: its length, then its UTF-8 bytes."""
+    b = value.encode()
+    return (_SMALL_LONGS.get(len(b)) or _long(len(b))) + b
+
+
 def _key_bytes(key: str, cache: dict[str, bytes]) -> bytes:
     """A map key as Avro writes it (length, UTF-8), kept in ``cache`` while it has room."""
     b = key.encode()
@@ -547,6 +563,11 @@ class AvroSerde:
             self._by_schema_id[schema_id] = _Writer(info.name, info.parsed, None)
         self._encoders[schema_name, topic] = (header, info.parsed, self._compiled.get(schema_name))
         return header
+
+    def header(self, schema_name: str, topic: str) -> bytes:
+        """The header of ``schema_name`` on ``topic`` (:meth:`prepare`, once)."""
+        found = self._encoders.get((schema_name, topic))
+        return found[0] if found is not None else self.prepare(schema_name, topic)
 
     def encode(self, schema_name: str, record: Mapping[str, Any], topic: str) -> bytes:
         """``record`` (enums by symbol name, timestamps as epoch-ms ints) as the value of a

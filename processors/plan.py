@@ -248,16 +248,17 @@ def admit_windows(
     with a window not held (None: never seen, so nothing of it expired; it gets an entry).
     """
     out = Admission()
+    new: dict[str, None] = {}  # in order, each once (a list's ``in`` made this quadratic)
     for window in windows:
         if held(window):
             continue
         campaign, start = window
         entry = entries.get(campaign)
         if entry is None:
-            if campaign not in out.new_campaigns:
-                out.new_campaigns.append(campaign)
+            new[campaign] = None
         elif start <= entry.expired_through:
             out.refused[window] = increments(window)
+    out.new_campaigns = list(new)
     return out
 
 

@@ -47,8 +47,8 @@ from processors.plan import (
 from processors.records import (
     DEFAULT_MAX_KEYS,
     StatsUpdates,
+    StatsUpserts,
     load_window,
-    stats_record,
     stats_upsert_key,
     window_updated_ms,
     window_value,
@@ -106,6 +106,7 @@ class StatsTables:
         self.lg_k = lg_k
         # per window and dimension (CRM_STATS_MAX_MESSAGES, CRM_STATS_MAX_VARIANTS)
         self.max_keys = max_keys
+        self.upserts = StatsUpserts(serde, stats_topic)
         self.lock = asyncio.Lock()
 
     # -- counting ------------------------------------------------------------------------
@@ -184,7 +185,7 @@ class StatsTables:
         upserts = 0
         refused = admission.refused
         lg_k, max_keys = self.lg_k, self.max_keys
-        topic, send, encode = self.stats_topic, outputs.send, self.serde.encode
+        topic, send, upsert = self.stats_topic, outputs.send, self.upserts.value
         for (window, work), key in zip(windows.items(), wanted, strict=True):
             if refused and window in refused:
                 continue
@@ -194,11 +195,10 @@ class StatsTables:
             if work.name is not None:
                 counts.named(work.name)
             items.append((key, window_value(counts, now_ms)))
-            record = stats_record(campaign, label, start, size, counts, now_ms)
             send(
                 topic,
                 stats_upsert_key(campaign, label, start),
-                encode("CampaignStats", record, topic),
+                upsert(campaign, label, start, size, counts, now_ms),
             )
             upserts += 1
         for campaign in admission.new_campaigns:

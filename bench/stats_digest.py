@@ -1,0 +1,237 @@
+"""The stats side of the worker on the benchmark's records, in one process, with digests of what
+it writes: ``python -m bench.stats_digest --events N [--campaigns C]``.
+
+The generator's records (``bench/generate.py``, seeded) go through the vendors' normalizers and
+the raw path's plan (``processors.plan.plan_raw_batch`` with the marks of the batches before, so
+copies are not counted: one ``stats-updates`` record per stats partition and raw batch of 500, as
+the worker sends them), then through the stats path's parse
+and ``StatsTables.count`` on real RocksDB tables, on a fixed clock and outputs that keep what
+is sent. Printed: the records it wrote (upserts, changelog records, of which campaign entries),
+a SHA-256 of every upsert (topic, key, value, in order) and one of every changelog record, and
+the thread CPU of parse + count per canonical event.
+
+So two checkouts can be compared byte for byte (issue 21: a cheaper stats path must write the
+same upserts and changelog values): run it from each (``python -m`` takes the working
+directory's packages) and compare the digests. The CPU figure is a loop's, without Kafka.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import rocksdict
+
+from bench.generate import DEFAULT_CAMPAIGNS, generate
+from crmstream.serde import AvroSerde
+from crmstream.settings import Settings
+from crmstream.topics import VENDORS, raw_topic
+from processors.normalize import NORMALIZERS
+from processors.normalize.model import CanonicalEvent, NormalizeContext
+from processors.plan import candidate, plan_raw_batch
+from processors.raw import StatsPartitions
+from processors.records import RawPosition, parse_stats_updates, stats_updates_value
+from processors.state.keys import CAMPAIGN_KEY_PREFIX
+from processors.state.table import WindowedTable
+from processors.stats import StatsTables
+
+RAW_BATCH = 500
+NOW_MS = 1_764_000_100_000  # the generator's base time, plus 100 s
+DEDUPE_WINDOW_MS = 86_400_000
+
+
+class _Store:
+    """A table store on RocksDB databases under a directory (no changelog, no Faust)."""
+
+    def __init__(self, root: Path, changelog_topic: str) -> None:
+        self.root = root
+        self.changelog_topic = changelog_topic
+        self.dbs: dict[int, rocksdict.Rdict] = {}
+
+    def db(self, partition: int) -> rocksdict.Rdict:
+        if partition not in self.dbs:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.dbs[partition] = rocksdict.Rdict(
+                str(self.root / f"p{partition}"), options=rocksdict.Options(raw_mode=True)
+            )
+        return self.dbs[partition]
+
+    def open_partitions(self) -> dict[int, rocksdict.Rdict]:
+        return dict(self.dbs)
+
+    def set_persisted_offset(self, partition: int, offset: int) -> None:
+        pass
+
+    def close(self) -> None:
+        for db in self.dbs.values():
+            db.close()
+
+
+class _Outputs:
+    """Keeps every record sent; acknowledges at once."""
+
+    def __init__(self, partitions: int) -> None:
+        self.n_partitions = partitions
+        self.upserts = hashlib.sha256()
+        self.changelog = hashlib.sha256()
+        self.counts = {"upserts": 0, "changelog": 0, "entries": 0}
+
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None = None,
+        headers: object = None,
+    ) -> None:
+        self.upserts.update(repr((topic, key, value)).encode())
+        self.counts["upserts"] += 1
+
+    def send_changelog(self, topic: str, partition: int, key: bytes, value: bytes | None) -> None:
+        self.changelog.update(repr((topic, partition, key, value)).encode())
+        self.counts["changelog"] += 1
+        if key.startswith(CAMPAIGN_KEY_PREFIX):
+            self.counts["entries"] += 1
+
+    def partitions(self, topic: str) -> int:
+        return self.n_partitions
+
+    async def seal(self) -> dict[tuple[str, int], int]:
+        return {}
+
+
+def stats_updates(events: int, campaigns: int, partitions: int) -> tuple[list[list], int]:
+    """Per raw batch (the vendors' batches taken in turn), its ``stats-updates`` records as
+    ``(partition, value)``; and the number of canonical events."""
+    data = generate(events, campaigns=campaigns)
+    context = NormalizeContext(app_id="bench")
+    where = StatsPartitions(partitions)
+    by_vendor: list[list[list[tuple[int, bytes]]]] = []
+    counted = 0
+    marks: dict[bytes, bytes] = {}  # the dedupe marks written so far
+    for vendor in VENDORS:
+        normalize, topic, batches = NORMALIZERS[vendor], raw_topic(vendor), []
+        records = data.records[vendor]
+        for first in range(0, len(records), RAW_BATCH):
+            found = []
+            for offset, (key, value) in enumerate(records[first : first + RAW_BATCH], first):
+                outcome = normalize(value, context)
+                if isinstance(outcome, CanonicalEvent):
+                    pos = RawPosition(topic, 0, offset, NOW_MS, {})
+                    found.append(candidate(outcome, pos, vendor, value, key, DEDUPE_WINDOW_MS))
+            plan = plan_raw_batch(
+                found,
+                {k: marks[k] for c in found for k in (c.current, c.previous) if k in marks},
+                encode=lambda c: b"",
+                size=lambda c, value: 0,
+                max_record_bytes=1 << 30,
+                written=lambda c: False,
+                stats_partition=where.of,
+            )
+            counted += len(plan.counted)
+            for written in plan.marks.values():
+                marks.update(written)
+            batches.append(
+                [
+                    (
+                        partition,
+                        stats_updates_value(
+                            increments,
+                            plan.recipients.get(partition),
+                            plan.names.get(partition),
+                            plan.dimensions.get(partition),
+                        ),
+                    )
+                    for partition, increments in plan.increments.items()
+                ]
+            )
+        by_vendor.append(batches)
+    taken: list[list] = []
+    for i in range(max(len(b) for b in by_vendor)):
+        taken.extend(b[i] for b in by_vendor if i < len(b))
+    return taken, counted
+
+
+def _groups(batches: list[list], per_stats_batch: int) -> Iterator[list[tuple[int, bytes]]]:
+    for first in range(0, len(batches), per_stats_batch):
+        yield [record for batch in batches[first : first + per_stats_batch] for record in batch]
+
+
+async def run(events: int, campaigns: int, partitions: int, per_stats_batch: int) -> dict:
+    batches, counted = stats_updates(events, campaigns, partitions)
+    root = Path(tempfile.mkdtemp(prefix="stats-digest-"))
+    try:
+        settings = Settings.from_env({"CRM_DATA_DIR": str(root), "CRM_PARTITIONS": str(partitions)})
+        windows = settings.stats_window_seconds()
+        retention = {k: int(v * 1000) for k, v in settings.stats_retention_seconds().items()}
+        stores = {label: _Store(root / label, f"stats-{label}-changelog") for label, _ in windows}
+        tables = {
+            label: WindowedTable(stores[label], size * 1000, retention[label])
+            for label, size in windows
+        }
+        stats = StatsTables(
+            tables,
+            windows,
+            AvroSerde(settings),
+            "campaign-stats",
+            retention,
+            settings.stats_hll_lg_k,
+            {"message": settings.stats_max_messages, "variant": settings.stats_max_variants},
+        )
+        outputs = _Outputs(partitions)
+        now, cpu = NOW_MS, 0.0
+        for group in _groups(batches, per_stats_batch):
+            started = time.thread_time()
+            parsed = [(p, parse_stats_updates(b"%d" % p, value)) for p, value in group]
+            await stats.count(parsed, outputs, now)  # type: ignore[arg-type]
+            cpu += time.thread_time() - started
+            now += 1000
+        for store in stores.values():
+            store.close()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return {
+        "events": counted,
+        **outputs.counts,
+        "upserts_sha256": outputs.upserts.hexdigest(),
+        "changelog_sha256": outputs.changelog.hexdigest(),
+        "cpu_us_per_event": round(cpu / max(1, counted) * 1e6, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--events", type=int, default=100_000, help="raw records generated")
+    p.add_argument("--campaigns", type=int, default=DEFAULT_CAMPAIGNS)
+    p.add_argument("--partitions", type=int, default=4, help="stats-updates partitions")
+    p.add_argument(
+        "--raw-batches-per-stats-batch",
+        type=int,
+        default=4,
+        help="how many raw batches' stats-updates records one stats batch counts",
+    )
+    args = p.parse_args(argv)
+    result = asyncio.run(
+        run(args.events, args.campaigns, args.partitions, args.raw_batches_per_stats_batch)
+    )
+    n = max(1, result["events"])
+    print(
+        f"{result['events']} canonical events: {result['upserts']} upserts "
+        f"({result['upserts'] / n:.2f} per event), {result['changelog']} changelog records "
+        f"({result['changelog'] / n:.2f}), of which {result['entries']} campaign entries "
+        f"({result['entries'] / n:.2f})"
+    )
+    print(f"upserts   sha256 {result['upserts_sha256']}")
+    print(f"changelog sha256 {result['changelog_sha256']}")
+    print(f"parse + count: {result['cpu_us_per_event']} us of thread CPU per event")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,32 @@
+"""The stats digest (``python -m bench.stats_digest``): deterministic, and it sees a change in
+what the stats path writes."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from bench import stats_digest
+
+
+def test_the_digests_are_the_same_run_after_run_and_count_what_was_written() -> None:
+    first = asyncio.run(stats_digest.run(2_000, 50, 4, 4))
+    second = asyncio.run(stats_digest.run(2_000, 50, 4, 4))
+    assert first == second | {"cpu_us_per_event": first["cpu_us_per_event"]}
+    # Every counted event is in a 1m and a 1h window; 50 campaign ids of 5 vendors and apps.
+    assert first["events"] > 1_800
+    assert first["upserts"] >= first["events"] * 2 // 50
+    assert first["changelog"] == first["upserts"] + first["entries"]
+    assert 0 < first["entries"] <= 2 * 5 * 50 * 4
+
+
+def test_the_digest_changes_with_one_upsert_byte(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = asyncio.run(stats_digest.run(1_000, 20, 4, 4))
+    from processors.records import StatsUpserts
+
+    value = StatsUpserts.value
+    monkeypatch.setattr(StatsUpserts, "value", lambda *a: value(*a) + b"\x00")
+    after = asyncio.run(stats_digest.run(1_000, 20, 4, 4))
+    assert after["upserts_sha256"] != before["upserts_sha256"]
+    assert after["changelog_sha256"] == before["changelog_sha256"]
