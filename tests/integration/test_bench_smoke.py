@@ -82,7 +82,11 @@ def test_bench_smoke(kafka_bootstrap: str, tmp_path: Path) -> None:
         assert pipelines[name]["cpu_us_per_event_by_stage"] is None, name
     for name, result in pipelines.items():
         assert result["events_per_s"] > 0, name
-        assert result["cpu_s_per_million"] > 0, name
+        # The passthrough's throughput phase can be over in ~0.1 s: within a 10 ms clock tick of
+        # CPU, read as 0 (a fresh-clone CI run). The others spend far more than a tick.
+        assert result["cpu_s_per_million"] >= 0, name
+        if name != "passthrough":
+            assert result["cpu_s_per_million"] > 0, name
         assert result["peak_rss_mb"] > 10, name
         # The two-worker run also has a phase at the 1-worker run's half rate (the same load).
         same_load = [bench_run.SAME_LOAD] if name == "crm-stream-2w" else []
