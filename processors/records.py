@@ -909,7 +909,8 @@ class StatsUpserts:
         """The upsert's value (header included) of ``counts``, the window of ``campaign``
         starting at ``start_ms``."""
         prefix = self._prefix(campaign) if self.by_hand else None
-        if prefix is None or counts.lg_k is None:
+        uniques = counts.uniques() if prefix is not None else None  # None: no sketches
+        if prefix is None or uniques is None:
             record = stats_record(campaign, window_label, start_ms, size_s, counts, now_ms)
             return self.serde.encode("CampaignStats", record, self.topic)
         label = self._labels.get(window_label)
@@ -917,16 +918,6 @@ class StatsUpserts:
             label = self._labels[window_label] = avro_string(window_label)
         small, long = AVRO_SMALL_LONGS, avro_long
         name = counts.name
-        sketches = counts.sketches
-        estimates: dict[str, int] = {}
-        images: dict[str, bytes] = {}
-        for key in sorted(sketches):
-            if key != ALL_RECIPIENTS:
-                sketch = sketches[key]
-                images[key] = sketch.image()
-                estimates[key] = sketch.estimate()
-        everyone = sketches.get(ALL_RECIPIENTS)
-        lg_k = counts.lg_k
         parts = [
             self.serde.header("CampaignStats", self.topic),
             prefix,
@@ -938,12 +929,12 @@ class StatsUpserts:
             _long_map(counts.by_channel),
             long(now_ms),
             b"\x00" if name is None else b"\x02" + avro_string(name[1]),
-            b"\x02" + long(everyone.estimate() if everyone is not None else 0),
-            _long_map(estimates),
+            b"\x02" + long(uniques["recipients"]),
+            _long_map(uniques["by_event_type"]),
             b"\x02" + (small.get(counts.unattributed) or long(counts.unattributed)),
-            self._tail(lg_k),
-            _optional_bytes(everyone.image() if everyone is not None else None),
-            _bytes_map(images),
+            self._tail(uniques["lg_k"]),
+            _optional_bytes(uniques["sketch"]),
+            _bytes_map(uniques["sketches"]),
         ]
         variants = counts.breakdowns.get("variant")
         if variants is not None and (variants.kept or variants.groups or variants.overflow):
