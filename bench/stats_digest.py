@@ -26,8 +26,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import rocksdict
-
 from bench.generate import DEFAULT_CAMPAIGNS, generate
 from crmstream.serde import AvroSerde
 from crmstream.settings import Settings
@@ -38,39 +36,12 @@ from processors.plan import candidate, plan_raw_batch
 from processors.raw import StatsPartitions
 from processors.records import RawPosition, parse_stats_updates, stats_updates_value
 from processors.state.keys import CAMPAIGN_KEY_PREFIX
-from processors.state.table import WindowedTable
+from processors.state.table import LocalStore, WindowedTable
 from processors.stats import StatsTables
 
 RAW_BATCH = 500
 NOW_MS = 1_764_000_100_000  # the generator's base time, plus 100 s
 DEDUPE_WINDOW_MS = 86_400_000
-
-
-class _Store:
-    """A table store on RocksDB databases under a directory (no changelog, no Faust)."""
-
-    def __init__(self, root: Path, changelog_topic: str) -> None:
-        self.root = root
-        self.changelog_topic = changelog_topic
-        self.dbs: dict[int, rocksdict.Rdict] = {}
-
-    def db(self, partition: int) -> rocksdict.Rdict:
-        if partition not in self.dbs:
-            self.root.mkdir(parents=True, exist_ok=True)
-            self.dbs[partition] = rocksdict.Rdict(
-                str(self.root / f"p{partition}"), options=rocksdict.Options(raw_mode=True)
-            )
-        return self.dbs[partition]
-
-    def open_partitions(self) -> dict[int, rocksdict.Rdict]:
-        return dict(self.dbs)
-
-    def set_persisted_offset(self, partition: int, offset: int) -> None:
-        pass
-
-    def close(self) -> None:
-        for db in self.dbs.values():
-            db.close()
 
 
 class _Outputs:
@@ -170,7 +141,9 @@ async def run(events: int, campaigns: int, partitions: int, per_stats_batch: int
         settings = Settings.from_env({"CRM_DATA_DIR": str(root), "CRM_PARTITIONS": str(partitions)})
         windows = settings.stats_window_seconds()
         retention = {k: int(v * 1000) for k, v in settings.stats_retention_seconds().items()}
-        stores = {label: _Store(root / label, f"stats-{label}-changelog") for label, _ in windows}
+        stores = {
+            label: LocalStore(root / label, f"stats-{label}-changelog") for label, _ in windows
+        }
         tables = {
             label: WindowedTable(stores[label], size * 1000, retention[label])
             for label, size in windows

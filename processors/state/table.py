@@ -175,3 +175,33 @@ def quarantine_corrupt_stores(root: Path) -> list[Path]:
         else:
             db.close()
     return moved
+
+
+class LocalStore:
+    """A table store on RocksDB databases under a directory, one per partition, with no engine
+    behind it (no changelog restore, no assignment): the tables run in one process, for the
+    bench's stats digest and the unit tests. A persisted offset is only remembered."""
+
+    def __init__(self, root: Path, changelog_topic: str) -> None:
+        self.root = root
+        self.changelog_topic = changelog_topic
+        self.dbs: dict[int, rocksdict.Rdict] = {}
+        self.persisted: dict[int, int] = {}
+
+    def db(self, partition: int) -> rocksdict.Rdict:
+        if partition not in self.dbs:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.dbs[partition] = rocksdict.Rdict(
+                str(self.root / f"p{partition}"), options=rocksdict.Options(raw_mode=True)
+            )
+        return self.dbs[partition]
+
+    def open_partitions(self) -> dict[int, rocksdict.Rdict]:
+        return dict(self.dbs)
+
+    def set_persisted_offset(self, partition: int, offset: int) -> None:
+        self.persisted[partition] = offset
+
+    def close(self) -> None:
+        for db in self.dbs.values():
+            db.close()

@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import rocksdict
-
 from crmstream.serde import AvroSerde
 from crmstream.settings import Settings
 from processors.app import build_stats
@@ -25,7 +23,7 @@ from processors.positioning import Floors, Positioning
 from processors.positions import TP, TopicPartition
 from processors.raw import RawPath, StatsPartitions
 from processors.records import RawPosition
-from processors.state.table import WindowedTable
+from processors.state.table import LocalStore, WindowedTable
 from processors.stats_path import StatsPath
 
 
@@ -49,28 +47,7 @@ class FakeEvent:
     message: FakeMessage
 
 
-class FakeStore:
-    """A table store on real RocksDB databases."""
-
-    def __init__(self, root: Path, changelog_topic: str) -> None:
-        self.root = root
-        self.changelog_topic = changelog_topic
-        self.dbs: dict[int, rocksdict.Rdict] = {}
-        self.persisted: dict[int, int] = {}
-
-    def db(self, partition: int) -> rocksdict.Rdict:
-        if partition not in self.dbs:
-            self.root.mkdir(parents=True, exist_ok=True)
-            self.dbs[partition] = rocksdict.Rdict(
-                str(self.root / f"p{partition}"), options=rocksdict.Options(raw_mode=True)
-            )
-        return self.dbs[partition]
-
-    def open_partitions(self) -> dict[int, rocksdict.Rdict]:
-        return dict(self.dbs)
-
-    def set_persisted_offset(self, partition: int, offset: int) -> None:
-        self.persisted[partition] = offset
+FakeStore = LocalStore  # a table store on real RocksDB databases
 
 
 class FakeFatal(Exception):
