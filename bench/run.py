@@ -881,6 +881,7 @@ def measure(
             wait_for_stats(pipe, serde, counted, args)
         rate = max(50.0, wanted)
         n = int(min(args.latency_max_events, max(200, rate * args.latency_seconds)))
+        stages_before = pipe.stage_cpu()
         cpu_before, phase_t0 = _cpu_seconds(procs), time.monotonic()
         # Live records: their occurred_at spread over the phase's own length before it starts
         # (each one occurred that long before it is sent), unless --latency-event-span says
@@ -906,6 +907,7 @@ def measure(
         # busy) and per record (a live feed arrives in smaller batches than a backlog).
         phase_cpu_s = _cpu_seconds(procs) - cpu_before
         phase_cpu = phase_cpu_s / max(1e-9, time.monotonic() - phase_t0)
+        stages_after = pipe.stage_cpu()
         latencies: list[int] = []
 
         def on_output(msg: Message, _start: int = phase_start, _out: list[int] = latencies) -> None:
@@ -928,6 +930,13 @@ def measure(
             "max_ms": float(max(latencies)) if latencies else math.nan,
             "cpu_utilisation": round(phase_cpu, 2),
             "cpu_s_per_million": round(phase_cpu_s / (phase.total / 1e6), 1),
+            # A live feed's CPU by stage: where a phase's cost per record differs from the
+            # backlog's (smaller batches), and from one worker's (half of them each).
+            "cpu_us_per_event_by_stage": (
+                stage_us_per_event(stages_before, stages_after, phase_cpu_s, phase.total)
+                if stages_before is not None and stages_after is not None
+                else None
+            ),
         }
         print(
             f"[{pipe.key}] latency at {label} rate ({rate:.0f}/s): "
@@ -937,6 +946,12 @@ def measure(
             f"{result['latency'][label]['cpu_s_per_million']:.0f} CPU s per million",
             flush=True,
         )
+        if (by_stage := result["latency"][label]["cpu_us_per_event_by_stage"]) is not None:
+            print(
+                f"[{pipe.key}]   CPU us per event by stage at {label} rate: "
+                + ", ".join(f"{k} {v}" for k, v in by_stage.items()),
+                flush=True,
+            )
     reader.close()
     pipe.stop()
     result["_keys"] = keys  # for the agreement check; not written out
