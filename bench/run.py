@@ -909,11 +909,19 @@ def measure(
         phase_cpu = phase_cpu_s / max(1e-9, time.monotonic() - phase_t0)
         stages_after = pipe.stage_cpu()
         latencies: list[int] = []
+        by_second: dict[int, list[int]] = {}
 
-        def on_output(msg: Message, _start: int = phase_start, _out: list[int] = latencies) -> None:
+        def on_output(
+            msg: Message,
+            _start: int = phase_start,
+            _out: list[int] = latencies,
+            _by_second: dict[int, list[int]] = by_second,
+        ) -> None:
             ingested_at = ingested(msg)
             if ingested_at is not None and ingested_at >= _start:
-                _out.append(msg.timestamp()[1] - ingested_at)
+                latency = msg.timestamp()[1] - ingested_at
+                _out.append(latency)
+                _by_second.setdefault((ingested_at - _start) // 1000, []).append(latency)
 
         phase_expect = phase.total if pipe.name == "passthrough" else phase.expected_events
         counted += phase.expected_events
@@ -928,6 +936,12 @@ def measure(
             "p50_ms": _percentile(latencies, 0.50),
             "p99_ms": _percentile(latencies, 0.99),
             "max_ms": float(max(latencies)) if latencies else math.nan,
+            # Per second of the feed: records, p50 and max latency. A steady queue and a
+            # periodic stall give the same p99, not the same series.
+            "by_second": [
+                [second, len(v), _percentile(v, 0.50), float(max(v))]
+                for second, v in sorted(by_second.items())
+            ],
             "cpu_utilisation": round(phase_cpu, 2),
             "cpu_s_per_million": round(phase_cpu_s / (phase.total / 1e6), 1),
             # A live feed's CPU by stage: where a phase's cost per record differs from the
