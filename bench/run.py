@@ -883,6 +883,7 @@ def measure(
         n = int(min(args.latency_max_events, max(200, rate * args.latency_seconds)))
         stages_before = pipe.stage_cpu()
         cpu_before, phase_t0 = _cpu_seconds(procs), time.monotonic()
+        broker_before = _cpu_seconds(BROKER_PROCESSES)
         # Live records: their occurred_at spread over the phase's own length before it starts
         # (each one occurred that long before it is sent), unless --latency-event-span says
         # otherwise (3600: an hour of event time in each phase, as before issue 21's last stop).
@@ -907,6 +908,9 @@ def measure(
         # busy) and per record (a live feed arrives in smaller batches than a backlog).
         phase_cpu_s = _cpu_seconds(procs) - cpu_before
         phase_cpu = phase_cpu_s / max(1e-9, time.monotonic() - phase_t0)
+        broker_cpu = (_cpu_seconds(BROKER_PROCESSES) - broker_before) / max(
+            1e-9, time.monotonic() - phase_t0
+        )
         stages_after = pipe.stage_cpu()
         latencies: list[int] = []
         by_second: dict[int, list[int]] = {}
@@ -943,6 +947,7 @@ def measure(
                 for second, v in sorted(by_second.items())
             ],
             "cpu_utilisation": round(phase_cpu, 2),
+            "broker_cpu_utilisation": round(broker_cpu, 2) if BROKER_PROCESSES else None,
             "cpu_s_per_million": round(phase_cpu_s / (phase.total / 1e6), 1),
             # A live feed's CPU by stage: where a phase's cost per record differs from the
             # backlog's (smaller batches), and from one worker's (half of them each).
@@ -956,7 +961,9 @@ def measure(
             f"[{pipe.key}] latency at {label} rate ({rate:.0f}/s): "
             f"p50 {result['latency'][label]['p50_ms']:.0f} ms, "
             f"p99 {result['latency'][label]['p99_ms']:.0f} ms, "
-            f"CPU {phase_cpu:.2f} cores, "
+            f"CPU {phase_cpu:.2f} cores"
+            + (f" (broker {broker_cpu:.2f})" if BROKER_PROCESSES else "")
+            + ", "
             f"{result['latency'][label]['cpu_s_per_million']:.0f} CPU s per million",
             flush=True,
         )
@@ -1286,13 +1293,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+BROKER_PROCESSES: list[psutil.Process] = []
+"""The embedded broker's process (none with ``--bootstrap-servers``): its CPU share in each latency
+phase says how much of the machine the pipeline's requests and the feed cost it."""
+
+
 @contextlib.contextmanager
 def _broker(args: argparse.Namespace, out: Path) -> Iterator[str]:
     if args.bootstrap_servers:
         yield args.bootstrap_servers
         return
     with EmbeddedBroker(log_path=out / "tansu.log") as broker:
-        yield broker.bootstrap_servers
+        BROKER_PROCESSES[:] = [psutil.Process(broker.pid)]
+        try:
+            yield broker.bootstrap_servers
+        finally:
+            BROKER_PROCESSES.clear()
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
