@@ -131,6 +131,8 @@ class Reader:
         self._stop = threading.Event()
         self._consumer: Any = None  # the thread's; highwater() reads its cache
         self._fetching: set[TopicPartition] = set()  # the thread's librdkafka assignment
+        # ... as librdkafka's partitions, for the high watermarks (built once per change).
+        self._watched: list[tuple[TopicPartition, KafkaTP]] = []
         self._tps: dict[tuple[str, int], TopicPartition] = {}
         # Set by the thread after each fetch (librdkafka's cached high watermarks; asked from
         # the loop's thread while the reader's consumed, the worker froze).
@@ -280,6 +282,8 @@ class Reader:
                 if op == "assign":
                     consumer.incremental_assign([KafkaTP(tp.topic, tp.partition, offset)])
                     self._fetching.add(tp)
+            if ops:
+                self._watched = [(tp, KafkaTP(tp.topic, tp.partition)) for tp in self._fetching]
             epochs = {tp: self._epochs.get(tp, 0) for tp in self._fetching}
         loop = self._loop
         if loop is not None:
@@ -335,13 +339,11 @@ class Reader:
             consumer.close()
 
     def _note_highwaters(self) -> None:
-        consumer, highwaters = self._consumer, self._highwaters
-        for tp in self._fetching:
-            _low, high = consumer.get_watermark_offsets(
-                KafkaTP(tp.topic, tp.partition), cached=True
-            )
+        watermarks, highwaters = self._consumer.get_watermark_offsets, self._highwaters
+        for tp, ktp in self._watched:
+            _low, high = watermarks(ktp, cached=True)
             if high is not None and high >= 0:
-                highwaters[tp] = int(high)
+                highwaters[tp] = high
 
     def _error(self, error: KafkaError) -> None:
         if error.fatal():
