@@ -93,11 +93,6 @@ def _partitions(metadata: Any, topic: str) -> int:
 CLOSE_TIMEOUT_S = 30.0
 """How long :meth:`ConfluentOutputs.close` waits for each producer's acknowledgements."""
 
-POLL_WAIT_S = 0.2
-"""The longest a producer's poll thread waits for a delivery report before checking whether
-it should stop. ``poll`` returns as soon as a report is there, so this bounds an idle thread's
-wakeups, not a report's delay."""
-
 
 class _Batch:
     """Acknowledgements of one batch. Counted under a lock: delivery reports arrive on the
@@ -183,26 +178,15 @@ class ConfluentOutputs:
         )
         self._producers = (self._producer, self._changelog_producer)
         self._stop = threading.Event()
-        # One delivery-report thread per producer, each waiting in its own producer's poll: one
-        # thread taking turns (poll 25 ms each) woke 80 times a second with nothing to do, and
-        # held one producer's reports while it waited on the other's.
-        self._threads = tuple(
-            threading.Thread(target=self._poll, args=(producer,), name=name, daemon=True)
-            for producer, name in (
-                (self._producer, "outputs-poll"),
-                (self._changelog_producer, "changelog-poll"),
-            )
-        )
+        self._thread = threading.Thread(target=self._poll, name="outputs-poll", daemon=True)
         self._batches: dict[asyncio.Task[Any] | None, _Batch] = {}
         self._started = False
         self._closed = False
 
     async def start(self) -> None:
-        if self._started:
-            return
-        for thread in self._threads:
-            thread.start()
-        self._started = True
+        if not self._thread.is_alive():
+            self._thread.start()
+            self._started = True
 
     def _on_error(self, error: KafkaError) -> None:
         if error.fatal():
@@ -215,8 +199,8 @@ class ConfluentOutputs:
             return False, f"producer fatal error: {self._fatal}"
         if self._closed:
             return True, "closed: the worker is stopping"
-        if self._started and not all(thread.is_alive() for thread in self._threads):
-            return False, "a delivery-report thread stopped"
+        if self._started and not self._thread.is_alive():
+            return False, "the delivery-report thread stopped"
         return True, "producing"
 
     def reachable(self, timeout: float = 3.0) -> tuple[bool, str]:
@@ -232,10 +216,10 @@ class ConfluentOutputs:
             return False, "the outputs are closed (the worker is stopping)"
         return True, "Kafka reachable"
 
-    def _poll(self, producer: Producer) -> None:
-        stop = self._stop
-        while not stop.is_set():
-            producer.poll(POLL_WAIT_S)
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self._producer.poll(0.025)
+            self._changelog_producer.poll(0.025)
 
     def _current(self) -> _Batch:
         task = asyncio.current_task()
@@ -307,9 +291,8 @@ class ConfluentOutputs:
         purged record is one that the next start processes again (and reads back if it landed).
         """
         self._stop.set()
-        for thread in self._threads:
-            if thread.is_alive():
-                thread.join(5)
+        if self._thread.is_alive():
+            self._thread.join(5)
         if self._closed:
             return 0
         self._closed = True
