@@ -11,8 +11,9 @@ committable offsets), agent supervision. Faust's consumer still subscribes to th
 
 A :class:`Reader` is one librdkafka consumer without a group (``assign`` by hand, nothing
 committed) and one thread, per agent. The thread waits for a first record (``poll``, up to
-:data:`IDLE_WAIT_S` at a time), then reads up to ``size`` records with it, waiting ``within``
-at most (``consume``), adapts them to :class:`Record` and hands the batch to the event loop.
+:data:`IDLE_WAIT_S` at a time), then reads up to ``size`` records with it until ``within``
+after the wait began (``consume``), adapts them to :class:`Record` and hands the batch to the
+event loop.
 (Each ``consume`` waits its whole ``within`` unless the batch fills: a reader calling it in a
 loop with the dev profile's 10 ms woke 100 times a second, where a fetch brings records every
 50 ms at most.) What the engine asks of it, from the event loop:
@@ -41,6 +42,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -59,6 +61,10 @@ QUEUED_BATCHES = 2
 IDLE_WAIT_S = 0.1
 """The longest a reader's thread waits for a first record before it applies what the event
 loop asked (seeks, pauses, resumes) and notes the high watermarks again."""
+
+FILL_FLOOR_S = 0.002
+"""The least a reader's thread waits for more records once a first one came: librdkafka queues
+a fetch's partitions one by one, and the thread wakes up at the first."""
 
 
 class Record:
@@ -347,15 +353,20 @@ class Reader:
 
     @staticmethod
     def _fetch(consumer: Any, size: int, within: float) -> list[Any]:
-        """The next batch of messages: the first one as soon as it is there (``IDLE_WAIT_S``
-        at most, else none), then up to ``size`` in all within ``within`` of it, in the order
-        librdkafka gives them."""
+        """The next batch of messages, in the order librdkafka gives them: the first one as
+        soon as it is there (``IDLE_WAIT_S`` at most, else none), then up to ``size`` in all
+        until ``within`` after the wait began (:data:`FILL_FLOOR_S` at least: the rest of the
+        fetch that brought the first one). A batch is handed over as a ``consume`` loop did, at
+        the end of the ``within`` in which its first record came, or ``FILL_FLOOR_S`` after
+        a first record that ended a longer wait."""
+        began = time.monotonic()
         first = consumer.poll(IDLE_WAIT_S)
         if first is None:
             return []
         if size == 1:
             return [first]
-        return [first, *consumer.consume(size - 1, within)]
+        left = max(FILL_FLOOR_S, within - (time.monotonic() - began))
+        return [first, *consumer.consume(size - 1, min(left, within))]
 
     def _note_highwaters(self) -> None:
         watermarks, highwaters = self._consumer.get_watermark_offsets, self._highwaters

@@ -236,8 +236,37 @@ def test_an_idle_reader_waits_for_a_first_record_then_fills_the_batch(
             assert _offsets(got) == [(0, 0), (0, 1), (0, 2)]
             assert readers.highwater(T0) == 3
             with consumer.lock:
-                assert ("consume", reader.within) in consumer.calls[len(idle) :]
+                fills = [t for call, t in consumer.calls[len(idle) :] if call == "consume"]
+            assert fills and all(0 < t <= reader.within for t in fills)
         finally:
             await reader.stop()
 
     asyncio.run(run())
+
+
+def test_a_batch_is_filled_until_within_after_the_wait_began(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No later than a consume loop handed it over: a first record that came at once is
+    gathered with what comes within ``within``; one that ended a longer wait goes with the rest
+    of its fetch (FILL_FLOOR_S), not ``within`` later."""
+    clock = [100.0]
+    monkeypatch.setattr(reader_module.time, "monotonic", lambda: clock[0])
+
+    class Waiting(_Consumer):
+        waited = 0.0
+
+        def poll(self, timeout: float) -> _Message | None:
+            clock[0] += self.waited
+            return super().poll(timeout)
+
+    for waited, fill in ((0.0, 0.05), (0.03, 0.02), (0.05, reader_module.FILL_FLOOR_S)):
+        consumer = Waiting()
+        consumer.waited = waited
+        consumer.queue = [_Message(T0, 0), _Message(T0, 1)]
+        got = reader_module.Reader._fetch(consumer, 10, 0.05)
+        assert [m.offset() for m in got] == [0, 1]
+        assert consumer.calls[0] == ("poll", reader_module.IDLE_WAIT_S)
+        assert consumer.calls[1][0] == "consume"
+        assert consumer.calls[1][1] == pytest.approx(fill)
+    assert reader_module.Reader._fetch(_Consumer(), 10, 0.05) == []
