@@ -7,7 +7,8 @@ error kinds, never an unbounded value (no ids, keys, URLs or campaign ids).
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from bisect import bisect_left
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -223,6 +224,49 @@ AIRSHIP_BEHIND = Gauge(
 Check = Callable[[], tuple[bool, str]]
 """A health check: ``(ok, detail)``. Called on the HTTP server's thread: it must be cheap and
 must not touch state another thread mutates without care."""
+
+
+class Children:
+    """A labelled metric's children, each looked up once: ``labels()`` checks and converts its
+    values and takes the metric's lock on every call, which a per-batch path paid for every
+    vendor and event type of every batch."""
+
+    def __init__(self, metric: Any) -> None:
+        self.metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self.metric.labels(*values)
+        return child
+
+
+def observe_all(histogram: Any, amounts: Iterable[float]) -> None:
+    """Observe every one of ``amounts`` in one histogram (a child, for a labelled one): what
+    as many ``observe`` calls record (the same buckets, count and sum), each bucket and the sum
+    incremented once. ``observe`` walks the buckets in Python and takes a lock per amount."""
+    bounds = histogram._upper_bounds  # ascending, the last one +Inf
+    counts = [0] * len(bounds)
+    total = 0.0
+    for amount in amounts:
+        counts[bisect_left(bounds, amount)] += 1  # the first bound >= amount, as observe()
+        total += amount
+    if not any(counts):
+        return
+    histogram._sum.inc(total)
+    buckets = histogram._buckets
+    for i, n in enumerate(counts):
+        if n:
+            buckets[i].inc(n)
+
+
+def observe_many(histogram: Any, amount: float, n: int) -> None:
+    """Observe ``amount`` ``n`` times in one histogram (a child, for a labelled one), as ``n``
+    ``observe`` calls would."""
+    if n > 0:
+        histogram._sum.inc(amount * n)
+        histogram._buckets[bisect_left(histogram._upper_bounds, amount)].inc(n)
 
 
 @dataclass

@@ -453,18 +453,26 @@ def _context(app_id: str | None) -> NormalizeContext:
     return NormalizeContext(app_id=app_id)
 
 
+_END_TO_END = metrics.Children(metrics.END_TO_END_SECONDS)
+_EVENTS_OUT = metrics.Children(metrics.EVENTS_OUT)
+_DUPLICATES = metrics.Children(metrics.DUPLICATES)
+_RECORDS_IN = metrics.Children(metrics.RECORDS_IN)
+_PROCESSING = metrics.Children(metrics.PROCESSING_SECONDS)
+
+
 def _count_batch(tally: Tally, acked_ms: int, started: float) -> None:
-    """Counters once per batch and label set, not per record."""
-    end_to_end = {v: metrics.END_TO_END_SECONDS.labels(v).observe for v in tally.records_in}
+    """Counters once per batch and label set, not per record (each metric's children looked up
+    once per process, each histogram's buckets incremented once per batch and vendor)."""
+    end_to_end: dict[str, list[float]] = {vendor: [] for vendor in tally.records_in}
     for vendor, ingested_at in tally.ingested:
-        end_to_end[vendor](max(0, acked_ms - ingested_at) / 1000)
+        end_to_end[vendor].append(max(0, acked_ms - ingested_at) / 1000)
+    for vendor, amounts in end_to_end.items():  # every vendor's series, as labels() made it
+        metrics.observe_all(_END_TO_END(vendor), amounts)
     for (vendor, event_type), n in tally.out.items():
-        metrics.EVENTS_OUT.labels(vendor, event_type).inc(n)
+        _EVENTS_OUT(vendor, event_type).inc(n)
     for vendor, n in tally.duplicates.items():
-        metrics.DUPLICATES.labels(vendor).inc(n)
+        _DUPLICATES(vendor).inc(n)
     elapsed = time.perf_counter() - started
     for vendor, n in tally.records_in.items():
-        metrics.RECORDS_IN.labels(vendor).inc(n)
-        hist = metrics.PROCESSING_SECONDS.labels(vendor)
-        for _ in range(n):
-            hist.observe(elapsed)
+        _RECORDS_IN(vendor).inc(n)
+        metrics.observe_many(_PROCESSING(vendor), elapsed, n)

@@ -6,10 +6,12 @@ tests/integration/test_reader.py."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import pytest
 
+import processors.reader as reader_module
 from crmstream.errors import ConfigError
 from crmstream.settings import Settings
 from processors.positions import TopicPartition
@@ -144,3 +146,127 @@ def test_in_step_with_the_group_only_once_the_loop_handled_its_assignment() -> N
     readers.assign([T1])
     assert not readers.in_step(group)
     assert readers.in_step([T1, changelog])
+
+
+class _Message:
+    def __init__(self, tp: TopicPartition, offset: int) -> None:
+        self._tp, self._offset = tp, offset
+
+    def error(self) -> None:
+        return None
+
+    def topic(self) -> str:
+        return self._tp.topic
+
+    def partition(self) -> int:
+        return self._tp.partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> bytes:
+        return b"k"
+
+    def value(self) -> bytes:
+        return b"v"
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, 1500)
+
+    def headers(self) -> None:
+        return None
+
+
+class _Consumer:
+    """librdkafka's consumer as the reader's thread uses it: what it was asked, and a queue of
+    messages it hands out (poll: the first one; consume: up to ``n`` of the rest)."""
+
+    def __init__(self, *_args: object, **_kwargs: object) -> None:
+        self.calls: list[tuple[str, float]] = []
+        self.queue: list[_Message] = []
+        self.lock = threading.Lock()
+        self.polled = threading.Event()
+
+    def poll(self, timeout: float) -> _Message | None:
+        with self.lock:
+            self.calls.append(("poll", timeout))
+            if len(self.calls) >= 8:
+                self.polled.set()
+            return self.queue.pop(0) if self.queue else None
+
+    def consume(self, n: int, timeout: float) -> list[_Message]:
+        with self.lock:
+            self.calls.append(("consume", timeout))
+            taken, self.queue = self.queue[:n], self.queue[n:]
+            return taken
+
+    def incremental_assign(self, _tps: object) -> None: ...
+
+    def incremental_unassign(self, _tps: object) -> None: ...
+
+    def get_watermark_offsets(self, _tp: object, cached: bool) -> tuple[int, int]:
+        return (0, 3)
+
+    def close(self) -> None: ...
+
+
+def test_an_idle_reader_waits_for_a_first_record_then_fills_the_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each ``consume`` waits its whole ``within`` unless the batch fills: a reader calling it in
+    a loop woke every ``within`` (100 times a second at the dev profile's 10 ms) with nothing
+    to hand over. It waits in ``poll`` for the first record instead (IDLE_WAIT_S at a time),
+    then gathers the batch with it within ``within``."""
+    monkeypatch.setattr(reader_module, "Consumer", _Consumer)
+
+    async def run() -> None:
+        reader, readers = _reader()
+        readers.assign([T0])
+        readers.seek({T0: 0})
+        readers.resume([T0], lambda tp: None, placed_only=True)
+        reader.start()
+        consumer = reader._consumer
+        try:
+            assert await asyncio.to_thread(consumer.polled.wait, 30)
+            with consumer.lock:
+                idle = list(consumer.calls)
+                consumer.queue = [_Message(T0, 0), _Message(T0, 1), _Message(T0, 2)]
+            assert idle and set(idle) == {("poll", reader_module.IDLE_WAIT_S)}
+            got = await asyncio.wait_for(reader.get(), 30)
+            assert _offsets(got) == [(0, 0), (0, 1), (0, 2)]
+            assert readers.highwater(T0) == 3
+            with consumer.lock:
+                fills = [t for call, t in consumer.calls[len(idle) :] if call == "consume"]
+            assert fills and all(0 < t <= reader.within for t in fills)
+        finally:
+            await reader.stop()
+
+    asyncio.run(run())
+
+
+def test_a_batch_is_filled_until_within_after_the_wait_began(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No later than a consume loop handed it over: a first record that came at once is
+    gathered with what comes within ``within``; one that ended a longer wait goes with the rest
+    of its fetch (FILL_FLOOR_S), not ``within`` later."""
+    clock = [100.0]
+    monkeypatch.setattr(reader_module.time, "monotonic", lambda: clock[0])
+
+    class Waiting(_Consumer):
+        waited = 0.0
+
+        def poll(self, timeout: float) -> _Message | None:
+            clock[0] += self.waited
+            return super().poll(timeout)
+
+    for waited, fill in ((0.0, 0.05), (0.03, 0.02), (0.05, reader_module.FILL_FLOOR_S)):
+        consumer = Waiting()
+        consumer.waited = waited
+        consumer.queue = [_Message(T0, 0), _Message(T0, 1)]
+        got = reader_module.Reader._fetch(consumer, 10, 0.05)
+        assert [m.offset() for m in got] == [0, 1]
+        assert consumer.calls[0] == ("poll", reader_module.IDLE_WAIT_S)
+        assert consumer.calls[1][0] == "consume"
+        assert consumer.calls[1][1] == pytest.approx(fill)
+    assert reader_module.Reader._fetch(_Consumer(), 10, 0.05) == []
