@@ -10,6 +10,13 @@ is sent. Printed: the records it wrote (upserts, changelog records, of which cam
 a SHA-256 of every upsert (topic, key, value, in order) and one of every changelog record, and
 the thread CPU of parse + count per canonical event.
 
+A live feed's shape (``--raw-batch 15 --span-s 20 --raw-batches-per-stats-batch 1``: a 300/s
+feed's raw batches of one 50 ms fetch, its events over 20 s of event time, each raw batch's
+records a stats batch) gives the stats path its small batches, in which a batch's and a table
+partition's fixed costs weigh; ``--profile FILE`` writes a cProfile of parse + count (on the
+thread's CPU clock, so that a loaded machine's preemptions are not booked to whatever ran before
+them; reading that clock at every call inflates the small functions).
+
 So two checkouts can be compared byte for byte (issue 21: a cheaper stats path must write the
 same upserts and changelog values): run it from each (``python -m`` takes the working
 directory's packages) and compare the digests. The CPU figure is a loop's, without Kafka.
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import hashlib
 import shutil
 import tempfile
@@ -26,7 +34,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench.generate import DEFAULT_CAMPAIGNS, generate
+from bench.generate import DEFAULT_CAMPAIGNS, SPAN_MS, generate
 from crmstream.serde import AvroSerde
 from crmstream.settings import Settings
 from crmstream.topics import VENDORS, raw_topic
@@ -77,10 +85,17 @@ class _Outputs:
         return {}
 
 
-def stats_updates(events: int, campaigns: int, partitions: int) -> tuple[list[list], int]:
-    """Per raw batch (the vendors' batches taken in turn), its ``stats-updates`` records as
-    ``(partition, value)``; and the number of canonical events."""
-    data = generate(events, campaigns=campaigns)
+def stats_updates(
+    events: int,
+    campaigns: int,
+    partitions: int,
+    raw_batch: int = RAW_BATCH,
+    span_ms: int = SPAN_MS,
+) -> tuple[list[list], int]:
+    """Per raw batch of ``raw_batch`` records (the vendors' batches taken in turn), its
+    ``stats-updates`` records as ``(partition, value)``; and the number of canonical events.
+    ``span_ms``: the event time (occurred_at) the records span."""
+    data = generate(events, campaigns=campaigns, span_ms=span_ms)
     context = NormalizeContext(app_id="bench")
     where = StatsPartitions(partitions)
     by_vendor: list[list[list[tuple[int, bytes]]]] = []
@@ -89,9 +104,9 @@ def stats_updates(events: int, campaigns: int, partitions: int) -> tuple[list[li
     for vendor in VENDORS:
         normalize, topic, batches = NORMALIZERS[vendor], raw_topic(vendor), []
         records = data.records[vendor]
-        for first in range(0, len(records), RAW_BATCH):
+        for first in range(0, len(records), raw_batch):
             found = []
-            for offset, (key, value) in enumerate(records[first : first + RAW_BATCH], first):
+            for offset, (key, value) in enumerate(records[first : first + raw_batch], first):
                 outcome = normalize(value, context)
                 if isinstance(outcome, CanonicalEvent):
                     pos = RawPosition(topic, 0, offset, NOW_MS, {})
@@ -134,8 +149,16 @@ def _groups(batches: list[list], per_stats_batch: int) -> Iterator[list[tuple[in
         yield [record for batch in batches[first : first + per_stats_batch] for record in batch]
 
 
-async def run(events: int, campaigns: int, partitions: int, per_stats_batch: int) -> dict:
-    batches, counted = stats_updates(events, campaigns, partitions)
+async def run(
+    events: int,
+    campaigns: int,
+    partitions: int,
+    per_stats_batch: int,
+    raw_batch: int = RAW_BATCH,
+    span_ms: int = SPAN_MS,
+    profile: str | None = None,
+) -> dict:
+    batches, counted = stats_updates(events, campaigns, partitions, raw_batch, span_ms)
     root = Path(tempfile.mkdtemp(prefix="stats-digest-"))
     try:
         settings = Settings.from_env({"CRM_DATA_DIR": str(root), "CRM_PARTITIONS": str(partitions)})
@@ -158,13 +181,21 @@ async def run(events: int, campaigns: int, partitions: int, per_stats_batch: int
             {"message": settings.stats_max_messages, "variant": settings.stats_max_variants},
         )
         outputs = _Outputs(partitions)
-        now, cpu = NOW_MS, 0.0
+        now, cpu, stats_batches = NOW_MS, 0.0, 0
+        profiler = cProfile.Profile(time.thread_time) if profile else None
         for group in _groups(batches, per_stats_batch):
+            if profiler is not None:
+                profiler.enable()
             started = time.thread_time()
             parsed = [(p, parse_stats_updates(b"%d" % p, value)) for p, value in group]
             await stats.count(parsed, outputs, now)  # type: ignore[arg-type]
             cpu += time.thread_time() - started
+            if profiler is not None:
+                profiler.disable()
             now += 1000
+            stats_batches += 1
+        if profiler is not None and profile:
+            profiler.dump_stats(profile)
         for store in stores.values():
             store.close()
     finally:
@@ -175,6 +206,7 @@ async def run(events: int, campaigns: int, partitions: int, per_stats_batch: int
         "upserts_sha256": outputs.upserts.hexdigest(),
         "changelog_sha256": outputs.changelog.hexdigest(),
         "cpu_us_per_event": round(cpu / max(1, counted) * 1e6, 1),
+        "stats_batches": stats_batches,
     }
 
 
@@ -189,9 +221,39 @@ def main(argv: list[str] | None = None) -> int:
         default=4,
         help="how many raw batches' stats-updates records one stats batch counts",
     )
+    p.add_argument(
+        "--raw-batch",
+        type=int,
+        default=RAW_BATCH,
+        help="raw records per raw batch (a live feed's are small: its rate times the 50 ms of a "
+        "fetch, e.g. 15 at 300/s, 150 at 3000/s)",
+    )
+    p.add_argument(
+        "--span-s",
+        type=float,
+        default=SPAN_MS / 1000,
+        help="seconds of event time the records span (a live feed's: its events over its rate, "
+        "so that its batches keep touching the same windows)",
+    )
+    p.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="write a cProfile of parse + count (deterministic; the CPU figure then includes "
+        "the profiler's own cost)",
+    )
     args = p.parse_args(argv)
+    if args.raw_batch < 1 or args.raw_batches_per_stats_batch < 1:
+        p.error("--raw-batch and --raw-batches-per-stats-batch must be at least 1")
     result = asyncio.run(
-        run(args.events, args.campaigns, args.partitions, args.raw_batches_per_stats_batch)
+        run(
+            args.events,
+            args.campaigns,
+            args.partitions,
+            args.raw_batches_per_stats_batch,
+            args.raw_batch,
+            max(1, int(args.span_s * 1000)),
+            args.profile,
+        )
     )
     n = max(1, result["events"])
     print(
@@ -202,7 +264,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"upserts   sha256 {result['upserts_sha256']}")
     print(f"changelog sha256 {result['changelog_sha256']}")
-    print(f"parse + count: {result['cpu_us_per_event']} us of thread CPU per event")
+    per_batch = result["events"] / max(1, result["stats_batches"])
+    print(
+        f"parse + count: {result['cpu_us_per_event']} us of thread CPU per event, "
+        f"{result['stats_batches']} stats batches ({per_batch:.0f} events each)"
+    )
     return 0
 
 

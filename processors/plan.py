@@ -265,11 +265,7 @@ def admit_windows(
 def apply_increments(counts: WindowCounts, increments: Iterable[Counted]) -> int:
     """Add ``increments`` to a window's counts; returns how many it had counted already (a
     replay after a restart), which it skips."""
-    replayed = 0
-    for source, raw_offset, event_type, channel, recipient, dims in increments:
-        if not counts.apply(source, raw_offset, event_type, channel, recipient, dims):
-            replayed += 1
-    return replayed
+    return counts.apply_all(increments)
 
 
 @dataclass

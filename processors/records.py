@@ -217,6 +217,10 @@ def raw_source(topic: str, partition: int) -> str:
 
 STATS_UPDATES_VERSION = 2
 
+Counted = tuple[str | None, Any, str, str, str | None, Mapping[str, str | None]]
+"""One increment as a window counts it (:meth:`WindowCounts.apply`): (raw source, raw offset,
+event type, channel, recipient, dimension values)."""
+
 Named = tuple[int, str]
 """A campaign name with the occurred_at of the event that carried it; the latest wins (the
 larger tuple: by time, then by name, so that the choice does not depend on arrival order)."""
@@ -584,6 +588,51 @@ class WindowCounts:
                 self._sketch(event_type).update(recipient)
         return True
 
+    def apply_all(self, increments: Iterable[Counted]) -> int:
+        """:meth:`apply` of each of ``increments`` in order (a stats batch's for this window);
+        returns how many it had counted already (a replay), which it skips. The window's
+        look-ups are made once, not per increment."""
+        applied, by_type, by_channel = self.applied, self.by_type, self.by_channel
+        breakdowns, sketches, lg_k = self.breakdowns, self.sketches, self.lg_k
+        bounds: dict[str, tuple[int, BreakdownRule]] = {}
+        replayed = counted = unattributed = 0
+        for source, raw_offset, event_type, channel, recipient, dimensions in increments:
+            if source is not None and raw_offset is not None:
+                if raw_offset <= applied.get(source, -1):
+                    replayed += 1
+                    continue
+                applied[source] = raw_offset
+            counted += 1
+            by_type[event_type] = by_type.get(event_type, 0) + 1
+            by_channel[channel] = by_channel.get(channel, 0) + 1
+            if dimensions:
+                for name, value in dimensions.items():
+                    breakdown = breakdowns.get(name)
+                    if breakdown is None:
+                        breakdown = breakdowns[name] = Breakdown()
+                    found = bounds.get(name)
+                    if found is None:
+                        found = bounds[name] = (
+                            bound_of(self.max_keys, name),
+                            BREAKDOWN_RULES.get(name, NO_RULE),
+                        )
+                    breakdown.add(value, event_type, found[0], recipient, found[1], lg_k)
+            if lg_k is not None:
+                if recipient is None:
+                    unattributed += 1
+                else:
+                    sketch = sketches.get(ALL_RECIPIENTS)
+                    if sketch is None:
+                        sketch = sketches[ALL_RECIPIENTS] = _new_sketch(lg_k)
+                    sketch.update(recipient)
+                    sketch = sketches.get(event_type)
+                    if sketch is None:
+                        sketch = sketches[event_type] = _new_sketch(lg_k)
+                    sketch.update(recipient)
+        self.total += counted
+        self.unattributed += unattributed
+        return replayed
+
     def _sketch(self, key: str) -> Sketch:
         sketch = self.sketches.get(key)
         if sketch is None:
@@ -631,6 +680,17 @@ class WindowCounts:
         }
 
 
+def _sketched(counts: WindowCounts) -> Sketched:
+    """A window's sketches, sorted by key, with their images and estimates."""
+    sketches = counts.sketches
+    keys = sorted(sketches)
+    return (
+        keys,
+        [sketches[key].image() for key in keys],
+        [sketches[key].estimate() for key in keys],
+    )
+
+
 @functools.cache
 def _error_bound(lg_k: int) -> float:
     error_bound: Callable[[int], float] = _uniques().error_bound
@@ -655,14 +715,30 @@ WINDOW_VALUE_MAGIC = b"\xc5\x02"
 _WINDOW_HEAD = struct.Struct(">2sqI")  # magic, updated at (epoch ms), length of the JSON part
 
 
+Sketched = tuple[list[str], list[bytes], list[int]]
+"""A window's sketch keys (sorted), their compact images and their estimates, in that order:
+what its stored value and its upsert both write (:func:`encode_window`)."""
+
+
 def window_value(counts: WindowCounts, updated_ms: int) -> bytes:
     """A window as stored: a fixed header (with the time it was last updated, which its expiry
     reads without parsing the rest), its counts as JSON, then its sketches' compact images, then
     its breakdowns' (``bs``: ``[dimension, bucket kind, bucket value, sketch key, length]`` each,
     in the order of the images; absent in a window stored before breakdowns kept sketches)."""
+    return encode_window(counts, updated_ms)[0]
+
+
+def encode_window(counts: WindowCounts, updated_ms: int) -> tuple[bytes, Sketched]:
+    """:func:`window_value`, and the window's :data:`Sketched` as it wrote them, for its upsert
+    (:meth:`StatsUpserts.value`): the sketches are sorted, imaged and estimated once a window."""
     sketches = counts.sketches
     keys = sorted(sketches)
-    images = [sketches[key].image() for key in keys]
+    images: list[bytes] = []
+    estimates: list[int] = []
+    for key in keys:
+        image, estimate = sketches[key].written()
+        images.append(image)
+        estimates.append(estimate)
     head: dict[str, Any] = {
         "n": counts.total,
         "t": counts.by_type,
@@ -672,11 +748,12 @@ def window_value(counts: WindowCounts, updated_ms: int) -> bytes:
         "k": counts.lg_k,
         "s": [[key, len(image)] for key, image in zip(keys, images, strict=True)],
         # The estimates, so that a window's unchanged sketches are not estimated again.
-        "e": [sketches[key].estimate() for key in keys],
+        "e": estimates,
     }
     if counts.name is not None:
         head["m"] = counts.name
     breakdowns = counts.breakdowns
+    extra_images: list[bytes] = []
     if breakdowns:
         names = sorted(breakdowns)
         head["b"] = {name: breakdowns[name].dump() for name in names}
@@ -686,12 +763,12 @@ def window_value(counts: WindowCounts, updated_ms: int) -> bytes:
             if b.sketches:
                 for (kind, value), key, image in b.images():
                     extra.append([name, kind, value, key, len(image)])
-                    images.append(image)  # after the window's own, in this order
+                    extra_images.append(image)  # after the window's own, in this order
         if extra:
             head["bs"] = extra
     body = orjson.dumps(head)
-    images.insert(0, body)
-    return _WINDOW_HEAD.pack(WINDOW_VALUE_MAGIC, updated_ms, len(body)) + b"".join(images)
+    head_bytes = _WINDOW_HEAD.pack(WINDOW_VALUE_MAGIC, updated_ms, len(body))
+    return b"".join([head_bytes, body, *images, *extra_images]), (keys, images, estimates)
 
 
 def window_updated_ms(value: bytes) -> int | None:
@@ -830,7 +907,11 @@ def _long_map(m: Mapping[str, int]) -> bytes:
     for the maps seen last (a sparse window's counts repeat from window to window)."""
     if not m:
         return b"\x00"
-    items = tuple(m.items())
+    return _long_pairs(tuple(m.items()))
+
+
+def _long_pairs(items: tuple[tuple[str, int], ...]) -> bytes:
+    """:func:`_long_map` of a map's items, in its order (at least one)."""
     found = _LONG_MAPS.get(items)
     if found is None:
         key, small, long = _map_key, AVRO_SMALL_LONGS, avro_long
@@ -854,8 +935,17 @@ _LONG_MAPS: dict[tuple[tuple[str, int], ...], bytes] = {}
 def _bytes_map(m: Mapping[str, bytes]) -> bytes:
     if not m:
         return b"\x00"
+    return _bytes_pairs(m.keys(), m.values(), len(m))
+
+
+def _bytes_pairs(keys: Iterable[str], values: Iterable[bytes], n: int) -> bytes:
+    """:func:`_bytes_map` of the map of ``n`` ``keys`` to ``values``, in that order."""
+    if not n:
+        return b"\x00"
     key, long = _map_key, avro_long
-    return b"".join([long(len(m)), *[key(k) + long(len(v)) + v for k, v in m.items()], b"\x00"])
+    return b"".join(
+        [long(n), *[key(k) + long(len(v)) + v for k, v in zip(keys, values, strict=True)], b"\x00"]
+    )
 
 
 def _optional_bytes(value: bytes | None) -> bytes:
@@ -883,6 +973,10 @@ class StatsUpserts:
         symbols = info.parsed["fields"][0]["type"]["symbols"] if self.by_hand else []
         self._vendors = {symbol: avro_long(i) for i, symbol in enumerate(symbols)}
         self._labels: dict[str, bytes] = {}
+        # A window's start and end, by (start, size): a batch's windows share a few.
+        self._bounds: dict[tuple[int, int], bytes] = {}
+        self._now: tuple[int, bytes] = (-1, b"")  # updated_at: one per batch
+        self._tails: dict[int, bytes] = {}
 
     def _prefix(self, campaign: str) -> bytes | None:
         vendor, app_id, campaign_id = _campaign_fields(campaign)
@@ -905,36 +999,62 @@ class StatsUpserts:
         size_s: int,
         counts: WindowCounts,
         now_ms: int,
+        sketched: Sketched | None = None,
     ) -> bytes:
         """The upsert's value (header included) of ``counts``, the window of ``campaign``
-        starting at ``start_ms``."""
+        starting at ``start_ms``. ``sketched``: the window's sketches as :func:`encode_window`
+        wrote them just now (else they are read again)."""
         prefix = self._prefix(campaign) if self.by_hand else None
-        uniques = counts.uniques() if prefix is not None else None  # None: no sketches
-        if prefix is None or uniques is None:
+        lg_k = counts.lg_k
+        if prefix is None or lg_k is None:  # lg_k None: no sketches, no uniques
             record = stats_record(campaign, window_label, start_ms, size_s, counts, now_ms)
             return self.serde.encode("CampaignStats", record, self.topic)
+        keys, images, estimates = sketched if sketched is not None else _sketched(counts)
+        # The recipients' sketch ("*"), then the event types' (WindowCounts.uniques).
+        at = keys.index(ALL_RECIPIENTS) if ALL_RECIPIENTS in keys else -1
+        if at < 0:
+            recipients, everyone = 0, None
+        else:
+            recipients, everyone = estimates[at], images[at]
+            if at == 0:
+                keys, images, estimates = keys[1:], images[1:], estimates[1:]
+            else:
+                keys = keys[:at] + keys[at + 1 :]
+                images = images[:at] + images[at + 1 :]
+                estimates = estimates[:at] + estimates[at + 1 :]
         label = self._labels.get(window_label)
         if label is None:
             label = self._labels[window_label] = avro_string(window_label)
         small, long = AVRO_SMALL_LONGS, avro_long
+        bounds = self._bounds.get((start_ms, size_s))
+        if bounds is None:
+            bounds = long(start_ms) + long(start_ms + size_s * 1000)
+            if len(self._bounds) >= _MAX_LONG_MAPS:
+                self._bounds.clear()
+            self._bounds[start_ms, size_s] = bounds
+        now = self._now
+        if now[0] != now_ms:
+            now = self._now = (now_ms, long(now_ms))
+        tail = self._tails.get(lg_k)
+        if tail is None:
+            tail = self._tails[lg_k] = b"\x02" + long(lg_k) + b"\x02" + _DOUBLE(_error_bound(lg_k))
         name = counts.name
         parts = [
             self.serde.header("CampaignStats", self.topic),
             prefix,
             label,
-            long(start_ms),
-            long(start_ms + size_s * 1000),
+            bounds,
             small.get(counts.total) or long(counts.total),
             _long_map(counts.by_type),
             _long_map(counts.by_channel),
-            long(now_ms),
+            now[1],
             b"\x00" if name is None else b"\x02" + avro_string(name[1]),
-            b"\x02" + long(uniques["recipients"]),
-            _long_map(uniques["by_event_type"]),
+            b"\x02" + (small.get(recipients) or long(recipients)),
+            _long_pairs(tuple(zip(keys, estimates, strict=True))) if keys else b"\x00",
             b"\x02" + (small.get(counts.unattributed) or long(counts.unattributed)),
-            self._tail(uniques["lg_k"]),
-            _optional_bytes(uniques["sketch"]),
-            _bytes_map(uniques["sketches"]),
+            tail,
+            _optional_bytes(everyone),
+            _bytes_pairs(keys, images, len(keys)),
         ]
         variants = counts.breakdowns.get("variant")
         if variants is not None and (variants.kept or variants.groups or variants.overflow):
@@ -943,11 +1063,6 @@ class StatsUpserts:
             parts.append(b"\x00")
         parts.append(long(STATS_SCHEMA_VERSION))
         return b"".join(parts)
-
-    @functools.cache  # noqa: B019 (one instance per worker; a handful of lg_k values)
-    def _tail(self, lg_k: int) -> bytes:
-        """``hll_lg_k`` and ``error_bound``: the same for every window of a ``lg_k``."""
-        return b"\x02" + avro_long(lg_k) + b"\x02" + _DOUBLE(_error_bound(lg_k))
 
 
 def _variants(b: Breakdown) -> bytes:

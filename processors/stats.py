@@ -39,6 +39,7 @@ from processors.api.query import CampaignKey, TimeRange
 from processors.figures import HeldWindow, campaign_figures
 from processors.outputs import Offsets, Outputs
 from processors.plan import (
+    Admission,
     admit_windows,
     apply_increments,
     group_increments,
@@ -48,10 +49,10 @@ from processors.records import (
     DEFAULT_MAX_KEYS,
     StatsUpdates,
     StatsUpserts,
+    encode_window,
     load_window,
     stats_upsert_key,
     window_updated_ms,
-    window_value,
 )
 from processors.stages import STATS, Stages
 from processors.state import keys
@@ -62,12 +63,22 @@ from processors.state.table import Item, WindowedTable
 log = logging.getLogger("crmstream.worker")
 
 
+_ALL_HELD = Admission()
+"""A table partition's admission when the batch's windows are all held (read-only: nothing
+refused, no new campaign)."""
+
+
 def expiry_interval_s(retention_s: float | Iterable[float]) -> float:
     """How often the tables are scanned for idle windows: an eighth of the retention, between
     1 s and 5 minutes (a scan reads every window of the worker's partitions); of the shortest
     retention when there are several."""
     shortest = retention_s if isinstance(retention_s, float | int) else min(retention_s)
     return min(300.0, max(1.0, shortest / 8))
+
+
+YIELD_WINDOWS = 64
+"""How many windows a stats batch counts before it lets the event loop run the raw batches
+waiting (between two table partitions: see :meth:`StatsTables.count`)."""
 
 
 @dataclass
@@ -108,6 +119,8 @@ class StatsTables:
         self.max_keys = max_keys
         self.upserts = StatsUpserts(serde, stats_topic)
         self.lock = asyncio.Lock()
+        # The metric's child per window size, looked up once (a look-up takes a lock).
+        self._upserts_metric = {label: metrics.STATS_UPSERTS.labels(label) for label in tables}
 
     # -- counting ------------------------------------------------------------------------
 
@@ -128,18 +141,24 @@ class StatsTables:
             touched = group_increments(parsed, self.windows)
             writes: list[tuple[WindowedTable, int, list[Item]]] = []
             done = Counted({}, 0, 0)
+            counted = 0  # windows since the last yield
             for (label, partition), windows in touched.items():
                 if windows:
+                    if counted >= YIELD_WINDOWS:
+                        # Let the raw batches in between the table partitions: a batch's
+                        # windows are counted on the event loop, a backlog's batch can touch
+                        # thousands of windows at ~60 us each, and every raw record waiting
+                        # meanwhile carried that as latency. The tables are this task's under
+                        # the lock, and what it sends goes to its own batch of outputs. (Not
+                        # after every partition: a live feed's batch touches a few windows in
+                        # each, and a yield cost more than they did.)
+                        cpu.lap(STATS)
+                        await asyncio.sleep(0)
+                        cpu.resume()
+                        counted = 0
                     items = self._count_partition(label, partition, windows, outputs, now_ms, done)
                     writes.append((self.tables[label], partition, items))
-                    # Let the raw batches in between the table partitions: a batch's windows are
-                    # counted on the event loop, a backlog's batch can touch thousands of windows
-                    # at ~60 us each, and every raw record waiting meanwhile carried that as
-                    # latency. The tables are this task's under the lock, and what it sends goes
-                    # to its own batch of outputs.
-                    cpu.lap(STATS)
-                    await asyncio.sleep(0)
-                    cpu.resume()
+                    counted += len(windows)
             cpu.lap(STATS)
             offsets = await outputs.seal()
             cpu.resume()
@@ -149,7 +168,7 @@ class StatsTables:
                 table.set_persisted_offsets(offsets)
             cpu.lap(STATS)
         for label, n in done.upserts.items():
-            metrics.STATS_UPSERTS.labels(label).inc(n)
+            self._upserts_metric[label].inc(n)
         if done.replayed:
             metrics.STATS_REPLAYED.inc(done.replayed)
         if done.refused:
@@ -168,37 +187,41 @@ class StatsTables:
         table = self.tables[label]
         size = self.window_size[label]
         wanted = [window_key(start, campaign.encode()) for campaign, start in windows]
-        stored = dict(zip(windows, table.get_many(partition, wanted), strict=True))
-        unheld = sorted({campaign for (campaign, _), value in stored.items() if value is None})
-        found = table.get_many(partition, [campaign_entry_key(c) for c in unheld])
-        entries = {
-            campaign: CampaignEntry.decode(value) if value else None
-            for campaign, value in zip(unheld, found, strict=True)
-        }
-        admission = admit_windows(
-            windows,
-            lambda w: stored[w] is not None,
-            entries,
-            lambda w: len(windows[w].counted),
-        )
+        values = table.get_many(partition, wanted)
+        admission = _ALL_HELD
+        if None in values:  # windows not held: new, or expired (admit_windows)
+            stored = dict(zip(windows, values, strict=True))
+            unheld = sorted({campaign for (campaign, _), value in stored.items() if value is None})
+            found = table.get_many(partition, [campaign_entry_key(c) for c in unheld])
+            entries = {
+                campaign: CampaignEntry.decode(value) if value else None
+                for campaign, value in zip(unheld, found, strict=True)
+            }
+            admission = admit_windows(
+                windows,
+                lambda w: stored[w] is not None,
+                entries,
+                lambda w: len(windows[w].counted),
+            )
         items: list[Item] = []
         upserts = 0
         refused = admission.refused
         lg_k, max_keys = self.lg_k, self.max_keys
         topic, send, upsert = self.stats_topic, outputs.send, self.upserts.value
-        for (window, work), key in zip(windows.items(), wanted, strict=True):
+        for (window, work), key, value in zip(windows.items(), wanted, values, strict=True):
             if refused and window in refused:
                 continue
             campaign, start = window
-            counts = load_window(stored[window], lg_k, max_keys)
+            counts = load_window(value, lg_k, max_keys)
             done.replayed += apply_increments(counts, work.counted)
             if work.name is not None:
                 counts.named(work.name)
-            items.append((key, window_value(counts, now_ms)))
+            value, sketched = encode_window(counts, now_ms)
+            items.append((key, value))
             send(
                 topic,
                 stats_upsert_key(campaign, label, start),
-                upsert(campaign, label, start, size, counts, now_ms),
+                upsert(campaign, label, start, size, counts, now_ms, sketched),
             )
             upserts += 1
         for campaign in admission.new_campaigns:

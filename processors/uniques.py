@@ -151,6 +151,14 @@ class Sketch:
                 self._estimate = round(ds.hll_sketch.deserialize(image).get_estimate())
         return self._estimate
 
+    def written(self) -> tuple[bytes, int]:
+        """:meth:`image` and :meth:`estimate` in one call (a window's value and its upsert
+        write both of every sketch)."""
+        if self._first is None and self._sketch is None and self._estimate is not None:
+            return self._image, self._estimate  # as loaded, or written already
+        image = self.image()
+        return image, self.estimate()
+
     @property
     def lg_k(self) -> int:
         return int(self._image[3])

@@ -30,3 +30,18 @@ def test_the_digest_changes_with_one_upsert_byte(monkeypatch: pytest.MonkeyPatch
     after = asyncio.run(stats_digest.run(1_000, 20, 4, 4))
     assert after["upserts_sha256"] != before["upserts_sha256"]
     assert after["changelog_sha256"] == before["changelog_sha256"]
+
+
+def test_a_live_feed_s_small_batches_over_a_short_span_are_many_stats_batches() -> None:
+    """``--raw-batch 15 --span-s 20 --raw-batches-per-stats-batch 1``: a 300/s feed's shape."""
+    backlog = asyncio.run(stats_digest.run(1_000, 20, 4, 4))
+    live = asyncio.run(stats_digest.run(1_000, 20, 4, 1, raw_batch=15, span_ms=20_000))
+    again = asyncio.run(stats_digest.run(1_000, 20, 4, 1, raw_batch=15, span_ms=20_000))
+    assert live == again | {"cpu_us_per_event": live["cpu_us_per_event"]}
+    # Every raw batch of 15 records (each vendor's 200 in 14 batches) is a stats batch.
+    assert live["stats_batches"] == 5 * 14
+    assert backlog["stats_batches"] == 2  # 5 raw batches of 500 (one per vendor), 4 at a time
+    # The same events, counted in more touches of the same windows, over 20 s of event time.
+    assert live["events"] == backlog["events"]
+    assert live["upserts"] > backlog["upserts"]
+    assert live["upserts_sha256"] != backlog["upserts_sha256"]

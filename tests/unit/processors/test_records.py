@@ -16,6 +16,7 @@ from processors.records import (
     StatsUpdates,
     StatsUpserts,
     WindowCounts,
+    encode_window,
     load_window,
     parse_stats_updates,
     stats_record,
@@ -265,3 +266,78 @@ def test_an_upsert_the_hand_writer_cannot_write_goes_through_the_generic_encoder
     assert upserts.value("LEANPLUM|a|b", "1h", 0, 3600, counts, 1) == serde.encode(
         "CampaignStats", record, "campaign-stats"
     )
+
+
+def _increments(seed: int, events: int) -> list[tuple]:
+    """``_window``'s events as increments (some replayed: offsets repeat)."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(events):
+        dims: dict[str, str | None] = {"message": rng.choice([None, "m1", "m2", "m3", "m4"])}
+        if rng.random() < 0.7:
+            dims["variant"] = rng.choice([None, "A", "B", "C", "0"])
+        out.append(
+            (
+                rng.choice(["raw.x/0", "raw.x/1", None]),
+                rng.randrange(events),
+                rng.choice(["SEND", "OPEN", "CLICK", "CONTROL", "BOUNCE"]),
+                rng.choice(["EMAIL", "PUSH"]),
+                rng.choice([None, f"u:{rng.randrange(500)}", f"d:{rng.randrange(9)}"]),
+                dims,
+            )
+        )
+    return out
+
+
+@pytest.mark.parametrize("lg_k", [12, None])
+@pytest.mark.parametrize("events", [1, 2, 7, 60, 900])
+def test_counting_a_batch_s_increments_at_once_is_counting_them_one_by_one(
+    events: int, lg_k: int | None
+) -> None:
+    for seed in range(6):
+        increments = _increments(seed * 100 + events, events)
+        if lg_k is None:
+            increments = [(*i[:4], None, i[5]) for i in increments]
+        one_by_one = WindowCounts(lg_k=lg_k, max_keys={"message": 3, "variant": 2})
+        at_once = WindowCounts(lg_k=lg_k, max_keys={"message": 3, "variant": 2})
+        if seed % 2:  # a stored window, loaded: a few increments counted before
+            for counts in (one_by_one, at_once):
+                counts.apply_all(increments[: events // 3])
+            one_by_one = load_window(window_value(one_by_one, 1), 12, one_by_one.max_keys)
+            at_once = load_window(window_value(at_once, 1), 12, at_once.max_keys)
+        replayed = sum(1 for i in increments if not one_by_one.apply(*i))
+        assert at_once.apply_all(increments) == replayed
+        assert (at_once.total, at_once.unattributed) == (one_by_one.total, one_by_one.unattributed)
+        assert window_value(at_once, 7) == window_value(one_by_one, 7)
+
+
+@pytest.mark.parametrize("events", [0, 1, 2, 7, 60, 900])
+def test_an_upsert_from_the_sketches_its_window_value_wrote_is_the_same_upsert(
+    events: int,
+) -> None:
+    serde = AvroSerde(Settings.from_env({}))
+    upserts = StatsUpserts(serde, "campaign-stats")
+    for seed in range(8):
+        counts = _window(seed * 1000 + events, events)
+        if seed % 3 == 0:  # as stored and loaded again: sketches from their images
+            counts = load_window(window_value(counts, 5), 12)
+        if seed % 4 == 1:  # a sketch whose key sorts before the recipients' ("*")
+            counts.apply("raw.x/9", 1, "!", "EMAIL", "u:1")
+        value, sketched = encode_window(counts, 5)
+        assert value == window_value(counts, 5)
+        keys, images, estimates = sketched
+        assert keys == sorted(counts.sketches)
+        assert images == [counts.sketches[k].image() for k in keys]
+        assert estimates == [counts.sketches[k].estimate() for k in keys]
+        for start, size in ((60_000, 60), (1_764_000_000_000, 3600), (60_000, 3600)):
+            now = 1_764_000_123_456 + seed
+            expected = serde.encode(
+                "CampaignStats",
+                stats_record("LEANPLUM|app|c1", "1m", start, size, counts, now),
+                "campaign-stats",
+            )
+            assert upserts.value("LEANPLUM|app|c1", "1m", start, size, counts, now) == expected
+            assert (
+                upserts.value("LEANPLUM|app|c1", "1m", start, size, counts, now, sketched)
+                == expected
+            )
