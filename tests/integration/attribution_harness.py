@@ -414,7 +414,9 @@ def check_attributions(
     )
     for aid, a in want.items():
         assert seen[aid] == a.record(0), (why(), seen[aid], a.record(0))
-    assert len(want) > 50 and any(a.control for a in want.values())
+    # Not a vacuous run: enough attributions, one of them the control group's. Seeds 1-300
+    # give 58-100 or so; seed 8120 gives 47 (a thinner history, every assertion above held).
+    assert len(want) > 20 and any(a.control for a in want.values()), (len(want), why())
     return want
 
 
