@@ -317,7 +317,7 @@ class Reader:
                 if not self._fetching:
                     self._stop.wait(within)
                     continue
-                messages = self._fetch(consumer, size, within)
+                messages = self._fetch(consumer, size, within, self._asked)
                 self._note_highwaters()
                 if not messages:
                     continue
@@ -351,22 +351,40 @@ class Reader:
         finally:
             consumer.close()
 
+    def _asked(self) -> bool:
+        """Whether the event loop asked for a seek, pause or resume not applied yet (read
+        without the lock: a list's truth is read atomically, and a late answer costs one
+        slice)."""
+        return bool(self._ops)
+
     @staticmethod
-    def _fetch(consumer: Any, size: int, within: float) -> list[Any]:
+    def _fetch(
+        consumer: Any, size: int, within: float, asked: Callable[[], bool] = lambda: False
+    ) -> list[Any]:
         """The next batch of messages, in the order librdkafka gives them: the first one as
         soon as it is there (``IDLE_WAIT_S`` at most, else none), then up to ``size`` in all
         until ``within`` after the wait began (:data:`FILL_FLOOR_S` at least: the rest of the
         fetch that brought the first one). A batch is handed over as a ``consume`` loop did, at
         the end of the ``within`` in which its first record came, or ``FILL_FLOOR_S`` after
-        a first record that ended a longer wait."""
+        a first record that ended a longer wait. A long ``within`` (the stats batches', which
+        gather a second of increments) is waited in slices of ``IDLE_WAIT_S``, and the batch is
+        handed over early once the loop asks for a seek, pause or resume (``asked``): a
+        rebalance's placement waits for the reader to apply those."""
         began = time.monotonic()
         first = consumer.poll(IDLE_WAIT_S)
         if first is None:
             return []
         if size == 1:
             return [first]
+        messages = [first]
         left = max(FILL_FLOOR_S, within - (time.monotonic() - began))
-        return [first, *consumer.consume(size - 1, min(left, within))]
+        deadline = time.monotonic() + min(left, within)
+        while True:
+            wait = max(0.0, deadline - time.monotonic())
+            step = min(wait, IDLE_WAIT_S)
+            messages += consumer.consume(size - len(messages), step)
+            if len(messages) >= size or wait - step < FILL_FLOOR_S or asked():
+                return messages
 
     def _note_highwaters(self) -> None:
         watermarks, highwaters = self._consumer.get_watermark_offsets, self._highwaters

@@ -270,3 +270,44 @@ def test_a_batch_is_filled_until_within_after_the_wait_began(
         assert consumer.calls[1][0] == "consume"
         assert consumer.calls[1][1] == pytest.approx(fill)
     assert reader_module.Reader._fetch(_Consumer(), 10, 0.05) == []
+
+
+def test_a_long_within_is_waited_in_slices_and_ends_when_the_loop_asks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The stats batches gather a second of increments (CRM_STATS_BATCH_WITHIN): the thread
+    waits for them in slices of IDLE_WAIT_S, so a seek, pause or resume the loop asked for (a
+    rebalance's placement waits for it) ends the batch at the next slice, not a second later."""
+    clock = [100.0]
+    monkeypatch.setattr(reader_module.time, "monotonic", lambda: clock[0])
+
+    class Slow(_Consumer):
+        def consume(self, n: int, timeout: float) -> list[_Message]:
+            clock[0] += timeout  # nothing more came: the whole wait passes
+            return super().consume(n, timeout)
+
+    consumer = Slow()
+    consumer.queue = [_Message(T0, 0)]
+    got = reader_module.Reader._fetch(consumer, 10, 1.0)
+    waits = [t for call, t in consumer.calls if call == "consume"]
+    assert [m.offset() for m in got] == [0]
+    assert len(waits) == 10 and all(t <= reader_module.IDLE_WAIT_S + 1e-9 for t in waits)
+    assert sum(waits) == pytest.approx(1.0)
+
+    asked = [False]
+    consumer = Slow()
+    consumer.queue = [_Message(T0, 0)]
+
+    def asking() -> bool:
+        asked[0] = len([c for c in consumer.calls if c[0] == "consume"]) >= 3
+        return asked[0]
+
+    got = reader_module.Reader._fetch(consumer, 10, 1.0, asking)
+    assert [m.offset() for m in got] == [0]
+    assert len([c for c in consumer.calls if c[0] == "consume"]) == 3
+
+    consumer = Slow()  # a full batch goes at once
+    consumer.queue = [_Message(T0, i) for i in range(12)]
+    got = reader_module.Reader._fetch(consumer, 10, 1.0)
+    assert [m.offset() for m in got] == list(range(10))
+    assert len([c for c in consumer.calls if c[0] == "consume"]) == 1
