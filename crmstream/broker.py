@@ -8,6 +8,7 @@ them, are in ``config/tansu-dev.env``.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -52,7 +53,38 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_LOWEST_PICKED = 10_000
+# Not the random module's shared state: a seeded test (random.seed) would make every process
+# of a parallel run pick the same ports.
+_ports = random.Random(os.urandom(16))
+
+
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out by itself (a bind to port 0, a connect)."""
+    try:
+        return int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768  # Linux's default
+
+
 def free_port() -> int:
+    """A loopback port nothing listens on, for a process started next to bind.
+
+    It is picked at random below the kernel's ephemeral range and checked. A port from
+    ``bind(0)`` is one the kernel hands out again, to the next ``bind(0)`` or to any outgoing
+    connection (a Kafka client's), between this check and the process's own bind: with six test
+    processes at once that happened (a worker's query API: "address already in use")."""
+    low = _ephemeral_low()
+    if low - _LOWEST_PICKED >= 1_000:
+        for _ in range(200):
+            port = _ports.randrange(_LOWEST_PICKED, low)
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
