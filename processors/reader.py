@@ -366,9 +366,9 @@ class Reader:
         until ``within`` after the wait began (:data:`FILL_FLOOR_S` at least: the rest of the
         fetch that brought the first one). A batch is handed over as a ``consume`` loop did, at
         the end of the ``within`` in which its first record came, or ``FILL_FLOOR_S`` after
-        a first record that ended a longer wait. A long ``within`` (the stats batches', which
-        gather a second of increments) is waited in slices of ``IDLE_WAIT_S``, and the batch is
-        handed over early once the loop asks for a seek, pause or resume (``asked``): a
+        a first record that ended a longer wait. A long ``within`` (e.g. a stats batch's, raised
+        with ``CRM_STATS_BATCH_WITHIN``) is waited in slices of ``IDLE_WAIT_S``, and the batch
+        is handed over early once the loop asks for a seek, pause or resume (``asked``): a
         rebalance's placement waits for the reader to apply those."""
         began = time.monotonic()
         first = consumer.poll(IDLE_WAIT_S)

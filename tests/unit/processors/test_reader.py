@@ -275,7 +275,7 @@ def test_a_batch_is_filled_until_within_after_the_wait_began(
 def test_a_long_within_is_waited_in_slices_and_ends_when_the_loop_asks(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The stats batches gather a second of increments (CRM_STATS_BATCH_WITHIN): the thread
+    """A stats batch may gather a second of increments (CRM_STATS_BATCH_WITHIN=1s): the thread
     waits for them in slices of IDLE_WAIT_S, so a seek, pause or resume the loop asked for (a
     rebalance's placement waits for it) ends the batch at the next slice, not a second later."""
     clock = [100.0]
