@@ -18,8 +18,9 @@ events gets its windows and keeps them as long as today's. A window that expired
 a changelog tombstone and a ``campaign-stats`` tombstone (its upsert key, a null value: the
 output holds exactly the windows the tables hold), and its campaign's entry remembers its start;
 an event for an expired window is refused rather than counted into a new, partial window. A
-campaign's entry goes too, its size's retention after its last window expired
-(:func:`processors.plan.plan_expiry`).
+campaign's entry is written at its first expiry (a window never seen costs no entry), and goes
+its size's retention after its last window expired (:func:`processors.plan.plan_expiry`). The
+query API knows a campaign that holds a window or has an entry (:meth:`StatsTables._held`).
 
 Counting and expiry of one worker never interleave (:attr:`StatsTables.lock`): a batch reads,
 awaits Kafka and writes; an expiry in between could delete a window the batch then writes back.
@@ -224,8 +225,6 @@ class StatsTables:
                 upsert(campaign, label, start, size, counts, now_ms, sketched),
             )
             upserts += 1
-        for campaign in admission.new_campaigns:
-            items.append((campaign_entry_key(campaign), CampaignEntry(-1, now_ms).encode()))
         if admission.refused:
             done.refused += sum(admission.refused.values())
             log.warning(
@@ -321,8 +320,11 @@ class StatsTables:
         ]
         if held:
             return held, True
-        entry = table.get_many(partition, [campaign_entry_key(key.decode())])[0]
-        return held, entry is not None
+        # Known: it holds a window out of the range, or an entry remembers an expired one (a
+        # campaign gets its entry at its first expiry, not when first seen).
+        if table.get_many(partition, [campaign_entry_key(key.decode())])[0] is not None:
+            return held, True
+        return held, table.holds_window_of(partition, key)
 
     def campaign(
         self, label: str, partition: int, campaign: CampaignKey, r: TimeRange, *, series: bool
