@@ -6,11 +6,12 @@ expires) and :mod:`processors.records` (the window values); this module reads an
 tables (:mod:`processors.state`) and sends the upserts and changelog records.
 
 **Counting** (:meth:`StatsTables.count`): the touched windows of each table partition are read
-with one multi-get (with the entries of the campaigns that have a window not held yet), counted,
-and each written once: its changelog record and its ``campaign-stats`` upsert are sent, and only
-once Kafka acknowledged them is it written to RocksDB (one write batch per table partition). A
-crash before that replays the batch, which counts nothing twice (``WindowCounts.applied``: counts,
-sketches and all, are one value) and upserts the windows again.
+with one multi-get (with the entries of the campaigns that have a window not held yet, if the
+partition holds any entry), counted, and each written once: its changelog record and its
+``campaign-stats`` upsert are sent, and only once Kafka acknowledged them is it written to
+RocksDB (one write batch per table partition). A crash before that replays the batch, which
+counts nothing twice (``WindowCounts.applied``: counts, sketches and all, are one value) and
+upserts the windows again.
 
 **Expiry** (:meth:`StatsTables.expire`): a window expires its size's ``CRM_STATS_RETENTION``
 (e.g. ``1m=3d,1h=90d``) after its last update, not by its start, so a backfill of last month's
@@ -190,7 +191,10 @@ class StatsTables:
         wanted = [window_key(start, campaign.encode()) for campaign, start in windows]
         values = table.get_many(partition, wanted)
         admission = _ALL_HELD
-        if None in values:  # windows not held: new, or expired (admit_windows)
+        # Windows not held: new, or expired (admit_windows). Entries are written by expiries
+        # only: a table partition without any (nothing expired here yet, or every entry
+        # forgotten since) refuses nothing, and its windows cost no entry read (one seek).
+        if None in values and table.holds_any(partition, keys.CAMPAIGNS):
             stored = dict(zip(windows, values, strict=True))
             unheld = sorted({campaign for (campaign, _), value in stored.items() if value is None})
             found = table.get_many(partition, [campaign_entry_key(c) for c in unheld])

@@ -118,6 +118,14 @@ class WindowedTable:
             lambda item: item[0] < upper, cast(Iterator[tuple[bytes, bytes]], iter(items))
         )
 
+    def holds_any(self, partition: int, keys: KeyRange) -> bool:
+        """Whether the partition holds a key in ``keys`` (one seek)."""
+        options = rocksdict.ReadOptions()
+        options.set_iterate_upper_bound(keys.upper)
+        it = self._db(partition).iter(options)
+        it.seek(keys.lower)
+        return bool(it.valid()) and cast(bytes, it.key()) < keys.upper
+
     def holds_window_of(self, partition: int, key: bytes) -> bool:
         """Whether the partition holds a window (any start) of ``key`` (a window key's part
         after the start, :func:`processors.state.keys.window_key`). Window keys sort by start,

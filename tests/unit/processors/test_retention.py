@@ -230,6 +230,36 @@ def test_a_late_event_stays_refused_on_a_store_restored_from_the_changelog(
     ]
 
 
+def test_a_store_of_an_earlier_version_with_an_entry_per_campaign_counts_the_same(
+    tmp_path: Path,
+) -> None:
+    """Earlier versions wrote an entry (-1) for every campaign when first seen: such an entry
+    refuses nothing, and the campaign's first expiry records the window it lost in it."""
+    parts = Parts(tmp_path, {"CRM_STATS_RETENTION": "10m"})
+    parts.positioning.tracker.start(parts.stats_tp(), 0)
+    a, b = "SEGMENT|app|a", "SEGMENT|app|b"
+    for table in parts.stats_tables.values():
+        table.write(0, [(campaign_entry_key(c), CampaignEntry(-1, T0).encode()) for c in (a, b)])
+    now = [T0]
+    parts.stats_path.clock = lambda: now[0]
+    stats_topic = parts.settings.topic("campaign-stats")
+
+    async def scenario() -> None:
+        await parts.stats_path.process([_increment(parts, 0, a, T0 + 5_000)])
+        assert len(parts.outputs.topics(stats_topic)) == 2  # counted: -1 refuses nothing
+        assert _known(parts, "1m", b, T0, T0 + HOUR_MS)  # no window, its old entry
+        now[0] = T0 + 11 * MINUTE_MS
+        assert await parts.stats.expire(parts.outputs, [0], now[0]) == 2
+        minute = parts.stats_tables["1m"]
+        assert minute.get_many(0, [campaign_entry_key(a)]) == [CampaignEntry(T0, now[0]).encode()]
+        late = _late_total()
+        await parts.stats_path.process([_increment(parts, 1, a, T0 + 6_000)])
+        assert _late_total() == late + 2  # its 1m and 1h windows expired
+        assert len(parts.outputs.topics(stats_topic)) == 4  # the two tombstones only
+
+    asyncio.run(scenario())
+
+
 def test_the_changelog_forgets_a_window_only_after_its_output_tombstone_is_acknowledged(
     tmp_path: Path,
 ) -> None:

@@ -114,3 +114,14 @@ def test_holds_window_of_finds_a_key_at_any_start_and_nothing_else(table: Window
     for key in (b"a", b"a|", b"a|100", b"d", b"", b"z", b"__crm/campaign/z"):
         assert not table.holds_window_of(0, key), key
     assert not table.holds_window_of(1, b"a|1")  # another partition: empty
+
+
+def test_holds_any_says_whether_a_range_has_a_key(table: WindowedTable) -> None:
+    from processors.state.keys import CAMPAIGNS, WINDOWS
+
+    assert not table.holds_any(0, CAMPAIGNS) and not table.holds_any(0, WINDOWS)
+    table.put_many(0, [(window_key(1000, b"a"), b"1"), (b"__crm/position/x", b"{}")], Sink())
+    assert table.holds_any(0, WINDOWS)
+    assert not table.holds_any(0, CAMPAIGNS)  # a reserved key, not a campaign entry
+    table.put_many(0, [(b"__crm/campaign/a", b"{}")], Sink())
+    assert table.holds_any(0, CAMPAIGNS) and not table.holds_any(1, CAMPAIGNS)
