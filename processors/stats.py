@@ -140,6 +140,7 @@ class StatsTables:
         cpu = cpu or Stages()
         async with self.lock:
             cpu.resume()
+            self.upserts.new_batch()
             touched = group_increments(parsed, self.windows)
             writes: list[tuple[WindowedTable, int, list[Item]]] = []
             done = Counted({}, 0, 0)
