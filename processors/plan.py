@@ -230,7 +230,6 @@ class Admission:
     """What one table partition does with a batch's windows (:func:`admit_windows`)."""
 
     refused: dict[tuple[str, int], int] = field(default_factory=dict)  # window -> increments
-    new_campaigns: list[str] = field(default_factory=list)  # no entry yet: write one
 
 
 def admit_windows(
@@ -245,20 +244,18 @@ def admit_windows(
     start is at or before its campaign's ``expired_through``. Its last upsert holds its complete
     count, which a window started afresh would replace with a partial one, so its increments are
     refused (``crm_worker_stats_late_total``). ``entries``: the campaign entry of every campaign
-    with a window not held (None: never seen, so nothing of it expired; it gets an entry).
+    with a window not held (None: no window of it expired here, or not since its entry was
+    forgotten; a campaign gets its entry at its first expiry, :func:`plan_expiry`, so a window
+    never seen costs no entry write).
     """
     out = Admission()
-    new: dict[str, None] = {}  # in order, each once (a list's ``in`` made this quadratic)
     for window in windows:
         if held(window):
             continue
         campaign, start = window
         entry = entries.get(campaign)
-        if entry is None:
-            new[campaign] = None
-        elif start <= entry.expired_through:
+        if entry is not None and start <= entry.expired_through:
             out.refused[window] = increments(window)
-    out.new_campaigns = list(new)
     return out
 
 
@@ -287,7 +284,9 @@ def plan_expiry(
     """Windows expire ``keep_ms`` after their last update, whatever their start: a backfill of
     last month's events keeps its windows as long as today's. A window stored before windows kept
     their update time expires as before, ``keep_ms`` after its end. Each campaign's entry
-    remembers the latest start it lost (``expired_through``, see :func:`admit_windows`).
+    remembers the latest start it lost (``expired_through``, see :func:`admit_windows`): a
+    campaign without an entry (none is written when it is first seen) gets one at its first
+    expiry.
 
     An entry is bounded too: once its campaign holds no window here, it is kept ``keep_ms``
     after its last write (the expiry of the campaign's last window), then deleted; an event for

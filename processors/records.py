@@ -963,7 +963,9 @@ class StatsUpserts:
     event is a window written, and its upsert was a quarter of the stats stage).
     With a schema other than the one written here (:data:`CAMPAIGN_STATS_FINGERPRINT`) or a
     vendor it has no symbol for, the upsert goes through :meth:`AvroSerde.encode`. (A cache of
-    the campaigns' encoded first fields cost more than it saved at 129,000 campaign keys.)"""
+    the campaigns' encoded first fields cost more than it saved at 129,000 campaign keys; they
+    are kept for one stats batch, :meth:`new_batch`: a campaign's windows of every size, in the
+    table partitions of one stats partition, write the same.)"""
 
     def __init__(self, serde: AvroSerde, topic: str) -> None:
         self.serde = serde
@@ -977,6 +979,12 @@ class StatsUpserts:
         self._bounds: dict[tuple[int, int], bytes] = {}
         self._now: tuple[int, bytes] = (-1, b"")  # updated_at: one per batch
         self._tails: dict[int, bytes] = {}
+        self._prefixes: dict[str, bytes | None] = {}  # the batch's campaigns' (new_batch)
+
+    def new_batch(self) -> None:
+        """Forget the campaigns' first fields kept for the batch before (at most a batch's
+        campaigns are kept)."""
+        self._prefixes.clear()
 
     def _prefix(self, campaign: str) -> bytes | None:
         vendor, app_id, campaign_id = _campaign_fields(campaign)
@@ -1004,7 +1012,9 @@ class StatsUpserts:
         """The upsert's value (header included) of ``counts``, the window of ``campaign``
         starting at ``start_ms``. ``sketched``: the window's sketches as :func:`encode_window`
         wrote them just now (else they are read again)."""
-        prefix = self._prefix(campaign) if self.by_hand else None
+        prefix = self._prefixes.get(campaign)
+        if prefix is None and self.by_hand:
+            prefix = self._prefixes[campaign] = self._prefix(campaign)
         lg_k = counts.lg_k
         if prefix is None or lg_k is None:  # lg_k None: no sketches, no uniques
             record = stats_record(campaign, window_label, start_ms, size_s, counts, now_ms)

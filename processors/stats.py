@@ -6,11 +6,12 @@ expires) and :mod:`processors.records` (the window values); this module reads an
 tables (:mod:`processors.state`) and sends the upserts and changelog records.
 
 **Counting** (:meth:`StatsTables.count`): the touched windows of each table partition are read
-with one multi-get (with the entries of the campaigns that have a window not held yet), counted,
-and each written once: its changelog record and its ``campaign-stats`` upsert are sent, and only
-once Kafka acknowledged them is it written to RocksDB (one write batch per table partition). A
-crash before that replays the batch, which counts nothing twice (``WindowCounts.applied``: counts,
-sketches and all, are one value) and upserts the windows again.
+with one multi-get (with the entries of the campaigns that have a window not held yet, if the
+partition holds any entry), counted, and each written once: its changelog record and its
+``campaign-stats`` upsert are sent, and only once Kafka acknowledged them is it written to
+RocksDB (one write batch per table partition). A crash before that replays the batch, which
+counts nothing twice (``WindowCounts.applied``: counts, sketches and all, are one value) and
+upserts the windows again.
 
 **Expiry** (:meth:`StatsTables.expire`): a window expires its size's ``CRM_STATS_RETENTION``
 (e.g. ``1m=3d,1h=90d``) after its last update, not by its start, so a backfill of last month's
@@ -18,8 +19,9 @@ events gets its windows and keeps them as long as today's. A window that expired
 a changelog tombstone and a ``campaign-stats`` tombstone (its upsert key, a null value: the
 output holds exactly the windows the tables hold), and its campaign's entry remembers its start;
 an event for an expired window is refused rather than counted into a new, partial window. A
-campaign's entry goes too, its size's retention after its last window expired
-(:func:`processors.plan.plan_expiry`).
+campaign's entry is written at its first expiry (a window never seen costs no entry), and goes
+its size's retention after its last window expired (:func:`processors.plan.plan_expiry`). The
+query API knows a campaign that holds a window or has an entry (:meth:`StatsTables._held`).
 
 Counting and expiry of one worker never interleave (:attr:`StatsTables.lock`): a batch reads,
 awaits Kafka and writes; an expiry in between could delete a window the batch then writes back.
@@ -138,6 +140,7 @@ class StatsTables:
         cpu = cpu or Stages()
         async with self.lock:
             cpu.resume()
+            self.upserts.new_batch()
             touched = group_increments(parsed, self.windows)
             writes: list[tuple[WindowedTable, int, list[Item]]] = []
             done = Counted({}, 0, 0)
@@ -189,7 +192,10 @@ class StatsTables:
         wanted = [window_key(start, campaign.encode()) for campaign, start in windows]
         values = table.get_many(partition, wanted)
         admission = _ALL_HELD
-        if None in values:  # windows not held: new, or expired (admit_windows)
+        # Windows not held: new, or expired (admit_windows). Entries are written by expiries
+        # only: a table partition without any (nothing expired here yet, or every entry
+        # forgotten since) refuses nothing, and its windows cost no entry read (one seek).
+        if None in values and table.holds_any(partition, keys.CAMPAIGNS):
             stored = dict(zip(windows, values, strict=True))
             unheld = sorted({campaign for (campaign, _), value in stored.items() if value is None})
             found = table.get_many(partition, [campaign_entry_key(c) for c in unheld])
@@ -224,8 +230,6 @@ class StatsTables:
                 upsert(campaign, label, start, size, counts, now_ms, sketched),
             )
             upserts += 1
-        for campaign in admission.new_campaigns:
-            items.append((campaign_entry_key(campaign), CampaignEntry(-1, now_ms).encode()))
         if admission.refused:
             done.refused += sum(admission.refused.values())
             log.warning(
@@ -321,8 +325,11 @@ class StatsTables:
         ]
         if held:
             return held, True
-        entry = table.get_many(partition, [campaign_entry_key(key.decode())])[0]
-        return held, entry is not None
+        # Known: it holds a window out of the range, or an entry remembers an expired one (a
+        # campaign gets its entry at its first expiry, not when first seen).
+        if table.get_many(partition, [campaign_entry_key(key.decode())])[0] is not None:
+            return held, True
+        return held, table.holds_window_of(partition, key)
 
     def campaign(
         self, label: str, partition: int, campaign: CampaignKey, r: TimeRange, *, series: bool

@@ -46,11 +46,12 @@ def encode_floors(floors: dict[TopicPartition, int]) -> bytes:
 
 @dataclass(slots=True)
 class CampaignEntry:
-    """``expired_through``: the latest start of the campaign's expired windows (-1: none). A
-    window not held whose start is at or before it expired: an event for it is refused, so that
-    its last upsert (the complete count) is never replaced by a partial one. ``written_ms``: when
-    the entry was last written (it is written again before its changelog record could be
-    deleted by the changelog's retention)."""
+    """A campaign's entry, written at its first expiry (earlier versions wrote one, -1, when the
+    campaign was first seen; read the same as none). ``expired_through``: the latest start of
+    the campaign's expired windows (-1: none). A window not held whose start is at or before it
+    expired: an event for it is refused, so that its last upsert (the complete count) is never
+    replaced by a partial one. ``written_ms``: when the entry was last written (it is written
+    again before its changelog record could be deleted by the changelog's retention)."""
 
     expired_through: int = -1
     written_ms: int = 0

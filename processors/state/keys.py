@@ -60,9 +60,10 @@ changelog records may never have landed): processing the records in between agai
 marks and positions, so the changelog has no hole for a later restore."""
 
 CAMPAIGN_KEY_PREFIX = b"__crm/campaign/"
-"""A stats table keeps, next to a campaign's windows, one entry per campaign: that it was seen,
-and the start of the latest of its windows that expired (:class:`processors.state.codecs.
-CampaignEntry`)."""
+"""A stats table keeps, next to a campaign's windows, one entry per campaign that lost a window
+to expiry: the start of the latest of its windows that expired (:class:`processors.state.codecs.
+CampaignEntry`). It is written at the campaign's first expiry, not when the campaign is first
+seen (earlier versions wrote one then, ``expired_through`` -1: still read the same)."""
 
 
 MARK_PREFIX = b"#"

@@ -34,7 +34,7 @@ from typing import Protocol, cast
 import rocksdict
 
 from processors.engine import TableStore
-from processors.state.keys import KeyRange, expiry_ranges
+from processors.state.keys import START_DIGITS, WINDOWS, KeyRange, expiry_ranges
 
 log = logging.getLogger("crmstream.worker")
 
@@ -117,6 +117,41 @@ class WindowedTable:
         return takewhile(
             lambda item: item[0] < upper, cast(Iterator[tuple[bytes, bytes]], iter(items))
         )
+
+    def holds_any(self, partition: int, keys: KeyRange) -> bool:
+        """Whether the partition holds a key in ``keys`` (one seek)."""
+        options = rocksdict.ReadOptions()
+        options.set_iterate_upper_bound(keys.upper)
+        it = self._db(partition).iter(options)
+        it.seek(keys.lower)
+        return bool(it.valid()) and cast(bytes, it.key()) < keys.upper
+
+    def holds_window_of(self, partition: int, key: bytes) -> bool:
+        """Whether the partition holds a window (any start) of ``key`` (a window key's part
+        after the start, :func:`processors.state.keys.window_key`). Window keys sort by start,
+        so this seeks once or twice per distinct window start held (a retention's worth of
+        starts, a few thousand), not once per window."""
+        options = rocksdict.ReadOptions()
+        options.set_iterate_upper_bound(WINDOWS.upper)
+        it = self._db(partition).iter(options)
+        it.seek(WINDOWS.lower)
+        while it.valid():
+            found = cast(bytes, it.key())
+            if found >= WINDOWS.upper:
+                return False
+            digits = found[:START_DIGITS]
+            wanted = b"%s:%s" % (digits, key)
+            if found < wanted:
+                it.seek(wanted)
+                if not it.valid():
+                    return False
+                found = cast(bytes, it.key())
+            if found == wanted:
+                return True
+            if found[:START_DIGITS] == digits:
+                # past the key at this start: on to the next start (``;`` sorts after ``:``)
+                it.seek(digits + b";")
+        return False
 
     def partitions(self) -> list[int]:
         """The partitions open here (active or standby)."""

@@ -14,8 +14,9 @@ After every simulated day the test waits until, exactly:
 
 * ``campaign-stats``'s **live keys** (the latest record per key is not a tombstone) are the 1m
   windows of the last 2 days and the 1h windows of the last 16, each with its exact total;
-* each stats changelog's live keys are the same windows plus one entry per campaign seen, kept
-  until the retention after its last window expired (``processors.plan.plan_expiry``);
+* each stats changelog's live keys are the same windows plus one entry per campaign that lost
+  a window, from its first expiry until the retention after its last window expired
+  (``processors.plan.plan_expiry``);
 
 and at checkpoints it counts the keys of the local RocksDB stores (read-only, the worker
 running): the stats tables hold what their changelogs hold live, the dedupe table the event ids
@@ -354,11 +355,13 @@ def test_90_days_of_events_keep_state_changelogs_and_output_bounded_and_exact(
                     if key.rsplit(b"|", 2)[1].decode() == label
                 }
                 | {
-                    # An entry goes the retention after its campaign's last window expired
-                    # (at the end of day last + keep + 1): day last + 2 * keep + 1 has it still.
+                    # An entry comes with the campaign's first expiry (its first day's windows,
+                    # at the end of day first + keep + 1), and goes the retention after its last
+                    # window expired (at the end of day last + keep + 1): day last + 2 * keep + 1
+                    # has it still.
                     campaign_entry_key(c)
                     for c, first in first_day.items()
-                    if first <= day <= last_day[c] + 2 * KEEP_DAYS[label] + 1
+                    if first + KEEP_DAYS[label] + 1 <= day <= last_day[c] + 2 * KEEP_DAYS[label] + 1
                 }
                 for label in KEEP_DAYS
             }

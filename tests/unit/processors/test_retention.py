@@ -9,10 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from crmstream import metrics
 from crmstream.errors import ConfigError
 from crmstream.settings import Settings
+from processors.api.query import CampaignKey, TimeRange
 from processors.records import stats_updates_value
-from processors.state.keys import CAMPAIGN_KEY_PREFIX, WINDOWS
+from processors.state.codecs import CampaignEntry
+from processors.state.keys import CAMPAIGN_KEY_PREFIX, WINDOWS, campaign_entry_key, window_key
 from tests.unit.processors.fake_engine import FakeEvent, FakeMessage, Parts
 
 MINUTE_MS = 60_000
@@ -117,6 +120,144 @@ def test_a_late_event_for_an_expired_window_is_refused_then_the_entry_goes(tmp_p
     asyncio.run(scenario())
     for table in parts.stats_tables.values():
         assert list(table.scan(0, _all())) == []  # entry and windows gone: nothing kept
+
+
+def _late_total() -> float:
+    return metrics.STATS_LATE._value.get()
+
+
+def _known(parts: Parts, label: str, campaign: str, from_ms: int, to_ms: int) -> bool:
+    """Whether the query API knows the campaign (figures, maybe of zero) rather than 404."""
+    r = TimeRange(label, from_ms, to_ms)
+    found = parts.stats.campaign(label, 0, CampaignKey.from_key(campaign), r, series=True)
+    return found is not None
+
+
+def test_a_campaign_gets_its_entry_at_its_first_expiry_and_stays_known(tmp_path: Path) -> None:
+    """No entry while nothing of the campaign expired (its windows make it known to the API);
+    its first expiry writes the entry, which refuses a late event for the expired window."""
+    parts = Parts(tmp_path, {"CRM_STATS_RETENTION": "10m"})
+    parts.positioning.tracker.start(parts.stats_tp(), 0)
+    now = [T0]
+    parts.stats_path.clock = lambda: now[0]
+    stats_topic = parts.settings.topic("campaign-stats")
+    a, entry = "SEGMENT|app|a", campaign_entry_key("SEGMENT|app|a")
+    later = T0 + 3 * HOUR_MS  # a range holding no window of the campaign
+
+    async def scenario() -> None:
+        await parts.stats_path.process([_increment(parts, 0, a, T0 + 5_000)])
+        now[0] = T0 + 5 * MINUTE_MS
+        await parts.stats_path.process([_increment(parts, 1, a, T0 + 65_000)])
+        for table in parts.stats_tables.values():
+            assert table.get_many(0, [entry]) == [None]
+        assert not any(k.startswith(CAMPAIGN_KEY_PREFIX) for _, _, k, _ in parts.outputs.changelog)
+        assert _known(parts, "1m", a, later, later + HOUR_MS)
+        assert _known(parts, "1h", a, later, later + HOUR_MS)
+        assert not _known(parts, "1m", "SEGMENT|app|never", T0, T0 + HOUR_MS)
+
+        # The first 1m window idle for 11 minutes: expired, and the 1m table's entry written
+        # with it (after its tombstone, in the changelog); the 1h window is still held.
+        now[0] = T0 + 11 * MINUTE_MS
+        assert await parts.stats.expire(parts.outputs, [0], now[0]) == 1
+        minute, hour = parts.stats_tables["1m"], parts.stats_tables["1h"]
+        assert minute.get_many(0, [entry]) == [CampaignEntry(T0, now[0]).encode()]
+        assert hour.get_many(0, [entry]) == [None]
+        changelog = [(t, k, v) for t, _, k, v in parts.outputs.changelog]
+        assert changelog[-2:] == [
+            ("stats-1m-changelog", window_key(T0, a.encode()), None),
+            ("stats-1m-changelog", entry, CampaignEntry(T0, now[0]).encode()),
+        ]
+        assert _known(parts, "1m", a, later, later + HOUR_MS)
+
+        sent, late = len(parts.outputs.topics(stats_topic)), _late_total()
+        await parts.stats_path.process([_increment(parts, 2, a, T0 + 6_000)])
+        # Refused in 1m (expired), counted in the 1h window it still holds.
+        assert len(parts.outputs.topics(stats_topic)) == sent + 1
+        assert _late_total() == late + 1
+        assert minute.get_many(0, [window_key(T0, a.encode())]) == [None]
+
+        # Every window gone, then the retention after that: the entry goes, and the campaign
+        # is unknown again.
+        now[0] = T0 + 2 * HOUR_MS
+        await parts.stats.expire(parts.outputs, [0], now[0])
+        assert _known(parts, "1m", a, later, later + HOUR_MS)  # the entry remembers it
+        now[0] = T0 + 3 * HOUR_MS
+        await parts.stats.expire(parts.outputs, [0], now[0])
+        assert not _known(parts, "1m", a, later, later + HOUR_MS)
+        assert not _known(parts, "1h", a, later, later + HOUR_MS)
+
+    asyncio.run(scenario())
+
+
+def test_a_late_event_stays_refused_on_a_store_restored_from_the_changelog(
+    tmp_path: Path,
+) -> None:
+    """A lost disk: the tables restored from their changelogs (records written back byte for
+    byte, in order, as the engine's restore does) refuse the late event as the original did."""
+    retention = {"CRM_STATS_RETENTION": "1m=10m,1h=2h"}
+    active = Parts(tmp_path / "active", retention)
+    active.positioning.tracker.start(active.stats_tp(), 0)
+    a = "SEGMENT|app|a"
+
+    async def before() -> None:
+        active.stats_path.clock = lambda: T0
+        await active.stats_path.process([_increment(active, 0, a, T0 + 5_000)])
+        await active.stats_path.process([_increment(active, 1, "SEGMENT|app|b", T0 + 65_000)])
+        await active.stats.expire(active.outputs, [0], T0 + 11 * MINUTE_MS)
+
+    asyncio.run(before())
+    restored = Parts(tmp_path / "restored", retention)
+    for name, table in restored.stats_tables.items():
+        for topic, partition, key, value in active.outputs.changelog:
+            if topic == table.changelog_topic:
+                table.write(partition, [(key, value)])
+        assert list(table.scan(0, _all())) == list(active.stats_tables[name].scan(0, _all()))
+    restored.positioning.tracker.start(restored.stats_tp(), 2)
+    restored.stats_path.clock = lambda: T0 + 12 * MINUTE_MS
+    stats_topic = restored.settings.topic("campaign-stats")
+    late = _late_total()
+
+    async def after() -> None:
+        await restored.stats_path.process([_increment(restored, 2, a, T0 + 6_000)])
+        await restored.stats_path.process([_increment(restored, 3, "SEGMENT|app|c", T0 + 7_000)])
+
+    asyncio.run(after())
+    assert _late_total() == late + 1  # a's 1m window (its 1h window is held; c is new)
+    assert sorted(k for k, _ in restored.outputs.topics(stats_topic)) == [
+        f"SEGMENT|app|a|1h|{T0}".encode(),
+        f"SEGMENT|app|c|1h|{T0}".encode(),
+        f"SEGMENT|app|c|1m|{T0}".encode(),
+    ]
+
+
+def test_a_store_of_an_earlier_version_with_an_entry_per_campaign_counts_the_same(
+    tmp_path: Path,
+) -> None:
+    """Earlier versions wrote an entry (-1) for every campaign when first seen: such an entry
+    refuses nothing, and the campaign's first expiry records the window it lost in it."""
+    parts = Parts(tmp_path, {"CRM_STATS_RETENTION": "10m"})
+    parts.positioning.tracker.start(parts.stats_tp(), 0)
+    a, b = "SEGMENT|app|a", "SEGMENT|app|b"
+    for table in parts.stats_tables.values():
+        table.write(0, [(campaign_entry_key(c), CampaignEntry(-1, T0).encode()) for c in (a, b)])
+    now = [T0]
+    parts.stats_path.clock = lambda: now[0]
+    stats_topic = parts.settings.topic("campaign-stats")
+
+    async def scenario() -> None:
+        await parts.stats_path.process([_increment(parts, 0, a, T0 + 5_000)])
+        assert len(parts.outputs.topics(stats_topic)) == 2  # counted: -1 refuses nothing
+        assert _known(parts, "1m", b, T0, T0 + HOUR_MS)  # no window, its old entry
+        now[0] = T0 + 11 * MINUTE_MS
+        assert await parts.stats.expire(parts.outputs, [0], now[0]) == 2
+        minute = parts.stats_tables["1m"]
+        assert minute.get_many(0, [campaign_entry_key(a)]) == [CampaignEntry(T0, now[0]).encode()]
+        late = _late_total()
+        await parts.stats_path.process([_increment(parts, 1, a, T0 + 6_000)])
+        assert _late_total() == late + 2  # its 1m and 1h windows expired
+        assert len(parts.outputs.topics(stats_topic)) == 4  # the two tombstones only
+
+    asyncio.run(scenario())
 
 
 def test_the_changelog_forgets_a_window_only_after_its_output_tombstone_is_acknowledged(

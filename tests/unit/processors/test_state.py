@@ -95,3 +95,33 @@ def test_expire_deletes_old_windows_only(table: WindowedTable) -> None:
 def test_window_size_must_be_positive(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         WindowedTable(Store(tmp_path), size_ms=0, keep_ms=1)
+
+
+def test_holds_window_of_finds_a_key_at_any_start_and_nothing_else(table: WindowedTable) -> None:
+    """The query API's "known campaign" without an entry: a window of the key at any start."""
+    sink = Sink()
+    items = [
+        (window_key(1000, b"a|10"), b"1"),
+        (window_key(1000, b"b"), b"1"),
+        (window_key(5000, b"a|1x"), b"1"),
+        (window_key(9000, b"c"), b"1"),
+        (window_key(9000, b"a|1"), b"1"),
+        (b"__crm/campaign/z", b"{}"),  # reserved keys sort after every window: never a window
+    ]
+    table.put_many(0, items, sink)
+    for key in (b"a|10", b"b", b"a|1x", b"c", b"a|1"):
+        assert table.holds_window_of(0, key), key
+    for key in (b"a", b"a|", b"a|100", b"d", b"", b"z", b"__crm/campaign/z"):
+        assert not table.holds_window_of(0, key), key
+    assert not table.holds_window_of(1, b"a|1")  # another partition: empty
+
+
+def test_holds_any_says_whether_a_range_has_a_key(table: WindowedTable) -> None:
+    from processors.state.keys import CAMPAIGNS, WINDOWS
+
+    assert not table.holds_any(0, CAMPAIGNS) and not table.holds_any(0, WINDOWS)
+    table.put_many(0, [(window_key(1000, b"a"), b"1"), (b"__crm/position/x", b"{}")], Sink())
+    assert table.holds_any(0, WINDOWS)
+    assert not table.holds_any(0, CAMPAIGNS)  # a reserved key, not a campaign entry
+    table.put_many(0, [(b"__crm/campaign/a", b"{}")], Sink())
+    assert table.holds_any(0, CAMPAIGNS) and not table.holds_any(1, CAMPAIGNS)
