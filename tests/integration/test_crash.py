@@ -76,7 +76,9 @@ def test_kill_9_with_positions_far_behind_the_marks_writes_and_counts_nothing_tw
     restart resumes far behind the dedupe marks and the outputs, and processes again records
     whose events, dead letters and stats increments are already written. None of them may be
     written or counted twice."""
-    log = _kill_9_rounds(seed, crm_env_factory, tmp_path, CRM_POSITIONS_INTERVAL="1h")
+    log = _kill_9_rounds(
+        seed, crm_env_factory, tmp_path, after_placed=True, CRM_POSITIONS_INTERVAL="1h"
+    )
     read_back = sum(int(n) for n in READ_BACK.findall(log))
     assert read_back > 0, (
         f"seed={seed}: no restart processed records whose outputs were written: the test "
@@ -85,15 +87,20 @@ def test_kill_9_with_positions_far_behind_the_marks_writes_and_counts_nothing_tw
 
 
 READ_BACK = re.compile(r"(\d+) raw records already had their outputs written")
+PLACED = re.compile(r"positioned \d+ raw and \d+ stats partitions")
 
 
 def _kill_9_rounds(
     seed: int,
     crm_env_factory: Callable[..., dict[str, str]],
     tmp_path: Path,
+    *,
+    after_placed: bool = False,
     **extra_env: str,
 ) -> str:
-    """The rounds of kills and the exactness checks; returns the worker's log."""
+    """The rounds of kills and the exactness checks; returns the worker's log.
+    ``after_placed``: each kill's delay counts from the moment the worker placed its
+    partitions (it is then processing), not from its start."""
     rng = random.Random(seed)
     api = f"http://127.0.0.1:{free_port()}"
     env = crm_env_factory(
@@ -134,6 +141,8 @@ def _kill_9_rounds(
         for round_ in range(ROUNDS):
             # From the middle of start-up (group join, table recovery) to well into processing.
             delay = rng.uniform(*DELAY)
+            if after_placed:
+                _wait_placed(worker, seed)
             deadline = time.monotonic() + delay
             while time.monotonic() < deadline:
                 if not worker.alive():
@@ -182,6 +191,17 @@ def _kill_9_rounds(
     finally:
         worker.stop()
     return worker.log.read_text(errors="replace")
+
+
+def _wait_placed(worker: WorkerProcess, seed: int) -> None:
+    """Until the worker's log shows that its latest start placed the partitions."""
+    deadline = time.monotonic() + 120
+    while not PLACED.search(worker.log.read_text(errors="replace").rsplit("===== start", 1)[-1]):
+        if not worker.alive():
+            pytest.fail(f"seed={seed}: the worker exited by itself\n{worker.tail()}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"seed={seed}: the partitions were not placed in 120s\n{worker.tail()}")
+        time.sleep(0.1)
 
 
 def _get(base: str, path: str, params: dict[str, Any]) -> Any:
