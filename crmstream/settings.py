@@ -349,6 +349,20 @@ class Settings:
         "(at 2, a batch waited for an earlier one's acknowledgement up to 0.27 s on a loaded "
         "machine: bench/README.md, issue 21)",
     )
+    positions_interval_s: float = setting(
+        "POSITIONS_INTERVAL",
+        1.0,
+        parse_duration,
+        "How often at most a raw partition's position is saved (its key and changelog record in "
+        "the dedupe table, its durable copy, the persisted changelog offset; then it may be "
+        "committed), instead of with every raw batch; 0: with every batch. A live feed's batch "
+        "spans 20-30 raw partitions for ~50 records, so a position per batch cost as many "
+        "writes and changelog records again as the batch's marks. A restart resumes from a "
+        "position up to this old: the records after it have their marks and outputs, found "
+        "again (their own marks, the read-back), so nothing is written or counted twice, but "
+        "they are read and processed again. Always saved with the last batch before a stop, "
+        "and before the partitions are placed after a rebalance (at most 1h)",
+    )
     stats_batch_size: int = setting(
         "STATS_BATCH_SIZE",
         500,
@@ -641,6 +655,12 @@ class Settings:
             raise ConfigError("CRM_REPLICATION_FACTOR", "must be -1 (broker default) or >= 1")
         if self.table_standby_replicas < 0:
             raise ConfigError("CRM_TABLE_STANDBY_REPLICAS", "must be 0 or more")
+        if self.positions_interval_s > 3600:
+            raise ConfigError(
+                "CRM_POSITIONS_INTERVAL",
+                "must be at most 1h (a restart processes up to this much of every raw partition "
+                "again)",
+            )
         if self.dedupe_window_s < 86400:
             raise ConfigError(
                 "CRM_DEDUPE_WINDOW",

@@ -350,6 +350,9 @@ class Worker:
             engine.timer(60.0, "attribution-expire", self._expire_attribution)
         engine.timer(10.0, "observe", self._observe)
         engine.timer(5.0, "positions", self.positioning.watch)
+        if settings.positions_interval_s > 0:
+            # The raw positions still pending (CRM_POSITIONS_INTERVAL) of a quiet partition.
+            engine.timer(settings.positions_interval_s, "checkpoint", self.raw.checkpoint)
         engine.timer(self.DEDUPE_EXPIRY_S, "expire", self._expire)
         engine.timer(
             expiry_interval_s(settings.stats_retention_seconds().values()),

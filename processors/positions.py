@@ -23,7 +23,7 @@ Pure bookkeeping: no Kafka, no Faust, no clock.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import NamedTuple, Protocol
@@ -201,3 +201,62 @@ class PositionTracker:
             track.idle_checks = 0
             return True
         return False
+
+
+class Checkpoints:
+    """Which raw partitions' positions to save, and when: at most once per ``interval`` seconds
+    each (``CRM_POSITIONS_INTERVAL``; 0: with every batch), not with every batch.
+
+    A position costs, per raw partition and batch, a RocksDB key, a changelog record, a durable
+    key and the persisted changelog offset: on a live feed a batch of ~50 records spans 20-30
+    raw partitions, so that was as many writes and records again as its marks. A position saved
+    less often is never wrong, only older: every record below it is processed, and the records
+    from it on that were processed since have their dedupe marks and outputs, which a restart
+    from it finds (their own marks and the read-back, :func:`processors.plan.plan_raw_batch`),
+    so they are marked and counted again but not written or counted twice.
+
+    A batch's partition ends are :meth:`due` when the interval since the partition's last saved
+    position has passed (or ``force``: a rebalance or a stop); the others are kept
+    (:attr:`pending`) until a later batch or :meth:`flush` saves them. Pure: the caller gives the
+    clock's reading.
+    """
+
+    def __init__(self, interval: float) -> None:
+        if interval < 0:
+            raise ValueError("a checkpoint interval is 0 or more seconds")
+        self.interval = interval
+        self.pending: dict[TP, int] = {}  # a partition's latest end not saved yet
+        self._saved_at: dict[TP, float] = {}
+
+    def due(self, ends: Mapping[TP, int], now: float, *, force: bool = False) -> dict[TP, int]:
+        """The ends of one batch (each partition's position after it): those to save now with
+        its marks. The others wait, superseding the partition's earlier pending end."""
+        if self.interval <= 0:
+            return dict(ends)
+        pending = self.pending
+        saved_at = self._saved_at
+        out: dict[TP, int] = {}
+        for tp, end in ends.items():
+            last = saved_at.get(tp)
+            if force or last is None or now - last >= self.interval:
+                out[tp] = end
+                saved_at[tp] = now
+                pending.pop(tp, None)
+            else:
+                pending[tp] = end
+        return out
+
+    def flush(self, now: float, keep: Callable[[TP], bool] | None = None) -> dict[TP, int]:
+        """Every pending end (of the partitions ``keep`` accepts; the others are dropped: no
+        longer assigned), to save now."""
+        out = {tp: end for tp, end in self.pending.items() if keep is None or keep(tp)}
+        self.pending.clear()
+        for tp in out:
+            self._saved_at[tp] = now
+        return out
+
+    def forget(self) -> None:
+        """A rebalance placed the partitions again, from their saved positions: what was
+        pending is of the previous placement."""
+        self.pending.clear()
+        self._saved_at.clear()

@@ -13,7 +13,10 @@ A batch's way, top to bottom (:meth:`RawPath.process`):
 5. **finish** (a task of its own, :meth:`RawPath._finish`): once Kafka acknowledged the batch,
    its marks and positions are written (one RocksDB write batch per partition, with their
    changelog records), its records released to the engine, and once those changelog records
-   are acknowledged too, its positions become committable.
+   are acknowledged too, its positions become committable. A raw partition's position is saved
+   at most once per ``CRM_POSITIONS_INTERVAL`` (:class:`processors.positions.Checkpoints`),
+   always with marks or after them, and for every partition before a stop and before the
+   partitions are placed after a rebalance.
 
 Up to ``CRM_WORKER_MAX_INFLIGHT`` batches wait for their acknowledgement at once (the next one is
 normalized and produced meanwhile). Each holds its records (a rebalance waits for them) and its
@@ -48,7 +51,7 @@ from processors.normalize.model import (
 from processors.outputs import DeadLetters, Offsets, Outputs, position_headers, record_size
 from processors.plan import Candidate, RawPlan, candidate, plan_raw_batch
 from processors.positioning import Floors, Positioning, by_partition
-from processors.positions import TP, TopicPartition
+from processors.positions import TP, Checkpoints, TopicPartition
 from processors.records import RawPosition, canonical_record, headers_dict, stats_updates_value
 from processors.stages import DEDUPE, ENCODE, NORMALIZE, PRODUCE, Stages
 from processors.state.keys import durable_key, position_key
@@ -136,11 +139,17 @@ class InFlight:
     marks: dict[int, list[tuple[bytes, bytes]]]
     keys: list[bytes]  # the marks' keys, held in RawPath.pending_keys meanwhile
     ends: dict[TP, int]  # each raw partition's position after this batch
-    saved: dict[TP, bytes]  # ... as saved (SavedPosition.encode), once its marks are written
+    saved: dict[TP, bytes]  # the positions it saves (SavedPosition.encode), see Checkpoints
     tally: Tally
     started: float
     written: asyncio.Future[None]  # its marks and positions are written locally
     done: asyncio.Future[None]  # ... and their changelog records acknowledged
+    # No batch: it saves the positions pending (Checkpoints.flush) of the partitions ``keep``
+    # accepts, after the batches before it.
+    flush: bool = False
+    keep: Callable[[TP], bool] | None = None
+    saving: dict[TP, int] = field(default_factory=dict)  # the ends whose positions it saves
+    failed: bool = False  # it raised (the worker stops): the batches after it save nothing
 
 
 class RawPath:
@@ -161,6 +170,7 @@ class RawPath:
         vendor_of_topic: dict[str, str],
         ready: Callable[[], Awaitable[None]],
         attribution: Callable[[Iterable[CanonicalEvent]], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -184,6 +194,8 @@ class RawPath:
         self.last_in_flight: InFlight | None = None
         self.pending_keys: set[bytes] = set()
         self.busy = 0  # batches in hand or in flight
+        self.clock = clock
+        self.checkpoints = Checkpoints(settings.positions_interval_s)
 
     # -- the batch -----------------------------------------------------------------------
 
@@ -380,9 +392,26 @@ class RawPath:
 
     async def _finish(self, batch: InFlight, previous: InFlight | None) -> None:
         """After ``previous``, and once Kafka acknowledged the batch's outputs: write its dedupe
-        marks and its raw partitions' positions (one RocksDB write batch per partition, and
+        marks and the raw partitions' positions due (one RocksDB write batch per partition, and
         their changelog records), release its raw records and count it. Once the changelog
-        records are acknowledged too, the positions may be committed."""
+        records are acknowledged too, those positions may be committed.
+
+        A position is due at most once per ``CRM_POSITIONS_INTERVAL`` per partition
+        (:class:`processors.positions.Checkpoints`), and always while a rebalance waits for
+        the batch. A flush (:meth:`flush`) is a batch without records: the positions pending."""
+        try:
+            await self._write(batch, previous)
+            await self._make_durable(batch, previous)
+        except BaseException:
+            batch.failed = True
+            raise
+        finally:
+            for future in (batch.written, batch.done):
+                if not future.done():
+                    future.set_result(None)
+
+    async def _write(self, batch: InFlight, previous: InFlight | None) -> None:
+        """The first half of :meth:`_finish`: the marks and positions written locally."""
         try:
             if previous is not None:
                 await previous.written
@@ -390,35 +419,91 @@ class RawPath:
             cpu = Stages()
             acked_ms = time.time_ns() // 1_000_000
             self.floors.raise_to(offsets)
+            if batch.flush:
+                batch.saving = self.checkpoints.flush(self.clock(), batch.keep)
+            else:
+                batch.saving = self.checkpoints.due(
+                    batch.ends, self.clock(), force=self.engine.rebalancing()
+                )
             items = batch.marks
-            for tp, end in batch.ends.items():
+            for tp, end in batch.saving.items():
                 saved = self.positioning.position_value(tp, end)
                 batch.saved[tp] = saved
                 items.setdefault(tp.partition, []).append((position_key(tp.topic), saved))
             for partition, partition_items in items.items():
                 self.dedupe.put_many(partition, partition_items, self.outputs)
-            self.pending_keys.difference_update(batch.keys)
-            cpu.lap(DEDUPE)
-            self.engine.release(batch.events)
-            _count_batch(batch.tally, acked_ms, batch.started)
-            cpu.count()
+            if not batch.flush:
+                self.pending_keys.difference_update(batch.keys)
+                cpu.lap(DEDUPE)
+                self.engine.release(batch.events)
+                _count_batch(batch.tally, acked_ms, batch.started)
+                cpu.count()
         finally:
-            self.slots.release()
-            self.busy -= 1
+            if not batch.flush:
+                self.slots.release()
+                self.busy -= 1
             if not batch.written.done():
                 batch.written.set_result(None)
-        # The marks' and positions' changelog records (this task's own batch of outputs).
-        try:
-            self.dedupe.set_persisted_offsets(await self.outputs.seal())
-            durable = by_partition(
-                (tp.partition, durable_key(tp.topic), saved) for tp, saved in batch.saved.items()
-            )
-            for partition, durable_items in durable.items():
-                self.dedupe.write(partition, durable_items)
-            self.positioning.durable(batch.ends)
-        finally:
-            if not batch.done.done():
-                batch.done.set_result(None)
+
+    async def _make_durable(self, batch: InFlight, previous: InFlight | None) -> None:
+        """The second half: once the marks' and positions' changelog records (this task's own
+        batch of outputs) and the earlier batches' are acknowledged (a position saved here may
+        cover records whose marks an earlier batch wrote), the positions' durable copies, and
+        they may be committed. The persisted changelog offset only goes with positions: a
+        restart with an older one restores the records after it again, in order (the same
+        values)."""
+        offsets = await self.outputs.seal()
+        if previous is not None:
+            await previous.done
+            if previous.failed:
+                raise RuntimeError("an earlier raw batch failed")
+        if not batch.saved:
+            return
+        self.dedupe.set_persisted_offsets(offsets)
+        durable = by_partition(
+            (tp.partition, durable_key(tp.topic), saved) for tp, saved in batch.saved.items()
+        )
+        for partition, durable_items in durable.items():
+            self.dedupe.write(partition, durable_items)
+        self.positioning.durable(batch.saving)
+
+    def flush(self, keep: Callable[[TP], bool] | None = None) -> InFlight | None:
+        """Save the pending positions (of the partitions ``keep`` accepts; the others are
+        dropped) after the batches in flight: a batch of its own, without records. None when
+        none is pending."""
+        if not self.checkpoints.pending:
+            return None
+        loop = asyncio.get_running_loop()
+        acked: asyncio.Future[Offsets] = loop.create_future()
+        acked.set_result({})
+        in_flight = InFlight(
+            acked,
+            (),
+            {},
+            [],
+            {},
+            {},
+            Tally(),
+            time.perf_counter(),
+            loop.create_future(),
+            loop.create_future(),
+            flush=True,
+            keep=keep,
+        )
+        previous, self.last_in_flight = self.last_in_flight, in_flight
+        task = asyncio.ensure_future(self._finish(in_flight, previous))
+        task.add_done_callback(self._fatal_if_failed)
+        return in_flight
+
+    async def checkpoint(self) -> None:
+        """The positions timer: save the positions still pending (a feed that went quiet, a
+        partition whose records stopped), once per ``CRM_POSITIONS_INTERVAL``. Not while a
+        rebalance moves the partitions: the placement after it saves them
+        (:meth:`written`)."""
+        if self.engine.rebalancing():
+            return
+        assigned = self.engine.assignment()
+        self.flush(lambda tp: tp in assigned)
 
     # -- around the batches --------------------------------------------------------------
 
@@ -428,24 +513,40 @@ class RawPath:
         waiting would land its dead letters after the read-back, and the partition's records
         processed again would send them a second time (events are held off by their pending
         dedupe keys, dead letters by nothing else). The engine's revocation already waits for
-        the held records; this makes the read-back independent of that."""
+        the held records; this makes the read-back independent of that.
+
+        Then the positions still pending (``CRM_POSITIONS_INTERVAL``) of the partitions still
+        assigned are saved, and made durable: the placement that follows resumes from them
+        (the revoked partitions' are dropped: no longer this worker's to write)."""
         last = self.last_in_flight
-        if last is None or last.written.done():
-            return
-        log.info("waiting for the raw batches in flight before placing the partitions")
+        if last is not None and not last.written.done():
+            log.info("waiting for the raw batches in flight before placing the partitions")
+            await self._wait(last.written, "unacknowledged")
+        assigned = self.engine.assignment()
+        flushed = self.flush(lambda tp: tp in assigned)
+        if flushed is not None:
+            await self._wait(flushed.done, "without their positions saved")
+        self.checkpoints.forget()
+
+    async def _wait(self, future: asyncio.Future[None], what: str) -> None:
         try:
-            await asyncio.wait_for(asyncio.shield(last.written), timeout=IN_FLIGHT_WAIT_S)
+            await asyncio.wait_for(asyncio.shield(future), timeout=IN_FLIGHT_WAIT_S)
         except TimeoutError:
             raise BrokerError(
-                f"raw batches still unacknowledged after {IN_FLIGHT_WAIT_S:.0f}s at a rebalance"
+                f"raw batches still {what} after {IN_FLIGHT_WAIT_S:.0f}s at a rebalance"
             ) from None
 
     async def stopping(self) -> None:
-        """The agent stops: let the batches in flight finish, so that their marks and positions
-        are saved and can be committed."""
+        """The agent stops: let the batches in flight finish, and save the positions pending
+        after them, so that every processed record's position is saved and can be committed."""
         last = self.last_in_flight
-        if last is not None and not last.done.done():
-            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+        if last is None:
+            return
+        with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+            # Their positions are pending once written (Checkpoints.due), then flushed.
+            await asyncio.wait_for(asyncio.shield(last.written), timeout=30)
+            last = self.flush() or last
+            if not last.done.done():
                 await asyncio.wait_for(asyncio.shield(last.done), timeout=30)
 
 

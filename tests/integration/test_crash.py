@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 import threading
 import time
@@ -63,6 +64,43 @@ DELAY = (
 def test_kill_9_at_random_moments_loses_nothing_and_counts_everything_once(
     seed: int, crm_env_factory: Callable[..., dict[str, str]], tmp_path: Path
 ) -> None:
+    _kill_9_rounds(seed, crm_env_factory, tmp_path)
+
+
+@pytest.mark.parametrize("seed", [s + 500 for s in SEEDS])
+def test_kill_9_with_positions_far_behind_the_marks_writes_and_counts_nothing_twice(
+    seed: int, crm_env_factory: Callable[..., dict[str, str]], tmp_path: Path
+) -> None:
+    """Positions saved at most once an hour (CRM_POSITIONS_INTERVAL): a partition's position is
+    saved with its first batch after each start and not again before the next kill, so every
+    restart resumes far behind the dedupe marks and the outputs, and processes again records
+    whose events, dead letters and stats increments are already written. None of them may be
+    written or counted twice."""
+    log = _kill_9_rounds(
+        seed, crm_env_factory, tmp_path, after_placed=True, CRM_POSITIONS_INTERVAL="1h"
+    )
+    read_back = sum(int(n) for n in READ_BACK.findall(log))
+    assert read_back > 0, (
+        f"seed={seed}: no restart processed records whose outputs were written: the test "
+        "did not put a position behind the outputs"
+    )
+
+
+READ_BACK = re.compile(r"(\d+) raw records already had their outputs written")
+PLACED = re.compile(r"positioned \d+ raw and \d+ stats partitions")
+
+
+def _kill_9_rounds(
+    seed: int,
+    crm_env_factory: Callable[..., dict[str, str]],
+    tmp_path: Path,
+    *,
+    after_placed: bool = False,
+    **extra_env: str,
+) -> str:
+    """The rounds of kills and the exactness checks; returns the worker's log.
+    ``after_placed``: each kill's delay counts from the moment the worker placed its
+    partitions (it is then processing), not from its start."""
     rng = random.Random(seed)
     api = f"http://127.0.0.1:{free_port()}"
     env = crm_env_factory(
@@ -78,6 +116,7 @@ def test_kill_9_at_random_moments_loses_nothing_and_counts_everything_once(
         CRM_WORKER_BATCH_SIZE="25",
         CRM_WORKER_MAX_INFLIGHT="4",
         CRM_STATS_BATCH_SIZE="5",
+        **extra_env,
     )
     settings = Settings.from_env(env)
     create_topics(settings, extra=changelog_specs(settings))
@@ -102,6 +141,8 @@ def test_kill_9_at_random_moments_loses_nothing_and_counts_everything_once(
         for round_ in range(ROUNDS):
             # From the middle of start-up (group join, table recovery) to well into processing.
             delay = rng.uniform(*DELAY)
+            if after_placed:
+                _wait_placed(worker, seed)
             deadline = time.monotonic() + delay
             while time.monotonic() < deadline:
                 if not worker.alive():
@@ -149,6 +190,18 @@ def test_kill_9_at_random_moments_loses_nothing_and_counts_everything_once(
         assert len(feed.expected.event_ids) > 1000
     finally:
         worker.stop()
+    return worker.log.read_text(errors="replace")
+
+
+def _wait_placed(worker: WorkerProcess, seed: int) -> None:
+    """Until the worker's log shows that its latest start placed the partitions."""
+    deadline = time.monotonic() + 120
+    while not PLACED.search(worker.log.read_text(errors="replace").rsplit("===== start", 1)[-1]):
+        if not worker.alive():
+            pytest.fail(f"seed={seed}: the worker exited by itself\n{worker.tail()}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"seed={seed}: the partitions were not placed in 120s\n{worker.tail()}")
+        time.sleep(0.1)
 
 
 def _get(base: str, path: str, params: dict[str, Any]) -> Any:

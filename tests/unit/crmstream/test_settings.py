@@ -21,6 +21,7 @@ def test_defaults_are_production_defaults() -> None:
     assert s.changelog_max_batch_bytes == 1_000_000
     assert s.changelog_linger_s == 0.1
     assert s.output_linger_s == 0.02
+    assert s.positions_interval_s == 1.0
     assert s.topic("events") == "crm.events"
     assert s.stats_window_seconds() == [("1m", 60), ("1h", 3600)]
 
@@ -44,6 +45,9 @@ def test_defaults_are_production_defaults() -> None:
         ({"CRM_OUTPUT_LINGER": "0"}, "CRM_OUTPUT_LINGER"),
         ({"CRM_CHANGELOG_LINGER": "0"}, "CRM_CHANGELOG_LINGER"),
         ({"CRM_CHANGELOG_LINGER": "later"}, "CRM_CHANGELOG_LINGER"),
+        ({"CRM_POSITIONS_INTERVAL": "-1s"}, "CRM_POSITIONS_INTERVAL"),
+        ({"CRM_POSITIONS_INTERVAL": "often"}, "CRM_POSITIONS_INTERVAL"),
+        ({"CRM_POSITIONS_INTERVAL": "2h"}, "CRM_POSITIONS_INTERVAL"),
         ({"CRM_MAX_MESSAGE_BYTES": "0"}, "CRM_MAX_MESSAGE_BYTES"),
         ({"CRM_SASL_PASSWORD_FILE": "/nonexistent/pw"}, "CRM_SASL_PASSWORD_FILE"),
         ({"CRM_API_PORT": "70000"}, "CRM_API_PORT"),

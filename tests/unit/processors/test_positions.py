@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from processors.positions import PositionTracker, TopicPartition, Verdict
+import pytest
+
+from processors.positions import Checkpoints, PositionTracker, TopicPartition, Verdict
 
 TP = TopicPartition("crm.raw.airship", 3)
 
@@ -105,3 +107,50 @@ def test_saved_floors_stay_below_an_earlier_runs_outputs_until_the_position_pass
     plain = PositionTracker()
     plain.start(TP, 50, floors=origin)  # nothing read back: this run's floors hold at once
     assert plain.floors_for(TP, 51, current) is None
+
+
+# -- checkpoints (CRM_POSITIONS_INTERVAL) ------------------------------------------------------
+
+OTHER = TopicPartition("crm.raw.airship", 4)
+
+
+def test_with_no_interval_every_batch_saves_every_position() -> None:
+    checkpoints = Checkpoints(0)
+    assert checkpoints.due({TP: 5, OTHER: 9}, 0.0) == {TP: 5, OTHER: 9}
+    assert checkpoints.due({TP: 6}, 0.0) == {TP: 6}
+    assert checkpoints.pending == {}
+    assert checkpoints.flush(0.0) == {}
+
+
+def test_a_position_is_saved_at_most_once_per_interval_and_the_latest_one_waits() -> None:
+    checkpoints = Checkpoints(1.0)
+    # A partition's first batch saves its position at once.
+    assert checkpoints.due({TP: 5, OTHER: 9}, 10.0) == {TP: 5, OTHER: 9}
+    assert checkpoints.due({TP: 6}, 10.4) == {}
+    assert checkpoints.due({TP: 7, OTHER: 11}, 10.9) == {}
+    assert checkpoints.pending == {TP: 7, OTHER: 11}
+    # One interval after its last save, the partition's next batch saves its end.
+    assert checkpoints.due({TP: 8}, 11.0) == {TP: 8}
+    assert checkpoints.pending == {OTHER: 11}
+    assert checkpoints.due({TP: 9}, 11.5) == {}
+    # A rebalance waiting for the batch: saved whatever the interval.
+    assert checkpoints.due({TP: 10}, 11.6, force=True) == {TP: 10}
+    assert checkpoints.pending == {OTHER: 11}
+
+
+def test_a_flush_saves_what_is_pending_of_the_partitions_kept_and_drops_the_rest() -> None:
+    checkpoints = Checkpoints(1.0)
+    checkpoints.due({TP: 5, OTHER: 9}, 10.0)
+    checkpoints.due({TP: 6, OTHER: 10}, 10.2)
+    assert checkpoints.flush(10.3, keep=lambda tp: tp == TP) == {TP: 6}
+    assert checkpoints.pending == {}  # OTHER's end dropped: no longer this worker's
+    # Flushed counts as saved: the next save is one interval after it.
+    assert checkpoints.due({TP: 7}, 11.2) == {}
+    assert checkpoints.due({TP: 8}, 11.3) == {TP: 8}
+    checkpoints.forget()
+    assert checkpoints.due({TP: 9}, 11.4) == {TP: 9}  # placed again: saved at once
+
+
+def test_a_negative_interval_is_refused() -> None:
+    with pytest.raises(ValueError, match="0 or more"):
+        Checkpoints(-1)

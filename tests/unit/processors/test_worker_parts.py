@@ -135,6 +135,7 @@ def test_outside_a_rebalance_partitions_go_back_to_their_own_position(tmp_path: 
 def test_a_batch_in_flight_holds_its_records_and_marks_until_acknowledged(tmp_path: Path) -> None:
     parts = Parts(tmp_path)
     raw_tp = parts.raw_tp()
+    parts.engine.assigned = {raw_tp}
     parts.positioning.tracker.start(raw_tp, 0)
 
     async def scenario() -> None:
@@ -190,6 +191,108 @@ def test_records_whose_outputs_an_earlier_run_wrote_are_not_written_again(
     ), caplog.messages
     # Processed all the same: marks written, position past them.
     assert parts.positioning.tracker.expected(raw_tp) == 3
+
+
+def position_records(parts: Parts, tp: TopicPartition) -> list[int]:
+    """The positions of ``tp`` sent to the dedupe changelog, in order."""
+    return [
+        SavedPosition.decode(value).next
+        for _, partition, key, value in parts.outputs.changelog
+        if partition == tp.partition and key == position_key(tp.topic) and value is not None
+    ]
+
+
+def test_positions_are_saved_once_per_interval_and_an_older_one_writes_nothing_twice(
+    tmp_path: Path,
+) -> None:
+    """CRM_POSITIONS_INTERVAL: a batch within the interval writes its marks but not its
+    partition's position; processing again from the older position (a restart) writes none of
+    the records' events a second time (their own marks); the timer and the stop save it."""
+    parts = Parts(tmp_path, {"CRM_POSITIONS_INTERVAL": "1s"})
+    raw_tp = parts.raw_tp()
+    parts.engine.assigned = {raw_tp}
+    parts.positioning.tracker.start(raw_tp, 0)
+    now = [100.0]
+    parts.raw.clock = lambda: now[0]
+
+    async def finished() -> None:
+        last = parts.raw.last_in_flight
+        assert last is not None
+        await last.done
+
+    def durable() -> int:
+        value = parts.dedupe.get_many(0, [durable_key(raw_tp.topic)])[0]
+        assert value is not None
+        return SavedPosition.decode(value).next
+
+    async def scenario() -> None:
+        await parts.raw.process([raw_event(parts, 0, segment("m-1")), raw_event(parts, 1, b"x")])
+        await finished()
+        assert (parts.positioning.committable(raw_tp), durable()) == (2, 2)
+        now[0] = 100.5
+        await parts.raw.process([raw_event(parts, 2, segment("m-3"))])
+        await finished()
+        # Marked, not positioned: the saved position is still 2.
+        assert (parts.positioning.committable(raw_tp), durable()) == (2, 2)
+        assert position_records(parts, raw_tp) == [2]
+        assert parts.raw.checkpoints.pending == {raw_tp: 3}
+        # A restart from the older position: record 2 again. Its own mark says its event was
+        # written: not again (the stats increment goes again; the stats path skips it).
+        parts.raw.checkpoints.forget()
+        parts.positioning.tracker.start(raw_tp, 2)
+        await parts.raw.process([raw_event(parts, 2, segment("m-3"))])
+        await finished()
+        assert events_sent(parts) == [b"SEGMENT:m-1", b"SEGMENT:m-3"]
+        assert len(parts.outputs.topics(parts.settings.topic("dead-letter"))) == 1
+        # The first batch after a placement saves at once.
+        assert (parts.positioning.committable(raw_tp), durable()) == (3, 3)
+        now[0] = 100.6
+        await parts.raw.process([raw_event(parts, 3, segment("m-4"))])
+        await finished()
+        assert durable() == 3
+        # The timer saves what is pending (a quiet partition).
+        await parts.raw.checkpoint()
+        await finished()
+        assert (parts.positioning.committable(raw_tp), durable()) == (4, 4)
+        now[0] = 100.7
+        await parts.raw.process([raw_event(parts, 4, segment("m-5"))])
+        # The stop waits for the batch in flight and saves its position.
+        await parts.raw.stopping()
+        assert (parts.positioning.committable(raw_tp), durable()) == (5, 5)
+        assert position_records(parts, raw_tp) == [2, 3, 4, 5]
+
+    asyncio.run(scenario())
+    assert parts.engine.fatal_errors == []
+
+
+def test_a_rebalance_saves_the_pending_positions_of_the_partitions_still_assigned(
+    tmp_path: Path,
+) -> None:
+    parts = Parts(tmp_path, {"CRM_POSITIONS_INTERVAL": "1s"})
+    kept, revoked = parts.raw_tp(), parts.raw_tp(1)
+    parts.engine.assigned = {kept, revoked}
+    for tp in (kept, revoked):
+        parts.positioning.tracker.start(tp, 0)
+    now = [100.0]
+    parts.raw.clock = lambda: now[0]
+
+    async def scenario() -> None:
+        await parts.raw.process(
+            [raw_event(parts, 0, segment("m-1")), raw_event(parts, 0, segment("m-2"), 1)]
+        )
+        now[0] = 100.1
+        await parts.raw.process(
+            [raw_event(parts, 1, segment("m-3")), raw_event(parts, 1, segment("m-4"), 1)]
+        )
+        parts.engine.assigned = {kept}
+        await parts.raw.written()  # as the placement after a rebalance does
+
+    asyncio.run(scenario())
+    assert position_records(parts, kept) == [1, 2]
+    assert position_records(parts, revoked) == [1]  # not written once revoked
+    assert parts.positioning.committable(kept) == 2
+    assert parts.positioning.committable(revoked) == 1
+    assert parts.raw.checkpoints.pending == {}
 
 
 def test_a_failing_finish_is_fatal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
