@@ -66,8 +66,8 @@ log = logging.getLogger("crmstream.worker")
 
 
 _ALL_HELD = Admission()
-"""A table partition's admission when the batch's windows are all held (read-only: nothing
-refused, no new campaign)."""
+"""A table partition's admission when nothing can be refused: the batch's windows are all
+held, or the partition holds no campaign entry (read-only)."""
 
 
 def expiry_interval_s(retention_s: float | Iterable[float]) -> float:

@@ -34,7 +34,7 @@ from typing import Protocol, cast
 import rocksdict
 
 from processors.engine import TableStore
-from processors.state.keys import START_DIGITS, WINDOWS, KeyRange, expiry_ranges
+from processors.state.keys import START_DIGITS, WINDOWS, KeyRange, expiry_ranges, window_key
 
 log = logging.getLogger("crmstream.worker")
 
@@ -140,7 +140,7 @@ class WindowedTable:
             if found >= WINDOWS.upper:
                 return False
             digits = found[:START_DIGITS]
-            wanted = b"%s:%s" % (digits, key)
+            wanted = window_key(int(digits), key)
             if found < wanted:
                 it.seek(wanted)
                 if not it.valid():
