@@ -174,3 +174,22 @@ def test_faust_floor_smoke(kafka_bootstrap: str) -> None:
     match = re.search(r"3000 raw records, ([\d,]+) records/s", proc.stdout)
     assert match, proc.stdout[-2000:]
     assert int(match.group(1).replace(",", "")) > 0
+
+
+@pytest.mark.timeout(120)
+def test_broker_fetch_cost_smoke(capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m bench.broker_fetch_cost`` (the embedded broker's own cost, README) runs on a
+    broker of its own and reports Tansu's CPU for its three live phases."""
+    from bench import broker_fetch_cost
+
+    code = broker_fetch_cost.main(
+        ["--preload", "2000", "--preload-batch", "10", "--rate", "500", "--seconds", "1"]
+    )
+    assert code == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.endswith(" cores")]
+    assert [line.split(":")[0] for line in lines] == [
+        "fresh topic",
+        "after 2000 records in batches of <= 10",
+        "fresh topic again",
+    ]
+    assert all(float(line.split(":")[1].split()[0]) >= 0 for line in lines)
