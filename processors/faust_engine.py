@@ -89,7 +89,9 @@ the ones this was written for (``check_versions``).
    and agent supervision. The patches around it:
 
    * aiokafka pauses the readers' partitions as soon as they are assigned (its fetcher would
-     prefetch them), and ``_fetch_records`` leaves them out: Faust never fetches them;
+     prefetch them), and ``_fetch_records`` leaves them out: Faust never fetches them; nor the
+     leader topic's partition, to which nothing is written (its assignment elects the leader):
+     fetched, it was a held fetch request every ``CRM_CONSUMER_FETCH_MAX_WAIT`` for nothing;
    * their resume, held until the worker has placed them (1. and 2.), goes to the readers, at the
      placed offsets (a partition is fetched by nothing before that), and only for partitions
      the event loop has assigned and the worker placed since: Faust's recovery computes the
