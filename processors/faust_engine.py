@@ -89,7 +89,9 @@ the ones this was written for (``check_versions``).
    and agent supervision. The patches around it:
 
    * aiokafka pauses the readers' partitions as soon as they are assigned (its fetcher would
-     prefetch them), and ``_fetch_records`` leaves them out: Faust never fetches them;
+     prefetch them), and ``_fetch_records`` leaves them out: Faust never fetches them; nor the
+     leader topic's partition, to which nothing is written (its assignment elects the leader):
+     fetched, it was a held fetch request every ``CRM_CONSUMER_FETCH_MAX_WAIT`` for nothing;
    * their resume, held until the worker has placed them (1. and 2.), goes to the readers, at the
      placed offsets (a partition is fetched by nothing before that), and only for partitions
      the event loop has assigned and the worker placed since: Faust's recovery computes the
@@ -428,23 +430,35 @@ def apply() -> None:
 
     partitions_assigned = AIOKafkaConsumerThread.on_partitions_assigned
 
+    def never_fetched_here(self: Any, tp: Any) -> bool:
+        """A partition Faust's aiokafka consumer never fetches: the readers' (they fetch it)
+        and the leader topic's (<app>-__assignor-__leader): its assignment alone elects the
+        leader (``is_leader`` asks the assignment) and nothing is ever written to it, yet
+        fetched it cost a held fetch request per CRM_CONSUMER_FETCH_MAX_WAIT (~14/s at 50 ms,
+        each a share of the broker's CPU; bench/README.md, issue 21)."""
+        readers = _readers(self.consumer)
+        if readers is not None and readers.handles(tp):
+            return True
+        app = self.consumer.app
+        return not app.conf.topic_disable_leader and (
+            tp.topic == app._leader_assignor._leader_topic_name
+        )
+
     async def pause_the_readers_partitions(
         self: Any, assigned: Any, generation_id: int = 0
     ) -> None:
-        # aiokafka's fetcher prefetches every assigned partition that is not paused in it.
-        readers = _readers(self.consumer)
-        if readers is not None:
-            read = [tp for tp in assigned if readers.handles(tp)]
-            if read:
-                self._ensure_consumer().pause(*(ensure_aiokafka_TP(tp) for tp in read))
+        # aiokafka's fetcher prefetches every assigned partition that is not paused in it
+        # (Faust's own pause and resume never reach it): these stay paused all generation.
+        never = [tp for tp in assigned if never_fetched_here(self, tp)]
+        if never:
+            self._ensure_consumer().pause(*(ensure_aiokafka_TP(tp) for tp in never))
         await partitions_assigned(self, assigned, generation_id)
 
     verify_event_path = AIOKafkaConsumerThread.verify_event_path
 
     def verify_unless_read(self: Any, now: float, tp: Any) -> None:
-        readers = _readers(self.consumer)
-        if readers is not None and readers.handles(tp):
-            return None  # never fetched here: no highwater to compare with
+        if never_fetched_here(self, tp):
+            return None  # no fetch, no highwater to compare with
         return cast(None, verify_event_path(self, now, tp))
 
     build_highwaters = Recovery._build_highwaters

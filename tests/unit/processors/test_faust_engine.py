@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import faust
@@ -502,3 +503,29 @@ def test_a_placement_that_ends_after_the_next_assignment_resumes_nothing(
         assert reader._active == set()  # the next recovery places it, then resumes it
 
     asyncio.run(run())
+
+
+def test_the_leader_topic_is_paused_in_aiokafka_at_every_assignment(app: faust.App) -> None:
+    """Nothing is written to the leader topic, and its assignment alone elects the leader: the
+    fetcher holding a fetch on it every CRM_CONSUMER_FETCH_MAX_WAIT was a broker's CPU for
+    nothing (issue 21)."""
+    paused: list[Any] = []
+    handed: list[Any] = []
+
+    async def assigned_in_faust(loop: Any, assigned: Any, generation_id: int) -> None:
+        handed.append(assigned)
+
+    consumer = SimpleNamespace(app=app, threadsafe_partitions_assigned=assigned_in_faust)
+    thread: Any = SimpleNamespace(
+        consumer=consumer,
+        thread_loop=None,
+        _ensure_consumer=lambda: SimpleNamespace(pause=lambda *tps: paused.extend(tps)),
+    )
+    leader = TP(app._leader_assignor._leader_topic_name, 0)
+    assigned = {leader, TP("crm.events", 0)}
+    asyncio.run(AIOKafkaConsumerThread.on_partitions_assigned(thread, assigned, 3))
+    assert [(tp.topic, tp.partition) for tp in paused] == [(leader.topic, 0)]
+    assert handed == [assigned]
+    # Never fetched, so no fetch time nor highwater: Faust's stall check leaves it alone (else
+    # it logged "no fetch request sent" errors; the fake consumer has no fetcher to look into).
+    AIOKafkaConsumerThread.verify_event_path(thread, 0.0, leader)
