@@ -17,6 +17,13 @@ partition's fixed costs weigh; ``--profile FILE`` writes a cProfile of parse + c
 thread's CPU clock, so that a loaded machine's preemptions are not booked to whatever ran before
 them; reading that clock at every call inflates the small functions).
 
+``--flush-interval S`` counts with write-behind (``CRM_STATS_FLUSH_INTERVAL``; its monotonic
+clock moves ``--batch-gap-s`` per stats batch, a live feed's 50 ms by default) and writes every
+window left in memory at the end, as a clean stop does. It writes fewer upserts and changelog
+records by design, so the stream digests differ; ``final sha256`` (every table partition's
+windows, and the last upsert of each key, with each sketch taken by its estimate: an image's
+bytes depend on the order its recipients came in) is what must match the same run at 0.
+
 So two checkouts can be compared byte for byte (issue 21: a cheaper stats path must write the
 same upserts and changelog values): run it from each (``python -m`` takes the working
 directory's packages) and compare the digests. The CPU figure is a loop's, without Kafka.
@@ -33,16 +40,25 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from bench.generate import DEFAULT_CAMPAIGNS, SPAN_MS, generate
+from crmstream.errors import SerdeError
 from crmstream.serde import AvroSerde
 from crmstream.settings import Settings
 from crmstream.topics import VENDORS, raw_topic
+from processors import uniques
 from processors.normalize import NORMALIZERS
 from processors.normalize.model import CanonicalEvent, NormalizeContext
 from processors.plan import candidate, plan_raw_batch
 from processors.raw import StatsPartitions
-from processors.records import RawPosition, parse_stats_updates, stats_updates_value
+from processors.records import (
+    RawPosition,
+    load_window,
+    parse_stats_updates,
+    stats_updates_value,
+    window_updated_ms,
+)
 from processors.state.keys import CAMPAIGN_KEY_PREFIX
 from processors.state.table import LocalStore, WindowedTable
 from processors.stats import StatsTables
@@ -60,6 +76,7 @@ class _Outputs:
         self.upserts = hashlib.sha256()
         self.changelog = hashlib.sha256()
         self.counts = {"upserts": 0, "changelog": 0, "entries": 0}
+        self.last: dict[bytes | None, bytes | None] = {}  # each key's last upsert
 
     def send(
         self,
@@ -71,6 +88,7 @@ class _Outputs:
     ) -> None:
         self.upserts.update(repr((topic, key, value)).encode())
         self.counts["upserts"] += 1
+        self.last[key] = value
 
     def send_changelog(self, topic: str, partition: int, key: bytes, value: bytes | None) -> None:
         self.changelog.update(repr((topic, partition, key, value)).encode())
@@ -83,6 +101,44 @@ class _Outputs:
 
     async def seal(self) -> dict[tuple[str, int], int]:
         return {}
+
+
+def _canonical(value: Any) -> Any:
+    """``value`` with every sketch image replaced by its estimate: an image's bytes depend on
+    the order its recipients came in (DataSketches' exact modes are hash tables), its registers
+    and estimate do not (processors/uniques.py), so two runs that counted the same events in
+    other batches compare equal."""
+    if isinstance(value, bytes):
+        return ("sketch", uniques.estimate(value))
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in sorted(value.items())}
+    if isinstance(value, list | tuple):
+        return [_canonical(v) for v in value]
+    return value
+
+
+def _window_state(value: bytes) -> Any:
+    """A stored window, canonical (:func:`_canonical`): its update time, counts, raw offsets,
+    name, breakdowns and each sketch's estimate."""
+    counts = load_window(value, 12)
+    sketches = {key: sketch.estimate() for key, sketch in sorted(counts.sketches.items())}
+    breakdowns = {}
+    for name, b in sorted(counts.breakdowns.items()):
+        breakdowns[name] = (
+            _canonical(b.dump()),
+            sorted((bucket, key, uniques.estimate(image)) for bucket, key, image in b.images()),
+        )
+    return (
+        window_updated_ms(value),
+        counts.total,
+        _canonical(counts.by_type),
+        _canonical(counts.by_channel),
+        _canonical(counts.applied),
+        counts.unattributed,
+        counts.name,
+        sketches,
+        breakdowns,
+    )
 
 
 def stats_updates(
@@ -157,6 +213,8 @@ async def run(
     raw_batch: int = RAW_BATCH,
     span_ms: int = SPAN_MS,
     profile: str | None = None,
+    flush_interval_s: float = 0.0,
+    batch_gap_s: float = 0.05,
 ) -> dict:
     batches, counted = stats_updates(events, campaigns, partitions, raw_batch, span_ms)
     root = Path(tempfile.mkdtemp(prefix="stats-digest-"))
@@ -179,7 +237,11 @@ async def run(
             retention,
             settings.stats_hll_lg_k,
             {"message": settings.stats_max_messages, "variant": settings.stats_max_variants},
+            flush_interval_s=flush_interval_s,
+            monotonic=lambda: mono,
         )
+        mono = 0.0
+        offsets: dict[int, int] = {}  # per stats partition: the next record's offset
         outputs = _Outputs(partitions)
         now, cpu, stats_batches = NOW_MS, 0.0, 0
         profiler = cProfile.Profile(time.thread_time) if profile else None
@@ -188,14 +250,36 @@ async def run(
                 profiler.enable()
             started = time.thread_time()
             parsed = [(p, parse_stats_updates(b"%d" % p, value)) for p, value in group]
-            await stats.count(parsed, outputs, now)  # type: ignore[arg-type]
+            if flush_interval_s > 0:
+                firsts = {p: offsets.get(p, 0) for p, _ in group}
+                for p, _ in group:
+                    offsets[p] = offsets.get(p, 0) + 1
+                await stats.count_behind(parsed, outputs, now, firsts)  # type: ignore[arg-type]
+            else:
+                await stats.count(parsed, outputs, now)  # type: ignore[arg-type]
             cpu += time.thread_time() - started
+            mono += batch_gap_s
             if profiler is not None:
                 profiler.disable()
             now += 1000
             stats_batches += 1
         if profiler is not None and profile:
             profiler.dump_stats(profile)
+        started = time.thread_time()
+        await stats.flush(outputs, everything=True)  # type: ignore[arg-type]
+        cpu += time.thread_time() - started
+        serde = AvroSerde(settings)
+        final = hashlib.sha256()
+        for key, value in sorted(outputs.last.items(), key=lambda item: item[0] or b""):
+            try:
+                upsert: Any = None if value is None else _canonical(serde.decode(value)[1])
+            except SerdeError:
+                upsert = value  # not a CampaignStats record: its bytes
+            final.update(repr((key, upsert)).encode())
+        for label in sorted(tables):
+            for partition in range(partitions):
+                for key, value in stores[label].db(partition).items():
+                    final.update(repr((label, partition, key, _window_state(value))).encode())
         for store in stores.values():
             store.close()
     finally:
@@ -205,6 +289,7 @@ async def run(
         **outputs.counts,
         "upserts_sha256": outputs.upserts.hexdigest(),
         "changelog_sha256": outputs.changelog.hexdigest(),
+        "final_sha256": final.hexdigest(),
         "cpu_us_per_event": round(cpu / max(1, counted) * 1e6, 1),
         "stats_batches": stats_batches,
     }
@@ -241,6 +326,18 @@ def main(argv: list[str] | None = None) -> int:
         help="write a cProfile of parse + count (deterministic; the CPU figure then includes "
         "the profiler's own cost)",
     )
+    p.add_argument(
+        "--flush-interval",
+        type=float,
+        default=0.0,
+        help="CRM_STATS_FLUSH_INTERVAL in seconds (write-behind); 0: every batch writes",
+    )
+    p.add_argument(
+        "--batch-gap-s",
+        type=float,
+        default=0.05,
+        help="seconds between two stats batches on write-behind's clock",
+    )
     args = p.parse_args(argv)
     if args.raw_batch < 1 or args.raw_batches_per_stats_batch < 1:
         p.error("--raw-batch and --raw-batches-per-stats-batch must be at least 1")
@@ -253,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
             args.raw_batch,
             max(1, int(args.span_s * 1000)),
             args.profile,
+            args.flush_interval,
+            args.batch_gap_s,
         )
     )
     n = max(1, result["events"])
@@ -264,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"upserts   sha256 {result['upserts_sha256']}")
     print(f"changelog sha256 {result['changelog_sha256']}")
+    print(f"final     sha256 {result['final_sha256']}")
     per_batch = result["events"] / max(1, result["stats_batches"])
     print(
         f"parse + count: {result['cpu_us_per_event']} us of thread CPU per event, "

@@ -381,6 +381,19 @@ class Settings:
         "doubled one worker's half-rate p99 at 50,000 campaigns (~180 to ~340 ms), where a "
         "second's batch touches thousands of windows once each (bench/README.md, issue 21)",
     )
+    stats_flush_interval_s: float = setting(
+        "STATS_FLUSH_INTERVAL",
+        1.0,
+        parse_duration,
+        "How long a stats window counted in memory may wait before it is written (its changelog "
+        "record, its campaign-stats upsert, then RocksDB once Kafka acknowledged them), oldest "
+        "first and spread over the batches; 0: every stats batch writes each window it touched. "
+        "A window touched by many batches is written once per interval instead of once per "
+        "batch; campaign-stats lags the events by up to this much more (the query API reads "
+        "the windows in memory). A stats partition's position is committed only up to the "
+        "oldest batch not yet written, so a crash recounts what was only in memory. At most "
+        "1h; the windows in memory are bounded too (processors/stats.py, DIRTY_MAX_WINDOWS)",
+    )
     stats_windows: str = setting(
         "STATS_WINDOWS",
         "1m,1h",
@@ -655,6 +668,12 @@ class Settings:
             raise ConfigError("CRM_REPLICATION_FACTOR", "must be -1 (broker default) or >= 1")
         if self.table_standby_replicas < 0:
             raise ConfigError("CRM_TABLE_STANDBY_REPLICAS", "must be 0 or more")
+        if self.stats_flush_interval_s > 3600:
+            raise ConfigError(
+                "CRM_STATS_FLUSH_INTERVAL",
+                "must be at most 1h (a restart recounts up to this much of every stats "
+                f"partition), got {self.stats_flush_interval_s}s",
+            )
         if self.positions_interval_s > 3600:
             raise ConfigError(
                 "CRM_POSITIONS_INTERVAL",

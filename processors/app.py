@@ -160,6 +160,7 @@ def build_stats(
         retention_ms,
         settings.stats_hll_lg_k,
         {"message": settings.stats_max_messages, "variant": settings.stats_max_variants},
+        flush_interval_s=settings.stats_flush_interval_s,
     )
     return tables, stats
 
@@ -235,6 +236,7 @@ class Worker:
             drained=self._raw_written,
             busy=self._busy,
             streams=self.attribution_topics,
+            placing=self._placing,
         )
         dead_letters = DeadLetters(settings, self.serde, outputs, self._landed)
         self.raw_feed = (
@@ -329,6 +331,7 @@ class Worker:
             size=settings.stats_batch_size,
             within=settings.stats_batch_within_s,
             what="processing a stats batch",
+            stopping=self.stats_path.stopping,
         )
         if self.feed is not None and self.attribution_path is not None:
             engine.agent(
@@ -359,6 +362,11 @@ class Worker:
             "stats-expire",
             self.stats_path.expire,
         )
+        if settings.stats_flush_interval_s > 0:
+            # The windows due in memory when no stats batch comes (CRM_STATS_FLUSH_INTERVAL).
+            engine.timer(
+                max(0.05, settings.stats_flush_interval_s / 4), "stats-flush", self.stats_path.flush
+            )
         engine.timer(HEARTBEAT_S, "heartbeat", self._beat)
 
     # -- shared by the parts ---------------------------------------------------------------
@@ -373,6 +381,9 @@ class Worker:
         """Before a batch: the outputs started, the schemas registered."""
         await self.start_outputs()
         await self.schemas.wait()
+
+    def _placing(self) -> None:
+        self.stats_path.placing()
 
     async def _raw_written(self) -> None:
         await self.raw.written()

@@ -73,6 +73,7 @@ class Positioning:
         drained: Callable[[], Awaitable[None]],
         busy: Callable[[str], bool],
         streams: Mapping[str, str] | None = None,
+        placing: Callable[[], None] | None = None,
     ) -> None:
         self.engine = engine
         self.probe = probe
@@ -87,6 +88,9 @@ class Positioning:
         self.busy = busy
         # Further streams placed like stats (at the committed offset): topic -> stream label.
         self.streams = dict(streams or {})
+        # Runs before the partitions are placed after a rebalance: the stats windows held in
+        # memory are dropped (processors.stats_path.StatsPath.placing).
+        self.placing = placing
         self.tracker = PositionTracker()
 
     def stream(self, topic: str) -> str:
@@ -111,6 +115,8 @@ class Positioning:
             back = {tp: self.tracker.expected(tp) for tp in _ordered(assigned)}
             await self.seek({tp: o for tp, o in back.items() if o is not None})
             return
+        if self.placing is not None:
+            self.placing()
         for tp in self.tracker.tracked():
             if tp not in assigned:
                 self.tracker.forget(tp)

@@ -23,6 +23,22 @@ campaign's entry is written at its first expiry (a window never seen costs no en
 its size's retention after its last window expired (:func:`processors.plan.plan_expiry`). The
 query API knows a campaign that holds a window or has an entry (:meth:`StatsTables._held`).
 
+**Write-behind** (``CRM_STATS_FLUSH_INTERVAL`` > 0, :meth:`StatsTables.count_behind`): a batch
+counts into windows held in memory (:class:`DirtyWindow`, per table partition, loaded from
+RocksDB at their first touch), and a window is written as above (changelog record, upsert, then
+RocksDB once acknowledged) once it has been dirty for the interval, oldest first, at most
+:func:`flush_limit` per batch, so a window touched by twenty batches a second is written once a
+second and the writes stay spread over the batches as they come. A stats partition's position
+may be committed only up to the first offset of the oldest batch whose windows are not all
+written (:meth:`StatsTables.pending_from`): a crash loses what was only in memory and the replay
+counts it again, skipping what a written window counted already (``applied``). The windows in
+memory are bounded (:data:`DIRTY_MAX_WINDOWS`: beyond it the oldest are written early). Every
+reader sees them: the expiry writes them first, the query API reads through them, and a window
+in memory is held (:func:`processors.plan.admit_windows` never refuses it). A rebalance drops
+them (:meth:`StatsTables.drop_dirty`; their positions were never committed past them, the
+partition's next owner restores the table and replays), and nothing is written for a partition
+no longer assigned; a clean stop writes them all.
+
 Counting and expiry of one worker never interleave (:attr:`StatsTables.lock`): a batch reads,
 awaits Kafka and writes; an expiry in between could delete a window the batch then writes back.
 """
@@ -30,8 +46,10 @@ awaits Kafka and writes; an expiry in between could delete a window the batch th
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +69,7 @@ from processors.records import (
     DEFAULT_MAX_KEYS,
     StatsUpdates,
     StatsUpserts,
+    WindowCounts,
     encode_window,
     load_window,
     stats_upsert_key,
@@ -83,6 +102,44 @@ YIELD_WINDOWS = 64
 waiting (between two table partitions: see :meth:`StatsTables.count`)."""
 
 
+DIRTY_MAX_WINDOWS = 20_000
+"""The most windows held in memory unwritten (write-behind): beyond it the oldest are written
+at the next batch, due or not. A sparse window (a few events, sketches in their sparse form)
+takes ~1-3 KB in memory, a dense one up to its sketches' size (2^lg_k bytes each), so the
+bound is a few tens of MB at the default lg_k; at 50,000 campaigns and 2,500 events/s a second's
+interval holds ~5,000 windows."""
+
+FLUSH_MIN_WINDOWS = 256
+"""A batch writes at most :func:`flush_limit` due windows (the rest wait for the next batch or
+the timer)."""
+
+
+def flush_limit(touched: int) -> int:
+    """How many due windows one batch writes at most: twice the windows it touched, and at least
+    :data:`FLUSH_MIN_WINDOWS`. So writes never come in a burst of more than a few batches'
+    worth (the burst a one-second batch made at 50,000 campaigns), and still outpace the
+    windows the batches make dirty (a backlog of due windows drains)."""
+    return max(FLUSH_MIN_WINDOWS, 2 * touched)
+
+
+@dataclass(slots=True)
+class DirtyWindow:
+    """A window counted in memory and not yet written (write-behind)."""
+
+    counts: WindowCounts
+    updated_ms: int  # the clock of the last batch that counted into it (its stored update time)
+    since: float  # monotonic seconds when it became dirty (written once that is an interval old)
+    first_offset: int  # the first stats-updates offset of the batch that made it dirty
+
+
+Dirty = dict[tuple[str, int], DirtyWindow]
+"""A table partition's dirty windows, (campaign, start) -> window, oldest first (insertion order:
+a written window leaves, and comes back at the end when counted again)."""
+
+Selected = list[tuple[str, int, tuple[str, int], DirtyWindow]]
+"""Dirty windows chosen to be written: (label, partition, window, its state)."""
+
+
 @dataclass
 class Counted:
     """What one stats batch did, for the metrics."""
@@ -104,6 +161,8 @@ class StatsTables:
         retention_ms: int | Mapping[str, int],
         lg_k: int,
         max_keys: int | Mapping[str, int] = DEFAULT_MAX_KEYS,
+        flush_interval_s: float = 0.0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.tables = tables
         self.windows = list(windows)
@@ -121,6 +180,12 @@ class StatsTables:
         self.max_keys = max_keys
         self.upserts = StatsUpserts(serde, stats_topic)
         self.lock = asyncio.Lock()
+        # Write-behind (CRM_STATS_FLUSH_INTERVAL; 0: every batch writes what it touched).
+        self.flush_interval_s = flush_interval_s
+        self.monotonic = monotonic
+        self.dirty: dict[tuple[str, int], Dirty] = {}  # (label, table partition) -> windows
+        self.dirty_count = 0
+        self.generation = 0  # raised by drop_dirty: a write in flight then changes nothing
         # The metric's child per window size, looked up once (a look-up takes a lock).
         self._upserts_metric = {label: metrics.STATS_UPSERTS.labels(label) for label in tables}
 
@@ -243,6 +308,239 @@ class StatsTables:
         done.upserts[label] = done.upserts.get(label, 0) + upserts
         return items
 
+    # -- write-behind ----------------------------------------------------------------------
+
+    async def count_behind(
+        self,
+        parsed: Iterable[tuple[int, StatsUpdates]],
+        outputs: Outputs,
+        now_ms: int,
+        firsts: Mapping[int, int],
+        active: Iterable[int] | None = None,
+        cpu: Stages | None = None,
+    ) -> Offsets:
+        """Count a batch into the windows held in memory, then write the due ones
+        (:meth:`_select`; a bounded number, oldest first, of the ``active`` stats partitions:
+        None, all), and seal the batch's outputs (its dead letters, if any). ``firsts``: the
+        batch's first offset per stats partition (where a window it makes dirty holds the
+        partition's position back, :meth:`pending_from`). Returns the acknowledged offsets."""
+        cpu = cpu or Stages()
+        async with self.lock:
+            cpu.resume()
+            touched = group_increments(parsed, self.windows)
+            done = Counted({}, 0, 0)
+            n = 0
+            mono = self.monotonic()
+            for (label, partition), windows in touched.items():
+                if windows:
+                    self._count_dirty(
+                        label, partition, windows, now_ms, mono, firsts[partition], done
+                    )
+                    n += len(windows)
+            selected = self._select(mono, flush_limit(n), active=active)
+            offsets = await self._write(selected, outputs, cpu)
+            cpu.lap(STATS)
+        if done.replayed:
+            metrics.STATS_REPLAYED.inc(done.replayed)
+        if done.refused:
+            metrics.STATS_LATE.inc(done.refused)
+        return offsets
+
+    def _count_dirty(
+        self,
+        label: str,
+        partition: int,
+        windows: dict[tuple[str, int], Any],
+        now_ms: int,
+        mono: float,
+        first_offset: int,
+        done: Counted,
+    ) -> None:
+        """:meth:`_count_partition` into the windows held in memory: a window not held there
+        is read from RocksDB (with the same refusal of an expired one), counted, and kept."""
+        table = self.tables[label]
+        dirty = self.dirty.setdefault((label, partition), {})
+        missing = [w for w in windows if w not in dirty]
+        values = table.get_many(
+            partition, [window_key(start, campaign.encode()) for campaign, start in missing]
+        )
+        stored = dict(zip(missing, values, strict=True))
+        admission = _ALL_HELD
+        if None in values and table.holds_any(partition, keys.CAMPAIGNS):
+            unheld = sorted({campaign for (campaign, _), value in stored.items() if value is None})
+            found = table.get_many(partition, [campaign_entry_key(c) for c in unheld])
+            entries = {
+                campaign: CampaignEntry.decode(value) if value else None
+                for campaign, value in zip(unheld, found, strict=True)
+            }
+            admission = admit_windows(
+                windows,
+                lambda w: w in dirty or stored[w] is not None,
+                entries,
+                lambda w: len(windows[w].counted),
+            )
+        refused = admission.refused
+        lg_k, max_keys = self.lg_k, self.max_keys
+        for window, work in windows.items():
+            if refused and window in refused:
+                continue
+            held = dirty.get(window)
+            if held is None:
+                counts = load_window(stored[window], lg_k, max_keys)
+                dirty[window] = DirtyWindow(counts, now_ms, mono, first_offset)
+                self.dirty_count += 1
+            else:
+                counts = held.counts
+                held.updated_ms = now_ms
+            done.replayed += apply_increments(counts, work.counted)
+            if work.name is not None:
+                counts.named(work.name)
+        if refused:
+            done.refused += sum(refused.values())
+            log.warning(
+                "%s windows: %d increments refused for %d expired windows, e.g. %s",
+                label,
+                sum(refused.values()),
+                len(refused),
+                sorted(refused)[:3],
+            )
+
+    def _select(
+        self,
+        mono: float,
+        limit: int,
+        *,
+        active: Iterable[int] | None = None,
+        everything: bool = False,
+    ) -> Selected:
+        """The dirty windows to write now, oldest first: those dirty for the interval, at most
+        ``limit``; and, whatever the limit, as many more of the oldest as keep the windows in
+        memory within :data:`DIRTY_MAX_WINDOWS`. ``everything``: all of them (the expiry, a
+        stop). Only of the ``active`` partitions (None: all)."""
+        wanted = None if active is None else set(active)
+        groups = [
+            _entries(label, partition, dirty)
+            for (label, partition), dirty in self.dirty.items()
+            if dirty and (wanted is None or partition in wanted)
+        ]
+        if not groups:
+            return []
+        over = self.dirty_count - DIRTY_MAX_WINDOWS
+        due = mono - self.flush_interval_s
+        out: Selected = []
+        for item in heapq.merge(*groups, key=lambda item: item[3].since):
+            if not everything and len(out) >= over and (len(out) >= limit or item[3].since > due):
+                break
+            out.append(item)
+        return out
+
+    async def _write(self, selected: Selected, outputs: Outputs, cpu: Stages) -> Offsets:
+        """Write ``selected``: encode, changelog record and upsert of each, one seal for them
+        and whatever the task sent before (a batch's dead letters), then RocksDB once
+        acknowledged, and out of memory. After a :meth:`drop_dirty` meanwhile, the windows
+        acknowledged are still written locally (the changelog holds them) but the memory
+        left as the drop made it."""
+        generation = self.generation
+        upserts: dict[str, int] = {}
+        writes: dict[tuple[str, int], list[Item]] = {}
+        topic, send, upsert = self.stats_topic, outputs.send, self.upserts.value
+        self.upserts.new_batch()
+        for i, (label, partition, (campaign, start), held) in enumerate(selected):
+            if i and i % YIELD_WINDOWS == 0:
+                cpu.lap(STATS)
+                await asyncio.sleep(0)  # the raw batches waiting (see count)
+                cpu.resume()
+            value, sketched = encode_window(held.counts, held.updated_ms)
+            writes.setdefault((label, partition), []).append(
+                (window_key(start, campaign.encode()), value)
+            )
+            send(
+                topic,
+                stats_upsert_key(campaign, label, start),
+                upsert(
+                    campaign,
+                    label,
+                    start,
+                    self.window_size[label],
+                    held.counts,
+                    held.updated_ms,
+                    sketched,
+                ),
+            )
+            upserts[label] = upserts.get(label, 0) + 1
+        for (label, partition), items in writes.items():
+            self.tables[label].send_changelog(partition, items, outputs)
+        cpu.lap(STATS)
+        offsets = await outputs.seal()
+        cpu.resume()
+        for (label, partition), items in writes.items():
+            self.tables[label].write(partition, items)
+        if writes:
+            for table in self.tables.values():
+                table.set_persisted_offsets(offsets)
+        if generation == self.generation:
+            for label, partition, window, held in selected:
+                dirty = self.dirty.get((label, partition))
+                if dirty is not None and dirty.get(window) is held:
+                    del dirty[window]
+                    self.dirty_count -= 1
+        for label, n in upserts.items():
+            self._upserts_metric[label].inc(n)
+        return offsets
+
+    async def flush(
+        self,
+        outputs: Outputs,
+        active: Iterable[int] | None = None,
+        *,
+        everything: bool = False,
+        cpu: Stages | None = None,
+    ) -> int:
+        """Write the due windows of the ``active`` partitions (all of them with
+        ``everything``): the timer on an idle feed, and a clean stop. Returns how many."""
+        if not self.dirty_count:
+            return 0
+        cpu = cpu or Stages()
+        async with self.lock:
+            cpu.resume()
+            selected = self._select(
+                self.monotonic(), DIRTY_MAX_WINDOWS, active=active, everything=everything
+            )
+            if selected:
+                await self._write(selected, outputs, cpu)
+            cpu.lap(STATS)
+        return len(selected)
+
+    def pending_from(self, partition: int) -> int | None:
+        """The first offset of the oldest stats batch of ``partition`` whose windows are not all
+        written (its position may be committed up to there, not beyond); None: all written."""
+        oldest: int | None = None
+        for label in self.window_size:
+            dirty = self.dirty.get((label, partition))
+            if dirty:
+                first = next(iter(dirty.values())).first_offset
+                if oldest is None or first < oldest:
+                    oldest = first
+        return oldest
+
+    def drop_dirty(self) -> int:
+        """Forget the windows held in memory (a rebalance: their partitions may have moved,
+        and the positions were never committed past them; each partition is placed at its
+        committed offset and the batches are counted again). Returns how many."""
+        dropped = self.dirty_count
+        self.dirty = {}
+        self.dirty_count = 0
+        self.generation += 1
+        if dropped:
+            log.info("stats: %d windows counted in memory dropped for a rebalance", dropped)
+        return dropped
+
+    def _dirty_window(
+        self, label: str, partition: int, window: tuple[str, int]
+    ) -> DirtyWindow | None:
+        dirty = self.dirty.get((label, partition))
+        return None if dirty is None else dirty.get(window)
+
     # -- expiry --------------------------------------------------------------------------
 
     async def expire(self, outputs: Outputs, partitions: Iterable[int], now_ms: int) -> int:
@@ -257,7 +555,16 @@ class StatsTables:
         crash before that plans the same deletes again at the next expiry: a tombstone sent
         twice deletes nothing twice."""
         expired = 0
+        partitions = set(partitions)
         async with self.lock:
+            if self.dirty_count:
+                # The windows in memory first: their update times decide what is idle, and a
+                # window deleted here must not be written back from memory afterwards.
+                selected = self._select(
+                    self.monotonic(), DIRTY_MAX_WINDOWS, active=partitions, everything=True
+                )
+                if selected:
+                    await self._write(selected, outputs, Stages())
             planned: list[tuple[str, WindowedTable, int, list[Item]]] = []
             tombstones: list[bytes] = []
             for label, table in self.tables.items():
@@ -318,11 +625,18 @@ class StatsTables:
         table = self.tables[label]
         wanted = [window_key(start, key) for start in r.starts()]
         values = table.get_many(partition, wanted) if wanted else []
-        held = [
-            HeldWindow(start, load_window(value, self.lg_k), window_updated_ms(value))
-            for start, value in zip(r.starts(), values, strict=True)
-            if value is not None
-        ]
+        dirty = self.dirty.get((label, partition))
+        campaign = key.decode()
+        held: list[HeldWindow] = []
+        for start, value in zip(r.starts(), values, strict=True):
+            # A window counted in memory is newer than its stored value (write-behind).
+            unwritten = dirty.get((campaign, start)) if dirty else None
+            if unwritten is not None:
+                held.append(HeldWindow(start, unwritten.counts, unwritten.updated_ms))
+            elif value is not None:
+                held.append(
+                    HeldWindow(start, load_window(value, self.lg_k), window_updated_ms(value))
+                )
         if held:
             return held, True
         # Known: it holds a window out of the range, or an entry remembers an expired one (a
@@ -361,12 +675,22 @@ class StatsTables:
         out: list[dict[str, Any]] = []
         for partition in partitions:
             found: dict[str, list[HeldWindow]] = {}
+            dirty = self.dirty.get((label, partition)) or {}
             for key, value in table.scan(partition, in_range):
                 campaign, start = parse_window_key(key)
+                if (campaign, start) in dirty:
+                    continue  # read from memory below (write-behind)
                 found.setdefault(campaign, []).append(
                     HeldWindow(start, load_window(value, self.lg_k), window_updated_ms(value))
                 )
+            for (campaign, start), unwritten in dirty.items():
+                if r.from_ms <= start < r.to_ms:
+                    found.setdefault(campaign, []).append(
+                        HeldWindow(start, unwritten.counts, unwritten.updated_ms)
+                    )
             for campaign, windows in found.items():
+                if dirty:
+                    windows.sort(key=lambda w: w.start)
                 try:
                     parsed = CampaignKey.from_key(campaign)
                 except ValueError:
@@ -379,6 +703,15 @@ class StatsTables:
                         )
                     )
         return out
+
+
+def _entries(
+    label: str, partition: int, dirty: Dirty
+) -> Iterator[tuple[str, int, tuple[str, int], DirtyWindow]]:
+    """A table partition's dirty windows, oldest first, for :meth:`StatsTables._select` (a
+    function, so that each generator keeps its own label and partition)."""
+    for window, held in dirty.items():
+        yield label, partition, window, held
 
 
 def _key_fields(key: CampaignKey) -> dict[str, Any]:

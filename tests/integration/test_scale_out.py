@@ -80,7 +80,7 @@ class Group:
 
 
 def _setup(
-    crm_env_factory: Callable[..., dict[str, str]], tmp_path: Path, seed: int
+    crm_env_factory: Callable[..., dict[str, str]], tmp_path: Path, seed: int, **extra_env: str
 ) -> tuple[Settings, Feed, dict, Group]:
     env = crm_env_factory(
         CRM_PARTITIONS=str(PARTITIONS),
@@ -88,6 +88,7 @@ def _setup(
         CRM_WORKER_BATCH_SIZE="25",
         CRM_WORKER_MAX_INFLIGHT="4",
         CRM_STATS_BATCH_SIZE="5",
+        **extra_env,
     )
     settings = Settings.from_env(env)
     create_topics(settings, extra=changelog_specs(settings))
@@ -192,8 +193,25 @@ def test_scaling_from_one_to_three_workers_and_back_while_records_flow(
 ) -> None:
     """1 worker, then 3 (each join is a rebalance while batches are in flight), then back to 1
     by SIGTERM, as `kubectl scale` does; records keep arriving throughout."""
+    _scale_one_three_one(seed, crm_env_factory, tmp_path)
+
+
+@pytest.mark.parametrize("seed", [s + 900 for s in SEEDS])
+def test_scaling_while_stats_windows_are_in_memory(
+    seed: int, crm_env_factory: Callable[..., dict[str, str]], tmp_path: Path
+) -> None:
+    """The same with stats windows written 5 s after they became dirty
+    (CRM_STATS_FLUSH_INTERVAL, issue 21): every rebalance finds windows only in memory (each
+    worker drops them and its partitions are counted again from their committed offsets), and
+    each SIGTERM writes its own before the worker leaves."""
+    _scale_one_three_one(seed, crm_env_factory, tmp_path, CRM_STATS_FLUSH_INTERVAL="5s")
+
+
+def _scale_one_three_one(
+    seed: int, crm_env_factory: Callable[..., dict[str, str]], tmp_path: Path, **extra_env: str
+) -> None:
     rng = random.Random(seed)
-    settings, feed, sets, group = _setup(crm_env_factory, tmp_path, seed)
+    settings, feed, sets, group = _setup(crm_env_factory, tmp_path, seed, **extra_env)
     feed.publish_all(sets, slice(0, PER_VENDOR // 4))
     story: list[str] = []
     try:

@@ -47,3 +47,16 @@ def test_a_live_feed_s_small_batches_over_a_short_span_are_many_stats_batches() 
     assert live["events"] == backlog["events"]
     assert live["upserts"] > backlog["upserts"]
     assert live["upserts_sha256"] != backlog["upserts_sha256"]
+
+
+def test_write_behind_writes_fewer_upserts_and_ends_in_the_same_state() -> None:
+    """``--flush-interval``: a live feed's batches counted into windows in memory, each written
+    once it has been dirty for 1 s (20 batches): fewer upserts, the same final windows and last
+    upserts (CRM_STATS_FLUSH_INTERVAL, issue 21)."""
+    every = asyncio.run(stats_digest.run(1_000, 20, 4, 1, raw_batch=15, span_ms=20_000))
+    behind = asyncio.run(
+        stats_digest.run(1_000, 20, 4, 1, raw_batch=15, span_ms=20_000, flush_interval_s=1.0)
+    )
+    assert behind["upserts"] < every["upserts"]
+    assert behind["final_sha256"] == every["final_sha256"]
+    assert behind["upserts_sha256"] != every["upserts_sha256"]

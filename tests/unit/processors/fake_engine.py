@@ -200,8 +200,15 @@ class Parts:
     """The worker's parts as :class:`processors.app.Worker` wires them, on the fakes."""
 
     def __init__(self, root: Path, env: Mapping[str, str] | None = None) -> None:
+        # Every batch writes the windows it touched (CRM_STATS_FLUSH_INTERVAL=0) unless a test
+        # asks for write-behind (tests/unit/processors/test_write_behind.py).
         self.settings = Settings.from_env(
-            {"CRM_DATA_DIR": str(root / "data"), "CRM_PARTITIONS": "2", **(env or {})}
+            {
+                "CRM_DATA_DIR": str(root / "data"),
+                "CRM_PARTITIONS": "2",
+                "CRM_STATS_FLUSH_INTERVAL": "0",
+                **(env or {}),
+            }
         )
         settings = self.settings
         self.engine = FakeEngine()
@@ -233,6 +240,7 @@ class Parts:
             start_outputs=self.outputs.start,
             drained=self._drained,
             busy=lambda stream: False,
+            placing=lambda: self.stats_path.placing(),
         )
         self.dead_letters = DeadLetters(settings, self.serde, self.outputs, self._landed)
         self.raw = RawPath(
