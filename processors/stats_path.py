@@ -66,6 +66,9 @@ class StatsPath:
         # Write-behind: each stats partition's latest batch end (what becomes committable once
         # the partition holds no window unwritten), by partition.
         self.seen: dict[int, tuple[TP, int]] = {}
+        # When the latest batch was counted (the tables' monotonic clock): the timer writes
+        # only for a feed idle since a quarter of the interval (flush).
+        self.last_batch: float | None = None
         # Epoch ms: a window's last update and its expiry are measured on it.
         self.clock = clock or (lambda: time.time_ns() // 1_000_000)
 
@@ -103,6 +106,7 @@ class StatsPath:
             # Counted, upserted, and written once Kafka acknowledged (processors/stats.py).
             cpu.lap(STATS)
             if self.tables.flush_interval_s > 0:
+                self.last_batch = self.tables.monotonic()
                 generation = self.tables.generation
                 await self.tables.count_behind(
                     parsed, self.outputs, now_ms, firsts, self._active(), cpu
@@ -147,6 +151,12 @@ class StatsPath:
         """The timer: write the windows due in memory when no batch comes to do it (an idle
         feed), not while the group moves (a rebalance drops them, :meth:`placing`)."""
         if not self.tables.dirty_count or not self.engine.settled()[0]:
+            return
+        last = self.last_batch
+        if last is not None and self.tables.monotonic() - last < self.tables.flush_interval_s / 4:
+            # Batches are coming: each writes the due windows, a bounded number, as it goes.
+            # The timer writing every window due meanwhile, at once, was a burst of writes on
+            # the event loop between them (what write-behind is there to avoid).
             return
         await self._flush(everything=False)
 

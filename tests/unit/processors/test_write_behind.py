@@ -170,6 +170,25 @@ def test_the_timer_writes_due_windows_of_an_idle_feed(tmp_path: Path) -> None:
     assert parts.positioning.committable(parts.stats_tp()) == 1
 
 
+def test_the_timer_stands_aside_while_batches_come(tmp_path: Path) -> None:
+    """A live feed's batches write the due windows themselves, a bounded number each: the timer
+    writes nothing then (all the windows due at once would be a burst between two batches)."""
+    parts, clock = behind(tmp_path)
+
+    async def scenario() -> None:
+        await parts.stats_path.process([record(parts, 0, {"SEGMENT|a|1": [1]})])
+        clock.now += 0.9
+        await parts.stats_path.process([record(parts, 0, {"SEGMENT|a|2": [2]}, partition=1)])
+        clock.now += 0.15  # the first window is due; a batch came 0.15 s ago
+        await parts.stats_path.flush()
+        assert upserts(parts) == []
+        clock.now += 1  # no batch for a second: the timer writes both
+        await parts.stats_path.flush()
+
+    run(scenario())
+    assert len(upserts(parts)) == 4
+
+
 # -- the durability boundary ----------------------------------------------------------------------
 
 
