@@ -220,10 +220,17 @@ def _wait_placed(worker: WorkerProcess, seed: int) -> None:
 
 
 def _get(base: str, path: str, params: dict[str, Any]) -> Any:
-    """The API's 200 answer, waiting out 503s (the worker settling after its last restart)."""
+    """The API's 200 answer, waiting out 503s and a refused connection (the worker settling,
+    or still starting, after its last restart: on a loaded machine a start took up to 8 s)."""
     deadline = time.monotonic() + 90
     while True:
-        response = httpx.get(base + path, params=params, timeout=30)
+        try:
+            response = httpx.get(base + path, params=params, timeout=30)
+        except httpx.ConnectError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+            continue
         if response.status_code != 503 or time.monotonic() > deadline:
             break
         time.sleep(1)
