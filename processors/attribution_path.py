@@ -211,6 +211,11 @@ class FeedPath:
                 self.outputs.send(self.inputs_topic, b"%d" % partition, value, partition=partition)
             await self.outputs.seal()
             self.positioning.durable(ends)
+            # Acknowledged to the engine: Faust commits the committable offsets of the
+            # partitions it holds acknowledgements for only (the readers' records never reach
+            # it), so without this a start or a rebalance read the topic again from its first
+            # offset (as the stats path did, processors/stats_path.py).
+            self.positioning.acknowledge(admitted)
         finally:
             self.busy -= 1
 
@@ -477,5 +482,10 @@ class AttributionPath:
                 ]
             await self.table.apply(parsed, self.outputs, now_ms)
             self.positioning.durable(ends)
+            # Acknowledged to the engine: Faust commits the committable offsets of the
+            # partitions it holds acknowledgements for only (the readers' records never reach
+            # it), so without this a start or a rebalance read the topic again from its first
+            # offset (as the stats path did, processors/stats_path.py).
+            self.positioning.acknowledge(admitted)
         finally:
             self.busy -= 1

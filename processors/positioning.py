@@ -217,6 +217,13 @@ class Positioning:
         """Whether an earlier run wrote the outputs of the record at ``offset`` (once)."""
         return self.tracker.take_landed(tp, offset)
 
+    def acknowledge(self, events: Sequence[Event]) -> None:
+        """Hand ``events`` (a batch the stream's path is done with) to the engine as acknowledged:
+        the engine commits the committable offsets (:meth:`durable`) of the partitions it holds
+        acknowledgements for, and records from the readers never reach it otherwise."""
+        self.engine.hold(events)
+        self.engine.release(events)
+
     def durable(self, ends: Mapping[TP, int]) -> None:
         for tp, end in ends.items():
             self.tracker.durable(tp, end)

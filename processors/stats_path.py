@@ -125,8 +125,7 @@ class StatsPath:
             # it. Without this no stats-updates partition was ever committed (a start or a
             # rebalance counted each again from its first offset, exact only by the windows'
             # raw offsets), and no committable position was ever tested by a kill.
-            self.engine.hold(admitted)
-            self.engine.release(admitted)
+            self.positioning.acknowledge(admitted)
             cpu.lap(STATS)
             cpu.count()
         finally:

@@ -25,10 +25,12 @@ from typing import Any
 
 import httpx
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 from openapi_core import OpenAPI
 from openapi_core.testing import MockRequest, MockResponse
 
 from crmstream.broker import free_port
+from crmstream.kafka import consumer_config
 from crmstream.serde import AvroSerde
 from crmstream.settings import Settings
 from crmstream.topics import create_topics
@@ -44,6 +46,7 @@ from tests.integration.attribution_harness import (
     raw_leanplum_conversion,
     raw_touch,
     segment_track,
+    wait_for,
 )
 from tests.integration.harness import WorkerProcess, require_alive
 from tests.kafka_helpers import read_topic
@@ -71,6 +74,17 @@ def api(base: str, params: dict[str, Any], headers: dict[str, str] = AUTH) -> ht
         if response.status_code != 503 or time.monotonic() > deadline:
             return response
         time.sleep(1)
+
+
+def committed_total(settings: Settings, topic: str) -> int:
+    """The worker group's committed offsets on ``topic``, added up (0: none committed)."""
+    consumer = Consumer(consumer_config(settings, group_id=settings.topic(settings.app_id)))
+    try:
+        metadata = consumer.list_topics(topic, timeout=10).topics[topic]
+        tps = [TopicPartition(topic, p) for p in metadata.partitions]
+        return sum(max(0, tp.offset) for tp in consumer.committed(tps, timeout=10))
+    finally:
+        consumer.close()
 
 
 def test_conversions_are_credited_to_the_last_touch_across_vendors(
@@ -258,6 +272,17 @@ def test_conversions_are_credited_to_the_last_touch_across_vendors(
         assert [(r["campaign_id"], r["conversions"]) for r in named["campaigns"]] == [("push-1", 1)]
         assert api(f"http://127.0.0.1:{ports[0]}", params, headers={}).status_code == 401
         assert api(f"http://127.0.0.1:{ports[0]}", {"from": "soon"}).status_code == 400
+
+        # Every stream the workers read gets its positions committed (Faust commits only the
+        # partitions it holds acknowledgements for: the attribution paths gave none, so a
+        # restart read both topics again from their first offsets).
+        streams = [settings.topic(t) for t in ("conversions", "attribution-inputs")]
+        streams.append(settings.topic("stats-updates"))
+        wait_for(
+            lambda: all(committed_total(settings, t) > 0 for t in streams),
+            60,
+            "committed offsets on " + ", ".join(streams),
+        )
     finally:
         for worker in workers:
             worker.stop()
