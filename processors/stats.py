@@ -243,6 +243,32 @@ class StatsTables:
             metrics.STATS_LATE.inc(done.refused)
         return offsets
 
+    @staticmethod
+    def _admission(
+        table: WindowedTable,
+        partition: int,
+        windows: dict[tuple[str, int], Any],
+        read: list[tuple[str, int]],
+        values: list[bytes | None],
+    ) -> Admission:
+        """Which of a batch's ``windows`` to count: those ``read`` from RocksDB as ``values``
+        and found there, or not read (held in memory), are held; the others are new, or expired
+        (:func:`admit_windows`). Entries are written by expiries only: a table partition
+        without any (nothing expired here yet, or every entry forgotten since) refuses nothing,
+        and its windows cost no entry read (one seek)."""
+        if None not in values or not table.holds_any(partition, keys.CAMPAIGNS):
+            return _ALL_HELD
+        absent = {window for window, value in zip(read, values, strict=True) if value is None}
+        unheld = sorted({campaign for campaign, _ in absent})
+        found = table.get_many(partition, [campaign_entry_key(c) for c in unheld])
+        entries = {
+            campaign: CampaignEntry.decode(value) if value else None
+            for campaign, value in zip(unheld, found, strict=True)
+        }
+        return admit_windows(
+            windows, lambda w: w not in absent, entries, lambda w: len(windows[w].counted)
+        )
+
     def _count_partition(
         self,
         label: str,
@@ -256,24 +282,7 @@ class StatsTables:
         size = self.window_size[label]
         wanted = [window_key(start, campaign.encode()) for campaign, start in windows]
         values = table.get_many(partition, wanted)
-        admission = _ALL_HELD
-        # Windows not held: new, or expired (admit_windows). Entries are written by expiries
-        # only: a table partition without any (nothing expired here yet, or every entry
-        # forgotten since) refuses nothing, and its windows cost no entry read (one seek).
-        if None in values and table.holds_any(partition, keys.CAMPAIGNS):
-            stored = dict(zip(windows, values, strict=True))
-            unheld = sorted({campaign for (campaign, _), value in stored.items() if value is None})
-            found = table.get_many(partition, [campaign_entry_key(c) for c in unheld])
-            entries = {
-                campaign: CampaignEntry.decode(value) if value else None
-                for campaign, value in zip(unheld, found, strict=True)
-            }
-            admission = admit_windows(
-                windows,
-                lambda w: stored[w] is not None,
-                entries,
-                lambda w: len(windows[w].counted),
-            )
+        admission = self._admission(table, partition, windows, list(windows), values)
         items: list[Item] = []
         upserts = 0
         refused = admission.refused
@@ -365,20 +374,8 @@ class StatsTables:
             partition, [window_key(start, campaign.encode()) for campaign, start in missing]
         )
         stored = dict(zip(missing, values, strict=True))
-        admission = _ALL_HELD
-        if None in values and table.holds_any(partition, keys.CAMPAIGNS):
-            unheld = sorted({campaign for (campaign, _), value in stored.items() if value is None})
-            found = table.get_many(partition, [campaign_entry_key(c) for c in unheld])
-            entries = {
-                campaign: CampaignEntry.decode(value) if value else None
-                for campaign, value in zip(unheld, found, strict=True)
-            }
-            admission = admit_windows(
-                windows,
-                lambda w: w in dirty or stored[w] is not None,
-                entries,
-                lambda w: len(windows[w].counted),
-            )
+        # (a window held in memory is held: admit_windows never refuses it)
+        admission = self._admission(table, partition, windows, missing, values)
         refused = admission.refused
         lg_k, max_keys = self.lg_k, self.max_keys
         for window, work in windows.items():
