@@ -237,10 +237,7 @@ class StatsTables:
             cpu.lap(STATS)
         for label, n in done.upserts.items():
             self._upserts_metric[label].inc(n)
-        if done.replayed:
-            metrics.STATS_REPLAYED.inc(done.replayed)
-        if done.refused:
-            metrics.STATS_LATE.inc(done.refused)
+        _book(done)
         return offsets
 
     @staticmethod
@@ -349,10 +346,7 @@ class StatsTables:
             selected = self._select(mono, flush_limit(n), active=active)
             offsets = await self._write(selected, outputs, cpu)
             cpu.lap(STATS)
-        if done.replayed:
-            metrics.STATS_REPLAYED.inc(done.replayed)
-        if done.refused:
-            metrics.STATS_LATE.inc(done.refused)
+        _book(done)
         return offsets
 
     def _count_dirty(
@@ -700,6 +694,14 @@ class StatsTables:
                         )
                     )
         return out
+
+
+def _book(done: Counted) -> None:
+    """A stats batch's replayed and refused increments, on their metrics."""
+    if done.replayed:
+        metrics.STATS_REPLAYED.inc(done.replayed)
+    if done.refused:
+        metrics.STATS_LATE.inc(done.refused)
 
 
 def _entries(
