@@ -17,6 +17,9 @@ has no ``client.client_id``, is still published, with key None, so the worker de
   it was written after the reshard and has not been read;
 * ``LATEST`` and ``AT_TIMESTAMP`` apply to the shards of the very first start only; the start
   time is checkpointed before reading, so a restart before the first record resumes from it.
+* a shard ListShards no longer lists (a closed shard past the stream's retention) is never read
+  again: its ``connect-offsets`` key is deleted with a tombstone, so the compacted topic holds
+  the stream's current shards, not every shard of every reshard.
 
 AWS credentials and region come from boto3's own chain (``AWS_*`` variables, shared files,
 instance roles), never from the command line.

@@ -22,7 +22,7 @@ from connectors.runtime.errors import FatalSourceError
 from connectors.runtime.kafka import KeyFunction, RawPublisher, now_ms
 from connectors.runtime.runner import Batch, Runner, SourceRecord
 from crmstream import metrics
-from crmstream.errors import ConfigError
+from crmstream.errors import BrokerError, ConfigError
 from crmstream.settings import Settings
 
 log = logging.getLogger("connectors.pinpoint_kinesis")
@@ -119,6 +119,7 @@ class KinesisSource:
         self._next_discovery = 0.0
         self._first_start = False
         self._loaded: dict[str, dict[str, Any]] = {}
+        self._checkpointed: set[str] = set()  # shard ids with a checkpoint key (to forget)
         self._moved: list[ShardState] = []
         self._starts: list[ShardState] = []
         self._rng = random.Random()
@@ -154,6 +155,7 @@ class KinesisSource:
         prefix = f"{self.config.stream}/"
         self._loaded = {k[len(prefix) :]: v for k, v in checkpoints.items() if k.startswith(prefix)}
         self._first_start = not self._loaded
+        self._checkpointed = set(self._loaded)
         log.info(
             "loaded %d shard checkpoints of stream %s",
             len(self._loaded),
@@ -193,6 +195,7 @@ class KinesisSource:
                     extra={"connector": CONNECTOR},
                 )
                 self._next_discovery = 0.0  # its children are due now
+        self._checkpointed.update(s.shard_id for s in starts + moved)
         return {self._key(s.shard_id): s.checkpoint(self.config.stream) for s in starts + moved}
 
     def rewind(self) -> None:
@@ -301,6 +304,41 @@ class KinesisSource:
             # Past the retention period: nothing left to read, and its children may go on.
             log.info("shard %s is no longer listed", shard_id, extra={"connector": CONNECTOR})
             del self.shards[shard_id]
+        self._forget_unlisted(listed_ids)
+
+    def _forget_unlisted(self, listed_ids: set[str]) -> None:
+        """Tombstone the checkpoints of shards ListShards no longer lists (past the stream's
+        retention: never read again), so the compacted ``connect-offsets`` topic does not keep
+        a key for every shard a stream ever had across its reshards. A shard whose records are
+        handed out and not yet checkpointed waits for the next discovery (its checkpoint would
+        otherwise land after the tombstone); a Kafka failure leaves the keys for the next one."""
+        pending = {s.shard_id for s in self._moved}
+        gone = [
+            shard_id
+            for shard_id in sorted(self._checkpointed)
+            if shard_id not in listed_ids and shard_id not in pending
+        ]
+        if not gone:
+            return
+        try:
+            self.checkpoints.forget(self._key(shard_id) for shard_id in gone)
+        except BrokerError as exc:
+            log.warning(
+                "checkpoints of %d unlisted shards not deleted (%s); the next discovery retries",
+                len(gone),
+                exc,
+                extra={"connector": CONNECTOR},
+            )
+            return
+        self._checkpointed.difference_update(gone)
+        for shard_id in gone:
+            self._loaded.pop(shard_id, None)
+        log.info(
+            "deleted the checkpoints of %d shards no longer listed: %s",
+            len(gone),
+            ",".join(gone),
+            extra={"connector": CONNECTOR},
+        )
 
     def _readable(self) -> list[ShardState]:
         """Unfinished shards whose parents are drained (or gone past retention)."""

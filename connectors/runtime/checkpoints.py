@@ -2,9 +2,10 @@
 has written since its first release: a restarted connector resumes from any of them).
 
 A position a connector will never need again (an object behind the object store's listing
-horizon) is deleted with a tombstone (:meth:`CheckpointStore.forget`), written only once the
-record that makes it obsolete (the horizon) is acknowledged: compaction then drops the key, so
-the topic holds what the connectors can still resume from, not every object ever seen."""
+horizon, a Kinesis shard past the stream's retention) is deleted with a tombstone
+(:meth:`CheckpointStore.forget`), written only once the record that makes it obsolete (the
+horizon) is acknowledged: compaction then drops the key, so the topic holds what the connectors
+can still resume from, not every object ever seen."""
 
 from __future__ import annotations
 

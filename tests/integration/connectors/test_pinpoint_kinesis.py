@@ -296,6 +296,56 @@ def test_latest_and_at_timestamp_start_positions(
     assert sorted(_markers(_raw(settings2, 3))) == [105, 106, 107]
 
 
+class _Expired:
+    """The real (moto) client whose ListShards no longer lists some shards, as Kinesis stops
+    listing a closed shard once the stream's retention has passed."""
+
+    def __init__(self, client: Any, expired: set[str]) -> None:
+        self._client = client
+        self.expired = expired
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def list_shards(self, **kwargs: Any) -> Any:
+        resp = dict(self._client.list_shards(**kwargs))
+        resp["Shards"] = [s for s in resp["Shards"] if s["ShardId"] not in self.expired]
+        return resp
+
+
+def test_checkpoints_of_shards_past_retention_are_deleted(
+    kinesis: Any,
+    moto_url: str,
+    settings_factory: Callable[..., Settings],
+    real_resharding: None,
+) -> None:
+    """A drained parent that ListShards stops listing loses its connect-offsets key (a
+    tombstone), and nothing is read again; the children keep theirs."""
+    settings = settings_factory(CRM_PARTITIONS="1")
+    create_topics(settings)
+    stream = _stream(kinesis, 1)
+    _put(kinesis, stream, range(0, 12))
+    parent = "shardId-000000000000"
+    kinesis.split_shard(StreamName=stream, ShardToSplit=parent, NewStartingHashKey=str(2**127))
+    _put(kinesis, stream, range(12, 24))
+    first = KinesisSource(_config(moto_url, stream, batch_limit=5), settings).run(once=True)
+    assert first.records == 24
+    saved = CheckpointStore(settings, CONNECTOR).load()
+    assert saved[f"{stream}/{parent}"]["shard_end"] is True
+    children = sorted(k for k in saved if k != f"{stream}/{parent}")
+    assert len(children) == 2
+
+    # The parent passes retention while the connector is stopped; one more record arrives.
+    _put(kinesis, stream, range(24, 25))
+    client = _Expired(kinesis, {parent})
+    again = KinesisSource(_config(moto_url, stream), settings, client=client).run(once=True)
+    assert again.records == 1, "only the new record: nothing of the parent or children again"
+    saved = CheckpointStore(settings, CONNECTOR).load()
+    assert f"{stream}/{parent}" not in saved, "the unlisted shard's checkpoint is deleted"
+    assert sorted(saved) == children
+    assert sorted(_markers(_raw(settings, 25))) == list(range(25))
+
+
 class _FlakyKinesis:
     """The real (moto) client, with Kinesis errors injected into GetRecords."""
 
