@@ -498,7 +498,9 @@ def _uniques() -> ModuleType:
 
 def _new_sketch(lg_k: int) -> Sketch:
     """An empty sketch."""
-    sketch: Sketch = _uniques().Sketch(lg_k=lg_k)
+    if not _UNIQUES:
+        _uniques()
+    sketch: Sketch = _UNIQUES[0].new_sketch(lg_k)
     return sketch
 
 

@@ -164,6 +164,25 @@ class Sketch:
         return int(self._image[3])
 
 
+def new_sketch(lg_k: int) -> Sketch:
+    """``Sketch(lg_k=lg_k)``, made without the constructor's arguments (a window touched once
+    makes four: its recipients', its event type's, and its variant's two)."""
+    sketch = _new(Sketch)
+    image = _EMPTY.get(lg_k)
+    if image is None:
+        image = _EMPTY[lg_k] = _empty_image(lg_k)
+    sketch._image = image
+    sketch._sketch = None
+    sketch._estimate = 0
+    sketch._fresh = True
+    sketch._first = None
+    return sketch
+
+
+_new = object.__new__
+_EMPTY: dict[int, bytes] = {}  # the empty image by lg_k (MIN_LG_K..MAX_LG_K)
+
+
 _SINGLES: dict[tuple[bytes, str], tuple[bytes, int]] = {}
 _MAX_SINGLES = 8192
 """Bound of :func:`_single`'s cache (the recipients seen last; emptied when full)."""
