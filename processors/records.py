@@ -426,13 +426,25 @@ class Breakdown:
         counts[event_type] = counts.get(event_type, 0) + 1
         # No sketches for the events without a value: for a campaign without variants they would
         # be its totals' sketches a second time, and no figure is computed from them.
-        if rule.sketches and recipient is not None and lg_k is not None and value_known(bucket):
+        # (value_known and _sketch_in, inline: this runs for every increment of a variant)
+        if (
+            rule.sketches
+            and recipient is not None
+            and lg_k is not None
+            and bucket[0] != MISSING_BUCKET
+        ):
             of_bucket = self.sketches.get(bucket)
             if of_bucket is None:
                 of_bucket = self.sketches[bucket] = {}
-            _sketch_in(of_bucket, ALL_RECIPIENTS, lg_k).update(recipient)
+            sketch = of_bucket.get(ALL_RECIPIENTS)
+            if sketch is None:
+                sketch = of_bucket[ALL_RECIPIENTS] = _new_sketch(lg_k)
+            sketch.update(recipient)
             if event_type in rule.sketched:
-                _sketch_in(of_bucket, event_type, lg_k).update(recipient)
+                sketch = of_bucket.get(event_type)
+                if sketch is None:
+                    sketch = of_bucket[event_type] = _new_sketch(lg_k)
+                sketch.update(recipient)
 
     def dump(self) -> dict[str, Any]:
         out: dict[str, Any] = {"k": self.kept}
@@ -801,7 +813,7 @@ def load_window(
         counts.unattributed = counts.total
         counts.max_keys = max_keys
         return counts
-    new = _uniques().Sketch
+    new = _uniques().stored_sketch
     _, _, length = _WINDOW_HEAD.unpack_from(value)
     start = _WINDOW_HEAD.size
     head = orjson.loads(value[start : start + length])
@@ -809,7 +821,7 @@ def load_window(
     sketches: dict[str, Sketch] = {}
     known = head.get("e") or [None] * len(head["s"])
     for (key, size), guess in zip(head["s"], known, strict=True):
-        sketches[key] = new(value[at : at + size], known_estimate=guess)
+        sketches[key] = new(value[at : at + size], guess)
         at += size
     breakdowns = {key: Breakdown.load(b) for key, b in (head.get("b") or {}).items()}
     for dimension, kind, of_value, key, size in head.get("bs") or ():

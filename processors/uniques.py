@@ -179,6 +179,18 @@ def new_sketch(lg_k: int) -> Sketch:
     return sketch
 
 
+def stored_sketch(image: bytes, known_estimate: int | None = None) -> Sketch:
+    """``Sketch(image, known_estimate=known_estimate)``, made without the constructor's
+    arguments (every sketch of every stored window a batch reads)."""
+    sketch = _new(Sketch)
+    sketch._image = image
+    sketch._sketch = None
+    sketch._estimate = known_estimate
+    sketch._fresh = False
+    sketch._first = None
+    return sketch
+
+
 _new = object.__new__
 _EMPTY: dict[int, bytes] = {}  # the empty image by lg_k (MIN_LG_K..MAX_LG_K)
 

@@ -112,3 +112,18 @@ def test_a_new_sketch_is_the_constructors() -> None:
             assert made.lg_k == lg_k
     with pytest.raises(ValueError):
         uniques.new_sketch(3)
+
+
+def test_a_stored_sketch_is_the_constructors() -> None:
+    """``stored_sketch`` (no constructor call: every sketch of every window read) makes the
+    sketch ``Sketch(image, known_estimate=...)`` makes."""
+    source = Sketch(lg_k=12)
+    for i in range(50):
+        source.update(f"u:{i}")
+    image, estimate = source.written()
+    for known in (None, estimate):
+        made, built = uniques.stored_sketch(image, known), Sketch(image, known_estimate=known)
+        assert made.written() == built.written() == (image, estimate)
+        made.update("u:new")
+        built.update("u:new")
+        assert made.written() == built.written()
