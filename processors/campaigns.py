@@ -8,6 +8,8 @@ the parts (and the window and start in the upsert key), so a ``|`` inside an id 
 
 from __future__ import annotations
 
+import struct
+
 SEPARATOR = "|"
 
 
@@ -40,20 +42,16 @@ def split_campaign_key(key: str) -> tuple[str, str, str]:
 def murmur2(data: bytes) -> int:
     """The Java Kafka client's murmur2 hash (its default partitioner's), as an unsigned 32-bit
     int (as aiokafka's ``murmur2``, which it replaces here: the worker's parts do not import the
-    engine's client)."""
+    engine's client). The 4-byte words are read with one ``struct`` call, not byte by byte (a
+    raw event at 50,000 campaigns meets a campaign its partition cache dropped: issue 21)."""
     length = len(data)
-    seed = 0x9747B28C
     m = 0x5BD1E995
-    r = 24
-    h = (seed ^ length) & 0xFFFFFFFF
+    h = (0x9747B28C ^ length) & 0xFFFFFFFF
     end = length & ~3
-    for i in range(0, end, 4):
-        k = data[i] | data[i + 1] << 8 | data[i + 2] << 16 | data[i + 3] << 24
+    for k in _WORDS[end >> 2].unpack_from(data) if end < _MAX_WORDS_AT_ONCE else _words(data, end):
         k = (k * m) & 0xFFFFFFFF
-        k ^= k >> r
-        k = (k * m) & 0xFFFFFFFF
-        h = (h * m) & 0xFFFFFFFF
-        h ^= k
+        k ^= k >> 24
+        h = ((h * m) & 0xFFFFFFFF) ^ ((k * m) & 0xFFFFFFFF)
     rest = length & 3
     if rest == 3:
         h ^= data[end + 2] << 16
@@ -66,6 +64,17 @@ def murmur2(data: bytes) -> int:
     h = (h * m) & 0xFFFFFFFF
     h ^= h >> 15
     return h
+
+
+_MAX_WORDS_AT_ONCE = 1024
+"""Keys shorter than this many bytes are read with one of :data:`_WORDS`."""
+
+_WORDS = [struct.Struct(f"<{n}I") for n in range(_MAX_WORDS_AT_ONCE // 4)]
+"""Unpackers of n little-endian 32-bit words, by n."""
+
+
+def _words(data: bytes, end: int) -> tuple[int, ...]:
+    return struct.unpack_from(f"<{end >> 2}I", data)
 
 
 def stats_partition(campaign_key: bytes, partitions: int) -> int:

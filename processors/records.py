@@ -426,13 +426,25 @@ class Breakdown:
         counts[event_type] = counts.get(event_type, 0) + 1
         # No sketches for the events without a value: for a campaign without variants they would
         # be its totals' sketches a second time, and no figure is computed from them.
-        if rule.sketches and recipient is not None and lg_k is not None and value_known(bucket):
+        # (value_known and _sketch_in, inline: this runs for every increment of a variant)
+        if (
+            rule.sketches
+            and recipient is not None
+            and lg_k is not None
+            and bucket[0] != MISSING_BUCKET
+        ):
             of_bucket = self.sketches.get(bucket)
             if of_bucket is None:
                 of_bucket = self.sketches[bucket] = {}
-            _sketch_in(of_bucket, ALL_RECIPIENTS, lg_k).update(recipient)
+            sketch = of_bucket.get(ALL_RECIPIENTS)
+            if sketch is None:
+                sketch = of_bucket[ALL_RECIPIENTS] = _new_sketch(lg_k)
+            sketch.update(recipient)
             if event_type in rule.sketched:
-                _sketch_in(of_bucket, event_type, lg_k).update(recipient)
+                sketch = of_bucket.get(event_type)
+                if sketch is None:
+                    sketch = of_bucket[event_type] = _new_sketch(lg_k)
+                sketch.update(recipient)
 
     def dump(self) -> dict[str, Any]:
         out: dict[str, Any] = {"k": self.kept}
@@ -456,10 +468,12 @@ class Breakdown:
 
     def images(self) -> list[tuple[Bucket, str, bytes]]:
         """Every sketch's compact image, ``(bucket, sketch key, image)``, in a fixed order."""
+        sketches = self.sketches
+        buckets = sorted(sketches, key=_order) if len(sketches) > 1 else sketches
         return [
             (bucket, key, sketch.image())
-            for bucket, of_bucket in sorted(self.sketches.items(), key=lambda kv: _order(kv[0]))
-            for key, sketch in sorted(of_bucket.items())
+            for bucket in buckets
+            for key, sketch in sorted(sketches[bucket].items())
         ]
 
 
@@ -496,7 +510,9 @@ def _uniques() -> ModuleType:
 
 def _new_sketch(lg_k: int) -> Sketch:
     """An empty sketch."""
-    sketch: Sketch = _uniques().Sketch(lg_k=lg_k)
+    if not _UNIQUES:
+        _uniques()
+    sketch: Sketch = _UNIQUES[0].new_sketch(lg_k)
     return sketch
 
 
@@ -735,10 +751,12 @@ def encode_window(counts: WindowCounts, updated_ms: int) -> tuple[bytes, Sketche
     keys = sorted(sketches)
     images: list[bytes] = []
     estimates: list[int] = []
+    lengths: list[list[Any]] = []
     for key in keys:
         image, estimate = sketches[key].written()
         images.append(image)
         estimates.append(estimate)
+        lengths.append([key, len(image)])
     head: dict[str, Any] = {
         "n": counts.total,
         "t": counts.by_type,
@@ -746,7 +764,7 @@ def encode_window(counts: WindowCounts, updated_ms: int) -> tuple[bytes, Sketche
         "w": counts.applied,
         "u": counts.unattributed,
         "k": counts.lg_k,
-        "s": [[key, len(image)] for key, image in zip(keys, images, strict=True)],
+        "s": lengths,
         # The estimates, so that a window's unchanged sketches are not estimated again.
         "e": estimates,
     }
@@ -795,7 +813,7 @@ def load_window(
         counts.unattributed = counts.total
         counts.max_keys = max_keys
         return counts
-    new = _uniques().Sketch
+    new = _uniques().stored_sketch
     _, _, length = _WINDOW_HEAD.unpack_from(value)
     start = _WINDOW_HEAD.size
     head = orjson.loads(value[start : start + length])
@@ -803,7 +821,7 @@ def load_window(
     sketches: dict[str, Sketch] = {}
     known = head.get("e") or [None] * len(head["s"])
     for (key, size), guess in zip(head["s"], known, strict=True):
-        sketches[key] = new(value[at : at + size], known_estimate=guess)
+        sketches[key] = new(value[at : at + size], guess)
         at += size
     breakdowns = {key: Breakdown.load(b) for key, b in (head.get("b") or {}).items()}
     for dimension, kind, of_value, key, size in head.get("bs") or ():
@@ -942,10 +960,47 @@ def _bytes_pairs(keys: Iterable[str], values: Iterable[bytes], n: int) -> bytes:
     """:func:`_bytes_map` of the map of ``n`` ``keys`` to ``values``, in that order."""
     if not n:
         return b"\x00"
-    key, long = _map_key, avro_long
-    return b"".join(
-        [long(n), *[key(k) + long(len(v)) + v for k, v in zip(keys, values, strict=True)], b"\x00"]
-    )
+    heads, small = _BYTES_HEADS, AVRO_SMALL_LONGS
+    parts = [small.get(n) or avro_long(n)]
+    for k, v in zip(keys, values, strict=True):
+        head = heads.get((k, len(v)))
+        if head is None:
+            head = _bytes_head(k, len(v))
+        parts.append(head)
+        parts.append(v)
+    parts.append(b"\x00")
+    return b"".join(parts)
+
+
+_BYTES_HEADS: dict[tuple[str, int], bytes] = {}
+"""A bytes map entry's key and value length as Avro writes them, by (key, length): a sketch key
+and an image's length (a one-recipient image's is the same for every recipient) repeat from
+window to window (bounded: emptied when full)."""
+
+
+def _bytes_head(key: str, length: int) -> bytes:
+    head = _map_key(key) + avro_long(length)
+    if len(_BYTES_HEADS) >= _MAX_LONG_MAPS:
+        _BYTES_HEADS.clear()
+    _BYTES_HEADS[key, length] = head
+    return head
+
+
+def _optional_image(value: bytes | None) -> bytes:
+    """:func:`_optional_bytes` of a sketch image (its length's encoding kept)."""
+    if value is None:
+        return b"\x00"
+    head = _OPTIONAL_HEADS.get(len(value))
+    if head is None:
+        head = b"\x02" + avro_long(len(value))
+        if len(_OPTIONAL_HEADS) >= _MAX_LONG_MAPS:
+            _OPTIONAL_HEADS.clear()
+        _OPTIONAL_HEADS[len(value)] = head
+    return head + value
+
+
+_OPTIONAL_HEADS: dict[int, bytes] = {}
+"""An optional bytes' union branch and length, by length (an image is at most a few KB)."""
 
 
 def _optional_bytes(value: bytes | None) -> bytes:
@@ -987,15 +1042,24 @@ class StatsUpserts:
         self._prefixes.clear()
 
     def _prefix(self, campaign: str) -> bytes | None:
-        vendor, app_id, campaign_id = _campaign_fields(campaign)
+        # _campaign_fields without its cache: at 50,000 campaigns nearly every campaign of a
+        # batch is one the cache dropped, and a part without '%' has nothing to unescape.
+        parts = campaign.split("|")
+        if len(parts) != 3:
+            return None  # not a campaign_key: the generic encoder says what is wrong
+        vendor, app_id, campaign_id = parts
         symbol = self._vendors.get(vendor)
         if symbol is None:
             return None
+        if "%" in app_id:
+            app_id = campaigns.unescape(app_id)
+        if "%" in campaign_id:
+            campaign_id = campaigns.unescape(campaign_id)
         return b"".join(
             [
                 symbol,
-                b"\x00" if app_id is None else b"\x02" + avro_string(app_id),
-                b"\x00" if campaign_id is None else b"\x02" + avro_string(campaign_id),
+                b"\x02" + avro_string(app_id) if app_id else b"\x00",
+                b"\x02" + avro_string(campaign_id) if campaign_id else b"\x00",
             ]
         )
 
@@ -1063,7 +1127,7 @@ class StatsUpserts:
             _long_pairs(tuple(zip(keys, estimates, strict=True))) if keys else b"\x00",
             b"\x02" + (small.get(counts.unattributed) or long(counts.unattributed)),
             tail,
-            _optional_bytes(everyone),
+            _optional_image(everyone),
             _bytes_pairs(keys, images, len(keys)),
         ]
         variants = counts.breakdowns.get("variant")
@@ -1079,29 +1143,73 @@ def _variants(b: Breakdown) -> bytes:
     """:func:`variant_records` of ``b`` as the ``variants`` array of an upsert."""
     out: list[bytes] = []
     n = 0
-    for (kind, value), of_bucket in (
-        *(((KEPT_BUCKET, v), c) for v, c in b.kept.items()),
-        *(((GROUP_BUCKET, g), c) for g, c in sorted(b.groups.items())),
-        ((OVERFLOW_BUCKET, None), b.overflow),
-        ((MISSING_BUCKET, None), b.missing),
-    ):
-        if not of_bucket:
-            continue
-        n += 1
-        variant_id = value if kind == KEPT_BUCKET else None
-        images = {
-            key: sketch.image() for key, sketch in (b.sketches.get((kind, value)) or {}).items()
-        }
-        everyone = images.pop(ALL_RECIPIENTS, None)
-        out.append(b"\x00" if variant_id is None else b"\x02" + avro_string(variant_id))
-        out.append(avro_string(value if kind == GROUP_BUCKET else BUCKET_KINDS[kind]))  # type: ignore[arg-type]
-        out.append(avro_long(sum(of_bucket.values())))
-        out.append(_long_map(of_bucket))
-        out.append(_optional_bytes(everyone))
-        out.append(_bytes_map(images))
+    sketches, small = b.sketches, AVRO_SMALL_LONGS
+    for v, of_bucket in b.kept.items():
+        if of_bucket:
+            n += 1
+            out.append(_VARIANT_ID.get(v) or _variant_id(v))
+            out.append(_VALUE_KIND)
+            _variant_tail(out, of_bucket, sketches.get((KEPT_BUCKET, v)), small)
+    if b.groups:
+        for g, of_bucket in sorted(b.groups.items()):
+            if of_bucket:
+                n += 1
+                out.append(b"\x00")
+                out.append(_map_key(g))  # a group's kind is its name
+                _variant_tail(out, of_bucket, sketches.get((GROUP_BUCKET, g)), small)
+    for kind, of_bucket in ((OVERFLOW_BUCKET, b.overflow), (MISSING_BUCKET, b.missing)):
+        if of_bucket:
+            n += 1
+            out.append(b"\x00")
+            out.append(_map_key(BUCKET_KINDS[kind]))
+            _variant_tail(out, of_bucket, sketches.get((kind, None)), small)
     if not n:
         return b"\x00"
-    return avro_long(n) + b"".join(out) + b"\x00"
+    return b"".join([small.get(n) or avro_long(n), *out, b"\x00"])
+
+
+def _variant_tail(
+    out: list[bytes],
+    of_bucket: dict[str, int],
+    of_sketches: dict[str, Sketch] | None,
+    small: Mapping[int, bytes],
+) -> None:
+    """A variant record's fields after its kind: total, counts, sketches (``out`` grows)."""
+    total = sum(of_bucket.values())
+    out.append(small.get(total) or avro_long(total))
+    out.append(_long_map(of_bucket))
+    if not of_sketches:
+        out.append(b"\x00")  # no recipients' sketch
+        out.append(b"\x00")  # no event types' sketches
+        return
+    everyone = of_sketches.get(ALL_RECIPIENTS)
+    out.append(_optional_image(None if everyone is None else everyone.image()))
+    n = len(of_sketches) - (everyone is not None)
+    if not n:
+        out.append(b"\x00")
+        return
+    # The event types' sketches in the dict's order, as variant_records' dict holds them.
+    out.append(
+        _bytes_pairs(
+            [key for key in of_sketches if key != ALL_RECIPIENTS],
+            [s.image() for key, s in of_sketches.items() if key != ALL_RECIPIENTS],
+            n,
+        )
+    )
+
+
+_VALUE_KIND = avro_string(BUCKET_KINDS[KEPT_BUCKET])
+_VARIANT_ID: dict[str, bytes] = {}
+"""A kept variant's ``variant_id`` union branch, by id (a campaign's variants repeat; bounded:
+emptied when full)."""
+
+
+def _variant_id(value: str) -> bytes:
+    out = b"\x02" + avro_string(value)
+    if len(_VARIANT_ID) >= _MAX_LONG_MAPS:
+        _VARIANT_ID.clear()
+    _VARIANT_ID[value] = out
+    return out
 
 
 def variant_records(b: Breakdown) -> list[dict[str, Any]]:

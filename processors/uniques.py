@@ -163,6 +163,40 @@ class Sketch:
     def lg_k(self) -> int:
         return int(self._image[3])
 
+    @classmethod
+    def new(cls, lg_k: int) -> Sketch:
+        """``Sketch(lg_k=lg_k)``, made without the constructor's arguments (a window touched
+        once makes four: its recipients', its event type's, and its variant's two)."""
+        self = _new(cls)
+        image = _EMPTY.get(lg_k)
+        if image is None:
+            image = _EMPTY[lg_k] = _empty_image(lg_k)
+        self._image = image
+        self._sketch = None
+        self._estimate = 0
+        self._fresh = True
+        self._first = None
+        return self
+
+    @classmethod
+    def stored(cls, image: bytes, known_estimate: int | None = None) -> Sketch:
+        """``Sketch(image, known_estimate=known_estimate)``, made without the constructor's
+        arguments (every sketch of every stored window a batch reads)."""
+        self = _new(cls)
+        self._image = image
+        self._sketch = None
+        self._estimate = known_estimate
+        self._fresh = False
+        self._first = None
+        return self
+
+
+_new = object.__new__
+_EMPTY: dict[int, bytes] = {}  # the empty image by lg_k (MIN_LG_K..MAX_LG_K)
+
+new_sketch = Sketch.new
+stored_sketch = Sketch.stored
+
 
 _SINGLES: dict[tuple[bytes, str], tuple[bytes, int]] = {}
 _MAX_SINGLES = 8192

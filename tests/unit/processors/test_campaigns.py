@@ -16,6 +16,9 @@ def test_murmur2_is_the_java_clients() -> None:
     for _ in range(2000):
         data = rng.randbytes(rng.randrange(0, 40))
         assert murmur2(data) == aiokafka_murmur2(data)
+    for n in (1019, 1020, 1023, 1024, 1025, 5000):  # read in one struct call, or not
+        data = rng.randbytes(n)
+        assert murmur2(data) == aiokafka_murmur2(data)
     assert (
         stats_partition(b"LEANPLUM|app|c1", 6)
         == (aiokafka_murmur2(b"LEANPLUM|app|c1") & 0x7FFFFFFF) % 6

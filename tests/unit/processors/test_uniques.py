@@ -7,6 +7,7 @@ import random
 import datasketches as ds
 import pytest
 
+from processors import uniques
 from processors.uniques import Sketch, Union, check_lg_k, error_bound, estimate, recipient
 
 
@@ -96,3 +97,33 @@ def test_precision_and_its_bound() -> None:
     assert check_lg_k(4) == 4
     with pytest.raises(ValueError, match="lg_k"):
         check_lg_k(22)
+
+
+def test_a_new_sketch_is_the_constructors() -> None:
+    """``new_sketch`` (no constructor call, for the windows' hot path) makes the sketch
+    ``Sketch(lg_k=...)`` makes: the same images and estimates after the same updates."""
+    for lg_k in (4, 12):
+        for items in ([], ["u:1"], ["u:1", "u:1"], ["u:1", "d:2"], [f"u:{i}" for i in range(500)]):
+            made, built = uniques.new_sketch(lg_k), uniques.Sketch(lg_k=lg_k)
+            for item in items:
+                made.update(item)
+                built.update(item)
+            assert made.written() == built.written()
+            assert made.lg_k == lg_k
+    with pytest.raises(ValueError):
+        uniques.new_sketch(3)
+
+
+def test_a_stored_sketch_is_the_constructors() -> None:
+    """``stored_sketch`` (no constructor call: every sketch of every window read) makes the
+    sketch ``Sketch(image, known_estimate=...)`` makes."""
+    source = Sketch(lg_k=12)
+    for i in range(50):
+        source.update(f"u:{i}")
+    image, estimate = source.written()
+    for known in (None, estimate):
+        made, built = uniques.stored_sketch(image, known), Sketch(image, known_estimate=known)
+        assert made.written() == built.written() == (image, estimate)
+        made.update("u:new")
+        built.update("u:new")
+        assert made.written() == built.written()
