@@ -398,6 +398,14 @@ class Settings:
         "recounts what was only in memory. At most 1h; the windows in memory are bounded too "
         "(processors/stats.py, DIRTY_MAX_WINDOWS)",
     )
+    stats_flush_max_mb: int = setting(
+        "STATS_FLUSH_MAX_MB",
+        32,
+        positive(parse_int),
+        "Memory the stats windows held by CRM_STATS_FLUSH_INTERVAL may take, in MB (estimated "
+        "per window: ~3 KB, twice its stored value, 64 bytes per event counted into it while "
+        "held); beyond it the oldest are written early, as beyond 20,000 windows",
+    )
     stats_windows: str = setting(
         "STATS_WINDOWS",
         "1m,1h",
