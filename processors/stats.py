@@ -146,8 +146,10 @@ HOT_SHARE = 0.25
 within the last one or two intervals) for new windows to be held the next interval. Below
 it, a window touched again soon is the exception, and holding every new window cost memory
 and bookkeeping for nothing to coalesce (bench/README.md, "Write-behind stats windows":
-~25% of the throughput and ~90 MB per worker at 50,000 campaigns, where ~3% of the touches
-are hot; at 300 campaigns ~80% are)."""
+~25% of the throughput and ~90 MB per worker at 50,000 campaigns). On the bench's records at
+1,200-2,000 events/s (``bench.stats_digest``, a live feed's batches) 2-3% of the touches are
+hot at 50,000 campaigns, 80-93% at 300, and 20-28% at 3,000 (where the choice flips, and
+either costs about the same)."""
 
 
 class HotWindows:
