@@ -178,3 +178,42 @@ def test_a_quiet_worker_keeps_its_choice(tmp_path: Path) -> None:
 
 def run(coro: object) -> object:
     return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("crash_at", [5, 17, 29, 40])
+def test_a_crash_with_windows_written_at_once_and_held_counts_everything_once(
+    tmp_path: Path, crash_at: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """test_write_behind.py's replay after a crash, with the worker past its first interval
+    deciding not to hold new windows (forced: a share no interval reaches): each batch writes
+    its cold windows at once and holds those written within the interval, in the same table
+    partitions. The replay from the committable offsets still counts every increment once."""
+    from tests.unit.processors import test_write_behind as wb
+
+    monkeypatch.setattr(stats_module, "HOT_MIN_TOUCHES", 1)
+    monkeypatch.setattr(stats_module, "HOT_SHARE", 2.0)
+    feed = wb._feed(21, 40)
+    expected, _ = behind(tmp_path / "expected", "0")
+
+    async def at_zero() -> None:
+        for p, o, inc in feed:
+            await expected.stats_path.process([record(expected, o, inc, p)])
+
+    run(at_zero())
+    parts, clock = behind(tmp_path / "behind")
+    held = at_once = 0
+    split = stats_module.HotWindows.split
+
+    def counting(self: stats_module.HotWindows, *args: object) -> tuple[dict, dict]:
+        nonlocal held, at_once
+        h, a = split(self, *args)  # type: ignore[arg-type]
+        held, at_once = held + len(h), at_once + len(a)
+        return h, a
+
+    monkeypatch.setattr(stats_module.HotWindows, "split", counting)
+    run(wb._replay_after_crash(parts, clock, feed, crash_at))
+    assert held and at_once  # both paths taken
+    assert wb._totals(parts) == wb._totals(expected)
+    assert sum(wb._totals(parts).values()) == 2 * sum(
+        len(v) for _, _, inc in feed for v in inc.values()
+    )
