@@ -388,15 +388,24 @@ class Settings:
         "How long a stats window counted in memory may wait before it is written (its changelog "
         "record, its campaign-stats upsert, then RocksDB once Kafka acknowledged them), oldest "
         "first and spread over the batches; 0 (the default): every stats batch writes each "
-        "window it touched. A window touched by many batches is written once per interval "
-        "instead of once per batch: with few, busy campaigns (the bench's 300) 1s took a third "
-        "off the worker's CPU per event at a live rate; with many sparse ones (50,000) there is "
-        "nothing to coalesce, and holding the windows cost ~25% of the throughput and ~90 MB "
-        "of memory per worker (bench/README.md, issue 21). campaign-stats lags the events by "
-        "up to this much more (the query API reads the windows in memory). A stats partition's "
-        "position is committed only up to the oldest batch not yet written, so a crash "
-        "recounts what was only in memory. At most 1h; the windows in memory are bounded too "
-        "(processors/stats.py, DIRTY_MAX_WINDOWS)",
+        "window it touched. Only hot windows are held: one held already or written within the "
+        "last interval or two; a batch writes the others at once, as at 0, unless a quarter of "
+        "the worker's touches were hot the interval before (then new windows are held too, and "
+        "at start). So a window touched by many batches is written once per interval instead of "
+        "once per batch (few, busy campaigns: the bench's 300), and many sparse ones (50,000), "
+        "where nothing coalesces, are written as at 0 (bench/README.md, issue 21). "
+        "campaign-stats lags the events by up to this much more (the query API reads the "
+        "windows in memory). A stats partition's position is committed only up to the oldest "
+        "batch not yet written, so a crash recounts what was only in memory. At most 1h; the "
+        "windows in memory are bounded by CRM_STATS_FLUSH_MAX_MB and 20,000 windows",
+    )
+    stats_flush_max_mb: int = setting(
+        "STATS_FLUSH_MAX_MB",
+        32,
+        positive(parse_int),
+        "Memory the stats windows held by CRM_STATS_FLUSH_INTERVAL may take, in MB (estimated "
+        "per window: ~3 KB, twice its stored value, 64 bytes per event counted into it while "
+        "held); beyond it the oldest are written early, as beyond 20,000 windows",
     )
     stats_windows: str = setting(
         "STATS_WINDOWS",

@@ -161,6 +161,7 @@ def build_stats(
         settings.stats_hll_lg_k,
         {"message": settings.stats_max_messages, "variant": settings.stats_max_variants},
         flush_interval_s=settings.stats_flush_interval_s,
+        max_held_bytes=settings.stats_flush_max_mb << 20,
     )
     return tables, stats
 

@@ -24,15 +24,20 @@ its size's retention after its last window expired (:func:`processors.plan.plan_
 query API knows a campaign that holds a window or has an entry (:meth:`StatsTables._held`).
 
 **Write-behind** (``CRM_STATS_FLUSH_INTERVAL`` > 0, :meth:`StatsTables.count_behind`): a batch
-counts into windows held in memory (:class:`DirtyWindow`, per table partition, loaded from
-RocksDB at their first touch), and a window is written as above (changelog record, upsert, then
-RocksDB once acknowledged) once it has been dirty for the interval, oldest first, at most
-:func:`flush_limit` per batch, so a window touched by twenty batches a second is written once a
-second and the writes stay spread over the batches as they come. A stats partition's position
+counts its hot windows into windows held in memory (:class:`DirtyWindow`, per table partition,
+loaded from RocksDB at their first touch), and a window is written as above (changelog record,
+upsert, then RocksDB once acknowledged) once it has been dirty for the interval, oldest first, at
+most :func:`flush_limit` per batch, so a window touched by twenty batches a second is written once
+a second and the writes stay spread over the batches as they come. A window is hot when it is
+held or was written within the last interval or two; a batch writes its other windows at once,
+as at interval 0, unless most of the worker's touches are hot (:class:`HotWindows`): so many
+sparse campaigns, where nothing would coalesce, cost what interval 0 costs. A stats partition's
+position
 may be committed only up to the first offset of the oldest batch whose windows are not all
 written (:meth:`StatsTables.pending_from`): a crash loses what was only in memory and the replay
 counts it again, skipping what a written window counted already (``applied``). The windows in
-memory are bounded (:data:`DIRTY_MAX_WINDOWS`: beyond it the oldest are written early). Every
+memory are bounded by count (:data:`DIRTY_MAX_WINDOWS`) and by estimated bytes
+(``CRM_STATS_FLUSH_MAX_MB``, :func:`held_bytes`): beyond either the oldest are written early. Every
 reader sees them: the expiry writes them first, the query API reads through them, and a window
 in memory is held (:func:`processors.plan.admit_windows` never refuses it). A rebalance drops
 them (:meth:`StatsTables.drop_dirty`; their positions were never committed past them, the
@@ -104,10 +109,148 @@ waiting (between two table partitions: see :meth:`StatsTables.count`)."""
 
 DIRTY_MAX_WINDOWS = 20_000
 """The most windows held in memory unwritten (write-behind): beyond it the oldest are written
-at the next batch, due or not. A sparse window (a few events, sketches in their sparse form)
-takes ~1-3 KB in memory, a dense one up to its sketches' size (2^lg_k bytes each), so the
-bound is a few tens of MB at the default lg_k; at 50,000 campaigns and 2,500 events/s a second's
-interval holds ~5,000 windows."""
+at the next batch, due or not. Their bytes are bounded too (``CRM_STATS_FLUSH_MAX_MB``, by
+:func:`held_bytes`), whichever bound comes first."""
+
+DEFAULT_MAX_HELD_BYTES = 32 << 20
+"""The default bound of the held windows' estimated bytes (``CRM_STATS_FLUSH_MAX_MB``, 32):
+~10,000 sparse windows, several seconds' worth of the new windows of 50,000 campaigns at
+2,500 events/s, were they all held."""
+
+HELD_WINDOW_BYTES = 3_072
+"""What a held window takes in memory before its sketches' images (:func:`held_bytes`): its
+``WindowCounts`` and their dicts, measured with tracemalloc over the bench's windows at 20, 300
+and 50,000 campaigns (2.5-3.1 KB each, most of it the objects, not the images)."""
+
+HELD_EVENT_BYTES = 64
+"""What each increment counted into a held window is taken to add (:func:`held_bytes`): a
+recipient in each of its sketches' exact modes, a breakdown key. An overestimate for a dense
+window (its sketches stop growing at 2^lg_k / 2 bytes each): the bound then writes it early."""
+
+
+def held_bytes(stored: bytes | None, increments: int) -> int:
+    """The estimated memory of a window held in memory: :data:`HELD_WINDOW_BYTES`, twice its
+    stored value (its sketch images, and the live sketch DataSketches deserializes from one
+    when it is updated, which tracemalloc does not see), and :data:`HELD_EVENT_BYTES` per
+    increment counted into it since it was loaded."""
+    return HELD_WINDOW_BYTES + 2 * len(stored or b"") + HELD_EVENT_BYTES * increments
+
+
+HOT_MIN_TOUCHES = 512
+"""How many window touches an interval needs before its share of hot ones decides whether the
+worker holds new windows (:class:`HotWindows`): fewer (a quiet worker, a worker just started),
+and it keeps its choice (at start: hold them)."""
+
+HOT_SHARE = 0.25
+"""The share of an interval's window touches that must hit a hot window (held, or written
+within the last one or two intervals) for new windows to be held the next interval. Below
+it, a window touched again soon is the exception, and holding every new window cost memory
+and bookkeeping for nothing to coalesce (bench/README.md, "Write-behind stats windows":
+~25% of the throughput and ~90 MB per worker at 50,000 campaigns). On the bench's records at
+1,200-2,000 events/s (``bench.stats_digest``, a live feed's batches) 2-3% of the touches are
+hot at 50,000 campaigns, 80-93% at 300, and 20-28% at 3,000 (where the choice flips, and
+either costs about the same)."""
+
+
+class HotWindows:
+    """Which windows a write-behind batch holds in memory, and which it writes at once.
+
+    A window is *hot* when it is held (dirty) or was written within the last one or two
+    intervals (the writes of the current interval and of the one before are remembered, by
+    the hash of the window: a collision only holds a window that could have been written).
+    A batch holds its hot windows: a window touched again soon after a write will be touched
+    again, and is written once per interval however often that is. A window that is not hot
+    is written at once, by the path of interval 0 (:meth:`StatsTables._count_partition`: the
+    same reads, bytes, changelog records and upserts), while the worker's touches are mostly
+    cold; while at least :data:`HOT_SHARE` of an interval's touches were hot (and at start,
+    until an interval has :data:`HOT_MIN_TOUCHES`), new windows are held too, as they were
+    before this rule: most of them will be touched again within the interval.
+
+    So a few busy campaigns keep the whole of write-behind's saving, many sparse ones cost what
+    interval 0 costs (each window written at once, nothing held but the few touched twice),
+    and a mix of both holds the busy windows only. Whether a window is held or written never
+    changes what it counts: both paths are exact (``applied``), and a held window holds its
+    stats partition's position back (:meth:`StatsTables.pending_from`)."""
+
+    __slots__ = ("before", "hold_new", "hot", "interval_s", "started", "touches", "written")
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self.hold_new = True
+        # (label, table partition) -> hashes of the windows written this interval / the last
+        self.written: dict[tuple[str, int], set[int]] = {}
+        self.before: dict[tuple[str, int], set[int]] = {}
+        self.started: float | None = None  # monotonic start of the current interval
+        self.touches = 0  # windows touched this interval
+        self.hot = 0  # of which hot
+
+    def turn(self, mono: float) -> None:
+        """Start a new interval once the current one is over: decide on its touches whether
+        new windows are held, and forget the writes of the one before."""
+        started = self.started
+        if started is None:
+            self.started = mono
+            return
+        elapsed = mono - started
+        if elapsed < self.interval_s:
+            return
+        if self.touches >= HOT_MIN_TOUCHES:
+            self.hold_new = self.hot >= HOT_SHARE * self.touches
+        self.before = self.written if elapsed < 2 * self.interval_s else {}
+        self.written = {}
+        self.touches = self.hot = 0
+        self.started = mono
+
+    def split(
+        self,
+        where: tuple[str, int],
+        windows: dict[tuple[str, int], Any],
+        dirty: Dirty | None,
+    ) -> tuple[dict[tuple[str, int], Any], dict[tuple[str, int], Any]]:
+        """A table partition's touched ``windows``: (those to hold, those to write at once),
+        each in the batch's order (``windows`` itself when it all goes one way)."""
+        written = self.written.get(where)
+        before = self.before.get(where)
+        hold_new = self.hold_new
+        held: dict[tuple[str, int], Any] = {}
+        at_once: dict[tuple[str, int], Any] = {}
+        hot = 0
+        for window, work in windows.items():
+            if dirty and window in dirty:
+                hot += 1
+                held[window] = work
+                continue
+            if written or before:
+                h = hash(window)
+                if (written and h in written) or (before and h in before):
+                    hot += 1
+                    held[window] = work
+                    continue
+            if hold_new:
+                held[window] = work
+            else:
+                at_once[window] = work
+        self.touches += len(windows)
+        self.hot += hot
+        if not at_once:
+            return windows, at_once
+        if not held:
+            return held, windows
+        return held, at_once
+
+    def wrote(self, where: tuple[str, int], windows: Iterable[tuple[str, int]]) -> None:
+        """``windows`` of a table partition were written (at once, or from memory)."""
+        recent = self.written.get(where)
+        if recent is None:
+            recent = self.written[where] = set()
+        recent.update(map(hash, windows))
+
+    def forget(self) -> None:
+        """A rebalance: the writes remembered may be of partitions now elsewhere (the choice
+        whether to hold new windows stays: it is the worker's feed)."""
+        self.written = {}
+        self.before = {}
+
 
 FLUSH_MIN_WINDOWS = 256
 """A batch writes at most :func:`flush_limit` due windows (the rest wait for the next batch or
@@ -130,6 +273,7 @@ class DirtyWindow:
     updated_ms: int  # the clock of the last batch that counted into it (its stored update time)
     since: float  # monotonic seconds when it became dirty (written once that is an interval old)
     first_offset: int  # the first stats-updates offset of the batch that made it dirty
+    size: int = HELD_WINDOW_BYTES  # its estimated memory (held_bytes)
 
 
 Dirty = dict[tuple[str, int], DirtyWindow]
@@ -163,6 +307,7 @@ class StatsTables:
         max_keys: int | Mapping[str, int] = DEFAULT_MAX_KEYS,
         flush_interval_s: float = 0.0,
         monotonic: Callable[[], float] = time.monotonic,
+        max_held_bytes: int = DEFAULT_MAX_HELD_BYTES,
     ) -> None:
         self.tables = tables
         self.windows = list(windows)
@@ -185,6 +330,9 @@ class StatsTables:
         self.monotonic = monotonic
         self.dirty: dict[tuple[str, int], Dirty] = {}  # (label, table partition) -> windows
         self.dirty_count = 0
+        self.dirty_bytes = 0  # their estimated memory (held_bytes)
+        self.max_held_bytes = max_held_bytes  # CRM_STATS_FLUSH_MAX_MB
+        self.hot = HotWindows(flush_interval_s)  # which windows a batch holds
         self.generation = 0  # raised by drop_dirty: a write in flight then changes nothing
         # The metric's child per window size, looked up once (a look-up takes a lock).
         self._upserts_metric = {label: metrics.STATS_UPSERTS.labels(label) for label in tables}
@@ -325,27 +473,51 @@ class StatsTables:
         active: Iterable[int] | None = None,
         cpu: Stages | None = None,
     ) -> Offsets:
-        """Count a batch into the windows held in memory, then write the due ones
+        """Count a batch: its hot windows into memory, the others written at once as
+        :meth:`count` writes them (:class:`HotWindows`); then write the due windows in memory
         (:meth:`_select`; a bounded number, oldest first, of the ``active`` stats partitions:
-        None, all), and seal the batch's outputs (its dead letters, if any). ``firsts``: the
-        batch's first offset per stats partition (where a window it makes dirty holds the
-        partition's position back, :meth:`pending_from`). Returns the acknowledged offsets."""
+        None, all), and seal it all with the batch's outputs (its dead letters, if any).
+        ``firsts``: the batch's first offset per stats partition (where a window it makes dirty
+        holds the partition's position back, :meth:`pending_from`). Returns the acknowledged
+        offsets."""
         cpu = cpu or Stages()
         async with self.lock:
             cpu.resume()
+            self.upserts.new_batch()
             touched = group_increments(parsed, self.windows)
             done = Counted({}, 0, 0)
             n = 0
+            counted = 0  # windows since the last yield
             mono = self.monotonic()
-            for (label, partition), windows in touched.items():
+            hot = self.hot
+            hot.turn(mono)
+            sent: list[tuple[str, int, list[Item]]] = []
+            for where, windows in touched.items():
                 if windows:
-                    self._count_dirty(
-                        label, partition, windows, now_ms, mono, firsts[partition], done
-                    )
+                    if counted >= YIELD_WINDOWS:
+                        cpu.lap(STATS)
+                        await asyncio.sleep(0)  # the raw batches waiting (see count)
+                        cpu.resume()
+                        counted = 0
+                    label, partition = where
+                    held, at_once = hot.split(where, windows, self.dirty.get(where))
+                    if at_once:
+                        items = self._count_partition(
+                            label, partition, at_once, outputs, now_ms, done
+                        )
+                        sent.append((label, partition, items))
+                        hot.wrote(where, at_once)
+                    if held:
+                        self._count_dirty(
+                            label, partition, held, now_ms, mono, firsts[partition], done
+                        )
                     n += len(windows)
+                    counted += len(windows)
             selected = self._select(mono, flush_limit(n), active=active)
-            offsets = await self._write(selected, outputs, cpu)
+            offsets = await self._write(selected, outputs, cpu, sent)
             cpu.lap(STATS)
+        for label, count in done.upserts.items():
+            self._upserts_metric[label].inc(count)
         _book(done)
         return offsets
 
@@ -377,12 +549,17 @@ class StatsTables:
                 continue
             held = dirty.get(window)
             if held is None:
-                counts = load_window(stored[window], lg_k, max_keys)
-                dirty[window] = DirtyWindow(counts, now_ms, mono, first_offset)
+                value = stored[window]
+                counts = load_window(value, lg_k, max_keys)
+                size = held_bytes(value, len(work.counted))
+                dirty[window] = DirtyWindow(counts, now_ms, mono, first_offset, size)
                 self.dirty_count += 1
             else:
                 counts = held.counts
                 held.updated_ms = now_ms
+                size = HELD_EVENT_BYTES * len(work.counted)
+                held.size += size
+            self.dirty_bytes += size
             done.replayed += apply_increments(counts, work.counted)
             if work.name is not None:
                 counts.named(work.name)
@@ -406,8 +583,8 @@ class StatsTables:
     ) -> Selected:
         """The dirty windows to write now, oldest first: those dirty for the interval, at most
         ``limit``; and, whatever the limit, as many more of the oldest as keep the windows in
-        memory within :data:`DIRTY_MAX_WINDOWS`. ``everything``: all of them (the expiry, a
-        stop). Only of the ``active`` partitions (None: all)."""
+        memory within :data:`DIRTY_MAX_WINDOWS` and :attr:`max_held_bytes`. ``everything``:
+        all of them (the expiry, a stop). Only of the ``active`` partitions (None: all)."""
         wanted = None if active is None else set(active)
         groups = [
             _entries(label, partition, dirty)
@@ -417,26 +594,42 @@ class StatsTables:
         if not groups:
             return []
         over = self.dirty_count - DIRTY_MAX_WINDOWS
+        over_bytes = self.dirty_bytes - self.max_held_bytes
+        freed = 0
         due = mono - self.flush_interval_s
         out: Selected = []
         for item in heapq.merge(*groups, key=lambda item: item[3].since):
-            if not everything and len(out) >= over and (len(out) >= limit or item[3].since > due):
+            if (
+                not everything
+                and len(out) >= over
+                and freed >= over_bytes
+                and (len(out) >= limit or item[3].since > due)
+            ):
                 break
             out.append(item)
+            freed += item[3].size
         return out
 
-    async def _write(self, selected: Selected, outputs: Outputs, cpu: Stages) -> Offsets:
+    async def _write(
+        self,
+        selected: Selected,
+        outputs: Outputs,
+        cpu: Stages,
+        sent: Sequence[tuple[str, int, list[Item]]] = (),
+    ) -> Offsets:
         """Write ``selected``: encode, changelog record and upsert of each, one seal for them
-        and whatever the task sent before (a batch's dead letters), then RocksDB once
-        acknowledged, and out of memory. After a :meth:`drop_dirty` meanwhile, the windows
-        acknowledged are still written locally (the changelog holds them) but the memory
-        left as the drop made it."""
+        and whatever the task sent before (a batch's dead letters, and the windows it wrote at
+        once, ``sent``: written to RocksDB with them), then RocksDB once acknowledged, and out
+        of memory. After a :meth:`drop_dirty` meanwhile, the windows acknowledged are still
+        written locally (the changelog holds them) but the memory left as the drop made it.
+        The caller started the upserts' batch (``self.upserts.new_batch()``)."""
         generation = self.generation
         upserts: dict[str, int] = {}
         writes: dict[tuple[str, int], list[Item]] = {}
         topic, send, upsert = self.stats_topic, outputs.send, self.upserts.value
-        self.upserts.new_batch()
-        for i, (label, partition, (campaign, start), held) in enumerate(selected):
+        wrote = self.hot.wrote
+        for i, (label, partition, window, held) in enumerate(selected):
+            campaign, start = window
             if i and i % YIELD_WINDOWS == 0:
                 cpu.lap(STATS)
                 await asyncio.sleep(0)  # the raw batches waiting (see count)
@@ -459,14 +652,17 @@ class StatsTables:
                 ),
             )
             upserts[label] = upserts.get(label, 0) + 1
+            wrote((label, partition), (window,))
         for (label, partition), items in writes.items():
             self.tables[label].send_changelog(partition, items, outputs)
         cpu.lap(STATS)
         offsets = await outputs.seal()
         cpu.resume()
+        for label, partition, items in sent:
+            self.tables[label].write(partition, items)
         for (label, partition), items in writes.items():
             self.tables[label].write(partition, items)
-        if writes:
+        if writes or sent:
             for table in self.tables.values():
                 table.set_persisted_offsets(offsets)
         if generation == self.generation:
@@ -475,6 +671,7 @@ class StatsTables:
                 if dirty is not None and dirty.get(window) is held:
                     del dirty[window]
                     self.dirty_count -= 1
+                    self.dirty_bytes -= held.size
         for label, n in upserts.items():
             self._upserts_metric[label].inc(n)
         return offsets
@@ -498,6 +695,7 @@ class StatsTables:
                 self.monotonic(), DIRTY_MAX_WINDOWS, active=active, everything=everything
             )
             if selected:
+                self.upserts.new_batch()
                 await self._write(selected, outputs, cpu)
             cpu.lap(STATS)
         return len(selected)
@@ -521,6 +719,8 @@ class StatsTables:
         dropped = self.dirty_count
         self.dirty = {}
         self.dirty_count = 0
+        self.dirty_bytes = 0
+        self.hot.forget()
         self.generation += 1
         if dropped:
             log.info("stats: %d windows counted in memory dropped for a rebalance", dropped)
@@ -555,6 +755,7 @@ class StatsTables:
                     self.monotonic(), DIRTY_MAX_WINDOWS, active=partitions, everything=True
                 )
                 if selected:
+                    self.upserts.new_batch()
                     await self._write(selected, outputs, Stages())
             planned: list[tuple[str, WindowedTable, int, list[Item]]] = []
             tombstones: list[bytes] = []

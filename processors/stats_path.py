@@ -6,7 +6,8 @@ written becomes a dead letter) -> count, upsert and write once Kafka acknowledge
 (:meth:`StatsTables.count`) -> its positions become committable.
 
 With ``CRM_STATS_FLUSH_INTERVAL`` > 0 (write-behind, :meth:`StatsTables.count_behind`) a batch
-counts into windows held in memory and writes those due; a partition's position becomes
+counts its hot windows into windows held in memory (the others it writes at once,
+:class:`processors.stats.HotWindows`) and writes those due; a partition's position becomes
 committable up to the oldest batch not yet written (:meth:`StatsPath._durable`). A timer writes
 the due windows of an idle feed (:meth:`StatsPath.flush`), a rebalance drops the windows in
 memory before the partitions are placed again (:meth:`StatsPath.placing`), and the agent's stop
