@@ -552,7 +552,9 @@ class Settings:
         "acknowledgement, and a downstream consumer's view of its records, waits that much "
         "longer. At 5ms a live feed woke the producers' librdkafka threads for a few records "
         "at a time: 20ms took ~15% off the worker's CPU per event at 3,500 records/s and its "
-        "half-rate p99 from 0.6-0.8 s to 0.26-0.43 s (bench/README.md, issue 21)",
+        "half-rate p99 from 0.6-0.8 s to 0.26-0.43 s (bench/README.md, issue 21). Keep it "
+        "above the broker's produce round trip: librdkafka's idempotent producer otherwise "
+        "spins until the response (Tansu dev profile: 50ms, config/tansu-dev.env)",
     )
     changelog_linger_s: float = setting(
         "CHANGELOG_LINGER",
