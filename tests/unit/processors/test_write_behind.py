@@ -369,18 +369,24 @@ async def _replay_after_crash(parts: Parts, clock: Clock, feed: Any, crash_at: i
     await parts.stats_path.stopping()
 
 
+def _counted_at_zero(path: Path, feed: list[tuple[int, int, dict[str, list[int]]]]) -> Parts:
+    """The feed counted with write-behind off (interval 0): what every replay must equal."""
+    parts, _ = behind(path, "0")
+
+    async def count() -> None:
+        for p, o, inc in feed:
+            await parts.stats_path.process([record(parts, o, inc, p)])
+
+    run(count())
+    return parts
+
+
 @pytest.mark.parametrize("crash_at", [5, 17, 29, 40])
 def test_a_crash_while_windows_are_in_memory_loses_nothing_and_counts_nothing_twice(
     tmp_path: Path, crash_at: int
 ) -> None:
     feed = _feed(21, 40)
-    expected_parts, _ = behind(tmp_path / "expected", "0")
-
-    async def expected() -> None:
-        for p, o, inc in feed:
-            await expected_parts.stats_path.process([record(expected_parts, o, inc, p)])
-
-    run(expected())
+    expected_parts = _counted_at_zero(tmp_path / "expected", feed)
     parts, clock = behind(tmp_path / "behind")
     run(_replay_after_crash(parts, clock, feed, crash_at))
     assert _totals(parts) == _totals(expected_parts)

@@ -193,13 +193,7 @@ def test_a_crash_with_windows_written_at_once_and_held_counts_everything_once(
     monkeypatch.setattr(stats_module, "HOT_MIN_TOUCHES", 1)
     monkeypatch.setattr(stats_module, "HOT_SHARE", 2.0)
     feed = wb._feed(21, 40)
-    expected, _ = behind(tmp_path / "expected", "0")
-
-    async def at_zero() -> None:
-        for p, o, inc in feed:
-            await expected.stats_path.process([record(expected, o, inc, p)])
-
-    run(at_zero())
+    expected = wb._counted_at_zero(tmp_path / "expected", feed)
     parts, clock = behind(tmp_path / "behind")
     held = at_once = 0
     split = stats_module.HotWindows.split
