@@ -823,6 +823,11 @@ def standby_patches() -> dict[tuple[type, str], Any]:
 
     async def stop_following_then_stop(self: Any) -> None:
         await _standbys(self).stop()
+        # The agents' batches in flight still write dedupe marks, positions and windows to the
+        # tables: they finish before the stores close (Faust stops its agents only after its
+        # tables, and a write then reopened a closed store, or failed on its lock: exit 70).
+        for finish in getattr(self.app, "crm_stopping", ()):
+            await finish()
         await on_stop(self)
 
     return {
@@ -1173,6 +1178,20 @@ def die(exc: BaseException, what: str) -> None:
     os._exit(EXIT_BUG)
 
 
+def once(hook: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    """``hook`` run at most once: a later call waits for the first one's end. The stop runs an
+    agent's ``stopping`` before the tables close, and the agent runs it again as it ends."""
+    task: asyncio.Future[None] | None = None
+
+    async def run() -> None:
+        nonlocal task
+        if task is None:
+            task = asyncio.ensure_future(hook())
+        await asyncio.shield(task)
+
+    return run
+
+
 class FaustTableStore:
     """:class:`processors.engine.TableStore` of a Faust RocksDB table."""
 
@@ -1258,6 +1277,9 @@ class FaustEngine:
         # The stream topics' readers (CRM_STREAM_READER=librdkafka), read by the patches too.
         self.readers = Readers() if settings.stream_reader == "librdkafka" else None
         app.crm_readers = self.readers  # type: ignore[attr-defined]
+        # The agents' ``stopping`` hooks, run before the tables close (standby_patches).
+        self.stopping: list[Callable[[], Awaitable[None]]] = []
+        app.crm_stopping = self.stopping  # type: ignore[attr-defined]
 
     # -- building ------------------------------------------------------------------------
 
@@ -1294,6 +1316,9 @@ class FaustEngine:
             value_serializer="raw",
             partitions=self.settings.partitions,
         )
+        if stopping is not None:
+            stopping = once(stopping)
+            self.stopping.append(stopping)
         if self.readers is not None:
             self._reading_agent(
                 self.readers, topic, topics, name, handler, size, within, what, stopping

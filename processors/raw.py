@@ -537,8 +537,9 @@ class RawPath:
             ) from None
 
     async def stopping(self) -> None:
-        """The agent stops: let the batches in flight finish, and save the positions pending
-        after them, so that every processed record's position is saved and can be committed."""
+        """The worker stops (before its tables close): let the batches in flight finish, and
+        save the positions pending after them, so that every processed record's position is
+        saved and can be committed."""
         last = self.last_in_flight
         if last is None:
             return

@@ -529,3 +529,60 @@ def test_the_leader_topic_is_paused_in_aiokafka_at_every_assignment(app: faust.A
     # Never fetched, so no fetch time nor highwater: Faust's stall check leaves it alone (else
     # it logged "no fetch request sent" errors; the fake consumer has no fetcher to look into).
     AIOKafkaConsumerThread.verify_event_path(thread, 0.0, leader)
+
+
+def test_the_agents_stopping_hooks_run_before_the_tables_stores_close(
+    app: faust.App, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SIGTERM while a raw batch was in flight: Faust stops its tables before its agents, so
+    the batch's dedupe marks (and the stop's pending positions) were written to a closed store,
+    reopened behind Faust's back or failing on its lock (exit 70). The hooks now run first."""
+    app.crm_settings = Settings.from_env({"CRM_DATA_DIR": str(tmp_path)})  # type: ignore[attr-defined]
+    table = app.Table("marks", partitions=2, key_type=bytes, value_type=bytes)
+    store = table.data
+    store._db_for_partition(1)  # open, as a worker's first batch does
+    order: list[str] = []
+
+    async def table_stop() -> None:
+        order.append("tables close")
+        await store.stop()  # Faust's: drops the partitions' handles
+
+    monkeypatch.setattr(table, "stop", table_stop)
+
+    async def stopping() -> None:
+        await asyncio.sleep(0)
+        order.append("batch writes" if 1 in store._dbs else "batch writes to a closed store")
+        store._db_for_partition(1)[b"k"] = b"v"
+
+    hook = faust_engine.once(stopping)
+    app.crm_stopping = [hook]  # type: ignore[attr-defined]
+
+    async def stop() -> None:
+        await app.tables.on_stop()
+        await hook()  # the agent's own call as it ends: not a second run
+
+    asyncio.run(stop())
+    assert order == ["batch writes", "tables close"]
+
+
+def test_once_runs_a_hook_a_single_time_and_every_caller_waits_for_it() -> None:
+    runs: list[int] = []
+    gate = asyncio.Event()
+
+    async def hook() -> None:
+        runs.append(1)
+        await gate.wait()
+
+    async def main() -> list[bool]:
+        wrapped = faust_engine.once(hook)
+        first = asyncio.ensure_future(wrapped())
+        second = asyncio.ensure_future(wrapped())
+        await asyncio.sleep(0.01)
+        pending = [first.done(), second.done()]
+        gate.set()
+        await asyncio.gather(first, second)
+        await wrapped()
+        return pending
+
+    assert asyncio.run(main()) == [False, False]
+    assert runs == [1]
