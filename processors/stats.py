@@ -383,10 +383,17 @@ class StatsTables:
             for table in self.tables.values():
                 table.set_persisted_offsets(offsets)
             cpu.lap(STATS)
-        for label, n in done.upserts.items():
-            self._upserts_metric[label].inc(n)
-        _book(done)
+        self._book(done)
         return offsets
+
+    def _book(self, done: Counted) -> None:
+        """A stats batch's upserts, replayed and refused increments, on their metrics."""
+        for label, count in done.upserts.items():
+            self._upserts_metric[label].inc(count)
+        if done.replayed:
+            metrics.STATS_REPLAYED.inc(done.replayed)
+        if done.refused:
+            metrics.STATS_LATE.inc(done.refused)
 
     @staticmethod
     def _admission(
@@ -516,9 +523,7 @@ class StatsTables:
             selected = self._select(mono, flush_limit(n), active=active)
             offsets = await self._write(selected, outputs, cpu, sent)
             cpu.lap(STATS)
-        for label, count in done.upserts.items():
-            self._upserts_metric[label].inc(count)
-        _book(done)
+        self._book(done)
         return offsets
 
     def _count_dirty(
@@ -895,14 +900,6 @@ class StatsTables:
                         )
                     )
         return out
-
-
-def _book(done: Counted) -> None:
-    """A stats batch's replayed and refused increments, on their metrics."""
-    if done.replayed:
-        metrics.STATS_REPLAYED.inc(done.replayed)
-    if done.refused:
-        metrics.STATS_LATE.inc(done.refused)
 
 
 def _entries(
