@@ -84,6 +84,23 @@ STATS_CAMPAIGNS_FORGOTTEN = Counter(
     "CRM_STATS_RETENTION",
     ["window"],
 )
+# Write-behind (CRM_STATS_FLUSH_INTERVAL, processors/stats.py): read from the stats tables at
+# each scrape.
+STATS_HELD_WINDOWS = Gauge(
+    "crm_worker_stats_held_windows",
+    "Stats windows counted in memory and not yet written (CRM_STATS_FLUSH_INTERVAL; at most "
+    "20,000)",
+)
+STATS_HELD_BYTES = Gauge(
+    "crm_worker_stats_held_bytes",
+    "Estimated memory of the stats windows held in memory (bounded by CRM_STATS_FLUSH_MAX_MB)",
+)
+STATS_HOLD_NEW = Gauge(
+    "crm_worker_stats_hold_new_windows",
+    "1 while write-behind holds new stats windows in memory too (a quarter of the last "
+    "interval's window touches were of windows held or written lately), 0 while it writes "
+    "them at once and holds only those (a worker starts at 0)",
+)
 # Attribution (processors/attribution.py): `outcome` and `source` are fixed words.
 ATTRIBUTION_INPUTS = Counter(
     "crm_worker_attribution_inputs_total",

@@ -30,9 +30,9 @@ upsert, then RocksDB once acknowledged) once it has been dirty for the interval,
 most :func:`flush_limit` per batch, so a window touched by twenty batches a second is written once
 a second and the writes stay spread over the batches as they come. A window is hot when it is
 held or was written within the last interval or two; a batch writes its other windows at once,
-as at interval 0, unless most of the worker's touches are hot (:class:`HotWindows`): so many
-sparse campaigns, where nothing would coalesce, cost what interval 0 costs. A stats partition's
-position
+as at interval 0, unless most of the worker's touches are hot (:class:`HotWindows`; a worker
+starts writing them): so many sparse campaigns, where nothing would coalesce, cost what interval
+0 costs. A stats partition's position
 may be committed only up to the first offset of the oldest batch whose windows are not all
 written (:meth:`StatsTables.pending_from`): a crash loses what was only in memory and the replay
 counts it again, skipping what a written window counted already (``applied``). The windows in
@@ -138,8 +138,8 @@ def held_bytes(stored: bytes | None, increments: int) -> int:
 
 HOT_MIN_TOUCHES = 512
 """How many window touches an interval needs before its share of hot ones decides whether the
-worker holds new windows (:class:`HotWindows`): fewer (a quiet worker, a worker just started),
-and it keeps its choice (at start: hold them)."""
+worker holds new windows (:class:`HotWindows`): fewer (a quiet worker), and it keeps its choice
+(at start: write them at once)."""
 
 HOT_SHARE = 0.25
 """The share of an interval's window touches that must hit a hot window (held, or written
@@ -162,9 +162,19 @@ class HotWindows:
     again, and is written once per interval however often that is. A window that is not hot
     is written at once, by the path of interval 0 (:meth:`StatsTables._count_partition`: the
     same reads, bytes, changelog records and upserts), while the worker's touches are mostly
-    cold; while at least :data:`HOT_SHARE` of an interval's touches were hot (and at start,
-    until an interval has :data:`HOT_MIN_TOUCHES`), new windows are held too, as they were
-    before this rule: most of them will be touched again within the interval.
+    cold; while at least :data:`HOT_SHARE` of an interval's touches were hot, new windows are
+    held too, as they were before this rule: most of them will be touched again within the
+    interval.
+
+    A worker starts cold (new windows written at once) and learns from its first interval of
+    :data:`HOT_MIN_TOUCHES` touches. Starting the other way, a feed of many sparse campaigns
+    held every new window of its first interval, up to ``CRM_STATS_FLUSH_MAX_MB`` in a
+    backlog, before the rule learnt it was cold: ~50 MB more peak memory per worker at 50,000
+    campaigns (bench/README.md, "Only hot windows held"). A hot feed loses little by the cold
+    start: a window written at once is hot from its next touch on (held from then), and the
+    interval's touches, mostly of those, switch new windows to held at its end (a second at
+    1 s; bench/README.md, "Write-behind starts cold"). Each change is logged, and the mode is
+    the gauge ``crm_worker_stats_hold_new_windows``.
 
     So a few busy campaigns keep the whole of write-behind's saving, many sparse ones cost what
     interval 0 costs (each window written at once, nothing held but the few touched twice),
@@ -176,7 +186,7 @@ class HotWindows:
 
     def __init__(self, interval_s: float) -> None:
         self.interval_s = interval_s
-        self.hold_new = True
+        self.hold_new = False  # start cold: see the class's docstring
         # (label, table partition) -> hashes of the windows written this interval / the last
         self.written: dict[tuple[str, int], set[int]] = {}
         self.before: dict[tuple[str, int], set[int]] = {}
@@ -194,8 +204,18 @@ class HotWindows:
         elapsed = mono - started
         if elapsed < self.interval_s:
             return
-        if self.touches >= HOT_MIN_TOUCHES:
-            self.hold_new = self.hot >= HOT_SHARE * self.touches
+        touches = self.touches
+        if touches >= HOT_MIN_TOUCHES:
+            hold_new = self.hot >= HOT_SHARE * touches
+            if hold_new != self.hold_new:
+                self.hold_new = hold_new
+                log.info(
+                    "stats write-behind: new windows %s (%d of %d window touches hot in %.1f s)",
+                    "now held" if hold_new else "now written at once",
+                    self.hot,
+                    touches,
+                    elapsed,
+                )
         self.before = self.written if elapsed < 2 * self.interval_s else {}
         self.written = {}
         self.touches = self.hot = 0
@@ -333,6 +353,9 @@ class StatsTables:
         self.dirty_bytes = 0  # their estimated memory (held_bytes)
         self.max_held_bytes = max_held_bytes  # CRM_STATS_FLUSH_MAX_MB
         self.hot = HotWindows(flush_interval_s)  # which windows a batch holds
+        metrics.STATS_HELD_WINDOWS.set_function(lambda: self.dirty_count)
+        metrics.STATS_HELD_BYTES.set_function(lambda: self.dirty_bytes)
+        metrics.STATS_HOLD_NEW.set_function(lambda: float(self.hot.hold_new))
         self.generation = 0  # raised by drop_dirty: a write in flight then changes nothing
         # The metric's child per window size, looked up once (a look-up takes a lock).
         self._upserts_metric = {label: metrics.STATS_UPSERTS.labels(label) for label in tables}

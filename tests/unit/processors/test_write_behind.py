@@ -31,8 +31,14 @@ class Clock:
         return self.now
 
 
-def behind(tmp_path: Path, interval: str = "1s", partitions: int = 2) -> tuple[Parts, Clock]:
+def behind(
+    tmp_path: Path, interval: str = "1s", partitions: int = 2, *, hot: bool = True
+) -> tuple[Parts, Clock]:
+    """A worker writing its stats windows behind by ``interval``; ``hot``: one whose feed was
+    hot, so it holds new windows too (the policy these tests are about: which windows held,
+    and when, is test_write_behind_hot.py's), else as it starts (new windows written at once)."""
     parts = Parts(tmp_path, {"CRM_STATS_FLUSH_INTERVAL": interval})
+    parts.stats.hot.hold_new = hot
     clock = Clock()
     parts.stats.monotonic = clock
     for p in range(partitions):
@@ -381,14 +387,30 @@ def _counted_at_zero(path: Path, feed: list[tuple[int, int, dict[str, list[int]]
     return parts
 
 
+@pytest.mark.parametrize("hot", [True, False], ids=["holding", "as-started"])
 @pytest.mark.parametrize("crash_at", [5, 17, 29, 40])
 def test_a_crash_while_windows_are_in_memory_loses_nothing_and_counts_nothing_twice(
-    tmp_path: Path, crash_at: int
+    tmp_path: Path, crash_at: int, hot: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Holding new windows, and as a worker starts: writing each new window at once and
+    holding it from its next touch within the interval (the feed's few campaigns never make
+    an interval of HOT_MIN_TOUCHES: the worker never switches)."""
     feed = _feed(21, 40)
     expected_parts = _counted_at_zero(tmp_path / "expected", feed)
-    parts, clock = behind(tmp_path / "behind")
+    parts, clock = behind(tmp_path / "behind", hot=hot)
+    held = 0
+    split = stats_module.HotWindows.split
+
+    def counting(self: stats_module.HotWindows, *args: Any) -> tuple[dict, dict]:
+        nonlocal held
+        h, a = split(self, *args)
+        held += len(h)
+        return h, a
+
+    monkeypatch.setattr(stats_module.HotWindows, "split", counting)
     run(_replay_after_crash(parts, clock, feed, crash_at))
+    assert held  # windows were in memory
+    assert parts.stats.hot.hold_new is hot
     assert _totals(parts) == _totals(expected_parts)
     assert sum(_totals(parts).values()) == 2 * sum(
         len(v) for _, _, inc in feed for v in inc.values()

@@ -9,6 +9,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from crmstream.errors import ConfigError
 from crmstream.settings import Settings
@@ -31,10 +32,12 @@ def fixed(parts: Parts) -> Parts:
 
 
 async def cold(parts: Parts, clock: Clock) -> None:
-    """An interval of cold touches (600 windows, each touched once), all written by the timer:
-    from the next batch on, new windows are not held."""
+    """A worker holding new windows (``behind``: its feed was hot) gets an interval of cold
+    touches (600 windows, each touched once), all written by the timer: from the next batch
+    on, new windows are not held."""
+    assert parts.stats.hot.hold_new
     await parts.stats_path.process([wide(parts, 0)])
-    assert upserts(parts) == []  # a worker starts holding new windows
+    assert upserts(parts) == []  # held
     clock.now += 1.5
     await parts.stats_path.flush()
     assert parts.stats.dirty_count == 0
@@ -132,11 +135,12 @@ def test_new_windows_are_held_again_once_most_touches_are_hot(tmp_path: Path) ->
 
 def test_the_windows_in_memory_are_bounded_by_their_bytes(tmp_path: Path) -> None:
     parts = Parts(tmp_path, {"CRM_STATS_FLUSH_INTERVAL": "1h", "CRM_STATS_FLUSH_MAX_MB": "1"})
+    parts.stats.hot.hold_new = True  # its feed was hot: new windows held
     clock = Clock()
     parts.stats.monotonic = clock
     parts.engine.assigned.add(parts.stats_tp())
     parts.positioning.tracker.start(parts.stats_tp(), 0)
-    n = 200  # 400 windows (< HOT_MIN_TOUCHES: held, as a worker starts)
+    n = 200  # 400 windows
     size = stats_module.held_bytes(None, 1)  # a new window with one event
 
     async def scenario() -> None:
@@ -161,10 +165,12 @@ def test_the_bytes_bound_is_a_validated_setting(tmp_path: Path) -> None:
         Settings.from_env({"CRM_STATS_FLUSH_MAX_MB": "lots"})
 
 
-def test_a_quiet_worker_keeps_its_choice(tmp_path: Path) -> None:
-    """An interval with fewer than HOT_MIN_TOUCHES touches decides nothing: a worker that has
-    seen a few cold windows only still holds new ones (the tests of test_write_behind.py)."""
-    parts, clock = behind(tmp_path)
+@pytest.mark.parametrize("hot", [True, False], ids=["holding", "as-started"])
+def test_a_quiet_worker_keeps_its_choice(tmp_path: Path, hot: bool) -> None:
+    """An interval with fewer than HOT_MIN_TOUCHES touches decides nothing: a worker holding
+    new windows that then sees a few cold windows only still holds new ones (the tests of
+    test_write_behind.py), and a worker just started still writes them at once."""
+    parts, clock = behind(tmp_path, hot=hot)
 
     async def scenario() -> None:
         for i in range(5):
@@ -172,8 +178,121 @@ def test_a_quiet_worker_keeps_its_choice(tmp_path: Path) -> None:
             clock.now += 1.5
 
     run(scenario())
-    assert parts.stats.hot.hold_new
-    assert parts.stats.dirty_count == 2  # the last batch's, held; the others written when due
+    assert parts.stats.hot.hold_new is hot
+    # holding: the last batch's, held (the others written when due); as started: all at once
+    assert parts.stats.dirty_count == (2 if hot else 0)
+    assert len(upserts(parts)) == (8 if hot else 10)
+
+
+# -- a worker starts cold ------------------------------------------------------------------------
+
+
+def started(tmp_path: Path, **env: str) -> tuple[Parts, Clock]:
+    """A worker as it starts, writing behind by 1 s (its hold mode left as the tables made it)."""
+    parts = Parts(tmp_path, {"CRM_STATS_FLUSH_INTERVAL": "1s", **env})
+    clock = Clock()
+    parts.stats.monotonic = clock
+    parts.engine.assigned.add(parts.stats_tp())
+    parts.positioning.tracker.start(parts.stats_tp(), 0)
+    return fixed(parts), clock
+
+
+def gauge(name: str) -> float | None:
+    return REGISTRY.get_sample_value(name)
+
+
+def test_a_worker_starts_writing_new_windows_at_once_and_holds_none_of_a_sparse_feed(
+    tmp_path: Path,
+) -> None:
+    """Many sparse campaigns from the start (each batch 300 new ones, 600 windows: 1.8 MB
+    estimated, were they held): nothing is held, not even in the first interval, so the byte
+    bound (1 MB here) is never reached; every record is interval 0's, byte for byte, and the
+    worker stays cold once an interval has decided."""
+    zero, _ = behind(tmp_path / "zero", "0")
+    fixed(zero)
+    parts, clock = started(tmp_path / "started", CRM_STATS_FLUSH_MAX_MB="1")
+    assert 2 * WIDE * stats_module.held_bytes(None, 1) > 1 << 20
+
+    def batch(target: Parts, k: int) -> FakeEvent:
+        return record(target, k, {f"SEGMENT|s{k}|{i}": [k * WIDE + i] for i in range(WIDE)})
+
+    async def scenario() -> None:
+        for k in range(5):  # 0.3 s apart: the fourth batch starts the second interval
+            await parts.stats_path.process([batch(parts, k)])
+            assert parts.stats.dirty_count == 0 and parts.stats.dirty_bytes == 0
+            assert gauge("crm_worker_stats_held_windows") == 0
+            clock.now += 0.3
+
+    async def at_zero() -> None:
+        for k in range(5):
+            await zero.stats_path.process([batch(zero, k)])
+
+    run(scenario())
+    assert not parts.stats.hot.hold_new
+    assert gauge("crm_worker_stats_hold_new_windows") == 0
+    run(at_zero())
+    assert len(upserts(parts)) == 5 * 2 * WIDE
+    assert upserts(parts) == upserts(zero)
+    assert parts.outputs.changelog == zero.outputs.changelog
+    assert parts.positioning.committable(parts.stats_tp()) == 5
+
+
+def test_a_hot_feed_switches_to_holding_new_windows_after_its_first_interval(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same 300 campaigns every 0.1 s: the first batch writes its windows at once, the
+    next ones hold them (written just now: hot), and at the end of the first second, its
+    touches 90% hot, the worker holds new windows too: logged once, and on the gauges."""
+    caplog.set_level("INFO", logger="crmstream.worker")
+    parts, clock = started(tmp_path)
+
+    def batch(k: int, extra: dict[str, list[int]] | None = None) -> FakeEvent:
+        increments = {f"SEGMENT|w|{i}": [k * WIDE + i] for i in range(WIDE)}
+        return record(parts, k, {**increments, **(extra or {})})
+
+    async def scenario() -> None:
+        assert gauge("crm_worker_stats_hold_new_windows") == 0
+        await parts.stats_path.process([batch(0)])
+        assert len(upserts(parts)) == 2 * WIDE  # new, the worker cold: written at once
+        assert parts.stats.dirty_count == 0
+        for k in range(1, 10):
+            clock.now += 0.1
+            await parts.stats_path.process([batch(k)])
+            assert parts.stats.dirty_count == 2 * WIDE  # written 0.1-0.9 s ago: held
+        assert not parts.stats.hot.hold_new
+        assert "new windows now held" not in caplog.text
+        clock.now += 0.15  # the first interval is over
+        await parts.stats_path.process([batch(10, {"SEGMENT|b|1": [100_000]})])
+        assert parts.stats.hot.hold_new
+        assert stored_total(parts, "SEGMENT|b|1") == -1  # a new window, held
+        assert gauge("crm_worker_stats_hold_new_windows") == 1
+        assert gauge("crm_worker_stats_held_windows") == parts.stats.dirty_count
+        assert gauge("crm_worker_stats_held_bytes") == parts.stats.dirty_bytes > 0
+        await parts.stats_path.stopping()
+
+    run(scenario())
+    switched = [r for r in caplog.records if "new windows now held" in r.getMessage()]
+    assert len(switched) == 1 and switched[0].levelname == "INFO"
+    assert "5400 of 6000 window touches hot" in switched[0].getMessage()
+    assert stored_total(parts, "SEGMENT|w|7") == 11 and stored_total(parts, "SEGMENT|b|1") == 1
+    assert gauge("crm_worker_stats_held_windows") == 0
+
+
+def test_a_feed_gone_cold_is_logged_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="crmstream.worker")
+    parts, clock = behind(tmp_path)
+
+    async def scenario() -> None:
+        await cold(parts, clock)
+        await parts.stats_path.process([record(parts, 1, {"SEGMENT|b|1": [1000]})])
+        clock.now += 1.1
+        await parts.stats_path.process([record(parts, 2, {"SEGMENT|b|2": [1001]})])
+
+    run(scenario())
+    switched = [r for r in caplog.records if "new windows now" in r.getMessage()]
+    assert [r.getMessage().split(" (")[0] for r in switched] == [
+        "stats write-behind: new windows now written at once"
+    ]
 
 
 def run(coro: object) -> object:
