@@ -4,6 +4,7 @@ merged, tombstones, partitions interleaved in a poll, and the offset written wit
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import rocksdict
@@ -92,3 +93,67 @@ def test_a_poll_is_applied_as_the_last_value_of_each_key_with_its_offset(tmp_pat
     finally:
         a.close()
         b.close()
+
+
+def _crash_image(db_path: Path, to: Path) -> dict[bytes, bytes]:
+    """What a kill -9 would leave of an open store: its files as they are, opened elsewhere."""
+    shutil.copytree(db_path, to)
+    image = _db(to)
+    try:
+        return _contents(image)
+    finally:
+        image.close()
+
+
+def test_a_crash_keeps_a_prefix_and_the_end_flushes_what_was_written(tmp_path: Path) -> None:
+    """The follower's writes skip the write-ahead log: a crash image taken mid-follow holds
+    neither a poll's data nor its offset (never the offset without the data), and once the
+    follower has ended (its flush), both."""
+    db = _db(tmp_path / "a")
+    try:
+        db.put(OFFSET_KEY, b"0")
+        db.flush(True)
+        follower = StandbyFollower(
+            Settings.from_env({}), {("t", 0): Followed(1, db, None, OFFSET_KEY)}
+        )
+        assert follower._apply(
+            [Message("t", 0, 1, b"k1", b"v1"), Message("t", 0, 2, b"k2", b"v2")], KafkaError
+        )
+        assert _contents(db) == {b"k1": b"v1", b"k2": b"v2", OFFSET_KEY: b"2"}
+        assert _crash_image(tmp_path / "a", tmp_path / "mid") == {OFFSET_KEY: b"0"}
+        follower.flush()
+        assert follower.written == set()
+        assert _crash_image(tmp_path / "a", tmp_path / "end") == {
+            b"k1": b"v1",
+            b"k2": b"v2",
+            OFFSET_KEY: b"2",
+        }
+    finally:
+        db.close()
+
+
+def test_the_follower_flushes_when_its_thread_ends(tmp_path: Path) -> None:
+    """``_run`` flushes whatever ended the following (here: it fails at once, no broker)."""
+    db = _db(tmp_path / "a")
+    try:
+        follower = StandbyFollower(
+            Settings.from_env({}), {("t", 0): Followed(None, db, None, OFFSET_KEY)}
+        )
+        follower.written.add(("t", 0))
+        flushed: list[bool] = []
+        follower._follow = lambda: (_ for _ in ()).throw(RuntimeError("no broker"))  # type: ignore[method-assign]
+        follower.partitions[("t", 0)] = Followed(None, _Flushes(db, flushed), None, OFFSET_KEY)
+        follower._run()
+        assert isinstance(follower.failed, RuntimeError)
+        assert flushed == [True]
+    finally:
+        db.close()
+
+
+class _Flushes:
+    def __init__(self, db: rocksdict.Rdict, flushed: list[bool]) -> None:
+        self.db, self.flushed = db, flushed
+
+    def flush(self, wait: bool) -> None:
+        self.flushed.append(wait)
+        self.db.flush(wait)
