@@ -152,6 +152,10 @@ class StatsPath:
         feed), not while the group moves (a rebalance drops them, :meth:`placing`)."""
         if not self.tables.dirty_count or not self.engine.settled()[0]:
             return
+        if self.tables.lock.locked():
+            # A batch (or the expiry) is writing: it writes the due windows itself, and waiting
+            # for it here made the tick outlast its interval ("Timer stats-flush is overlapping").
+            return
         last = self.last_batch
         if last is not None and self.tables.monotonic() - last < self.tables.flush_interval_s / 4:
             # Batches are coming: each writes the due windows, a bounded number, as it goes.

@@ -429,3 +429,20 @@ def test_a_position_committed_past_the_windows_in_memory_would_lose_increments(
     assert sum(_totals(parts).values()) < 2 * sum(
         len(v) for _, _, inc in feed for v in inc.values()
     )
+
+
+def test_the_timer_does_not_wait_for_a_batch_writing(tmp_path: Path) -> None:
+    """While a batch holds the tables' lock the timer's tick returns at once (it waited for the
+    batch before, outlasting its interval); the next tick writes what is due."""
+    parts, clock = behind(tmp_path)
+
+    async def scenario() -> None:
+        await parts.stats_path.process([record(parts, 0, {"SEGMENT|a|1": [1]})])
+        clock.now += 2  # due, and no batch for two seconds
+        async with parts.stats.lock:
+            await asyncio.wait_for(parts.stats_path.flush(), timeout=1)
+            assert upserts(parts) == []
+        await parts.stats_path.flush()
+
+    run(scenario())
+    assert len(upserts(parts)) == 2
