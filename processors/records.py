@@ -31,6 +31,10 @@ DEAD_LETTER_VERSION = 2  # 2: raw_size (the raw value was cut to fit)
 # end (start + size) still fits an Avro long.
 MAX_TIMESTAMP_MS = 253_402_300_799_999
 
+_new_object = object.__new__
+"""Makes a slotted dataclass's instance without its ``__init__`` (the fast constructors below:
+the stats path makes a window and its breakdowns for every window a batch touches)."""
+
 
 @dataclass(frozen=True, slots=True)
 class RawPosition:
@@ -459,12 +463,25 @@ class Breakdown:
     @classmethod
     def load(cls, value: Mapping[str, Any]) -> Breakdown:
         """From :meth:`dump`, freshly decoded: its dicts are kept as they are (not copied)."""
-        return cls(
-            value.get("k") or {},
-            value.get("o") or {},
-            value.get("x") or {},
-            value.get("g") or {},
-        )
+        self = _new_object(cls)
+        self.kept = value.get("k") or {}
+        self.overflow = value.get("o") or {}
+        self.missing = value.get("x") or {}
+        self.groups = value.get("g") or {}
+        self.sketches = {}
+        return self
+
+    @classmethod
+    def new(cls) -> Breakdown:
+        """``Breakdown()``, made without the dataclass's default factories (a window touched
+        once at 50,000 campaigns makes two, and its loaded value as many)."""
+        self = _new_object(cls)
+        self.kept = {}
+        self.overflow = {}
+        self.missing = {}
+        self.groups = {}
+        self.sketches = {}
+        return self
 
     def images(self) -> list[tuple[Bucket, str, bytes]]:
         """Every sketch's compact image, ``(bucket, sketch key, image)``, in a fixed order."""
@@ -555,6 +572,37 @@ class WindowCounts:
     max_keys: int | Mapping[str, int] = DEFAULT_MAX_KEYS
 
     @classmethod
+    def new(
+        cls,
+        lg_k: int | None,
+        max_keys: int | Mapping[str, int] = DEFAULT_MAX_KEYS,
+        total: int = 0,
+        by_type: dict[str, int] | None = None,
+        by_channel: dict[str, int] | None = None,
+        applied: dict[str, int] | None = None,
+        unattributed: int = 0,
+        sketches: dict[str, Sketch] | None = None,
+        name: Named | None = None,
+        breakdowns: dict[str, Breakdown] | None = None,
+    ) -> WindowCounts:
+        """``WindowCounts(...)`` made without the dataclass's keyword handling and default
+        factories (every window a stats batch touches is made once: at 50,000 campaigns a new
+        one, ``load_window(None)``, for nearly every event). The dicts given are kept, not
+        copied."""
+        self = _new_object(cls)
+        self.total = total
+        self.by_type = {} if by_type is None else by_type
+        self.by_channel = {} if by_channel is None else by_channel
+        self.applied = {} if applied is None else applied
+        self.unattributed = unattributed
+        self.sketches = {} if sketches is None else sketches
+        self.lg_k = lg_k
+        self.name = name
+        self.breakdowns = {} if breakdowns is None else breakdowns
+        self.max_keys = max_keys
+        return self
+
+    @classmethod
     def load(cls, value: Any) -> WindowCounts:
         """From :meth:`dump` (a JSON object; no sketches)."""
         if not value:
@@ -587,7 +635,7 @@ class WindowCounts:
             for name, value in dimensions.items():
                 breakdown = breakdowns.get(name)
                 if breakdown is None:
-                    breakdown = breakdowns[name] = Breakdown()
+                    breakdown = breakdowns[name] = Breakdown.new()
                 breakdown.add(
                     value,
                     event_type,
@@ -625,7 +673,7 @@ class WindowCounts:
                 for name, value in dimensions.items():
                     breakdown = breakdowns.get(name)
                     if breakdown is None:
-                        breakdown = breakdowns[name] = Breakdown()
+                        breakdown = breakdowns[name] = Breakdown.new()
                     found = bounds.get(name)
                     if found is None:
                         found = bounds[name] = (
@@ -746,7 +794,8 @@ def window_value(counts: WindowCounts, updated_ms: int) -> bytes:
 
 def encode_window(counts: WindowCounts, updated_ms: int) -> tuple[bytes, Sketched]:
     """:func:`window_value`, and the window's :data:`Sketched` as it wrote them, for its upsert
-    (:meth:`StatsUpserts.value`): the sketches are sorted, imaged and estimated once a window."""
+    (:meth:`StatsUpserts.value`): the sketches are sorted, imaged and estimated once a window.
+    (:meth:`StatsUpserts.window` writes both at once.)"""
     sketches = counts.sketches
     keys = sorted(sketches)
     images: list[bytes] = []
@@ -757,6 +806,22 @@ def encode_window(counts: WindowCounts, updated_ms: int) -> tuple[bytes, Sketche
         images.append(image)
         estimates.append(estimate)
         lengths.append([key, len(image)])
+    return _stored_value(counts, updated_ms, lengths, estimates, images), (
+        keys,
+        images,
+        estimates,
+    )
+
+
+def _stored_value(
+    counts: WindowCounts,
+    updated_ms: int,
+    lengths: list[list[Any]],
+    estimates: list[int],
+    images: list[bytes],
+) -> bytes:
+    """:func:`window_value` of ``counts``, given its sketches' ``[key, length]``, estimates and
+    images, sorted by key."""
     head: dict[str, Any] = {
         "n": counts.total,
         "t": counts.by_type,
@@ -773,7 +838,7 @@ def encode_window(counts: WindowCounts, updated_ms: int) -> tuple[bytes, Sketche
     breakdowns = counts.breakdowns
     extra_images: list[bytes] = []
     if breakdowns:
-        names = sorted(breakdowns)
+        names = sorted(breakdowns) if len(breakdowns) > 1 else breakdowns
         head["b"] = {name: breakdowns[name].dump() for name in names}
         extra: list[list[Any]] = []
         for name in names:
@@ -786,7 +851,7 @@ def encode_window(counts: WindowCounts, updated_ms: int) -> tuple[bytes, Sketche
             head["bs"] = extra
     body = orjson.dumps(head)
     head_bytes = _WINDOW_HEAD.pack(WINDOW_VALUE_MAGIC, updated_ms, len(body))
-    return b"".join([head_bytes, body, *images, *extra_images]), (keys, images, estimates)
+    return b"".join([head_bytes, body, *images, *extra_images])
 
 
 def window_updated_ms(value: bytes) -> int | None:
@@ -806,7 +871,7 @@ def load_window(
     unattributed. A window stored before windows kept breakdowns has none (its events are in no
     bucket; the API shows them as not broken down)."""
     if not value:
-        return WindowCounts(lg_k=lg_k, max_keys=max_keys)
+        return _new_window(lg_k, max_keys)
     if value[:2] != WINDOW_VALUE_MAGIC:
         counts = WindowCounts.load(orjson.loads(value))
         counts.lg_k = lg_k
@@ -825,22 +890,28 @@ def load_window(
         at += size
     breakdowns = {key: Breakdown.load(b) for key, b in (head.get("b") or {}).items()}
     for dimension, kind, of_value, key, size in head.get("bs") or ():
-        b = breakdowns.setdefault(dimension, Breakdown())
+        b = breakdowns.get(dimension)
+        if b is None:
+            b = breakdowns[dimension] = Breakdown.new()
         b.sketches.setdefault((kind, of_value), {})[key] = new(value[at : at + size])
         at += size
     name = head.get("m")
-    return WindowCounts(
+    stored_lg_k = head.get("k")
+    return _new_window(
+        lg_k if stored_lg_k is None else int(stored_lg_k),
+        max_keys,
         int(head["n"]),
         head["t"],
         head["c"],
         head["w"],
         int(head["u"]),
         sketches,
-        int(head["k"]) if head.get("k") is not None else lg_k,
         (int(name[0]), str(name[1])) if name else None,
         breakdowns,
-        max_keys,
     )
+
+
+_new_window = WindowCounts.new
 
 
 @functools.lru_cache(maxsize=4096)
@@ -925,7 +996,30 @@ def _long_map(m: Mapping[str, int]) -> bytes:
     for the maps seen last (a sparse window's counts repeat from window to window)."""
     if not m:
         return b"\x00"
+    if len(m) == 1:
+        for key in m:  # a sparse window's {"SEND": 1}: looked up without a tuple key
+            return _long_one(key, m[key])
     return _long_pairs(tuple(m.items()))
+
+
+def _long_one(key: str, value: int) -> bytes:
+    """:func:`_long_map` of ``{key: value}``."""
+    of_key = _LONG_ONES.get(key)
+    if of_key is None:
+        if len(_LONG_ONES) >= _MAX_LONG_MAPS:
+            _LONG_ONES.clear()
+        of_key = _LONG_ONES[key] = {}
+    found = of_key.get(value)
+    if found is None:
+        if len(of_key) >= _MAX_LONG_MAPS:
+            of_key.clear()
+        found = of_key[value] = _long_pairs(((key, value),))
+    return found
+
+
+_LONG_ONES: dict[str, dict[int, bytes]] = {}
+"""One-entry maps of longs as :func:`_long_map` writes them, by key then value (bounded: each
+level emptied when full)."""
 
 
 def _long_pairs(items: tuple[tuple[str, int], ...]) -> bytes:
@@ -1008,6 +1102,7 @@ def _optional_bytes(value: bytes | None) -> bytes:
 
 
 _DOUBLE = struct.Struct("<d").pack
+_SCHEMA_VERSION_LONG = avro_long(STATS_SCHEMA_VERSION)
 
 
 class StatsUpserts:
@@ -1035,11 +1130,122 @@ class StatsUpserts:
         self._now: tuple[int, bytes] = (-1, b"")  # updated_at: one per batch
         self._tails: dict[int, bytes] = {}
         self._prefixes: dict[str, bytes | None] = {}  # the batch's campaigns' (new_batch)
+        self._header: bytes | None = None  # the upserts' header, looked up once a batch
 
     def new_batch(self) -> None:
         """Forget the campaigns' first fields kept for the batch before (at most a batch's
         campaigns are kept)."""
         self._prefixes.clear()
+        self._header = None
+
+    def window(
+        self,
+        campaign: str,
+        window_label: str,
+        start_ms: int,
+        size_s: int,
+        counts: WindowCounts,
+        updated_ms: int,
+    ) -> tuple[bytes, bytes]:
+        """A window written: its stored value (:func:`window_value` at ``updated_ms``) and its
+        upsert's value (:meth:`value` at ``updated_ms``), the same bytes as those two, in one
+        pass over its sketches (issue 21: at 50,000 campaigns nearly every event is a window
+        written, and the two encodings walked its sketches twice, the upsert taking the
+        recipients' sketch back out of the stored value's sorted lists)."""
+        prefix = self._prefixes.get(campaign)
+        if prefix is None and self.by_hand:
+            prefix = self._prefixes[campaign] = self._prefix(campaign)
+        lg_k = counts.lg_k
+        if prefix is None or lg_k is None:  # the generic encoder: see value
+            stored, sketched = encode_window(counts, updated_ms)
+            upsert = self.value(
+                campaign, window_label, start_ms, size_s, counts, updated_ms, sketched
+            )
+            return stored, upsert
+        sketches = counts.sketches
+        keys = sorted(sketches) if len(sketches) > 1 else sketches
+        # The stored value's sketch lengths, estimates and images (every sketch, by key), and
+        # the upsert's: the recipients' sketch, then the event types' estimates and images.
+        lengths: list[list[Any]] = []
+        estimates: list[int] = []
+        images: list[bytes] = []
+        everyone: bytes | None = None
+        recipients = 0
+        typed: list[tuple[str, int]] = []
+        typed_images: list[bytes] = []
+        heads = _BYTES_HEADS
+        for key in keys:
+            image, estimate = sketches[key].written()
+            n = len(image)
+            lengths.append([key, n])
+            estimates.append(estimate)
+            images.append(image)
+            if key == ALL_RECIPIENTS:
+                everyone, recipients = image, estimate
+            else:
+                typed.append((key, estimate))
+                head = heads.get((key, n))
+                if head is None:
+                    head = _bytes_head(key, n)
+                typed_images.append(head)
+                typed_images.append(image)
+        stored = _stored_value(counts, updated_ms, lengths, estimates, images)
+        small, long = AVRO_SMALL_LONGS, avro_long
+        header = self._header
+        if header is None:
+            header = self._header = self.serde.header("CampaignStats", self.topic)
+        label = self._labels.get(window_label)
+        if label is None:
+            label = self._labels[window_label] = avro_string(window_label)
+        bounds = self._bounds.get((start_ms, size_s))
+        if bounds is None:
+            bounds = long(start_ms) + long(start_ms + size_s * 1000)
+            if len(self._bounds) >= _MAX_LONG_MAPS:
+                self._bounds.clear()
+            self._bounds[start_ms, size_s] = bounds
+        now = self._now
+        if now[0] != updated_ms:
+            now = self._now = (updated_ms, long(updated_ms))
+        tail = self._tails.get(lg_k)
+        if tail is None:
+            tail = self._tails[lg_k] = b"\x02" + long(lg_k) + b"\x02" + _DOUBLE(_error_bound(lg_k))
+        name = counts.name
+        n = len(typed)
+        if n == 1:
+            estimated = _long_one(*typed[0])
+            typed_map = b"\x02" + b"".join(typed_images) + b"\x00"
+        elif n:
+            estimated = _long_pairs(tuple(typed))
+            typed_map = b"".join([small.get(n) or long(n), *typed_images, b"\x00"])
+        else:
+            estimated = typed_map = b"\x00"
+        variants = counts.breakdowns.get("variant")
+        if variants is not None and (variants.kept or variants.groups or variants.overflow):
+            by_variant = _variants(variants)
+        else:
+            by_variant = b"\x00"
+        upsert = b"".join(
+            [
+                header,
+                prefix,
+                label,
+                bounds,
+                small.get(counts.total) or long(counts.total),
+                _long_map(counts.by_type),
+                _long_map(counts.by_channel),
+                now[1],
+                b"\x00" if name is None else b"\x02" + avro_string(name[1]),
+                b"\x02" + (small.get(recipients) or long(recipients)),
+                estimated,
+                b"\x02" + (small.get(counts.unattributed) or long(counts.unattributed)),
+                tail,
+                _optional_image(everyone),
+                typed_map,
+                by_variant,
+                _SCHEMA_VERSION_LONG,
+            ]
+        )
+        return stored, upsert
 
     def _prefix(self, campaign: str) -> bytes | None:
         # _campaign_fields without its cache: at 50,000 campaigns nearly every campaign of a
@@ -1135,7 +1341,7 @@ class StatsUpserts:
             parts.append(_variants(variants))
         else:
             parts.append(b"\x00")
-        parts.append(long(STATS_SCHEMA_VERSION))
+        parts.append(_SCHEMA_VERSION_LONG)
         return b"".join(parts)
 
 

@@ -75,7 +75,6 @@ from processors.records import (
     StatsUpdates,
     StatsUpserts,
     WindowCounts,
-    encode_window,
     load_window,
     stats_upsert_key,
     window_updated_ms,
@@ -462,7 +461,7 @@ class StatsTables:
         upserts = 0
         refused = admission.refused
         lg_k, max_keys = self.lg_k, self.max_keys
-        topic, send, upsert = self.stats_topic, outputs.send, self.upserts.value
+        topic, send, write = self.stats_topic, outputs.send, self.upserts.window
         for (window, work), key, value in zip(windows.items(), wanted, values, strict=True):
             if refused and window in refused:
                 continue
@@ -471,13 +470,9 @@ class StatsTables:
             done.replayed += apply_increments(counts, work.counted)
             if work.name is not None:
                 counts.named(work.name)
-            value, sketched = encode_window(counts, now_ms)
+            value, upserted = write(campaign, label, start, size, counts, now_ms)
             items.append((key, value))
-            send(
-                topic,
-                stats_upsert_key(campaign, label, start),
-                upsert(campaign, label, start, size, counts, now_ms, sketched),
-            )
+            send(topic, stats_upsert_key(campaign, label, start), upserted)
             upserts += 1
         if admission.refused:
             done.refused += sum(admission.refused.values())
@@ -654,7 +649,7 @@ class StatsTables:
         generation = self.generation
         upserts: dict[str, int] = {}
         writes: dict[tuple[str, int], list[Item]] = {}
-        topic, send, upsert = self.stats_topic, outputs.send, self.upserts.value
+        topic, send, write = self.stats_topic, outputs.send, self.upserts.window
         wrote = self.hot.wrote
         for i, (label, partition, window, held) in enumerate(selected):
             campaign, start = window
@@ -662,23 +657,13 @@ class StatsTables:
                 cpu.lap(STATS)
                 await asyncio.sleep(0)  # the raw batches waiting (see count)
                 cpu.resume()
-            value, sketched = encode_window(held.counts, held.updated_ms)
+            value, upserted = write(
+                campaign, label, start, self.window_size[label], held.counts, held.updated_ms
+            )
             writes.setdefault((label, partition), []).append(
                 (window_key(start, campaign.encode()), value)
             )
-            send(
-                topic,
-                stats_upsert_key(campaign, label, start),
-                upsert(
-                    campaign,
-                    label,
-                    start,
-                    self.window_size[label],
-                    held.counts,
-                    held.updated_ms,
-                    sketched,
-                ),
-            )
+            send(topic, stats_upsert_key(campaign, label, start), upserted)
             upserts[label] = upserts.get(label, 0) + 1
             wrote((label, partition), (window,))
         for (label, partition), items in writes.items():

@@ -208,6 +208,10 @@ def _single(empty: bytes, item: str) -> tuple[bytes, int]:
     as :meth:`Sketch.update` then :meth:`Sketch.image` and :meth:`Sketch.estimate` make them;
     kept for the recipients seen last (a window's sketches share its recipient, and one
     recipient's events touch many campaigns' windows)."""
+    global _LAST_SINGLE
+    last = _LAST_SINGLE
+    if last[1] is item and last[0] is empty:
+        return last[2]  # the window's other sketches of the same recipient
     key = (empty, item)
     found = _SINGLES.get(key)
     if found is None:
@@ -218,7 +222,14 @@ def _single(empty: bytes, item: str) -> tuple[bytes, int]:
         if len(_SINGLES) >= _MAX_SINGLES:
             _SINGLES.clear()
         _SINGLES[key] = found
+    _LAST_SINGLE = (empty, item, found)
     return found
+
+
+_LAST_SINGLE: tuple[bytes, str, tuple[bytes, int]] = (b"", "", (b"", 0))
+"""The last :func:`_single` asked (empty image, recipient, result): a one-recipient window's
+sketches (its recipients', its event type's, its variant's two) ask for the same one in a row,
+and an identity check is cheaper than the cache's tuple key."""
 
 
 def estimate(image: bytes) -> int:

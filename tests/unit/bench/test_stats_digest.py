@@ -27,8 +27,13 @@ def test_the_digest_changes_with_one_upsert_byte(monkeypatch: pytest.MonkeyPatch
     before = asyncio.run(stats_digest.run(1_000, 20, 4, 4))
     from processors.records import StatsUpserts
 
-    value = StatsUpserts.value
-    monkeypatch.setattr(StatsUpserts, "value", lambda *a: value(*a) + b"\x00")
+    window = StatsUpserts.window  # a window's stored value and upsert, written at once
+
+    def one_more_byte(*args: object) -> tuple[bytes, bytes]:
+        stored, upsert = window(*args)  # type: ignore[arg-type]
+        return stored, upsert + b"\x00"
+
+    monkeypatch.setattr(StatsUpserts, "window", one_more_byte)
     after = asyncio.run(stats_digest.run(1_000, 20, 4, 4))
     assert after["upserts_sha256"] != before["upserts_sha256"]
     assert after["changelog_sha256"] == before["changelog_sha256"]

@@ -341,3 +341,97 @@ def test_an_upsert_from_the_sketches_its_window_value_wrote_is_the_same_upsert(
                 upserts.value("LEANPLUM|app|c1", "1m", start, size, counts, now, sketched)
                 == expected
             )
+
+
+# A window as main (9ff75b1) stored it and upserted it: four events of two recipients and one
+# without, a message and a variant, the control group, a name (tests/unit/processors/
+# test_records.py, ``_main_window``).
+MAIN_STORED = bytes.fromhex(
+    "c5020000019ab699ca400000021d7b226e223a342c2274223a7b2253454e44223a322c224f50454e223a312c"
+    "22434f4e54524f4c223a317d2c2263223a7b22454d41494c223a322c2250555348223a327d2c2277223a7b22"
+    "7261772e7365676d656e742f30223a382c227261772e7365676d656e742f31223a347d2c2275223a312c226b"
+    "223a31322c2273223a5b5b222a222c31365d2c5b22434f4e54524f4c222c31325d2c5b224f50454e222c3132"
+    "5d2c5b2253454e44222c31325d5d2c2265223a5b322c312c312c315d2c226d223a5b31373634303030303030"
+    "3030302c22537072696e67225d2c2262223a7b226d657373616765223a7b226b223a7b226d31223a7b225345"
+    "4e44223a312c224f50454e223a317d2c226d32223a7b2253454e44223a317d7d2c2278223a7b22434f4e5452"
+    "4f4c223a317d7d2c2276617269616e74223a7b226b223a7b2241223a7b2253454e44223a312c224f50454e22"
+    "3a317d7d2c2267223a7b22636f6e74726f6c223a7b22434f4e54524f4c223a317d7d7d7d2c226273223a5b5b"
+    "2276617269616e74222c2267222c22636f6e74726f6c222c222a222c31325d2c5b2276617269616e74222c22"
+    "67222c22636f6e74726f6c222c22434f4e54524f4c222c31325d2c5b2276617269616e74222c2276222c2241"
+    "222c222a222c31325d2c5b2276617269616e74222c2276222c2241222c224f50454e222c31325d2c5b227661"
+    "7269616e74222c2276222c2241222c2253454e44222c31325d5d7d0201070c0318020008f1080627ee270b02"
+    "01070c0318010027ee270b0201070c0318010008f108060201070c0318010008f108060201070c0318010027"
+    "ee270b0201070c0318010027ee270b0201070c0318010008f108060201070c0318010008f108060201070c03"
+    "18010008f10806"
+)
+MAIN_UPSERT = bytes.fromhex(
+    "c301ffc352b12f0ce09a0402066170700204633104316880a0bfe9d66680daf6ecd66608060853454e440408"
+    "4f50454e020e434f4e54524f4c0200040a454d41494c040850555348040080a9cee9d666020c537072696e67"
+    "0204060e434f4e54524f4c02084f50454e020853454e440200020202180282e2c798bb96903f02200201070c"
+    "0318020008f1080627ee270b060e434f4e54524f4c180201070c0318010027ee270b084f50454e180201070c"
+    "0318010008f108060853454e44180201070c0318010008f1080600040202410a76616c756504040853454e44"
+    "02084f50454e020002180201070c0318010008f10806040853454e44180201070c0318010008f10806084f50"
+    "454e180201070c0318010008f1080600000e636f6e74726f6c02020e434f4e54524f4c020002180201070c03"
+    "18010027ee270b020e434f4e54524f4c180201070c0318010027ee270b000006"
+)
+
+
+def _main_window() -> WindowCounts:
+    counts = WindowCounts(lg_k=12, max_keys={"message": 100, "variant": 20})
+    counts.apply("raw.segment/0", 7, "SEND", "EMAIL", "u:1", {"message": "m1", "variant": "A"})
+    counts.apply("raw.segment/0", 8, "OPEN", "EMAIL", "u:1", {"message": "m1", "variant": "A"})
+    counts.apply("raw.segment/1", 3, "CONTROL", "PUSH", "d:2", {"message": None, "variant": "A"})
+    counts.apply("raw.segment/1", 4, "SEND", "PUSH", None, {"message": "m2"})
+    counts.named((1_764_000_000_000, "Spring"))
+    return counts
+
+
+def test_a_window_is_written_and_loaded_as_main_wrote_it() -> None:
+    """The stored value's format did not change: a value main wrote loads, and is written
+    again byte for byte (with its upsert), and a window counted here is stored as main stored
+    it (old values in RocksDB and on the changelogs stay readable both ways)."""
+    serde = AvroSerde(Settings.from_env({}))
+    upserts = StatsUpserts(serde, "campaign-stats")
+    args = ("SEGMENT|app|c1", "1h", 1_764_000_000_000, 3600)
+    assert upserts.window(*args, _main_window(), 1_764_000_123_456) == (MAIN_STORED, MAIN_UPSERT)
+    loaded = load_window(MAIN_STORED, 12, {"message": 100, "variant": 20})
+    assert window_updated_ms(MAIN_STORED) == 1_764_000_123_456
+    # (Loaded, a bucket's sketches come back sorted by key: its upsert lists them so.)
+    upsert = serde.encode(
+        "CampaignStats", stats_record(*args, loaded, 1_764_000_123_456), "campaign-stats"
+    )
+    assert upserts.window(*args, loaded, 1_764_000_123_456) == (MAIN_STORED, upsert)
+    assert (loaded.total, loaded.unattributed, loaded.name) == (4, 1, (1_764_000_000_000, "Spring"))
+
+
+@pytest.mark.parametrize("events", [0, 1, 2, 7, 60, 900])
+def test_a_window_written_at_once_is_its_stored_value_and_its_upsert(events: int) -> None:
+    """:meth:`StatsUpserts.window`: :func:`window_value` and the generic encoder's upsert, on
+    windows of every shape (new, loaded, a sketch key before ``*``, without sketches, another
+    schema)."""
+    serde = AvroSerde(Settings.from_env({}))
+    upserts = StatsUpserts(serde, "campaign-stats")
+    for seed in range(10):
+        counts = _window(seed * 1000 + events, events, lg_k=None if seed == 9 else 12)
+        if seed % 3 == 0:  # as stored and loaded again: sketches from their images
+            counts = load_window(window_value(counts, 5), 12)
+        if seed % 4 == 1:  # a sketch whose key sorts before the recipients' ("*")
+            counts.apply("raw.x/9", 1, "!", "EMAIL", "u:1")
+        if seed == 8:
+            upserts.by_hand = False  # another schema: the upsert through AvroSerde.encode
+        for campaign, label, start, size in (
+            ("LEANPLUM|app|c1", "1m", 60_000, 60),
+            ("AIRSHIP||", "1h", 1_764_000_000_000, 3600),
+            (campaign_key("SEGMENT", "a|p", "é c%"), "1d", 9_000_000_000_000, 86_400),
+        ):
+            now = 1_764_000_123_456 + seed
+            upsert = serde.encode(
+                "CampaignStats",
+                stats_record(campaign, label, start, size, counts, now),
+                "campaign-stats",
+            )
+            written = upserts.window(campaign, label, start, size, counts, now)
+            assert written == (window_value(counts, now), upsert)
+        upserts.new_batch()
+    with pytest.raises(SerdeError):  # a vendor the schema has no symbol for, as before
+        upserts.window("NOPE|a|b", "1m", 0, 60, _window(4, 3), 1)

@@ -127,3 +127,17 @@ def test_a_stored_sketch_is_the_constructors() -> None:
         made.update("u:new")
         built.update("u:new")
         assert made.written() == built.written()
+
+
+def test_one_recipient_sketches_in_a_row_are_each_their_own_recipient_s() -> None:
+    """The last single-recipient image is taken again only for the same recipient and lg_k
+    (``uniques._single``): sketches of recipients in turn, each as DataSketches makes it."""
+    items = ["u:1", "u:1", "u:2", "d:1", "u:1", "u:2", "u:2"]
+    for lg_k in (12, 4, 12):
+        for item in items:
+            sketch = Sketch.new(lg_k)
+            sketch.update(item)
+            expected = ds.hll_sketch(lg_k, uniques.TARGET)
+            expected.update(item)
+            assert sketch.image() == uniques._flagged(expected.serialize_compact())
+            assert sketch.estimate() == 1 and sketch.lg_k == lg_k
