@@ -1190,60 +1190,24 @@ class StatsUpserts:
                 typed_images.append(head)
                 typed_images.append(image)
         stored = _stored_value(counts, updated_ms, lengths, estimates, images)
-        small, long = AVRO_SMALL_LONGS, avro_long
-        header = self._header
-        if header is None:
-            header = self._header = self.serde.header("CampaignStats", self.topic)
-        label = self._labels.get(window_label)
-        if label is None:
-            label = self._labels[window_label] = avro_string(window_label)
-        bounds = self._bounds.get((start_ms, size_s))
-        if bounds is None:
-            bounds = long(start_ms) + long(start_ms + size_s * 1000)
-            if len(self._bounds) >= _MAX_LONG_MAPS:
-                self._bounds.clear()
-            self._bounds[start_ms, size_s] = bounds
-        now = self._now
-        if now[0] != updated_ms:
-            now = self._now = (updated_ms, long(updated_ms))
-        tail = self._tails.get(lg_k)
-        if tail is None:
-            tail = self._tails[lg_k] = b"\x02" + long(lg_k) + b"\x02" + _DOUBLE(_error_bound(lg_k))
-        name = counts.name
         n = len(typed)
         if n == 1:
             estimated = _long_one(*typed[0])
             typed_map = b"\x02" + b"".join(typed_images) + b"\x00"
         elif n:
             estimated = _long_pairs(tuple(typed))
-            typed_map = b"".join([small.get(n) or long(n), *typed_images, b"\x00"])
+            typed_map = b"".join([AVRO_SMALL_LONGS.get(n) or avro_long(n), *typed_images, b"\x00"])
         else:
             estimated = typed_map = b"\x00"
-        variants = counts.breakdowns.get("variant")
-        if variants is not None and (variants.kept or variants.groups or variants.overflow):
-            by_variant = _variants(variants)
-        else:
-            by_variant = b"\x00"
-        upsert = b"".join(
-            [
-                header,
-                prefix,
-                label,
-                bounds,
-                small.get(counts.total) or long(counts.total),
-                _long_map(counts.by_type),
-                _long_map(counts.by_channel),
-                now[1],
-                b"\x00" if name is None else b"\x02" + avro_string(name[1]),
-                b"\x02" + (small.get(recipients) or long(recipients)),
-                estimated,
-                b"\x02" + (small.get(counts.unattributed) or long(counts.unattributed)),
-                tail,
-                _optional_image(everyone),
-                typed_map,
-                by_variant,
-                _SCHEMA_VERSION_LONG,
-            ]
+        upsert = self._upsert(
+            prefix,
+            window_label,
+            start_ms,
+            size_s,
+            counts,
+            updated_ms,
+            lg_k,
+            (recipients, everyone, estimated, typed_map),
         )
         return stored, upsert
 
@@ -1302,10 +1266,44 @@ class StatsUpserts:
                 keys = keys[:at] + keys[at + 1 :]
                 images = images[:at] + images[at + 1 :]
                 estimates = estimates[:at] + estimates[at + 1 :]
+        return self._upsert(
+            prefix,
+            window_label,
+            start_ms,
+            size_s,
+            counts,
+            now_ms,
+            lg_k,
+            (
+                recipients,
+                everyone,
+                _long_pairs(tuple(zip(keys, estimates, strict=True))) if keys else b"\x00",
+                _bytes_pairs(keys, images, len(keys)),
+            ),
+        )
+
+    def _upsert(
+        self,
+        prefix: bytes,
+        window_label: str,
+        start_ms: int,
+        size_s: int,
+        counts: WindowCounts,
+        now_ms: int,
+        lg_k: int,
+        uniques: tuple[int, bytes | None, bytes, bytes],
+    ) -> bytes:
+        """The upsert's value (header included), written by hand (:meth:`value` and
+        :meth:`window`): ``uniques`` is the recipients' estimate and sketch image, then the
+        event types' estimates and images as their encoded maps."""
+        recipients, everyone, estimated, typed_map = uniques
+        small, long = AVRO_SMALL_LONGS, avro_long
+        header = self._header
+        if header is None:
+            header = self._header = self.serde.header("CampaignStats", self.topic)
         label = self._labels.get(window_label)
         if label is None:
             label = self._labels[window_label] = avro_string(window_label)
-        small, long = AVRO_SMALL_LONGS, avro_long
         bounds = self._bounds.get((start_ms, size_s))
         if bounds is None:
             bounds = long(start_ms) + long(start_ms + size_s * 1000)
@@ -1319,30 +1317,32 @@ class StatsUpserts:
         if tail is None:
             tail = self._tails[lg_k] = b"\x02" + long(lg_k) + b"\x02" + _DOUBLE(_error_bound(lg_k))
         name = counts.name
-        parts = [
-            self.serde.header("CampaignStats", self.topic),
-            prefix,
-            label,
-            bounds,
-            small.get(counts.total) or long(counts.total),
-            _long_map(counts.by_type),
-            _long_map(counts.by_channel),
-            now[1],
-            b"\x00" if name is None else b"\x02" + avro_string(name[1]),
-            b"\x02" + (small.get(recipients) or long(recipients)),
-            _long_pairs(tuple(zip(keys, estimates, strict=True))) if keys else b"\x00",
-            b"\x02" + (small.get(counts.unattributed) or long(counts.unattributed)),
-            tail,
-            _optional_image(everyone),
-            _bytes_pairs(keys, images, len(keys)),
-        ]
         variants = counts.breakdowns.get("variant")
         if variants is not None and (variants.kept or variants.groups or variants.overflow):
-            parts.append(_variants(variants))
+            by_variant = _variants(variants)
         else:
-            parts.append(b"\x00")
-        parts.append(_SCHEMA_VERSION_LONG)
-        return b"".join(parts)
+            by_variant = b"\x00"
+        return b"".join(
+            [
+                header,
+                prefix,
+                label,
+                bounds,
+                small.get(counts.total) or long(counts.total),
+                _long_map(counts.by_type),
+                _long_map(counts.by_channel),
+                now[1],
+                b"\x00" if name is None else b"\x02" + avro_string(name[1]),
+                b"\x02" + (small.get(recipients) or long(recipients)),
+                estimated,
+                b"\x02" + (small.get(counts.unattributed) or long(counts.unattributed)),
+                tail,
+                _optional_image(everyone),
+                typed_map,
+                by_variant,
+                _SCHEMA_VERSION_LONG,
+            ]
+        )
 
 
 def _variants(b: Breakdown) -> bytes:
