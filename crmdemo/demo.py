@@ -574,6 +574,10 @@ def run(args: argparse.Namespace) -> int:
     with broker_for(args, workdir) as bootstrap:
         metrics_port = args.worker_metrics_port or free_port()
         connector_metrics_port = args.metrics_port or free_port()
+        # The connectors run in this process: their metrics are served from here, bound now
+        # rather than after the workers started (seconds in which another process could take
+        # the port: CI saw "Address already in use").
+        metrics.serve(connector_metrics_port)
         env = demo_environ(bootstrap, metrics_port, workdir)
         ports = [metrics_port] + [free_port() for _ in range(args.workers - 1)]
         api_ports = [getattr(args, "api_port", 0) or free_port()]
@@ -613,8 +617,6 @@ def run(args: argparse.Namespace) -> int:
                 # One at a time: two workers creating the same changelog topics at the same
                 # instant hung one of them for minutes on the embedded broker (Tansu).
                 wait_ready(workers, ports[: index + 1])
-            # The connectors run in this process: their metrics are served from here.
-            metrics.serve(connector_metrics_port)
             print(
                 f"connector metrics on http://127.0.0.1:{connector_metrics_port}/metrics",
                 flush=True,

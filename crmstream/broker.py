@@ -58,6 +58,7 @@ _LOWEST_PICKED = 10_000
 # Not the random module's shared state: a seeded test (random.seed) would make every process
 # of a parallel run pick the same ports.
 _ports = random.Random(os.urandom(16))
+_handed: set[int] = set()  # the ports free_port returned in this process
 
 
 def _ephemeral_low() -> int:
@@ -74,16 +75,22 @@ def free_port() -> int:
     It is picked at random below the kernel's ephemeral range and checked. A port from
     ``bind(0)`` is one the kernel hands out again, to the next ``bind(0)`` or to any outgoing
     connection (a Kafka client's), between this check and the process's own bind: with six test
-    processes at once that happened (a worker's query API: "address already in use")."""
+    processes at once that happened (a worker's query API: "address already in use").
+
+    A port is handed out once per process: the demo picks a port for each worker and for itself
+    before any of them binds, so the check alone could give two of them the same one."""
     low = _ephemeral_low()
     if low - _LOWEST_PICKED >= 1_000:
         for _ in range(200):
             port = _ports.randrange(_LOWEST_PICKED, low)
+            if port in _handed:
+                continue
             with socket.socket() as sock:
                 try:
                     sock.bind(("127.0.0.1", port))
                 except OSError:
                     continue
+                _handed.add(port)
                 return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

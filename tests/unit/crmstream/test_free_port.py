@@ -35,3 +35,11 @@ def test_without_room_below_the_range_the_kernel_picks(monkeypatch: pytest.Monke
     assert port > 0
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", port))
+
+
+def test_a_port_is_handed_out_once_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo picks its own port and each worker's before any binds: never the same twice."""
+    monkeypatch.setattr(broker, "_ephemeral_low", lambda: broker._LOWEST_PICKED + 1_000)
+    monkeypatch.setattr(broker, "_handed", set())
+    ports = [broker.free_port() for _ in range(150)]
+    assert len(set(ports)) == len(ports)
